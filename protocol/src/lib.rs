@@ -1,0 +1,40 @@
+//! The wire contract between the iot operator and the device agents.
+//!
+//! Everything that crosses NATS is defined here: bucket names and the key
+//! layout ([`keys`]), the score types users write ([`score`]), the values
+//! stored in the buckets ([`desired`], [`status`]) and their encoding
+//! ([`wire`]): postcard behind a one-byte format version.
+//!
+//! The crate is `#![no_std]` and decodes from a borrowed buffer without an
+//! allocator, so the same types can serve microcontrollers. With the `alloc`
+//! feature strings may be owned (needed to build values from JSON); with
+//! `json` it converts the user's `{type, data}` JSON into wire payloads.
+#![no_std]
+
+#[cfg(feature = "alloc")]
+extern crate alloc;
+#[cfg(feature = "std")]
+extern crate std;
+
+pub mod bounded;
+pub mod desired;
+#[cfg(feature = "json")]
+pub mod json;
+pub mod keys;
+pub mod limits;
+pub mod score;
+pub mod status;
+pub mod text;
+pub mod validate;
+pub mod wire;
+
+pub use bounded::{BoundedMap, BoundedVec};
+pub use desired::{DesiredState, PayloadEncoding, ScorePayload};
+pub use keys::{DeploymentKey, KeyError, TokenError};
+pub use score::{
+    Container, EnvVar, IotScore, PodmanV0Score, Port, PortProtocol, PullPolicy, RestartPolicy,
+    ScoreError, Volume,
+};
+pub use status::{ContainerState, ContainerStatus, DeploymentStatus, Heartbeat, Phase};
+pub use text::{Bytes, Text};
+pub use wire::{DecodeError, EncodeError, FORMAT_VERSION};

@@ -1,0 +1,34 @@
+//! Upper bounds on every list and string that travels on the wire.
+//!
+//! They are part of the contract: a value within them is decodable by every
+//! agent, including ones without an allocator, which size their buffers from
+//! these constants. Raising a bound is a wire change for devices built with
+//! the old value (see the stability statement in the crate README).
+
+/// Containers in one `PodmanV0` score.
+pub const MAX_CONTAINERS: usize = 8;
+/// Entries in a container's `command`, and separately in its `args`.
+pub const MAX_ARGS: usize = 32;
+/// Environment variables per container.
+pub const MAX_ENV: usize = 32;
+/// Published ports per container.
+pub const MAX_PORTS: usize = 16;
+/// Volumes per container.
+pub const MAX_VOLUMES: usize = 16;
+/// Labels per container.
+pub const MAX_LABELS: usize = 16;
+/// Length in bytes of a name: container, env var, volume, label key.
+pub const MAX_NAME_LEN: usize = 63;
+/// Length in bytes of an image reference (the distribution grammar's 255
+/// for the name, plus tag or digest).
+pub const MAX_IMAGE_LEN: usize = 512;
+/// Length in bytes of any other string: an argument, env value, path, label
+/// value, host IP, message.
+pub const MAX_STRING_LEN: usize = 1024;
+/// Length in bytes of a score type name (`PodmanV0`).
+pub const MAX_TYPE_NAME_LEN: usize = 63;
+/// Containers reported in one deployment status.
+pub const MAX_STATUS_CONTAINERS: usize = MAX_CONTAINERS;
+/// Size in bytes of one encoded value. The buckets are created with this as
+/// `max_value_size`, so the server rejects anything larger as well.
+pub const MAX_VALUE_SIZE: usize = 64 * 1024;

@@ -1,0 +1,350 @@
+//! Scores: what a deployment asks a device to run.
+//!
+//! The JSON form is the one users write in the CRD, adjacently tagged:
+//! `{"type": "PodmanV0", "data": {"containers": [...]}}`, camelCase, with
+//! unknown fields rejected. Variants are frozen once released: a new shape is
+//! a new variant (`PodmanV1`), never a change to an old one.
+
+use serde::{Deserialize, Serialize};
+
+use crate::bounded::{BoundedMap, BoundedVec};
+use crate::keys::validate_token;
+use crate::limits::*;
+use crate::text::Text;
+use crate::validate::{
+    FieldPath, Validate, ValidationError, Violation, check_len, check_nonempty, fail,
+};
+
+/// Type name of [`IotScore::PodmanV0`].
+pub const PODMAN_V0: &str = "PodmanV0";
+
+/// Every score type name this build of the protocol knows.
+pub const KNOWN_SCORE_TYPES: &[&str] = &[PODMAN_V0];
+
+/// A score of any variant this build knows.
+///
+/// This is the JSON form; devices receive a [`crate::ScorePayload`] instead.
+/// Deserializing adjacently tagged JSON needs serde's buffering, hence `alloc`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "alloc", derive(Deserialize))]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+#[serde(tag = "type", content = "data", deny_unknown_fields)]
+pub enum IotScore<'a> {
+    /// Containers run by Podman, version 0.
+    PodmanV0(#[serde(borrow)] PodmanV0Score<'a>),
+}
+
+impl IotScore<'_> {
+    /// The variant's type name, as in the JSON `type` field.
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            IotScore::PodmanV0(_) => PODMAN_V0,
+        }
+    }
+
+    /// A copy that owns all its strings.
+    #[cfg(feature = "alloc")]
+    pub fn into_owned(self) -> IotScore<'static> {
+        match self {
+            IotScore::PodmanV0(s) => IotScore::PodmanV0(s.into_owned()),
+        }
+    }
+}
+
+impl Validate for IotScore<'_> {
+    fn validate(&self) -> Result<(), ValidationError> {
+        match self {
+            IotScore::PodmanV0(s) => s.validate(),
+        }
+    }
+}
+
+/// One or more containers run by Podman on the device.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PodmanV0Score<'a> {
+    /// The containers, at most [`MAX_CONTAINERS`], names unique.
+    #[serde(borrow)]
+    pub containers: BoundedVec<Container<'a>, MAX_CONTAINERS>,
+}
+
+/// One container of a [`PodmanV0Score`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Container<'a> {
+    /// Name, unique in the score; a key token (`[A-Za-z0-9_-]{1,63}`).
+    #[serde(borrow)]
+    pub name: Text<'a>,
+    /// Image reference, e.g. `docker.io/library/nginx:1.27`.
+    #[serde(borrow)]
+    pub image: Text<'a>,
+    /// Replaces the image's entrypoint when set.
+    #[serde(borrow, default)]
+    pub command: Option<BoundedVec<Text<'a>, MAX_ARGS>>,
+    /// Replaces the image's cmd when set.
+    #[serde(borrow, default)]
+    pub args: Option<BoundedVec<Text<'a>, MAX_ARGS>>,
+    /// Environment variables.
+    #[serde(borrow, default)]
+    pub env: BoundedVec<EnvVar<'a>, MAX_ENV>,
+    /// Published ports.
+    #[serde(borrow, default)]
+    pub ports: BoundedVec<Port<'a>, MAX_PORTS>,
+    /// Named volumes and bind mounts.
+    #[serde(borrow, default)]
+    pub volumes: BoundedVec<Volume<'a>, MAX_VOLUMES>,
+    /// When Podman restarts the container.
+    #[serde(default)]
+    pub restart_policy: RestartPolicy,
+    /// When the image is pulled.
+    #[serde(default)]
+    pub pull_policy: PullPolicy,
+    /// Extra container labels.
+    #[serde(borrow, default)]
+    pub labels: BoundedMap<Text<'a>, Text<'a>, MAX_LABELS>,
+}
+
+/// An environment variable.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct EnvVar<'a> {
+    /// Variable name.
+    #[serde(borrow)]
+    pub name: Text<'a>,
+    /// Its value.
+    #[serde(borrow, default)]
+    pub value: Text<'a>,
+}
+
+/// A published port.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Port<'a> {
+    /// Port inside the container.
+    pub container_port: u16,
+    /// Port on the host; unset publishes nothing on the host.
+    #[serde(default)]
+    pub host_port: Option<u16>,
+    /// TCP or UDP.
+    #[serde(default)]
+    pub protocol: PortProtocol,
+    /// Host address to bind; unset binds all addresses.
+    #[serde(borrow, default, rename = "hostIP")]
+    pub host_ip: Option<Text<'a>>,
+}
+
+/// Transport protocol of a [`Port`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub enum PortProtocol {
+    /// TCP (the default).
+    #[default]
+    #[serde(rename = "TCP")]
+    Tcp,
+    /// UDP.
+    #[serde(rename = "UDP")]
+    Udp,
+}
+
+/// A volume: a named Podman volume (`name`) or a bind mount (`hostPath`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Volume<'a> {
+    /// Name of a Podman volume, created when missing.
+    #[serde(borrow, default)]
+    pub name: Option<Text<'a>>,
+    /// Directory on the host to bind-mount.
+    #[serde(borrow, default)]
+    pub host_path: Option<Text<'a>>,
+    /// Where it appears in the container.
+    #[serde(borrow)]
+    pub mount_path: Text<'a>,
+    /// Mount read-only.
+    #[serde(default)]
+    pub read_only: bool,
+}
+
+/// When Podman restarts a container.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub enum RestartPolicy {
+    /// Always (the default).
+    #[default]
+    Always,
+    /// Only after a non-zero exit.
+    OnFailure,
+    /// Never.
+    Never,
+}
+
+/// When the image is pulled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub enum PullPolicy {
+    /// Before every create.
+    Always,
+    /// Only when no local image matches (the default).
+    #[default]
+    IfNotPresent,
+    /// Never; the image must already be on the device.
+    Never,
+}
+
+impl Validate for PodmanV0Score<'_> {
+    fn validate(&self) -> Result<(), ValidationError> {
+        if self.containers.is_empty() {
+            return fail(FieldPath::top("containers"), Violation::Empty);
+        }
+        for (c, container) in self.containers.iter().enumerate() {
+            container.validate_at(c)?;
+            if self.containers[..c]
+                .iter()
+                .any(|other| other.name == container.name)
+            {
+                return fail(FieldPath::container(c, "name"), Violation::Duplicate);
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Container<'_> {
+    fn validate_at(&self, c: usize) -> Result<(), ValidationError> {
+        let p = |field| FieldPath::container(c, field);
+        if let Err(e) = validate_token(&self.name) {
+            return fail(p("name"), Violation::Token(e));
+        }
+        check_nonempty(p("image"), &self.image)?;
+        check_len(p("image"), &self.image, MAX_IMAGE_LEN)?;
+        for (field, list) in [("command", &self.command), ("args", &self.args)] {
+            for (i, a) in list.iter().flat_map(|l| l.iter()).enumerate() {
+                check_len(p(field).at(i, None), a, MAX_STRING_LEN)?;
+            }
+        }
+        for (i, e) in self.env.iter().enumerate() {
+            check_nonempty(p("env").at(i, Some("name")), &e.name)?;
+            check_len(p("env").at(i, Some("name")), &e.name, MAX_NAME_LEN)?;
+            check_len(p("env").at(i, Some("value")), &e.value, MAX_STRING_LEN)?;
+            if self.env[..i].iter().any(|o| o.name == e.name) {
+                return fail(p("env").at(i, Some("name")), Violation::Duplicate);
+            }
+        }
+        for (i, port) in self.ports.iter().enumerate() {
+            if port.container_port == 0 {
+                return fail(p("ports").at(i, Some("containerPort")), Violation::PortZero);
+            }
+            if port.host_port == Some(0) {
+                return fail(p("ports").at(i, Some("hostPort")), Violation::PortZero);
+            }
+            if let Some(ip) = &port.host_ip {
+                check_nonempty(p("ports").at(i, Some("hostIP")), ip)?;
+                check_len(p("ports").at(i, Some("hostIP")), ip, MAX_NAME_LEN)?;
+            }
+        }
+        for (i, v) in self.volumes.iter().enumerate() {
+            let at = |sub| p("volumes").at(i, Some(sub));
+            match (&v.name, &v.host_path) {
+                (Some(name), None) => {
+                    if let Err(e) = validate_token(name) {
+                        return fail(at("name"), Violation::Token(e));
+                    }
+                }
+                (None, Some(path)) => {
+                    check_len(at("hostPath"), path, MAX_STRING_LEN)?;
+                    if !path.starts_with('/') {
+                        return fail(at("hostPath"), Violation::NotAbsolute);
+                    }
+                }
+                _ => return fail(p("volumes").at(i, None), Violation::VolumeSource),
+            }
+            check_len(at("mountPath"), &v.mount_path, MAX_STRING_LEN)?;
+            if !v.mount_path.starts_with('/') {
+                return fail(at("mountPath"), Violation::NotAbsolute);
+            }
+        }
+        for (i, (k, v)) in self.labels.iter().enumerate() {
+            check_nonempty(p("labels").at(i, Some("key")), k)?;
+            check_len(p("labels").at(i, Some("key")), k, MAX_NAME_LEN)?;
+            check_len(p("labels").at(i, Some("value")), v, MAX_STRING_LEN)?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(feature = "alloc")]
+mod owned {
+    use super::*;
+
+    fn own_list<const N: usize>(l: BoundedVec<Text<'_>, N>) -> BoundedVec<Text<'static>, N> {
+        l.map(Text::into_owned)
+    }
+
+    impl PodmanV0Score<'_> {
+        /// A copy that owns all its strings.
+        pub fn into_owned(self) -> PodmanV0Score<'static> {
+            PodmanV0Score {
+                containers: self.containers.map(Container::into_owned),
+            }
+        }
+    }
+
+    impl Container<'_> {
+        /// A copy that owns all its strings.
+        pub fn into_owned(self) -> Container<'static> {
+            Container {
+                name: self.name.into_owned(),
+                image: self.image.into_owned(),
+                command: self.command.map(own_list),
+                args: self.args.map(own_list),
+                env: self.env.map(|e| EnvVar {
+                    name: e.name.into_owned(),
+                    value: e.value.into_owned(),
+                }),
+                ports: self.ports.map(|p| Port {
+                    container_port: p.container_port,
+                    host_port: p.host_port,
+                    protocol: p.protocol,
+                    host_ip: p.host_ip.map(Text::into_owned),
+                }),
+                volumes: self.volumes.map(|v| Volume {
+                    name: v.name.map(Text::into_owned),
+                    host_path: v.host_path.map(Text::into_owned),
+                    mount_path: v.mount_path.into_owned(),
+                    read_only: v.read_only,
+                }),
+                restart_policy: self.restart_policy,
+                pull_policy: self.pull_policy,
+                labels: self
+                    .labels
+                    .map(|k, v| (k.into_owned(), v.into_owned())),
+            }
+        }
+    }
+}
+
+/// Why a score payload cannot be turned into a known score.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub enum ScoreError<'a> {
+    /// The score's type is not one this build knows; the device should
+    /// report `Unsupported` naming it and keep running everything else.
+    #[error("score type `{type_name}` is not supported by this agent (it knows: PodmanV0)")]
+    Unsupported {
+        /// The type name as sent.
+        type_name: Text<'a>,
+    },
+    /// A known type arrived in an encoding this build cannot read.
+    #[error("score type `{type_name}` arrived as JSON; this build reads it only as postcard")]
+    UnexpectedEncoding {
+        /// The type name as sent.
+        type_name: Text<'a>,
+    },
+    /// The data could not be decoded or broke a wire rule.
+    #[error("score data: {0}")]
+    Decode(crate::wire::DecodeError),
+}

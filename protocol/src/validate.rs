@@ -1,0 +1,155 @@
+//! Checks of wire values against the bounds in [`crate::limits`] and the
+//! rules serde cannot express (non-empty names, one volume source).
+
+use core::fmt;
+
+use crate::keys::TokenError;
+
+/// Where in a value a rule was broken, printed like `containers[1].env[0].name`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct FieldPath {
+    /// Index of the container, for fields inside one.
+    pub container: Option<usize>,
+    /// The field, in its JSON (camelCase) spelling.
+    pub field: &'static str,
+    /// Index within the field when it is a list.
+    pub index: Option<usize>,
+    /// The sub-field of that list entry.
+    pub sub: Option<&'static str>,
+}
+
+impl FieldPath {
+    /// A top-level field.
+    pub const fn top(field: &'static str) -> Self {
+        FieldPath {
+            container: None,
+            field,
+            index: None,
+            sub: None,
+        }
+    }
+
+    /// A field of container `c`.
+    pub const fn container(c: usize, field: &'static str) -> Self {
+        FieldPath {
+            container: Some(c),
+            field,
+            index: None,
+            sub: None,
+        }
+    }
+
+    /// The same path pointing at entry `i` of the field, sub-field `sub`.
+    pub const fn at(self, i: usize, sub: Option<&'static str>) -> Self {
+        FieldPath {
+            index: Some(i),
+            sub,
+            ..self
+        }
+    }
+}
+
+impl fmt::Display for FieldPath {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some(c) = self.container {
+            write!(f, "containers[{c}].")?;
+        }
+        f.write_str(self.field)?;
+        if let Some(i) = self.index {
+            write!(f, "[{i}]")?;
+        }
+        if let Some(s) = self.sub {
+            write!(f, ".{s}")?;
+        }
+        Ok(())
+    }
+}
+
+/// What rule a value broke.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub enum Violation {
+    /// A string is longer than its bound.
+    #[error("is {actual} bytes long; the limit is {limit}")]
+    TooLong {
+        /// The bound.
+        limit: usize,
+        /// The length found.
+        actual: usize,
+    },
+    /// A list has more entries than its bound.
+    #[error("has {actual} entries; the limit is {limit}")]
+    TooMany {
+        /// The bound.
+        limit: usize,
+        /// The count found.
+        actual: usize,
+    },
+    /// A required string or list is empty.
+    #[error("must not be empty")]
+    Empty,
+    /// A name that becomes part of a container name or key is not a token.
+    #[error("{0}")]
+    Token(TokenError),
+    /// Two entries share a name that must be unique.
+    #[error("is used twice; names must be unique")]
+    Duplicate,
+    /// A volume names both or neither of `name` and `hostPath`.
+    #[error("must set exactly one of `name` (named volume) or `hostPath` (bind mount)")]
+    VolumeSource,
+    /// A port number of 0.
+    #[error("must be between 1 and 65535")]
+    PortZero,
+    /// A score type name that is not an identifier like `PodmanV0`.
+    #[error("must be an identifier: a letter or '_' then letters, digits or '_' (e.g. PodmanV0)")]
+    NotIdentifier,
+    /// A path that must be absolute is not.
+    #[error("must be an absolute path (start with '/')")]
+    NotAbsolute,
+}
+
+/// A value that breaks a wire rule, and where.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+#[error("{path} {violation}")]
+pub struct ValidationError {
+    /// Where.
+    pub path: FieldPath,
+    /// What.
+    pub violation: Violation,
+}
+
+/// Values that can be checked against the wire rules before encoding and
+/// after decoding.
+pub trait Validate {
+    /// Ok when every bound and rule holds.
+    fn validate(&self) -> Result<(), ValidationError>;
+}
+
+pub(crate) fn check_len(path: FieldPath, s: &str, limit: usize) -> Result<(), ValidationError> {
+    if s.len() > limit {
+        return Err(ValidationError {
+            path,
+            violation: Violation::TooLong {
+                limit,
+                actual: s.len(),
+            },
+        });
+    }
+    Ok(())
+}
+
+pub(crate) fn check_nonempty(path: FieldPath, s: &str) -> Result<(), ValidationError> {
+    if s.is_empty() {
+        return Err(ValidationError {
+            path,
+            violation: Violation::Empty,
+        });
+    }
+    Ok(())
+}
+
+pub(crate) fn fail(path: FieldPath, violation: Violation) -> Result<(), ValidationError> {
+    Err(ValidationError { path, violation })
+}

@@ -1,0 +1,1 @@
+//! Test helpers that start real services. Filled by the agent and operator issues.
