@@ -17,6 +17,7 @@ extern crate alloc;
 extern crate std;
 
 pub mod bounded;
+pub mod buckets;
 pub mod desired;
 #[cfg(feature = "json")]
 pub mod json;

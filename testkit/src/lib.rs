@@ -1,1 +1,91 @@
-//! Test helpers that start real services. Filled by the agent and operator issues.
+//! Test helpers that start real services: a JetStream `nats-server` and a
+//! Podman API service, each on its own free loopback port or socket with a
+//! temporary store, stopped and cleaned up on `Drop`.
+//!
+//! Outside CI a missing binary skips the test with a message; under
+//! `CI=true` it fails the test, so CI never passes by skipping.
+
+#![allow(clippy::unwrap_used, missing_docs)]
+
+mod nats;
+mod podman;
+
+pub use nats::{NatsOptions, NatsServer, create_buckets};
+pub use podman::PodmanService;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// Whether we run under CI (`CI=true`), where missing services are failures.
+pub fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
+}
+
+/// Reports a missing prerequisite: a panic under CI, a skip message
+/// otherwise. Returns `None` so callers can `let Some(x) = ... else { return }`.
+pub fn missing<T>(what: &str) -> Option<T> {
+    if in_ci() {
+        panic!("CI=true but {what}; .ci/run must install it");
+    }
+    eprintln!("SKIPPED: {what} (set CI=true to make this a failure)");
+    None
+}
+
+/// Finds an executable: `$env_var` if set, else `name` on PATH.
+pub fn find_binary(env_var: &str, name: &str) -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os(env_var) {
+        let p = PathBuf::from(p);
+        return p.is_file().then_some(p);
+    }
+    std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|d| d.join(name))
+            .find(|p| p.is_file())
+    })
+}
+
+/// A free TCP port on 127.0.0.1 (bound, then released).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("no free loopback port")
+}
+
+/// Polls `cond` every 25 ms until it is true or `timeout` passes; returns
+/// whether it became true. For waiting on conditions instead of sleeping.
+pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let start = Instant::now();
+    loop {
+        if cond() {
+            return true;
+        }
+        if start.elapsed() > timeout {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+}
+
+/// Async version of [`wait_until`], for tests on a tokio runtime.
+pub async fn wait_until_async<F, Fut>(timeout: Duration, mut cond: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let start = Instant::now();
+    loop {
+        if cond().await {
+            return true;
+        }
+        if start.elapsed() > timeout {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// The repository root (for fixtures such as `deploy/`).
+pub fn repo_root() -> &'static Path {
+    Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
+}

@@ -1,0 +1,157 @@
+//! A real `nats-server -js` per test.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use crate::{find_binary, free_port, missing, wait_until};
+
+/// How to start a server.
+#[derive(Debug, Default, Clone)]
+pub struct NatsOptions {
+    /// A configuration file (`-c`), e.g. generated authorization or TLS.
+    pub config_file: Option<PathBuf>,
+    /// Extra arguments appended to the command line.
+    pub extra_args: Vec<String>,
+    /// URL scheme to report (`nats` or `tls`).
+    pub scheme: Option<&'static str>,
+}
+
+/// A running `nats-server` with JetStream on a free 127.0.0.1 port and a
+/// temporary store. Killed on drop; the store is removed with it.
+pub struct NatsServer {
+    binary: PathBuf,
+    port: u16,
+    store: tempfile::TempDir,
+    opts: NatsOptions,
+    child: Option<Child>,
+}
+
+impl NatsServer {
+    /// Starts a server from `NATS_SERVER_BIN` or `nats-server` on PATH.
+    /// `None` when the binary is missing outside CI (the test should return).
+    pub fn start() -> Option<NatsServer> {
+        Self::start_with(NatsOptions::default())
+    }
+
+    /// Starts a server with options.
+    pub fn start_with(opts: NatsOptions) -> Option<NatsServer> {
+        let Some(binary) = find_binary("NATS_SERVER_BIN", "nats-server") else {
+            return missing("nats-server is not installed (or NATS_SERVER_BIN is wrong)");
+        };
+        let mut server = NatsServer {
+            binary,
+            port: free_port(),
+            store: tempfile::tempdir().expect("temp dir"),
+            opts,
+            child: None,
+        };
+        server.spawn();
+        Some(server)
+    }
+
+    fn spawn(&mut self) {
+        let mut cmd = Command::new(&self.binary);
+        if let Some(conf) = &self.opts.config_file {
+            cmd.arg("-c").arg(conf);
+        }
+        cmd.args(["-a", "127.0.0.1", "-p"])
+            .arg(self.port.to_string())
+            .arg("-js")
+            .arg("-sd")
+            .arg(self.store.path())
+            .args(&self.opts.extra_args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(if std::env::var_os("NATS_TEST_LOG").is_some() {
+                Stdio::inherit()
+            } else {
+                Stdio::null()
+            });
+        let child = cmd.spawn().expect("spawn nats-server");
+        self.child = Some(child);
+        let port = self.port;
+        let up = wait_until(Duration::from_secs(15), || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+        });
+        assert!(up, "nats-server did not listen on 127.0.0.1:{port} within 15 s");
+    }
+
+    /// `nats://127.0.0.1:<port>` (or `tls://` when configured).
+    pub fn url(&self) -> String {
+        format!(
+            "{}://127.0.0.1:{}",
+            self.opts.scheme.unwrap_or("nats"),
+            self.port
+        )
+    }
+
+    /// The port.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The JetStream store directory, kept across [`Self::restart`].
+    pub fn store_dir(&self) -> &Path {
+        self.store.path()
+    }
+
+    /// Kills the server (SIGKILL) and waits for it; the store is kept.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the server again on the same port with the same store.
+    pub fn restart(&mut self) {
+        self.stop();
+        self.spawn();
+    }
+
+    /// The binary's `--version` output, e.g. `nats-server: v2.9.10`.
+    pub fn version(&self) -> String {
+        Command::new(&self.binary)
+            .arg("--version")
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Creates the contract's buckets ([`protocol::buckets::ALL`]) as plain
+/// streams, the way `iot-operator init` does (async-nats's KV creation
+/// fails on 2.9 servers).
+pub async fn create_buckets(client: &async_nats::Client) -> Result<(), async_nats::Error> {
+    let js = async_nats::jetstream::new(client.clone());
+    for spec in protocol::buckets::ALL {
+        js.get_or_create_stream(stream_config(&spec)).await?;
+    }
+    Ok(())
+}
+
+fn stream_config(spec: &protocol::buckets::BucketSpec) -> async_nats::jetstream::stream::Config {
+    use async_nats::jetstream::stream::{Config, DiscardPolicy, StorageType};
+    Config {
+        name: format!("KV_{}", spec.name),
+        subjects: vec![format!("$KV.{}.>", spec.name)],
+        max_messages_per_subject: spec.history,
+        max_message_size: spec.max_value_size,
+        allow_rollup: spec.allow_rollup,
+        deny_purge: spec.deny_purge,
+        deny_delete: true,
+        allow_direct: true,
+        discard: DiscardPolicy::New,
+        storage: StorageType::File,
+        duplicate_window: Duration::from_secs(120),
+        num_replicas: 1,
+        ..Default::default()
+    }
+}
