@@ -1,0 +1,217 @@
+//! `cargo xtask cross-image`: the container image `cross` builds in, made
+//! offline from Debian packages (debootstrap + `podman import`), so `cross`
+//! works without a container registry. Also the environment every `cross`
+//! call gets (Podman, its containers.conf, the local image).
+
+use anyhow::{Context, Result, bail};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::Instant;
+
+use crate::flags::Args;
+use crate::util::{self, project_root, require_tool, workspace_target};
+
+/// The local image's name.
+pub const IMAGE: &str = "localhost/iot-cross:bookworm";
+
+/// Help for `cargo xtask cross-image`.
+pub const HELP: &str = "\
+cargo xtask cross-image [--mirror URL] [--force]
+    Build the image `cross` uses for aarch64 targets from Debian bookworm
+    packages (debootstrap: gcc, gcc-aarch64-linux-gnu, libc6-dev-arm64-cross,
+    qemu-user-static) and import it into Podman as localhost/iot-cross:bookworm.
+    No container registry is needed. Needs root (debootstrap) and Podman.
+    --mirror URL   Debian mirror (default: http://deb.debian.org/debian)
+    --force        rebuild even if the image exists";
+
+const PACKAGES: &[&str] = &[
+    "gcc",
+    "libc6-dev",
+    "gcc-aarch64-linux-gnu",
+    "libc6-dev-arm64-cross",
+    "qemu-user-static",
+    "ca-certificates",
+];
+
+/// Environment lines of the image: linker, runner and C compiler for both
+/// aarch64 targets. musl links with rust-lld from the mounted toolchain,
+/// as on the host.
+const ENV: &[(&str, &str)] = &[
+    (
+        "PATH",
+        "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+    ),
+    ("CARGO_TARGET_AARCH64_UNKNOWN_LINUX_MUSL_LINKER", "rust-lld"),
+    (
+        "CARGO_TARGET_AARCH64_UNKNOWN_LINUX_MUSL_RUNNER",
+        "qemu-aarch64-static",
+    ),
+    ("CC_aarch64_unknown_linux_musl", "aarch64-linux-gnu-gcc"),
+    (
+        "CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_LINKER",
+        "aarch64-linux-gnu-gcc",
+    ),
+    (
+        "CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_RUNNER",
+        "qemu-aarch64-static -L /usr/aarch64-linux-gnu",
+    ),
+    ("CC_aarch64_unknown_linux_gnu", "aarch64-linux-gnu-gcc"),
+    ("AR_aarch64_unknown_linux_gnu", "aarch64-linux-gnu-ar"),
+];
+
+/// The project's containers.conf, needed by Podman in sandboxes.
+pub fn containers_conf() -> PathBuf {
+    project_root().join("deploy/podman/containers.conf")
+}
+
+/// `podman` with the project's containers.conf (unless the caller set one).
+pub fn podman() -> Command {
+    let mut c = Command::new("podman");
+    if std::env::var_os("CONTAINERS_CONF").is_none() {
+        c.env("CONTAINERS_CONF", containers_conf());
+    }
+    c
+}
+
+/// Whether the local cross image exists.
+pub fn image_exists() -> bool {
+    util::have("podman")
+        && podman()
+            .args(["image", "exists", IMAGE])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+}
+
+/// Sets up a `cross` command: Podman as the engine, the project's
+/// containers.conf, the toolchain-check workaround, and the local image for
+/// `target` when it exists and none is chosen already.
+pub fn cross_env(c: &mut Command, target: &str) -> Result<()> {
+    let set_default = |c: &mut Command, k: &str, v: &std::ffi::OsStr| {
+        if std::env::var_os(k).is_none() {
+            c.env(k, v);
+        }
+    };
+    if util::have("podman") && !util::have("docker") {
+        set_default(c, "CROSS_CONTAINER_ENGINE", "podman".as_ref());
+    }
+    set_default(c, "CONTAINERS_CONF", containers_conf().as_os_str());
+    // cross 0.2.5 misreads rustup >= 1.28's "(active, default)" toolchain
+    // line and refuses to start without this.
+    set_default(c, "CROSS_CUSTOM_TOOLCHAIN", "1".as_ref());
+    let var = format!(
+        "CROSS_TARGET_{}_IMAGE",
+        target.to_ascii_uppercase().replace('-', "_")
+    );
+    if std::env::var_os(&var).is_none() && target.starts_with("aarch64-") && image_exists() {
+        c.env(&var, IMAGE);
+    }
+    Ok(())
+}
+
+fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .and_then(|l| l.split_whitespace().nth(2).map(|e| e == "0"))
+        })
+        .unwrap_or(false)
+}
+
+/// `cargo xtask cross-image`.
+pub fn cmd(mut args: Args) -> Result<()> {
+    let mirror = args
+        .value("--mirror")?
+        .unwrap_or_else(|| "http://deb.debian.org/debian".into());
+    let force = args.flag("--force");
+    args.finish()?;
+    require_tool("podman", "podman")?;
+    if image_exists() && !force {
+        println!("{IMAGE} exists already (pass --force to rebuild)");
+        return Ok(());
+    }
+    require_tool("debootstrap", "debootstrap")?;
+    if !is_root() {
+        bail!("debootstrap needs root: run `sudo -E cargo xtask cross-image`");
+    }
+    let start = Instant::now();
+    let work = workspace_target().join("cross-image");
+    let rootfs = work.join("rootfs");
+    if rootfs.exists() {
+        std::fs::remove_dir_all(&rootfs)
+            .with_context(|| format!("remove the old {}", rootfs.display()))?;
+    }
+    std::fs::create_dir_all(&work)?;
+    eprintln!(
+        "debootstrap bookworm with {} (a few minutes)...",
+        PACKAGES.join(",")
+    );
+    let log = work.join("debootstrap.log");
+    let mut c = Command::new("debootstrap");
+    c.args([
+        "--variant=minbase",
+        &format!("--include={}", PACKAGES.join(",")),
+    ])
+    .args(["bookworm"])
+    .arg(&rootfs)
+    .arg(&mirror)
+    .stdout(std::fs::File::create(&log)?)
+    .stderr(std::fs::File::create(work.join("debootstrap.err"))?);
+    util::run(&mut c).with_context(|| {
+        format!(
+            "debootstrap failed; see {} and {}; check that {mirror} is reachable",
+            log.display(),
+            work.join("debootstrap.err").display()
+        )
+    })?;
+    let t_boot = start.elapsed();
+    // Package caches are not needed to build and would double the size.
+    for d in ["var/cache/apt/archives", "var/lib/apt/lists"] {
+        let p = rootfs.join(d);
+        if let Ok(rd) = std::fs::read_dir(&p) {
+            for e in rd.flatten() {
+                if e.path().is_file() {
+                    let _ = std::fs::remove_file(e.path());
+                }
+            }
+        }
+    }
+    eprintln!("importing into Podman as {IMAGE}...");
+    let mut tar = Command::new("tar")
+        .arg("-C")
+        .arg(&rootfs)
+        .args(["--numeric-owner", "-c", "."])
+        .stdout(Stdio::piped())
+        .spawn()
+        .context("start tar")?;
+    let tar_out = tar.stdout.take().context("tar stdout")?;
+    let mut imp = podman();
+    imp.arg("import");
+    for (k, v) in ENV {
+        imp.arg("--change").arg(format!("ENV {k}=\"{v}\""));
+    }
+    imp.args(["--change", "WORKDIR /"])
+        .arg("-")
+        .arg(IMAGE)
+        .stdin(Stdio::from(tar_out))
+        .stdout(Stdio::null());
+    let imported = util::run(&mut imp).context(
+        "podman import failed; check Podman works (CONTAINERS_CONF=deploy/podman/containers.conf)",
+    );
+    let tar_ok = tar.wait().context("wait for tar")?.success();
+    imported?;
+    if !tar_ok {
+        bail!("tar of {} failed", rootfs.display());
+    }
+    let _ = std::fs::remove_dir_all(&rootfs);
+    println!(
+        "{IMAGE} built in {:.0} s (debootstrap {:.0} s); `cargo xtask dist --cross` and \
+         `cross` (with CROSS_TARGET_AARCH64_UNKNOWN_LINUX_MUSL_IMAGE={IMAGE}) use it",
+        start.elapsed().as_secs_f64(),
+        t_boot.as_secs_f64()
+    );
+    Ok(())
+}

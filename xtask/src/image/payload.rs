@@ -1,0 +1,409 @@
+//! What goes into a board's root filesystem: the agent's config (rendered
+//! as TOML text, the agent's own format), credential files, the systemd unit,
+//! the hostname. Pure functions, so they are unit-tested without an image.
+
+use anyhow::{Context, Result, bail};
+use serde::Serialize;
+use std::path::PathBuf;
+
+use crate::flags::Args;
+
+/// Where the agent binary goes on the board.
+pub const AGENT_BIN: &str = "/usr/local/bin/iot-agent";
+/// The agent's configuration directory.
+pub const CONFIG_DIR: &str = "/etc/iot-agent";
+/// The agent's configuration file.
+pub const CONFIG_FILE: &str = "/etc/iot-agent/config.toml";
+/// The nkey seed file, for `nkey` credentials.
+pub const NKEY_FILE: &str = "/etc/iot-agent/nats.nk";
+/// The creds file, for `creds-file` credentials.
+pub const CREDS_FILE: &str = "/etc/iot-agent/nats.creds";
+/// The systemd unit.
+pub const UNIT_FILE: &str = "/etc/systemd/system/iot-agent.service";
+/// The symlink that enables the unit at boot.
+pub const UNIT_WANTS: &str = "/etc/systemd/system/multi-user.target.wants/iot-agent.service";
+/// The agent's state directory on the board.
+pub const STATE_DIR: &str = "/var/lib/iot-agent";
+
+/// How the device authenticates to NATS.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Credentials {
+    /// No authentication.
+    None,
+    /// User and password (secret in the config file).
+    UserPassword {
+        /// User name.
+        user: String,
+        /// Password.
+        password: String,
+    },
+    /// A token (secret in the config file).
+    Token(String),
+    /// An nkey seed file on the host, copied to [`NKEY_FILE`].
+    Nkey(PathBuf),
+    /// A `.creds` file (JWT + seed) on the host, copied to [`CREDS_FILE`].
+    CredsFile(PathBuf),
+}
+
+/// Help text for the credentials options, shared by `image` and `flash`.
+pub const CREDENTIALS_HELP: &str = "\
+    credentials (at most one kind; default: none):
+      --nats-user USER --nats-password PASS   (or --nats-password-file FILE)
+      --nats-token TOKEN                      (or --nats-token-file FILE)
+      --nats-nkey SEED_FILE                   nkey seed, copied to /etc/iot-agent/nats.nk (0600)
+      --nats-creds CREDS_FILE                 JWT creds, copied to /etc/iot-agent/nats.creds (0600)";
+
+fn secret(args: &mut Args, opt: &str, file_opt: &str) -> Result<Option<String>> {
+    let direct = args.value(opt)?;
+    let file = args.path(file_opt)?;
+    match (direct, file) {
+        (Some(_), Some(_)) => bail!("give either {opt} or {file_opt}, not both"),
+        (Some(v), None) => Ok(Some(v)),
+        (None, Some(f)) => {
+            let v = std::fs::read_to_string(&f)
+                .with_context(|| format!("read {file_opt} {}", f.display()))?;
+            Ok(Some(v.trim_end_matches(['\r', '\n']).to_string()))
+        }
+        (None, None) => Ok(None),
+    }
+}
+
+impl Credentials {
+    /// Takes the credentials options from `args`.
+    pub fn from_args(args: &mut Args) -> Result<Credentials> {
+        let user = args.value("--nats-user")?;
+        let password = secret(args, "--nats-password", "--nats-password-file")?;
+        let token = secret(args, "--nats-token", "--nats-token-file")?;
+        let nkey = args.path("--nats-nkey")?;
+        let creds = args.path("--nats-creds")?;
+        let kinds = [
+            user.is_some() || password.is_some(),
+            token.is_some(),
+            nkey.is_some(),
+            creds.is_some(),
+        ];
+        if kinds.iter().filter(|k| **k).count() > 1 {
+            bail!(
+                "give one kind of NATS credentials: user+password, token, nkey or creds file, not several"
+            );
+        }
+        let readable = |p: &PathBuf, what: &str| -> Result<()> {
+            std::fs::metadata(p)
+                .with_context(|| format!("{what} {} cannot be read; check the path", p.display()))
+                .map(drop)
+        };
+        Ok(match (user, password, token, nkey, creds) {
+            (Some(user), Some(password), ..) => Credentials::UserPassword { user, password },
+            (Some(_), None, ..) => {
+                bail!("--nats-user needs --nats-password or --nats-password-file")
+            }
+            (None, Some(_), ..) => bail!("--nats-password needs --nats-user"),
+            (_, _, Some(t), ..) => Credentials::Token(t),
+            (_, _, _, Some(p), _) => {
+                readable(&p, "--nats-nkey")?;
+                Credentials::Nkey(p)
+            }
+            (_, _, _, _, Some(p)) => {
+                readable(&p, "--nats-creds")?;
+                Credentials::CredsFile(p)
+            }
+            _ => Credentials::None,
+        })
+    }
+
+    /// Whether the config file itself holds a secret.
+    pub fn secret_in_config(&self) -> bool {
+        matches!(
+            self,
+            Credentials::UserPassword { .. } | Credentials::Token(_)
+        )
+    }
+}
+
+/// Everything that identifies one device.
+#[derive(Debug, Clone)]
+pub struct Identity {
+    /// The device id (a NATS key token).
+    pub device_id: String,
+    /// The hostname written to `/etc/hostname`.
+    pub hostname: String,
+    /// NATS server URLs.
+    pub nats_urls: Vec<String>,
+    /// NATS credentials.
+    pub credentials: Credentials,
+}
+
+impl Identity {
+    /// Takes `--device-id`, `--hostname`, `--nats-url` and credentials.
+    pub fn from_args(args: &mut Args) -> Result<Identity> {
+        let device_id = args.required("--device-id", "ID (e.g. pi-001)")?;
+        protocol::keys::validate_device_id(&device_id)
+            .map_err(|e| anyhow::anyhow!("--device-id {device_id:?}: {e}"))?;
+        let hostname = match args.value("--hostname")? {
+            Some(h) => h,
+            None => device_id.to_ascii_lowercase().replace('_', "-"),
+        };
+        validate_hostname(&hostname)?;
+        let nats_urls = args.values("--nats-url")?;
+        if nats_urls.is_empty() {
+            bail!(
+                "give the NATS server with --nats-url nats://HOST:4222 (repeat it for a cluster)"
+            );
+        }
+        for u in &nats_urls {
+            validate_url(u)?;
+        }
+        let credentials = Credentials::from_args(args)?;
+        Ok(Identity {
+            device_id,
+            hostname,
+            nats_urls,
+            credentials,
+        })
+    }
+}
+
+fn validate_hostname(h: &str) -> Result<()> {
+    let ok = !h.is_empty()
+        && h.len() <= 63
+        && h.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+        && !h.starts_with('-')
+        && !h.ends_with('-');
+    if !ok {
+        bail!(
+            "hostname {h:?} is not valid (1-63 letters, digits and inner '-'); pass --hostname NAME"
+        );
+    }
+    Ok(())
+}
+
+fn validate_url(u: &str) -> Result<()> {
+    let rest = ["nats://", "tls://"]
+        .iter()
+        .find_map(|s| u.strip_prefix(s))
+        .with_context(|| {
+            format!("--nats-url {u:?} must start with nats:// or tls://, e.g. nats://nats.example.net:4222")
+        })?;
+    let host = rest.rsplit('@').next().unwrap_or("");
+    if host.is_empty() || host.contains('/') || host.chars().any(char::is_whitespace) {
+        bail!("--nats-url {u:?} has no HOST[:PORT]; e.g. nats://nats.example.net:4222");
+    }
+    Ok(())
+}
+
+#[derive(Serialize)]
+struct ConfigFile<'a> {
+    version: u32,
+    device_id: &'a str,
+    state_dir: &'a str,
+    heartbeat_interval_secs: u32,
+    nats: NatsSection<'a>,
+    podman: PodmanSection<'a>,
+}
+
+#[derive(Serialize)]
+struct NatsSection<'a> {
+    urls: &'a [String],
+    credentials: CredSection<'a>,
+}
+
+#[derive(Serialize)]
+#[serde(tag = "type", rename_all = "kebab-case")]
+enum CredSection<'a> {
+    None,
+    UserPassword { user: &'a str, password: &'a str },
+    Token { token: &'a str },
+    Nkey { seed_file: &'a str },
+    CredsFile { path: &'a str },
+}
+
+#[derive(Serialize)]
+struct PodmanSection<'a> {
+    socket: &'a str,
+}
+
+/// The agent's `config.toml` for `id` (format version 1).
+pub fn config_toml(id: &Identity) -> Result<String> {
+    let credentials = match &id.credentials {
+        Credentials::None => CredSection::None,
+        Credentials::UserPassword { user, password } => {
+            CredSection::UserPassword { user, password }
+        }
+        Credentials::Token(t) => CredSection::Token { token: t },
+        Credentials::Nkey(_) => CredSection::Nkey {
+            seed_file: NKEY_FILE,
+        },
+        Credentials::CredsFile(_) => CredSection::CredsFile { path: CREDS_FILE },
+    };
+    let cfg = ConfigFile {
+        version: 1,
+        device_id: &id.device_id,
+        state_dir: STATE_DIR,
+        heartbeat_interval_secs: 30,
+        nats: NatsSection {
+            urls: &id.nats_urls,
+            credentials,
+        },
+        podman: PodmanSection {
+            socket: "unix:///run/podman/podman.sock",
+        },
+    };
+    let body = toml::to_string(&cfg).context("render the agent config")?;
+    Ok(format!(
+        "# iot-agent configuration for device {}, written by `cargo xtask image`.\n{body}",
+        id.device_id
+    ))
+}
+
+/// The systemd unit that runs the agent at boot.
+pub fn unit() -> String {
+    format!(
+        "\
+[Unit]
+Description=IoT fleet agent: runs this device's NATS desired state with Podman
+Documentation=https://example.invalid/iot-fleet
+Wants=network-online.target podman.socket
+After=network-online.target podman.socket
+
+[Service]
+ExecStart={AGENT_BIN} --config {CONFIG_FILE}
+Restart=always
+RestartSec=5
+StateDirectory=iot-agent
+StateDirectoryMode=0700
+
+[Install]
+WantedBy=multi-user.target
+"
+    )
+}
+
+/// `/etc/hosts` with the Debian-style `127.0.1.1` line naming `hostname`.
+pub fn hosts(old: &str, hostname: &str) -> String {
+    let line = format!("127.0.1.1\t{hostname}");
+    let mut found = false;
+    let mut out: Vec<String> = old
+        .lines()
+        .map(|l| {
+            if l.split_whitespace().next() == Some("127.0.1.1") {
+                found = true;
+                line.clone()
+            } else {
+                l.to_string()
+            }
+        })
+        .collect();
+    if !found {
+        out.push(line);
+    }
+    out.join("\n") + "\n"
+}
+
+/// The kernel command line with `add` appended, each parameter once.
+pub fn cmdline(old: &str, add: &[String]) -> String {
+    let mut words: Vec<&str> = old.split_whitespace().collect();
+    for a in add {
+        if !words.contains(&a.as_str()) {
+            words.push(a);
+        }
+    }
+    words.join(" ") + "\n"
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn id(c: Credentials) -> Identity {
+        Identity {
+            device_id: "pi-001".into(),
+            hostname: "pi-001".into(),
+            nats_urls: vec!["nats://a:4222".into(), "nats://b:4222".into()],
+            credentials: c,
+        }
+    }
+
+    #[test]
+    fn config_has_the_agent_format() {
+        let t = config_toml(&id(Credentials::None)).unwrap();
+        let v: toml::Value = toml::from_str(&t).unwrap();
+        assert_eq!(v["version"].as_integer(), Some(1));
+        assert_eq!(v["device_id"].as_str(), Some("pi-001"));
+        assert_eq!(v["state_dir"].as_str(), Some(STATE_DIR));
+        assert_eq!(v["heartbeat_interval_secs"].as_integer(), Some(30));
+        assert_eq!(v["nats"]["urls"].as_array().unwrap().len(), 2);
+        assert_eq!(v["nats"]["credentials"]["type"].as_str(), Some("none"));
+        assert_eq!(
+            v["podman"]["socket"].as_str(),
+            Some("unix:///run/podman/podman.sock")
+        );
+    }
+
+    #[test]
+    fn each_credentials_kind_renders() {
+        let cases = [
+            (
+                Credentials::UserPassword {
+                    user: "u".into(),
+                    password: "p\"w".into(),
+                },
+                "user-password",
+                ("password", "p\"w"),
+            ),
+            (Credentials::Token("t".into()), "token", ("token", "t")),
+            (
+                Credentials::Nkey("x".into()),
+                "nkey",
+                ("seed_file", NKEY_FILE),
+            ),
+            (
+                Credentials::CredsFile("x".into()),
+                "creds-file",
+                ("path", CREDS_FILE),
+            ),
+        ];
+        for (c, ty, (k, val)) in cases {
+            let v: toml::Value = toml::from_str(&config_toml(&id(c)).unwrap()).unwrap();
+            let cr = &v["nats"]["credentials"];
+            assert_eq!(cr["type"].as_str(), Some(ty));
+            assert_eq!(cr[k].as_str(), Some(val));
+        }
+    }
+
+    #[test]
+    fn cmdline_and_hosts_are_idempotent() {
+        let add = vec!["cgroup_enable=memory".to_string(), "quiet".to_string()];
+        let once = cmdline("console=tty1 quiet\n", &add);
+        assert_eq!(once, "console=tty1 quiet cgroup_enable=memory\n");
+        assert_eq!(cmdline(&once, &add), once);
+        let h = hosts("127.0.0.1\tlocalhost\n127.0.1.1\traspberrypi\n", "pi-001");
+        assert_eq!(h, "127.0.0.1\tlocalhost\n127.0.1.1\tpi-001\n");
+        assert_eq!(
+            hosts("127.0.0.1 localhost", "x"),
+            "127.0.0.1 localhost\n127.0.1.1\tx\n"
+        );
+    }
+
+    #[test]
+    fn bad_identity_options_say_what_to_do() {
+        let parse = |s: &str| {
+            let mut a = Args::new("image", s.split_whitespace().map(String::from).collect());
+            Identity::from_args(&mut a)
+                .map(drop)
+                .unwrap_err()
+                .to_string()
+        };
+        assert!(parse("--device-id a.b --nats-url nats://h").contains("'.'"));
+        assert!(parse("--device-id a").contains("--nats-url"));
+        assert!(parse("--device-id a --nats-url http://h").contains("nats://"));
+        assert!(parse("--device-id a_b --nats-url nats://h --hostname -x").contains("--hostname"));
+        assert!(
+            parse("--device-id a --nats-url nats://h --nats-user u --nats-token t")
+                .contains("one kind")
+        );
+        assert!(
+            parse("--device-id a --nats-url nats://h --nats-user u").contains("--nats-password")
+        );
+    }
+}
