@@ -245,6 +245,9 @@ mod tests {
             key: f,
         };
         assert_eq!(s.to_string(), "$KV.desired-state.pi-001.>");
-        assert_eq!(StreamName(DESIRED_STATE_BUCKET).to_string(), "KV_desired-state");
+        assert_eq!(
+            StreamName(DESIRED_STATE_BUCKET).to_string(),
+            "KV_desired-state"
+        );
     }
 }

@@ -319,9 +319,7 @@ mod owned {
                 }),
                 restart_policy: self.restart_policy,
                 pull_policy: self.pull_policy,
-                labels: self
-                    .labels
-                    .map(|k, v| (k.into_owned(), v.into_owned())),
+                labels: self.labels.map(|k, v| (k.into_owned(), v.into_owned())),
             }
         }
     }

@@ -112,7 +112,11 @@ pub struct DeploymentStatus<'a> {
 impl Validate for DeploymentStatus<'_> {
     fn validate(&self) -> Result<(), ValidationError> {
         for (i, c) in self.containers.iter().enumerate() {
-            check_len(FieldPath::top("containers").at(i, Some("name")), &c.name, MAX_NAME_LEN)?;
+            check_len(
+                FieldPath::top("containers").at(i, Some("name")),
+                &c.name,
+                MAX_NAME_LEN,
+            )?;
         }
         check_len(FieldPath::top("message"), &self.message, MAX_STRING_LEN)
     }
@@ -145,10 +149,18 @@ pub struct Heartbeat<'a> {
 
 impl Validate for Heartbeat<'_> {
     fn validate(&self) -> Result<(), ValidationError> {
-        check_len(FieldPath::top("agentVersion"), &self.agent_version, MAX_NAME_LEN)?;
+        check_len(
+            FieldPath::top("agentVersion"),
+            &self.agent_version,
+            MAX_NAME_LEN,
+        )?;
         check_len(FieldPath::top("arch"), &self.arch, MAX_NAME_LEN)?;
         check_len(FieldPath::top("os"), &self.os, MAX_NAME_LEN)?;
-        check_len(FieldPath::top("podmanVersion"), &self.podman_version, MAX_NAME_LEN)
+        check_len(
+            FieldPath::top("podmanVersion"),
+            &self.podman_version,
+            MAX_NAME_LEN,
+        )
     }
 }
 

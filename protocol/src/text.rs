@@ -43,7 +43,14 @@ impl<'a> Text<'a> {
 
     /// The string.
     pub fn as_str(&self) -> &str {
-        &self.0
+        #[cfg(feature = "alloc")]
+        {
+            &self.0
+        }
+        #[cfg(not(feature = "alloc"))]
+        {
+            self.0
+        }
     }
 
     /// A copy that owns its contents and so outlives the decode buffer.
@@ -64,13 +71,13 @@ impl Text<'static> {
 impl Deref for Text<'_> {
     type Target = str;
     fn deref(&self) -> &str {
-        &self.0
+        self.as_str()
     }
 }
 
 impl AsRef<str> for Text<'_> {
     fn as_ref(&self) -> &str {
-        &self.0
+        self.as_str()
     }
 }
 
@@ -168,7 +175,14 @@ impl<'a> Bytes<'a> {
 
     /// The bytes.
     pub fn as_slice(&self) -> &[u8] {
-        &self.0
+        #[cfg(feature = "alloc")]
+        {
+            &self.0
+        }
+        #[cfg(not(feature = "alloc"))]
+        {
+            self.0
+        }
     }
 
     /// A copy that owns its contents.
@@ -189,7 +203,7 @@ impl Bytes<'static> {
 impl Deref for Bytes<'_> {
     type Target = [u8];
     fn deref(&self) -> &[u8] {
-        &self.0
+        self.as_slice()
     }
 }
 

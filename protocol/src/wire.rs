@@ -116,7 +116,9 @@ pub fn encode_into<'b, T: Serialize + Validate>(
 
 /// Encodes `value` into a new `Vec`.
 #[cfg(feature = "alloc")]
-pub fn encode_to_vec<T: Serialize + Validate>(value: &T) -> Result<alloc::vec::Vec<u8>, EncodeError> {
+pub fn encode_to_vec<T: Serialize + Validate>(
+    value: &T,
+) -> Result<alloc::vec::Vec<u8>, EncodeError> {
     value.validate().map_err(EncodeError::Invalid)?;
     let mut out = alloc::vec![FORMAT_VERSION];
     out = postcard::to_extend(value, out).map_err(|_| EncodeError::BufferTooSmall)?;

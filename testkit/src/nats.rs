@@ -74,7 +74,10 @@ impl NatsServer {
         let up = wait_until(Duration::from_secs(15), || {
             std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
         });
-        assert!(up, "nats-server did not listen on 127.0.0.1:{port} within 15 s");
+        assert!(
+            up,
+            "nats-server did not listen on 127.0.0.1:{port} within 15 s"
+        );
     }
 
     /// `nats://127.0.0.1:<port>` (or `tls://` when configured).

@@ -95,10 +95,12 @@ impl PodmanService {
         let busybox = find_binary("BUSYBOX_BIN", "busybox")
             .filter(|p| is_static(p))
             .or_else(|| Some(PathBuf::from("/bin/busybox")).filter(|p| p.is_file()))
-            .expect("busybox-static is needed to build test images (apt-get install busybox-static)");
+            .expect(
+                "busybox-static is needed to build test images (apt-get install busybox-static)",
+            );
         let root = tempfile::tempdir().expect("temp dir");
         build_busybox_rootfs(&busybox, root.path());
-        let tar = Command::new("tar")
+        let mut tar = Command::new("tar")
             .arg("-C")
             .arg(root.path())
             .args(["-c", "."])
@@ -108,21 +110,17 @@ impl PodmanService {
         let status = self
             .command()
             .args(["import", "--change", "CMD [\"/bin/sh\"]", "-", name])
-            .stdin(tar.stdout.expect("tar stdout"))
+            .stdin(tar.stdout.take().expect("tar stdout"))
             .stdout(Stdio::null())
             .status()
             .expect("podman import");
-        assert!(status.success(), "podman import of {name} failed");
+        let tar_ok = tar.wait().is_ok_and(|s| s.success());
+        assert!(tar_ok && status.success(), "podman import of {name} failed");
     }
 
     /// Removes every container carrying label `key=value` (test cleanup).
     pub fn remove_labelled(&self, key: &str, value: &str) {
-        let ids = self.run(&[
-            "ps",
-            "-aq",
-            "--filter",
-            &format!("label={key}={value}"),
-        ]);
+        let ids = self.run(&["ps", "-aq", "--filter", &format!("label={key}={value}")]);
         for id in ids.split_whitespace() {
             let _ = self.command().args(["rm", "-f", "-t", "0", id]).output();
         }
@@ -142,7 +140,9 @@ fn is_static(p: &Path) -> bool {
     Command::new("ldd")
         .arg(p)
         .output()
-        .map(|o| !o.status.success() || String::from_utf8_lossy(&o.stdout).contains("not a dynamic"))
+        .map(|o| {
+            !o.status.success() || String::from_utf8_lossy(&o.stdout).contains("not a dynamic")
+        })
         .unwrap_or(true)
 }
 

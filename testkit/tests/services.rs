@@ -1,10 +1,14 @@
 //! The helpers themselves: servers start, serve, restart and clean up.
 
+#![allow(clippy::unwrap_used, missing_docs)]
+
 use testkit::{NatsServer, PodmanService, create_buckets};
 
 #[tokio::test]
 async fn nats_starts_creates_buckets_and_restarts_with_its_store() {
-    let Some(mut server) = NatsServer::start() else { return };
+    let Some(mut server) = NatsServer::start() else {
+        return;
+    };
     let client = async_nats::connect(server.url()).await.unwrap();
     create_buckets(&client).await.unwrap();
     let js = async_nats::jetstream::new(client.clone());
@@ -27,7 +31,9 @@ async fn nats_starts_creates_buckets_and_restarts_with_its_store() {
 
 #[test]
 fn podman_service_answers_and_runs_the_busybox_image() {
-    let Some(podman) = PodmanService::start() else { return };
+    let Some(podman) = PodmanService::start() else {
+        return;
+    };
     podman.ensure_busybox_image("localhost/iot-test-busybox:1");
     let out = podman.run(&[
         "--url",
