@@ -1,0 +1,367 @@
+//! The agent: ties the cache, the NATS watch, the per-deployment
+//! reconcilers, Podman events, the status writer and the heartbeat together.
+//!
+//! Everything runs on one thread (a tokio `LocalSet`): the work is I/O bound
+//! and a single thread keeps memory small.
+
+use std::cell::RefCell;
+use std::collections::{BTreeMap, BTreeSet};
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use bytes::Bytes;
+use tokio::sync::{mpsc, watch};
+
+use crate::backoff::Backoff;
+use crate::cache::Cache;
+use crate::config::Config;
+use crate::nats::{Session, WatchEvent};
+use crate::podman::{Podman, Runtime, labels};
+use crate::reconcile::{self, Context, StatusReport, Target, now_ms};
+use protocol::{DeploymentStatus, Heartbeat, Text};
+
+/// The agent's version, reported in the heartbeat.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// Deployments and their reconcilers.
+struct Deployments<R> {
+    ctx: Rc<Context<R>>,
+    workers: RefCell<BTreeMap<String, watch::Sender<Target>>>,
+}
+
+impl<R: Runtime> Deployments<R> {
+    /// Sets a deployment's target, starting its reconciler when new.
+    fn set(&self, deployment: &str, value: Option<Bytes>) {
+        let mut workers = self.workers.borrow_mut();
+        if let Some(tx) = workers.get(deployment) {
+            tx.send_if_modified(|t| {
+                if t.value == value {
+                    return false;
+                }
+                t.value = value;
+                true
+            });
+            return;
+        }
+        let (tx, rx) = watch::channel(Target { value, nudge: 0 });
+        tokio::task::spawn_local(reconcile::run(self.ctx.clone(), deployment.to_string(), rx));
+        workers.insert(deployment.to_string(), tx);
+    }
+
+    /// Asks a deployment's reconciler for a fresh pass.
+    fn nudge(&self, deployment: &str) {
+        if let Some(tx) = self.workers.borrow().get(deployment) {
+            tx.send_modify(|t| t.nudge = t.nudge.wrapping_add(1));
+        }
+    }
+
+    fn nudge_all(&self) {
+        for tx in self.workers.borrow().values() {
+            tx.send_modify(|t| t.nudge = t.nudge.wrapping_add(1));
+        }
+    }
+
+    /// Deployments currently desired (not deleted).
+    fn desired(&self) -> BTreeSet<String> {
+        self.workers
+            .borrow()
+            .iter()
+            .filter(|(_, tx)| tx.borrow().value.is_some())
+            .map(|(k, _)| k.clone())
+            .collect()
+    }
+}
+
+/// Runs the agent until SIGTERM/SIGINT.
+pub async fn run(config: Config) -> anyhow::Result<()> {
+    let socket = config.podman_socket_path()?;
+    let runtime = Rc::new(Podman::new(socket));
+    let cache = Cache::open(&config.state_dir).with_context(|| {
+        format!(
+            "cannot create the cache under state_dir {} (check the directory exists and is writable)",
+            config.state_dir.display()
+        )
+    })?;
+    let (status_tx, status_rx) = mpsc::unbounded_channel();
+    let ctx = Rc::new(Context {
+        runtime: runtime.clone(),
+        device_id: config.device_id.clone(),
+        stop_timeout_secs: config.podman.stop_timeout_secs,
+        allowed_host_paths: config.security.allowed_host_paths.clone(),
+        status: status_tx,
+        retry_base: Duration::from_millis(500),
+        retry_cap: Duration::from_secs(60),
+    });
+    let deployments = Rc::new(Deployments {
+        ctx,
+        workers: RefCell::new(BTreeMap::new()),
+    });
+
+    // Offline first: bring back what the cache says before any network.
+    match cache.load_all() {
+        Ok(cached) => {
+            crate::info!("restoring {} deployment(s) from the cache", cached.len());
+            for (name, value) in cached {
+                deployments.set(&name, Some(Bytes::from(value)));
+            }
+        }
+        Err(e) => crate::error!("cannot read the cache: {e}; waiting for NATS"),
+    }
+
+    let session = Session::connect(&config).await?;
+    let started = Instant::now();
+    tokio::task::spawn_local(status_writer(session.clone(), status_rx));
+    tokio::task::spawn_local(heartbeat(
+        session.clone(),
+        runtime.clone(),
+        deployments.clone(),
+        config.heartbeat_interval(),
+        started,
+    ));
+    tokio::task::spawn_local(events(
+        runtime.clone(),
+        deployments.clone(),
+        config.device_id.clone(),
+    ));
+    let watcher = tokio::task::spawn_local(watch_loop(session.clone(), cache, deployments.clone()));
+
+    shutdown_signal().await;
+    crate::info!("shutting down; containers keep running");
+    watcher.abort();
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        }
+        _ => std::future::pending().await,
+    }
+}
+
+/// Watches the desired state forever, re-creating the watch when it ends.
+async fn watch_loop<R: Runtime>(session: Session, cache: Cache, deployments: Rc<Deployments<R>>) {
+    let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(15));
+    loop {
+        let mut watch = match session.watch().await {
+            Ok(w) => {
+                backoff.reset();
+                w
+            }
+            Err(e) => {
+                let delay = backoff.next_delay();
+                if session.is_connected() {
+                    crate::error!("{e}; retrying in {delay:?}");
+                } else {
+                    crate::debug!("not connected yet ({e}); retrying in {delay:?}");
+                }
+                tokio::time::sleep(delay).await;
+                continue;
+            }
+        };
+        crate::info!("watching desired state");
+        let mut seen: Option<BTreeSet<String>> = Some(BTreeSet::new());
+        while let Some(event) = watch.next().await {
+            match event {
+                WatchEvent::Put { deployment, value } => {
+                    crate::debug!("{deployment}: put ({} bytes)", value.len());
+                    if let Err(e) = cache.store(&deployment, &value) {
+                        crate::error!("{deployment}: cannot cache the desired state: {e}");
+                    }
+                    if let Some(seen) = &mut seen {
+                        seen.insert(deployment.clone());
+                    }
+                    deployments.set(&deployment, Some(value));
+                }
+                WatchEvent::Delete { deployment } | WatchEvent::Purge { deployment } => {
+                    crate::info!("{deployment}: deleted");
+                    if let Err(e) = cache.remove(&deployment) {
+                        crate::error!("{deployment}: cannot drop it from the cache: {e}");
+                    }
+                    deployments.set(&deployment, None);
+                }
+                WatchEvent::SnapshotComplete => {
+                    let Some(seen) = seen.take() else { continue };
+                    crate::info!("desired state in sync: {} deployment(s)", seen.len());
+                    // What the snapshot lacks was deleted while we were away.
+                    for gone in deployments.desired().difference(&seen) {
+                        crate::info!("{gone}: no longer desired");
+                        if let Err(e) = cache.remove(gone) {
+                            crate::error!("{gone}: cannot drop it from the cache: {e}");
+                        }
+                        deployments.set(gone, None);
+                    }
+                    sweep(&deployments, &seen).await;
+                }
+            }
+        }
+        crate::warn!("desired-state watch ended; re-creating it");
+    }
+}
+
+/// Removes managed containers of this device whose deployment is not desired.
+async fn sweep<R: Runtime>(deployments: &Deployments<R>, desired: &BTreeSet<String>) {
+    let ctx = &deployments.ctx;
+    let Ok(all) = ctx.runtime.list_managed(&ctx.device_id).await else {
+        return;
+    };
+    for c in all {
+        let dep = c.label(labels::DEPLOYMENT);
+        if desired.contains(dep) || deployments.workers.borrow().contains_key(dep) {
+            continue;
+        }
+        crate::info!("removing {} (deployment {dep} is not desired)", c.name);
+        if let Err(e) = ctx.runtime.remove(&c.id, ctx.stop_timeout_secs).await {
+            crate::warn!("cannot remove {}: {e}", c.name);
+        }
+    }
+}
+
+/// Publishes status reports, each only when it differs from the last one
+/// published for that deployment; failed publishes are retried.
+async fn status_writer(session: Session, mut rx: mpsc::UnboundedReceiver<StatusReport>) {
+    let mut published: BTreeMap<String, DeploymentStatus<'static>> = BTreeMap::new();
+    let mut pending: BTreeMap<String, DeploymentStatus<'static>> = BTreeMap::new();
+    let same = |a: &DeploymentStatus<'_>, b: &DeploymentStatus<'_>| {
+        a.revision == b.revision
+            && a.phase == b.phase
+            && a.containers == b.containers
+            && a.message == b.message
+    };
+    loop {
+        if pending.is_empty() {
+            match rx.recv().await {
+                Some((d, s)) => {
+                    pending.insert(d, s);
+                }
+                None => return,
+            }
+        }
+        while let Ok((d, s)) = rx.try_recv() {
+            pending.insert(d, s);
+        }
+        let mut failed = false;
+        for (deployment, status) in std::mem::take(&mut pending) {
+            if published.get(&deployment).is_some_and(|p| same(p, &status)) {
+                continue;
+            }
+            let encoded = match protocol::wire::encode_to_vec(&status) {
+                Ok(v) => v,
+                Err(e) => {
+                    crate::error!("{deployment}: cannot encode status: {e}");
+                    continue;
+                }
+            };
+            match session.publish_status(&deployment, encoded).await {
+                Ok(()) => {
+                    crate::debug!(
+                        "{deployment}: status {} rev {}",
+                        status.phase,
+                        status.revision
+                    );
+                    published.insert(deployment, status);
+                }
+                Err(e) => {
+                    crate::debug!("{deployment}: {e}");
+                    failed = true;
+                    // A newer report may have arrived meanwhile; keep it.
+                    pending.entry(deployment).or_insert(status);
+                }
+            }
+        }
+        if failed {
+            // Offline: wait a little, or for news.
+            tokio::select! {
+                r = rx.recv() => match r {
+                    Some((d, s)) => { pending.insert(d, s); }
+                    None => return,
+                },
+                () = tokio::time::sleep(Duration::from_secs(2)) => {}
+            }
+        }
+    }
+}
+
+/// Publishes the heartbeat every `interval`.
+async fn heartbeat<R: Runtime>(
+    session: Session,
+    runtime: Rc<R>,
+    deployments: Rc<Deployments<R>>,
+    interval: Duration,
+    started: Instant,
+) {
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let podman_version = runtime.version().await.unwrap_or_default();
+        let hb = Heartbeat {
+            agent_version: Text::borrowed(VERSION),
+            arch: Text::borrowed(std::env::consts::ARCH),
+            os: Text::borrowed(std::env::consts::OS),
+            podman_version: Text::owned(podman_version),
+            uptime_secs: started.elapsed().as_secs(),
+            deployments: deployments.desired().len() as u32,
+            timestamp_ms: now_ms(),
+        };
+        match protocol::wire::encode_to_vec(&hb) {
+            Ok(v) => {
+                if let Err(e) = session.publish_heartbeat(v).await {
+                    crate::debug!("heartbeat: {e}");
+                }
+            }
+            Err(e) => crate::error!("cannot encode the heartbeat: {e}"),
+        }
+    }
+}
+
+/// Follows Podman's events for this device's containers and asks the
+/// affected deployment for a fresh pass (status refresh, repair).
+async fn events(runtime: Rc<Podman>, deployments: Rc<Deployments<Podman>>, device_id: String) {
+    let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
+    loop {
+        match runtime.events(&device_id).await {
+            Ok(mut stream) => {
+                backoff.reset();
+                // Events may have been missed while the stream was down.
+                deployments.nudge_all();
+                loop {
+                    match stream.next().await {
+                        Ok(Some(ev)) => {
+                            if matches!(
+                                ev.action.as_str(),
+                                "died"
+                                    | "oom"
+                                    | "restart"
+                                    | "start"
+                                    | "remove"
+                                    | "stop"
+                                    | "pause"
+                                    | "unpause"
+                            ) {
+                                crate::debug!("{}: podman event {}", ev.deployment, ev.action);
+                                deployments.nudge(&ev.deployment);
+                            }
+                        }
+                        Ok(None) => break,
+                        Err(e) => {
+                            crate::debug!("podman events: {e}");
+                            break;
+                        }
+                    }
+                }
+            }
+            Err(e) => crate::warn!("podman events unavailable: {e}"),
+        }
+        tokio::time::sleep(backoff.next_delay()).await;
+    }
+}

@@ -1,0 +1,17 @@
+//! The device agent: makes Podman on a board match the desired state the
+//! operator writes to NATS, offline first, and reports status back.
+//!
+//! Modules: [`config`] (the TOML file), [`nats`] (every NATS call),
+//! [`podman`] (the runtime trait and its libpod client over [`http`]),
+//! [`reconcile`] (one deployment's reconciler), [`cache`] (the on-disk
+//! desired state), [`agent`] (wiring), [`backoff`] and [`log`].
+
+pub mod agent;
+pub mod backoff;
+pub mod cache;
+pub mod config;
+pub mod http;
+pub mod log;
+pub mod nats;
+pub mod podman;
+pub mod reconcile;

@@ -1,0 +1,603 @@
+//! The container runtime: a small trait ([`Runtime`]) and its one real
+//! implementation, [`Podman`], a thin libpod REST client over the unix
+//! socket (see `http.rs` for why not podman-api/hyper).
+//!
+//! Only documented libpod v4 endpoints are used; Podman 4.x and 5.x answer
+//! them in the same shape.
+
+use std::collections::BTreeMap;
+use std::io;
+use std::path::PathBuf;
+
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::http::{self, encode_query};
+
+/// Label keys the agent puts on every container it creates.
+pub mod labels {
+    /// Marks containers this agent manages; value [`MANAGED_BY_VALUE`].
+    pub const MANAGED_BY: &str = "io.nationtech.iot.managed-by";
+    /// Value of [`MANAGED_BY`].
+    pub const MANAGED_BY_VALUE: &str = "iot-agent";
+    /// The device id whose agent owns the container.
+    pub const DEVICE: &str = "io.nationtech.iot.device";
+    /// The deployment the container belongs to.
+    pub const DEPLOYMENT: &str = "io.nationtech.iot.deployment";
+    /// The desired-state revision it was created for.
+    pub const REVISION: &str = "io.nationtech.iot.revision";
+    /// Hex of `protocol::wire::hash_of(container spec)`.
+    pub const SPEC_HASH: &str = "io.nationtech.iot.spec-hash";
+    /// The container's name in the score.
+    pub const CONTAINER: &str = "io.nationtech.iot.container";
+}
+
+/// A runtime failure, with the runtime's own message.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    /// The API socket could not be reached or the connection broke.
+    #[error("podman API unreachable: {0}")]
+    Unreachable(#[from] io::Error),
+    /// The API answered with an error.
+    #[error("{message}")]
+    Api {
+        /// HTTP status.
+        status: u16,
+        /// Podman's message.
+        message: String,
+    },
+    /// A pull failed (reported inside a successful stream).
+    #[error("pull of {image} failed: {message}")]
+    Pull {
+        /// The image.
+        image: String,
+        /// Podman's message.
+        message: String,
+    },
+    /// An answer did not have the expected shape.
+    #[error("unexpected answer from podman: {0}")]
+    Protocol(String),
+}
+
+impl RuntimeError {
+    /// Whether the object did not exist.
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, RuntimeError::Api { status: 404, .. })
+    }
+}
+
+/// A published port.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PortSpec {
+    /// Port in the container.
+    pub container_port: u16,
+    /// Port on the host.
+    pub host_port: Option<u16>,
+    /// `tcp` or `udp`.
+    pub protocol: &'static str,
+    /// Host address.
+    pub host_ip: Option<String>,
+}
+
+/// A mount: named volume or bind mount.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MountSpec {
+    /// A named Podman volume.
+    Named {
+        /// Volume name.
+        name: String,
+        /// Path in the container.
+        dest: String,
+        /// Read-only.
+        read_only: bool,
+    },
+    /// A host directory.
+    Bind {
+        /// Host path.
+        source: String,
+        /// Path in the container.
+        dest: String,
+        /// Read-only.
+        read_only: bool,
+    },
+}
+
+/// Everything needed to create one container.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CreateSpec {
+    /// Container name (unique on the host).
+    pub name: String,
+    /// Image reference.
+    pub image: String,
+    /// Replaces the entrypoint.
+    pub entrypoint: Option<Vec<String>>,
+    /// Replaces the cmd.
+    pub command: Option<Vec<String>>,
+    /// Environment.
+    pub env: BTreeMap<String, String>,
+    /// Ports.
+    pub ports: Vec<PortSpec>,
+    /// Mounts.
+    pub mounts: Vec<MountSpec>,
+    /// `always`, `on-failure` or `no`.
+    pub restart_policy: &'static str,
+    /// Labels, including the agent's own.
+    pub labels: BTreeMap<String, String>,
+    /// Seconds Podman waits after SIGTERM before SIGKILL.
+    pub stop_timeout_secs: u64,
+}
+
+/// A container the agent manages, as listed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ManagedContainer {
+    /// Container id.
+    pub id: String,
+    /// Container name.
+    pub name: String,
+    /// Its labels.
+    pub labels: BTreeMap<String, String>,
+    /// Podman's state word (`running`, `exited`, `created`...).
+    pub state: String,
+}
+
+impl ManagedContainer {
+    /// A label's value, empty when absent.
+    pub fn label(&self, key: &str) -> &str {
+        self.labels.get(key).map(String::as_str).unwrap_or("")
+    }
+}
+
+/// Runtime state of one container.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContainerInfo {
+    /// State word: `running`, `exited`, `created`, `paused`, `dead`...
+    pub status: String,
+    /// Last exit code.
+    pub exit_code: i32,
+    /// Restarts performed by the restart policy.
+    pub restart_count: u32,
+    /// Podman's error for the last start, if any.
+    pub error: String,
+    /// Whether the kernel OOM-killed it.
+    pub oom_killed: bool,
+}
+
+/// A container event worth a status refresh.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContainerEvent {
+    /// `died`, `oom`, `restart`, `start`, `remove`...
+    pub action: String,
+    /// The deployment label of the container.
+    pub deployment: String,
+}
+
+/// The container runtime as the reconciler sees it.
+// The agent runs on one thread (a LocalSet), so futures need not be Send.
+#[allow(async_fn_in_trait)]
+pub trait Runtime: 'static {
+    /// The runtime's version, for the heartbeat.
+    async fn version(&self) -> Result<String, RuntimeError>;
+    /// Every container labelled as managed by this device's agent.
+    async fn list_managed(&self, device_id: &str) -> Result<Vec<ManagedContainer>, RuntimeError>;
+    /// The state of one container.
+    async fn inspect(&self, id: &str) -> Result<ContainerInfo, RuntimeError>;
+    /// Whether an image is present locally.
+    async fn image_exists(&self, image: &str) -> Result<bool, RuntimeError>;
+    /// Pulls an image.
+    async fn pull(&self, image: &str) -> Result<(), RuntimeError>;
+    /// Creates a container, returning its id.
+    async fn create(&self, spec: &CreateSpec) -> Result<String, RuntimeError>;
+    /// Starts a container (already running counts as success).
+    async fn start(&self, id: &str) -> Result<(), RuntimeError>;
+    /// Removes a container, killing it after `stop_timeout_secs`.
+    async fn remove(&self, id: &str, stop_timeout_secs: u64) -> Result<(), RuntimeError>;
+}
+
+/// The libpod REST API on a unix socket.
+#[derive(Debug, Clone)]
+pub struct Podman {
+    socket: PathBuf,
+}
+
+/// API version prefix: libpod v4 paths, answered by Podman 4 and 5.
+const API: &str = "/v4.0.0/libpod";
+
+impl Podman {
+    /// A client for the socket at `socket` (a path, not a URI).
+    pub fn new(socket: PathBuf) -> Self {
+        Podman { socket }
+    }
+
+    async fn call(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&Value>,
+    ) -> Result<http::Response, RuntimeError> {
+        let body = body.map(|b| b.to_string().into_bytes());
+        let resp = http::request(
+            &self.socket,
+            method,
+            &format!("{API}{path}"),
+            body.as_deref(),
+        )
+        .await?;
+        Ok(resp)
+    }
+
+    async fn call_ok(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&Value>,
+    ) -> Result<http::Response, RuntimeError> {
+        let resp = self.call(method, path, body).await?;
+        if resp.is_success() {
+            Ok(resp)
+        } else {
+            Err(api_error(&resp))
+        }
+    }
+
+    /// Opens the event stream of this device's containers.
+    pub async fn events(&self, device_id: &str) -> Result<EventStream, RuntimeError> {
+        let filters = json!({
+            "type": ["container"],
+            "label": [format!("{}={}", labels::DEVICE, device_id)],
+        });
+        let path = format!(
+            "{API}/events?stream=true&filters={}",
+            encode_query(&filters.to_string())
+        );
+        let resp = http::open(&self.socket, "GET", &path, None).await?;
+        if !(200..300).contains(&resp.status) {
+            return Err(RuntimeError::Api {
+                status: resp.status,
+                message: "events stream refused".into(),
+            });
+        }
+        Ok(EventStream { resp })
+    }
+}
+
+/// Podman's error body: `{"cause": ..., "message": ..., "response": ...}`.
+fn api_error(resp: &http::Response) -> RuntimeError {
+    #[derive(Deserialize)]
+    struct ErrorBody {
+        #[serde(default)]
+        message: String,
+        #[serde(default)]
+        cause: String,
+    }
+    let message = match serde_json::from_slice::<ErrorBody>(&resp.body) {
+        Ok(e) if !e.message.is_empty() => e.message,
+        Ok(e) if !e.cause.is_empty() => e.cause,
+        _ => resp.text(),
+    };
+    RuntimeError::Api {
+        status: resp.status,
+        message,
+    }
+}
+
+fn parse<T: for<'de> Deserialize<'de>>(resp: &http::Response) -> Result<T, RuntimeError> {
+    serde_json::from_slice(&resp.body).map_err(|e| RuntimeError::Protocol(e.to_string()))
+}
+
+impl Runtime for Podman {
+    async fn version(&self) -> Result<String, RuntimeError> {
+        #[derive(Deserialize)]
+        struct V {
+            #[serde(rename = "Version")]
+            version: String,
+        }
+        let resp = self.call_ok("GET", "/version", None).await?;
+        Ok(parse::<V>(&resp)?.version)
+    }
+
+    async fn list_managed(&self, device_id: &str) -> Result<Vec<ManagedContainer>, RuntimeError> {
+        #[derive(Deserialize)]
+        struct Item {
+            #[serde(rename = "Id")]
+            id: String,
+            #[serde(rename = "Names", default)]
+            names: Vec<String>,
+            #[serde(rename = "Labels", default)]
+            labels: Option<BTreeMap<String, String>>,
+            #[serde(rename = "State", default)]
+            state: String,
+        }
+        let filters = json!({
+            "label": [
+                format!("{}={}", labels::MANAGED_BY, labels::MANAGED_BY_VALUE),
+                format!("{}={}", labels::DEVICE, device_id),
+            ],
+        });
+        let path = format!(
+            "/containers/json?all=true&filters={}",
+            encode_query(&filters.to_string())
+        );
+        let resp = self.call_ok("GET", &path, None).await?;
+        let items: Vec<Item> = parse(&resp)?;
+        Ok(items
+            .into_iter()
+            .map(|i| ManagedContainer {
+                id: i.id,
+                name: i.names.into_iter().next().unwrap_or_default(),
+                labels: i.labels.unwrap_or_default(),
+                state: i.state,
+            })
+            // Podman's label filter ANDs the two labels; double-check so
+            // that a filter quirk can never make us touch a foreign container.
+            .filter(|c| {
+                c.label(labels::DEVICE) == device_id
+                    && c.label(labels::MANAGED_BY) == labels::MANAGED_BY_VALUE
+            })
+            .collect())
+    }
+
+    async fn inspect(&self, id: &str) -> Result<ContainerInfo, RuntimeError> {
+        #[derive(Deserialize)]
+        struct State {
+            #[serde(rename = "Status", default)]
+            status: String,
+            #[serde(rename = "ExitCode", default)]
+            exit_code: i32,
+            #[serde(rename = "Error", default)]
+            error: String,
+            #[serde(rename = "OOMKilled", default)]
+            oom_killed: bool,
+        }
+        #[derive(Deserialize)]
+        struct Inspect {
+            #[serde(rename = "State")]
+            state: State,
+            #[serde(rename = "RestartCount", default)]
+            restart_count: u32,
+        }
+        let resp = self
+            .call_ok(
+                "GET",
+                &format!("/containers/{}/json", encode_query(id)),
+                None,
+            )
+            .await?;
+        let i: Inspect = parse(&resp)?;
+        Ok(ContainerInfo {
+            status: i.state.status,
+            exit_code: i.state.exit_code,
+            restart_count: i.restart_count,
+            error: i.state.error,
+            oom_killed: i.state.oom_killed,
+        })
+    }
+
+    async fn image_exists(&self, image: &str) -> Result<bool, RuntimeError> {
+        let resp = self
+            .call(
+                "GET",
+                &format!("/images/{}/exists", encode_query(image)),
+                None,
+            )
+            .await?;
+        match resp.status {
+            204 | 200 => Ok(true),
+            404 => Ok(false),
+            _ => Err(api_error(&resp)),
+        }
+    }
+
+    async fn pull(&self, image: &str) -> Result<(), RuntimeError> {
+        let path = format!(
+            "/images/pull?reference={}&policy=always&quiet=true",
+            encode_query(image)
+        );
+        let resp = self.call("POST", &path, None).await?;
+        if !resp.is_success() {
+            let e = api_error(&resp);
+            return Err(RuntimeError::Pull {
+                image: image.to_string(),
+                message: e.to_string(),
+            });
+        }
+        // A failed pull is a 200 whose stream carries an `error` member.
+        for line in resp.body.split(|b| *b == b'\n') {
+            if let Ok(v) = serde_json::from_slice::<Value>(line)
+                && let Some(err) = v.get("error").and_then(Value::as_str)
+                && !err.is_empty()
+            {
+                return Err(RuntimeError::Pull {
+                    image: image.to_string(),
+                    message: err.to_string(),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    async fn create(&self, spec: &CreateSpec) -> Result<String, RuntimeError> {
+        #[derive(Deserialize)]
+        struct Created {
+            #[serde(rename = "Id")]
+            id: String,
+        }
+        let resp = self
+            .call_ok("POST", "/containers/create", Some(&spec_generator(spec)))
+            .await?;
+        Ok(parse::<Created>(&resp)?.id)
+    }
+
+    async fn start(&self, id: &str) -> Result<(), RuntimeError> {
+        let resp = self
+            .call(
+                "POST",
+                &format!("/containers/{}/start", encode_query(id)),
+                None,
+            )
+            .await?;
+        // 304: already running.
+        if resp.is_success() || resp.status == 304 {
+            Ok(())
+        } else {
+            Err(api_error(&resp))
+        }
+    }
+
+    async fn remove(&self, id: &str, stop_timeout_secs: u64) -> Result<(), RuntimeError> {
+        let path = format!(
+            "/containers/{}?force=true&timeout={stop_timeout_secs}&v=false",
+            encode_query(id)
+        );
+        let resp = self.call("DELETE", &path, None).await?;
+        if resp.is_success() || resp.status == 404 {
+            Ok(())
+        } else {
+            Err(api_error(&resp))
+        }
+    }
+}
+
+/// The libpod SpecGenerator JSON for a container.
+fn spec_generator(spec: &CreateSpec) -> Value {
+    let mut mounts = Vec::new();
+    let mut volumes = Vec::new();
+    for m in &spec.mounts {
+        match m {
+            MountSpec::Bind {
+                source,
+                dest,
+                read_only,
+            } => {
+                let mut options = vec!["rbind"];
+                if *read_only {
+                    options.push("ro");
+                }
+                mounts.push(json!({
+                    "type": "bind", "source": source, "destination": dest, "options": options,
+                }));
+            }
+            MountSpec::Named {
+                name,
+                dest,
+                read_only,
+            } => {
+                let options: Vec<&str> = if *read_only { vec!["ro"] } else { vec![] };
+                volumes.push(json!({ "Name": name, "Dest": dest, "Options": options }));
+            }
+        }
+    }
+    let ports: Vec<Value> = spec
+        .ports
+        .iter()
+        .map(|p| {
+            let mut v = json!({ "container_port": p.container_port, "protocol": p.protocol });
+            if let Some(h) = p.host_port {
+                v["host_port"] = json!(h);
+            }
+            if let Some(ip) = &p.host_ip {
+                v["host_ip"] = json!(ip);
+            }
+            v
+        })
+        .collect();
+    let mut v = json!({
+        "name": spec.name,
+        "image": spec.image,
+        "env": spec.env,
+        "labels": spec.labels,
+        "portmappings": ports,
+        "mounts": mounts,
+        "volumes": volumes,
+        "restart_policy": spec.restart_policy,
+        "stop_timeout": spec.stop_timeout_secs,
+    });
+    if let Some(e) = &spec.entrypoint {
+        v["entrypoint"] = json!(e);
+    }
+    if let Some(c) = &spec.command {
+        v["command"] = json!(c);
+    }
+    v
+}
+
+/// Podman's container events for one device, as they happen.
+pub struct EventStream {
+    resp: http::StreamingResponse,
+}
+
+impl EventStream {
+    /// The next event, `None` when the stream ends.
+    pub async fn next(&mut self) -> Result<Option<ContainerEvent>, RuntimeError> {
+        #[derive(Deserialize)]
+        struct Actor {
+            #[serde(rename = "Attributes", default)]
+            attributes: BTreeMap<String, String>,
+        }
+        #[derive(Deserialize)]
+        struct Event {
+            #[serde(rename = "Action", default)]
+            action: String,
+            #[serde(rename = "Actor")]
+            actor: Actor,
+        }
+        loop {
+            let Some(line) = self.resp.next_line().await? else {
+                return Ok(None);
+            };
+            let Ok(ev) = serde_json::from_slice::<Event>(&line) else {
+                continue;
+            };
+            let Some(deployment) = ev.actor.attributes.get(labels::DEPLOYMENT) else {
+                continue;
+            };
+            return Ok(Some(ContainerEvent {
+                action: ev.action,
+                deployment: deployment.clone(),
+            }));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spec_generator_shape() {
+        let spec = CreateSpec {
+            name: "d_dep_web".into(),
+            image: "localhost/x:1".into(),
+            entrypoint: Some(vec!["httpd".into()]),
+            command: None,
+            env: [("A".to_string(), "1".to_string())].into(),
+            ports: vec![PortSpec {
+                container_port: 80,
+                host_port: Some(8080),
+                protocol: "tcp",
+                host_ip: None,
+            }],
+            mounts: vec![
+                MountSpec::Named {
+                    name: "data".into(),
+                    dest: "/data".into(),
+                    read_only: false,
+                },
+                MountSpec::Bind {
+                    source: "/srv".into(),
+                    dest: "/srv".into(),
+                    read_only: true,
+                },
+            ],
+            restart_policy: "always",
+            labels: BTreeMap::new(),
+            stop_timeout_secs: 2,
+        };
+        let v = spec_generator(&spec);
+        assert_eq!(v["entrypoint"], json!(["httpd"]));
+        assert!(v.get("command").is_none());
+        assert_eq!(v["portmappings"][0]["host_port"], json!(8080));
+        assert_eq!(v["volumes"][0]["Name"], json!("data"));
+        assert_eq!(v["mounts"][0]["options"], json!(["rbind", "ro"]));
+        assert_eq!(v["stop_timeout"], json!(2));
+    }
+}
