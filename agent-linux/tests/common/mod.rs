@@ -1,0 +1,321 @@
+//! Shared harness: a real nats-server, a real Podman service, and the real
+//! `iot-agent` binary as a child process with a generated configuration.
+#![allow(dead_code, clippy::unwrap_used, missing_docs)]
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use async_nats::jetstream;
+use async_nats_device as async_nats;
+use protocol::{
+    BoundedMap, BoundedVec, Container, DeploymentStatus, DesiredState, EnvVar, IotScore,
+    PayloadEncoding, PodmanV0Score, Port, PortProtocol, PullPolicy, RestartPolicy, ScorePayload,
+    Text,
+};
+use testkit::{NatsServer, PodmanService};
+
+pub const IMAGE: &str = "localhost/iot-agent-test:busybox";
+pub const WAIT: Duration = Duration::from_secs(60);
+
+pub struct Env {
+    pub nats: NatsServer,
+    pub podman: PodmanService,
+    pub client: async_nats::Client,
+    pub device: String,
+    pub dir: tempfile::TempDir,
+    pub desired: jetstream::kv::Store,
+    pub status: jetstream::kv::Store,
+    pub heartbeat: jetstream::kv::Store,
+}
+
+fn unique(prefix: &str) -> String {
+    let n = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    format!("{prefix}-{}-{:x}", std::process::id(), n)
+}
+
+impl Env {
+    /// `None` when nats-server or Podman is missing outside CI.
+    pub async fn start(name: &str) -> Option<Env> {
+        let nats = NatsServer::start()?;
+        let podman = PodmanService::start()?;
+        podman.ensure_busybox_image(IMAGE);
+        let client = async_nats::connect(nats.url()).await.unwrap();
+        testkit::create_buckets(&client).await.unwrap();
+        let js = jetstream::new(client.clone());
+        let desired = js.get_key_value("desired-state").await.unwrap();
+        let status = js.get_key_value("device-status").await.unwrap();
+        let heartbeat = js.get_key_value("device-heartbeat").await.unwrap();
+        eprintln!("{} with {}", nats.version(), name);
+        Some(Env {
+            nats,
+            podman,
+            client,
+            device: unique(name),
+            dir: tempfile::tempdir().unwrap(),
+            desired,
+            status,
+            heartbeat,
+        })
+    }
+
+    pub fn state_dir(&self) -> PathBuf {
+        self.dir.path().join("state")
+    }
+
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.path().join("config.toml")
+    }
+
+    /// Writes the agent's configuration for this environment.
+    pub fn write_config(&self) -> PathBuf {
+        let text = format!(
+            r#"version = 1
+device_id = "{}"
+state_dir = "{}"
+heartbeat_interval_secs = 1
+[nats]
+urls = ["{}"]
+[nats.credentials]
+type = "none"
+[podman]
+socket = "{}"
+stop_timeout_secs = 1
+"#,
+            self.device,
+            self.state_dir().display(),
+            self.nats.url(),
+            self.podman.uri()
+        );
+        std::fs::write(self.config_path(), text).unwrap();
+        self.config_path()
+    }
+
+    pub fn spawn_agent(&self) -> Agent {
+        let config = self.write_config();
+        let child = Command::new(env!("CARGO_BIN_EXE_iot-agent"))
+            .arg("--config")
+            .arg(config)
+            .env("CONTAINERS_CONF", PodmanService::containers_conf())
+            .env("IOT_AGENT_LOG", "debug")
+            .stdin(Stdio::null())
+            .stdout(Stdio::inherit())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        Agent { child: Some(child) }
+    }
+
+    pub fn key(&self, deployment: &str) -> String {
+        protocol::DeploymentKey::new(&self.device, deployment)
+            .unwrap()
+            .to_string()
+    }
+
+    pub async fn put_raw(&self, deployment: &str, value: Vec<u8>) {
+        self.desired
+            .put(self.key(deployment), value.into())
+            .await
+            .unwrap();
+    }
+
+    pub async fn put(&self, deployment: &str, revision: u64, containers: Vec<Container<'static>>) {
+        self.put_raw(deployment, encode_desired(deployment, revision, containers))
+            .await;
+    }
+
+    pub async fn delete(&self, deployment: &str) {
+        self.desired.delete(self.key(deployment)).await.unwrap();
+    }
+
+    pub async fn status(&self, deployment: &str) -> Option<DeploymentStatus<'static>> {
+        let v = self.status.get(self.key(deployment)).await.ok()??;
+        Some(
+            protocol::wire::decode::<DeploymentStatus<'_>>(&v)
+                .unwrap()
+                .into_owned(),
+        )
+    }
+
+    /// Waits until the deployment's status satisfies `pred`; returns it.
+    pub async fn wait_status(
+        &self,
+        deployment: &str,
+        what: &str,
+        pred: impl Fn(&DeploymentStatus<'static>) -> bool,
+    ) -> DeploymentStatus<'static> {
+        let deadline = std::time::Instant::now() + WAIT;
+        let mut last = None;
+        loop {
+            let s = self.status(deployment).await;
+            if s.as_ref().is_some_and(&pred) {
+                return s.unwrap();
+            }
+            last = s.or(last);
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{deployment}: status never became {what}; last: {last:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    /// This device's containers: (name, id, state, revision label).
+    pub fn containers(&self) -> Vec<(String, String, String, String)> {
+        let out = self.podman.run(&[
+            "ps",
+            "-a",
+            "--filter",
+            &format!("label=io.nationtech.iot.device={}", self.device),
+            "--format",
+            "{{.Names}}|{{.ID}}|{{.State}}|{{index .Labels \"io.nationtech.iot.revision\"}}",
+        ]);
+        let mut v: Vec<_> = out
+            .lines()
+            .filter_map(|l| {
+                let mut it = l.split('|');
+                let name = it.next()?.to_string();
+                let id = it.next()?.to_string();
+                // Podman 4 prints "Up 3 seconds"; newer ones "running".
+                let state = it.next()?;
+                let state = if state.starts_with("Up") || state == "running" {
+                    "running".to_string()
+                } else {
+                    state.to_string()
+                };
+                Some((name, id, state, it.next().unwrap_or("").to_string()))
+            })
+            .collect();
+        v.sort();
+        v
+    }
+
+    pub fn container_name(&self, deployment: &str, container: &str) -> String {
+        format!("{}_{deployment}_{container}", self.device)
+    }
+
+    /// Waits until `podman ps` shows exactly `names` running for this device.
+    pub async fn wait_running(&self, names: &[String]) -> Vec<(String, String, String, String)> {
+        let mut want: Vec<String> = names.to_vec();
+        want.sort();
+        let mut last = Vec::new();
+        let ok = testkit::wait_until_async(WAIT, || {
+            last = self.containers();
+            let ok = last.iter().map(|c| c.0.clone()).collect::<Vec<_>>() == want
+                && last.iter().all(|c| c.2 == "running");
+            async move { ok }
+        })
+        .await;
+        assert!(ok, "expected {want:?} running; have {last:?}");
+        last
+    }
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        self.podman
+            .remove_labelled("io.nationtech.iot.device", &self.device);
+    }
+}
+
+/// The agent child process; SIGKILLed on drop.
+pub struct Agent {
+    child: Option<Child>,
+}
+
+impl Agent {
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+pub fn encode_desired(
+    deployment: &str,
+    revision: u64,
+    containers: Vec<Container<'static>>,
+) -> Vec<u8> {
+    let score = IotScore::PodmanV0(PodmanV0Score {
+        containers: BoundedVec::try_from_iter(containers).unwrap(),
+    });
+    let desired = DesiredState {
+        deployment: Text::owned(deployment.to_string()),
+        revision,
+        score: score.to_payload().unwrap(),
+    };
+    protocol::wire::encode_to_vec(&desired).unwrap()
+}
+
+pub fn encode_unknown_variant(deployment: &str, revision: u64) -> Vec<u8> {
+    let desired = DesiredState {
+        deployment: Text::owned(deployment.to_string()),
+        revision,
+        score: ScorePayload {
+            type_name: Text::borrowed("PodmanV9"),
+            encoding: PayloadEncoding::Json,
+            data: protocol::Bytes::owned(b"{\"containers\":[]}".to_vec()),
+        },
+    };
+    protocol::wire::encode_to_vec(&desired).unwrap()
+}
+
+fn texts(v: &[&str]) -> BoundedVec<Text<'static>, { protocol::limits::MAX_ARGS }> {
+    BoundedVec::try_from_iter(v.iter().map(|s| Text::owned(s.to_string()))).unwrap()
+}
+
+/// A long-running container: `sleep` with an env var that makes specs differ.
+pub fn sleeper(name: &str, tag: &str) -> Container<'static> {
+    Container {
+        name: Text::owned(name.to_string()),
+        image: Text::borrowed(IMAGE),
+        command: Some(texts(&["/bin/sleep"])),
+        args: Some(texts(&["3600"])),
+        env: BoundedVec::try_from_iter([EnvVar {
+            name: Text::borrowed("TAG"),
+            value: Text::owned(tag.to_string()),
+        }])
+        .unwrap(),
+        ports: BoundedVec::new(),
+        volumes: BoundedVec::new(),
+        restart_policy: RestartPolicy::Always,
+        pull_policy: PullPolicy::IfNotPresent,
+        labels: BoundedMap::new(),
+    }
+}
+
+/// busybox httpd serving /www on `host_port` (127.0.0.1).
+pub fn web(name: &str, host_port: u16) -> Container<'static> {
+    let mut c = sleeper(name, "web");
+    c.command = Some(texts(&["/bin/httpd"]));
+    c.args = Some(texts(&["-f", "-p", "80", "-h", "/www"]));
+    c.ports = BoundedVec::try_from_iter([Port {
+        container_port: 80,
+        host_port: Some(host_port),
+        protocol: PortProtocol::Tcp,
+        host_ip: Some(Text::borrowed("127.0.0.1")),
+    }])
+    .unwrap();
+    c
+}
+
+/// GET / on 127.0.0.1:port, the body when it answers.
+pub fn http_get(port: u16) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    s.write_all(b"GET / HTTP/1.0\r\n\r\n").ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    Some(out)
+}
