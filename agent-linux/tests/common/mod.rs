@@ -115,11 +115,24 @@ stop_timeout_secs = 1
             .to_string()
     }
 
+    /// Puts a value, retrying while the test's own client reconnects (after
+    /// a server restart).
     pub async fn put_raw(&self, deployment: &str, value: Vec<u8>) {
-        self.desired
-            .put(self.key(deployment), value.into())
-            .await
-            .unwrap();
+        let deadline = std::time::Instant::now() + WAIT;
+        loop {
+            match self
+                .desired
+                .put(self.key(deployment), value.clone().into())
+                .await
+            {
+                Ok(_) => return,
+                Err(e) if std::time::Instant::now() < deadline => {
+                    eprintln!("put {deployment}: {e}; retrying");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(e) => panic!("put {deployment}: {e}"),
+            }
+        }
     }
 
     pub async fn put(&self, deployment: &str, revision: u64, containers: Vec<Container<'static>>) {
@@ -128,7 +141,17 @@ stop_timeout_secs = 1
     }
 
     pub async fn delete(&self, deployment: &str) {
-        self.desired.delete(self.key(deployment)).await.unwrap();
+        let deadline = std::time::Instant::now() + WAIT;
+        loop {
+            match self.desired.delete(self.key(deployment)).await {
+                Ok(()) => return,
+                Err(e) if std::time::Instant::now() < deadline => {
+                    eprintln!("delete {deployment}: {e}; retrying");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(e) => panic!("delete {deployment}: {e}"),
+            }
+        }
     }
 
     pub async fn status(&self, deployment: &str) -> Option<DeploymentStatus<'static>> {

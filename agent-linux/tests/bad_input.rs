@@ -1,0 +1,94 @@
+//! Bad input is reported per deployment and stops nothing else.
+#![allow(clippy::unwrap_used, missing_docs)]
+
+mod common;
+
+use common::*;
+use protocol::Phase;
+
+#[tokio::test]
+async fn bad_input_is_reported_and_isolated() {
+    let Some(env) = Env::start("bad").await else {
+        return;
+    };
+    let _agent = env.spawn_agent();
+
+    // A port taken by someone else on the host.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken_port = taken.local_addr().unwrap().port();
+
+    env.put("good", 1, vec![sleeper("ok", "1")]).await;
+    env.put_raw("garbage", vec![1, 0xff, 0xfe, 0x00]).await;
+    env.put_raw("future", encode_unknown_variant("future", 9))
+        .await;
+    let mut missing = sleeper("img", "1");
+    missing.image = protocol::Text::borrowed("localhost/iot-agent-test:does-not-exist");
+    env.put("nopull", 3, vec![missing]).await;
+    env.put("portclash", 4, vec![web("httpd", taken_port)])
+        .await;
+    let mut bind = sleeper("bind", "1");
+    bind.volumes = protocol::BoundedVec::try_from_iter([protocol::Volume {
+        name: None,
+        host_path: Some(protocol::Text::borrowed("/etc")),
+        mount_path: protocol::Text::borrowed("/host-etc"),
+        read_only: true,
+    }])
+    .unwrap();
+    env.put("hostpath", 5, vec![bind]).await;
+
+    let s = env
+        .wait_status("garbage", "Failed", |s| s.phase == Phase::Failed)
+        .await;
+    assert!(s.message.contains("decode"), "{}", s.message.as_str());
+    let s = env
+        .wait_status("future", "Unsupported", |s| s.phase == Phase::Unsupported)
+        .await;
+    assert!(s.message.contains("PodmanV9"), "{}", s.message.as_str());
+    assert_eq!(s.revision, 9);
+    let s = env
+        .wait_status("nopull", "Failed", |s| s.phase == Phase::Failed)
+        .await;
+    assert!(
+        s.message.contains("does-not-exist"),
+        "{}",
+        s.message.as_str()
+    );
+    assert_eq!(s.revision, 3);
+    let s = env
+        .wait_status("portclash", "Failed", |s| s.phase == Phase::Failed)
+        .await;
+    assert!(
+        s.message.contains("address already in use") || s.message.contains(&taken_port.to_string()),
+        "{}",
+        s.message.as_str()
+    );
+    let s = env
+        .wait_status("hostpath", "Failed", |s| s.phase == Phase::Failed)
+        .await;
+    assert!(
+        s.message.contains("allowed_host_paths"),
+        "{}",
+        s.message.as_str()
+    );
+
+    // The good deployment runs regardless.
+    env.wait_status("good", "Running", |s| s.phase == Phase::Running)
+        .await;
+
+    // A newer revision interrupts the pull retries.
+    env.put("nopull", 6, vec![sleeper("img", "2")]).await;
+    env.wait_status("nopull", "Running at 6", |s| {
+        s.phase == Phase::Running && s.revision == 6
+    })
+    .await;
+    // Freeing the port lets the retry succeed.
+    drop(taken);
+    env.wait_status("portclash", "Running", |s| s.phase == Phase::Running)
+        .await;
+    env.wait_running(&[
+        env.container_name("good", "ok"),
+        env.container_name("nopull", "img"),
+        env.container_name("portclash", "httpd"),
+    ])
+    .await;
+}

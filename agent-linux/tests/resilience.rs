@@ -1,0 +1,111 @@
+//! Offline first and resumable: NATS restarts, starting without NATS,
+//! deletes made while the agent was down.
+#![allow(clippy::unwrap_used, missing_docs)]
+
+mod common;
+
+use common::*;
+use protocol::Phase;
+
+#[tokio::test]
+async fn nats_restart_with_store_then_update_is_applied() {
+    let Some(mut env) = Env::start("natsrestart").await else {
+        return;
+    };
+    let _agent = env.spawn_agent();
+    env.put("svc", 1, vec![sleeper("main", "v1")]).await;
+    env.wait_status("svc", "Running at 1", |s| {
+        s.phase == Phase::Running && s.revision == 1
+    })
+    .await;
+    let name = env.container_name("svc", "main");
+    let before = env.wait_running(std::slice::from_ref(&name)).await;
+
+    env.nats.restart();
+    // Running containers are left alone while NATS is away, and an update
+    // made after the restart reaches the agent.
+    env.put("svc", 2, vec![sleeper("main", "v2")]).await;
+    env.wait_status("svc", "Running at 2", |s| {
+        s.phase == Phase::Running && s.revision == 2
+    })
+    .await;
+    let after = env.wait_running(std::slice::from_ref(&name)).await;
+    assert_ne!(after[0].1, before[0].1);
+    assert_eq!(after[0].3, "2");
+
+    // A second restart, with a delete made right after it.
+    env.nats.restart();
+    env.delete("svc").await;
+    env.wait_status("svc", "Removed", |s| s.phase == Phase::Removed)
+        .await;
+    assert!(testkit::wait_until(WAIT, || env.containers().is_empty()));
+}
+
+#[tokio::test]
+async fn agent_started_without_nats_restores_from_cache() {
+    let Some(mut env) = Env::start("offline").await else {
+        return;
+    };
+    let mut agent = env.spawn_agent();
+    env.put("app", 5, vec![sleeper("a", "1"), sleeper("b", "1")])
+        .await;
+    env.wait_status("app", "Running", |s| s.phase == Phase::Running)
+        .await;
+    let names = [
+        env.container_name("app", "a"),
+        env.container_name("app", "b"),
+    ];
+    env.wait_running(&names).await;
+
+    // Power cut: agent, NATS and the containers are gone.
+    agent.kill();
+    env.nats.stop();
+    env.podman
+        .remove_labelled("io.nationtech.iot.device", &env.device);
+    assert!(env.containers().is_empty());
+
+    // Boot with no NATS: the cache brings the workloads back.
+    let _agent = env.spawn_agent();
+    env.wait_running(&names).await;
+
+    // And once NATS is back the status catches up.
+    env.nats.restart();
+    env.wait_status("app", "Running at 5", |s| {
+        s.phase == Phase::Running && s.revision == 5
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn delete_while_agent_down_is_applied_on_start() {
+    let Some(env) = Env::start("offdelete").await else {
+        return;
+    };
+    let mut agent = env.spawn_agent();
+    env.put("keep", 1, vec![sleeper("k", "1")]).await;
+    env.put("drop", 1, vec![sleeper("d", "1")]).await;
+    env.put("purged", 1, vec![sleeper("p", "1")]).await;
+    let all = [
+        env.container_name("keep", "k"),
+        env.container_name("drop", "d"),
+        env.container_name("purged", "p"),
+    ];
+    let before = env.wait_running(&all).await;
+
+    agent.kill();
+    env.delete("drop").await;
+    env.desired.purge(env.key("purged")).await.unwrap();
+
+    let _agent = env.spawn_agent();
+    env.wait_status("drop", "Removed", |s| s.phase == Phase::Removed)
+        .await;
+    env.wait_status("purged", "Removed", |s| s.phase == Phase::Removed)
+        .await;
+    let keep = env.wait_running(&all[..1]).await;
+    assert_eq!(keep[0].1, before.iter().find(|c| c.0 == all[0]).unwrap().1);
+    let cached: Vec<_> = std::fs::read_dir(env.state_dir().join("desired"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert_eq!(cached, vec!["keep".to_string()]);
+}
