@@ -1,0 +1,201 @@
+//! Agent footprint and apply latency, against a real nats-server and Podman.
+//! Prints a table; asserts nothing about timings.
+//!
+//! `cargo bench -p agent-linux --bench footprint` (release build of the
+//! agent). Env: `BENCH_UPDATES` (default 50), `BENCH_DEPLOYMENTS` (20),
+//! `BENCH_IDLE_SECS` (30), `NATS_SERVER_BIN`.
+#![allow(clippy::unwrap_used, missing_docs)]
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use protocol::Phase;
+
+fn env_num(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn proc_kib(pid: u32, file: &str, field: &str) -> Option<u64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/{file}")).ok()?;
+    text.lines()
+        .find(|l| l.starts_with(field))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    f.get(11).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
+        + f.get(12).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[idx.min(sorted.len() - 1)]
+}
+
+fn main() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(bench());
+}
+
+async fn bench() {
+    let Some(env) = Env::start("bench").await else {
+        return;
+    };
+    let deployments = env_num("BENCH_DEPLOYMENTS", 20);
+    let updates = env_num("BENCH_UPDATES", 50) as usize;
+    let idle = env_num("BENCH_IDLE_SECS", 30);
+    // Replacements kill at once: the image's PID 1 ignores SIGTERM.
+    let config = env.write_config();
+    let text = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace("stop_timeout_secs = 1", "stop_timeout_secs = 0")
+        .replace(
+            "heartbeat_interval_secs = 1",
+            "heartbeat_interval_secs = 30",
+        );
+    std::fs::write(&config, text).unwrap();
+    let agent = std::process::Command::new(env!("CARGO_BIN_EXE_iot-agent"))
+        .arg("--config")
+        .arg(&config)
+        .env("IOT_AGENT_LOG", "warn")
+        .spawn()
+        .unwrap();
+    let pid = agent.id();
+    let mut agent = KillOnDrop(agent);
+
+    // --- idle footprint with N deployments
+    let mut names = Vec::new();
+    for i in 0..deployments {
+        let d = format!("d{i:02}");
+        env.put(&d, 1, vec![sleeper("c", "1")]).await;
+        names.push(env.container_name(&d, "c"));
+    }
+    for i in 0..deployments {
+        env.wait_status(&format!("d{i:02}"), "Running", |s| {
+            s.phase == Phase::Running
+        })
+        .await;
+    }
+    env.wait_running(&names).await;
+    let t0 = cpu_ticks(pid);
+    tokio::time::sleep(Duration::from_secs(idle)).await;
+    let ticks = cpu_ticks(pid) - t0;
+    let rss = proc_kib(pid, "status", "VmRSS:").unwrap_or(0);
+    let hwm = proc_kib(pid, "status", "VmHWM:").unwrap_or(0);
+    let pss = proc_kib(pid, "smaps_rollup", "Pss:").unwrap_or(0);
+    let threads = proc_kib(pid, "status", "Threads:").unwrap_or(0);
+    let hz = 100.0;
+    let cpu_pct = ticks as f64 / hz / idle as f64 * 100.0;
+
+    // --- apply latency: KV put -> Podman "start" event of the new container
+    let lat = env.container_name("lat", "c");
+    env.put("lat", 0, vec![sleeper("c", "0")]).await;
+    let mut all = names.clone();
+    all.push(lat.clone());
+    env.wait_running(&all).await;
+    let filters = serde_json::json!({
+        "type": ["container"], "event": ["start"],
+        "label": [format!("io.nationtech.iot.deployment=lat"),
+                  format!("io.nationtech.iot.device={}", env.device)],
+    });
+    let path = format!(
+        "/v4.0.0/libpod/events?stream=true&filters={}",
+        agent_linux::http::encode_query(&filters.to_string())
+    );
+    let mut events = agent_linux::http::open(&env.podman.socket_path(), "GET", &path, None)
+        .await
+        .unwrap();
+    let mut samples = Vec::new();
+    for rev in 1..=updates as u64 {
+        let value = encode_desired("lat", rev, vec![sleeper("c", &rev.to_string())]);
+        let start = Instant::now();
+        env.put_raw("lat", value).await;
+        loop {
+            let line = tokio::time::timeout(WAIT, events.next_line())
+                .await
+                .expect("no start event within 60 s")
+                .unwrap()
+                .unwrap();
+            let v: serde_json::Value = serde_json::from_slice(&line).unwrap();
+            let attrs = &v["Actor"]["Attributes"];
+            if attrs["io.nationtech.iot.revision"] == rev.to_string() {
+                break;
+            }
+        }
+        samples.push(start.elapsed());
+    }
+    samples.sort();
+
+    // --- baseline: plain `podman run -d` of the same image
+    let mut baseline = Vec::new();
+    for i in 0..10 {
+        let name = format!("{}_baseline_{i}", env.device);
+        let start = Instant::now();
+        env.podman.run(&[
+            "run",
+            "-d",
+            "--name",
+            &name,
+            "--label",
+            &format!("io.nationtech.iot.device={}", env.device),
+            IMAGE,
+            "/bin/sleep",
+            "3600",
+        ]);
+        baseline.push(start.elapsed());
+    }
+    baseline.sort();
+    agent.0.kill().ok();
+    agent.0.wait().ok();
+
+    println!(
+        "\n## iot-agent footprint and latency ({})",
+        env.nats.version()
+    );
+    println!("| measure | value |");
+    println!("|---|---|");
+    println!("| deployments | {deployments} |");
+    println!(
+        "| VmRSS after {idle} s idle | {rss} KiB ({:.2} MiB) |",
+        rss as f64 / 1024.0
+    );
+    println!("| VmHWM (peak RSS) | {hwm} KiB |");
+    println!("| Pss | {pss} KiB |");
+    println!("| threads | {threads} |");
+    println!("| agent CPU while idle | {cpu_pct:.2} % of a core ({ticks} ticks in {idle} s) |");
+    println!(
+        "| KV put -> container start, {} updates | p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms |",
+        samples.len(),
+        percentile(&samples, 0.5).as_secs_f64() * 1e3,
+        percentile(&samples, 0.99).as_secs_f64() * 1e3,
+        samples.last().unwrap().as_secs_f64() * 1e3
+    );
+    println!(
+        "| baseline `podman run -d`, 10 runs | p50 {:.0} ms |",
+        percentile(&baseline, 0.5).as_secs_f64() * 1e3
+    );
+}
+
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
