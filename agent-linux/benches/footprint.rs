@@ -133,7 +133,8 @@ async fn bench() {
                 .unwrap();
             let v: serde_json::Value = serde_json::from_slice(&line).unwrap();
             let attrs = &v["Actor"]["Attributes"];
-            if attrs["io.nationtech.iot.revision"] == rev.to_string() {
+            let seen = attrs["io.nationtech.iot.revision"].as_str();
+            if seen.and_then(|s| s.parse::<u64>().ok()) == Some(rev) {
                 break;
             }
         }
