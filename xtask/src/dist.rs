@@ -96,6 +96,24 @@ pub fn find_cross() -> Option<PathBuf> {
     util::find_on_path("cross")
 }
 
+/// Points cc-rs at Debian's cross gcc for `target` (for C dependencies such
+/// as ring), unless the caller chose a compiler. Rust code still links with
+/// the linker from `.cargo/config.toml`.
+fn c_cross_compiler(c: &mut Command, target: &str) {
+    let prefix = match target.split('-').next() {
+        Some("aarch64") if std::env::consts::ARCH != "aarch64" => "aarch64-linux-gnu",
+        _ => return,
+    };
+    let t = target.replace('-', "_");
+    for (var, tool) in [("CC", "gcc"), ("AR", "ar")] {
+        let var = format!("{var}_{t}");
+        let tool = format!("{prefix}-{tool}");
+        if std::env::var_os(&var).is_none() && util::have(&tool) {
+            c.env(var, tool);
+        }
+    }
+}
+
 /// Release-builds binary `bin` of `package` for `target`; returns its path
 /// in the cargo target directory, after checking its architecture.
 pub fn build_binary(package: &str, bin: &str, target: &str, cross: bool) -> Result<PathBuf> {
@@ -110,7 +128,9 @@ pub fn build_binary(package: &str, bin: &str, target: &str, cross: bool) -> Resu
         cross_image::cross_env(&mut c, target)?;
         c
     } else {
-        cargo()
+        let mut c = cargo();
+        c_cross_compiler(&mut c, target);
+        c
     };
     c.current_dir(project_root())
         .args(["build", "--release", "-p", package, "--bin", bin])
@@ -128,8 +148,9 @@ pub fn build_binary(package: &str, bin: &str, target: &str, cross: bool) -> Resu
                 .to_string()
         } else {
             format!(
-                "the build failed; if the target is missing run `rustup target add {target}`, \
-                 or try `--cross`"
+                "the build failed; if the target is missing run `rustup target add {target}`; \
+                 C dependencies (ring) need a C cross compiler: `apt-get install \
+                 gcc-aarch64-linux-gnu`; or build in a container with --cross"
             )
         }
     })?;
