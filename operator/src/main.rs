@@ -1,6 +1,215 @@
-//! `iot-operator`: the Kubernetes operator. Not implemented yet (issue 4).
+//! `iot-operator`: the Kubernetes operator, and its cluster-less CLI.
 
-fn main() -> std::process::ExitCode {
-    eprintln!("iot-operator: not implemented yet; the operator lands with issue 4");
-    std::process::ExitCode::FAILURE
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::{Args, Parser, Subcommand};
+use operator::cli::NatsArgs;
+use operator::controller::{self, Context, ControllerConfig};
+use operator::metrics::Metrics;
+use operator::status::{StatusCache, status_table};
+use operator::{Nats, apply, manifest};
+
+#[derive(Parser)]
+#[command(
+    name = "iot-operator",
+    version,
+    about = "Runs IoT Deployments on device fleets over NATS",
+    args_conflicts_with_subcommands = true
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the controller (the default).
+    Run(RunArgs),
+    /// Print the CustomResourceDefinition (deploy/crd.yaml).
+    GenCrd,
+    /// Create the NATS buckets with their settings (needs an identity that
+    /// may create streams, e.g. admin.nk).
+    Init {
+        #[command(flatten)]
+        nats: NatsArgs,
+    },
+    /// Validate Deployment manifests and write their desired state to NATS,
+    /// exactly as the controller would (no Kubernetes needed).
+    Apply {
+        /// Manifest file (YAML, one or more Deployments).
+        #[arg(short = 'f', long = "filename")]
+        file: PathBuf,
+        #[command(flatten)]
+        nats: NatsArgs,
+    },
+    /// Remove the desired state of the Deployments in a manifest.
+    Delete {
+        /// Manifest file (YAML, one or more Deployments).
+        #[arg(short = 'f', long = "filename")]
+        file: PathBuf,
+        #[command(flatten)]
+        nats: NatsArgs,
+    },
+    /// Print per-device status read from NATS.
+    Status {
+        /// Only this deployment.
+        name: Option<String>,
+        #[command(flatten)]
+        nats: NatsArgs,
+    },
+}
+
+#[derive(Args, Clone)]
+struct RunArgs {
+    #[command(flatten)]
+    nats: NatsArgs,
+    /// Address for /healthz, /readyz and /metrics.
+    #[arg(long, env = "METRICS_ADDR", default_value = "0.0.0.0:8080")]
+    metrics_addr: SocketAddr,
+    /// Seconds without a heartbeat after which a device counts as unreachable.
+    #[arg(long, env = "HEARTBEAT_TIMEOUT_SECS", default_value_t = 90)]
+    heartbeat_timeout_secs: u64,
+    /// Seconds between reconciles of an unchanged Deployment.
+    #[arg(long, env = "RESYNC_SECS", default_value_t = 60)]
+    resync_secs: u64,
+    /// Do not try to create missing buckets (they must exist: `iot-operator init`).
+    #[arg(long, env = "NO_CREATE_BUCKETS")]
+    no_create_buckets: bool,
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,kube=warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    match run_command(cli).await {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("iot-operator: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn connect(nats: &NatsArgs, retry: bool) -> anyhow::Result<Nats> {
+    Ok(Nats::connect(&nats.to_config(retry)).await?)
+}
+
+async fn run_command(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
+    use std::process::ExitCode;
+    match cli.command {
+        None => run(cli.run).await?,
+        Some(Command::Run(args)) => run(args).await?,
+        Some(Command::GenCrd) => print!("{}", operator::crd::crd_yaml()?),
+        Some(Command::Init { nats }) => {
+            let nats = connect(&nats, false).await?;
+            let created = nats.ensure_buckets(true).await?;
+            if created.is_empty() {
+                println!("all buckets exist");
+            } else {
+                println!("created buckets: {}", created.join(", "));
+            }
+        }
+        Some(Command::Apply { file, nats }) => {
+            let deployments = manifest::read(&file)?;
+            let mut plans = Vec::new();
+            for d in &deployments {
+                let plan = apply::plan(d).with_context(|| {
+                    format!(
+                        "{}/{} is invalid; nothing was written",
+                        d.namespace_or_default(),
+                        d.name_str()
+                    )
+                })?;
+                plans.push(plan);
+            }
+            let nats = connect(&nats, false).await?;
+            let mut conflict = false;
+            for plan in &plans {
+                if let Some(u) = &plan.unknown_type {
+                    eprintln!("warning: {}: {}", plan.owner, u.message());
+                }
+                let outcome = apply::apply(&nats, plan).await?;
+                println!("{}: {}", plan.owner, apply::summary(plan, &outcome));
+                for c in &outcome.conflicts {
+                    conflict = true;
+                    eprintln!(
+                        "error: {}: device {} runs {} of another Deployment ({}); not written",
+                        plan.owner, c.device, plan.name, c.owner
+                    );
+                }
+            }
+            if conflict {
+                return Ok(ExitCode::FAILURE);
+            }
+        }
+        Some(Command::Delete { file, nats }) => {
+            let deployments = manifest::read(&file)?;
+            let nats = connect(&nats, false).await?;
+            for d in &deployments {
+                let owner = format!("{}/{}", d.namespace_or_default(), d.name_str());
+                protocol::keys::validate_deployment_name(d.name_str())
+                    .map_err(|e| anyhow::anyhow!("{owner}: {e}"))?;
+                let removed = apply::remove(&nats, &owner, d.name_str()).await?;
+                println!("{owner}: removed from {} device(s)", removed.len());
+            }
+        }
+        Some(Command::Status { name, nats }) => {
+            let nats = connect(&nats, false).await?;
+            print!("{}", status_table(&nats, name.as_deref()).await?);
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn run(args: RunArgs) -> anyhow::Result<()> {
+    let nats = connect(&args.nats, true).await?;
+    let created = nats.ensure_buckets(!args.no_create_buckets).await?;
+    if !created.is_empty() {
+        tracing::info!(buckets = ?created, "created missing buckets");
+    }
+    let client = kube::Client::try_default()
+        .await
+        .context("cannot reach Kubernetes (in-cluster config or KUBECONFIG)")?;
+    let timeout = Duration::from_secs(args.heartbeat_timeout_secs);
+    let (cache, changes) = StatusCache::new(timeout);
+    tokio::spawn(cache.clone().watch(nats.clone()));
+    let config = ControllerConfig {
+        resync: Duration::from_secs(args.resync_secs),
+        ..ControllerConfig::default()
+    };
+    let ctx = Arc::new(Context::new(client, nats.clone(), cache.clone(), config));
+    let metrics: Arc<Metrics> = ctx.metrics.clone();
+    let ready_metrics = metrics.clone();
+    let ready_nats = nats.clone();
+    let refresh_metrics = metrics.clone();
+    let server = operator::metrics::serve(
+        args.metrics_addr,
+        metrics,
+        Arc::new(move || ready_metrics.ready.load(Ordering::Relaxed) && ready_nats.is_connected()),
+        Arc::new(move || {
+            refresh_metrics
+                .devices_reporting
+                .store(cache.devices_reporting() as u64, Ordering::Relaxed)
+        }),
+    );
+    tokio::spawn(async move {
+        if let Err(e) = server.await {
+            tracing::error!(error = %e, "health/metrics server stopped");
+        }
+    });
+    tracing::info!("controller starting");
+    controller::run(ctx, changes).await
 }

@@ -1,0 +1,424 @@
+//! From a Deployment to desired-state keys: validate and route the score
+//! ([`plan`]), then write what changed ([`apply`]) or remove everything the
+//! Deployment wrote ([`remove`]). The controller and the cluster-less CLI
+//! both call these, so they write exactly the same keys and values.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use bytes::Bytes;
+use protocol::keys::{DESIRED_STATE_BUCKET, validate_deployment_name, validate_device_id};
+use protocol::score::KNOWN_SCORE_TYPES;
+use protocol::{DeploymentKey, DesiredState, Text};
+
+use crate::crd::{Deployment, MAX_TARGETS, revision_string};
+use crate::nats::{KvWrite, Nats, NatsError};
+
+/// A Deployment validated and encoded, ready to write.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Plan {
+    /// The Deployment's name: the second token of every key.
+    pub name: String,
+    /// `<namespace>/<name>`, recorded with every key written.
+    pub owner: String,
+    /// The target device ids, sorted, without duplicates.
+    pub targets: Vec<String>,
+    /// The revision: the content hash of the routed score.
+    pub revision: u64,
+    /// The encoded [`DesiredState`] every target receives.
+    pub value: Bytes,
+    /// The score's JSON as the user wrote it (`status.observedScoreString`).
+    pub score_json: String,
+    /// Set when the score type is not one this build knows: it is routed as
+    /// the user's JSON, and devices that do not know it report Unsupported.
+    pub unknown_type: Option<UnknownType>,
+}
+
+/// A score type this build does not know.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnknownType {
+    /// The type as written.
+    pub type_name: String,
+    /// The nearest known type, when one is close (a likely typo).
+    pub suggestion: Option<&'static str>,
+}
+
+impl UnknownType {
+    /// A sentence for conditions, events and the CLI.
+    pub fn message(&self) -> String {
+        let hint = match self.suggestion {
+            Some(s) => format!("did you mean `{s}`? "),
+            None => String::new(),
+        };
+        format!(
+            "score type `{}` is not known to this operator; {hint}it is forwarded as JSON and devices that do not know it report Unsupported (known: {})",
+            self.type_name,
+            KNOWN_SCORE_TYPES.join(", ")
+        )
+    }
+}
+
+/// Why a Deployment cannot be written. None of these is fixed by retrying.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PlanError {
+    /// `metadata.name` is not a key token.
+    #[error("metadata.name `{name}` {reason}")]
+    InvalidName {
+        /// The name.
+        name: String,
+        /// Why.
+        reason: String,
+    },
+    /// A target device id is not a key token.
+    #[error("spec.targetDevices[{index}] `{device}` {reason}")]
+    InvalidTarget {
+        /// Position in the list.
+        index: usize,
+        /// The id.
+        device: String,
+        /// Why.
+        reason: String,
+    },
+    /// More targets than allowed.
+    #[error("spec.targetDevices has {0} entries; at most 10000 are allowed")]
+    TooManyTargets(usize),
+    /// The score's data does not fit its type, or is over a bound.
+    #[error("spec.score.data{}: {reason}", if path.is_empty() { String::new() } else { format!(".{path}") })]
+    InvalidScore {
+        /// Where inside `data` (`containers[0].image`), or empty.
+        path: String,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+impl PlanError {
+    /// Whether the score (rather than the name or targets) is at fault.
+    pub fn is_score_error(&self) -> bool {
+        matches!(self, PlanError::InvalidScore { .. })
+    }
+}
+
+/// Validates a Deployment and encodes its desired state.
+pub fn plan(d: &Deployment) -> Result<Plan, PlanError> {
+    let name = d.name_str().to_string();
+    validate_deployment_name(&name).map_err(|e| PlanError::InvalidName {
+        name: name.clone(),
+        reason: token_reason(e),
+    })?;
+    if d.spec.target_devices.len() > MAX_TARGETS {
+        return Err(PlanError::TooManyTargets(d.spec.target_devices.len()));
+    }
+    for (index, device) in d.spec.target_devices.iter().enumerate() {
+        validate_device_id(device).map_err(|e| PlanError::InvalidTarget {
+            index,
+            device: device.clone(),
+            reason: token_reason(e),
+        })?;
+    }
+    let targets: BTreeSet<String> = d.spec.target_devices.iter().cloned().collect();
+    let score = &d.spec.score;
+    let score_error = |e: protocol::json::JsonScoreError| {
+        if e.path == "type" {
+            PlanError::InvalidScore {
+                path: String::new(),
+                reason: format!("type: {}", e.reason),
+            }
+        } else {
+            PlanError::InvalidScore {
+                path: e.path,
+                reason: e.reason,
+            }
+        }
+    };
+    let payload =
+        protocol::json::payload_from_json(&score.type_name, &score.data).map_err(score_error)?;
+    let revision = payload.content_hash();
+    let desired = DesiredState {
+        deployment: Text::borrowed(&name),
+        revision,
+        score: payload,
+    };
+    let value = protocol::wire::encode_to_vec(&desired).map_err(|e| PlanError::InvalidScore {
+        path: String::new(),
+        reason: e.to_string(),
+    })?;
+    let unknown_type = (!protocol::json::is_known_type(&score.type_name)).then(|| UnknownType {
+        type_name: score.type_name.clone(),
+        suggestion: nearest_known_type(&score.type_name),
+    });
+    let score_json = serde_json::to_string(score).map_err(|e| PlanError::InvalidScore {
+        path: String::new(),
+        reason: e.to_string(),
+    })?;
+    Ok(Plan {
+        owner: format!("{}/{}", d.namespace_or_default(), name),
+        name,
+        targets: targets.into_iter().collect(),
+        revision,
+        value: Bytes::from(value),
+        score_json,
+        unknown_type,
+    })
+}
+
+fn token_reason(e: protocol::KeyError) -> String {
+    match e {
+        protocol::KeyError::DeviceId(t) | protocol::KeyError::Deployment(t) => t.to_string(),
+        other => other.to_string(),
+    }
+}
+
+/// The known score type closest to `type_name`, when it is close enough to
+/// be a typo (`PdomanV0` -> `PodmanV0`).
+pub fn nearest_known_type(type_name: &str) -> Option<&'static str> {
+    let lower = type_name.to_ascii_lowercase();
+    KNOWN_SCORE_TYPES
+        .iter()
+        .map(|k| (strsim::osa_distance(&lower, &k.to_ascii_lowercase()), *k))
+        .filter(|(d, k)| *d <= (k.len() / 3).max(2))
+        .min()
+        .map(|(_, k)| k)
+}
+
+/// A target whose key belongs to another Deployment of the same name (in
+/// another namespace): nothing is written for it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Conflict {
+    /// The device.
+    pub device: String,
+    /// `<namespace>/<name>` of the Deployment that owns the key.
+    pub owner: String,
+}
+
+/// What [`apply`] did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ApplyOutcome {
+    /// Devices whose key was written.
+    pub written: Vec<String>,
+    /// Devices whose key already held this value.
+    pub unchanged: Vec<String>,
+    /// Devices no longer targeted whose key was deleted.
+    pub removed: Vec<String>,
+    /// Targets owned by another Deployment of the same name.
+    pub conflicts: Vec<Conflict>,
+}
+
+impl ApplyOutcome {
+    /// Puts plus deletes issued.
+    pub fn writes(&self) -> usize {
+        self.written.len() + self.removed.len()
+    }
+}
+
+/// Writes `plan` to NATS: reads the current keys of this deployment name
+/// once, then puts each target whose key differs, skips the ones that hold
+/// the value already, leaves keys owned by another namespace's Deployment
+/// alone (a [`Conflict`]), and deletes keys this Deployment wrote for
+/// devices it no longer targets.
+pub async fn apply(nats: &Nats, plan: &Plan) -> Result<ApplyOutcome, NatsError> {
+    let current = current_keys(nats, &plan.name).await?;
+    let mut outcome = ApplyOutcome::default();
+    let mut writes = Vec::new();
+    for device in &plan.targets {
+        let key = key_of(device, &plan.name)?;
+        match current.get(device.as_str()) {
+            Some(rec) if !rec.deleted && rec.owner.as_deref().is_some_and(|o| o != plan.owner) => {
+                outcome.conflicts.push(Conflict {
+                    device: device.clone(),
+                    owner: rec.owner.clone().unwrap_or_default(),
+                });
+            }
+            Some(rec)
+                if !rec.deleted
+                    && rec.owner.as_deref() == Some(plan.owner.as_str())
+                    && rec.value == plan.value =>
+            {
+                outcome.unchanged.push(device.clone());
+            }
+            _ => {
+                writes.push(KvWrite::Put {
+                    key,
+                    value: plan.value.clone(),
+                    owner: plan.owner.clone(),
+                });
+                outcome.written.push(device.clone());
+            }
+        }
+    }
+    let targets: BTreeSet<&str> = plan.targets.iter().map(String::as_str).collect();
+    for (device, rec) in &current {
+        if !targets.contains(device.as_str()) && owned_by(rec, &plan.owner) {
+            writes.push(KvWrite::Delete {
+                key: key_of(device, &plan.name)?,
+            });
+            outcome.removed.push(device.to_string());
+        }
+    }
+    nats.write(DESIRED_STATE_BUCKET, writes).await?;
+    Ok(outcome)
+}
+
+/// Deletes every key `<device>.<name>` written by `owner`; returns the
+/// devices whose key was deleted. Idempotent.
+pub async fn remove(nats: &Nats, owner: &str, name: &str) -> Result<Vec<String>, NatsError> {
+    let current = current_keys(nats, name).await?;
+    let mut removed = Vec::new();
+    let mut writes = Vec::new();
+    for (device, rec) in &current {
+        if owned_by(rec, owner) {
+            writes.push(KvWrite::Delete {
+                key: key_of(device, name)?,
+            });
+            removed.push(device.to_string());
+        }
+    }
+    nats.write(DESIRED_STATE_BUCKET, writes).await?;
+    Ok(removed)
+}
+
+fn owned_by(rec: &crate::nats::KvRecord, owner: &str) -> bool {
+    !rec.deleted && rec.owner.as_deref() == Some(owner)
+}
+
+fn key_of(device: &str, name: &str) -> Result<String, NatsError> {
+    DeploymentKey::new(device, name)
+        .map(|k| k.to_string())
+        .map_err(|e| NatsError::Config(format!("cannot build key: {e}")))
+}
+
+/// The last record of every `<device>.<name>` key, by device.
+async fn current_keys(
+    nats: &Nats,
+    name: &str,
+) -> Result<BTreeMap<String, crate::nats::KvRecord>, NatsError> {
+    validate_deployment_name(name).map_err(|e| NatsError::Config(e.to_string()))?;
+    let records = nats
+        .scan(DESIRED_STATE_BUCKET, &format!("*.{name}"))
+        .await?;
+    Ok(records
+        .into_iter()
+        .filter_map(|r| {
+            let device = DeploymentKey::parse(&r.key).ok()?.device_id().to_string();
+            Some((device, r))
+        })
+        .collect())
+}
+
+/// A one-line summary, for the CLI and events.
+pub fn summary(plan: &Plan, outcome: &ApplyOutcome) -> String {
+    let mut s = format!(
+        "revision {}: {} written, {} unchanged, {} removed",
+        revision_string(plan.revision),
+        outcome.written.len(),
+        outcome.unchanged.len(),
+        outcome.removed.len()
+    );
+    if !outcome.conflicts.is_empty() {
+        s.push_str(&format!(", {} in conflict", outcome.conflicts.len()));
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crd::{DeploymentSpec, Rollout, Score};
+
+    fn deployment(name: &str, ty: &str, data: serde_json::Value) -> Deployment {
+        let mut d = Deployment::new(
+            name,
+            DeploymentSpec {
+                target_devices: vec!["b".into(), "a".into(), "b".into()],
+                rollout: Rollout::default(),
+                score: Score {
+                    type_name: ty.into(),
+                    data,
+                },
+            },
+        );
+        d.metadata.namespace = Some("fleet".into());
+        d
+    }
+
+    fn podman() -> serde_json::Value {
+        serde_json::json!({"containers": [{"name": "web", "image": "nginx:1"}]})
+    }
+
+    #[test]
+    fn plans_a_known_score() {
+        let p = plan(&deployment("web", "PodmanV0", podman())).unwrap();
+        assert_eq!(p.targets, vec!["a", "b"]);
+        assert_eq!(p.owner, "fleet/web");
+        assert!(p.unknown_type.is_none());
+        let decoded: DesiredState<'_> = protocol::wire::decode(&p.value).unwrap();
+        assert_eq!(decoded.revision, p.revision);
+        assert_eq!(decoded.deployment.as_str(), "web");
+        assert_eq!(p.revision, decoded.score.content_hash());
+        // Same content, same revision; different content, different one.
+        assert_eq!(
+            plan(&deployment("web", "PodmanV0", podman()))
+                .unwrap()
+                .revision,
+            p.revision
+        );
+        let other = serde_json::json!({"containers": [{"name": "web", "image": "nginx:2"}]});
+        assert_ne!(
+            plan(&deployment("web", "PodmanV0", other))
+                .unwrap()
+                .revision,
+            p.revision
+        );
+    }
+
+    #[test]
+    fn names_the_path_of_a_bad_score() {
+        let bad = serde_json::json!({"containers": [{"name": "web", "image": "x", "ports": [{"containerPort": 0}]}]});
+        let e = plan(&deployment("web", "PodmanV0", bad)).unwrap_err();
+        match &e {
+            PlanError::InvalidScore { path, .. } => {
+                assert_eq!(path, "containers[0].ports[0].containerPort")
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(
+            e.to_string()
+                .starts_with("spec.score.data.containers[0].ports[0].containerPort: "),
+            "{e}"
+        );
+        let unknown_field = serde_json::json!({"containers": [{"name": "web", "image": "x", "imagePullPolicy": "Always"}]});
+        let e = plan(&deployment("web", "PodmanV0", unknown_field)).unwrap_err();
+        assert!(e.to_string().contains("imagePullPolicy"), "{e}");
+    }
+
+    #[test]
+    fn rejects_bad_names_and_targets() {
+        assert!(matches!(
+            plan(&deployment("web.v1", "PodmanV0", podman())),
+            Err(PlanError::InvalidName { .. })
+        ));
+        let mut d = deployment("web", "PodmanV0", podman());
+        d.spec.target_devices = vec!["ok".into(), "pi*".into()];
+        let e = plan(&d).unwrap_err();
+        assert!(
+            matches!(e, PlanError::InvalidTarget { index: 1, .. }),
+            "{e:?}"
+        );
+        assert!(e.to_string().contains("'*'"), "{e}");
+    }
+
+    #[test]
+    fn routes_unknown_types_as_json_with_a_suggestion() {
+        let p = plan(&deployment("web", "PdomanV0", podman())).unwrap();
+        let u = p.unknown_type.clone().unwrap();
+        assert_eq!(u.suggestion, Some("PodmanV0"));
+        assert!(
+            u.message().contains("did you mean `PodmanV0`?"),
+            "{}",
+            u.message()
+        );
+        let decoded: DesiredState<'_> = protocol::wire::decode(&p.value).unwrap();
+        assert_eq!(decoded.score.encoding, protocol::PayloadEncoding::Json);
+        assert_eq!(nearest_known_type("OkdApplyV0"), None);
+        assert_eq!(nearest_known_type("podmanv0"), Some("PodmanV0"));
+    }
+}

@@ -1,0 +1,364 @@
+//! The reconcile loop: a kube-runtime `Controller` over Deployments, with a
+//! finalizer so that deleting a Deployment removes its keys first.
+//!
+//! [`reconcile`] and [`Context`] are public so that tests elsewhere (the
+//! end-to-end suite, the fleet bench) drive the real function through a
+//! mocked API server.
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::StreamExt;
+use kube::api::{Patch, PatchParams};
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::finalizer::{Event as FinalizerEvent, finalizer};
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::{Controller, watcher};
+use kube::{Api, Client, Resource, ResourceExt};
+use tokio::sync::mpsc;
+
+use crate::apply::{self, PlanError};
+use crate::crd::{Deployment, DeploymentStatus, FINALIZER};
+use crate::metrics::Metrics;
+use crate::nats::{Nats, NatsError};
+use crate::status::{Change, Observed, StatusCache, conditions, fold_status, now_ns};
+
+/// Why a reconcile failed.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// NATS could not be read or written; retried with back-off.
+    #[error("NATS: {0}")]
+    Nats(#[from] NatsError),
+    /// The Kubernetes API refused or failed a request; retried.
+    #[error("Kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    /// Adding or removing the finalizer, or the wrapped apply/cleanup, failed.
+    #[error("{0}")]
+    Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
+}
+
+impl Error {
+    /// Whether retrying can help. A bad NATS configuration cannot be fixed
+    /// by retrying; everything else (unreachable NATS or API server,
+    /// conflicts) can.
+    pub fn is_transient(&self) -> bool {
+        use kube::runtime::finalizer::Error as F;
+        match self {
+            Error::Nats(NatsError::Config(_)) => false,
+            Error::Nats(_) | Error::Kube(_) => true,
+            Error::Finalizer(f) => match f.as_ref() {
+                F::ApplyFailed(e) | F::CleanupFailed(e) => e.is_transient(),
+                F::AddFinalizer(_) | F::RemoveFinalizer(_) => true,
+                F::UnnamedObject | F::InvalidFinalizer => false,
+            },
+        }
+    }
+}
+
+/// Settings of the controller.
+#[derive(Debug, Clone)]
+pub struct ControllerConfig {
+    /// How often a Deployment is looked at again without a change (to
+    /// notice stale heartbeats).
+    pub resync: Duration,
+    /// Longest back-off after repeated transient failures.
+    pub max_backoff: Duration,
+    /// The name events are reported under.
+    pub reporter: String,
+}
+
+impl Default for ControllerConfig {
+    fn default() -> Self {
+        ControllerConfig {
+            resync: Duration::from_secs(60),
+            max_backoff: Duration::from_secs(300),
+            reporter: "iot-operator".into(),
+        }
+    }
+}
+
+/// The operator's clock, replaceable so tests get exact status bodies.
+pub type Clock = Arc<dyn Fn() -> i128 + Send + Sync>;
+
+/// Everything a reconcile needs.
+pub struct Context {
+    /// The Kubernetes client.
+    pub client: Client,
+    /// The NATS connection.
+    pub nats: Nats,
+    /// The devices' last reports.
+    pub status: Arc<StatusCache>,
+    /// Counters.
+    pub metrics: Arc<Metrics>,
+    /// Settings.
+    pub config: ControllerConfig,
+    recorder: Recorder,
+    clock: Clock,
+    failures: Mutex<HashMap<String, u32>>,
+}
+
+impl Context {
+    /// A context with the system clock.
+    pub fn new(
+        client: Client,
+        nats: Nats,
+        status: Arc<StatusCache>,
+        config: ControllerConfig,
+    ) -> Context {
+        let recorder = Recorder::new(
+            client.clone(),
+            Reporter {
+                controller: config.reporter.clone(),
+                instance: std::env::var("POD_NAME").ok(),
+            },
+        );
+        Context {
+            client,
+            nats,
+            status,
+            metrics: Arc::default(),
+            config,
+            recorder,
+            clock: Arc::new(now_ns),
+            failures: Mutex::default(),
+        }
+    }
+
+    /// The same context with another clock (nanoseconds since the epoch).
+    pub fn with_clock(mut self, clock: Clock) -> Context {
+        self.clock = clock;
+        self
+    }
+
+    fn failures(&self) -> std::sync::MutexGuard<'_, HashMap<String, u32>> {
+        self.failures.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+fn object_key(d: &Deployment) -> String {
+    format!("{}/{}", d.namespace_or_default(), d.name_str())
+}
+
+/// Reconciles one Deployment: adds the finalizer, writes the desired state
+/// and folds device status into `.status`; on deletion removes every key it
+/// wrote, then releases the finalizer.
+pub async fn reconcile(d: Arc<Deployment>, ctx: Arc<Context>) -> Result<Action, Error> {
+    Metrics::add(&ctx.metrics.reconciles, 1);
+    let api: Api<Deployment> = Api::namespaced(ctx.client.clone(), d.namespace_or_default());
+    let key = object_key(&d);
+    let result = finalizer(&api, FINALIZER, d, |event| async {
+        match event {
+            FinalizerEvent::Apply(d) => apply_deployment(&d, &api, &ctx).await,
+            FinalizerEvent::Cleanup(d) => cleanup(&d, &ctx).await,
+        }
+    })
+    .await
+    .map_err(|e| Error::Finalizer(Box::new(e)));
+    match &result {
+        Ok(_) => {
+            ctx.failures().remove(&key);
+        }
+        Err(e) => {
+            Metrics::add(&ctx.metrics.reconcile_errors, 1);
+            tracing::warn!(deployment = %key, error = %e, "reconcile failed");
+        }
+    }
+    result
+}
+
+/// After a failed reconcile: transient errors are retried with exponential
+/// back-off (1 s doubling to `max_backoff`); permanent ones wait for a change.
+pub fn error_policy(d: Arc<Deployment>, err: &Error, ctx: Arc<Context>) -> Action {
+    if !err.is_transient() {
+        return Action::await_change();
+    }
+    let mut failures = ctx.failures();
+    let n = failures.entry(object_key(&d)).or_insert(0);
+    *n = n.saturating_add(1);
+    let delay = Duration::from_secs(1u64 << (*n - 1).min(16)).min(ctx.config.max_backoff);
+    Action::requeue(delay)
+}
+
+async fn apply_deployment(
+    d: &Deployment,
+    api: &Api<Deployment>,
+    ctx: &Context,
+) -> Result<Action, Error> {
+    let prev = d.status.clone().unwrap_or_default();
+    let mut events = Vec::new();
+    let (observed, action) = match apply::plan(d) {
+        Ok(plan) => {
+            let outcome = apply::apply(&ctx.nats, &plan).await?;
+            Metrics::add(&ctx.metrics.kv_writes, outcome.writes() as u64);
+            if outcome.writes() > 0 {
+                events.push(event(
+                    EventType::Normal,
+                    "DesiredStateWritten",
+                    "Apply",
+                    apply::summary(&plan, &outcome),
+                ));
+            }
+            let observed = Observed {
+                revision: Some(plan.revision),
+                score_json: Some(plan.score_json.clone()),
+                targets: plan.targets.clone(),
+                conflicts: outcome.conflicts.clone(),
+                invalid: None,
+                unknown_type: plan.unknown_type.clone(),
+            };
+            (observed, Action::requeue(ctx.config.resync))
+        }
+        Err(e) => {
+            tracing::info!(deployment = %object_key(d), error = %e, "spec rejected; nothing written");
+            (invalid_observed(d, &prev, e), Action::await_change())
+        }
+    };
+    let status = fold_status(d, &observed, &ctx.status, (ctx.clock)());
+    for (type_, reason) in [
+        (conditions::INVALID_SCORE, "InvalidScore"),
+        (conditions::UNKNOWN_SCORE_TYPE, "UnknownScoreType"),
+        (conditions::CONFLICT, "Conflict"),
+        (conditions::DEGRADED, "Degraded"),
+    ] {
+        if let Some(note) = newly_true(&prev, &status, type_) {
+            events.push(event(EventType::Warning, reason, "Reconcile", note));
+        }
+    }
+    if d.status.as_ref() != Some(&status) {
+        let patch = serde_json::json!({ "status": status });
+        api.patch_status(d.name_str(), &PatchParams::default(), &Patch::Merge(&patch))
+            .await?;
+    }
+    let reference = d.object_ref(&());
+    for ev in events {
+        // An event is worth less than the reconcile: log and go on.
+        if let Err(e) = ctx.recorder.publish(&ev, &reference).await {
+            tracing::warn!(deployment = %object_key(d), error = %e, "cannot publish event");
+        }
+    }
+    Ok(action)
+}
+
+/// What the status shows when the spec cannot be written: the last revision
+/// written stays, with the reason in a condition.
+fn invalid_observed(d: &Deployment, prev: &DeploymentStatus, e: PlanError) -> Observed {
+    Observed {
+        revision: prev
+            .revision
+            .as_deref()
+            .and_then(|r| u64::from_str_radix(r, 16).ok()),
+        score_json: prev.observed_score_string.clone(),
+        targets: d
+            .spec
+            .target_devices
+            .iter()
+            .filter(|t| protocol::keys::validate_device_id(t).is_ok())
+            .cloned()
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect(),
+        conflicts: Vec::new(),
+        invalid: Some(e),
+        unknown_type: None,
+    }
+}
+
+/// The condition's message when it became True (or its message changed
+/// while True) between `prev` and `next`.
+fn newly_true(prev: &DeploymentStatus, next: &DeploymentStatus, type_: &str) -> Option<String> {
+    let find = |s: &DeploymentStatus| {
+        s.conditions
+            .iter()
+            .find(|c| c.type_ == type_ && c.status == "True")
+            .cloned()
+    };
+    let now = find(next)?;
+    match find(prev) {
+        Some(before) if before.message == now.message => None,
+        _ => Some(now.message),
+    }
+}
+
+fn event(type_: EventType, reason: &str, action: &str, note: String) -> Event {
+    Event {
+        type_,
+        reason: reason.into(),
+        note: Some(note),
+        action: action.into(),
+        secondary: None,
+    }
+}
+
+async fn cleanup(d: &Deployment, ctx: &Context) -> Result<Action, Error> {
+    let owner = format!("{}/{}", d.namespace_or_default(), d.name_str());
+    if protocol::keys::validate_deployment_name(d.name_str()).is_err() {
+        // Nothing can have been written under a name that is not a token.
+        return Ok(Action::await_change());
+    }
+    let removed = apply::remove(&ctx.nats, &owner, d.name_str()).await?;
+    Metrics::add(&ctx.metrics.kv_writes, removed.len() as u64);
+    tracing::info!(deployment = %owner, removed = removed.len(), "desired state removed");
+    Ok(Action::await_change())
+}
+
+/// Runs the controller until a shutdown signal: watches Deployments in all
+/// namespaces and reconciles them, and also when a device report or
+/// heartbeat concerns one.
+pub async fn run(
+    ctx: Arc<Context>,
+    changes: mpsc::UnboundedReceiver<Change>,
+) -> anyhow::Result<()> {
+    let api: Api<Deployment> = Api::all(ctx.client.clone());
+    if let Err(e) = api.list(&kube::api::ListParams::default().limit(1)).await {
+        anyhow::bail!(
+            "cannot list iot.nationtech.io Deployments ({e}); is the CRD installed (kubectl apply -f deploy/crd.yaml) and may this service account list them?"
+        );
+    }
+    let controller = Controller::new(api, watcher::Config::default().any_semantic());
+    let store = controller.store();
+    let triggers = change_triggers(changes, store);
+    ctx.metrics.ready.store(true, Ordering::Relaxed);
+    controller
+        .reconcile_on(triggers)
+        .shutdown_on_signal()
+        .run(reconcile, error_policy, ctx)
+        .for_each(|res| async move {
+            match res {
+                Ok((obj, _)) => tracing::debug!(deployment = %obj, "reconciled"),
+                Err(e) => tracing::debug!(error = %e, "reconcile error"),
+            }
+        })
+        .await;
+    Ok(())
+}
+
+/// Maps device reports to the Deployments they concern: a status names the
+/// deployment (in any namespace); a device that comes back concerns every
+/// Deployment targeting it. Reports for unknown deployments are dropped.
+fn change_triggers(
+    changes: mpsc::UnboundedReceiver<Change>,
+    store: Store<Deployment>,
+) -> impl futures::Stream<Item = ObjectRef<Deployment>> + Send + 'static {
+    futures::stream::unfold(
+        changes,
+        |mut rx| async move { rx.recv().await.map(|c| (c, rx)) },
+    )
+    .flat_map(move |change| {
+        let refs: Vec<ObjectRef<Deployment>> = store
+            .state()
+            .iter()
+            .filter(|d| match &change {
+                Change::Deployment(name) => d.name_any() == *name,
+                Change::Device(dev) => d.spec.target_devices.iter().any(|t| t == dev),
+            })
+            .map(|d| ObjectRef::from_obj(d.as_ref()))
+            .collect();
+        if refs.is_empty() {
+            tracing::debug!(?change, "report for no known Deployment ignored");
+        }
+        futures::stream::iter(refs)
+    })
+}

@@ -1,0 +1,263 @@
+//! The `iot.nationtech.io/v1alpha1` `Deployment` custom resource.
+//!
+//! `deploy/crd.yaml` is [`crd_yaml`]'s output (via `iot-operator gen-crd`);
+//! a test fails when the two differ. The schema carries the apiserver-side
+//! checks: key tokens for the name and the device ids, and the score type's
+//! identifier shape, each a CEL rule with a message that says what is allowed.
+
+use kube::CustomResource;
+use kube::core::crd::CustomResourceExt;
+use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
+use serde::{Deserialize, Serialize};
+
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+
+/// API group of the resource.
+pub const GROUP: &str = "iot.nationtech.io";
+/// Finalizer that keeps a Deployment until its keys are removed from NATS.
+pub const FINALIZER: &str = "iot.nationtech.io/desired-state";
+
+/// CEL rule shared by the name and device-id checks: one NATS key token.
+pub const TOKEN_RULE_REGEX: &str = "^[A-Za-z0-9_-]{1,63}$";
+/// CEL rule on `metadata.name` (root of the schema).
+pub const NAME_RULE: &str = "self.metadata.name.matches('^[A-Za-z0-9_-]{1,63}$')";
+/// Message of [`NAME_RULE`].
+pub const NAME_RULE_MESSAGE: &str = "metadata.name must be a single NATS key token: 1 to 63 of A-Z, a-z, 0-9, '_' or '-' (no '.'; it becomes the second token of the key <device>.<name>)";
+/// CEL rule on each entry of `spec.targetDevices`.
+pub const DEVICE_RULE: &str = "self.matches('^[A-Za-z0-9_-]{1,63}$')";
+/// Message of [`DEVICE_RULE`].
+pub const DEVICE_RULE_MESSAGE: &str =
+    "device ids are 1 to 63 of A-Z, a-z, 0-9, '_' or '-' (no '.', '*', '>' or spaces)";
+/// CEL rule on `spec.score.type`.
+pub const SCORE_TYPE_RULE: &str = "self.matches('^[A-Za-z_][A-Za-z0-9_]*$')";
+/// Message of [`SCORE_TYPE_RULE`].
+pub const SCORE_TYPE_RULE_MESSAGE: &str =
+    "score.type must be a score variant name (a Rust identifier), e.g. PodmanV0";
+/// Most targets one Deployment may name.
+pub const MAX_TARGETS: usize = 10_000;
+
+/// What a Deployment asks for: a score run on a set of devices.
+#[derive(CustomResource, Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[kube(
+    group = "iot.nationtech.io",
+    version = "v1alpha1",
+    kind = "Deployment",
+    plural = "deployments",
+    singular = "deployment",
+    namespaced,
+    status = "DeploymentStatus",
+    shortname = "iotdeploy",
+    shortname = "iotd",
+    category = "iot",
+    doc = "A score (containers and their settings) to run on a set of IoT devices over NATS",
+    printcolumn = r#"{"name":"Type","type":"string","jsonPath":".spec.score.type"}"#,
+    printcolumn = r#"{"name":"Targets","type":"integer","jsonPath":".status.targeted"}"#,
+    printcolumn = r#"{"name":"Ready","type":"integer","jsonPath":".status.ready"}"#,
+    printcolumn = r#"{"name":"Up-to-date","type":"integer","jsonPath":".status.upToDate"}"#,
+    printcolumn = r#"{"name":"Revision","type":"string","jsonPath":".status.revision","priority":1}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct DeploymentSpec {
+    /// Device ids to run the score on.
+    #[schemars(schema_with = "target_devices_schema")]
+    pub target_devices: Vec<String>,
+    /// How a new revision reaches the targets.
+    #[serde(default)]
+    pub rollout: Rollout,
+    /// What to run.
+    pub score: Score,
+}
+
+/// The score as users write it: `{type, data}`.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Score {
+    /// The score variant, e.g. `PodmanV0`.
+    #[serde(rename = "type")]
+    pub type_name: String,
+    /// The variant's data; checked by the operator against the variant.
+    #[serde(default)]
+    pub data: serde_json::Value,
+}
+
+impl JsonSchema for Score {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Score".into()
+    }
+
+    // Hand-written, as in the seed: the type is checked for shape only, so
+    // new variants need no operator release, and `data` alone is free-form.
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        json_schema!({
+            "description": "The score: its variant (`type`) and that variant's data.",
+            "type": "object",
+            "required": ["type", "data"],
+            "properties": {
+                "type": {
+                    "description": "The score variant, e.g. PodmanV0.",
+                    "type": "string",
+                    "minLength": 1,
+                    "maxLength": 63,
+                    "x-kubernetes-validations": [
+                        {"rule": SCORE_TYPE_RULE, "message": SCORE_TYPE_RULE_MESSAGE}
+                    ]
+                },
+                "data": {
+                    "description": "The variant's data, e.g. {containers: [...]} for PodmanV0.",
+                    "type": "object",
+                    "x-kubernetes-preserve-unknown-fields": true
+                }
+            }
+        })
+    }
+}
+
+fn target_devices_schema(_: &mut SchemaGenerator) -> Schema {
+    json_schema!({
+        "description": "Device ids to run the score on; each is one NATS key token.",
+        "type": "array",
+        "maxItems": MAX_TARGETS,
+        "x-kubernetes-list-type": "set",
+        "items": {
+            "type": "string",
+            "minLength": 1,
+            "maxLength": 63,
+            "x-kubernetes-validations": [
+                {"rule": DEVICE_RULE, "message": DEVICE_RULE_MESSAGE}
+            ]
+        }
+    })
+}
+
+/// How a new revision reaches the targets.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Rollout {
+    /// The strategy; only `AllAtOnce` for now.
+    #[serde(default)]
+    pub strategy: RolloutStrategy,
+}
+
+/// Rollout strategies. New ones (e.g. a rolling update with a batch size
+/// beside it in [`Rollout`]) are added as variants.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum RolloutStrategy {
+    /// Write the new revision to every target at once.
+    #[default]
+    AllAtOnce,
+}
+
+/// What the operator observed, folded from the devices' reports.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DeploymentStatus {
+    /// The `metadata.generation` this status describes.
+    pub observed_generation: Option<i64>,
+    /// The JSON of the score last written to the devices.
+    pub observed_score_string: Option<String>,
+    /// The revision last written to the devices, as 16 hex digits.
+    pub revision: Option<String>,
+    /// Standard Kubernetes conditions: Ready, Progressing, Degraded,
+    /// InvalidScore, Conflict (and UnknownScoreType when it applies).
+    #[serde(default)]
+    pub conditions: Vec<Condition>,
+    /// One entry per target device.
+    #[serde(default)]
+    pub devices: Vec<DeviceStatus>,
+    /// Devices targeted.
+    #[serde(default)]
+    pub targeted: i64,
+    /// Devices reporting the current revision.
+    #[serde(default)]
+    pub up_to_date: i64,
+    /// Devices running the current revision and reachable.
+    #[serde(default)]
+    pub ready: i64,
+    /// Devices reporting Failed or Unsupported for the current revision.
+    #[serde(default)]
+    pub failed: i64,
+}
+
+/// A condition in the standard Kubernetes shape.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Condition {
+    /// Condition type, e.g. `Ready`.
+    #[serde(rename = "type")]
+    pub type_: String,
+    /// `True`, `False` or `Unknown`.
+    pub status: String,
+    /// When the status last changed (RFC 3339).
+    pub last_transition_time: String,
+    /// The generation the condition was set for.
+    pub observed_generation: Option<i64>,
+    /// Machine-readable reason, PascalCase.
+    pub reason: String,
+    /// Human-readable detail.
+    pub message: String,
+}
+
+/// One target device as the operator last saw it.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DeviceStatus {
+    /// The device id.
+    pub device: String,
+    /// The agent's phase (Pending, Pulling, Starting, Running, Failed,
+    /// Unsupported, Removed, Completed), or the operator's view: Unknown (no
+    /// report yet), Unreachable (heartbeat stale), Conflict (another
+    /// Deployment of this name owns the device's key).
+    pub phase: String,
+    /// The revision the device reported, 16 hex digits.
+    pub revision: Option<String>,
+    /// The agent's message, or the operator's explanation.
+    pub message: Option<String>,
+    /// When the device's status was last written (server time, RFC 3339).
+    pub last_report_time: Option<String>,
+}
+
+/// A revision as shown to humans: 16 lowercase hex digits.
+pub fn revision_string(revision: u64) -> String {
+    format!("{revision:016x}")
+}
+
+/// The CRD, with the root CEL rule on `metadata.name` added.
+pub fn crd() -> CustomResourceDefinition {
+    let mut crd = Deployment::crd();
+    for version in &mut crd.spec.versions {
+        if let Some(schema) = version
+            .schema
+            .as_mut()
+            .and_then(|s| s.open_api_v3_schema.as_mut())
+        {
+            let rule = k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::ValidationRule {
+                rule: NAME_RULE.into(),
+                message: Some(NAME_RULE_MESSAGE.into()),
+                ..Default::default()
+            };
+            schema.x_kubernetes_validations = Some(vec![rule]);
+        }
+    }
+    crd
+}
+
+/// The CRD as YAML, exactly as committed in `deploy/crd.yaml`.
+pub fn crd_yaml() -> Result<String, serde_yaml::Error> {
+    let body = serde_yaml::to_string(&crd())?;
+    Ok(format!(
+        "# Generated by `iot-operator gen-crd`; do not edit by hand.\n{body}"
+    ))
+}
+
+impl Deployment {
+    /// The namespace, `default` when unset (manifests applied without a cluster).
+    pub fn namespace_or_default(&self) -> &str {
+        self.metadata.namespace.as_deref().unwrap_or("default")
+    }
+
+    /// The name, empty when unset.
+    pub fn name_str(&self) -> &str {
+        self.metadata.name.as_deref().unwrap_or("")
+    }
+}

@@ -1,0 +1,26 @@
+//! The iot operator: `Deployment` custom resources into NATS desired state,
+//! device status back into the resources.
+//!
+//! Entry points for other crates (end-to-end tests, the fleet bench):
+//! - [`controller::reconcile`] with a [`controller::Context`]: the real
+//!   reconcile function, to drive through a kube `Client` (mocked or real);
+//! - [`apply::plan`] + [`apply::apply`] / [`apply::remove`]: what the
+//!   controller and `iot-operator apply/delete` write to NATS;
+//! - [`status::StatusCache`] + [`status::fold_status`]: device reports folded
+//!   into a CR status;
+//! - [`nats::Nats`]: the connection, bucket creation and KV access.
+
+pub mod apply;
+pub mod cli;
+pub mod controller;
+pub mod crd;
+pub mod manifest;
+pub mod metrics;
+pub mod nats;
+pub mod status;
+
+pub use apply::{ApplyOutcome, Plan, PlanError, apply, plan, remove};
+pub use controller::{Context, ControllerConfig, Error, error_policy, reconcile};
+pub use crd::{Deployment, DeploymentSpec, DeploymentStatus};
+pub use nats::{Credentials, Nats, NatsConfig, NatsError, TlsConfig};
+pub use status::{Observed, StatusCache, fold_status};

@@ -1,0 +1,523 @@
+//! Every NATS access of the operator: connecting (URLs, credentials, TLS),
+//! creating or checking the buckets, reading the last value of keys, and
+//! writing or deleting desired-state keys.
+//!
+//! Subjects and stream names come from `protocol`; values are encoded there
+//! too. Reads use one ordered consumer per scan with a filter, so that the
+//! operator's NATS identity needs no STREAM.INFO on the desired-state bucket
+//! and a scan of 10,000 keys is one consumer, not 10,000 requests.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use async_nats::HeaderMap;
+use async_nats::jetstream::{self, consumer, stream};
+use bytes::Bytes;
+use futures::StreamExt;
+use futures::stream::FuturesUnordered;
+use protocol::buckets::BucketSpec;
+use protocol::keys::{KvSubject, StreamName};
+
+/// Header naming the Deployment (`<namespace>/<name>`) that wrote a
+/// desired-state key, so that two Deployments of one name in different
+/// namespaces cannot overwrite each other's devices.
+pub const OWNER_HEADER: &str = "Iot-Owner";
+/// The KV operation header (`DEL` / `PURGE`), as the KV clients write it.
+pub const KV_OPERATION_HEADER: &str = "KV-Operation";
+
+/// How long one scan may take before it is reported as a timeout.
+const SCAN_TIMEOUT: Duration = Duration::from_secs(30);
+/// Publishes in flight at once when writing many keys.
+const PUBLISH_WINDOW: usize = 512;
+
+/// How to reach NATS and who to be there.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NatsConfig {
+    /// Server URLs, tried in turn (`nats://host:4222`, `tls://...`).
+    pub urls: Vec<String>,
+    /// Credentials.
+    pub credentials: Credentials,
+    /// TLS settings.
+    pub tls: TlsConfig,
+    /// Inbox prefix for replies; an identity's permissions allow
+    /// subscribing only below its own prefix (`_INBOX.operator`).
+    pub inbox_prefix: String,
+    /// Keep retrying when no server answers at start (the controller), or
+    /// fail at once (the CLI).
+    pub retry_on_initial_connect: bool,
+    /// Connection name shown in the server's monitoring.
+    pub client_name: String,
+}
+
+/// The NATS identity.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Credentials {
+    /// No authentication.
+    #[default]
+    None,
+    /// User and password (tests and small setups).
+    UserPassword {
+        /// User.
+        user: String,
+        /// Password.
+        password: String,
+    },
+    /// A token.
+    Token(String),
+    /// A file holding an nkey seed (`SU...`): challenge-response, the server
+    /// holds no secret.
+    NkeyFile(PathBuf),
+    /// A `.creds` file (user JWT and seed), for decentralized JWT mode.
+    CredsFile(PathBuf),
+}
+
+/// TLS to the server.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TlsConfig {
+    /// Require TLS even when the URL scheme is `nats://`.
+    pub required: bool,
+    /// CA certificate(s) (PEM) to verify the server with.
+    pub ca_file: Option<PathBuf>,
+    /// Client certificate (PEM) for mutual TLS; needs `key_file`.
+    pub cert_file: Option<PathBuf>,
+    /// Client key (PEM) for mutual TLS.
+    pub key_file: Option<PathBuf>,
+}
+
+/// Why a NATS operation failed. Every kind here is worth retrying except
+/// [`NatsError::Config`].
+#[derive(Debug, thiserror::Error)]
+pub enum NatsError {
+    /// The configuration cannot work (missing file, bad combination).
+    #[error("NATS configuration: {0}")]
+    Config(String),
+    /// No server could be reached or the server refused the identity.
+    #[error("cannot connect to NATS at {urls}: {reason}")]
+    Connect {
+        /// The URLs tried.
+        urls: String,
+        /// What went wrong.
+        reason: String,
+    },
+    /// A bucket does not exist and this identity may not create it.
+    #[error(
+        "bucket `{bucket}` does not exist and could not be created ({reason}); run `iot-operator init` with an identity allowed to create streams"
+    )]
+    BucketMissing {
+        /// The bucket.
+        bucket: String,
+        /// Why creation failed.
+        reason: String,
+    },
+    /// A request failed.
+    #[error("{op} on bucket `{bucket}` failed: {reason}")]
+    Request {
+        /// What was attempted.
+        op: &'static str,
+        /// The bucket.
+        bucket: String,
+        /// What went wrong.
+        reason: String,
+    },
+    /// A request got no answer in time: NATS is unreachable, or (as NATS
+    /// answers denied requests with silence) the identity lacks permission.
+    #[error(
+        "{op} on bucket `{bucket}` timed out: NATS is unreachable or this identity lacks permission for it"
+    )]
+    Timeout {
+        /// What was attempted.
+        op: &'static str,
+        /// The bucket.
+        bucket: String,
+    },
+}
+
+fn request_error(op: &'static str, bucket: &str, e: impl std::fmt::Display) -> NatsError {
+    let reason = e.to_string();
+    if reason.contains("timed out") || reason.contains("TimedOut") {
+        NatsError::Timeout {
+            op,
+            bucket: bucket.to_string(),
+        }
+    } else {
+        NatsError::Request {
+            op,
+            bucket: bucket.to_string(),
+            reason,
+        }
+    }
+}
+
+/// The last record of one key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KvRecord {
+    /// The key, without the bucket prefix.
+    pub key: String,
+    /// The value; empty for deletes.
+    pub value: Bytes,
+    /// Whether the key is deleted or purged.
+    pub deleted: bool,
+    /// The [`OWNER_HEADER`], when present.
+    pub owner: Option<String>,
+    /// When the server stored it, nanoseconds since the Unix epoch.
+    pub stored_at_ns: i128,
+}
+
+/// One key to write or delete.
+#[derive(Debug, Clone)]
+pub enum KvWrite {
+    /// Put `value` under `key`, marked as written by `owner`.
+    Put {
+        /// The key.
+        key: String,
+        /// The encoded value.
+        value: Bytes,
+        /// `<namespace>/<name>` of the writer.
+        owner: String,
+    },
+    /// Delete `key` (a KV delete marker; agents remove the workload).
+    Delete {
+        /// The key.
+        key: String,
+    },
+}
+
+/// A connection to NATS with JetStream.
+#[derive(Clone, Debug)]
+pub struct Nats {
+    client: async_nats::Client,
+    js: jetstream::Context,
+}
+
+impl Nats {
+    /// Connects as configured.
+    pub async fn connect(config: &NatsConfig) -> Result<Nats, NatsError> {
+        if config.urls.is_empty() {
+            return Err(NatsError::Config(
+                "no server URL: pass --nats-url (or set NATS_URL)".into(),
+            ));
+        }
+        let mut opts = async_nats::ConnectOptions::new()
+            .name(if config.client_name.is_empty() {
+                "iot-operator"
+            } else {
+                &config.client_name
+            })
+            .request_timeout(Some(Duration::from_secs(10)))
+            .connection_timeout(Duration::from_secs(5))
+            .reconnect_delay_callback(reconnect_delay);
+        if !config.inbox_prefix.is_empty() {
+            opts = opts.custom_inbox_prefix(&config.inbox_prefix);
+        }
+        if config.retry_on_initial_connect {
+            opts = opts.retry_on_initial_connect();
+        }
+        opts = match &config.credentials {
+            Credentials::None => opts,
+            Credentials::UserPassword { user, password } => {
+                opts.user_and_password(user.clone(), password.clone())
+            }
+            Credentials::Token(t) => opts.token(t.clone()),
+            Credentials::NkeyFile(path) => {
+                let seed = std::fs::read_to_string(path).map_err(|e| {
+                    NatsError::Config(format!("cannot read nkey seed {}: {e}", path.display()))
+                })?;
+                let seed = seed
+                    .lines()
+                    .map(str::trim)
+                    .find(|l| l.starts_with('S'))
+                    .ok_or_else(|| {
+                        NatsError::Config(format!(
+                            "{} holds no nkey seed (a line starting with 'S')",
+                            path.display()
+                        ))
+                    })?;
+                opts.nkey(seed.to_string())
+            }
+            Credentials::CredsFile(path) => opts.credentials_file(path).await.map_err(|e| {
+                NatsError::Config(format!("cannot read creds file {}: {e}", path.display()))
+            })?,
+        };
+        let tls = &config.tls;
+        for f in [&tls.ca_file, &tls.cert_file, &tls.key_file]
+            .into_iter()
+            .flatten()
+        {
+            if !f.is_file() {
+                return Err(NatsError::Config(format!(
+                    "TLS file {} does not exist",
+                    f.display()
+                )));
+            }
+        }
+        if tls.required {
+            opts = opts.require_tls(true);
+        }
+        if let Some(ca) = &tls.ca_file {
+            opts = opts.add_root_certificates(ca.clone());
+        }
+        match (&tls.cert_file, &tls.key_file) {
+            (Some(c), Some(k)) => opts = opts.add_client_certificate(c.clone(), k.clone()),
+            (None, None) => {}
+            _ => {
+                return Err(NatsError::Config(
+                    "a client certificate needs both --nats-tls-cert and --nats-tls-key".into(),
+                ));
+            }
+        }
+        let addrs: Vec<async_nats::ServerAddr> = config
+            .urls
+            .iter()
+            .map(|u| {
+                u.parse()
+                    .map_err(|e| NatsError::Config(format!("bad NATS URL `{u}`: {e}")))
+            })
+            .collect::<Result<_, _>>()?;
+        let client = opts
+            .connect(addrs.as_slice())
+            .await
+            .map_err(|e| NatsError::Connect {
+                urls: config.urls.join(","),
+                reason: e.to_string(),
+            })?;
+        Ok(Nats::from_client(client))
+    }
+
+    /// Wraps an existing client (tests, benches).
+    pub fn from_client(client: async_nats::Client) -> Nats {
+        let js = jetstream::new(client.clone());
+        Nats { client, js }
+    }
+
+    /// The underlying client.
+    pub fn client(&self) -> &async_nats::Client {
+        &self.client
+    }
+
+    /// Whether the client is connected right now.
+    pub fn is_connected(&self) -> bool {
+        self.client.connection_state() == async_nats::connection::State::Connected
+    }
+
+    /// Makes sure every bucket of the contract exists: checks each stream
+    /// and, when `create_missing`, creates the absent ones with the settings
+    /// from `protocol::buckets`. Existing buckets are left as they are.
+    pub async fn ensure_buckets(&self, create_missing: bool) -> Result<Vec<String>, NatsError> {
+        let mut created = Vec::new();
+        for spec in protocol::buckets::ALL {
+            let name = StreamName(spec.name).to_string();
+            match self.js.get_stream(&name).await {
+                Ok(_) => continue,
+                Err(e) => match e.kind() {
+                    jetstream::context::GetStreamErrorKind::JetStream(j)
+                        if j.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND => {}
+                    _ => return Err(request_error("stream info", spec.name, e)),
+                },
+            }
+            if !create_missing {
+                return Err(NatsError::BucketMissing {
+                    bucket: spec.name.into(),
+                    reason: "creation not requested".into(),
+                });
+            }
+            self.js
+                .create_stream(stream_config(&spec))
+                .await
+                .map_err(|e| NatsError::BucketMissing {
+                    bucket: spec.name.into(),
+                    reason: e.to_string(),
+                })?;
+            created.push(spec.name.to_string());
+        }
+        Ok(created)
+    }
+
+    /// The last record of every key of `bucket` matching `key_filter` (a
+    /// key, or a filter with `*` / `>` tokens), deletes included.
+    pub async fn scan(&self, bucket: &str, key_filter: &str) -> Result<Vec<KvRecord>, NatsError> {
+        let op = "scan";
+        let stream = self
+            .js
+            .get_stream_no_info(StreamName(bucket).to_string())
+            .await
+            .map_err(|e| request_error(op, bucket, e))?;
+        let prefix = format!("$KV.{bucket}.");
+        let consumer = stream
+            .create_consumer(consumer::push::OrderedConfig {
+                name: Some(unique_consumer_name()),
+                deliver_subject: self.client.new_inbox(),
+                filter_subject: KvSubject {
+                    bucket,
+                    key: key_filter,
+                }
+                .to_string(),
+                deliver_policy: consumer::DeliverPolicy::LastPerSubject,
+                replay_policy: consumer::ReplayPolicy::Instant,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| request_error(op, bucket, e))?;
+        let mut out = Vec::new();
+        if consumer.cached_info().num_pending == 0 {
+            return Ok(out);
+        }
+        let mut messages = consumer
+            .messages()
+            .await
+            .map_err(|e| request_error(op, bucket, e))?;
+        let deadline = tokio::time::Instant::now() + SCAN_TIMEOUT;
+        loop {
+            let next = tokio::time::timeout_at(deadline, messages.next())
+                .await
+                .map_err(|_| NatsError::Timeout {
+                    op,
+                    bucket: bucket.to_string(),
+                })?;
+            let Some(msg) = next else {
+                return Err(request_error(op, bucket, "the consumer ended early"));
+            };
+            let msg = msg.map_err(|e| request_error(op, bucket, e))?;
+            let info = msg.info().map_err(|e| request_error(op, bucket, e))?;
+            let pending = info.pending;
+            let stored_at_ns = info.published.unix_timestamp_nanos();
+            let key = msg
+                .subject
+                .strip_prefix(&prefix)
+                .unwrap_or(&msg.subject)
+                .to_string();
+            let headers = msg.headers.as_ref();
+            out.push(KvRecord {
+                key,
+                value: msg.payload.clone(),
+                deleted: header(headers, KV_OPERATION_HEADER).is_some_and(|op| op != "PUT"),
+                owner: header(headers, OWNER_HEADER).map(str::to_string),
+                stored_at_ns,
+            });
+            if pending == 0 {
+                return Ok(out);
+            }
+        }
+    }
+
+    /// Applies `writes` to `bucket`, many in flight at once; returns how
+    /// many the server acknowledged. Stops at the first failure.
+    pub async fn write(&self, bucket: &str, writes: Vec<KvWrite>) -> Result<usize, NatsError> {
+        let op = "write";
+        let mut in_flight = FuturesUnordered::new();
+        let mut done = 0;
+        for w in writes {
+            let (key, headers, payload) = match w {
+                KvWrite::Put { key, value, owner } => {
+                    let mut h = HeaderMap::new();
+                    h.insert(OWNER_HEADER, owner.as_str());
+                    (key, h, value)
+                }
+                KvWrite::Delete { key } => {
+                    let mut h = HeaderMap::new();
+                    h.insert(KV_OPERATION_HEADER, "DEL");
+                    (key, h, Bytes::new())
+                }
+            };
+            let subject = KvSubject { bucket, key }.to_string();
+            let ack = self
+                .js
+                .publish_with_headers(subject, headers, payload)
+                .await
+                .map_err(|e| request_error(op, bucket, e))?;
+            in_flight.push(ack.into_future());
+            if in_flight.len() >= PUBLISH_WINDOW
+                && let Some(r) = in_flight.next().await
+            {
+                r.map_err(|e| request_error(op, bucket, e))?;
+                done += 1;
+            }
+        }
+        while let Some(r) = in_flight.next().await {
+            r.map_err(|e| request_error(op, bucket, e))?;
+            done += 1;
+        }
+        Ok(done)
+    }
+
+    /// The JetStream context, for watches.
+    pub fn jetstream(&self) -> &jetstream::Context {
+        &self.js
+    }
+}
+
+fn header<'a>(headers: Option<&'a HeaderMap>, name: &str) -> Option<&'a str> {
+    headers.and_then(|h| h.get(name)).map(|v| v.as_str())
+}
+
+/// The stream backing a bucket, with the contract's settings. Created as a
+/// plain stream because async-nats's KV creation fails on nats-server 2.9.
+pub fn stream_config(spec: &BucketSpec) -> stream::Config {
+    stream::Config {
+        name: StreamName(spec.name).to_string(),
+        subjects: vec![format!("$KV.{}.>", spec.name)],
+        max_messages_per_subject: spec.history,
+        max_message_size: spec.max_value_size,
+        allow_rollup: spec.allow_rollup,
+        deny_purge: spec.deny_purge,
+        deny_delete: true,
+        allow_direct: true,
+        discard: stream::DiscardPolicy::New,
+        storage: stream::StorageType::File,
+        duplicate_window: Duration::from_secs(120),
+        num_replicas: 1,
+        ..Default::default()
+    }
+}
+
+fn unique_consumer_name() -> String {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    format!("iot-operator-{:x}-{n}", std::process::id())
+}
+
+/// Reconnect delay: exponential to 8 s with up to 50% jitter, so that a
+/// restarted server is not hit by every client at the same instant.
+fn reconnect_delay(attempt: usize) -> Duration {
+    let base = Duration::from_millis(250u64.saturating_mul(1 << attempt.min(5)));
+    let base = base.min(Duration::from_secs(8));
+    base + base.mul_f64(jitter_fraction() * 0.5)
+}
+
+/// A number in [0, 1) that differs between processes and calls, without a
+/// random-number dependency.
+fn jitter_fraction() -> f64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0),
+    );
+    (h.finish() % 10_000) as f64 / 10_000.0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reconnect_delay_grows_and_is_capped() {
+        assert!(reconnect_delay(0) < Duration::from_millis(400));
+        for n in 0..100 {
+            assert!(reconnect_delay(n) <= Duration::from_secs(12));
+        }
+        assert!(reconnect_delay(10) >= Duration::from_secs(8));
+    }
+
+    #[test]
+    fn stream_config_follows_the_bucket_spec() {
+        let c = stream_config(&protocol::buckets::DEVICE_STATUS);
+        assert_eq!(c.name, "KV_device-status");
+        assert_eq!(c.subjects, vec!["$KV.device-status.>".to_string()]);
+        assert!(!c.allow_rollup);
+        assert!(c.deny_purge);
+        assert!(c.allow_direct);
+    }
+}
