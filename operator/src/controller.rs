@@ -95,7 +95,7 @@ pub struct Context {
     pub metrics: Arc<Metrics>,
     /// Settings.
     pub config: ControllerConfig,
-    recorder: Recorder,
+    reporter: Reporter,
     clock: Clock,
     failures: Mutex<HashMap<String, u32>>,
 }
@@ -108,20 +108,17 @@ impl Context {
         status: Arc<StatusCache>,
         config: ControllerConfig,
     ) -> Context {
-        let recorder = Recorder::new(
-            client.clone(),
-            Reporter {
-                controller: config.reporter.clone(),
-                instance: std::env::var("POD_NAME").ok(),
-            },
-        );
+        let reporter = Reporter {
+            controller: config.reporter.clone(),
+            instance: std::env::var("POD_NAME").ok(),
+        };
         Context {
             client,
             nats,
             status,
             metrics: Arc::default(),
             config,
-            recorder,
+            reporter,
             clock: Arc::new(now_ns),
             failures: Mutex::default(),
         }
@@ -233,9 +230,12 @@ async fn apply_deployment(
             .await?;
     }
     let reference = d.object_ref(&());
+    // One recorder per reconcile, as kube documents: its cache would
+    // otherwise fold a later event into the first one's series, note and all.
+    let recorder = Recorder::new(ctx.client.clone(), ctx.reporter.clone());
     for ev in events {
         // An event is worth less than the reconcile: log and go on.
-        if let Err(e) = ctx.recorder.publish(&ev, &reference).await {
+        if let Err(e) = recorder.publish(&ev, &reference).await {
             tracing::warn!(deployment = %object_key(d), error = %e, "cannot publish event");
         }
     }

@@ -18,6 +18,7 @@ pub mod manifest;
 pub mod metrics;
 pub mod nats;
 pub mod status;
+pub mod testing;
 
 pub use apply::{ApplyOutcome, Plan, PlanError, apply, plan, remove};
 pub use controller::{Context, ControllerConfig, Error, error_policy, reconcile};

@@ -1,0 +1,146 @@
+//! Shared helpers: a real nats-server with the buckets, Deployments, and
+//! agent-style reports.
+#![allow(dead_code, clippy::unwrap_used, missing_docs)]
+
+use std::time::Duration;
+
+use async_nats::jetstream;
+use operator::crd::{Deployment, DeploymentSpec, FINALIZER, Rollout, Score};
+use operator::nats::{KvRecord, Nats};
+use protocol::keys::{DESIRED_STATE_BUCKET, DEVICE_HEARTBEAT_BUCKET, DEVICE_STATUS_BUCKET};
+use protocol::{BoundedVec, Heartbeat, Phase, Text};
+use testkit::NatsServer;
+
+/// 2026-01-01T00:00:00Z.
+pub const T0_NS: i128 = 1_767_225_600_000_000_000;
+pub const T0: &str = "2026-01-01T00:00:00Z";
+
+pub struct Env {
+    pub server: NatsServer,
+    pub nats: Nats,
+    pub client: async_nats::Client,
+}
+
+/// A fresh server with the buckets created by the operator's own code; a
+/// short request timeout so that "NATS down" fails fast.
+pub async fn nats_env() -> Option<Env> {
+    let server = NatsServer::start()?;
+    let client = async_nats::ConnectOptions::new()
+        .request_timeout(Some(Duration::from_secs(2)))
+        .connect(server.url())
+        .await
+        .unwrap();
+    let nats = Nats::from_client(client.clone());
+    let created = nats.ensure_buckets(true).await.unwrap();
+    assert_eq!(created.len(), 3);
+    Some(Env {
+        server,
+        nats,
+        client,
+    })
+}
+
+pub fn podman(image: &str) -> serde_json::Value {
+    serde_json::json!({"containers": [{"name": "web", "image": image, "ports": [{"containerPort": 80, "hostPort": 8080}]}]})
+}
+
+pub fn deployment(
+    ns: &str,
+    name: &str,
+    targets: &[&str],
+    score_type: &str,
+    data: serde_json::Value,
+) -> Deployment {
+    let mut d = Deployment::new(
+        name,
+        DeploymentSpec {
+            target_devices: targets.iter().map(|s| s.to_string()).collect(),
+            rollout: Rollout::default(),
+            score: Score {
+                type_name: score_type.into(),
+                data,
+            },
+        },
+    );
+    d.metadata.namespace = Some(ns.into());
+    d.metadata.uid = Some(format!("uid-{ns}-{name}"));
+    d.metadata.generation = Some(1);
+    d.metadata.resource_version = Some("1".into());
+    d
+}
+
+pub fn with_finalizer(mut d: Deployment) -> Deployment {
+    d.metadata.finalizers = Some(vec![FINALIZER.to_string()]);
+    d
+}
+
+/// The last record of one desired-state key.
+pub async fn desired(nats: &Nats, device: &str, name: &str) -> Option<KvRecord> {
+    nats.scan(DESIRED_STATE_BUCKET, &format!("{device}.{name}"))
+        .await
+        .unwrap()
+        .into_iter()
+        .next()
+}
+
+/// Messages ever stored in a bucket: unchanged means nothing was written.
+pub async fn last_seq(client: &async_nats::Client, bucket: &str) -> u64 {
+    let js = jetstream::new(client.clone());
+    let mut s = js.get_stream(format!("KV_{bucket}")).await.unwrap();
+    s.info().await.unwrap().state.last_sequence
+}
+
+pub async fn desired_seq(client: &async_nats::Client) -> u64 {
+    last_seq(client, DESIRED_STATE_BUCKET).await
+}
+
+/// Writes a status report as the agent does.
+pub async fn put_status(
+    client: &async_nats::Client,
+    device: &str,
+    name: &str,
+    revision: u64,
+    phase: Phase,
+    message: &str,
+) {
+    let value = protocol::wire::encode_to_vec(&protocol::DeploymentStatus {
+        revision,
+        phase,
+        containers: BoundedVec::new(),
+        message: Text::borrowed(message),
+        timestamp_ms: 0,
+    })
+    .unwrap();
+    let js = jetstream::new(client.clone());
+    js.publish(
+        format!("$KV.{DEVICE_STATUS_BUCKET}.{device}.{name}"),
+        value.into(),
+    )
+    .await
+    .unwrap()
+    .await
+    .unwrap();
+}
+
+/// Writes a heartbeat as the agent does.
+pub async fn put_heartbeat(client: &async_nats::Client, device: &str) {
+    let value = protocol::wire::encode_to_vec(&Heartbeat {
+        agent_version: Text::borrowed("0.1.0"),
+        arch: Text::borrowed("aarch64"),
+        os: Text::borrowed("linux"),
+        podman_version: Text::borrowed("4.3.1"),
+        uptime_secs: 5,
+        deployments: 1,
+        timestamp_ms: 0,
+    })
+    .unwrap();
+    let js = jetstream::new(client.clone());
+    js.publish(
+        format!("$KV.{DEVICE_HEARTBEAT_BUCKET}.{device}"),
+        value.into(),
+    )
+    .await
+    .unwrap()
+    .await
+    .unwrap();
+}
