@@ -1,0 +1,243 @@
+//! The cluster-less CLI (`init`, `apply -f`, `status`, `delete -f`) against
+//! a real nats-server, and its agreement with the controller.
+#![allow(clippy::unwrap_used, missing_docs)]
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Output};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::*;
+use operator::crd::revision_string;
+use operator::status::StatusCache;
+use operator::testing::MockApiServer;
+use operator::{Context, ControllerConfig, reconcile};
+use protocol::Phase;
+
+fn cli(url: &str, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_iot-operator"))
+        .args(args)
+        .env("NATS_URL", url)
+        .env_remove("NATS_NKEY")
+        .env_remove("NATS_CREDS")
+        .output()
+        .unwrap()
+}
+
+fn ok(out: &Output) -> String {
+    assert!(
+        out.status.success(),
+        "exit {:?}\nstdout: {}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout.clone()).unwrap()
+}
+
+fn hello() -> &'static Path {
+    Path::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../deploy/examples/hello.yaml"
+    ))
+}
+
+#[tokio::test]
+async fn init_creates_the_buckets_with_their_settings() {
+    let Some(server) = testkit::NatsServer::start() else {
+        return;
+    };
+    let out = ok(&cli(&server.url(), &["init"]));
+    assert_eq!(
+        out.trim(),
+        "created buckets: desired-state, device-status, device-heartbeat"
+    );
+    assert_eq!(
+        ok(&cli(&server.url(), &["init"])).trim(),
+        "all buckets exist"
+    );
+    let client = async_nats::connect(server.url()).await.unwrap();
+    let js = async_nats::jetstream::new(client);
+    for spec in protocol::buckets::ALL {
+        let mut s = js.get_stream(format!("KV_{}", spec.name)).await.unwrap();
+        let c = s.info().await.unwrap().config.clone();
+        assert_eq!(c.allow_rollup, spec.allow_rollup, "{}", spec.name);
+        assert_eq!(c.deny_purge, spec.deny_purge, "{}", spec.name);
+        assert_eq!(c.max_messages_per_subject, spec.history, "{}", spec.name);
+        assert_eq!(c.max_message_size, spec.max_value_size, "{}", spec.name);
+        assert!(c.allow_direct && c.deny_delete);
+    }
+}
+
+#[tokio::test]
+async fn apply_status_delete_round_trip() {
+    let Some(env) = nats_env().await else { return };
+    let url = env.server.url();
+    let file = hello().to_str().unwrap();
+    let d = operator::manifest::read(hello()).unwrap().remove(0);
+    let plan = operator::plan(&d).unwrap();
+    let hex = revision_string(plan.revision);
+
+    let out = ok(&cli(&url, &["apply", "-f", file]));
+    assert_eq!(
+        out.trim(),
+        format!("default/hello-web: revision {hex}: 1 written, 0 unchanged, 0 removed")
+    );
+    let rec = desired(&env.nats, "demo-device", "hello-web")
+        .await
+        .unwrap();
+    assert_eq!(
+        rec.value, plan.value,
+        "the CLI writes the controller's bytes"
+    );
+    assert_eq!(rec.owner.as_deref(), Some("default/hello-web"));
+
+    let seq = desired_seq(&env.client).await;
+    let out = ok(&cli(&url, &["apply", "-f", file]));
+    assert!(out.contains("0 written, 1 unchanged"), "{out}");
+    assert_eq!(
+        desired_seq(&env.client).await,
+        seq,
+        "no-op apply writes nothing"
+    );
+
+    // The controller, given the same manifest, finds nothing to write.
+    let (client, api) = MockApiServer::start();
+    let ctx = Arc::new(Context::new(
+        client,
+        env.nats.clone(),
+        StatusCache::detached(Duration::from_secs(90)),
+        ControllerConfig::default(),
+    ));
+    let mut same = with_finalizer(d.clone());
+    same.metadata.uid = Some("u".into());
+    api.insert(&same);
+    reconcile(Arc::new(same), ctx).await.unwrap();
+    assert_eq!(desired_seq(&env.client).await, seq);
+
+    let out = ok(&cli(&url, &["status"]));
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 2, "{out}");
+    assert!(lines[0].starts_with("DEPLOYMENT"), "{out}");
+    let row: Vec<&str> = lines[1].split_whitespace().collect();
+    assert_eq!(
+        row[..6],
+        [
+            "hello-web",
+            "demo-device",
+            hex.as_str(),
+            "-",
+            "Unknown",
+            "never"
+        ]
+    );
+
+    put_heartbeat(&env.client, "demo-device").await;
+    put_status(
+        &env.client,
+        "demo-device",
+        "hello-web",
+        plan.revision,
+        Phase::Running,
+        "all good",
+    )
+    .await;
+    let out = ok(&cli(&url, &["status", "hello-web"]));
+    let row: Vec<&str> = out.lines().nth(1).unwrap().split_whitespace().collect();
+    assert_eq!(
+        row[..5],
+        [
+            "hello-web",
+            "demo-device",
+            hex.as_str(),
+            hex.as_str(),
+            "Running"
+        ]
+    );
+    assert_eq!(row[row.len() - 2..], ["all", "good"]);
+    let out = ok(&cli(&url, &["status", "other"]));
+    assert_eq!(out.lines().count(), 1, "only the header: {out}");
+
+    let out = ok(&cli(&url, &["delete", "-f", file]));
+    assert_eq!(out.trim(), "default/hello-web: removed from 1 device(s)");
+    assert!(
+        desired(&env.nats, "demo-device", "hello-web")
+            .await
+            .unwrap()
+            .deleted
+    );
+    let out = ok(&cli(&url, &["delete", "-f", file]));
+    assert_eq!(out.trim(), "default/hello-web: removed from 0 device(s)");
+}
+
+#[tokio::test]
+async fn bad_manifests_write_nothing_and_say_why() {
+    let Some(env) = nats_env().await else { return };
+    let url = env.server.url();
+    let dir = tempfile::tempdir().unwrap();
+    let write = |name: &str, body: &str| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, body).unwrap();
+        p.to_str().unwrap().to_string()
+    };
+    let head = "apiVersion: iot.nationtech.io/v1alpha1\nkind: Deployment\n";
+    let bad_port = write(
+        "port.yaml",
+        &format!(
+            "{head}metadata: {{name: web}}\nspec:\n  targetDevices: [a]\n  score:\n    type: PodmanV0\n    data: {{containers: [{{name: web, image: x, ports: [{{containerPort: 0}}]}}]}}\n"
+        ),
+    );
+    let dotted = write(
+        "dot.yaml",
+        &format!(
+            "{head}metadata: {{name: web.v1}}\nspec:\n  targetDevices: [a]\n  score: {{type: PodmanV0, data: {{}}}}\n"
+        ),
+    );
+    let star = write(
+        "star.yaml",
+        &format!(
+            "{head}metadata: {{name: web}}\nspec:\n  targetDevices: ['pi*']\n  score: {{type: PodmanV0, data: {{}}}}\n"
+        ),
+    );
+    let seq = desired_seq(&env.client).await;
+    for (file, expect) in [
+        (
+            &bad_port,
+            "spec.score.data.containers[0].ports[0].containerPort",
+        ),
+        (&dotted, "metadata.name `web.v1`"),
+        (&star, "spec.targetDevices[0] `pi*`"),
+    ] {
+        let out = cli(&url, &["apply", "-f", file]);
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(expect), "{file}: {err}");
+        assert!(err.contains("nothing was written"), "{err}");
+    }
+    assert_eq!(desired_seq(&env.client).await, seq);
+
+    // An unknown type goes through, with the warning.
+    let unknown = write(
+        "unknown.yaml",
+        &format!(
+            "{head}metadata: {{name: web}}\nspec:\n  targetDevices: [a]\n  score: {{type: PdomanV0, data: {{x: 1}}}}\n"
+        ),
+    );
+    let out = cli(&url, &["apply", "-f", &unknown]);
+    ok(&out);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("did you mean `PodmanV0`?"));
+}
+
+#[tokio::test]
+async fn unreachable_nats_is_a_clear_error() {
+    let port = testkit::free_port();
+    let out = cli(&format!("nats://127.0.0.1:{port}"), &["status"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("cannot connect to NATS at nats://127.0.0.1:"),
+        "{err}"
+    );
+}

@@ -1,0 +1,228 @@
+//! Device reports put into a real NATS reach the CR status patch: the
+//! status cache's watches pick them up, and the real reconcile folds them.
+#![allow(clippy::unwrap_used, missing_docs)]
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::*;
+use operator::crd::revision_string;
+use operator::status::{Change, StatusCache, now_ns};
+use operator::testing::{MockApiServer, deployment_path, events_path};
+use operator::{Context, ControllerConfig, reconcile};
+use protocol::Phase;
+
+fn cond<'a>(status: &'a serde_json::Value, type_: &str) -> &'a serde_json::Value {
+    status["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == type_)
+        .unwrap()
+}
+
+fn device<'a>(status: &'a serde_json::Value, id: &str) -> &'a serde_json::Value {
+    status["devices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["device"] == id)
+        .unwrap()
+}
+
+#[tokio::test]
+async fn reports_in_nats_fold_into_the_status_patch() {
+    let Some(env) = nats_env().await else { return };
+    let (client, api) = MockApiServer::start();
+    let (cache, mut changes) = StatusCache::new(Duration::from_secs(90));
+    let watch = tokio::spawn(cache.clone().watch(env.nats.clone()));
+    let ctx = Arc::new(Context::new(
+        client.clone(),
+        env.nats.clone(),
+        cache.clone(),
+        ControllerConfig::default(),
+    ));
+    let d = with_finalizer(deployment(
+        "default",
+        "web",
+        &["a", "b", "c"],
+        "PodmanV0",
+        podman("nginx:1"),
+    ));
+    let rev = operator::plan(&d).unwrap().revision;
+    api.insert(&d);
+    reconcile(Arc::new(d), ctx.clone()).await.unwrap();
+    api.take();
+
+    // What agents write: a runs it, b failed it, c still pulls an old one.
+    for dev in ["a", "b", "c"] {
+        put_heartbeat(&env.client, dev).await;
+    }
+    put_status(&env.client, "a", "web", rev, Phase::Running, "").await;
+    put_status(
+        &env.client,
+        "b",
+        "web",
+        rev,
+        Phase::Failed,
+        "pull nginx:1: no such image",
+    )
+    .await;
+    put_status(&env.client, "c", "web", 42, Phase::Pulling, "").await;
+    put_status(&env.client, "a", "ghost", 1, Phase::Running, "").await;
+    let seen = testkit::wait_until_async(Duration::from_secs(10), || async {
+        cache.report("a", "web").is_some()
+            && cache.report("b", "web").is_some()
+            && cache.report("c", "web").is_some()
+            && cache.heartbeat("c").is_some()
+    })
+    .await;
+    assert!(seen, "the watches did not deliver the reports");
+    let mut got = Vec::new();
+    while let Ok(c) = changes.try_recv() {
+        got.push(c);
+    }
+    assert!(got.contains(&Change::Deployment("web".into())), "{got:?}");
+    assert!(got.contains(&Change::Device("a".into())), "{got:?}");
+
+    let d = api.get("default", "web").unwrap();
+    reconcile(Arc::new(d), ctx.clone()).await.unwrap();
+    let reqs = api.take();
+    let lines: Vec<String> = reqs.iter().map(|r| r.line()).collect();
+    assert_eq!(
+        lines,
+        [
+            format!("PATCH {}/status", deployment_path("default", "web")),
+            format!("POST {}", events_path("default")),
+        ]
+    );
+    let status = &reqs[0].body["status"];
+    assert_eq!(
+        (
+            &status["targeted"],
+            &status["upToDate"],
+            &status["ready"],
+            &status["failed"]
+        ),
+        (&3.into(), &2.into(), &1.into(), &1.into())
+    );
+    let a = device(status, "a");
+    assert_eq!(a["phase"], "Running");
+    assert_eq!(a["revision"], revision_string(rev));
+    assert!(a["lastReportTime"].as_str().unwrap().ends_with('Z'));
+    let b = device(status, "b");
+    assert_eq!(b["phase"], "Failed");
+    assert_eq!(b["message"], "pull nginx:1: no such image");
+    let c = device(status, "c");
+    assert_eq!(c["phase"], "Pulling");
+    assert_eq!(c["revision"], revision_string(42));
+    assert_eq!(cond(status, "Ready")["status"], "False");
+    assert_eq!(cond(status, "Progressing")["status"], "True");
+    let degraded = cond(status, "Degraded");
+    assert_eq!(degraded["status"], "True");
+    assert_eq!(degraded["reason"], "TargetsFailed");
+    assert_eq!(degraded["message"], "failed: b");
+    assert_eq!(reqs[1].body["reason"], "Degraded");
+    assert_eq!(reqs[1].body["type"], "Warning");
+
+    // Everything runs the revision now: Ready, and Degraded clears.
+    put_status(&env.client, "b", "web", rev, Phase::Running, "").await;
+    put_status(&env.client, "c", "web", rev, Phase::Running, "").await;
+    let seen = testkit::wait_until_async(Duration::from_secs(10), || async {
+        ["b", "c"].iter().all(|dev| {
+            cache
+                .report(dev, "web")
+                .is_some_and(|r| r.status.phase == Phase::Running && r.status.revision == rev)
+        })
+    })
+    .await;
+    assert!(seen);
+    let d = api.get("default", "web").unwrap();
+    reconcile(Arc::new(d), ctx.clone()).await.unwrap();
+    let reqs = api.take();
+    assert_eq!(reqs.len(), 1, "status only: {reqs:?}");
+    let status = &reqs[0].body["status"];
+    assert_eq!(
+        (&status["ready"], &status["upToDate"]),
+        (&3.into(), &3.into())
+    );
+    assert_eq!(cond(status, "Ready")["status"], "True");
+    assert_eq!(cond(status, "Progressing")["status"], "False");
+    assert_eq!(cond(status, "Degraded")["status"], "False");
+
+    // An hour later without heartbeats every device is unreachable.
+    let later = Arc::new(
+        Context::new(
+            client,
+            env.nats.clone(),
+            cache.clone(),
+            ControllerConfig::default(),
+        )
+        .with_clock(Arc::new(|| now_ns() + 3_600_000_000_000)),
+    );
+    let d = api.get("default", "web").unwrap();
+    reconcile(Arc::new(d), later).await.unwrap();
+    let reqs = api.take();
+    let status = &reqs[0].body["status"];
+    assert_eq!(status["ready"], 0);
+    for dev in ["a", "b", "c"] {
+        let e = device(status, dev);
+        assert_eq!(e["phase"], "Unreachable");
+        assert!(
+            e["message"]
+                .as_str()
+                .unwrap()
+                .contains("last phase: Running"),
+            "{e}"
+        );
+    }
+    let degraded = cond(status, "Degraded");
+    assert_eq!(degraded["reason"], "TargetsUnreachable");
+    assert_eq!(degraded["message"], "unreachable: a, b, c");
+    watch.abort();
+}
+
+#[tokio::test]
+async fn watches_survive_a_nats_restart() {
+    let Some(mut env) = nats_env().await else {
+        return;
+    };
+    let (cache, _changes) = StatusCache::new(Duration::from_secs(90));
+    let watch = tokio::spawn(cache.clone().watch(env.nats.clone()));
+    put_status(&env.client, "a", "web", 1, Phase::Running, "").await;
+    assert!(
+        testkit::wait_until_async(Duration::from_secs(10), || async {
+            cache.report("a", "web").is_some()
+        })
+        .await
+    );
+    env.server.restart();
+    // Publish until the client has reconnected and the server stored it.
+    let stored = testkit::wait_until_async(Duration::from_secs(30), || async {
+        let js = async_nats::jetstream::new(env.client.clone());
+        let value = protocol::wire::encode_to_vec(&protocol::DeploymentStatus {
+            revision: 2,
+            phase: Phase::Running,
+            containers: protocol::BoundedVec::new(),
+            message: protocol::Text::borrowed(""),
+            timestamp_ms: 0,
+        })
+        .unwrap();
+        match js.publish("$KV.device-status.a.web", value.into()).await {
+            Ok(ack) => ack.await.is_ok(),
+            Err(_) => false,
+        }
+    })
+    .await;
+    assert!(stored, "could not publish after the restart");
+    let seen = testkit::wait_until_async(Duration::from_secs(40), || async {
+        cache
+            .report("a", "web")
+            .is_some_and(|r| r.status.revision == 2)
+    })
+    .await;
+    assert!(seen, "the status watch did not come back after the restart");
+    watch.abort();
+}
