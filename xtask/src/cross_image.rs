@@ -93,7 +93,8 @@ pub fn cross_env(c: &mut Command, target: &str) -> Result<()> {
             c.env(k, v);
         }
     };
-    if util::have("podman") && !util::have("docker") {
+    // Podman holds the local image (and needs no daemon).
+    if util::have("podman") {
         set_default(c, "CROSS_CONTAINER_ENGINE", "podman".as_ref());
     }
     set_default(c, "CONTAINERS_CONF", containers_conf().as_os_str());

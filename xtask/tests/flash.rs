@@ -221,3 +221,41 @@ fn loop_partition_is_refused() {
         "{e}"
     );
 }
+
+#[test]
+fn one_shot_flash_builds_the_image_then_writes_it() {
+    if !have_tools(&["sfdisk", "mkfs.fat", "mke2fs", "debugfs", "mcopy"]) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let base = base_image(dir.path(), "dos");
+    let agent = fake_aarch64_binary(dir.path());
+    let card = dir.path().join("card.bin");
+    let device = format!("oneshot-{}", std::process::id());
+    let mut c = xtask();
+    c.args(["flash", "--board", "rpi4", "--base"])
+        .arg(&base.path)
+        .arg("--agent")
+        .arg(&agent)
+        .args(["--device-id", &device, "--nats-url", "nats://10.0.0.1:4222"])
+        .args(["--nats-token", "t0k", "--yes", "--to"])
+        .arg(&card);
+    let o = ok(&mut c);
+    assert!(String::from_utf8_lossy(&o.stdout).contains("verified"));
+    // The card holds exactly the image that was built, with the identity.
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    let built = root.join("target/images").join(format!("{device}.img"));
+    assert_eq!(
+        std::fs::read(&card).unwrap(),
+        std::fs::read(&built).unwrap()
+    );
+    assert_eq!(
+        ext4_cat(&card, base.root_offset, "/etc/hostname"),
+        format!("{device}\n")
+    );
+    assert_eq!(
+        ext4_stat(&card, base.root_offset, "/etc/iot-agent/config.toml").1,
+        "0600"
+    );
+    let _ = std::fs::remove_file(built);
+}
