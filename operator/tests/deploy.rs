@@ -1,0 +1,178 @@
+//! The manifests under deploy/: the operator's RBAC matches what it does,
+//! its Deployment uses settings the binary reads, and the NATS server
+//! configuration example runs with the operator on it.
+#![allow(clippy::unwrap_used, missing_docs)]
+
+mod common;
+
+use std::process::Command;
+
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+fn repo(path: &str) -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .join(path)
+}
+
+fn docs(path: &str) -> Vec<Value> {
+    let text = std::fs::read_to_string(repo(path)).unwrap();
+    serde_yaml::Deserializer::from_str(&text)
+        .map(|d| Value::deserialize(d).unwrap())
+        .filter(|v| !v.is_null())
+        .collect()
+}
+
+fn find<'a>(docs: &'a [Value], kind: &str) -> &'a Value {
+    docs.iter()
+        .find(|d| d["kind"] == kind)
+        .unwrap_or_else(|| panic!("no {kind}"))
+}
+
+#[test]
+fn operator_yaml_has_least_privilege_rbac() {
+    let d = docs("deploy/operator.yaml");
+    let kinds: Vec<&str> = d.iter().map(|d| d["kind"].as_str().unwrap()).collect();
+    for k in [
+        "Namespace",
+        "ServiceAccount",
+        "ClusterRole",
+        "ClusterRoleBinding",
+        "Secret",
+        "Deployment",
+    ] {
+        assert!(kinds.contains(&k), "{kinds:?}");
+    }
+    let rules = &find(&d, "ClusterRole")["rules"];
+    assert_eq!(
+        *rules,
+        json!([
+            {"apiGroups": ["iot.nationtech.io"], "resources": ["deployments"], "verbs": ["get", "list", "watch", "patch"]},
+            {"apiGroups": ["iot.nationtech.io"], "resources": ["deployments/status"], "verbs": ["get", "patch"]},
+            {"apiGroups": ["iot.nationtech.io"], "resources": ["deployments/finalizers"], "verbs": ["update"]},
+            {"apiGroups": ["events.k8s.io"], "resources": ["events"], "verbs": ["create", "patch"]}
+        ])
+    );
+    let binding = find(&d, "ClusterRoleBinding");
+    assert_eq!(binding["subjects"][0]["name"], "iot-operator");
+    assert_eq!(binding["subjects"][0]["namespace"], "iot-system");
+}
+
+#[test]
+fn operator_deployment_matches_the_binary() {
+    let d = docs("deploy/operator.yaml");
+    let dep = find(&d, "Deployment");
+    assert_eq!(
+        dep["spec"]["replicas"], 1,
+        "no leader election: one replica"
+    );
+    let c = &dep["spec"]["template"]["spec"]["containers"][0];
+    assert_eq!(
+        c["image"],
+        format!("localhost/iot-operator:{}", env!("CARGO_PKG_VERSION"))
+    );
+    assert_eq!(c["livenessProbe"]["httpGet"]["path"], "/healthz");
+    assert_eq!(c["readinessProbe"]["httpGet"]["path"], "/readyz");
+    assert_eq!(c["ports"][0]["containerPort"], 8080);
+    assert!(c["resources"]["limits"]["memory"].is_string());
+    assert_eq!(c["env"][0]["valueFrom"]["secretKeyRef"]["key"], "url");
+    let help = Command::new(env!("CARGO_BIN_EXE_iot-operator"))
+        .args(["run", "--help"])
+        .output()
+        .unwrap();
+    let help = String::from_utf8(help.stdout).unwrap();
+    for env in c["env"].as_array().unwrap() {
+        let name = env["name"].as_str().unwrap();
+        if name == "POD_NAME" || name == "RUST_LOG" {
+            continue;
+        }
+        assert!(
+            help.contains(&format!("[env: {name}")),
+            "{name} is not read by `iot-operator run`:\n{help}"
+        );
+    }
+    for commented in ["NATS_NKEY", "NATS_TLS_CA"] {
+        assert!(help.contains(&format!("[env: {commented}")), "{commented}");
+    }
+}
+
+#[test]
+fn example_passes_the_crd_rules() {
+    let d = docs("deploy/examples/hello.yaml");
+    assert_eq!(d.len(), 1);
+    let ex = &d[0];
+    assert_eq!(ex["metadata"]["name"], "hello-web");
+    assert_eq!(ex["metadata"]["namespace"], "default");
+    assert_eq!(ex["spec"]["targetDevices"], json!(["demo-device"]));
+    let c = &ex["spec"]["score"]["data"]["containers"][0];
+    assert_eq!(c["image"], "localhost/iot-hello:1");
+    assert_eq!(
+        c["command"],
+        json!(["httpd", "-f", "-p", "8080", "-h", "/www"])
+    );
+    assert_eq!(
+        c["ports"],
+        json!([{"containerPort": 8080, "hostPort": 18080, "hostIP": "127.0.0.1"}])
+    );
+    assert_eq!(c["pullPolicy"], "IfNotPresent");
+    let eval = |rule: &str, v: Value| {
+        let p = cel_interpreter::Program::compile(rule).unwrap();
+        let mut ctx = cel_interpreter::Context::default();
+        ctx.add_variable_from_value("self", cel_interpreter::to_value(v).unwrap());
+        p.execute(&ctx).unwrap() == cel_interpreter::Value::Bool(true)
+    };
+    assert!(eval(operator::crd::NAME_RULE, ex.clone()));
+    assert!(eval(
+        operator::crd::SCORE_TYPE_RULE,
+        ex["spec"]["score"]["type"].clone()
+    ));
+    for t in ex["spec"]["targetDevices"].as_array().unwrap() {
+        assert!(eval(operator::crd::DEVICE_RULE, t.clone()));
+    }
+}
+
+#[tokio::test]
+async fn nats_config_example_serves_the_operator() {
+    // Ports come from the test (flags override the file); the store is the
+    // test's own, and nats-server refuses `-sd` beside a `store_dir`, so
+    // that one line is dropped from a copy.
+    let text = std::fs::read_to_string(repo("deploy/nats/nats-server.conf")).unwrap();
+    assert!(text.contains("store_dir: /var/lib/nats"));
+    let dir = tempfile::tempdir().unwrap();
+    let conf = dir.path().join("nats-server.conf");
+    let copy: Vec<&str> = text
+        .lines()
+        .filter(|l| !l.trim_start().starts_with("store_dir"))
+        .collect();
+    std::fs::write(&conf, copy.join("\n")).unwrap();
+    let monitor = testkit::free_port().to_string();
+    let Some(server) = testkit::NatsServer::start_with(testkit::NatsOptions {
+        config_file: Some(conf),
+        extra_args: vec!["-m".into(), monitor],
+        scheme: None,
+    }) else {
+        return;
+    };
+    let out = Command::new(env!("CARGO_BIN_EXE_iot-operator"))
+        .args(["init", "--nats-url", &server.url()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_iot-operator"))
+        .args(["apply", "-f"])
+        .arg(repo("deploy/examples/hello.yaml"))
+        .args(["--nats-url", &server.url()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("1 written"));
+}
