@@ -241,3 +241,40 @@ async fn unreachable_nats_is_a_clear_error() {
         "{err}"
     );
 }
+
+/// A fleet-sized apply: one scan and pipelined publishes, every key
+/// written once, and a re-apply that writes nothing.
+#[tokio::test]
+async fn large_fleet_apply_then_noop() {
+    let Some(env) = nats_env().await else { return };
+    let devices: Vec<String> = (0..3000).map(|i| format!("dev-{i:05}")).collect();
+    let refs: Vec<&str> = devices.iter().map(String::as_str).collect();
+    let d = deployment("default", "fleet", &refs, "PodmanV0", podman("nginx:1"));
+    let plan = operator::plan(&d).unwrap();
+    let before = desired_seq(&env.client).await;
+    let started = std::time::Instant::now();
+    let out = operator::apply(&env.nats, &plan).await.unwrap();
+    eprintln!(
+        "applied to {} devices in {:?}",
+        devices.len(),
+        started.elapsed()
+    );
+    assert_eq!(out.written.len(), devices.len());
+    assert_eq!(
+        desired_seq(&env.client).await - before,
+        devices.len() as u64
+    );
+    let started = std::time::Instant::now();
+    let again = operator::apply(&env.nats, &plan).await.unwrap();
+    eprintln!("no-op re-apply in {:?}", started.elapsed());
+    assert_eq!(again.writes(), 0);
+    assert_eq!(again.unchanged.len(), devices.len());
+    assert_eq!(
+        desired_seq(&env.client).await - before,
+        devices.len() as u64
+    );
+    let removed = operator::remove(&env.nats, &plan.owner, "fleet")
+        .await
+        .unwrap();
+    assert_eq!(removed.len(), devices.len());
+}
