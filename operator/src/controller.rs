@@ -362,3 +362,68 @@ fn change_triggers(
         futures::stream::iter(refs)
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crd::{DeploymentSpec, Rollout, Score};
+    use kube::runtime::reflector::store::Writer;
+
+    fn d(ns: &str, name: &str, targets: &[&str]) -> Deployment {
+        let mut d = Deployment::new(
+            name,
+            DeploymentSpec {
+                target_devices: targets.iter().map(|t| t.to_string()).collect(),
+                rollout: Rollout::default(),
+                score: Score {
+                    type_name: "PodmanV0".into(),
+                    data: serde_json::json!({}),
+                },
+            },
+        );
+        d.metadata.namespace = Some(ns.into());
+        d
+    }
+
+    #[tokio::test]
+    async fn reports_trigger_the_deployments_they_concern() {
+        let mut writer: Writer<Deployment> = Writer::default();
+        for obj in [
+            d("a", "web", &["pi-1"]),
+            d("b", "web", &["pi-2"]),
+            d("a", "db", &["pi-1", "pi-3"]),
+        ] {
+            writer.apply_watcher_event(&watcher::Event::Apply(obj));
+        }
+        let (tx, rx) = mpsc::unbounded_channel();
+        let mut refs = Box::pin(change_triggers(rx, writer.as_reader()));
+        let mut next = async || {
+            let r = refs.next().await.unwrap();
+            format!("{}/{}", r.namespace.unwrap_or_default(), r.name)
+        };
+        tx.send(Change::Deployment("ghost".into())).unwrap();
+        tx.send(Change::Deployment("db".into())).unwrap();
+        assert_eq!(next().await, "a/db", "unknown names are dropped");
+        tx.send(Change::Deployment("web".into())).unwrap();
+        let mut got = vec![next().await, next().await];
+        got.sort();
+        assert_eq!(got, ["a/web", "b/web"], "a name maps to every namespace");
+        tx.send(Change::Device("pi-3".into())).unwrap();
+        assert_eq!(next().await, "a/db");
+        tx.send(Change::Device("pi-1".into())).unwrap();
+        let mut got = vec![next().await, next().await];
+        got.sort();
+        assert_eq!(got, ["a/db", "a/web"]);
+    }
+
+    #[test]
+    fn permanent_errors_wait_for_a_change() {
+        let e = Error::Nats(NatsError::Config("bad".into()));
+        assert!(!e.is_transient());
+        let e = Error::Nats(NatsError::Timeout {
+            op: "scan",
+            bucket: "desired-state".into(),
+        });
+        assert!(e.is_transient());
+    }
+}
