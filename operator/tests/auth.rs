@@ -99,3 +99,147 @@ fn nkey_and_password_identities_connect_and_others_do_not() {
         "{err}"
     );
 }
+
+/// Runs openssl; `None` (a skip, or a failure under CI) when it is missing.
+fn openssl(dir: &std::path::Path, args: &[&str]) -> Option<()> {
+    let status = Command::new("openssl").args(args).current_dir(dir).output();
+    match status {
+        Ok(o) if o.status.success() => Some(()),
+        Ok(o) => panic!("openssl {args:?}: {}", String::from_utf8_lossy(&o.stderr)),
+        Err(_) => testkit::missing("openssl is not installed"),
+    }
+}
+
+/// A CA, a server certificate for 127.0.0.1 and a client certificate.
+fn certificates(dir: &std::path::Path) -> Option<()> {
+    openssl(
+        dir,
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            "ca-key.pem",
+            "-out",
+            "ca.pem",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=test-ca",
+        ],
+    )?;
+    std::fs::write(
+        dir.join("server.ext"),
+        "subjectAltName=IP:127.0.0.1,DNS:localhost\n",
+    )
+    .unwrap();
+    std::fs::write(dir.join("client.ext"), "extendedKeyUsage=clientAuth\n").unwrap();
+    for (name, ext) in [("server", "server.ext"), ("client", "client.ext")] {
+        openssl(
+            dir,
+            &[
+                "req",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:P-256",
+                "-nodes",
+                "-keyout",
+                &format!("{name}-key.pem"),
+                "-out",
+                &format!("{name}.csr"),
+                "-subj",
+                &format!("/CN={name}"),
+            ],
+        )?;
+        openssl(
+            dir,
+            &[
+                "x509",
+                "-req",
+                "-in",
+                &format!("{name}.csr"),
+                "-CA",
+                "ca.pem",
+                "-CAkey",
+                "ca-key.pem",
+                "-CAcreateserial",
+                "-out",
+                &format!("{name}.pem"),
+                "-days",
+                "2",
+                "-extfile",
+                ext,
+            ],
+        )?;
+    }
+    Some(())
+}
+
+#[test]
+fn mutual_tls() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    if certificates(d).is_none() {
+        return;
+    }
+    let p = |f: &str| d.join(f).to_str().unwrap().to_string();
+    let conf = d.join("tls.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "tls {{\n  cert_file: \"{}\"\n  key_file: \"{}\"\n  ca_file: \"{}\"\n  verify: true\n}}\n",
+            p("server.pem"),
+            p("server-key.pem"),
+            p("ca.pem")
+        ),
+    )
+    .unwrap();
+    let Some(server) = testkit::NatsServer::start_with(testkit::NatsOptions {
+        config_file: Some(conf),
+        scheme: Some("tls"),
+        ..Default::default()
+    }) else {
+        return;
+    };
+    let url = server.url();
+    let (ca, cert, key) = (p("ca.pem"), p("client.pem"), p("client-key.pem"));
+    let out = cli(&[
+        "init",
+        "--nats-url",
+        &url,
+        "--nats-tls-ca",
+        &ca,
+        "--nats-tls-cert",
+        &cert,
+        "--nats-tls-key",
+        &key,
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Without a client certificate the server refuses; without the CA the
+    // client refuses the server.
+    for bad in [
+        vec!["status", "--nats-url", &url, "--nats-tls-ca", &ca],
+        vec![
+            "status",
+            "--nats-url",
+            &url,
+            "--nats-tls-cert",
+            &cert,
+            "--nats-tls-key",
+            &key,
+        ],
+    ] {
+        let out = cli(&bad);
+        assert!(!out.status.success(), "{bad:?} connected");
+        assert!(String::from_utf8_lossy(&out.stderr).contains("cannot connect to NATS"));
+    }
+}
