@@ -2,7 +2,8 @@
 //! (here, in the end-to-end suite and in the fleet bench): a kube `Client`
 //! over a `tower-test` service whose other end records every request and
 //! answers it the way the API server would for the few calls the operator
-//! makes (finalizer patches, status patches, events).
+//! makes (lists and watches of Deployments, finalizer patches, status
+//! patches, events). Watches stay open without events.
 //!
 //! Tests then assert the exact list of requests with [`MockApiServer::take`].
 
@@ -63,6 +64,9 @@ impl MockApiServer {
         let objects: Objects = Arc::default();
         let (reqs, objs) = (requests.clone(), objects.clone());
         let task = tokio::spawn(async move {
+            // Watches are left open (never answered) for as long as the
+            // mock runs, as an API server with no changes to report would.
+            let mut open_watches = Vec::new();
             while let Some((request, send)) = handle.next_request().await {
                 let (parts, body) = request.into_parts();
                 let bytes = body.collect_bytes().await.unwrap_or_default();
@@ -72,6 +76,12 @@ impl MockApiServer {
                     path: parts.uri.path().to_string(),
                     body,
                 };
+                let query = parts.uri.query().unwrap_or("");
+                if req.method == "GET" && query.split('&').any(|q| q == "watch=true") {
+                    reqs.lock().unwrap_or_else(|e| e.into_inner()).push(req);
+                    open_watches.push(send);
+                    continue;
+                }
                 let (status, answer) = answer(&req, &objs);
                 reqs.lock().unwrap_or_else(|e| e.into_inner()).push(req);
                 let response = Response::builder()
@@ -140,6 +150,9 @@ fn answer(req: &ApiRequest, objects: &Objects) -> (StatusCode, Value) {
     if req.method == "POST" && req.path.ends_with("/events") {
         return (StatusCode::CREATED, req.body.clone());
     }
+    if req.method == "GET" {
+        return get(req, &objects);
+    }
     if req.method != "PATCH" {
         return not_found(req);
     }
@@ -181,6 +194,33 @@ fn answer(req: &ApiRequest, objects: &Objects) -> (StatusCode, Value) {
         }
     }
     (StatusCode::OK, obj.clone())
+}
+
+/// A single Deployment, or a list of those in a namespace or everywhere.
+fn get(req: &ApiRequest, objects: &HashMap<String, Value>) -> (StatusCode, Value) {
+    if let Some(obj) = objects.get(&req.path) {
+        return (StatusCode::OK, obj.clone());
+    }
+    let prefix = "/apis/iot.nationtech.io/v1alpha1/";
+    let Some(rest) = req.path.strip_prefix(prefix) else {
+        return not_found(req);
+    };
+    let namespace = match rest.split('/').collect::<Vec<_>>()[..] {
+        ["deployments"] => None,
+        ["namespaces", ns, "deployments"] => Some(ns),
+        _ => return not_found(req),
+    };
+    let mut items: Vec<(&String, &Value)> = objects
+        .iter()
+        .filter(|(_, v)| namespace.is_none_or(|ns| v["metadata"]["namespace"] == ns))
+        .collect();
+    items.sort_by_key(|(k, _)| k.as_str());
+    let items: Vec<Value> = items.into_iter().map(|(_, v)| v.clone()).collect();
+    (
+        StatusCode::OK,
+        json!({"apiVersion": "iot.nationtech.io/v1alpha1", "kind": "DeploymentList",
+               "metadata": {"resourceVersion": "1"}, "items": items}),
+    )
 }
 
 /// JSON merge patch (RFC 7386).
