@@ -98,6 +98,20 @@ pub struct Context {
     reporter: Reporter,
     clock: Clock,
     failures: Mutex<HashMap<String, u32>>,
+    applied: Mutex<HashMap<String, Applied>>,
+}
+
+/// What the last successful apply of a Deployment found, so that reconciles
+/// caused only by device reports fold status without re-reading NATS. The
+/// keys are read again at least every `resync` (to repair keys changed
+/// behind the operator's back).
+#[derive(Debug, Clone)]
+struct Applied {
+    revision: u64,
+    owner: String,
+    targets: Vec<String>,
+    conflicts: Vec<apply::Conflict>,
+    at: std::time::Instant,
 }
 
 impl Context {
@@ -121,6 +135,7 @@ impl Context {
             reporter,
             clock: Arc::new(now_ns),
             failures: Mutex::default(),
+            applied: Mutex::default(),
         }
     }
 
@@ -132,6 +147,55 @@ impl Context {
 
     fn failures(&self) -> std::sync::MutexGuard<'_, HashMap<String, u32>> {
         self.failures.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn applied(&self) -> std::sync::MutexGuard<'_, HashMap<String, Applied>> {
+        self.applied.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Writes `plan` unless the same plan was applied less than `resync` ago.
+    async fn apply_plan(
+        &self,
+        key: &str,
+        plan: &apply::Plan,
+    ) -> Result<apply::ApplyOutcome, NatsError> {
+        let fresh = self
+            .applied()
+            .get(key)
+            .filter(|a| {
+                a.revision == plan.revision
+                    && a.owner == plan.owner
+                    && a.targets == plan.targets
+                    && a.at.elapsed() < self.config.resync
+            })
+            .cloned();
+        if let Some(a) = fresh {
+            let unchanged = plan
+                .targets
+                .iter()
+                .filter(|t| !a.conflicts.iter().any(|c| &c.device == *t))
+                .cloned()
+                .collect();
+            return Ok(apply::ApplyOutcome {
+                unchanged,
+                conflicts: a.conflicts,
+                ..Default::default()
+            });
+        }
+        self.applied().remove(key);
+        Metrics::add(&self.metrics.kv_scans, 1);
+        let outcome = apply::apply(&self.nats, plan).await?;
+        self.applied().insert(
+            key.to_string(),
+            Applied {
+                revision: plan.revision,
+                owner: plan.owner.clone(),
+                targets: plan.targets.clone(),
+                conflicts: outcome.conflicts.clone(),
+                at: std::time::Instant::now(),
+            },
+        );
+        Ok(outcome)
     }
 }
 
@@ -188,7 +252,7 @@ async fn apply_deployment(
     let mut events = Vec::new();
     let (observed, action) = match apply::plan(d) {
         Ok(plan) => {
-            let outcome = apply::apply(&ctx.nats, &plan).await?;
+            let outcome = ctx.apply_plan(&object_key(d), &plan).await?;
             Metrics::add(&ctx.metrics.kv_writes, outcome.writes() as u64);
             if outcome.writes() > 0 {
                 events.push(event(
@@ -209,6 +273,7 @@ async fn apply_deployment(
             (observed, Action::requeue(ctx.config.resync))
         }
         Err(e) => {
+            ctx.applied().remove(&object_key(d));
             tracing::info!(deployment = %object_key(d), error = %e, "spec rejected; nothing written");
             (invalid_observed(d, &prev, e), Action::await_change())
         }
@@ -298,6 +363,7 @@ async fn cleanup(d: &Deployment, ctx: &Context) -> Result<Action, Error> {
         // Nothing can have been written under a name that is not a token.
         return Ok(Action::await_change());
     }
+    ctx.applied().remove(&object_key(d));
     let removed = apply::remove(&ctx.nats, &owner, d.name_str()).await?;
     Metrics::add(&ctx.metrics.kv_writes, removed.len() as u64);
     tracing::info!(deployment = %owner, removed = removed.len(), "desired state removed");

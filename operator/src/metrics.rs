@@ -19,6 +19,8 @@ pub struct Metrics {
     pub reconcile_errors: AtomicU64,
     /// Desired-state puts and deletes issued.
     pub kv_writes: AtomicU64,
+    /// Reads of a Deployment's desired-state keys (one filtered consumer each).
+    pub kv_scans: AtomicU64,
     /// Devices with a fresh heartbeat, as of the last scrape.
     pub devices_reporting: AtomicU64,
     /// Set once the controller runs and NATS is connected.
@@ -56,6 +58,12 @@ impl Metrics {
             "counter",
             "Desired-state puts and deletes issued.",
             self.kv_writes.load(Ordering::Relaxed),
+        );
+        metric(
+            "iot_operator_kv_scans_total",
+            "counter",
+            "Reads of a Deployment's desired-state keys.",
+            self.kv_scans.load(Ordering::Relaxed),
         );
         metric(
             "iot_operator_devices_reporting",

@@ -166,6 +166,38 @@ async fn unchanged_spec_writes_nothing_and_patches_nothing() {
     }
     assert_eq!(api.take(), vec![], "no status churn, no events");
     assert_eq!(desired_seq(&env.client).await, seq, "zero KV writes");
+    let scans = |c: &Context| {
+        c.metrics
+            .kv_scans
+            .load(std::sync::atomic::Ordering::Relaxed)
+    };
+    assert_eq!(
+        scans(&ctx),
+        1,
+        "unchanged plans are not re-read within the resync period"
+    );
+
+    // With the keys re-read every time, still nothing is written.
+    let (client, api2) = MockApiServer::start();
+    let config = ControllerConfig {
+        resync: Duration::ZERO,
+        ..ControllerConfig::default()
+    };
+    let eager = Arc::new(
+        Context::new(
+            client,
+            env.nats.clone(),
+            StatusCache::detached(Duration::from_secs(90)),
+            config,
+        )
+        .with_clock(Arc::new(|| T0_NS)),
+    );
+    for _ in 0..2 {
+        step(&api2, &eager, &d).await.unwrap();
+    }
+    assert_eq!(scans(&eager), 2);
+    assert_eq!(api2.take(), vec![]);
+    assert_eq!(desired_seq(&env.client).await, seq, "zero KV writes");
 }
 
 #[tokio::test]
