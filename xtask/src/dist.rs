@@ -96,6 +96,28 @@ pub fn find_cross() -> Option<PathBuf> {
     util::find_on_path("cross")
 }
 
+/// Fails with the fix when the Rust standard library for `target` is absent.
+fn check_target_installed(target: &str) -> Result<()> {
+    let out = util::output(
+        Command::new("rustc")
+            .current_dir(project_root())
+            .args(["--print", "sysroot"]),
+    )?;
+    let sysroot = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+    if !sysroot
+        .join("lib/rustlib")
+        .join(target)
+        .join("lib")
+        .is_dir()
+    {
+        bail!(
+            "the Rust target {target} is not installed for this toolchain; run \
+             `rustup target add {target}` (or list it in rust-toolchain.toml), or build with --cross"
+        );
+    }
+    Ok(())
+}
+
 /// Points cc-rs at Debian's cross gcc for `target` (for C dependencies such
 /// as ring), unless the caller chose a compiler. Rust code still links with
 /// the linker from `.cargo/config.toml`.
@@ -128,6 +150,7 @@ pub fn build_binary(package: &str, bin: &str, target: &str, cross: bool) -> Resu
         cross_image::cross_env(&mut c, target)?;
         c
     } else {
+        check_target_installed(target)?;
         let mut c = cargo();
         c_cross_compiler(&mut c, target);
         c
