@@ -230,6 +230,7 @@ async fn sweep<R: Runtime>(deployments: &Deployments<R>, desired: &BTreeSet<Stri
 /// published for that deployment; failed publishes are retried.
 async fn status_writer(session: Session, mut rx: mpsc::UnboundedReceiver<StatusReport>) {
     let mut published: BTreeMap<String, DeploymentStatus<'static>> = BTreeMap::new();
+    let mut complaints = Complaints::default();
     let mut pending: BTreeMap<String, DeploymentStatus<'static>> = BTreeMap::new();
     let same = |a: &DeploymentStatus<'_>, b: &DeploymentStatus<'_>| {
         a.revision == b.revision
@@ -271,7 +272,7 @@ async fn status_writer(session: Session, mut rx: mpsc::UnboundedReceiver<StatusR
                     published.insert(deployment, status);
                 }
                 Err(e) => {
-                    crate::debug!("{deployment}: {e}");
+                    complaints.note(&e);
                     failed = true;
                     // A newer report may have arrived meanwhile; keep it.
                     pending.entry(deployment).or_insert(status);
@@ -291,6 +292,30 @@ async fn status_writer(session: Session, mut rx: mpsc::UnboundedReceiver<StatusR
     }
 }
 
+/// Rate-limited warnings for failing publishes: offline is normal for a
+/// board, but a publish that keeps failing while connected (for example a
+/// permission denial, which looks like a timeout) must be visible.
+#[derive(Default)]
+struct Complaints {
+    last: Option<Instant>,
+}
+
+impl Complaints {
+    fn note(&mut self, e: &dyn std::fmt::Display) {
+        if self
+            .last
+            .is_none_or(|t| t.elapsed() >= Duration::from_secs(60))
+        {
+            self.last = Some(Instant::now());
+            crate::warn!(
+                "{e} (offline, or the credentials do not allow publishing to this device's status/heartbeat keys); retrying"
+            );
+        } else {
+            crate::debug!("{e}");
+        }
+    }
+}
+
 /// Publishes the heartbeat every `interval`.
 async fn heartbeat<R: Runtime>(
     session: Session,
@@ -299,6 +324,7 @@ async fn heartbeat<R: Runtime>(
     interval: Duration,
     started: Instant,
 ) {
+    let mut complaints = Complaints::default();
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -316,7 +342,7 @@ async fn heartbeat<R: Runtime>(
         match protocol::wire::encode_to_vec(&hb) {
             Ok(v) => {
                 if let Err(e) = session.publish_heartbeat(v).await {
-                    crate::debug!("heartbeat: {e}");
+                    complaints.note(&e);
                 }
             }
             Err(e) => crate::error!("cannot encode the heartbeat: {e}"),

@@ -138,6 +138,8 @@ pub struct ManagedContainer {
     pub labels: BTreeMap<String, String>,
     /// Podman's state word (`running`, `exited`, `created`...).
     pub state: String,
+    /// Exit code of the last run (0 when it never exited).
+    pub exit_code: i32,
 }
 
 impl ManagedContainer {
@@ -187,6 +189,8 @@ pub trait Runtime: 'static {
     async fn pull(&self, image: &str) -> Result<(), RuntimeError>;
     /// Creates a container, returning its id.
     async fn create(&self, spec: &CreateSpec) -> Result<String, RuntimeError>;
+    /// Renames a container.
+    async fn rename(&self, id: &str, new_name: &str) -> Result<(), RuntimeError>;
     /// Starts a container (already running counts as success).
     async fn start(&self, id: &str) -> Result<(), RuntimeError>;
     /// Removes a container, killing it after `stop_timeout_secs`.
@@ -306,6 +310,8 @@ impl Runtime for Podman {
             labels: Option<BTreeMap<String, String>>,
             #[serde(rename = "State", default)]
             state: String,
+            #[serde(rename = "ExitCode", default)]
+            exit_code: i32,
         }
         let filters = json!({
             "label": [
@@ -326,6 +332,7 @@ impl Runtime for Podman {
                 name: i.names.into_iter().next().unwrap_or_default(),
                 labels: i.labels.unwrap_or_default(),
                 state: i.state,
+                exit_code: i.exit_code,
             })
             // Podman's label filter ANDs the two labels; double-check so
             // that a filter quirk can never make us touch a foreign container.
@@ -425,6 +432,15 @@ impl Runtime for Podman {
             .call_ok("POST", "/containers/create", Some(&spec_generator(spec)))
             .await?;
         Ok(parse::<Created>(&resp)?.id)
+    }
+
+    async fn rename(&self, id: &str, new_name: &str) -> Result<(), RuntimeError> {
+        let path = format!(
+            "/containers/{}/rename?name={}",
+            encode_query(id),
+            encode_query(new_name)
+        );
+        self.call_ok("POST", &path, None).await.map(|_| ())
     }
 
     async fn start(&self, id: &str) -> Result<(), RuntimeError> {

@@ -372,29 +372,72 @@ async fn ensure_container<R: Runtime>(
         .iter()
         .filter(|e| e.label(labels::CONTAINER) == c.name.as_str() || e.name == name)
         .collect();
-    if let [current] = mine.as_slice()
-        && current.label(labels::SPEC_HASH) == hash
-    {
-        // Unchanged spec: leave it alone, unless it was created and never
-        // started (an agent crash between create and start).
-        if matches!(map_state(&current.state), ContainerState::Created) {
+    let current = mine
+        .iter()
+        .copied()
+        .find(|e| e.name == name && e.label(labels::SPEC_HASH) == hash);
+    if let Some(current) = current {
+        // Leftovers of an interrupted replacement.
+        for stale in mine.iter().filter(|e| e.id != current.id) {
+            let _ = ctx.runtime.remove(&stale.id, ctx.stop_timeout_secs).await;
+        }
+        // Unchanged spec: leave it alone, unless it should run and does
+        // not: created but never started (an agent crash between create and
+        // start), or exited where its restart policy says it runs again
+        // (after a reboot Podman does not restart containers by itself
+        // unless podman-restart.service is enabled).
+        let should_start = match map_state(&current.state) {
+            ContainerState::Created => true,
+            ContainerState::Exited => match c.restart_policy {
+                RestartPolicy::Always => true,
+                RestartPolicy::OnFailure => current.exit_code != 0,
+                RestartPolicy::Never => false,
+            },
+            _ => false,
+        };
+        if should_start {
             ctx.runtime
                 .start(&current.id)
                 .await
                 .map_err(|e| e.to_string())?;
+            crate::info!("{deployment}: started existing {}", current.name);
         }
         return Ok(current.id.clone());
     }
 
     ensure_image(ctx, c).await?;
-    for old in &mine {
-        ctx.runtime
-            .remove(&old.id, ctx.stop_timeout_secs)
-            .await
-            .map_err(|e| format!("removing the old container: {e}"))?;
-    }
     let spec = create_spec(ctx, deployment, revision, c, name, hash);
-    let id = ctx.runtime.create(&spec).await.map_err(|e| e.to_string())?;
+    // Replace: move the old container out of the way by name, then remove
+    // it while the new one is created (both take Podman a while), and start
+    // the new one only once the old one is gone (same ports, same volumes).
+    let mut renamed = Vec::new();
+    for old in &mine {
+        let aside = format!("{}-old-{}", spec.name, &old.id[..old.id.len().min(12)]);
+        if old.name == spec.name && ctx.runtime.rename(&old.id, &aside).await.is_err() {
+            // Cannot rename: remove first, the slow way.
+            ctx.runtime
+                .remove(&old.id, ctx.stop_timeout_secs)
+                .await
+                .map_err(|e| format!("removing the old container: {e}"))?;
+        } else {
+            renamed.push(old.id.clone());
+        }
+    }
+    let remove_old = async {
+        for id in &renamed {
+            ctx.runtime
+                .remove(id, ctx.stop_timeout_secs)
+                .await
+                .map_err(|e| format!("removing the old container: {e}"))?;
+        }
+        Ok::<(), String>(())
+    };
+    let (created, removed) = tokio::join!(ctx.runtime.create(&spec), remove_old);
+    let id = created.map_err(|e| e.to_string())?;
+    if let Err(e) = removed {
+        let _ = ctx.runtime.remove(&id, 0).await;
+        return Err(e);
+    }
     if let Err(e) = ctx.runtime.start(&id).await {
         // Leave nothing half-made behind: the next attempt creates afresh.
         let _ = ctx.runtime.remove(&id, 0).await;

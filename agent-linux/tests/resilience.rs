@@ -65,8 +65,22 @@ async fn agent_started_without_nats_restores_from_cache() {
     assert!(env.containers().is_empty());
 
     // Boot with no NATS: the cache brings the workloads back.
+    let mut agent = env.spawn_agent();
+    let restored = env.wait_running(&names).await;
+
+    // A reboot that keeps the containers but stops them (no
+    // podman-restart.service): the same containers are started again.
+    agent.kill();
+    for (name, ..) in &restored {
+        env.podman.run(&["stop", "-t", "0", name]);
+    }
     let _agent = env.spawn_agent();
-    env.wait_running(&names).await;
+    let again = env.wait_running(&names).await;
+    assert_eq!(
+        again.iter().map(|c| &c.1).collect::<Vec<_>>(),
+        restored.iter().map(|c| &c.1).collect::<Vec<_>>(),
+        "stopped containers were recreated instead of started"
+    );
 
     // And once NATS is back the status catches up.
     env.nats.restart();

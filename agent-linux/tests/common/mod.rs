@@ -29,7 +29,7 @@ pub struct Env {
     pub heartbeat: jetstream::kv::Store,
 }
 
-fn unique(prefix: &str) -> String {
+pub fn unique(prefix: &str) -> String {
     let n = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
@@ -40,21 +40,37 @@ fn unique(prefix: &str) -> String {
 impl Env {
     /// `None` when nats-server or Podman is missing outside CI.
     pub async fn start(name: &str) -> Option<Env> {
-        let nats = NatsServer::start()?;
+        Self::start_with(unique(name), None, None).await
+    }
+
+    /// A server started with `-c conf`, the harness connecting as `admin`.
+    pub async fn start_with(
+        device: String,
+        conf: Option<&std::path::Path>,
+        admin: Option<(&str, &str)>,
+    ) -> Option<Env> {
+        let nats = NatsServer::start_with(testkit::NatsOptions {
+            config_file: conf.map(|c| c.to_path_buf()),
+            ..Default::default()
+        })?;
         let podman = PodmanService::start()?;
         podman.ensure_busybox_image(IMAGE);
-        let client = async_nats::connect(nats.url()).await.unwrap();
+        let mut opts = async_nats::ConnectOptions::new();
+        if let Some((u, p)) = admin {
+            opts = opts.user_and_password(u.into(), p.into());
+        }
+        let client = opts.connect(nats.url()).await.unwrap();
         testkit::create_buckets(&client).await.unwrap();
         let js = jetstream::new(client.clone());
         let desired = js.get_key_value("desired-state").await.unwrap();
         let status = js.get_key_value("device-status").await.unwrap();
         let heartbeat = js.get_key_value("device-heartbeat").await.unwrap();
-        eprintln!("{} with {}", nats.version(), name);
+        eprintln!("{} with device {device}", nats.version());
         Some(Env {
             nats,
             podman,
             client,
-            device: unique(name),
+            device,
             dir: tempfile::tempdir().unwrap(),
             desired,
             status,
@@ -95,7 +111,13 @@ stop_timeout_secs = 1
     }
 
     pub fn spawn_agent(&self) -> Agent {
-        let config = self.write_config();
+        self.write_config();
+        self.spawn_agent_with_config()
+    }
+
+    /// Spawns the agent with the configuration file as it is.
+    pub fn spawn_agent_with_config(&self) -> Agent {
+        let config = self.config_path();
         let child = Command::new(env!("CARGO_BIN_EXE_iot-agent"))
             .arg("--config")
             .arg(config)

@@ -1,0 +1,89 @@
+//! The agent works under least-privilege device credentials (the permission
+//! set of NATS-NOTES.md), and the snapshot of a device with no keys counts
+//! as complete.
+#![allow(clippy::unwrap_used, missing_docs)]
+
+mod common;
+
+use common::*;
+use protocol::Phase;
+
+#[tokio::test]
+async fn runs_under_device_permissions() {
+    let dev = unique("perm");
+    let dir = tempfile::tempdir().unwrap();
+    let conf = dir.path().join("nats.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            r#"
+authorization {{
+  users = [
+    {{ user: admin, password: admin }}
+    {{ user: "{dev}", password: devpass, permissions: {{
+        publish: {{ allow: [
+          "$JS.API.CONSUMER.CREATE.KV_desired-state.*.$KV.desired-state.{dev}.>",
+          "$JS.API.DIRECT.GET.KV_desired-state.$KV.desired-state.{dev}.>",
+          "$JS.FC.KV_desired-state.>",
+          "$KV.device-status.{dev}.>",
+          "$KV.device-heartbeat.{dev}"
+        ] }}
+        subscribe: {{ allow: ["_INBOX.{dev}.>"] }}
+    }} }}
+  ]
+}}
+"#
+        ),
+    )
+    .unwrap();
+    // A server with authorization; the harness's own client is the admin.
+    let Some(env) = Env::start_with(dev.clone(), Some(&conf), Some(("admin", "admin"))).await
+    else {
+        return;
+    };
+    let config = env.write_config().to_string_lossy().to_string();
+    let text = std::fs::read_to_string(&config).unwrap().replace(
+        "type = \"none\"",
+        &format!("type = \"user-password\"\nuser = \"{dev}\"\npassword = \"devpass\""),
+    );
+    std::fs::write(&config, text).unwrap();
+    let _agent = env.spawn_agent_with_config();
+
+    env.put("web", 1, vec![sleeper("c", "1")]).await;
+    env.wait_status("web", "Running", |s| s.phase == Phase::Running)
+        .await;
+    assert!(
+        testkit::wait_until_async(WAIT, || async {
+            env.heartbeat
+                .get(&env.device)
+                .await
+                .ok()
+                .flatten()
+                .is_some()
+        })
+        .await
+    );
+    env.delete("web").await;
+    env.wait_status("web", "Removed", |s| s.phase == Phase::Removed)
+        .await;
+}
+
+#[tokio::test]
+async fn empty_snapshot_removes_cached_and_orphaned_deployments() {
+    let Some(env) = Env::start("empty").await else {
+        return;
+    };
+    // The cache says "old" should run, but NATS has no key for this device.
+    let cache = env.state_dir().join("desired");
+    std::fs::create_dir_all(&cache).unwrap();
+    std::fs::write(
+        cache.join("old"),
+        encode_desired("old", 3, vec![sleeper("c", "1")]),
+    )
+    .unwrap();
+    let _agent = env.spawn_agent();
+    env.wait_status("old", "Removed", |s| s.phase == Phase::Removed)
+        .await;
+    assert!(testkit::wait_until(WAIT, || env.containers().is_empty()));
+    assert!(std::fs::read_dir(&cache).unwrap().next().is_none());
+}
