@@ -161,9 +161,11 @@ pub struct DeploymentStatus {
     /// Standard Kubernetes conditions: Ready, Progressing, Degraded,
     /// InvalidScore, Conflict (and UnknownScoreType when it applies).
     #[serde(default)]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,
     /// One entry per target device.
     #[serde(default)]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["device"]))]
     pub devices: Vec<DeviceStatus>,
     /// Devices targeted.
     #[serde(default)]
