@@ -4,7 +4,7 @@
 //! call gets (Podman, its containers.conf, the local image).
 
 use anyhow::{Context, Result, bail};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Instant;
 
@@ -22,7 +22,9 @@ cargo xtask cross-image [--mirror URL] [--force]
     qemu-user-static) and import it into Podman as localhost/iot-cross:bookworm.
     No container registry is needed. Needs root (debootstrap) and Podman.
     --mirror URL   Debian mirror (default: http://deb.debian.org/debian)
-    --force        rebuild even if the image exists";
+    --force        rebuild even if the image exists (and re-run debootstrap)
+    The root filesystem is cached as target/cross-image/rootfs-bookworm-*.tar;
+    with it, a missing image is re-imported in seconds.";
 
 const PACKAGES: &[&str] = &[
     "gcc",
@@ -134,45 +136,78 @@ pub fn cmd(mut args: Args) -> Result<()> {
         println!("{IMAGE} exists already (pass --force to rebuild)");
         return Ok(());
     }
+    let start = Instant::now();
+    let work = workspace_target().join("cross-image");
+    std::fs::create_dir_all(&work)?;
+    // The rootfs tarball is cached under target/, keyed by what goes into
+    // it, so a machine that keeps target/ but not Podman's store (CI) only
+    // re-imports (seconds) instead of re-running debootstrap (minutes).
+    let key =
+        &util::sha256_reader(format!("bookworm {mirror} {}", PACKAGES.join(",")).as_bytes())?[..12];
+    let tarball = work.join(format!("rootfs-bookworm-{key}.tar"));
+    if force || !tarball.is_file() {
+        debootstrap(&work, &mirror, &tarball)?;
+    } else {
+        eprintln!("using the cached root filesystem {}", tarball.display());
+    }
+    let t_rootfs = start.elapsed();
+    eprintln!("importing into Podman as {IMAGE}...");
+    let mut imp = podman();
+    imp.arg("import");
+    for (k, v) in ENV {
+        imp.arg("--change").arg(format!("ENV {k}=\"{v}\""));
+    }
+    imp.args(["--change", "WORKDIR /"])
+        .arg(&tarball)
+        .arg(IMAGE)
+        .stdout(Stdio::null());
+    util::run(&mut imp).context(
+        "podman import failed; check Podman works (CONTAINERS_CONF=deploy/podman/containers.conf)",
+    )?;
+    println!(
+        "{IMAGE} built in {:.0} s (root filesystem {:.0} s); `cargo xtask dist --cross` and \
+         `cross` (with CROSS_TARGET_AARCH64_UNKNOWN_LINUX_MUSL_IMAGE={IMAGE}) use it",
+        start.elapsed().as_secs_f64(),
+        t_rootfs.as_secs_f64()
+    );
+    Ok(())
+}
+
+/// debootstraps the build environment and packs it into `tarball`.
+fn debootstrap(work: &Path, mirror: &str, tarball: &Path) -> Result<()> {
     require_tool("debootstrap", "debootstrap")?;
     if !is_root() {
         bail!("debootstrap needs root: run `sudo -E cargo xtask cross-image`");
     }
-    let start = Instant::now();
-    let work = workspace_target().join("cross-image");
     let rootfs = work.join("rootfs");
     if rootfs.exists() {
         std::fs::remove_dir_all(&rootfs)
             .with_context(|| format!("remove the old {}", rootfs.display()))?;
     }
-    std::fs::create_dir_all(&work)?;
     eprintln!(
         "debootstrap bookworm with {} (a few minutes)...",
         PACKAGES.join(",")
     );
     let log = work.join("debootstrap.log");
+    let err = work.join("debootstrap.err");
     let mut c = Command::new("debootstrap");
-    c.args([
-        "--variant=minbase",
-        &format!("--include={}", PACKAGES.join(",")),
-    ])
-    .args(["bookworm"])
-    .arg(&rootfs)
-    .arg(&mirror)
-    .stdout(std::fs::File::create(&log)?)
-    .stderr(std::fs::File::create(work.join("debootstrap.err"))?);
+    c.arg("--variant=minbase")
+        .arg(format!("--include={}", PACKAGES.join(",")))
+        .arg("bookworm")
+        .arg(&rootfs)
+        .arg(mirror)
+        .stdout(std::fs::File::create(&log)?)
+        .stderr(std::fs::File::create(&err)?);
     util::run(&mut c).with_context(|| {
         format!(
             "debootstrap failed; see {} and {}; check that {mirror} is reachable",
             log.display(),
-            work.join("debootstrap.err").display()
+            err.display()
         )
     })?;
-    let t_boot = start.elapsed();
     // Package caches are not needed to build and would double the size.
     for d in ["var/cache/apt/archives", "var/lib/apt/lists"] {
-        let p = rootfs.join(d);
-        if let Ok(rd) = std::fs::read_dir(&p) {
+        if let Ok(rd) = std::fs::read_dir(rootfs.join(d)) {
             for e in rd.flatten() {
                 if e.path().is_file() {
                     let _ = std::fs::remove_file(e.path());
@@ -180,39 +215,15 @@ pub fn cmd(mut args: Args) -> Result<()> {
             }
         }
     }
-    eprintln!("importing into Podman as {IMAGE}...");
-    let mut tar = Command::new("tar")
-        .arg("-C")
+    let tmp = tarball.with_extension("tar.tmp");
+    let mut tar = Command::new("tar");
+    tar.arg("-C")
         .arg(&rootfs)
-        .args(["--numeric-owner", "-c", "."])
-        .stdout(Stdio::piped())
-        .spawn()
-        .context("start tar")?;
-    let tar_out = tar.stdout.take().context("tar stdout")?;
-    let mut imp = podman();
-    imp.arg("import");
-    for (k, v) in ENV {
-        imp.arg("--change").arg(format!("ENV {k}=\"{v}\""));
-    }
-    imp.args(["--change", "WORKDIR /"])
-        .arg("-")
-        .arg(IMAGE)
-        .stdin(Stdio::from(tar_out))
-        .stdout(Stdio::null());
-    let imported = util::run(&mut imp).context(
-        "podman import failed; check Podman works (CONTAINERS_CONF=deploy/podman/containers.conf)",
-    );
-    let tar_ok = tar.wait().context("wait for tar")?.success();
-    imported?;
-    if !tar_ok {
-        bail!("tar of {} failed", rootfs.display());
-    }
+        .args(["--numeric-owner", "-cf"])
+        .arg(&tmp)
+        .arg(".");
+    util::run(&mut tar).context("pack the root filesystem")?;
+    std::fs::rename(&tmp, tarball)?;
     let _ = std::fs::remove_dir_all(&rootfs);
-    println!(
-        "{IMAGE} built in {:.0} s (debootstrap {:.0} s); `cargo xtask dist --cross` and \
-         `cross` (with CROSS_TARGET_AARCH64_UNKNOWN_LINUX_MUSL_IMAGE={IMAGE}) use it",
-        start.elapsed().as_secs_f64(),
-        t_boot.as_secs_f64()
-    );
     Ok(())
 }

@@ -34,6 +34,7 @@ cargo xtask flash --board BOARD --base BASE.img[.xz|.gz] --device-id ID
     --yes     do not ask for confirmation (needed when stdin is not a terminal)
     --force   allow a disk that is not marked removable (never a mounted or
               system disk)
+    one-shot form: also --hostname NAME, --agent PATH (skip dist), --cross
 {}",
         payload::CREDENTIALS_HELP
     )

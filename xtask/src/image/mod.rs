@@ -26,9 +26,10 @@ cargo xtask image --board BOARD --base BASE.img[.xz|.gz] --device-id ID
                   --nats-url URL [--nats-url URL...] [credentials] -o OUT.img
                   [--hostname NAME] [--agent PATH] [--cross]
     Copy BASE into OUT and write into its root filesystem, without root or
-    mounting: the agent ({}), its config ({}), credentials (0600), the
-    systemd unit (enabled), the hostname; add the board's kernel parameters
-    to its command line. Every file is read back and compared.
+    mounting: the agent ({}), its config
+    ({}), credentials (0600), the systemd unit
+    (enabled at boot) and the hostname; add the board's kernel parameters to
+    its command line. Every file is read back and compared.
     --agent PATH   use this agent binary instead of running `cargo xtask dist`
 {}",
         payload::AGENT_BIN,

@@ -46,8 +46,7 @@ pub enum Credentials {
 }
 
 /// Help text for the credentials options, shared by `image` and `flash`.
-pub const CREDENTIALS_HELP: &str = "\
-    credentials (at most one kind; default: none):
+pub const CREDENTIALS_HELP: &str = "    NATS credentials (at most one kind; default: none):
       --nats-user USER --nats-password PASS   (or --nats-password-file FILE)
       --nats-token TOKEN                      (or --nats-token-file FILE)
       --nats-nkey SEED_FILE                   nkey seed, copied to /etc/iot-agent/nats.nk (0600)
