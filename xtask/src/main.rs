@@ -4,6 +4,7 @@
 
 mod boards;
 mod crd;
+mod cross;
 mod cross_image;
 mod dist;
 mod elf;
@@ -27,6 +28,7 @@ commands:
   image         bake the agent and a device identity into a board image
   flash         write an image to an SD card safely (or build + write in one go)
   cross-image   build the `cross` container image from Debian packages
+  cross ARGS    run `cross` with Podman and the local image
   oci           OCI image of the operator or agent (from scratch, Podman)
   crd           regenerate deploy/crd.yaml (--check: fail on drift)
   help [cmd]    this text, or a command's options";
@@ -38,6 +40,7 @@ fn help(cmd: &str) -> String {
         "image" => image::help(),
         "flash" => flash::help(),
         "cross-image" => cross_image::HELP.into(),
+        "cross" => cross::HELP.into(),
         "oci" => oci::HELP.into(),
         "crd" => crd::HELP.into(),
         _ => USAGE.into(),
@@ -64,6 +67,12 @@ fn run() -> Result<()> {
         "image" => "image",
         "flash" => "flash",
         "cross-image" => "cross-image",
+        // Everything after `cross` belongs to cross itself.
+        "cross" if rest.first().is_some_and(|a| a == "--help" || a == "-h") => {
+            println!("{}", cross::HELP);
+            return Ok(());
+        }
+        "cross" => return cross::cmd(rest),
         "oci" => "oci",
         "crd" => "crd",
         "" | "help" | "--help" | "-h" => {
