@@ -183,6 +183,8 @@ async fn watch_loop<R: Runtime>(session: Session, cache: Cache, deployments: Rc<
                     deployments.set(&deployment, Some(value));
                 }
                 WatchEvent::Delete { deployment } | WatchEvent::Purge { deployment } => {
+                    // Both end the deployment; a purge also dropped its
+                    // history on the server, which changes nothing here.
                     crate::info!("{deployment}: deleted");
                     if let Err(e) = cache.remove(&deployment) {
                         crate::error!("{deployment}: cannot drop it from the cache: {e}");

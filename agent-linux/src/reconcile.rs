@@ -405,7 +405,11 @@ async fn ensure_container<R: Runtime>(
         return Ok(current.id.clone());
     }
 
-    ensure_image(ctx, c).await?;
+    // IfNotPresent, the common case: skip the existence check on the fast
+    // path; a create that fails for want of the image pulls and retries.
+    if c.pull_policy != PullPolicy::IfNotPresent {
+        ensure_image(ctx, c).await?;
+    }
     let spec = create_spec(ctx, deployment, revision, c, name, hash);
     // Replace: move the old container out of the way by name, then remove
     // it while the new one is created (both take Podman a while), and start
@@ -432,8 +436,21 @@ async fn ensure_container<R: Runtime>(
         }
         Ok::<(), String>(())
     };
-    let (created, removed) = tokio::join!(ctx.runtime.create(&spec), remove_old);
-    let id = created.map_err(|e| e.to_string())?;
+    let create = async {
+        match ctx.runtime.create(&spec).await {
+            Err(e)
+                if c.pull_policy == PullPolicy::IfNotPresent
+                    && !ctx.runtime.image_exists(&spec.image).await.unwrap_or(true) =>
+            {
+                crate::debug!("{deployment}: {e}; pulling {}", spec.image);
+                ensure_image(ctx, c).await?;
+                ctx.runtime.create(&spec).await.map_err(|e| e.to_string())
+            }
+            other => other.map_err(|e| e.to_string()),
+        }
+    };
+    let (created, removed) = tokio::join!(create, remove_old);
+    let id = created?;
     if let Err(e) = removed {
         let _ = ctx.runtime.remove(&id, 0).await;
         return Err(e);

@@ -1,0 +1,105 @@
+//! The binary's command line: `--version`, `check-config` with good and bad
+//! files, `IOT_AGENT_CONFIG`. With `IOT_AGENT_AARCH64_BIN` set (a static
+//! aarch64 build) the same checks run under `qemu-aarch64-static`.
+#![allow(clippy::unwrap_used, missing_docs)]
+
+use std::process::{Command, Output};
+
+const GOOD: &str = r#"version = 1
+device_id = "pi-001"
+state_dir = "/var/lib/iot-agent"
+heartbeat_interval_secs = 15
+[nats]
+urls = ["nats://a.example.net:4222", "tls://b.example.net:4222"]
+[nats.credentials]
+type = "token"
+token = "s3cret"
+[nats.tls]
+ca = "/etc/iot-agent/ca.pem"
+[podman]
+socket = "unix:///run/podman/podman.sock"
+[security]
+allowed_host_paths = ["/srv"]
+"#;
+
+fn agents() -> Vec<Vec<String>> {
+    let mut v = vec![vec![env!("CARGO_BIN_EXE_iot-agent").to_string()]];
+    if let Ok(arm) = std::env::var("IOT_AGENT_AARCH64_BIN") {
+        v.push(vec!["qemu-aarch64-static".to_string(), arm]);
+    }
+    v
+}
+
+fn run(cmd: &[String], args: &[&str], env: Option<(&str, &str)>) -> Output {
+    let mut c = Command::new(&cmd[0]);
+    c.args(&cmd[1..]).args(args).env_remove("IOT_AGENT_CONFIG");
+    if let Some((k, v)) = env {
+        c.env(k, v);
+    }
+    c.output().unwrap()
+}
+
+#[test]
+fn version_and_check_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = dir.path().join("good.toml");
+    std::fs::write(&good, GOOD).unwrap();
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(
+        &bad,
+        GOOD.replace("type = \"token\"", "type = \"kerberos\""),
+    )
+    .unwrap();
+    let bad_id = dir.path().join("bad-id.toml");
+    std::fs::write(&bad_id, GOOD.replace("pi-001", "pi>1")).unwrap();
+
+    for agent in agents() {
+        let out = run(&agent, &["--version"], None);
+        assert!(out.status.success(), "{agent:?}");
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout).trim(),
+            format!("iot-agent {}", env!("CARGO_PKG_VERSION"))
+        );
+
+        let out = run(
+            &agent,
+            &["check-config", "--config", good.to_str().unwrap()],
+            None,
+        );
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{agent:?}: {out:?}");
+        assert!(stdout.contains("device_id = \"pi-001\""), "{stdout}");
+        assert!(!stdout.contains("s3cret"), "secret printed: {stdout}");
+
+        // IOT_AGENT_CONFIG is the default path.
+        let out = run(
+            &agent,
+            &["check-config"],
+            Some(("IOT_AGENT_CONFIG", good.to_str().unwrap())),
+        );
+        assert!(out.status.success(), "{agent:?}: {out:?}");
+
+        let out = run(&agent, &["check-config", "-c", bad.to_str().unwrap()], None);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success());
+        assert!(
+            stderr.contains("kerberos") && stderr.contains("creds-file"),
+            "{stderr}"
+        );
+
+        let out = run(
+            &agent,
+            &["check-config", "-c", bad_id.to_str().unwrap()],
+            None,
+        );
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success());
+        assert!(
+            stderr.contains("device_id") && stderr.contains("'>'"),
+            "{stderr}"
+        );
+
+        let out = run(&agent, &["--frobnicate"], None);
+        assert_eq!(out.status.code(), Some(2));
+    }
+}
