@@ -90,7 +90,8 @@ impl Ext4 {
         // Opening it once up front turns "not ext4" into a clear error.
         fs.debugfs(false, "stats -h").with_context(|| {
             format!(
-                "the root partition of {} is not a readable ext2/3/4 filesystem",
+                "the root partition of {} is not a readable ext2/3/4 filesystem; \
+                 use a base image made for this board (or fix `image.root` in its board file)",
                 image.display()
             )
         })?;

@@ -7,7 +7,7 @@ pub mod partition;
 pub mod payload;
 
 use anyhow::{Context, Result, bail};
-use std::io::Write;
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
 use crate::boards::{self, Board, Which};
@@ -159,8 +159,6 @@ fn copy_base(base: &Path, out: &Path) -> Result<()> {
     progress.finish();
     Ok(())
 }
-
-use std::io::Read;
 
 /// A file to place in the root filesystem.
 struct Placed {
