@@ -72,4 +72,51 @@ fn dist_rpi4_is_a_static_stripped_aarch64_binary_that_runs_under_qemu() {
         text.contains(env!("CARGO_PKG_VERSION")),
         "--version should print the version: {text}"
     );
+
+    // The config `xtask image` writes is accepted by this very agent, for
+    // every credentials kind (the agent's own parser is the contract).
+    if !have_tools(&["sfdisk", "mkfs.fat", "mke2fs", "debugfs", "mcopy"]) {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let base = base_image(tmp.path(), "dos");
+    let secret = tmp.path().join("secret");
+    std::fs::write(&secret, "SUAEXAMPLE\n").unwrap();
+    let kinds: [&[&str]; 5] = [
+        &[],
+        &["--nats-user", "u", "--nats-password", "p"],
+        &["--nats-token", "t"],
+        &["--nats-nkey", secret.to_str().unwrap()],
+        &["--nats-creds", secret.to_str().unwrap()],
+    ];
+    for (i, creds) in kinds.iter().enumerate() {
+        let out = tmp.path().join(format!("img{i}.img"));
+        ok(xtask()
+            .args(["image", "--board", "rpi4", "--base"])
+            .arg(&base.path)
+            .arg("--agent")
+            .arg(&bin)
+            .args([
+                "--device-id",
+                "pi-042",
+                "--nats-url",
+                "nats://127.0.0.1:4222",
+            ])
+            .args(*creds)
+            .arg("-o")
+            .arg(&out));
+        let cfg = tmp.path().join(format!("config{i}.toml"));
+        std::fs::write(
+            &cfg,
+            ext4_cat(&out, base.root_offset, "/etc/iot-agent/config.toml"),
+        )
+        .unwrap();
+        let o = run(Command::new("qemu-aarch64-static")
+            .arg(&bin)
+            .arg("--config")
+            .arg(&cfg)
+            .arg("check-config"));
+        assert!(o.status.success(), "agent rejects the config for {creds:?}");
+        std::fs::remove_file(&out).unwrap();
+    }
 }

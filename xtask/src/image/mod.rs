@@ -84,7 +84,12 @@ pub fn cmd(mut args: Args) -> Result<()> {
     let out = out.context("`cargo xtask image` needs -o OUT.img; see `cargo xtask help image`")?;
     let req = Request::from_args(&mut args, Some(out))?;
     args.finish()?;
-    build(&req)
+    build(&req)?;
+    println!(
+        "next: cargo xtask flash --image {} --to /dev/sdX",
+        req.out.display()
+    );
+    Ok(())
 }
 
 /// Builds the image described by `req`.
@@ -120,10 +125,6 @@ pub fn build(req: &Request) -> Result<()> {
         human(std::fs::metadata(&req.out)?.len()),
         req.identity.device_id,
         req.board.name
-    );
-    println!(
-        "next: cargo xtask flash --image {} --to /dev/sdX",
-        req.out.display()
     );
     Ok(())
 }
