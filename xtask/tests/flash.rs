@@ -259,3 +259,37 @@ fn one_shot_flash_builds_the_image_then_writes_it() {
     );
     let _ = std::fs::remove_file(built);
 }
+
+#[test]
+fn confirmation_on_a_terminal_needs_the_word_yes() {
+    // `script` gives the command a pseudo-terminal, as a user would have.
+    if !have_tools(&["script"]) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let img = test_image(dir.path(), 70_000);
+    let to = dir.path().join("t.bin");
+    let answer = |word: &str| {
+        let cmd = format!(
+            "{} flash --image {} --to {}",
+            env!("CARGO_BIN_EXE_xtask"),
+            img.display(),
+            to.display()
+        );
+        run(Command::new("sh").arg("-c").arg(format!(
+            "printf '{word}\\n' | script -qec '{cmd}' /dev/null"
+        )))
+    };
+    let o = answer("y");
+    let text = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert!(!o.status.success());
+    assert!(
+        text.contains("Type 'yes'") && text.contains("nothing was written"),
+        "{text}"
+    );
+    assert!(!to.exists());
+
+    let o = answer("yes");
+    assert!(o.status.success());
+    assert_eq!(std::fs::read(&to).unwrap(), std::fs::read(&img).unwrap());
+}
