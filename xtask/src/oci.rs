@@ -23,11 +23,12 @@ pub fn image_name(what: &str) -> String {
 
 /// `cargo xtask oci`.
 pub fn cmd(mut args: Args) -> Result<()> {
+    // Options first, so an option's value is never taken as the positional.
+    let target = args.value("--target")?;
+    let cross = args.flag("--cross");
     let what = args
         .positional()
         .context("say which image: `cargo xtask oci operator` or `cargo xtask oci agent`")?;
-    let target = args.value("--target")?;
-    let cross = args.flag("--cross");
     args.finish()?;
     let (package, bin, user) = match what.as_str() {
         "operator" => ("operator", "iot-operator", Some("65532:65532")),

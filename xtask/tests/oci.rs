@@ -24,7 +24,7 @@ fn agent_image_is_scratch_plus_the_static_binary() {
     if !have_tools(&["podman", "tar"]) {
         return;
     }
-    ok(xtask().args(["oci", "agent", "--target", "aarch64-unknown-linux-musl"]));
+    ok(xtask().args(["oci", "--target", "aarch64-unknown-linux-musl", "agent"]));
     let name = format!("localhost/iot-agent:{}", env!("CARGO_PKG_VERSION"));
     let o = ok(podman().args([
         "image",
