@@ -70,8 +70,8 @@ fn parse(b: &[u8]) -> Result<ElfInfo> {
     };
     let mut dynamic = false;
     for i in 0..phnum {
-        let o = phoff + i * phentsize;
-        if o + 4 > b.len() {
+        let o = phoff.saturating_add(i.saturating_mul(phentsize));
+        if o.saturating_add(4) > b.len() {
             bail!("program headers run past the end");
         }
         if u32_at(o) == 3 {

@@ -94,7 +94,7 @@ pub fn read(path: &Path) -> Result<Table> {
         }
         let p = Partition {
             number: i as u32 + 1,
-            offset: start * SECTOR,
+            offset: start * SECTOR, // < 2^32 * 512: no overflow
             size: sectors * SECTOR,
         };
         check_bounds(&p, len, path)?;
@@ -127,7 +127,7 @@ fn read_gpt(f: &mut File, len: u64, path: &Path) -> Result<Table> {
         );
     }
     let mut table = vec![0u8; count as usize * entry_size as usize];
-    f.seek(SeekFrom::Start(entries_lba * SECTOR))?;
+    f.seek(SeekFrom::Start(entries_lba.saturating_mul(SECTOR)))?;
     f.read_exact(&mut table)
         .with_context(|| format!("{}: GPT entries run past the end", path.display()))?;
     let mut partitions = Vec::new();
@@ -145,8 +145,8 @@ fn read_gpt(f: &mut File, len: u64, path: &Path) -> Result<Table> {
         }
         let p = Partition {
             number: i as u32 + 1,
-            offset: first * SECTOR,
-            size: (last - first + 1) * SECTOR,
+            offset: first.saturating_mul(SECTOR),
+            size: (last - first).saturating_add(1).saturating_mul(SECTOR),
         };
         check_bounds(&p, len, path)?;
         partitions.push(p);
@@ -158,14 +158,78 @@ fn read_gpt(f: &mut File, len: u64, path: &Path) -> Result<Table> {
 }
 
 fn check_bounds(p: &Partition, len: u64, path: &Path) -> Result<()> {
-    if p.offset + p.size > len {
+    if p.offset.saturating_add(p.size) > len {
         bail!(
             "{}: partition {} ends at byte {} but the image has only {len} bytes; \
              the image is truncated (was the download or decompression complete?)",
             path.display(),
             p.number,
-            p.offset + p.size
+            p.offset.saturating_add(p.size)
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn image(f: impl FnOnce(&mut Vec<u8>)) -> (tempfile::TempDir, std::path::PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let mut b = vec![0u8; 64 * 1024];
+        b[510] = 0x55;
+        b[511] = 0xAA;
+        f(&mut b);
+        let p = dir.path().join("d.img");
+        std::fs::write(&p, b).unwrap();
+        (dir, p)
+    }
+
+    #[test]
+    fn mbr_entries_and_truncation() {
+        let (_d, p) = image(|b| {
+            b[446 + 4] = 0x0c;
+            b[446 + 8..446 + 12].copy_from_slice(&8u32.to_le_bytes());
+            b[446 + 12..446 + 16].copy_from_slice(&16u32.to_le_bytes());
+        });
+        let t = read(&p).unwrap();
+        assert_eq!(t.kind, TableKind::Mbr);
+        assert_eq!(
+            t.partitions,
+            [Partition {
+                number: 1,
+                offset: 4096,
+                size: 8192
+            }]
+        );
+        let e = t.get(2, "root").unwrap_err().to_string();
+        assert!(e.contains("no partition 2") && e.contains("[1]"), "{e}");
+        let (_d, p) = image(|b| {
+            b[446 + 4] = 0x83;
+            b[446 + 8..446 + 12].copy_from_slice(&8u32.to_le_bytes());
+            b[446 + 12..446 + 16].copy_from_slice(&u32::MAX.to_le_bytes());
+        });
+        assert!(format!("{:#}", read(&p).unwrap_err()).contains("truncated"));
+    }
+
+    #[test]
+    fn hostile_gpt_values_are_errors_not_panics() {
+        let (_d, p) = image(|b| {
+            b[446 + 4] = 0xEE;
+            b[512..520].copy_from_slice(b"EFI PART");
+            b[512 + 72..512 + 80].copy_from_slice(&2u64.to_le_bytes());
+            b[512 + 80..512 + 84].copy_from_slice(&4u32.to_le_bytes());
+            b[512 + 84..512 + 88].copy_from_slice(&128u32.to_le_bytes());
+            // Entry 1: a type GUID, first LBA near u64::MAX.
+            b[1024] = 1;
+            b[1024 + 32..1024 + 40].copy_from_slice(&(u64::MAX - 1).to_le_bytes());
+            b[1024 + 40..1024 + 48].copy_from_slice(&u64::MAX.to_le_bytes());
+        });
+        assert!(read(&p).is_err());
+        let (_d, p) = image(|b| b[446 + 4] = 0xEE);
+        assert!(format!("{:#}", read(&p).unwrap_err()).contains("no GPT header"));
+        let (_d, p) = image(|b| b[510] = 0);
+        assert!(format!("{:#}", read(&p).unwrap_err()).contains("no partition table"));
+    }
 }
