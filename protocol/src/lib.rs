@@ -23,6 +23,8 @@ pub mod desired;
 pub mod json;
 pub mod keys;
 pub mod limits;
+#[cfg(feature = "std")]
+pub mod permissions;
 pub mod score;
 pub mod status;
 pub mod text;

@@ -3,6 +3,7 @@
 //! `elf`). See `cargo xtask help`.
 
 mod boards;
+mod creds;
 mod crd;
 mod cross;
 mod cross_image;
@@ -30,6 +31,7 @@ commands:
   cross-image   build the `cross` container image from Debian packages
   cross ARGS    run `cross` with Podman and the local image
   oci           OCI image of the operator or agent (from scratch, Podman)
+  creds         NATS identities for a fleet and the server authorization
   crd           regenerate deploy/crd.yaml (--check: fail on drift)
   help [cmd]    this text, or a command's options";
 
@@ -42,6 +44,7 @@ fn help(cmd: &str) -> String {
         "cross-image" => cross_image::HELP.into(),
         "cross" => cross::HELP.into(),
         "oci" => oci::HELP.into(),
+        "creds" => creds::HELP.into(),
         "crd" => crd::HELP.into(),
         _ => USAGE.into(),
     }
@@ -74,6 +77,7 @@ fn run() -> Result<()> {
         }
         "cross" => return cross::cmd(rest),
         "oci" => "oci",
+        "creds" => "creds",
         "crd" => "crd",
         "" | "help" | "--help" | "-h" => {
             println!("{}", help(rest.first().map(String::as_str).unwrap_or("")));
@@ -93,6 +97,7 @@ fn run() -> Result<()> {
         "flash" => flash::cmd(args),
         "cross-image" => cross_image::cmd(args),
         "oci" => oci::cmd(args),
+        "creds" => creds::cmd(args),
         _ => crd::cmd(args),
     }
 }

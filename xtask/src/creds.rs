@@ -1,0 +1,167 @@
+//! `cargo xtask creds`: NATS identities for a fleet and the server
+//! authorization that confines each of them (nkeys: challenge-response, the
+//! server holds only public keys).
+
+use std::fs;
+use std::io::Write as _;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use protocol::keys::validate_device_id;
+use protocol::permissions::{Role, nats_server_config};
+
+use crate::flags::Args;
+
+pub const HELP: &str = "\
+cargo xtask creds --out DIR --device ID [--device ID ...] [--revoke ID ...]
+
+Creates (or updates) a fleet's NATS identities in DIR:
+  admin.nk        may create buckets (`iot-operator init`); nothing else needs it
+  operator.nk     what the operator's reconcile and watches need
+  <device>.nk     one per device: reads only its own desired state, writes
+                  only its own status and heartbeat
+  nats-server.conf  the authorization enforcing it, for
+                  `nats-server -c DIR/nats-server.conf -p PORT -js -sd STORE`
+
+Seeds are nkey seeds, written with mode 0600. Existing seeds are kept, so
+adding a device changes no other identity. --revoke ID moves that device's
+seed to DIR/revoked/ and drops it from nats-server.conf; reload the server
+(`nats-server --signal reload`) and only that device is shut out.";
+
+/// Identities that are not devices.
+const ADMIN: &str = "admin";
+const OPERATOR: &str = "operator";
+
+pub fn cmd(mut args: Args) -> Result<()> {
+    let out = args
+        .path("--out")?
+        .context("`cargo xtask creds` needs --out DIR")?;
+    let add = args.values("--device")?;
+    let revoke = args.values("--revoke")?;
+    args.finish()?;
+    let fleet = generate(&out, &add, &revoke)?;
+    println!(
+        "wrote {} with {} device identities ({}); start the server with\n  nats-server -c {} -p 4222 -js -sd STORE",
+        out.display(),
+        fleet.devices.len(),
+        fleet.devices.join(", "),
+        out.join("nats-server.conf").display()
+    );
+    Ok(())
+}
+
+/// What `generate` produced.
+pub struct Fleet {
+    /// Device ids with an identity, sorted.
+    pub devices: Vec<String>,
+}
+
+/// Creates missing identities, applies revocations, rewrites the server config.
+pub fn generate(dir: &Path, add: &[String], revoke: &[String]) -> Result<Fleet> {
+    for id in add.iter().chain(revoke) {
+        validate_device_id(id).map_err(|e| anyhow::anyhow!("--device/--revoke {id:?}: {e}"))?;
+        if id == ADMIN || id == OPERATOR {
+            bail!("device id {id:?} is reserved for the {id} identity; choose another id");
+        }
+    }
+    if let Some(id) = add.iter().find(|id| revoke.contains(id)) {
+        bail!("{id:?} is both added and revoked; give one of --device or --revoke");
+    }
+    fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    fs::set_permissions(dir, fs::Permissions::from_mode(0o700))?;
+
+    for id in revoke {
+        let seed = dir.join(format!("{id}.nk"));
+        if !seed.exists() {
+            bail!("cannot revoke {id:?}: {} does not exist", seed.display());
+        }
+        let revoked = dir.join("revoked");
+        fs::create_dir_all(&revoked)?;
+        fs::rename(&seed, revoked.join(format!("{id}.nk")))
+            .with_context(|| format!("moving {} to {}", seed.display(), revoked.display()))?;
+    }
+    for name in [ADMIN, OPERATOR]
+        .iter()
+        .copied()
+        .chain(add.iter().map(String::as_str))
+    {
+        ensure_seed(&dir.join(format!("{name}.nk")))?;
+    }
+
+    let mut devices = Vec::new();
+    for entry in fs::read_dir(dir)? {
+        let path = entry?.path();
+        let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
+            continue;
+        };
+        if let Some(id) = name.strip_suffix(".nk")
+            && id != ADMIN
+            && id != OPERATOR
+            && validate_device_id(id).is_ok()
+        {
+            devices.push(id.to_string());
+        }
+    }
+    devices.sort();
+
+    let mut keys = Vec::new();
+    for name in [ADMIN, OPERATOR]
+        .iter()
+        .copied()
+        .chain(devices.iter().map(String::as_str))
+    {
+        keys.push(public_key(&dir.join(format!("{name}.nk")))?);
+    }
+    let mut users = vec![
+        (Role::Admin, keys[0].as_str()),
+        (Role::Operator, keys[1].as_str()),
+    ];
+    for (id, key) in devices.iter().zip(&keys[2..]) {
+        users.push((Role::Device(id), key.as_str()));
+    }
+    let conf = nats_server_config(&users);
+    write_atomic(&dir.join("nats-server.conf"), conf.as_bytes(), 0o644)?;
+    Ok(Fleet { devices })
+}
+
+fn ensure_seed(path: &Path) -> Result<()> {
+    if path.exists() {
+        let mode = fs::metadata(path)?.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            bail!(
+                "{} is readable by others (mode {mode:o}); run `chmod 600 {}`",
+                path.display(),
+                path.display()
+            );
+        }
+        return Ok(());
+    }
+    let kp = nkeys::KeyPair::new_user();
+    let seed = kp.seed().map_err(|e| anyhow::anyhow!("nkey seed: {e}"))?;
+    write_atomic(path, format!("{seed}\n").as_bytes(), 0o600)
+}
+
+fn public_key(seed_file: &Path) -> Result<String> {
+    let seed = fs::read_to_string(seed_file)
+        .with_context(|| format!("reading {}", seed_file.display()))?;
+    let kp = nkeys::KeyPair::from_seed(seed.trim())
+        .map_err(|e| anyhow::anyhow!("{} is not an nkey seed: {e}", seed_file.display()))?;
+    Ok(kp.public_key())
+}
+
+fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
+    let tmp = PathBuf::from(format!("{}.tmp", path.display()));
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(mode)
+        .open(&tmp)
+        .with_context(|| format!("writing {}", tmp.display()))?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    fs::set_permissions(&tmp, fs::Permissions::from_mode(mode))?;
+    fs::rename(&tmp, path).with_context(|| format!("renaming to {}", path.display()))?;
+    Ok(())
+}
