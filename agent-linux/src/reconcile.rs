@@ -408,7 +408,7 @@ async fn ensure_container<R: Runtime>(
     // IfNotPresent, the common case: skip the existence check on the fast
     // path; a create that fails for want of the image pulls and retries.
     if c.pull_policy != PullPolicy::IfNotPresent {
-        ensure_image(ctx, c).await?;
+        ensure_image(ctx, deployment, revision, c).await?;
     }
     let spec = create_spec(ctx, deployment, revision, c, name, hash);
     // Replace: move the old container out of the way by name, then remove
@@ -443,7 +443,7 @@ async fn ensure_container<R: Runtime>(
                     && !ctx.runtime.image_exists(&spec.image).await.unwrap_or(true) =>
             {
                 crate::debug!("{deployment}: {e}; pulling {}", spec.image);
-                ensure_image(ctx, c).await?;
+                ensure_image(ctx, deployment, revision, c).await?;
                 ctx.runtime.create(&spec).await.map_err(|e| e.to_string())
             }
             other => other.map_err(|e| e.to_string()),
@@ -464,7 +464,12 @@ async fn ensure_container<R: Runtime>(
     Ok(id)
 }
 
-async fn ensure_image<R: Runtime>(ctx: &Context<R>, c: &Container<'_>) -> Result<(), String> {
+async fn ensure_image<R: Runtime>(
+    ctx: &Context<R>,
+    deployment: &str,
+    revision: u64,
+    c: &Container<'_>,
+) -> Result<(), String> {
     let image = c.image.as_str();
     let present = || async {
         ctx.runtime
@@ -472,13 +477,22 @@ async fn ensure_image<R: Runtime>(ctx: &Context<R>, c: &Container<'_>) -> Result
             .await
             .map_err(|e| e.to_string())
     };
+    let pull = || async {
+        // Pulls can take minutes on a board: say so meanwhile.
+        report(
+            ctx,
+            deployment,
+            simple_status(revision, Phase::Pulling, &format!("pulling {image}")),
+        );
+        ctx.runtime.pull(image).await.map_err(|e| e.to_string())
+    };
     match c.pull_policy {
-        PullPolicy::Always => ctx.runtime.pull(image).await.map_err(|e| e.to_string()),
+        PullPolicy::Always => pull().await,
         PullPolicy::IfNotPresent => {
             if present().await? {
                 Ok(())
             } else {
-                ctx.runtime.pull(image).await.map_err(|e| e.to_string())
+                pull().await
             }
         }
         PullPolicy::Never => {
