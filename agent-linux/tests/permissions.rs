@@ -8,19 +8,10 @@ mod common;
 use common::*;
 use protocol::Phase;
 
-#[tokio::test]
-async fn runs_under_device_permissions() {
-    let dev = unique("perm");
-    let dir = tempfile::tempdir().unwrap();
-    let conf = dir.path().join("nats.conf");
-    std::fs::write(
-        &conf,
-        format!(
-            r#"
-authorization {{
-  users = [
-    {{ user: admin, password: admin }}
-    {{ user: "{dev}", password: devpass, permissions: {{
+/// The device's permission set from NATS-NOTES.md, plus its heartbeat key.
+fn device_permissions(dev: &str) -> String {
+    format!(
+        r#"permissions: {{
         publish: {{ allow: [
           "$JS.API.CONSUMER.CREATE.KV_desired-state.*.$KV.desired-state.{dev}.>",
           "$JS.API.DIRECT.GET.KV_desired-state.$KV.desired-state.{dev}.>",
@@ -29,10 +20,27 @@ authorization {{
           "$KV.device-heartbeat.{dev}"
         ] }}
         subscribe: {{ allow: ["_INBOX.{dev}.>"] }}
-    }} }}
-  ]
-}}
-"#
+    }}"#
+    )
+}
+
+/// Starts a server where `device_user` (a users entry without its
+/// permissions) is confined to the device's subjects, runs the agent with
+/// `credentials` (the `[nats.credentials]` body) and checks the full cycle.
+async fn run_confined(
+    name: &str,
+    device_user: impl Fn(&str) -> String,
+    credentials: impl Fn(&str) -> String,
+) {
+    let dev = unique(name);
+    let dir = tempfile::tempdir().unwrap();
+    let conf = dir.path().join("nats.conf");
+    let user = device_user(&dev);
+    let perms = device_permissions(&dev);
+    std::fs::write(
+        &conf,
+        format!(
+            "authorization {{\n  users = [\n    {{ user: admin, password: admin }}\n    {{ {user}, {perms} }}\n  ]\n}}\n"
         ),
     )
     .unwrap();
@@ -41,11 +49,10 @@ authorization {{
     else {
         return;
     };
-    let config = env.write_config().to_string_lossy().to_string();
-    let text = std::fs::read_to_string(&config).unwrap().replace(
-        "type = \"none\"",
-        &format!("type = \"user-password\"\nuser = \"{dev}\"\npassword = \"devpass\""),
-    );
+    let config = env.write_config();
+    let text = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace("type = \"none\"", &credentials(&dev));
     std::fs::write(&config, text).unwrap();
     let _agent = env.spawn_agent_with_config();
 
@@ -66,6 +73,31 @@ authorization {{
     env.delete("web").await;
     env.wait_status("web", "Removed", |s| s.phase == Phase::Removed)
         .await;
+}
+
+#[tokio::test]
+async fn runs_under_device_permissions_with_password() {
+    run_confined(
+        "permpw",
+        |dev| format!("user: \"{dev}\", password: devpass"),
+        |dev| format!("type = \"user-password\"\nuser = \"{dev}\"\npassword = \"devpass\""),
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn runs_under_device_permissions_with_nkey() {
+    let key = nkeys::KeyPair::new_user();
+    let dir = tempfile::tempdir().unwrap();
+    let seed_file = dir.path().join("device.nk");
+    std::fs::write(&seed_file, format!("{}\n", key.seed().unwrap())).unwrap();
+    let public = key.public_key();
+    run_confined(
+        "permnk",
+        move |_| format!("nkey: {public}"),
+        |_| format!("type = \"nkey\"\nseed_file = \"{}\"", seed_file.display()),
+    )
+    .await;
 }
 
 #[tokio::test]
