@@ -253,7 +253,8 @@ async fn status_writer(session: Session, mut rx: mpsc::UnboundedReceiver<StatusR
             pending.insert(d, s);
         }
         let mut failed = false;
-        for (deployment, status) in std::mem::take(&mut pending) {
+        let mut batch = std::mem::take(&mut pending).into_iter();
+        while let Some((deployment, status)) = batch.next() {
             if published.get(&deployment).is_some_and(|p| same(p, &status)) {
                 continue;
             }
@@ -276,8 +277,13 @@ async fn status_writer(session: Session, mut rx: mpsc::UnboundedReceiver<StatusR
                 Err(e) => {
                     complaints.note(&e);
                     failed = true;
-                    // A newer report may have arrived meanwhile; keep it.
-                    pending.entry(deployment).or_insert(status);
+                    // Keep this and the rest for later, without waiting out
+                    // one timeout per deployment while offline. Newer
+                    // reports that arrived meanwhile win.
+                    for (d, s) in std::iter::once((deployment, status)).chain(batch) {
+                        pending.entry(d).or_insert(s);
+                    }
+                    break;
                 }
             }
         }
