@@ -2,9 +2,11 @@
 //! subcommand, a small shared core (`flags`, `util`, `progress`, `source`,
 //! `elf`). See `cargo xtask help`.
 
+mod base_image;
+mod board_sim;
 mod boards;
-mod creds;
 mod crd;
+mod creds;
 mod cross;
 mod cross_image;
 mod dist;
@@ -29,6 +31,8 @@ commands:
   image         bake the agent and a device identity into a board image
   flash         write an image to an SD card safely (or build + write in one go)
   cross-image   build the `cross` container image from Debian packages
+  base-image    build a bootable arm64 Debian image for a board (mmdebstrap)
+  board-sim     boot virtual boards (qemu-system-aarch64) that join the fleet
   cross ARGS    run `cross` with Podman and the local image
   oci           OCI image of the operator or agent (from scratch, Podman)
   creds         NATS identities for a fleet and the server authorization
@@ -42,6 +46,8 @@ fn help(cmd: &str) -> String {
         "image" => image::help(),
         "flash" => flash::help(),
         "cross-image" => cross_image::HELP.into(),
+        "base-image" => base_image::HELP.into(),
+        "board-sim" => board_sim::HELP.into(),
         "cross" => cross::HELP.into(),
         "oci" => oci::HELP.into(),
         "creds" => creds::HELP.into(),
@@ -70,6 +76,10 @@ fn run() -> Result<()> {
         "image" => "image",
         "flash" => "flash",
         "cross-image" => "cross-image",
+        "base-image" => "base-image",
+        "board-sim" => "board-sim",
+        // Internal: the per-connection relay qemu runs for the guest's NATS port.
+        "board-sim-relay" => return board_sim::relay(rest),
         // Everything after `cross` belongs to cross itself.
         "cross" if rest.first().is_some_and(|a| a == "--help" || a == "-h") => {
             println!("{}", cross::HELP);
@@ -96,6 +106,8 @@ fn run() -> Result<()> {
         "image" => image::cmd(args),
         "flash" => flash::cmd(args),
         "cross-image" => cross_image::cmd(args),
+        "base-image" => base_image::cmd(args),
+        "board-sim" => board_sim::cmd(args),
         "oci" => oci::cmd(args),
         "creds" => creds::cmd(args),
         _ => crd::cmd(args),
