@@ -29,6 +29,12 @@ pub struct Env {
     pub heartbeat: jetstream::kv::Store,
 }
 
+/// A loopback port nothing listens on (held by no one; a race with another
+/// process binding it is harmless: it just would not speak NATS).
+fn dead_port() -> u16 {
+    testkit::free_port()
+}
+
 pub fn unique(prefix: &str) -> String {
     let n = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -94,7 +100,7 @@ device_id = "{}"
 state_dir = "{}"
 heartbeat_interval_secs = 1
 [nats]
-urls = ["{}"]
+urls = ["nats://127.0.0.1:{}", "{}"]
 [nats.credentials]
 type = "none"
 [podman]
@@ -103,6 +109,9 @@ stop_timeout_secs = 1
 "#,
             self.device,
             self.state_dir().display(),
+            // A server that never answers beside the real one: the agent
+            // must use whichever of the configured servers is up.
+            dead_port(),
             self.nats.url(),
             self.podman.uri()
         );
