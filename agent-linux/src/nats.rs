@@ -60,7 +60,7 @@ async fn connect_options(config: &Config) -> Result<async_nats::ConnectOptions, 
     let device = config.device_id.clone();
     let mut opts = async_nats::ConnectOptions::new()
         .name(format!("iot-agent {device}"))
-        .custom_inbox_prefix(format!("_INBOX.{device}"))
+        .custom_inbox_prefix(protocol::permissions::device_inbox_prefix(&device))
         .retry_on_initial_connect()
         .max_reconnects(None::<usize>)
         .reconnect_delay_callback(backoff::reconnect_delay)

@@ -8,19 +8,19 @@ mod common;
 use common::*;
 use protocol::Phase;
 
-/// The device's permission set from NATS-NOTES.md, plus its heartbeat key.
+/// The device's permission set, as the contract (`protocol::permissions`)
+/// defines it for generated server configurations.
 fn device_permissions(dev: &str) -> String {
+    let list = |v: Vec<String>| {
+        v.iter()
+            .map(|s| format!("\"{s}\""))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
     format!(
-        r#"permissions: {{
-        publish: {{ allow: [
-          "$JS.API.CONSUMER.CREATE.KV_desired-state.*.$KV.desired-state.{dev}.>",
-          "$JS.API.DIRECT.GET.KV_desired-state.$KV.desired-state.{dev}.>",
-          "$JS.FC.KV_desired-state.>",
-          "$KV.device-status.{dev}.>",
-          "$KV.device-heartbeat.{dev}"
-        ] }}
-        subscribe: {{ allow: ["_INBOX.{dev}.>"] }}
-    }}"#
+        "permissions: {{ publish: {{ allow: [{}] }}, subscribe: {{ allow: [{}] }} }}",
+        list(protocol::permissions::device_publish(dev)),
+        list(protocol::permissions::device_subscribe(dev)),
     )
 }
 
