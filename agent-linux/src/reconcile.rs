@@ -216,7 +216,7 @@ async fn apply<R: Runtime>(ctx: &Context<R>, deployment: &str, value: &[u8]) -> 
             return Outcome::Settled;
         }
     };
-    if let Err(msg) = check_policy(ctx, &score.containers) {
+    if let Err(msg) = check_policy(&ctx.allowed_host_paths, &score.containers) {
         report(
             ctx,
             deployment,
@@ -508,7 +508,7 @@ async fn ensure_image<R: Runtime>(
 }
 
 /// Refuses what the device's security settings do not allow.
-fn check_policy<R>(ctx: &Context<R>, containers: &[Container<'_>]) -> Result<(), String> {
+fn check_policy(allowed: &[PathBuf], containers: &[Container<'_>]) -> Result<(), String> {
     for c in containers {
         for v in c.volumes.iter() {
             if let Some(host) = &v.host_path {
@@ -516,7 +516,7 @@ fn check_policy<R>(ctx: &Context<R>, containers: &[Container<'_>]) -> Result<(),
                 let normal = !path
                     .components()
                     .any(|p| matches!(p, std::path::Component::ParentDir));
-                if !normal || !ctx.allowed_host_paths.iter().any(|a| path.starts_with(a)) {
+                if !normal || !allowed.iter().any(|a| path.starts_with(a)) {
                     return Err(format!(
                         "container {}: hostPath {} is not under an allowed host directory (security.allowed_host_paths on the device)",
                         c.name.as_str(),
@@ -607,5 +607,53 @@ fn create_spec<R>(
         },
         labels: labels_map,
         stop_timeout_secs: ctx.stop_timeout_secs,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use protocol::{BoundedMap, Volume};
+
+    fn with_host_path(p: &'static str) -> Container<'static> {
+        Container {
+            name: Text::borrowed("c"),
+            image: Text::borrowed("localhost/x:1"),
+            command: None,
+            args: None,
+            env: BoundedVec::new(),
+            ports: BoundedVec::new(),
+            volumes: BoundedVec::try_from_iter([Volume {
+                name: None,
+                host_path: Some(Text::borrowed(p)),
+                mount_path: Text::borrowed("/data"),
+                read_only: false,
+            }])
+            .unwrap(),
+            restart_policy: RestartPolicy::Always,
+            pull_policy: PullPolicy::IfNotPresent,
+            labels: BoundedMap::new(),
+        }
+    }
+
+    #[test]
+    fn host_paths_must_be_under_an_allowed_directory() {
+        let allowed = vec![PathBuf::from("/srv")];
+        assert!(check_policy(&allowed, &[with_host_path("/srv")]).is_ok());
+        assert!(check_policy(&allowed, &[with_host_path("/srv/web/data")]).is_ok());
+        for bad in ["/srv2", "/etc", "/srv/../etc", "/"] {
+            let e = check_policy(&allowed, &[with_host_path(bad)]).unwrap_err();
+            assert!(e.contains("allowed_host_paths") && e.contains(bad), "{e}");
+        }
+        assert!(check_policy(&[], &[with_host_path("/srv")]).is_err());
+    }
+
+    #[test]
+    fn podman_states() {
+        assert_eq!(map_state("running"), ContainerState::Running);
+        assert_eq!(map_state("configured"), ContainerState::Created);
+        assert_eq!(map_state("exited"), ContainerState::Exited);
+        assert_eq!(map_state("something-new"), ContainerState::Unknown);
     }
 }
