@@ -189,10 +189,12 @@ impl Config {
 
     /// Parses and validates TOML text.
     pub fn parse(text: &str) -> Result<Config, ConfigError> {
+        // The error's Display quotes the offending line, which names the
+        // key even when the message alone would not (a wrong value type).
         let config: Config = toml::from_str(text).map_err(|e| {
-            let mut msg = e.message().trim_end().to_string();
-            if msg.contains("unknown variant") {
-                msg.push_str(" (nats.credentials.type)");
+            let mut msg = e.to_string().trim_end().to_string();
+            if e.message().contains("unknown variant") {
+                msg.push_str("\n(in nats.credentials.type)");
             }
             ConfigError::Syntax(msg)
         })?;
@@ -420,6 +422,11 @@ socket = "unix:///run/podman/podman.sock"
         assert!(e.contains("colour"), "{e}");
         let e = err(&GOOD.replace("pi-001", "pi.001"));
         assert!(e.starts_with("device_id:") && e.contains("'.'"), "{e}");
+        let e = err(&GOOD.replace("heartbeat", "x").replace(
+            "version = 1",
+            "version = 1\nheartbeat_interval_secs = \"soon\"",
+        ));
+        assert!(e.contains("heartbeat_interval_secs"), "{e}");
         let e = err(&GOOD.replace("version = 1", "version = 2"));
         assert!(e.starts_with("version:"), "{e}");
         let e = err(&GOOD.replace("\"nats://a:4222\", ", "\"http://a\", "));
