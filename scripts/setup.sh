@@ -7,7 +7,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 packages=(nats-server podman runc qemu-user-static dosfstools mtools fdisk
-          e2fsprogs busybox-static python3-venv curl)
+          e2fsprogs xz-utils busybox-static python3-venv curl openssl
+          gcc-aarch64-linux-gnu libc6-dev-arm64-cross debootstrap binfmt-support)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")

