@@ -6,6 +6,7 @@ mod base_image;
 mod board_sim;
 mod boards;
 mod crd;
+mod demo;
 mod creds;
 mod cross;
 mod cross_image;
@@ -36,6 +37,7 @@ commands:
   cross ARGS    run `cross` with Podman and the local image
   oci           OCI image of the operator or agent (from scratch, Podman)
   creds         NATS identities for a fleet and the server authorization
+  demo          run the whole system locally (NATS, Podman, agent, a deployment)
   crd           regenerate deploy/crd.yaml (--check: fail on drift)
   help [cmd]    this text, or a command's options";
 
@@ -51,6 +53,7 @@ fn help(cmd: &str) -> String {
         "cross" => cross::HELP.into(),
         "oci" => oci::HELP.into(),
         "creds" => creds::HELP.into(),
+        "demo" => demo::HELP.into(),
         "crd" => crd::HELP.into(),
         _ => USAGE.into(),
     }
@@ -88,6 +91,7 @@ fn run() -> Result<()> {
         "cross" => return cross::cmd(rest),
         "oci" => "oci",
         "creds" => "creds",
+        "demo" => "demo",
         "crd" => "crd",
         "" | "help" | "--help" | "-h" => {
             println!("{}", help(rest.first().map(String::as_str).unwrap_or("")));
@@ -109,6 +113,7 @@ fn run() -> Result<()> {
         "base-image" => base_image::cmd(args),
         "board-sim" => board_sim::cmd(args),
         "oci" => oci::cmd(args),
+        "demo" => demo::cmd(args),
         "creds" => creds::cmd(args),
         _ => crd::cmd(args),
     }
