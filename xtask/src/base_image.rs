@@ -644,7 +644,7 @@ fn assemble(req: &Request, flavor: Flavor, tarball: &Path, work: &Path) -> Resul
         .args(["-F", "-q", "-t", "ext4", "-L", ROOT_LABEL, "-d"])
         .arg(&rootfs)
         .arg("-E")
-        .arg(format!("offset={root_start}"))
+        .arg(format!("offset={root_start},nodiscard"))
         .arg(&req.out)
         .arg(format!("{}k", root_size / 1024));
     util::output(&mut mke2fs).context("make the root filesystem (is --size big enough?)")?;

@@ -570,7 +570,7 @@ fn report_milestones(r: &mut Running) {
     if f.read_to_end(&mut text).is_err() {
         return;
     }
-    let text = String::from_utf8_lossy(&text);
+    let text = strip_ansi(&String::from_utf8_lossy(&text));
     while let Some((needle, what)) = MILESTONES.get(r.seen) {
         if !text.contains(needle) {
             // Milestones are ordered; later ones may still show first
@@ -591,6 +591,25 @@ fn report_milestones(r: &mut Running) {
         );
         r.seen += 1;
     }
+}
+
+/// The console text without terminal colour sequences (`ESC [ ... m`),
+/// which systemd puts inside unit names.
+fn strip_ansi(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 /// `xtask board-sim-relay HOST:PORT`: what qemu runs for each guest
@@ -684,5 +703,11 @@ mod tests {
             assert!(line.contains(want), "{want} not in {line}");
         }
         assert_ne!(mac_for("a"), mac_for("b"));
+        assert_eq!(
+            strip_ansi(
+                "[\u{1b}[0;32m  OK  \u{1b}[0m] Started \u{1b}[0;1;39miot-agent.service\u{1b}[0m"
+            ),
+            "[  OK  ] Started iot-agent.service"
+        );
     }
 }

@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# The virtual-board acceptance test (issue 9): a heavy, opt-in CI step.
+# Installs what it needs on Debian 12 (as root), then runs the ignored test
+# xtask/tests/vboard.rs: base image from Debian packages (mmdebstrap), boot
+# of `vboard-1` under qemu-system-aarch64, heartbeat, apply/update/delete,
+# clean power-off, offline reboot from the agent's cache.
+#
+# Cold (no target/vboard/rootfs-*.tar): ~7 min more for mmdebstrap. Warm:
+# the cached root filesystem is reused. The console log stays in
+# target/vboard/acceptance/boards/vboard-1/console.log (keep it as a CI
+# artifact on failure, with target/vboard/acceptance/*.log).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    need=()
+    command -v mmdebstrap >/dev/null || need+=(mmdebstrap)
+    command -v update-binfmts >/dev/null || need+=(binfmt-support)
+    command -v qemu-aarch64-static >/dev/null || need+=(qemu-user-static)
+    for t in mkfs.fat:dosfstools mcopy:mtools mke2fs:e2fsprogs sfdisk:fdisk nats-server:nats-server; do
+        command -v "${t%%:*}" >/dev/null || need+=("${t#*:}")
+    done
+    if ! command -v qemu-system-aarch64 >/dev/null; then
+        # Debian's qemu-system-arm must come with qemu-utils of the same
+        # version (a newer qemu-utils from backports makes apt remove qemu-img).
+        v=$(apt-cache policy qemu-system-arm | awk '/Candidate:/ {print $2}')
+        need+=("qemu-system-arm=$v" "qemu-system-common=$v" "qemu-utils=$v"
+               "qemu-system-data=${v%+b*}")
+    fi
+    if [ "${#need[@]}" -gt 0 ]; then
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+            --allow-downgrades "${need[@]}"
+    fi
+    # binfmt_misc is not mounted where PID 1 is not systemd.
+    update-binfmts --enable qemu-aarch64 2>/dev/null || true
+fi
+
+export CI="${CI:-true}"
+start=$(date +%s)
+cargo test -p xtask --locked --test vboard -- --ignored --nocapture
+echo "vboard acceptance: $(( $(date +%s) - start )) s"
