@@ -68,6 +68,16 @@ const PRELOAD_DIR: &str = "/var/lib/iot-preload";
 const PRELOAD_UNIT: &str = "/etc/systemd/system/iot-preload.service";
 const PRELOAD_WANTS: &str = "/etc/systemd/system/multi-user.target.wants/iot-preload.service";
 
+/// A drop-in that copies the agent's log to the serial console, so the
+/// console log (a CI artifact) shows what the agent did.
+const AGENT_CONSOLE_DROPIN: &str = "/etc/systemd/system/iot-agent.service.d/board-sim-console.conf";
+const AGENT_CONSOLE_TEXT: &str = "\
+# Written by `cargo xtask board-sim`: the agent's log also goes to the console.
+[Service]
+StandardOutput=journal+console
+StandardError=journal+console
+";
+
 const PRELOAD_SCRIPT: &str = r#"#!/bin/sh
 # Written by `cargo xtask board-sim --preload`: imports the container images
 # baked into this disk into Podman, once each.
@@ -279,9 +289,7 @@ pub fn cmd(mut args: Args) -> Result<()> {
                 agent: Some(agent.clone()),
                 cross: false,
             })?;
-            if !opts.preload.is_empty() {
-                bake_preload(&b.disk, &board, &opts.preload)?;
-            }
+            bake_extras(&b.disk, &board, &opts.preload)?;
         }
     }
     eprintln!("disks ready in {:.0} s", start.elapsed().as_secs_f64());
@@ -310,12 +318,22 @@ fn cached_base(board: &boards::Board) -> Result<PathBuf> {
     Ok(path)
 }
 
-/// Writes the preloaded images, their import script and its enabled unit.
-fn bake_preload(disk: &Path, board: &boards::Board, images: &[(String, PathBuf)]) -> Result<()> {
+/// Writes what only virtual boards get: the agent's log on the console,
+/// and the preloaded images with their import script and enabled unit.
+fn bake_extras(disk: &Path, board: &boards::Board, images: &[(String, PathBuf)]) -> Result<()> {
     let table = partition::read(disk)?;
     let root = Ext4::new(disk, table.get(board.layout.root.number, "root")?.offset)?;
     let parent = disk.parent().unwrap_or(Path::new("."));
     let mut stage = Staging::new(parent)?;
+    root.mkdir_p("/etc/systemd/system/iot-agent.service.d", 0o755)?;
+    root.put(
+        AGENT_CONSOLE_DROPIN,
+        &stage.file(AGENT_CONSOLE_TEXT.as_bytes())?,
+        0o644,
+    )?;
+    if images.is_empty() {
+        return Ok(());
+    }
     root.mkdir_p(PRELOAD_DIR, 0o700)?;
     root.mkdir_p("/etc/systemd/system/multi-user.target.wants", 0o755)?;
     let mut list = String::new();
@@ -455,9 +473,14 @@ fn powerdown(qmp: &Path) -> Result<()> {
 const MILESTONES: &[(&str, &str)] = &[
     ("Linux version", "kernel started"),
     ("Welcome to", "systemd started"),
-    ("Started iot-preload.service", "preloaded images imported"),
-    ("Started iot-agent.service", "agent started"),
-    ("login:", "login prompt"),
+    ("iot-preload: ", "preloaded images imported"),
+    ("starting as device", "agent started"),
+    ("restoring ", "agent restoring deployments from its cache"),
+    ("nats: connected", "agent connected to NATS"),
+    (
+        "desired state in sync",
+        "agent in sync with the desired state",
+    ),
     ("reboot: Power down", "powered off"),
 ];
 
