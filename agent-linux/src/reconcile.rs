@@ -634,6 +634,12 @@ mod tests {
             restart_policy: RestartPolicy::Always,
             pull_policy: PullPolicy::IfNotPresent,
             labels: BoundedMap::new(),
+            privileged: false,
+            host_network: false,
+            host_pid: false,
+            host_ipc: false,
+            cap_add: BoundedVec::new(),
+            devices: BoundedVec::new(),
         }
     }
 

@@ -17,7 +17,12 @@ pub const MAX_PORTS: usize = 16;
 pub const MAX_VOLUMES: usize = 16;
 /// Labels per container.
 pub const MAX_LABELS: usize = 16;
-/// Length in bytes of a name: container, env var, volume, label key.
+/// Added capabilities (`capAdd`) per container.
+pub const MAX_CAPABILITIES: usize = 16;
+/// Host devices (`devices`) per container.
+pub const MAX_DEVICES: usize = 8;
+/// Length in bytes of a name: container, env var, volume, label key,
+/// capability.
 pub const MAX_NAME_LEN: usize = 63;
 /// Length in bytes of an image reference (the distribution grammar's 255
 /// for the name, plus tag or digest).

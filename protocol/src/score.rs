@@ -104,6 +104,26 @@ pub struct Container<'a> {
     /// Extra container labels.
     #[serde(borrow, default)]
     pub labels: BoundedMap<Text<'a>, Text<'a>, MAX_LABELS>,
+    /// Run privileged (all capabilities, every device). Agents refuse it
+    /// unless their configuration allows it.
+    #[serde(default)]
+    pub privileged: bool,
+    /// Share the host's network namespace.
+    #[serde(default)]
+    pub host_network: bool,
+    /// Share the host's PID namespace.
+    #[serde(default, rename = "hostPID")]
+    pub host_pid: bool,
+    /// Share the host's IPC namespace.
+    #[serde(default, rename = "hostIPC")]
+    pub host_ipc: bool,
+    /// Linux capabilities to add (`NET_ADMIN` or `CAP_NET_ADMIN`), at most
+    /// [`MAX_CAPABILITIES`].
+    #[serde(borrow, default)]
+    pub cap_add: BoundedVec<Text<'a>, MAX_CAPABILITIES>,
+    /// Host device paths to pass in (`/dev/ttyUSB0`), at most [`MAX_DEVICES`].
+    #[serde(borrow, default)]
+    pub devices: BoundedVec<Text<'a>, MAX_DEVICES>,
 }
 
 /// An environment variable.
@@ -272,6 +292,16 @@ impl Container<'_> {
             check_len(p("labels").at(i, Some("key")), k, MAX_NAME_LEN)?;
             check_len(p("labels").at(i, Some("value")), v, MAX_STRING_LEN)?;
         }
+        for (i, cap) in self.cap_add.iter().enumerate() {
+            check_nonempty(p("capAdd").at(i, None), cap)?;
+            check_len(p("capAdd").at(i, None), cap, MAX_NAME_LEN)?;
+        }
+        for (i, dev) in self.devices.iter().enumerate() {
+            check_len(p("devices").at(i, None), dev, MAX_STRING_LEN)?;
+            if !dev.starts_with('/') {
+                return fail(p("devices").at(i, None), Violation::NotAbsolute);
+            }
+        }
         Ok(())
     }
 }
@@ -320,6 +350,12 @@ mod owned {
                 restart_policy: self.restart_policy,
                 pull_policy: self.pull_policy,
                 labels: self.labels.map(|k, v| (k.into_owned(), v.into_owned())),
+                privileged: self.privileged,
+                host_network: self.host_network,
+                host_pid: self.host_pid,
+                host_ipc: self.host_ipc,
+                cap_add: own_list(self.cap_add),
+                devices: own_list(self.devices),
             }
         }
     }

@@ -32,9 +32,10 @@ macro_rules! check_borrowed {
     }};
 }
 
-const SMALL_SCORE: &str = "01010263302572656769737472792e6578616d706c652e6e65742f7465616d2f6170702d303a312e322e300000000000000100";
-const TYPICAL_SCORE: &str = "0101037765621c646f636b65722e696f2f6c6962726172792f6e67696e783a312e32370101056e67696e780102022d670b6461656d6f6e206f66663b01084752454554494e470568656c6c6f015001903f000107302e302e302e300201046461746100052f64617461000001082f7372762f776562042f7372760100010104746965720866726f6e74656e64";
-const DESIRED: &str = "010968656c6c6f2d776562e59cd8adfc94feb4db0108506f646d616e5630003301010263302572656769737472792e6578616d706c652e6e65742f7465616d2f6170702d303a312e322e300000000000000100";
+const SMALL_SCORE: &str = "01010263302572656769737472792e6578616d706c652e6e65742f7465616d2f6170702d303a312e322e300000000000000100000000000000";
+const TYPICAL_SCORE: &str = "0101037765621c646f636b65722e696f2f6c6962726172792f6e67696e783a312e32370101056e67696e780102022d670b6461656d6f6e206f66663b01084752454554494e470568656c6c6f015001903f000107302e302e302e300201046461746100052f64617461000001082f7372762f776562042f7372760100010104746965720866726f6e74656e64000000000000";
+const SECURITY_SCORE: &str = "01010263302572656769737472792e6578616d706c652e6e65742f7465616d2f6170702d303a312e322e3000000000000001000101010101094e45545f41444d494e010c2f6465762f74747955534230";
+const DESIRED: &str = "010968656c6c6f2d776562fda48196eef6c3a02f08506f646d616e5630003901010263302572656769737472792e6578616d706c652e6e65742f7465616d2f6170702d303a312e322e300000000000000100000000000000";
 const DESIRED_UNKNOWN: &str = "0107736d6172742d312a0a4f6b644170706c79563001077b2278223a317d";
 const STATUS: &str =
     "012a030203776562020000036c6f6705010202106578697465642066726f6d203132333480d0dfb4ab33";
@@ -51,9 +52,28 @@ fn podman_v0_typical_design_example() {
 }
 
 #[test]
+fn podman_v0_security_fields() {
+    // The fields an agent's policy refuses by default (privileged, host
+    // namespaces, capabilities, devices) are on the wire so it can name them.
+    // The JSON spelling is the Kubernetes one (hostPID, hostIPC, capAdd).
+    let json = r#"{"type":"PodmanV0","data":{"containers":[{"name":"c0",
+        "image":"registry.example.net/team/app-0:1.2.0","privileged":true,
+        "hostNetwork":true,"hostPID":true,"hostIPC":true,
+        "capAdd":["NET_ADMIN"],"devices":["/dev/ttyUSB0"]}]}}"#;
+    let s = match serde_json::from_str::<IotScore>(json).unwrap() {
+        IotScore::PodmanV0(s) => s.into_owned(),
+    };
+    let c = &s.containers[0];
+    assert!(c.privileged && c.host_network && c.host_pid && c.host_ipc);
+    assert_eq!(c.cap_add[0].as_str(), "NET_ADMIN");
+    assert_eq!(c.devices[0].as_str(), "/dev/ttyUSB0");
+    check_borrowed!(PodmanV0Score, s, SECURITY_SCORE);
+}
+
+#[test]
 fn desired_state_with_known_variant() {
     let d = common::desired(&common::small());
-    assert_eq!(d.revision, 0xdb69_f8a7_c5b6_0e65, "content hash changed");
+    assert_eq!(d.revision, 0x2f41_0fb6_e2c0_527d, "content hash changed");
     check_borrowed!(DesiredState, d, DESIRED);
 }
 

@@ -67,6 +67,12 @@ fn container(i: usize, fill: usize) -> Container<'static> {
         restart_policy: RestartPolicy::Always,
         pull_policy: PullPolicy::IfNotPresent,
         labels: BoundedMap::new(),
+        privileged: false,
+        host_network: false,
+        host_pid: false,
+        host_ipc: false,
+        cap_add: BoundedVec::new(),
+        devices: BoundedVec::new(),
     };
     if fill > 0 {
         c.command = Some(
