@@ -83,6 +83,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             config.state_dir.display()
         )
     })?;
+    crate::policy::set_allowances(config.security.allowances());
     let (status_tx, status_rx) = mpsc::unbounded_channel();
     let ctx = Rc::new(Context {
         runtime: runtime.clone(),

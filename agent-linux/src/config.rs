@@ -175,6 +175,34 @@ pub struct SecurityConfig {
     /// Empty (the default) refuses every bind mount.
     #[serde(default)]
     pub allowed_host_paths: Vec<PathBuf>,
+    /// Allow scores that ask for privileged mode (default false).
+    #[serde(default)]
+    pub allow_privileged: bool,
+    /// Allow hostNetwork, hostPID and hostIPC (default false).
+    #[serde(default)]
+    pub allow_host_namespaces: bool,
+    /// Capabilities a score may add beyond the Baseline set (`NET_ADMIN`).
+    #[serde(default)]
+    pub allowed_capabilities: Vec<String>,
+    /// Host devices a score may pass in (`/dev/ttyUSB0`); default none.
+    #[serde(default)]
+    pub allowed_devices: Vec<PathBuf>,
+}
+
+impl SecurityConfig {
+    /// The allowances the policy applies.
+    pub fn allowances(&self) -> crate::policy::Allowances {
+        crate::policy::Allowances {
+            privileged: self.allow_privileged,
+            host_namespaces: self.allow_host_namespaces,
+            capabilities: self
+                .allowed_capabilities
+                .iter()
+                .map(|c| crate::policy::normalize_capability(c))
+                .collect(),
+            devices: self.allowed_devices.clone(),
+        }
+    }
 }
 
 impl Config {
@@ -295,6 +323,24 @@ impl Config {
                 return Err(invalid(
                     format!("security.allowed_host_paths[{i}]"),
                     "must be an absolute directory",
+                ));
+            }
+        }
+        for (i, p) in self.security.allowed_devices.iter().enumerate() {
+            if !p.is_absolute() {
+                return Err(invalid(
+                    format!("security.allowed_devices[{i}]"),
+                    "must be an absolute device path such as /dev/ttyUSB0",
+                ));
+            }
+        }
+        for (i, c) in self.security.allowed_capabilities.iter().enumerate() {
+            let n = crate::policy::normalize_capability(c);
+            if n.is_empty() || n == "ALL" || !n.bytes().all(|b| b.is_ascii_uppercase() || b == b'_')
+            {
+                return Err(invalid(
+                    format!("security.allowed_capabilities[{i}]"),
+                    "must be one capability name such as NET_ADMIN (ALL is not accepted)",
                 ));
             }
         }

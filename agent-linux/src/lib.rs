@@ -3,7 +3,8 @@
 //!
 //! Modules: [`config`] (the TOML file), [`nats`] (every NATS call),
 //! [`podman`] (the runtime trait and its libpod client over [`http`]),
-//! [`reconcile`] (one deployment's reconciler), [`cache`] (the on-disk
+//! [`reconcile`] (one deployment's reconciler), [`policy`] (what a score
+//! may ask of the device), [`cache`] (the on-disk
 //! desired state), [`agent`] (wiring), [`backoff`] and [`log`].
 
 pub mod agent;
@@ -14,4 +15,5 @@ pub mod http;
 pub mod log;
 pub mod nats;
 pub mod podman;
+pub mod policy;
 pub mod reconcile;

@@ -125,6 +125,18 @@ pub struct CreateSpec {
     pub labels: BTreeMap<String, String>,
     /// Seconds Podman waits after SIGTERM before SIGKILL.
     pub stop_timeout_secs: u64,
+    /// Privileged mode (only when the device's policy allows it).
+    pub privileged: bool,
+    /// Host network namespace.
+    pub host_network: bool,
+    /// Host PID namespace.
+    pub host_pid: bool,
+    /// Host IPC namespace.
+    pub host_ipc: bool,
+    /// Capabilities to add, without `CAP_`.
+    pub cap_add: Vec<String>,
+    /// Host device paths to pass in.
+    pub devices: Vec<String>,
 }
 
 /// A container the agent manages, as listed.
@@ -533,6 +545,26 @@ fn spec_generator(spec: &CreateSpec) -> Value {
     if let Some(c) = &spec.command {
         v["command"] = json!(c);
     }
+    // Set only when asked (and allowed), so ordinary specs stay minimal.
+    if spec.privileged {
+        v["privileged"] = json!(true);
+    }
+    for (set, key) in [
+        (spec.host_network, "netns"),
+        (spec.host_pid, "pidns"),
+        (spec.host_ipc, "ipcns"),
+    ] {
+        if set {
+            v[key] = json!({ "nsmode": "host" });
+        }
+    }
+    if !spec.cap_add.is_empty() {
+        v["cap_add"] = json!(spec.cap_add);
+    }
+    if !spec.devices.is_empty() {
+        let devices: Vec<Value> = spec.devices.iter().map(|d| json!({ "path": d })).collect();
+        v["devices"] = json!(devices);
+    }
     v
 }
 
@@ -607,13 +639,42 @@ mod tests {
             restart_policy: "always",
             labels: BTreeMap::new(),
             stop_timeout_secs: 2,
+            privileged: false,
+            host_network: false,
+            host_pid: false,
+            host_ipc: false,
+            cap_add: Vec::new(),
+            devices: Vec::new(),
         };
         let v = spec_generator(&spec);
+        for key in [
+            "privileged",
+            "netns",
+            "pidns",
+            "ipcns",
+            "cap_add",
+            "devices",
+        ] {
+            assert!(v.get(key).is_none(), "{key} set by default");
+        }
         assert_eq!(v["entrypoint"], json!(["httpd"]));
         assert!(v.get("command").is_none());
         assert_eq!(v["portmappings"][0]["host_port"], json!(8080));
         assert_eq!(v["volumes"][0]["Name"], json!("data"));
         assert_eq!(v["mounts"][0]["options"], json!(["rbind", "ro"]));
         assert_eq!(v["stop_timeout"], json!(2));
+        let allowed = CreateSpec {
+            privileged: true,
+            host_network: true,
+            cap_add: vec!["NET_ADMIN".into()],
+            devices: vec!["/dev/ttyUSB0".into()],
+            ..spec
+        };
+        let v = spec_generator(&allowed);
+        assert_eq!(v["privileged"], json!(true));
+        assert_eq!(v["netns"], json!({"nsmode": "host"}));
+        assert!(v.get("pidns").is_none());
+        assert_eq!(v["cap_add"], json!(["NET_ADMIN"]));
+        assert_eq!(v["devices"], json!([{"path": "/dev/ttyUSB0"}]));
     }
 }

@@ -217,6 +217,7 @@ async fn apply<R: Runtime>(ctx: &Context<R>, deployment: &str, value: &[u8]) -> 
         }
     };
     if let Err(msg) = check_policy(&ctx.allowed_host_paths, &score.containers) {
+        crate::warn!("{deployment}: refused: {msg}");
         report(
             ctx,
             deployment,
@@ -507,24 +508,12 @@ async fn ensure_image<R: Runtime>(
     }
 }
 
-/// Refuses what the device's security settings do not allow.
+/// Refuses what the device's security settings do not allow (see
+/// [`crate::policy`]).
 fn check_policy(allowed: &[PathBuf], containers: &[Container<'_>]) -> Result<(), String> {
+    let allow = crate::policy::allowances();
     for c in containers {
-        for v in c.volumes.iter() {
-            if let Some(host) = &v.host_path {
-                let path = std::path::Path::new(host.as_str());
-                let normal = !path
-                    .components()
-                    .any(|p| matches!(p, std::path::Component::ParentDir));
-                if !normal || !allowed.iter().any(|a| path.starts_with(a)) {
-                    return Err(format!(
-                        "container {}: hostPath {} is not under an allowed host directory (security.allowed_host_paths on the device)",
-                        c.name.as_str(),
-                        host.as_str()
-                    ));
-                }
-            }
-        }
+        crate::policy::check_container(c, allowed, allow)?;
     }
     Ok(())
 }
@@ -607,6 +596,17 @@ fn create_spec<R>(
         },
         labels: labels_map,
         stop_timeout_secs: ctx.stop_timeout_secs,
+        // Only reach Podman when the policy allowed them.
+        privileged: c.privileged,
+        host_network: c.host_network,
+        host_pid: c.host_pid,
+        host_ipc: c.host_ipc,
+        cap_add: c
+            .cap_add
+            .iter()
+            .map(|s| crate::policy::normalize_capability(s.as_str()))
+            .collect(),
+        devices: c.devices.iter().map(|s| s.as_str().to_string()).collect(),
     }
 }
 
