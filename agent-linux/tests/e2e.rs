@@ -1,0 +1,479 @@
+//! End to end: a Deployment through the operator's real reconcile (kube
+//! `Client` over the mock API server) into a real nats-server, the real
+//! `iot-agent` binary as a separate process (x86_64, and the static aarch64
+//! build under qemu), real Podman, and the device's reports folded back
+//! into the CR status.
+#![allow(clippy::unwrap_used, missing_docs)]
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats_device as async_nats;
+use common::{WAIT, unique};
+use operator::crd::{Deployment, DeploymentSpec, FINALIZER, Rollout, Score, revision_string};
+use operator::status::StatusCache;
+use operator::testing::MockApiServer;
+use operator::{Context, ControllerConfig, Nats, reconcile};
+use protocol::{DeploymentKey, DeploymentStatus, Phase};
+use serde_json::json;
+use testkit::{NatsServer, PodmanService};
+
+const IMAGE: &str = "localhost/iot-e2e:busybox";
+
+/// One nats-server, one Podman service, the operator's NATS access and
+/// reconcile context over a mock API server; agents are added per device.
+struct World {
+    nats: NatsServer,
+    podman: PodmanService,
+    ops: Nats,
+    api: MockApiServer,
+    ctx: Arc<Context>,
+    dir: tempfile::TempDir,
+    agents: Vec<(String, Child)>,
+}
+
+impl World {
+    async fn start() -> Option<World> {
+        let nats = NatsServer::start()?;
+        let podman = PodmanService::start()?;
+        podman.ensure_busybox_image(IMAGE);
+        let client = async_nats::connect(nats.url()).await.unwrap();
+        let ops = Nats::from_client(client);
+        ops.ensure_buckets(true).await.unwrap();
+        let (cache, _changes) = StatusCache::new(Duration::from_secs(30));
+        tokio::spawn(cache.clone().watch(ops.clone()));
+        let (kube, api) = MockApiServer::start();
+        let ctx = Arc::new(Context::new(
+            kube,
+            ops.clone(),
+            cache,
+            ControllerConfig::default(),
+        ));
+        eprintln!("e2e against {}", nats.version());
+        Some(World {
+            nats,
+            podman,
+            ops,
+            api,
+            ctx,
+            dir: tempfile::tempdir().unwrap(),
+            agents: Vec::new(),
+        })
+    }
+
+    /// Starts the real agent for `device`: the x86_64 binary, or with
+    /// `qemu` the static aarch64 build under qemu-aarch64-static.
+    fn spawn_agent(&mut self, device: &str, agent: &[String]) {
+        let state = self.dir.path().join(device);
+        let config = self.dir.path().join(format!("{device}.toml"));
+        std::fs::write(
+            &config,
+            format!(
+                "version = 1\ndevice_id = \"{device}\"\nstate_dir = \"{}\"\nheartbeat_interval_secs = 1\n\
+                 [nats]\nurls = [\"{}\"]\n[podman]\nsocket = \"{}\"\nstop_timeout_secs = 1\n",
+                state.display(),
+                self.nats.url(),
+                self.podman.uri()
+            ),
+        )
+        .unwrap();
+        let child = Command::new(&agent[0])
+            .args(&agent[1..])
+            .arg("--config")
+            .arg(&config)
+            .env("CONTAINERS_CONF", PodmanService::containers_conf())
+            .env("IOT_AGENT_LOG", "info")
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap();
+        self.agents.push((device.to_string(), child));
+    }
+
+    /// Reconciles the object as the API server holds it, until the
+    /// finalizer is on and the status describes its generation, like the
+    /// controller does on successive watch events.
+    async fn reconcile(&self, ns: &str, name: &str) -> Deployment {
+        for _ in 0..3 {
+            let d = self.api.get(ns, name).unwrap();
+            reconcile(Arc::new(d), self.ctx.clone()).await.unwrap();
+            let d = self.api.get(ns, name).unwrap();
+            let has_finalizer = d
+                .metadata
+                .finalizers
+                .as_deref()
+                .is_some_and(|f| f.iter().any(|f| f == FINALIZER));
+            let observed = d.status.as_ref().and_then(|s| s.observed_generation);
+            if has_finalizer && observed == d.metadata.generation {
+                return d;
+            }
+        }
+        panic!("{ns}/{name} did not settle after three reconciles");
+    }
+
+    /// Creates or updates the CR on the API server (bumping generation on
+    /// spec changes) and reconciles it.
+    async fn apply(
+        &self,
+        ns: &str,
+        name: &str,
+        targets: &[&str],
+        data: serde_json::Value,
+    ) -> Deployment {
+        let mut d = match self.api.get(ns, name) {
+            Some(mut old) => {
+                old.metadata.generation = old.metadata.generation.map(|g| g + 1);
+                old
+            }
+            None => {
+                let mut d = Deployment::new(
+                    name,
+                    DeploymentSpec {
+                        target_devices: vec![],
+                        rollout: Rollout::default(),
+                        score: Score {
+                            type_name: "PodmanV0".into(),
+                            data: json!({}),
+                        },
+                    },
+                );
+                d.metadata.namespace = Some(ns.into());
+                d.metadata.uid = Some(format!("uid-{ns}-{name}"));
+                d.metadata.generation = Some(1);
+                d
+            }
+        };
+        d.spec.target_devices = targets.iter().map(|s| s.to_string()).collect();
+        d.spec.score.data = data;
+        self.api.insert(&d);
+        self.reconcile(ns, name).await
+    }
+
+    /// Marks the CR deleted and reconciles: cleanup, then finalizer release.
+    async fn delete(&self, ns: &str, name: &str) -> Deployment {
+        let mut d = self.api.get(ns, name).unwrap();
+        d.metadata.deletion_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+            k8s_openapi::jiff::Timestamp::now(),
+        ));
+        self.api.insert(&d);
+        reconcile(Arc::new(d), self.ctx.clone()).await.unwrap();
+        self.api.get(ns, name).unwrap()
+    }
+
+    async fn device_status(&self, device: &str, name: &str) -> Option<DeploymentStatus<'static>> {
+        let key = DeploymentKey::new(device, name).unwrap().to_string();
+        let rec = self
+            .ops
+            .scan(protocol::keys::DEVICE_STATUS_BUCKET, &key)
+            .await
+            .ok()?
+            .into_iter()
+            .next()?;
+        if rec.deleted {
+            return None;
+        }
+        Some(
+            protocol::wire::decode::<DeploymentStatus>(&rec.value)
+                .ok()?
+                .into_owned(),
+        )
+    }
+
+    /// Waits until `device` reports `phase` for `name`, at `revision` when given.
+    async fn wait_phase(&self, device: &str, name: &str, revision: Option<u64>, phase: Phase) {
+        let mut last = None;
+        let deadline = std::time::Instant::now() + WAIT;
+        let mut ok = false;
+        while std::time::Instant::now() < deadline {
+            last = self.device_status(device, name).await;
+            if last
+                .as_ref()
+                .is_some_and(|s| revision.is_none_or(|r| s.revision == r) && s.phase == phase)
+            {
+                ok = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(
+            ok,
+            "{device}/{name}: never {phase} at {revision:x?}; last {last:?}"
+        );
+    }
+
+    /// Waits until the CR status (after a reconcile that folds the reports
+    /// in) satisfies `pred`.
+    async fn wait_cr(
+        &self,
+        ns: &str,
+        name: &str,
+        what: &str,
+        pred: impl Fn(&operator::DeploymentStatus) -> bool,
+    ) {
+        let mut last = None;
+        for _ in 0..(WAIT.as_millis() / 100) {
+            let d = self.api.get(ns, name).unwrap();
+            reconcile(Arc::new(d), self.ctx.clone()).await.unwrap();
+            last = self.api.get(ns, name).unwrap().status;
+            if last.as_ref().is_some_and(&pred) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("{ns}/{name}: CR status never {what}; last {last:?}");
+    }
+
+    /// Running containers of `device`: (name, id).
+    fn containers(&self, device: &str) -> Vec<(String, String)> {
+        let out = self.podman.run(&[
+            "ps",
+            "--filter",
+            &format!("label=io.nationtech.iot.device={device}"),
+            "--format",
+            "{{.Names}} {{.ID}}",
+        ]);
+        let mut v: Vec<(String, String)> = out
+            .lines()
+            .filter_map(|l| l.split_once(' '))
+            .map(|(n, i)| (n.to_string(), i.to_string()))
+            .collect();
+        v.sort();
+        v
+    }
+
+    async fn wait_containers(&self, device: &str, names: &[&str]) -> Vec<(String, String)> {
+        let mut last = Vec::new();
+        let ok = testkit::wait_until_async(WAIT, || {
+            last = self.containers(device);
+            let ok = last
+                .iter()
+                .map(|(n, _)| n.as_str())
+                .eq(names.iter().copied());
+            async move { ok }
+        })
+        .await;
+        assert!(ok, "{device}: expected {names:?} running, have {last:?}");
+        last
+    }
+}
+
+impl Drop for World {
+    fn drop(&mut self) {
+        for (device, mut child) in self.agents.drain(..) {
+            let _ = child.kill();
+            let _ = child.wait();
+            self.podman
+                .remove_labelled("io.nationtech.iot.device", &device);
+        }
+    }
+}
+
+/// A score: busybox httpd on `port`, with `greeting` in its environment so
+/// that changing it changes the spec.
+fn web(port: u16, greeting: &str) -> serde_json::Value {
+    json!({"containers": [{
+        "name": "web",
+        "image": IMAGE,
+        "command": ["httpd", "-f", "-p", "8080", "-h", "/www"],
+        "env": [{"name": "GREETING", "value": greeting}],
+        "ports": [{"containerPort": 8080, "hostPort": port, "hostIP": "127.0.0.1"}],
+        "pullPolicy": "Never"
+    }]})
+}
+
+fn http_get(port: u16) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    s.write_all(b"GET / HTTP/1.0\r\n\r\n").ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    Some(out)
+}
+
+fn revision(d: &Deployment) -> u64 {
+    u64::from_str_radix(d.status.as_ref().unwrap().revision.as_deref().unwrap(), 16).unwrap()
+}
+
+fn native_agent() -> Vec<String> {
+    vec![env!("CARGO_BIN_EXE_iot-agent").to_string()]
+}
+
+/// Create -> running, answering and 1/1 ready; update -> replaced; delete ->
+/// keys and container gone, finalizer released.
+async fn full_flow(agent: Vec<String>, tag: &str) {
+    let Some(mut w) = World::start().await else {
+        return;
+    };
+    let device = unique(tag);
+    w.spawn_agent(&device, &agent);
+    let port = testkit::free_port();
+
+    // 1. Created: key written, container runs and answers, CR 1/1 ready.
+    let d = w
+        .apply("fleet", "hello", &[&device], web(port, "one"))
+        .await;
+    let rev1 = revision(&d);
+    let key = DeploymentKey::new(&device, "hello").unwrap().to_string();
+    let stored = w
+        .ops
+        .scan(protocol::keys::DESIRED_STATE_BUCKET, &key)
+        .await
+        .unwrap();
+    assert_eq!(stored.len(), 1, "the operator wrote {key}");
+    w.wait_phase(&device, "hello", Some(rev1), Phase::Running).await;
+    let first = w
+        .wait_containers(&device, &[&format!("{device}_hello_web")])
+        .await;
+    let mut answer = None;
+    assert!(
+        testkit::wait_until_async(WAIT, || {
+            answer = http_get(port);
+            let ok = answer
+                .as_deref()
+                .is_some_and(|a| a.contains("hello from busybox"));
+            async move { ok }
+        })
+        .await,
+        "no answer on 127.0.0.1:{port}: {answer:?}"
+    );
+    let rev1_hex = revision_string(rev1);
+    w.wait_cr("fleet", "hello", "1/1 ready at the first revision", |s| {
+        s.targeted == 1
+            && s.ready == 1
+            && s.up_to_date == 1
+            && s.revision.as_deref() == Some(&rev1_hex)
+    })
+    .await;
+
+    // 2. Score changed: new revision, container replaced, status follows.
+    let d = w
+        .apply("fleet", "hello", &[&device], web(port, "two"))
+        .await;
+    let rev2 = revision(&d);
+    assert_ne!(rev1, rev2);
+    w.wait_phase(&device, "hello", Some(rev2), Phase::Running).await;
+    let second = w
+        .wait_containers(&device, &[&format!("{device}_hello_web")])
+        .await;
+    assert_ne!(first[0].1, second[0].1, "the container was replaced");
+    let rev2_hex = revision_string(rev2);
+    w.wait_cr("fleet", "hello", "1/1 ready at the second revision", |s| {
+        s.ready == 1 && s.revision.as_deref() == Some(&rev2_hex)
+    })
+    .await;
+
+    // 4. Deleted: keys removed, container removed, finalizer released.
+    let d = w.delete("fleet", "hello").await;
+    assert!(
+        d.metadata
+            .finalizers
+            .as_deref()
+            .unwrap_or_default()
+            .is_empty(),
+        "finalizer released: {:?}",
+        d.metadata.finalizers
+    );
+    let rec = w
+        .ops
+        .scan(protocol::keys::DESIRED_STATE_BUCKET, &key)
+        .await
+        .unwrap();
+    assert!(rec.iter().all(|r| r.deleted), "key deleted: {rec:?}");
+    w.wait_containers(&device, &[]).await;
+    // A delete marker carries no revision; the agent reports Removed.
+    w.wait_phase(&device, "hello", None, Phase::Removed).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deployment_to_running_container_to_ready_and_back() {
+    full_flow(native_agent(), "e2e").await;
+}
+
+/// 5. The same flow with the static aarch64 agent under qemu-aarch64-static.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_flow_with_the_aarch64_agent_under_qemu() {
+    let Some(bin) = std::env::var_os("IOT_AGENT_AARCH64_BIN").map(PathBuf::from) else {
+        return testkit::missing(
+            "IOT_AGENT_AARCH64_BIN is not set (build with `cargo xtask dist --board rpi4` and point it at target/dist/rpi4/iot-agent)",
+        )
+        .unwrap_or(());
+    };
+    let Some(qemu) = testkit::find_binary("QEMU_AARCH64", "qemu-aarch64-static") else {
+        return testkit::missing("qemu-aarch64-static is not installed").unwrap_or(());
+    };
+    full_flow(
+        vec![qemu.display().to_string(), bin.display().to_string()],
+        "e2e-arm",
+    )
+    .await;
+}
+
+/// 3. A device removed from the targets loses the container; the other
+/// device's container is untouched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn removing_a_target_removes_the_container_on_that_device_only() {
+    let Some(mut w) = World::start().await else {
+        return;
+    };
+    let (a, b) = (unique("e2e-a"), unique("e2e-b"));
+    w.spawn_agent(&a, &native_agent());
+    w.spawn_agent(&b, &native_agent());
+    let d = w
+        .apply("fleet", "shared", &[&a, &b], web(0, "x").pipe(no_ports))
+        .await;
+    let rev = revision(&d);
+    w.wait_phase(&a, "shared", Some(rev), Phase::Running).await;
+    w.wait_phase(&b, "shared", Some(rev), Phase::Running).await;
+    let on_a = w.wait_containers(&a, &[&format!("{a}_shared_web")]).await;
+    w.wait_containers(&b, &[&format!("{b}_shared_web")]).await;
+
+    w.apply("fleet", "shared", &[&a], web(0, "x").pipe(no_ports))
+        .await;
+    w.wait_containers(&b, &[]).await;
+    assert_eq!(w.containers(&a), on_a, "device a untouched");
+    w.wait_cr("fleet", "shared", "1/1 ready", |s| {
+        s.targeted == 1 && s.ready == 1
+    })
+    .await;
+}
+
+/// 6. Two agents on one Podman each run only their own deployments.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_agents_run_only_their_own_deployments() {
+    let Some(mut w) = World::start().await else {
+        return;
+    };
+    let (a, b) = (unique("e2e-own-a"), unique("e2e-own-b"));
+    w.spawn_agent(&a, &native_agent());
+    w.spawn_agent(&b, &native_agent());
+    let da = w
+        .apply("fleet", "only-a", &[&a], web(0, "a").pipe(no_ports))
+        .await;
+    let db = w
+        .apply("fleet", "only-b", &[&b], web(0, "b").pipe(no_ports))
+        .await;
+    w.wait_phase(&a, "only-a", Some(revision(&da)), Phase::Running)
+        .await;
+    w.wait_phase(&b, "only-b", Some(revision(&db)), Phase::Running)
+        .await;
+    w.wait_containers(&a, &[&format!("{a}_only-a_web")]).await;
+    w.wait_containers(&b, &[&format!("{b}_only-b_web")]).await;
+    assert!(w.device_status(&a, "only-b").await.is_none());
+    assert!(w.device_status(&b, "only-a").await.is_none());
+}
+
+fn no_ports(mut v: serde_json::Value) -> serde_json::Value {
+    v["containers"][0]["ports"] = json!([]);
+    v
+}
+
+trait Pipe: Sized {
+    fn pipe<T>(self, f: impl FnOnce(Self) -> T) -> T {
+        f(self)
+    }
+}
+impl<T> Pipe for T {}
