@@ -58,6 +58,7 @@ pub struct Session {
 /// Builds the client options from the configuration.
 async fn connect_options(config: &Config) -> Result<async_nats::ConnectOptions, NatsError> {
     let device = config.device_id.clone();
+    let device_for_events = device.clone();
     let mut opts = async_nats::ConnectOptions::new()
         .name(format!("iot-agent {device}"))
         .custom_inbox_prefix(protocol::permissions::device_inbox_prefix(&device))
@@ -65,14 +66,21 @@ async fn connect_options(config: &Config) -> Result<async_nats::ConnectOptions, 
         .max_reconnects(None::<usize>)
         .reconnect_delay_callback(backoff::reconnect_delay)
         .request_timeout(Some(REQUEST_TIMEOUT))
-        .event_callback(move |event| async move {
-            match event {
-                async_nats::Event::Connected => crate::info!("nats: connected"),
-                async_nats::Event::Disconnected => crate::warn!("nats: disconnected"),
-                async_nats::Event::ServerError(e) => {
-                    crate::error!("nats: server error: {e} (a permissions violation means the device credentials do not allow this operation)")
+        .event_callback(move |event| {
+            let device_for_events = device_for_events.clone();
+            async move {
+                match event {
+                    async_nats::Event::Connected => crate::info!("nats: connected"),
+                    async_nats::Event::Disconnected => crate::warn!("nats: disconnected"),
+                    async_nats::Event::ServerError(e) => {
+                        let e = e.to_string();
+                        match permission_denial(&device_for_events, &e) {
+                            Some(msg) => crate::error!("{msg}"),
+                            None => crate::error!("nats: server error: {e}"),
+                        }
+                    }
+                    other => crate::debug!("nats: {other}"),
                 }
-                other => crate::debug!("nats: {other}"),
             }
         });
     opts = match &config.nats.credentials {
@@ -254,6 +262,38 @@ fn nonce() -> u64 {
 pub enum WatchEvent {
     /// A value was put (or is the current value, during the snapshot).
     Put {
+/// The log line for a server error that is a permission denial, naming the
+/// subject and the likely cause; `None` for other errors. The server sends
+/// `Permissions Violation for Publish to "<subject>"` (or `Subscription
+/// to`) and the request it denied then times out, so this line is where a
+/// denial becomes visible.
+pub fn permission_denial(device_id: &str, server_error: &str) -> Option<String> {
+    let lower = server_error.to_ascii_lowercase();
+    let at = lower.find("permissions violation")?;
+    let detail = &server_error[at..];
+    let subject = detail
+        .split('"')
+        .nth(1)
+        .or_else(|| detail.rsplit(' ').next())
+        .unwrap_or("");
+    let hint = if subject.starts_with("$JS.API.CONSUMER.CREATE.KV_desired-state") {
+        "the desired-state watch needs the filtered consumer create for this device's keys"
+    } else if subject.starts_with("$KV.device-status")
+        || subject.starts_with("$KV.device-heartbeat")
+    {
+        "status and heartbeat writes need this device's own keys"
+    } else if subject.starts_with("_INBOX") {
+        "replies need this device's inbox prefix"
+    } else {
+        "the agent only uses this device's own subjects"
+    };
+    Some(format!(
+        "nats: permission denied: the server refused {subject:?} for device {device_id} ({detail}); \
+         {hint}: the credentials are not those of device {device_id}, or the server's permissions \
+         for it are out of date (regenerate with `cargo xtask creds` and reload the server)"
+    ))
+}
+
         /// The deployment (key's second token).
         deployment: String,
         /// The raw value.
@@ -338,5 +378,26 @@ impl Watch {
                 },
             });
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn permission_denials_name_the_subject_and_cause() {
+        let m = permission_denial(
+            "pi-1",
+            "nats: Permissions Violation for Publish to \"$KV.device-status.pi-2.web\"",
+        );
+        let m = m.unwrap_or_default();
+        assert!(m.contains("permission denied"), "{m}");
+        assert!(m.contains("$KV.device-status.pi-2.web"), "{m}");
+        assert!(
+            m.contains("device pi-1") && m.contains("xtask creds"),
+            "{m}"
+        );
+        assert!(permission_denial("pi-1", "nats: slow consumer").is_none());
     }
 }

@@ -9,6 +9,7 @@
 
 mod nats;
 mod podman;
+pub mod tls;
 
 pub use nats::{NatsOptions, NatsServer, create_buckets};
 pub use podman::PodmanService;

@@ -25,6 +25,8 @@ pub struct NatsServer {
     store: tempfile::TempDir,
     opts: NatsOptions,
     child: Option<Child>,
+    /// JetStream set up in a wrapper configuration instead of by flags.
+    reloadable: bool,
 }
 
 impl NatsServer {
@@ -45,6 +47,32 @@ impl NatsServer {
             store: tempfile::tempdir().expect("temp dir"),
             opts,
             child: None,
+            reloadable: false,
+        };
+        server.spawn();
+        Some(server)
+    }
+
+    /// Like [`Self::start_with`] (a `config_file` is required), with
+    /// JetStream configured in a wrapper file that includes `config_file`
+    /// rather than by `-js -sd`, so [`Self::reload`] works on 2.9.x too:
+    /// 2.9.10 turns JetStream off on a reload when only the flags enabled it,
+    /// and refuses the reload when a `jetstream {}` block and `-sd` differ.
+    pub fn start_reloadable(opts: NatsOptions) -> Option<NatsServer> {
+        let Some(binary) = find_binary("NATS_SERVER_BIN", "nats-server") else {
+            return missing("nats-server is not installed (or NATS_SERVER_BIN is wrong)");
+        };
+        assert!(
+            opts.config_file.is_some(),
+            "start_reloadable needs a config_file"
+        );
+        let mut server = NatsServer {
+            binary,
+            port: free_port(),
+            store: tempfile::tempdir().expect("temp dir"),
+            opts,
+            child: None,
+            reloadable: true,
         };
         server.spawn();
         Some(server)
@@ -52,14 +80,33 @@ impl NatsServer {
 
     fn spawn(&mut self) {
         let mut cmd = Command::new(&self.binary);
-        if let Some(conf) = &self.opts.config_file {
-            cmd.arg("-c").arg(conf);
+        match (&self.opts.config_file, self.reloadable) {
+            (Some(conf), true) => {
+                // nats-server resolves includes relative to the including
+                // file, so the wrapper sits beside the configuration.
+                let dir = conf.parent().unwrap_or(Path::new("."));
+                let name = conf.file_name().expect("config file name");
+                let wrapper = dir.join(format!("testkit-{}.conf", self.port));
+                std::fs::write(
+                    &wrapper,
+                    format!(
+                        "jetstream {{ store_dir: \"{}\" }}\ninclude \"./{}\"\n",
+                        self.store.path().display(),
+                        name.to_string_lossy()
+                    ),
+                )
+                .expect("write the wrapper configuration");
+                cmd.arg("-c").arg(wrapper);
+            }
+            (conf, _) => {
+                if let Some(conf) = conf {
+                    cmd.arg("-c").arg(conf);
+                }
+                cmd.arg("-js").arg("-sd").arg(self.store.path());
+            }
         }
         cmd.args(["-a", "127.0.0.1", "-p"])
             .arg(self.port.to_string())
-            .arg("-js")
-            .arg("-sd")
-            .arg(self.store.path())
             .args(&self.opts.extra_args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -111,6 +158,27 @@ impl NatsServer {
     pub fn restart(&mut self) {
         self.stop();
         self.spawn();
+    }
+
+    /// The server's process id while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Makes the running server re-read its configuration file
+    /// (`nats-server --signal reload=<pid>`), e.g. after a revocation.
+    pub fn reload(&self) {
+        let Some(pid) = self.pid() else { return };
+        let out = Command::new(&self.binary)
+            .arg("--signal")
+            .arg(format!("reload={pid}"))
+            .output()
+            .expect("run nats-server --signal");
+        assert!(
+            out.status.success(),
+            "nats-server --signal reload={pid}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 
     /// The binary's `--version` output, e.g. `nats-server: v2.9.10`.

@@ -55,17 +55,27 @@ impl Env {
         conf: Option<&std::path::Path>,
         admin: Option<(&str, &str)>,
     ) -> Option<Env> {
-        let nats = NatsServer::start_with(testkit::NatsOptions {
-            config_file: conf.map(|c| c.to_path_buf()),
-            ..Default::default()
-        })?;
-        let podman = PodmanService::start()?;
-        podman.ensure_busybox_image(IMAGE);
         let mut opts = async_nats::ConnectOptions::new();
         if let Some((u, p)) = admin {
             opts = opts.user_and_password(u.into(), p.into());
         }
-        let client = opts.connect(nats.url()).await.unwrap();
+        let nats = NatsServer::start_with(testkit::NatsOptions {
+            config_file: conf.map(|c| c.to_path_buf()),
+            ..Default::default()
+        })?;
+        Self::start_on(device, nats, opts).await
+    }
+
+    /// An environment on a server the caller started, the harness's own
+    /// client connecting with `admin` (it creates the buckets).
+    pub async fn start_on(
+        device: String,
+        nats: NatsServer,
+        admin: async_nats::ConnectOptions,
+    ) -> Option<Env> {
+        let podman = PodmanService::start()?;
+        podman.ensure_busybox_image(IMAGE);
+        let client = admin.connect(nats.url()).await.unwrap();
         testkit::create_buckets(&client).await.unwrap();
         let js = jetstream::new(client.clone());
         let desired = js.get_key_value("desired-state").await.unwrap();
@@ -122,6 +132,23 @@ stop_timeout_secs = 1
     pub fn spawn_agent(&self) -> Agent {
         self.write_config();
         self.spawn_agent_with_config()
+    }
+
+    /// Spawns the agent with the configuration `config` as it is, its log
+    /// (stderr) written to `log`.
+    pub fn spawn_agent_logged(&self, config: &std::path::Path, log: &std::path::Path) -> Agent {
+        let file = std::fs::File::create(log).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_iot-agent"))
+            .arg("--config")
+            .arg(config)
+            .env("CONTAINERS_CONF", PodmanService::containers_conf())
+            .env("IOT_AGENT_LOG", "debug")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(file)
+            .spawn()
+            .unwrap();
+        Agent { child: Some(child) }
     }
 
     /// Spawns the agent with the configuration file as it is.
