@@ -27,7 +27,14 @@ Creates (or updates) a fleet's NATS identities in DIR:
 Seeds are nkey seeds, written with mode 0600. Existing seeds are kept, so
 adding a device changes no other identity. --revoke ID moves that device's
 seed to DIR/revoked/ and drops it from nats-server.conf; reload the server
-(`nats-server --signal reload`) and only that device is shut out.";
+(`nats-server --signal reload=PID`) and only that device is shut out.
+
+To revoke by reload, configure JetStream in a file rather than with -js/-sd:
+nats-server 2.9 turns JetStream off on a reload when only the flags enabled
+it. E.g. DIR/main.conf (includes are relative to the including file):
+  jetstream { store_dir: \"/var/lib/nats\" }
+  include \"./nats-server.conf\"
+and run `nats-server -c DIR/main.conf -p 4222`.";
 
 /// Identities that are not devices.
 const ADMIN: &str = "admin";
