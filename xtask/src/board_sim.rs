@@ -39,8 +39,9 @@ cargo xtask board-sim [--device-id ID]... [--nats HOST:PORT] [--reuse]
     `cargo xtask base-image` and cached in target/vboard/) with the agent and
     the device identity baked in by `cargo xtask image`. The guest reaches
     only the host's NATS (HOST:PORT, default 127.0.0.1:4222) as
-    nats://10.0.2.100:4222. The serial console is logged to DIR/ID/console.log.
-    Ctrl-C powers the boards off cleanly; the disks stay for --reuse.
+    nats://10.0.2.100:4222. The serial console is logged to DIR/ID/console.log
+    (the previous boot's in console.prev.log). Ctrl-C powers the boards off
+    cleanly; the disks stay for --reuse.
     --device-id ID        one board per id (default vboard-1); repeat for several
     --nats HOST:PORT      the host's NATS server the boards connect to
     --reuse               boot the existing disks again (state kept: agent cache,
@@ -475,7 +476,10 @@ const MILESTONES: &[(&str, &str)] = &[
     ("Welcome to", "systemd started"),
     ("iot-preload: ", "preloaded images imported"),
     ("starting as device", "agent started"),
-    ("restoring ", "agent restoring deployments from its cache"),
+    (
+        "deployment(s) from the cache",
+        "agent restoring deployments from its cache",
+    ),
     ("nats: connected", "agent connected to NATS"),
     (
         "desired state in sync",
@@ -501,7 +505,10 @@ fn run_boards(opts: &Options, board: &boards::Board) -> Result<()> {
     for b in &opts.boards {
         let boot = boot_files(b, board)?;
         let _ = std::fs::remove_file(&b.qmp);
-        let _ = std::fs::remove_file(&b.console);
+        // The previous boot's console stays beside the new one.
+        if b.console.is_file() {
+            std::fs::rename(&b.console, b.dir.join("console.prev.log"))?;
+        }
         let mut c = qemu_command(opts, b, &boot, &exe);
         // Its own process group: Ctrl-C reaches board-sim, which powers
         // the guest off, instead of killing qemu mid-write.
@@ -637,8 +644,15 @@ fn strip_ansi(s: &str) -> String {
 
 /// `xtask board-sim-relay HOST:PORT`: what qemu runs for each guest
 /// connection to the NATS address. stdin/stdout (and stderr) are the guest's
-/// connection, so this prints nothing; it ends when either side closes.
+/// connection, so this prints nothing, not even an error (the guest would
+/// read it as NATS protocol); it ends when either side closes.
 pub fn relay(args: Vec<String>) -> Result<()> {
+    // NATS down: closing the connection is the whole answer.
+    let _ = relay_inner(&args);
+    Ok(())
+}
+
+fn relay_inner(args: &[String]) -> Result<()> {
     let addr: SocketAddr = args
         .first()
         .and_then(|a| a.parse().ok())
