@@ -230,8 +230,9 @@ async fn sweep<R: Runtime>(deployments: &Deployments<R>, desired: &BTreeSet<Stri
 }
 
 /// Publishes status reports, each only when it differs from the last one
-/// published for that deployment; failed publishes are retried.
-async fn status_writer(session: Session, mut rx: mpsc::UnboundedReceiver<StatusReport>) {
+/// published for that deployment; failed publishes are retried. Public so
+/// the fleet bench reports status exactly like the agent.
+pub async fn status_writer(session: Session, mut rx: mpsc::UnboundedReceiver<StatusReport>) {
     let mut published: BTreeMap<String, DeploymentStatus<'static>> = BTreeMap::new();
     let mut complaints = Complaints::default();
     let mut pending: BTreeMap<String, DeploymentStatus<'static>> = BTreeMap::new();

@@ -132,6 +132,19 @@ impl Session {
         })
     }
 
+    /// A session for `device_id` over an existing client. The agent uses
+    /// [`Session::connect`]; the fleet bench multiplexes many simulated
+    /// devices over a few connections and drives the same watch and status
+    /// code through this.
+    pub fn from_client(client: async_nats::Client, device_id: &str) -> Session {
+        let js = jetstream::new(client.clone());
+        Session {
+            client,
+            js,
+            device_id: device_id.to_string(),
+        }
+    }
+
     /// Whether the client is connected right now.
     pub fn is_connected(&self) -> bool {
         self.client.connection_state() == async_nats::connection::State::Connected
@@ -249,19 +262,6 @@ impl Session {
 
 const KV_OPERATION: &str = "KV-Operation";
 
-fn nonce() -> u64 {
-    let t = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos() as u64)
-        .unwrap_or(0);
-    t ^ (u64::from(std::process::id()) << 40)
-}
-
-/// One change to this device's desired state.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum WatchEvent {
-    /// A value was put (or is the current value, during the snapshot).
-    Put {
 /// The log line for a server error that is a permission denial, naming the
 /// subject and the likely cause; `None` for other errors. The server sends
 /// `Permissions Violation for Publish to "<subject>"` (or `Subscription
@@ -294,6 +294,19 @@ pub fn permission_denial(device_id: &str, server_error: &str) -> Option<String> 
     ))
 }
 
+fn nonce() -> u64 {
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0);
+    t ^ (u64::from(std::process::id()) << 40)
+}
+
+/// One change to this device's desired state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WatchEvent {
+    /// A value was put (or is the current value, during the snapshot).
+    Put {
         /// The deployment (key's second token).
         deployment: String,
         /// The raw value.

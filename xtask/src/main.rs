@@ -3,6 +3,7 @@
 //! `elf`). See `cargo xtask help`.
 
 mod base_image;
+mod bench;
 mod board_sim;
 mod boards;
 mod crd;
@@ -39,6 +40,7 @@ commands:
   creds         NATS identities for a fleet and the server authorization
   demo          run the whole system locally (NATS, Podman, agent, a deployment)
   crd           regenerate deploy/crd.yaml (--check: fail on drift)
+  bench         fleet simulator, agent footprint/latency (docs/performance.md)
   help [cmd]    this text, or a command's options";
 
 fn help(cmd: &str) -> String {
@@ -93,6 +95,7 @@ fn run() -> Result<()> {
         "creds" => "creds",
         "demo" => "demo",
         "crd" => "crd",
+        "bench" => return bench::cmd(rest),
         "" | "help" | "--help" | "-h" => {
             println!("{}", help(rest.first().map(String::as_str).unwrap_or("")));
             return Ok(());

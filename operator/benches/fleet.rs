@@ -1,0 +1,752 @@
+//! Fleet simulator: N simulated devices in one process against a real
+//! `nats-server`, one Deployment targeting all of them applied through the
+//! operator's real reconcile, and a table of what it cost.
+//!
+//! Every simulated device runs the agent's own code: its desired-state
+//! watch ([`agent_linux::nats::Session::watch`]: the filtered ordered
+//! consumer, the snapshot logic), its reconciler ([`agent_linux::reconcile`]:
+//! the postcard decode, the container plan) over an in-memory runtime in
+//! place of Podman, and its status writer ([`agent_linux::agent::status_writer`]).
+//! Devices are multiplexed over a few NATS connections (each still with its
+//! own consumer and deliver subject), so no fd limit is raised.
+//!
+//! Run: `cargo xtask bench fleet --devices 1000 [--nats-server BIN]`
+//! (or `cargo bench -p operator --bench fleet -- --devices 1000`).
+#![allow(missing_docs)]
+
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use clap::Parser;
+use tokio::sync::{Semaphore, mpsc, watch};
+
+use agent_linux::nats::{Session, WatchEvent};
+use agent_linux::podman::{ContainerInfo, CreateSpec, ManagedContainer, Runtime, RuntimeError};
+use agent_linux::reconcile::{self, Target};
+use operator::crd::{Deployment, DeploymentSpec, Rollout, Score};
+use operator::nats::Nats;
+use operator::status::StatusCache;
+use operator::testing::MockApiServer;
+use operator::{Context, ControllerConfig};
+use protocol::keys::{DESIRED_STATE_BUCKET, StreamName};
+use protocol::{Heartbeat, Phase, Text};
+
+#[derive(Parser, Debug)]
+#[command(about = "Fleet simulator: N devices, one Deployment, measured")]
+struct Args {
+    /// Simulated devices.
+    #[arg(long, default_value_t = 1000)]
+    devices: usize,
+    /// The nats-server binary (default: NATS_SERVER_BIN, else `nats-server` on PATH).
+    #[arg(long)]
+    nats_server: Option<PathBuf>,
+    /// NATS connections the devices share (default: one per 100 devices).
+    #[arg(long)]
+    connections: Option<usize>,
+    /// Watches being created at once (devices booting together).
+    #[arg(long, default_value_t = 64)]
+    create_concurrency: usize,
+    /// Seconds the idle phase lasts (server CPU with N consumers and no change).
+    #[arg(long, default_value_t = 10)]
+    idle_secs: u64,
+    /// Upper bound for each waiting phase, in seconds.
+    #[arg(long, default_value_t = 300)]
+    phase_timeout_secs: u64,
+    /// Passed by `cargo bench`; ignored.
+    #[arg(long, hide = true)]
+    bench: bool,
+}
+
+/// What the device thread tells the measuring side.
+enum DevEvent {
+    /// The device's watch exists (consumer created); how long it took.
+    Ready(Duration),
+    /// The device could not create its watch.
+    Failed(usize, String),
+    /// The device's watch delivered a put.
+    Received(usize, Instant),
+}
+
+// ---------------------------------------------------------------- runtime
+
+/// Containers in memory: what Podman would hold, with instant operations.
+#[derive(Default)]
+struct MemRuntime {
+    containers: RefCell<Vec<ManagedContainer>>,
+    next_id: RefCell<u64>,
+}
+
+impl Runtime for MemRuntime {
+    async fn version(&self) -> Result<String, RuntimeError> {
+        Ok("in-memory".into())
+    }
+    async fn list_managed(&self, _device_id: &str) -> Result<Vec<ManagedContainer>, RuntimeError> {
+        Ok(self.containers.borrow().clone())
+    }
+    async fn inspect(&self, id: &str) -> Result<ContainerInfo, RuntimeError> {
+        let containers = self.containers.borrow();
+        let state = containers
+            .iter()
+            .find(|c| c.id == id)
+            .map(|c| c.state.clone())
+            .unwrap_or_else(|| "dead".into());
+        Ok(ContainerInfo {
+            status: state,
+            exit_code: 0,
+            restart_count: 0,
+            error: String::new(),
+            oom_killed: false,
+        })
+    }
+    async fn image_exists(&self, _image: &str) -> Result<bool, RuntimeError> {
+        Ok(true)
+    }
+    async fn pull(&self, _image: &str) -> Result<(), RuntimeError> {
+        Ok(())
+    }
+    async fn create(&self, spec: &CreateSpec) -> Result<String, RuntimeError> {
+        let mut n = self.next_id.borrow_mut();
+        *n += 1;
+        let id = format!("c{n}");
+        self.containers.borrow_mut().push(ManagedContainer {
+            id: id.clone(),
+            name: spec.name.clone(),
+            labels: spec.labels.clone(),
+            state: "created".into(),
+            exit_code: 0,
+        });
+        Ok(id)
+    }
+    async fn rename(&self, id: &str, new_name: &str) -> Result<(), RuntimeError> {
+        for c in self.containers.borrow_mut().iter_mut() {
+            if c.id == id {
+                c.name = new_name.to_string();
+            }
+        }
+        Ok(())
+    }
+    async fn start(&self, id: &str) -> Result<(), RuntimeError> {
+        for c in self.containers.borrow_mut().iter_mut() {
+            if c.id == id {
+                c.state = "running".into();
+            }
+        }
+        Ok(())
+    }
+    async fn remove(&self, id: &str, _stop_timeout_secs: u64) -> Result<(), RuntimeError> {
+        self.containers.borrow_mut().retain(|c| c.id != id);
+        Ok(())
+    }
+}
+
+// ---------------------------------------------------------------- devices
+
+fn device_id(i: usize) -> String {
+    format!("sim-{i:05}")
+}
+
+/// One simulated device: the agent's watch, reconciler and status writer.
+async fn device(
+    idx: usize,
+    client: async_nats::Client,
+    gate: Rc<Semaphore>,
+    events: mpsc::UnboundedSender<DevEvent>,
+) {
+    let id = device_id(idx);
+    let session = Session::from_client(client, &id);
+    let watch = {
+        let Ok(_permit) = gate.acquire().await else {
+            return;
+        };
+        let t = Instant::now();
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match session.watch().await {
+                Ok(w) => {
+                    let _ = events.send(DevEvent::Ready(t.elapsed()));
+                    break w;
+                }
+                Err(e) if attempt >= 3 => {
+                    let _ = events.send(DevEvent::Failed(idx, e.to_string()));
+                    return;
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(500)).await,
+            }
+        }
+    };
+    let mut watch = watch;
+    // One heartbeat, as the agent sends at start.
+    let hb = Heartbeat {
+        agent_version: Text::borrowed(agent_linux::agent::VERSION),
+        arch: Text::borrowed(std::env::consts::ARCH),
+        os: Text::borrowed(std::env::consts::OS),
+        podman_version: Text::borrowed("in-memory"),
+        uptime_secs: 0,
+        deployments: 0,
+        timestamp_ms: reconcile::now_ms(),
+    };
+    if let Ok(v) = protocol::wire::encode_to_vec(&hb) {
+        let _ = session.publish_heartbeat(v).await;
+    }
+    let (status_tx, status_rx) = mpsc::unbounded_channel();
+    tokio::task::spawn_local(agent_linux::agent::status_writer(
+        session.clone(),
+        status_rx,
+    ));
+    let ctx = Rc::new(reconcile::Context {
+        runtime: Rc::new(MemRuntime::default()),
+        device_id: id,
+        stop_timeout_secs: 1,
+        allowed_host_paths: Vec::new(),
+        status: status_tx,
+        retry_base: Duration::from_millis(500),
+        retry_cap: Duration::from_secs(60),
+    });
+    let mut workers: BTreeMap<String, watch::Sender<Target>> = BTreeMap::new();
+    while let Some(event) = watch.next().await {
+        let (deployment, value) = match event {
+            WatchEvent::Put { deployment, value } => {
+                let _ = events.send(DevEvent::Received(idx, Instant::now()));
+                (deployment, Some(value))
+            }
+            WatchEvent::Delete { deployment } | WatchEvent::Purge { deployment } => {
+                (deployment, None)
+            }
+            WatchEvent::SnapshotComplete => continue,
+        };
+        // As the agent's `Deployments::set`: one reconciler per deployment.
+        if let Some(tx) = workers.get(&deployment) {
+            tx.send_modify(|t| t.value = value);
+        } else {
+            let (tx, rx) = watch::channel(Target { value, nudge: 0 });
+            tokio::task::spawn_local(reconcile::run(ctx.clone(), deployment.clone(), rx));
+            workers.insert(deployment, tx);
+        }
+    }
+}
+
+/// The devices' thread: one current-thread runtime and a `LocalSet`, like
+/// the agent, with `n` devices over `conns` connections.
+fn spawn_devices(
+    url: String,
+    n: usize,
+    conns: usize,
+    concurrency: usize,
+    events: mpsc::UnboundedSender<DevEvent>,
+    stop: tokio::sync::oneshot::Receiver<()>,
+) -> std::thread::JoinHandle<anyhow::Result<()>> {
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let local = tokio::task::LocalSet::new();
+        local.block_on(&rt, async move {
+            let mut clients = Vec::with_capacity(conns);
+            for c in 0..conns {
+                let client = async_nats::ConnectOptions::new()
+                    .name(format!("fleet-sim-{c}"))
+                    .request_timeout(Some(Duration::from_secs(30)))
+                    .connect(url.as_str())
+                    .await
+                    .with_context(|| format!("device connection {c} to {url}"))?;
+                clients.push(client);
+            }
+            let gate = Rc::new(Semaphore::new(concurrency.max(1)));
+            for i in 0..n {
+                let client = clients[i % conns].clone();
+                tokio::task::spawn_local(device(i, client, gate.clone(), events.clone()));
+            }
+            let _ = stop.await;
+            anyhow::Ok(())
+        })
+    })
+}
+
+// ---------------------------------------------------------------- server
+
+/// A `nats-server -js` on a free loopback port, with its pid for sampling.
+struct Server {
+    child: Child,
+    url: String,
+    version: String,
+    _store: tempfile::TempDir,
+}
+
+impl Server {
+    fn start(binary: &PathBuf) -> anyhow::Result<Server> {
+        let version = Command::new(binary)
+            .arg("--version")
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+            .with_context(|| format!("cannot run {}", binary.display()))?;
+        let store = tempfile::tempdir()?;
+        let port = testkit::free_port();
+        let child = Command::new(binary)
+            .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
+            .arg(store.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .with_context(|| format!("cannot start {}", binary.display()))?;
+        let up = testkit::wait_until(Duration::from_secs(15), || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+        });
+        let mut server = Server {
+            child,
+            url: format!("nats://127.0.0.1:{port}"),
+            version,
+            _store: store,
+        };
+        if !up {
+            server.stop();
+            bail!("nats-server did not listen on 127.0.0.1:{port} within 15 s");
+        }
+        Ok(server)
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+// ---------------------------------------------------------------- sampling
+
+#[derive(Clone, Copy, Debug)]
+struct Sample {
+    at: Instant,
+    rss_kib: u64,
+    cpu_ticks: u64,
+}
+
+fn sample(pid: &str) -> Option<Sample> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which may hold spaces).
+    let rest = stat.rsplit_once(')')?.1;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let cpu_ticks = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let rss_kib = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())?;
+    Some(Sample {
+        at: Instant::now(),
+        rss_kib,
+        cpu_ticks,
+    })
+}
+
+/// Samples a process every 100 ms until stopped.
+struct Sampler {
+    samples: Arc<Mutex<Vec<Sample>>>,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Sampler {
+    fn start(pid: String) -> Sampler {
+        let samples: Arc<Mutex<Vec<Sample>>> = Arc::default();
+        let stop = Arc::new(AtomicBool::new(false));
+        let (s, st) = (samples.clone(), stop.clone());
+        let thread = std::thread::spawn(move || {
+            while !st.load(Ordering::Relaxed) {
+                if let Some(x) = sample(&pid) {
+                    s.lock().unwrap_or_else(|e| e.into_inner()).push(x);
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        });
+        Sampler {
+            samples,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    /// Peak RSS (MiB) and CPU (% of one core) between two instants.
+    fn window(&self, from: Instant, to: Instant, tck: f64) -> (f64, f64) {
+        let s = self.samples.lock().unwrap_or_else(|e| e.into_inner());
+        let inside: Vec<&Sample> = s.iter().filter(|x| x.at >= from && x.at <= to).collect();
+        let peak = inside.iter().map(|x| x.rss_kib).max().unwrap_or(0) as f64 / 1024.0;
+        let cpu = match (inside.first(), inside.last()) {
+            (Some(a), Some(b)) if b.at > a.at => {
+                (b.cpu_ticks - a.cpu_ticks) as f64 / tck / (b.at - a.at).as_secs_f64() * 100.0
+            }
+            _ => f64::NAN,
+        };
+        (peak, cpu)
+    }
+
+    fn last_rss_mib(&self) -> f64 {
+        let s = self.samples.lock().unwrap_or_else(|e| e.into_inner());
+        s.last()
+            .map(|x| x.rss_kib as f64 / 1024.0)
+            .unwrap_or(f64::NAN)
+    }
+}
+
+impl Drop for Sampler {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn clock_ticks() -> f64 {
+    Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
+        .unwrap_or(100.0)
+}
+
+// ---------------------------------------------------------------- stats
+
+fn pct(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let i = ((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1;
+    sorted[i]
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.0} ms", d.as_secs_f64() * 1000.0)
+}
+
+// ---------------------------------------------------------------- main
+
+fn the_deployment(n: usize) -> Deployment {
+    let mut d = Deployment::new(
+        "fleet-web",
+        DeploymentSpec {
+            target_devices: (0..n).map(device_id).collect(),
+            rollout: Rollout::default(),
+            score: Score {
+                type_name: "PodmanV0".into(),
+                data: serde_json::json!({"containers": [{
+                    "name": "web",
+                    "image": "docker.io/library/nginx:1.27",
+                    "env": [{"name": "GREETING", "value": "hello"}],
+                    "ports": [{"containerPort": 80, "hostPort": 8080}],
+                    "restartPolicy": "Always"
+                }]}),
+            },
+        },
+    );
+    d.metadata.namespace = Some("fleet".into());
+    d.metadata.uid = Some("uid-fleet-web".into());
+    d.metadata.generation = Some(1);
+    d.metadata.resource_version = Some("1".into());
+    d
+}
+
+async fn last_seq(nats: &Nats) -> anyhow::Result<u64> {
+    let mut stream = nats
+        .jetstream()
+        .get_stream(StreamName(DESIRED_STATE_BUCKET).to_string())
+        .await?;
+    Ok(stream.info().await?.state.last_sequence)
+}
+
+/// Waits (bounded) for events until `done` says so.
+async fn collect(
+    rx: &mut mpsc::UnboundedReceiver<DevEvent>,
+    deadline: Instant,
+    mut on: impl FnMut(DevEvent) -> bool,
+) -> bool {
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, rx.recv()).await {
+            Ok(Some(ev)) => {
+                if on(ev) {
+                    return true;
+                }
+            }
+            Ok(None) | Err(_) => return false,
+        }
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(run(args))
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
+    let n = args.devices.max(1);
+    let conns = args.connections.unwrap_or(n.div_ceil(100)).clamp(1, n);
+    let binary = args
+        .nats_server
+        .clone()
+        .or_else(|| std::env::var_os("NATS_SERVER_BIN").map(PathBuf::from))
+        .unwrap_or_else(|| PathBuf::from("nats-server"));
+    let phase = Duration::from_secs(args.phase_timeout_secs);
+    let tck = clock_ticks();
+    let server = Server::start(&binary)?;
+    let srv = Sampler::start(server.pid().to_string());
+    let me = Sampler::start("self".into());
+    eprintln!(
+        "fleet: {} with {n} devices over {conns} connection(s)",
+        server.version
+    );
+
+    // The operator's side: its connection, buckets and status watch.
+    let client = async_nats::ConnectOptions::new()
+        .name("fleet-operator")
+        .request_timeout(Some(Duration::from_secs(30)))
+        .connect(server.url.as_str())
+        .await?;
+    let nats = Nats::from_client(client);
+    nats.ensure_buckets(true).await?;
+    let (cache, mut changes) = StatusCache::new(Duration::from_secs(90));
+    tokio::spawn(cache.clone().watch(nats.clone()));
+    tokio::spawn(async move { while changes.recv().await.is_some() {} });
+
+    // Devices boot: every one creates its filtered watch.
+    let (ev_tx, mut ev_rx) = mpsc::unbounded_channel();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel();
+    let t_boot = Instant::now();
+    let devices = spawn_devices(
+        server.url.clone(),
+        n,
+        conns,
+        args.create_concurrency,
+        ev_tx,
+        stop_rx,
+    );
+    let mut create: Vec<Duration> = Vec::with_capacity(n);
+    let mut failed: Vec<String> = Vec::new();
+    let booted = collect(&mut ev_rx, Instant::now() + phase, |ev| {
+        match ev {
+            DevEvent::Ready(d) => create.push(d),
+            DevEvent::Failed(i, e) => failed.push(format!("{}: {e}", device_id(i))),
+            DevEvent::Received(..) => {}
+        }
+        create.len() + failed.len() == n
+    })
+    .await;
+    let t_booted = Instant::now();
+    if !booted || !failed.is_empty() {
+        bail!(
+            "only {} of {n} devices created their watch within {phase:?}; failures: {:?}",
+            create.len(),
+            failed.iter().take(5).collect::<Vec<_>>()
+        );
+    }
+    create.sort();
+    // Let the heartbeats land before the apply.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    // The apply, through the controller's reconcile over a mock API server.
+    let (kube, api) = MockApiServer::start();
+    let ctx = Arc::new(Context::new(
+        kube.clone(),
+        nats.clone(),
+        cache.clone(),
+        ControllerConfig::default(),
+    ));
+    let d = the_deployment(n);
+    let revision = operator::plan(&d)?.revision;
+    api.insert(&d);
+    operator::reconcile(Arc::new(d), ctx.clone()).await?; // adds the finalizer
+    let d = api
+        .get("fleet", "fleet-web")
+        .context("the mock API server lost the Deployment")?;
+    let seq0 = last_seq(&nats).await?;
+    let t_apply = Instant::now();
+    operator::reconcile(Arc::new(d), ctx.clone()).await?;
+    let t_reconciled = Instant::now();
+    let seq1 = last_seq(&nats).await?;
+    let writes_apply = ctx.metrics.kv_writes.load(Ordering::Relaxed);
+
+    // Fan-out: every device's watch delivers its key.
+    let mut got: Vec<Duration> = Vec::with_capacity(n);
+    let mut seen = vec![false; n];
+    let all_received = collect(&mut ev_rx, Instant::now() + phase, |ev| {
+        if let DevEvent::Received(i, at) = ev
+            && !std::mem::replace(&mut seen[i], true)
+        {
+            got.push(at.saturating_duration_since(t_apply));
+        }
+        got.len() == n
+    })
+    .await;
+    got.sort();
+
+    // Status back: every report with the new revision in the operator's cache.
+    let deadline = Instant::now() + phase;
+    let running = || {
+        cache
+            .reports_for("fleet-web")
+            .values()
+            .filter(|r| r.status.revision == revision && r.status.phase == Phase::Running)
+            .count()
+    };
+    let mut folded = running();
+    while folded < n && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        folded = running();
+    }
+    let t_cached = Instant::now();
+    // ...and into the CR's status by one reconcile (what a report triggers).
+    let d = api
+        .get("fleet", "fleet-web")
+        .context("the mock API server lost the Deployment")?;
+    operator::reconcile(Arc::new(d), ctx.clone()).await?;
+    let t_folded = Instant::now();
+    let status = api.get("fleet", "fleet-web").and_then(|d| d.status);
+    let ready = status.as_ref().map(|s| s.ready).unwrap_or(0);
+    let status_bytes = status
+        .as_ref()
+        .and_then(|s| serde_json::to_vec(s).ok())
+        .map(|v| v.len())
+        .unwrap_or(0);
+
+    // No-op re-apply: the same controller (its applied-plan memory), then a
+    // restarted controller (a fresh context: reads every key again).
+    let seq2 = last_seq(&nats).await?;
+    let d = api
+        .get("fleet", "fleet-web")
+        .context("the mock API server lost the Deployment")?;
+    let w0 = ctx.metrics.kv_writes.load(Ordering::Relaxed);
+    let t = Instant::now();
+    operator::reconcile(Arc::new(d.clone()), ctx.clone()).await?;
+    let noop_same = (
+        ctx.metrics.kv_writes.load(Ordering::Relaxed) - w0,
+        t.elapsed(),
+    );
+    let fresh = Arc::new(Context::new(
+        kube,
+        nats.clone(),
+        cache.clone(),
+        ControllerConfig::default(),
+    ));
+    let t = Instant::now();
+    operator::reconcile(Arc::new(d), fresh.clone()).await?;
+    let noop_fresh = (fresh.metrics.kv_writes.load(Ordering::Relaxed), t.elapsed());
+    let seq3 = last_seq(&nats).await?;
+    let t_noop = Instant::now();
+
+    // Idle: N consumers, nothing changes.
+    tokio::time::sleep(Duration::from_secs(args.idle_secs)).await;
+    let t_idle = Instant::now();
+    let _ = stop_tx.send(());
+    let _ = tokio::task::spawn_blocking(move || devices.join()).await;
+
+    let (rss_boot, cpu_boot) = srv.window(t_boot, t_booted, tck);
+    let (rss_apply, cpu_apply) = srv.window(t_apply, t_folded, tck);
+    let (rss_idle, cpu_idle) = srv.window(t_noop, t_idle, tck);
+    let (_, me_apply) = me.window(t_apply, t_folded, tck);
+    let (me_rss, me_idle) = me.window(t_noop, t_idle, tck);
+    let _ = srv.last_rss_mib();
+
+    println!();
+    println!(
+        "## fleet: {n} devices, {} ({conns} device connection(s), {} watch creations at once)",
+        server.version, args.create_concurrency
+    );
+    println!();
+    println!("| measure | value |");
+    println!("|---|---|");
+    println!(
+        "| devices boot: all {n} watches created | {} (per watch p50 {} / p99 {} / max {}) |",
+        ms(t_booted - t_boot),
+        ms(pct(&create, 0.50)),
+        ms(pct(&create, 0.99)),
+        ms(pct(&create, 1.0))
+    );
+    println!(
+        "| nats-server during boot | peak RSS {rss_boot:.1} MiB, CPU {cpu_boot:.0} % of a core |"
+    );
+    println!(
+        "| apply: reconcile (scan + {} puts, acked) | {} |",
+        seq1 - seq0,
+        ms(t_reconciled - t_apply)
+    );
+    println!(
+        "| KV writes issued by the apply | {writes_apply} (stream sequence +{}) |",
+        seq1 - seq0
+    );
+    println!(
+        "| key received, from apply start: p50 / p99 / max | {} / {} / {}{} |",
+        ms(pct(&got, 0.50)),
+        ms(pct(&got, 0.99)),
+        ms(pct(&got, 1.0)),
+        if all_received {
+            String::new()
+        } else {
+            format!(" (only {} of {n} within {phase:?})", got.len())
+        }
+    );
+    println!(
+        "| every status Running in the operator's cache | {}{} |",
+        ms(t_cached - t_apply),
+        if folded == n {
+            String::new()
+        } else {
+            format!(" (only {folded} of {n})")
+        }
+    );
+    println!(
+        "| ...and folded into the CR status (one reconcile) | {} (ready {ready}/{n}, status {:.0} KiB of JSON) |",
+        ms(t_folded - t_apply),
+        status_bytes as f64 / 1024.0
+    );
+    println!(
+        "| nats-server during apply -> folded | peak RSS {rss_apply:.1} MiB, CPU {cpu_apply:.0} % of a core |"
+    );
+    println!(
+        "| no-op re-apply, same controller | {} writes, {} |",
+        noop_same.0,
+        ms(noop_same.1)
+    );
+    println!(
+        "| no-op re-apply, restarted controller (reads every key) | {} writes, {} (stream sequence +{}) |",
+        noop_fresh.0,
+        ms(noop_fresh.1),
+        seq3 - seq2
+    );
+    println!(
+        "| nats-server idle ({} s, {n} consumers) | RSS {rss_idle:.1} MiB, CPU {cpu_idle:.1} % of a core |",
+        args.idle_secs
+    );
+    println!(
+        "| simulator process (operator + {n} devices) | CPU {me_apply:.0} % during apply, {me_idle:.1} % idle, peak RSS {me_rss:.0} MiB |"
+    );
+    println!();
+    if !all_received || folded < n || ready as usize != n {
+        bail!("the fleet did not converge within {phase:?}");
+    }
+    if noop_same.0 != 0 || noop_fresh.0 != 0 || seq3 != seq2 {
+        bail!("the no-op re-apply wrote to NATS");
+    }
+    Ok(())
+}
