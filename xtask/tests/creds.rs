@@ -62,7 +62,10 @@ fn layout_modes_idempotence_add_and_revoke() {
     assert!(!conf.contains("authorization"), "{conf}");
     for seed in first.values() {
         assert!(conf.contains(&public(seed)), "{conf}");
-        assert!(!conf.contains(seed.trim()), "a seed leaked into the server config");
+        assert!(
+            !conf.contains(seed.trim()),
+            "a seed leaked into the server config"
+        );
     }
     assert!(conf.contains("\"_INBOX.pi-1.>\"") && conf.contains("\"_INBOX.pi-2.>\""));
 
