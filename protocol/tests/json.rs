@@ -105,6 +105,22 @@ fn bounds_are_typed_errors_with_paths() {
     let e = route(&v).unwrap_err();
     assert_eq!(e.path, "containers[0].args[1]");
     assert!(e.reason.contains("limit is 1024"), "{e}");
+    let caps: Vec<String> = (0..=limits::MAX_CAPABILITIES)
+        .map(|i| format!("C{i}"))
+        .collect();
+    let v = json!({"type": "PodmanV0", "data": {"containers": [{"name": "a", "image": "i", "capAdd": caps}]}});
+    let e = route(&v).unwrap_err();
+    assert_eq!(e.path, "containers[0].capAdd");
+    let devices: Vec<String> = (0..=limits::MAX_DEVICES)
+        .map(|i| format!("/dev/d{i}"))
+        .collect();
+    let v = json!({"type": "PodmanV0", "data": {"containers": [{"name": "a", "image": "i", "devices": devices}]}});
+    let e = route(&v).unwrap_err();
+    assert_eq!(e.path, "containers[0].devices");
+    let long_cap = "C".repeat(limits::MAX_NAME_LEN + 1);
+    let v = json!({"type": "PodmanV0", "data": {"containers": [{"name": "a", "image": "i", "capAdd": [long_cap]}]}});
+    let e = route(&v).unwrap_err();
+    assert_eq!(e.path, "containers[0].capAdd[0]");
 }
 
 #[test]
@@ -145,6 +161,16 @@ fn semantic_rules() {
             json!({"containers": [{"name": "a", "image": "i", "ports": [{"containerPort": 0}]}]}),
             "containers[0].ports[0].containerPort",
             Violation::PortZero,
+        ),
+        (
+            json!({"containers": [{"name": "a", "image": "i", "capAdd": ["NET_ADMIN", ""]}]}),
+            "containers[0].capAdd[1]",
+            Violation::Empty,
+        ),
+        (
+            json!({"containers": [{"name": "a", "image": "i", "devices": ["ttyUSB0"]}]}),
+            "containers[0].devices[0]",
+            Violation::NotAbsolute,
         ),
     ];
     for (data, path, violation) in cases {
