@@ -88,6 +88,14 @@ impl Flavor {
         }
     }
 
+    /// Debian archive components: the Pi firmware is in non-free-firmware.
+    fn components(self) -> &'static str {
+        match self {
+            Flavor::RaspiFirmware => "main,non-free-firmware",
+            Flavor::DirectKernel | Flavor::Uefi => "main",
+        }
+    }
+
     /// Packages installed after everything else, in the customize hook, so
     /// the initramfs is generated once, with the small module list in place.
     fn late_packages(self) -> &'static str {
@@ -279,11 +287,15 @@ pub fn cache_dir() -> PathBuf {
 
 /// The cache key of a root filesystem: suite, mirror, packages and hook.
 pub fn rootfs_key(flavor: Flavor, mirror: &str) -> Result<String> {
-    let text = format!(
+    let mut text = format!(
         "{SUITE}\n{mirror}\n{}\n{}",
         PACKAGES.join(","),
         hook_script(flavor)
     );
+    // Only non-default components change the key (cached `main` ones stay valid).
+    if flavor.components() != "main" {
+        text.push_str(flavor.components());
+    }
     Ok(sha256_reader(text.as_bytes())?[..12].to_string())
 }
 
@@ -366,6 +378,7 @@ fn mmdebstrap(flavor: Flavor, mirror: &str, dir: &Path, tarball: &Path) -> Resul
         "--variant=minbase",
         "--architectures=arm64",
     ])
+    .arg(format!("--components={}", flavor.components()))
     .arg(format!("--include={}", PACKAGES.join(",")))
     .arg(format!("--customize-hook=sh {} \"$1\"", hook.display()))
     .arg(SUITE)
