@@ -5,8 +5,8 @@
 # of `vboard-1` under qemu-system-aarch64, heartbeat, apply/update/delete,
 # clean power-off, offline reboot from the agent's cache.
 #
-# Cold (no target/vboard/rootfs-*.tar): ~7 min more for mmdebstrap. Warm:
-# the cached root filesystem is reused. The console log stays in
+# Measured on 2 cores: warm ~5.5 min (rootfs cached, binaries built);
+# cold adds mmdebstrap, 6-13 min (cache target/vboard/rootfs-virt-*.tar). The console log stays in
 # target/vboard/acceptance/boards/vboard-1/console.log (keep it as a CI
 # artifact on failure, with target/vboard/acceptance/*.log).
 set -euo pipefail
