@@ -155,6 +155,12 @@ const INITRAMFS_MODULES: &[&str] = &[
 fn hook_script(flavor: Flavor) -> String {
     let modules = INITRAMFS_MODULES.join("\n");
     let late = flavor.late_packages();
+    // raspi-firmware owns /etc/default/raspi-firmware, written above: keep
+    // ours instead of stopping at dpkg's conffile prompt.
+    let apt_opts = match flavor {
+        Flavor::RaspiFirmware => "-o Dpkg::Options::=--force-confold ",
+        Flavor::DirectKernel | Flavor::Uefi => "",
+    };
     format!(
         r#"#!/bin/sh
 # Written by `cargo xtask base-image`; runs once per cached root filesystem.
@@ -173,7 +179,7 @@ cat > "$R/etc/default/raspi-firmware" <<'EOF'
 ROOTPART=LABEL={ROOT_LABEL}
 CONSOLES="serial0,115200 tty1"
 EOF
-chroot "$R" apt-get install -y --no-install-recommends {late}
+chroot "$R" apt-get install -y --no-install-recommends {apt_opts}{late}
 cat > "$R/etc/fstab" <<'EOF'
 LABEL={ROOT_LABEL}  /              ext4  defaults,noatime  0 1
 LABEL={BOOT_LABEL}  /boot/firmware vfat  defaults,nofail,noatime,umask=0077  0 2
