@@ -494,6 +494,8 @@ async fn collect(
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    // The agent's reconcilers log each container start at info.
+    agent_linux::log::init_from_env();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -562,6 +564,11 @@ async fn run(args: Args) -> anyhow::Result<()> {
         );
     }
     create.sort();
+    eprintln!(
+        "fleet: {n} watches created in {} (server RSS {:.1} MiB)",
+        ms(t_booted - t_boot),
+        srv.last_rss_mib()
+    );
     // Let the heartbeats land before the apply.
     tokio::time::sleep(Duration::from_secs(1)).await;
 
@@ -582,8 +589,15 @@ async fn run(args: Args) -> anyhow::Result<()> {
         .context("the mock API server lost the Deployment")?;
     let seq0 = last_seq(&nats).await?;
     let t_apply = Instant::now();
-    operator::reconcile(Arc::new(d), ctx.clone()).await?;
+    if let Err(e) = operator::reconcile(Arc::new(d), ctx.clone()).await {
+        bail!(
+            "the apply failed after {}: {e} (server RSS {:.1} MiB)",
+            ms(t_apply.elapsed()),
+            srv.last_rss_mib()
+        );
+    }
     let t_reconciled = Instant::now();
+    eprintln!("fleet: apply reconciled in {}", ms(t_reconciled - t_apply));
     let seq1 = last_seq(&nats).await?;
     let writes_apply = ctx.metrics.kv_writes.load(Ordering::Relaxed);
 
@@ -600,6 +614,11 @@ async fn run(args: Args) -> anyhow::Result<()> {
     })
     .await;
     got.sort();
+    eprintln!(
+        "fleet: {} of {n} keys received, last at {}",
+        got.len(),
+        ms(pct(&got, 1.0))
+    );
 
     // Status back: every report with the new revision in the operator's cache.
     let deadline = Instant::now() + phase;
@@ -666,7 +685,6 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let (rss_idle, cpu_idle) = srv.window(t_noop, t_idle, tck);
     let (_, me_apply) = me.window(t_apply, t_folded, tck);
     let (me_rss, me_idle) = me.window(t_noop, t_idle, tck);
-    let _ = srv.last_rss_mib();
 
     println!();
     println!(

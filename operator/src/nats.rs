@@ -466,9 +466,18 @@ pub fn stream_config(spec: &BucketSpec) -> stream::Config {
         storage: stream::StorageType::File,
         duplicate_window: Duration::from_secs(120),
         num_replicas: 1,
+        max_consumers: MAX_CONSUMERS,
         ..Default::default()
     }
 }
+
+/// Consumers a bucket's stream may hold. Every device watches
+/// `desired-state` through its own filtered consumer (plus one lingering
+/// after a reconnect), so this bounds the fleet size. nats-server 2.15 gives
+/// streams that set no limit a default of 1000 consumers (and treats 0 or -1
+/// as "use the default"), which capped a fleet at about 1000 devices; the
+/// fleet bench found it (docs/performance.md).
+pub const MAX_CONSUMERS: i32 = 1_000_000;
 
 fn unique_consumer_name() -> String {
     static COUNTER: AtomicU64 = AtomicU64::new(0);

@@ -38,6 +38,10 @@ pub fn cmd(rest: Vec<String>) -> Result<()> {
                 .env("CARGO_PROFILE_BENCH_OPT_LEVEL", "3")
                 .env("CARGO_PROFILE_BENCH_LTO", "false")
                 .env("CARGO_PROFILE_BENCH_CODEGEN_UNITS", "16")
+                .env(
+                    "IOT_AGENT_LOG",
+                    std::env::var("IOT_AGENT_LOG").unwrap_or_else(|_| "warn".into()),
+                )
                 .args(["bench", "-q", "-p", "operator", "--bench", "fleet", "--"])
                 .args(args);
             run(&mut c)
