@@ -394,6 +394,7 @@ fn mmdebstrap(flavor: Flavor, mirror: &str, dir: &Path, tarball: &Path) -> Resul
     .stderr(log_file);
     let status = c.status().context("could not start mmdebstrap")?;
     if !status.success() {
+        let _ = std::fs::remove_file(&tmp);
         let tail = tail_of(&log, 30);
         bail!(
             "mmdebstrap failed ({status}); see {}. Check that {mirror} is reachable. Last lines:\n{tail}",
