@@ -389,7 +389,14 @@ impl Sampler {
         let s = self.samples.lock().unwrap_or_else(|e| e.into_inner());
         let inside: Vec<&Sample> = s.iter().filter(|x| x.at >= from && x.at <= to).collect();
         let peak = inside.iter().map(|x| x.rss_kib).max().unwrap_or(0) as f64 / 1024.0;
-        let cpu = match (inside.first(), inside.last()) {
+        // CPU from the samples around the window, so that a window shorter
+        // than the sampling period still gets a figure.
+        let before = s.iter().rev().find(|x| x.at <= from);
+        let after = s.iter().find(|x| x.at >= to);
+        let cpu = match (
+            before.or(inside.first().copied()),
+            after.or(inside.last().copied()),
+        ) {
             (Some(a), Some(b)) if b.at > a.at => {
                 (b.cpu_ticks - a.cpu_ticks) as f64 / tck / (b.at - a.at).as_secs_f64() * 100.0
             }
