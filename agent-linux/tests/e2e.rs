@@ -324,7 +324,8 @@ async fn full_flow(agent: Vec<String>, tag: &str) {
         .await
         .unwrap();
     assert_eq!(stored.len(), 1, "the operator wrote {key}");
-    w.wait_phase(&device, "hello", Some(rev1), Phase::Running).await;
+    w.wait_phase(&device, "hello", Some(rev1), Phase::Running)
+        .await;
     let first = w
         .wait_containers(&device, &[&format!("{device}_hello_web")])
         .await;
@@ -355,7 +356,8 @@ async fn full_flow(agent: Vec<String>, tag: &str) {
         .await;
     let rev2 = revision(&d);
     assert_ne!(rev1, rev2);
-    w.wait_phase(&device, "hello", Some(rev2), Phase::Running).await;
+    w.wait_phase(&device, "hello", Some(rev2), Phase::Running)
+        .await;
     let second = w
         .wait_containers(&device, &[&format!("{device}_hello_web")])
         .await;

@@ -53,9 +53,10 @@ pub fn cmd(mut args: Args) -> Result<()> {
     let once = args.flag("--once");
     args.finish()?;
     let stop = Arc::new(AtomicBool::new(false));
-    let flag = stop.clone();
-    ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst))
-        .context("cannot install the Ctrl-C handler")?;
+    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(signal, Arc::clone(&stop))
+            .context("cannot install the Ctrl-C handler")?;
+    }
 
     ensure_packages()?;
     step("building the release agent and the operator");
