@@ -220,7 +220,7 @@ async fn bench() {
     println!("| agent binary | {bin} |");
     println!("| deployments | {deployments} |");
     println!(
-        "| VmRSS after {idle} s idle | {rss} KiB ({:.2} MiB) |",
+        "| VmRSS after {rss_after} s idle | {rss} KiB ({:.2} MiB) |",
         rss as f64 / 1024.0
     );
     println!("| of which anonymous / file-backed | {anon} KiB / {file} KiB |");
