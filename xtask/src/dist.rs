@@ -122,14 +122,19 @@ fn check_target_installed(target: &str) -> Result<()> {
 /// as ring), unless the caller chose a compiler. Rust code still links with
 /// the linker from `.cargo/config.toml`.
 fn c_cross_compiler(c: &mut Command, target: &str) {
-    let prefix = match target.split('-').next() {
-        Some("aarch64") if std::env::consts::ARCH != "aarch64" => "aarch64-linux-gnu",
+    let arch = target.split('-').next().unwrap_or_default();
+    let prefix = match arch {
+        "aarch64" if std::env::consts::ARCH != "aarch64" => "aarch64-linux-gnu-",
+        // A native musl target: cc-rs looks for `<arch>-linux-musl-gcc`,
+        // which Debian does not ship; ring's C code builds fine with the
+        // host gcc (no libc headers involved).
+        a if a == std::env::consts::ARCH && target.ends_with("-musl") => "",
         _ => return,
     };
     let t = target.replace('-', "_");
     for (var, tool) in [("CC", "gcc"), ("AR", "ar")] {
         let var = format!("{var}_{t}");
-        let tool = format!("{prefix}-{tool}");
+        let tool = format!("{prefix}{tool}");
         if std::env::var_os(&var).is_none() && util::have(&tool) {
             c.env(var, tool);
         }
