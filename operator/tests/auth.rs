@@ -100,91 +100,11 @@ fn nkey_and_password_identities_connect_and_others_do_not() {
     );
 }
 
-/// Runs openssl; `None` (a skip, or a failure under CI) when it is missing.
-fn openssl(dir: &std::path::Path, args: &[&str]) -> Option<()> {
-    let status = Command::new("openssl").args(args).current_dir(dir).output();
-    match status {
-        Ok(o) if o.status.success() => Some(()),
-        Ok(o) => panic!("openssl {args:?}: {}", String::from_utf8_lossy(&o.stderr)),
-        Err(_) => testkit::missing("openssl is not installed"),
-    }
-}
-
-/// A CA, a server certificate for 127.0.0.1 and a client certificate.
-fn certificates(dir: &std::path::Path) -> Option<()> {
-    openssl(
-        dir,
-        &[
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-            "-keyout",
-            "ca-key.pem",
-            "-out",
-            "ca.pem",
-            "-days",
-            "2",
-            "-subj",
-            "/CN=test-ca",
-        ],
-    )?;
-    std::fs::write(
-        dir.join("server.ext"),
-        "subjectAltName=IP:127.0.0.1,DNS:localhost\n",
-    )
-    .unwrap();
-    std::fs::write(dir.join("client.ext"), "extendedKeyUsage=clientAuth\n").unwrap();
-    for (name, ext) in [("server", "server.ext"), ("client", "client.ext")] {
-        openssl(
-            dir,
-            &[
-                "req",
-                "-newkey",
-                "ec",
-                "-pkeyopt",
-                "ec_paramgen_curve:P-256",
-                "-nodes",
-                "-keyout",
-                &format!("{name}-key.pem"),
-                "-out",
-                &format!("{name}.csr"),
-                "-subj",
-                &format!("/CN={name}"),
-            ],
-        )?;
-        openssl(
-            dir,
-            &[
-                "x509",
-                "-req",
-                "-in",
-                &format!("{name}.csr"),
-                "-CA",
-                "ca.pem",
-                "-CAkey",
-                "ca-key.pem",
-                "-CAcreateserial",
-                "-out",
-                &format!("{name}.pem"),
-                "-days",
-                "2",
-                "-extfile",
-                ext,
-            ],
-        )?;
-    }
-    Some(())
-}
-
 #[test]
 fn mutual_tls() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    if certificates(d).is_none() {
+    if testkit::tls::certificates(d).is_none() {
         return;
     }
     let p = |f: &str| d.join(f).to_str().unwrap().to_string();
