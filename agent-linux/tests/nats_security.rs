@@ -10,14 +10,12 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
-use async_nats::jetstream::{self, consumer::DeliverPolicy, consumer::push};
 use async_nats_device as async_nats;
 use common::*;
 use protocol::Phase;
-use protocol::permissions::{Role, device_inbox_prefix, nats_server_config};
+use protocol::permissions::{Role, nats_server_config};
+use testkit::least_privilege::{self, ServerErrors};
 
 struct Identity {
     seed_file: PathBuf,
@@ -73,57 +71,17 @@ fn agent_config(env: &Env, path: &Path, device_id: &str, seed_file: &Path, state
     std::fs::write(path, text).unwrap();
 }
 
-/// A raw client with a device's identity and inbox prefix, recording the
-/// server errors it is sent.
+/// A raw client with a device's nkey and inbox prefix, recording the server
+/// errors it is sent.
 async fn device_client(
     url: &str,
     device: &str,
     id: &Identity,
-) -> (async_nats::Client, Arc<Mutex<Vec<String>>>) {
-    let errors = Arc::new(Mutex::new(Vec::new()));
-    let sink = errors.clone();
-    let client = async_nats::ConnectOptions::new()
-        .nkey(seed(id))
-        .custom_inbox_prefix(device_inbox_prefix(device))
-        .request_timeout(Some(Duration::from_secs(2)))
-        .event_callback(move |e| {
-            let sink = sink.clone();
-            async move {
-                if let async_nats::Event::ServerError(e) = e {
-                    sink.lock().unwrap().push(e.to_string());
-                }
-            }
-        })
-        .connect(url)
+) -> (async_nats::Client, ServerErrors) {
+    let opts = async_nats::ConnectOptions::new().nkey(seed(id));
+    least_privilege::device_client(url, device, opts)
         .await
-        .unwrap();
-    (client, errors)
-}
-
-/// Waits for a "Permissions Violation" naming `subject_part`.
-async fn expect_violation(errors: &Arc<Mutex<Vec<String>>>, what: &str, subject_part: &str) {
-    let seen = testkit::wait_until_async(Duration::from_secs(10), || {
-        let hit = errors.lock().unwrap().iter().any(|e| {
-            e.to_ascii_lowercase().contains("permissions violation") && e.contains(subject_part)
-        });
-        async move { hit }
-    })
-    .await;
-    assert!(
-        seen,
-        "{what}: no permissions violation naming {subject_part:?}; server errors: {:?}",
-        errors.lock().unwrap()
-    );
-}
-
-fn ordered(filter: &str, name: &str, client: &async_nats::Client) -> push::OrderedConfig {
-    push::OrderedConfig {
-        name: Some(name.to_string()),
-        deliver_subject: client.new_inbox(),
-        filter_subject: filter.to_string(),
-        deliver_policy: DeliverPolicy::LastPerSubject,
-        ..Default::default()
-    }
+        .unwrap()
 }
 
 #[tokio::test]
@@ -174,127 +132,7 @@ async fn device_permission_matrix_revocation_and_reporting() {
     env.status.put(&b_key, vec![1, 2, 3].into()).await.unwrap();
 
     let (client, errors) = device_client(&url, &a, &ka).await;
-    let js = jetstream::new(client.clone());
-    let ds = js.get_stream_no_info("KV_desired-state").await.unwrap();
-
-    // What A may do works (so the denials below are not a broken client).
-    let own = ds
-        .direct_get_last_for_subject(format!("$KV.desired-state.{a}.web"))
-        .await;
-    assert!(own.is_ok(), "own direct get: {own:?}");
-    let own = ds
-        .create_consumer(ordered(
-            &format!("$KV.desired-state.{a}.>"),
-            "own-watch",
-            &client,
-        ))
-        .await;
-    assert!(own.is_ok(), "own watch: {:?}", own.err());
-    js.publish(format!("$KV.device-status.{a}.probe"), "x".into())
-        .await
-        .unwrap()
-        .await
-        .unwrap();
-    assert!(
-        errors.lock().unwrap().is_empty(),
-        "{:?}",
-        errors.lock().unwrap()
-    );
-
-    // 1. Watching B's keys.
-    let r = ds
-        .create_consumer(ordered(&format!("$KV.desired-state.{b}.>"), "w-b", &client))
-        .await;
-    assert!(r.is_err(), "watched B's keys");
-    expect_violation(&errors, "watch B", &format!("$KV.desired-state.{b}.>")).await;
-    // 2. Watching the whole bucket: with a bucket-wide filter, and with no
-    // filter (the unfiltered create subject).
-    let r = ds
-        .create_consumer(ordered("$KV.desired-state.>", "w-all", &client))
-        .await;
-    assert!(r.is_err(), "watched the whole bucket");
-    expect_violation(&errors, "watch all", "w-all.$KV.desired-state.>").await;
-    let r = ds.create_consumer(ordered("", "w-none", &client)).await;
-    assert!(r.is_err(), "unfiltered consumer create");
-    expect_violation(
-        &errors,
-        "unfiltered",
-        "$JS.API.CONSUMER.CREATE.KV_desired-state.w-none",
-    )
-    .await;
-    // 3. Direct get of B's key.
-    let r = ds
-        .direct_get_last_for_subject(format!("$KV.desired-state.{b}.web"))
-        .await;
-    assert!(r.is_err(), "read B's key");
-    expect_violation(
-        &errors,
-        "direct get B",
-        &format!("$KV.desired-state.{b}.web"),
-    )
-    .await;
-    // 4. Get by sequence.
-    let r = ds.direct_get(1).await;
-    assert!(r.is_err(), "get by sequence");
-    expect_violation(
-        &errors,
-        "get by sequence",
-        "\"$JS.API.DIRECT.GET.KV_desired-state\"",
-    )
-    .await;
-    // 5. STREAM.INFO (lists every key with a subjects filter).
-    let r = js.get_stream("KV_desired-state").await;
-    assert!(r.is_err(), "stream info");
-    expect_violation(
-        &errors,
-        "stream info",
-        "$JS.API.STREAM.INFO.KV_desired-state",
-    )
-    .await;
-    // 6. Writing B's status.
-    let r = match js
-        .publish(format!("$KV.device-status.{b}.web"), "forged".into())
-        .await
-    {
-        Ok(ack) => ack.await.map(|_| ()).map_err(|e| e.to_string()),
-        Err(e) => Err(e.to_string()),
-    };
-    assert!(r.is_err(), "forged B's status");
-    expect_violation(
-        &errors,
-        "write B's status",
-        &format!("$KV.device-status.{b}.web"),
-    )
-    .await;
-    // 7. Creating a bucket.
-    let r = js
-        .create_stream(jetstream::stream::Config {
-            name: "KV_evil".into(),
-            subjects: vec!["$KV.evil.>".into()],
-            ..Default::default()
-        })
-        .await;
-    assert!(r.is_err(), "created a bucket");
-    expect_violation(&errors, "create bucket", "$JS.API.STREAM.CREATE.KV_evil").await;
-    // 8. A rollup on its own status key: allowed subject, refused by the
-    // stream (created with rollups disallowed), and B's status survives.
-    let mut headers = async_nats::HeaderMap::new();
-    headers.insert("Nats-Rollup", "all");
-    let r = match js
-        .publish_with_headers(format!("$KV.device-status.{a}.web"), headers, "wipe".into())
-        .await
-    {
-        Ok(ack) => ack.await.map(|_| ()).map_err(|e| e.to_string()),
-        Err(e) => Err(e.to_string()),
-    };
-    let e = r.expect_err("a rollup was accepted");
-    assert!(e.to_ascii_lowercase().contains("rollup"), "{e}");
-    let kept = env.status.get(&b_key).await.unwrap();
-    assert_eq!(
-        kept.as_deref(),
-        Some(&[1u8, 2, 3][..]),
-        "B's status was wiped"
-    );
+    least_privilege::device_matrix(&client, &errors, &a, &b, &env.status).await;
 
     // The agent names a denial: an agent for device C holding A's key
     // (stolen or mixed-up credentials) says so in its log.

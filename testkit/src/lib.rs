@@ -7,6 +7,7 @@
 
 #![allow(clippy::unwrap_used, missing_docs)]
 
+pub mod least_privilege;
 mod nats;
 mod podman;
 pub mod tls;

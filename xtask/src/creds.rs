@@ -1,6 +1,9 @@
 //! `cargo xtask creds`: NATS identities for a fleet and the server
 //! authorization that confines each of them (nkeys: challenge-response, the
-//! server holds only public keys).
+//! server holds only public keys; or, with `--jwt`, decentralized JWT mode in
+//! [`decentralized`]).
+
+mod decentralized;
 
 use std::fs;
 use std::io::Write as _;
@@ -14,7 +17,7 @@ use protocol::permissions::{Role, nats_server_config};
 use crate::flags::Args;
 
 pub const HELP: &str = "\
-cargo xtask creds --out DIR --device ID [--device ID ...] [--revoke ID ...]
+cargo xtask creds --out DIR [--jwt] --device ID [--device ID ...] [--revoke ID ...]
 
 Creates (or updates) a fleet's NATS identities in DIR:
   admin.nk        may create buckets (`iot-operator init`); nothing else needs it
@@ -34,7 +37,18 @@ nats-server 2.9 turns JetStream off on a reload when only the flags enabled
 it. E.g. DIR/main.conf (includes are relative to the including file):
   jetstream { store_dir: \"/var/lib/nats\" }
   include \"./nats-server.conf\"
-and run `nats-server -c DIR/main.conf -p 4222`.";
+and run `nats-server -c DIR/main.conf -p 4222`.
+
+--jwt: decentralized JWT mode instead. DIR then holds a NATS operator
+(nats-operator.nk/.jwt), the IOT account (account.nk/.jwt, JetStream on),
+its device signing key (device-signer.nk), a system account, and one
+.creds file (user JWT + seed, mode 0600) per identity: admin.creds,
+operator.creds, <device>.creds. Devices are signed by a scoped key whose
+template confines a user named <id> to that device's subjects.
+nats-server.conf trusts the operator and preloads the accounts (resolver
+MEMORY). --revoke ID moves <id>.creds to DIR/revoked/ and adds its key to
+the account's revocations; reload the server as above. A DIR stays in the
+mode it was created in.";
 
 /// Identities that are not devices.
 const ADMIN: &str = "admin";
@@ -46,8 +60,13 @@ pub fn cmd(mut args: Args) -> Result<()> {
         .context("`cargo xtask creds` needs --out DIR")?;
     let add = args.values("--device")?;
     let revoke = args.values("--revoke")?;
+    let jwt = args.flag("--jwt");
     args.finish()?;
-    let fleet = generate(&out, &add, &revoke)?;
+    let fleet = if jwt {
+        generate_jwt(&out, &add, &revoke)?
+    } else {
+        generate(&out, &add, &revoke)?
+    };
     println!(
         "wrote {} with {} device identities ({}); start the server with\n  nats-server -c {} -p 4222 -js -sd STORE",
         out.display(),
@@ -64,8 +83,14 @@ pub struct Fleet {
     pub devices: Vec<String>,
 }
 
-/// Creates missing identities, applies revocations, rewrites the server config.
-pub fn generate(dir: &Path, add: &[String], revoke: &[String]) -> Result<Fleet> {
+/// Like [`generate`], in decentralized JWT mode.
+pub fn generate_jwt(dir: &Path, add: &[String], revoke: &[String]) -> Result<Fleet> {
+    prepare(dir, add, revoke, true)?;
+    decentralized::generate(dir, add, revoke)
+}
+
+/// Validates ids, refuses a DIR of the other mode, creates DIR (0700).
+fn prepare(dir: &Path, add: &[String], revoke: &[String], jwt: bool) -> Result<()> {
     for id in add.iter().chain(revoke) {
         validate_device_id(id).map_err(|e| anyhow::anyhow!("--device/--revoke {id:?}: {e}"))?;
         if id == ADMIN || id == OPERATOR {
@@ -75,9 +100,30 @@ pub fn generate(dir: &Path, add: &[String], revoke: &[String]) -> Result<Fleet> 
     if let Some(id) = add.iter().find(|id| revoke.contains(id)) {
         bail!("{id:?} is both added and revoked; give one of --device or --revoke");
     }
+    let (this, other) = if jwt {
+        ("JWT (--jwt)", "nkey")
+    } else {
+        ("nkey", "JWT (--jwt)")
+    };
+    let foreign = if jwt {
+        "admin.nk"
+    } else {
+        decentralized::OPERATOR_SEED
+    };
+    if dir.join(foreign).exists() {
+        bail!(
+            "{} holds a fleet in {other} mode ({foreign}); use that mode, or a new --out DIR for {this} mode",
+            dir.display()
+        );
+    }
     fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     fs::set_permissions(dir, fs::Permissions::from_mode(0o700))?;
+    Ok(())
+}
 
+/// Creates missing identities, applies revocations, rewrites the server config.
+pub fn generate(dir: &Path, add: &[String], revoke: &[String]) -> Result<Fleet> {
+    prepare(dir, add, revoke, false)?;
     for id in revoke {
         let seed = dir.join(format!("{id}.nk"));
         if !seed.exists() {
@@ -93,7 +139,7 @@ pub fn generate(dir: &Path, add: &[String], revoke: &[String]) -> Result<Fleet> 
         .copied()
         .chain(add.iter().map(String::as_str))
     {
-        ensure_seed(&dir.join(format!("{name}.nk")))?;
+        ensure_seed(&dir.join(format!("{name}.nk")), nkeys::KeyPair::new_user)?;
     }
 
     let mut devices = Vec::new();
@@ -132,21 +178,33 @@ pub fn generate(dir: &Path, add: &[String], revoke: &[String]) -> Result<Fleet> 
     Ok(Fleet { devices })
 }
 
-fn ensure_seed(path: &Path) -> Result<()> {
+/// The key pair whose seed `path` holds, created with `new` when the file
+/// does not exist yet.
+fn ensure_seed(path: &Path, new: fn() -> nkeys::KeyPair) -> Result<nkeys::KeyPair> {
     if path.exists() {
-        let mode = fs::metadata(path)?.permissions().mode() & 0o777;
-        if mode & 0o077 != 0 {
-            bail!(
-                "{} is readable by others (mode {mode:o}); run `chmod 600 {}`",
-                path.display(),
-                path.display()
-            );
-        }
-        return Ok(());
+        check_private(path)?;
+        let seed =
+            fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        return nkeys::KeyPair::from_seed(seed.trim())
+            .map_err(|e| anyhow::anyhow!("{} is not an nkey seed: {e}", path.display()));
     }
-    let kp = nkeys::KeyPair::new_user();
+    let kp = new();
     let seed = kp.seed().map_err(|e| anyhow::anyhow!("nkey seed: {e}"))?;
-    write_atomic(path, format!("{seed}\n").as_bytes(), 0o600)
+    write_atomic(path, format!("{seed}\n").as_bytes(), 0o600)?;
+    Ok(kp)
+}
+
+/// Refuses a secret others can read, naming the fix.
+fn check_private(path: &Path) -> Result<()> {
+    let mode = fs::metadata(path)?.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        bail!(
+            "{} is readable by others (mode {mode:o}); run `chmod 600 {}`",
+            path.display(),
+            path.display()
+        );
+    }
+    Ok(())
 }
 
 fn public_key(seed_file: &Path) -> Result<String> {

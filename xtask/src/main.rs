@@ -16,6 +16,7 @@ mod elf;
 mod flags;
 mod flash;
 mod image;
+mod jwt;
 mod oci;
 mod progress;
 mod source;

@@ -12,29 +12,9 @@ use std::time::Duration;
 
 use common::*;
 
-fn creds(dir: &Path, args: &[&str]) -> std::process::Output {
-    let mut c = xtask();
-    c.arg("creds").arg("--out").arg(dir).args(args);
-    run(&mut c)
-}
-
-fn mode(p: &Path) -> u32 {
-    std::fs::metadata(p).unwrap().permissions().mode() & 0o777
-}
-
 /// Every seed file and its contents.
 fn seeds(dir: &Path) -> BTreeMap<String, String> {
-    std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "nk"))
-        .map(|p| {
-            (
-                p.file_name().unwrap().to_string_lossy().to_string(),
-                std::fs::read_to_string(&p).unwrap(),
-            )
-        })
-        .collect()
+    files_ending(dir, ".nk")
 }
 
 fn public(seed: &str) -> String {
@@ -130,18 +110,9 @@ fn bad_ids_are_refused() {
 async fn generated_config_on_a_real_server() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("fleet");
-    assert!(
-        creds(&dir, &["--device", "pi-1", "--device", "pi-2"])
-            .status
-            .success()
-    );
-    let Some(server) = testkit::NatsServer::start_reloadable(testkit::NatsOptions {
-        config_file: Some(dir.join("nats-server.conf")),
-        ..Default::default()
-    }) else {
+    let Some(server) = fleet_server(&dir, &["--device", "pi-1", "--device", "pi-2"]) else {
         return;
     };
-    eprintln!("{}", server.version());
     let url = server.url();
     let seed = |name: &str| {
         std::fs::read_to_string(dir.join(format!("{name}.nk")))

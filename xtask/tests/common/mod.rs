@@ -257,3 +257,45 @@ pub fn fake_aarch64_binary(dir: &Path) -> PathBuf {
     std::fs::write(&p, &b).unwrap();
     p
 }
+
+/// `cargo xtask creds --out DIR ARGS...` (add `--jwt` to ARGS for JWT mode).
+pub fn creds(dir: &Path, args: &[&str]) -> Output {
+    let mut c = xtask();
+    c.arg("creds").arg("--out").arg(dir).args(args);
+    run(&mut c)
+}
+
+/// A file's permission bits.
+pub fn mode(p: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(p).unwrap().permissions().mode() & 0o777
+}
+
+/// The regular files directly in `dir` whose names end with `suffix`
+/// (`""` for all), by name, with their contents.
+pub fn files_ending(dir: &Path, suffix: &str) -> std::collections::BTreeMap<String, String> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.is_file())
+        .map(|p| p.file_name().unwrap().to_string_lossy().to_string())
+        .filter(|n| n.ends_with(suffix))
+        .map(|n| {
+            let text = std::fs::read_to_string(dir.join(&n)).unwrap();
+            (n, text)
+        })
+        .collect()
+}
+
+/// Runs `cargo xtask creds --out DIR ARGS...` and starts a reloadable
+/// nats-server on the configuration it wrote. `None` when nats-server is
+/// missing outside CI (the test should return).
+pub fn fleet_server(dir: &Path, args: &[&str]) -> Option<testkit::NatsServer> {
+    assert!(creds(dir, args).status.success(), "xtask creds {args:?}");
+    let server = testkit::NatsServer::start_reloadable(testkit::NatsOptions {
+        config_file: Some(dir.join("nats-server.conf")),
+        ..Default::default()
+    })?;
+    eprintln!("{}", server.version());
+    Some(server)
+}
