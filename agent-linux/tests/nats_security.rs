@@ -3,8 +3,10 @@
 //! `cargo xtask creds` writes it): device A runs from its own keys, every
 //! other access is denied and reported as a permission violation, the agent
 //! names a denial in its log, and a revoked device is shut out while the
-//! others continue. Runs on whichever server `NATS_SERVER_BIN` names (CI
-//! runs it on 2.9.10 and 2.15).
+//! others continue. The same in decentralized JWT mode, from the files
+//! `cargo xtask creds --jwt` writes (the agent on a `.creds` file). The
+//! matrix itself is `testkit::least_privilege`. Runs on whichever server
+//! `NATS_SERVER_BIN` names (CI runs it on 2.9.10 and 2.15).
 #![allow(clippy::unwrap_used, missing_docs)]
 
 mod common;
@@ -51,8 +53,14 @@ fn write_conf(conf: &Path, admin: &Identity, operator: &Identity, devices: &[(&s
     std::fs::write(conf, nats_server_config(&users)).unwrap();
 }
 
-/// Points the agent configuration at `device_id` with the nkey `seed_file`.
-fn agent_config(env: &Env, path: &Path, device_id: &str, seed_file: &Path, state: &str) {
+/// `[nats.credentials]` body for the nkey in `seed_file`.
+fn nkey(seed_file: &Path) -> String {
+    format!("type = \"nkey\"\nseed_file = \"{}\"", seed_file.display())
+}
+
+/// Points the agent configuration at `device_id` with `credentials` (the
+/// `[nats.credentials]` body).
+fn agent_config(env: &Env, path: &Path, device_id: &str, credentials: &str, state: &str) {
     env.write_config();
     let text = std::fs::read_to_string(env.config_path())
         .unwrap()
@@ -64,10 +72,7 @@ fn agent_config(env: &Env, path: &Path, device_id: &str, seed_file: &Path, state
             &env.state_dir().display().to_string(),
             &env.dir.path().join(state).display().to_string(),
         )
-        .replace(
-            "type = \"none\"",
-            &format!("type = \"nkey\"\nseed_file = \"{}\"", seed_file.display()),
-        );
+        .replace("type = \"none\"", credentials);
     std::fs::write(path, text).unwrap();
 }
 
@@ -113,33 +118,21 @@ async fn device_permission_matrix_revocation_and_reporting() {
     };
     let url = env.nats.url();
 
-    // Device A's agent, under A's identity, applies A's key.
-    let cfg_a = env.dir.path().join("a.toml");
-    agent_config(&env, &cfg_a, &a, &ka.seed_file, "state-a");
-    let _agent_a = env.spawn_agent_logged(&cfg_a, &env.dir.path().join("a.log"));
-    env.put("web", 1, vec![sleeper("c", "1")]).await;
-    env.wait_status("web", "Running", |s| s.phase == Phase::Running)
-        .await;
-    // Device B's key and status exist too (written by the admin).
-    let b_key = format!("{b}.web");
-    env.desired
-        .put(
-            &b_key,
-            encode_desired("web", 1, vec![sleeper("c", "b")]).into(),
-        )
-        .await
-        .unwrap();
-    env.status.put(&b_key, vec![1, 2, 3].into()).await.unwrap();
-
-    let (client, errors) = device_client(&url, &a, &ka).await;
-    least_privilege::device_matrix(&client, &errors, &a, &b, &env.status).await;
+    let _agent_a = apply_as_a_then_matrix(
+        &env,
+        &a,
+        &b,
+        &nkey(&ka.seed_file),
+        device_client(&url, &a, &ka).await,
+    )
+    .await;
 
     // The agent names a denial: an agent for device C holding A's key
     // (stolen or mixed-up credentials) says so in its log.
     let c = unique("pc");
     let cfg_c = env.dir.path().join("c.toml");
     let log_c = env.dir.path().join("c.log");
-    agent_config(&env, &cfg_c, &c, &ka.seed_file, "state-c");
+    agent_config(&env, &cfg_c, &c, &nkey(&ka.seed_file), "state-c");
     let mut agent_c = env.spawn_agent_logged(&cfg_c, &log_c);
     let named = testkit::wait_until(WAIT, || {
         let log = std::fs::read_to_string(&log_c).unwrap_or_default();
@@ -159,20 +152,111 @@ async fn device_permission_matrix_revocation_and_reporting() {
     drop(b_client);
     write_conf(&conf, &admin, &operator, &[(&a, &ka)]);
     env.nats.reload();
+    let seed_b = seed(&kb);
+    shut_out_then_a_carries_on(
+        &env,
+        async || async_nats::ConnectOptions::new().nkey(seed_b.clone()),
+        async_nats::ConnectOptions::new().nkey(seed(&ka)),
+    )
+    .await;
+}
+
+/// Device A's agent, under A's `credentials`, applies A's key; B's key and
+/// status exist too (written by the admin); then the permission matrix runs
+/// as A on `client`. Returns A's agent.
+async fn apply_as_a_then_matrix(
+    env: &Env,
+    a: &str,
+    b: &str,
+    credentials: &str,
+    (client, errors): (async_nats::Client, ServerErrors),
+) -> Agent {
+    let cfg_a = env.dir.path().join("a.toml");
+    agent_config(env, &cfg_a, a, credentials, "state-a");
+    let agent = env.spawn_agent_logged(&cfg_a, &env.dir.path().join("a.log"));
+    env.put("web", 1, vec![sleeper("c", "1")]).await;
+    env.wait_status("web", "Running", |s| s.phase == Phase::Running)
+        .await;
+    let b_key = format!("{b}.web");
+    env.desired
+        .put(
+            &b_key,
+            encode_desired("web", 1, vec![sleeper("c", "b")]).into(),
+        )
+        .await
+        .unwrap();
+    env.status.put(&b_key, vec![1, 2, 3].into()).await.unwrap();
+    least_privilege::device_matrix(&client, &errors, a, b, &env.status).await;
+    agent
+}
+
+/// After B's revocation and a reload: B (connecting with `b_opts`) is shut
+/// out, A still connects (with `a_opts`), and A's agent still applies a new
+/// revision.
+async fn shut_out_then_a_carries_on(
+    env: &Env,
+    b_opts: impl AsyncFn() -> async_nats::ConnectOptions,
+    a_opts: async_nats::ConnectOptions,
+) {
+    let url = env.nats.url();
     let shut_out = testkit::wait_until_async(WAIT, || async {
-        async_nats::ConnectOptions::new()
-            .nkey(seed(&kb))
-            .connect(url.as_str())
-            .await
-            .is_err()
+        b_opts().await.connect(url.as_str()).await.is_err()
     })
     .await;
     assert!(shut_out, "revoked device B still connects");
-    let (a_client, _) = device_client(&url, &a, &ka).await;
-    drop(a_client);
+    drop(a_opts.connect(url.as_str()).await.unwrap());
     env.put("web", 2, vec![sleeper("c", "2")]).await;
     env.wait_status("web", "Running at 2", |s| {
         s.phase == Phase::Running && s.revision == 2
     })
     .await;
+}
+
+/// Decentralized JWT mode, with the files `cargo xtask creds --jwt` writes:
+/// device A's agent applies its keys with its `.creds` file (credentials
+/// type `creds-file`), the permission matrix holds under A's scoped JWT, and
+/// revoking B (the account re-signed, the server reloaded) shuts B out while
+/// A keeps applying.
+#[tokio::test]
+async fn jwt_fleet_permission_matrix_and_revocation() {
+    let keys = tempfile::tempdir().unwrap();
+    let dir = keys.path().join("fleet");
+    let (a, b) = (unique("ja"), unique("jb"));
+    least_privilege::xtask_creds(&dir, &["--jwt", "--device", &a, "--device", &b]);
+    let Some(nats) = testkit::NatsServer::start_reloadable(testkit::NatsOptions {
+        config_file: Some(dir.join("nats-server.conf")),
+        ..Default::default()
+    }) else {
+        return;
+    };
+    let creds = |name: &str| dir.join(format!("{name}.creds"));
+    let opts = |file: PathBuf| async move {
+        async_nats::ConnectOptions::with_credentials_file(file)
+            .await
+            .unwrap()
+    };
+    let Some(env) = Env::start_on(a.clone(), nats, opts(creds("admin")).await).await else {
+        return;
+    };
+    let url = env.nats.url();
+    let a_client = least_privilege::device_client(&url, &a, opts(creds(&a)).await)
+        .await
+        .unwrap();
+    let _agent_a = apply_as_a_then_matrix(
+        &env,
+        &a,
+        &b,
+        &format!("type = \"creds-file\"\npath = \"{}\"", creds(&a).display()),
+        a_client,
+    )
+    .await;
+
+    let (b_client, _) = least_privilege::device_client(&url, &b, opts(creds(&b)).await)
+        .await
+        .unwrap();
+    drop(b_client);
+    least_privilege::xtask_creds(&dir, &["--jwt", "--revoke", &b]);
+    env.nats.reload();
+    let revoked = dir.join(format!("revoked/{b}.creds"));
+    shut_out_then_a_carries_on(&env, || opts(revoked.clone()), opts(creds(&a)).await).await;
 }

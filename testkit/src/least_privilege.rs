@@ -227,3 +227,33 @@ pub async fn device_matrix(
         "B's status was wiped"
     );
 }
+
+/// Runs the workspace's `cargo xtask creds --out DIR ARGS...` (built on
+/// demand by the cargo running the tests), so tests of other crates use the
+/// files a user would get, e.g. a JWT fleet's `.creds`. Panics, with the
+/// output, if it fails.
+pub fn xtask_creds(dir: &std::path::Path, args: &[&str]) {
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| env!("CARGO").into());
+    let manifest = concat!(env!("CARGO_MANIFEST_DIR"), "/../Cargo.toml");
+    let out = std::process::Command::new(cargo)
+        .args([
+            "run",
+            "--quiet",
+            "--manifest-path",
+            manifest,
+            "-p",
+            "xtask",
+            "--",
+        ])
+        .args(["creds", "--out"])
+        .arg(dir)
+        .args(args)
+        .output()
+        .expect("run cargo");
+    assert!(
+        out.status.success(),
+        "cargo xtask creds {args:?}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
