@@ -6,6 +6,7 @@
 //! `BENCH_RSS_SECS` (30: RSS/PSS read after this long idle),
 //! `BENCH_IDLE_SECS` (60: idle CPU window, agent plus the Podman service
 //! and conmon work it causes), `BENCH_BASELINE_RUNS` (20 `podman run -d`),
+//! `BENCH_PORT_UPDATES` (20 updates of a container with a host port),
 //! `NATS_SERVER_BIN`, `BENCH_AGENT_BIN` (another build of the agent to
 //! measure, e.g. the static musl one).
 #![allow(clippy::unwrap_used, missing_docs)]
@@ -178,6 +179,31 @@ async fn bench() {
         samples.push(wait_start(&mut events, "lat", rev, put_at).await);
     }
     samples.sort();
+    // Updates of a container publishing a host port: the agent stops the
+    // old one before starting the new one (two cannot hold the port).
+    let port = testkit::free_port();
+    let with_port = |rev: u64| {
+        let mut c = web("c", port);
+        c.env = protocol::BoundedVec::try_from_iter([protocol::EnvVar {
+            name: protocol::Text::borrowed("TAG"),
+            value: protocol::Text::owned(rev.to_string()),
+        }])
+        .unwrap();
+        c
+    };
+    let port_updates = env_num("BENCH_PORT_UPDATES", 20);
+    let mut ported = Vec::new();
+    for rev in 0..=port_updates {
+        let value = encode_desired("port", rev, vec![with_port(rev)]);
+        let put_at = now_ns();
+        env.put_raw("port", value).await;
+        let took = wait_start(&mut events, "port", rev, put_at).await;
+        // Revision 0 is the first create, not a replacement.
+        if rev > 0 {
+            ported.push(took);
+        }
+    }
+    ported.sort();
     // New deployments: create and start, nothing to replace.
     let mut fresh = Vec::new();
     for i in 0..20u64 {
@@ -252,6 +278,15 @@ async fn bench() {
         percentile(&samples, 0.99).as_secs_f64() * 1e3,
         samples.last().unwrap().as_secs_f64() * 1e3
     );
+    if !ported.is_empty() {
+        println!(
+            "| KV put -> container start, {} updates (replace) of a container with a host port (old stopped first) | p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms |",
+            ported.len(),
+            percentile(&ported, 0.5).as_secs_f64() * 1e3,
+            percentile(&ported, 0.99).as_secs_f64() * 1e3,
+            ported.last().unwrap().as_secs_f64() * 1e3
+        );
+    }
     println!(
         "| KV put -> container start (Podman event time), {} new deployments | p50 {:.0} ms, p99 {:.0} ms |",
         fresh.len(),

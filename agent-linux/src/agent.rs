@@ -89,6 +89,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         runtime: runtime.clone(),
         device_id: config.device_id.clone(),
         stop_timeout_secs: config.podman.stop_timeout_secs,
+        replace_order: config.podman.replace_order,
         allowed_host_paths: config.security.allowed_host_paths.clone(),
         status: status_tx,
         retry_base: Duration::from_millis(500),

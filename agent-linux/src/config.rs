@@ -148,6 +148,30 @@ pub struct PodmanConfig {
     /// replaced or removed (also set as its stop timeout at create).
     #[serde(default = "default_stop_timeout")]
     pub stop_timeout_secs: u64,
+    /// Whether a changed container's replacement starts before the old one
+    /// stops (`start-first`, the default) or after (`stop-first`).
+    #[serde(default)]
+    pub replace_order: ReplaceOrder,
+}
+
+/// `podman.replace_order`: how a container whose spec changed is replaced.
+/// Either way the replacement is created while the old container still
+/// runs, and the old one keeps running (or is started again) when the
+/// replacement cannot be created or started.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ReplaceOrder {
+    /// Start the new container, then stop the old one (its stop timeout
+    /// then costs no downtime), unless the container claims something only
+    /// one instance can hold: a host port, the host's namespaces, a
+    /// writable volume, a device or privileged mode. Those are stopped
+    /// first. Briefly runs two instances of a container without such
+    /// claims, as a Kubernetes rolling update does.
+    #[default]
+    StartFirst,
+    /// Always stop the old container before starting the new one (for
+    /// workloads that must never run twice, even briefly).
+    StopFirst,
 }
 
 fn default_socket() -> String {
@@ -163,6 +187,7 @@ impl Default for PodmanConfig {
         PodmanConfig {
             socket: default_socket(),
             stop_timeout_secs: DEFAULT_STOP_TIMEOUT_SECS,
+            replace_order: ReplaceOrder::default(),
         }
     }
 }
@@ -221,7 +246,9 @@ impl Config {
         // key even when the message alone would not (a wrong value type).
         let config: Config = toml::from_str(text).map_err(|e| {
             let mut msg = e.to_string().trim_end().to_string();
-            if e.message().contains("unknown variant") {
+            // The credential type is the one enum whose message does not
+            // show the key (it is a tag inside a table).
+            if e.message().contains("unknown variant") && e.message().contains("user-password") {
                 msg.push_str("\n(in nats.credentials.type)");
             }
             ConfigError::Syntax(msg)
@@ -487,5 +514,22 @@ socket = "unix:///run/podman/podman.sock"
         assert!(e.starts_with("nats.tls:"), "{e}");
         let e = err(&GOOD.replace("type = \"none\"", "type = \"nkey\""));
         assert!(e.contains("seed_file"), "{e}");
+
+        let e = err(&format!("{GOOD}replace_order = \"sideways\"\n"));
+        assert!(
+            e.contains("replace_order") && e.contains("stop-first") && !e.contains("credentials"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn replace_order_defaults_to_start_first() {
+        assert_eq!(
+            Config::parse(GOOD).unwrap().podman.replace_order,
+            ReplaceOrder::StartFirst
+        );
+        let c = Config::parse(&format!("{GOOD}replace_order = \"stop-first\"\n")).unwrap();
+        assert_eq!(c.podman.replace_order, ReplaceOrder::StopFirst);
+        assert_eq!(Config::parse(&c.to_display_toml()).unwrap(), c);
     }
 }

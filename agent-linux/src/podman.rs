@@ -205,7 +205,12 @@ pub trait Runtime: 'static {
     async fn rename(&self, id: &str, new_name: &str) -> Result<(), RuntimeError>;
     /// Starts a container (already running counts as success).
     async fn start(&self, id: &str) -> Result<(), RuntimeError>;
-    /// Removes a container, killing it after `stop_timeout_secs`.
+    /// Stops a container: SIGTERM, then SIGKILL after `stop_timeout_secs`.
+    /// A container that is not running, or no longer exists, counts as
+    /// stopped.
+    async fn stop(&self, id: &str, stop_timeout_secs: u64) -> Result<(), RuntimeError>;
+    /// Removes a container (force: a running one is stopped first, killed
+    /// after `stop_timeout_secs`), in one call.
     async fn remove(&self, id: &str, stop_timeout_secs: u64) -> Result<(), RuntimeError>;
 }
 
@@ -465,6 +470,20 @@ impl Runtime for Podman {
             .await?;
         // 304: already running.
         if resp.is_success() || resp.status == 304 {
+            Ok(())
+        } else {
+            Err(api_error(&resp))
+        }
+    }
+
+    async fn stop(&self, id: &str, stop_timeout_secs: u64) -> Result<(), RuntimeError> {
+        let path = format!(
+            "/containers/{}/stop?timeout={stop_timeout_secs}",
+            encode_query(id)
+        );
+        let resp = self.call("POST", &path, None).await?;
+        // 304: already stopped; 404: gone, which is as stopped as it gets.
+        if resp.is_success() || resp.status == 304 || resp.status == 404 {
             Ok(())
         } else {
             Err(api_error(&resp))

@@ -9,12 +9,13 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::rc::Rc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use tokio::sync::{mpsc, watch};
 
 use crate::backoff::Backoff;
+use crate::config::ReplaceOrder;
 use crate::podman::{CreateSpec, ManagedContainer, MountSpec, PortSpec, Runtime, labels};
 use protocol::status::clip_message;
 use protocol::{
@@ -42,6 +43,8 @@ pub struct Context<R> {
     pub device_id: String,
     /// Seconds between SIGTERM and SIGKILL when stopping containers.
     pub stop_timeout_secs: u64,
+    /// Whether replacements start before or after the old container stops.
+    pub replace_order: ReplaceOrder,
     /// Host directories bind mounts may come from.
     pub allowed_host_paths: Vec<PathBuf>,
     /// Where status reports go.
@@ -239,10 +242,12 @@ async fn apply<R: Runtime>(ctx: &Context<R>, deployment: &str, value: &[u8]) -> 
     };
     let mut failure: Option<String> = None;
     let mut ids: BTreeMap<String, String> = BTreeMap::new();
+    let mut handovers: Vec<Handover> = Vec::new();
     for c in score.containers.iter() {
         match ensure_container(ctx, deployment, revision, c, &existing).await {
-            Ok(id) => {
+            Ok((id, handover)) => {
                 ids.insert(c.name.to_string(), id);
+                handovers.extend(handover);
             }
             Err(msg) => {
                 crate::warn!("{deployment}: container {}: {msg}", c.name.as_str());
@@ -343,6 +348,15 @@ async fn apply<R: Runtime>(ctx: &Context<R>, deployment: &str, value: &[u8]) -> 
             timestamp_ms: now_ms(),
         },
     );
+    // The new containers run and say so; only now retire their
+    // predecessors. A failure here is repaired by the next pass, which
+    // finds the leftovers (and reports Failed if they cannot go).
+    for h in &handovers {
+        if let Err(msg) = finish_handover(ctx, deployment, h).await {
+            crate::warn!("{deployment}: {msg}");
+            return Outcome::Retry;
+        }
+    }
     outcome
 }
 
@@ -358,30 +372,74 @@ fn map_state(s: &str) -> ContainerState {
     }
 }
 
+/// What is left of a replacement once its new container runs: removing
+/// the old containers and giving the new one its name. Done after the
+/// status report, so the old containers' stop timeout delays neither the
+/// new container nor the report.
+#[derive(Debug, Default)]
+struct Handover {
+    /// Old containers to remove: (id, name).
+    old: Vec<(String, String)>,
+    /// The new container's id and the name it takes once the old ones are
+    /// gone (it was created under a temporary one while they held it).
+    rename: Option<(String, String)>,
+}
+
+/// Whether two instances of `c` could get in each other's way on the host:
+/// a host port, the host's namespaces, privileged mode, a device or a
+/// writable volume. Such a container's old instance is stopped before its
+/// replacement starts.
+fn claims_host_resources(c: &Container<'_>) -> bool {
+    c.ports.iter().any(|p| p.host_port.is_some())
+        || c.host_network
+        || c.host_pid
+        || c.host_ipc
+        || c.privileged
+        || !c.devices.is_empty()
+        || c.volumes.iter().any(|v| !v.read_only)
+}
+
+fn ms(since: Instant) -> u128 {
+    since.elapsed().as_millis()
+}
+
 /// Makes one container exist with the desired spec and started; returns
-/// its id, or Podman's message.
+/// its id and what remains to retire its predecessors, or the error
+/// message.
+///
+/// A replacement is created while the old container still runs (under a
+/// temporary name when the old one holds the name), so a replacement that
+/// cannot be created leaves the old container untouched. It is then
+/// started before the old one stops, or after when the container claims
+/// host resources or the device says `stop-first`; a replacement that does
+/// not start is removed and a stopped old container is started again.
 async fn ensure_container<R: Runtime>(
     ctx: &Context<R>,
     deployment: &str,
     revision: u64,
     c: &Container<'_>,
     existing: &[ManagedContainer],
-) -> Result<String, String> {
+) -> Result<(String, Option<Handover>), String> {
     let hash = format!("{:016x}", protocol::wire::hash_of(c));
     let name = format!("{}_{}_{}", ctx.device_id, deployment, c.name.as_str());
     let mine: Vec<&ManagedContainer> = existing
         .iter()
         .filter(|e| e.label(labels::CONTAINER) == c.name.as_str() || e.name == name)
         .collect();
+    // The container with the wanted spec: under its own name, else under
+    // the temporary name of a replacement that was interrupted before its
+    // predecessor was gone.
     let current = mine
         .iter()
         .copied()
-        .find(|e| e.name == name && e.label(labels::SPEC_HASH) == hash);
+        .filter(|e| e.label(labels::SPEC_HASH) == hash)
+        .min_by_key(|e| e.name != name);
     if let Some(current) = current {
-        // Leftovers of an interrupted replacement.
-        for stale in mine.iter().filter(|e| e.id != current.id) {
-            let _ = ctx.runtime.remove(&stale.id, ctx.stop_timeout_secs).await;
-        }
+        let stale: Vec<&ManagedContainer> = mine
+            .iter()
+            .copied()
+            .filter(|e| e.id != current.id)
+            .collect();
         // Unchanged spec: leave it alone, unless it should run and does
         // not: created but never started (an agent crash between create and
         // start), or exited where its restart policy says it runs again
@@ -396,14 +454,21 @@ async fn ensure_container<R: Runtime>(
             },
             _ => false,
         };
+        let handover = hand_over(
+            ctx,
+            deployment,
+            c,
+            current,
+            &name,
+            &stale,
+            should_start,
+            false,
+        )
+        .await?;
         if should_start {
-            ctx.runtime
-                .start(&current.id)
-                .await
-                .map_err(|e| e.to_string())?;
             crate::info!("{deployment}: started existing {}", current.name);
         }
-        return Ok(current.id.clone());
+        return Ok((current.id.clone(), handover));
     }
 
     // IfNotPresent, the common case: skip the existence check on the fast
@@ -411,58 +476,149 @@ async fn ensure_container<R: Runtime>(
     if c.pull_policy != PullPolicy::IfNotPresent {
         ensure_image(ctx, deployment, revision, c).await?;
     }
-    let spec = create_spec(ctx, deployment, revision, c, name, hash);
-    // Replace: move the old container out of the way by name, then remove
-    // it while the new one is created (both take Podman a while), and start
-    // the new one only once the old one is gone (same ports, same volumes).
-    let mut renamed = Vec::new();
-    for old in &mine {
-        let aside = format!("{}-old-{}", spec.name, &old.id[..old.id.len().min(12)]);
-        if old.name == spec.name && ctx.runtime.rename(&old.id, &aside).await.is_err() {
-            // Cannot rename: remove first, the slow way.
-            ctx.runtime
-                .remove(&old.id, ctx.stop_timeout_secs)
-                .await
-                .map_err(|e| format!("removing the old container: {e}"))?;
-        } else {
-            renamed.push(old.id.clone());
-        }
-    }
-    let remove_old = async {
-        for id in &renamed {
-            ctx.runtime
-                .remove(id, ctx.stop_timeout_secs)
-                .await
-                .map_err(|e| format!("removing the old container: {e}"))?;
-        }
-        Ok::<(), String>(())
+    let create_name = if mine.iter().any(|e| e.name == name) {
+        // The spec hash makes the name unique per spec: a leftover under
+        // it has this very spec and was taken as `current` above.
+        format!("{name}-{hash}")
+    } else {
+        name.clone()
     };
-    let create = async {
-        match ctx.runtime.create(&spec).await {
-            Err(e)
-                if c.pull_policy == PullPolicy::IfNotPresent
-                    && !ctx.runtime.image_exists(&spec.image).await.unwrap_or(true) =>
-            {
-                crate::debug!("{deployment}: {e}; pulling {}", spec.image);
-                ensure_image(ctx, deployment, revision, c).await?;
-                ctx.runtime.create(&spec).await.map_err(|e| e.to_string())
-            }
-            other => other.map_err(|e| e.to_string()),
+    let spec = create_spec(ctx, deployment, revision, c, create_name, hash);
+    let t = Instant::now();
+    let id = match ctx.runtime.create(&spec).await {
+        Err(e)
+            if c.pull_policy == PullPolicy::IfNotPresent
+                && !ctx.runtime.image_exists(&spec.image).await.unwrap_or(true) =>
+        {
+            crate::debug!("{deployment}: {e}; pulling {}", spec.image);
+            ensure_image(ctx, deployment, revision, c).await?;
+            ctx.runtime.create(&spec).await.map_err(|e| e.to_string())?
         }
+        other => other.map_err(|e| e.to_string())?,
     };
-    let (created, removed) = tokio::join!(create, remove_old);
-    let id = created?;
-    if let Err(e) = removed {
-        let _ = ctx.runtime.remove(&id, 0).await;
-        return Err(e);
-    }
-    if let Err(e) = ctx.runtime.start(&id).await {
-        // Leave nothing half-made behind: the next attempt creates afresh.
-        let _ = ctx.runtime.remove(&id, 0).await;
-        return Err(e.to_string());
-    }
+    crate::debug!("{deployment}: created {} in {} ms", spec.name, ms(t));
+    let new = ManagedContainer {
+        id,
+        name: spec.name.clone(),
+        labels: BTreeMap::new(),
+        state: "created".into(),
+        exit_code: 0,
+    };
+    let handover = hand_over(ctx, deployment, c, &new, &name, &mine, true, true).await?;
     crate::info!("{deployment}: started {} (revision {revision})", spec.name);
-    Ok(id)
+    Ok((new.id, handover))
+}
+
+/// Brings `new` up in place of `old`: starts it (when `start`), stopping
+/// the old containers first when two instances must not overlap; on
+/// failure removes `new` (when `fresh`, i.e. made by this pass) and starts
+/// again the old containers it stopped. Returns what is left: removing
+/// `old`, renaming `new` to `name`.
+#[allow(clippy::too_many_arguments)]
+async fn hand_over<R: Runtime>(
+    ctx: &Context<R>,
+    deployment: &str,
+    c: &Container<'_>,
+    new: &ManagedContainer,
+    name: &str,
+    old: &[&ManagedContainer],
+    start: bool,
+    fresh: bool,
+) -> Result<Option<Handover>, String> {
+    let discard_new = || async {
+        if fresh {
+            let _ = ctx.runtime.remove(&new.id, 0).await;
+        }
+    };
+    let stop_first = ctx.replace_order == ReplaceOrder::StopFirst || claims_host_resources(c);
+    let mut stopped: Vec<&ManagedContainer> = Vec::new();
+    if start && stop_first {
+        for o in old
+            .iter()
+            .copied()
+            .filter(|o| map_state(&o.state) == ContainerState::Running)
+        {
+            let t = Instant::now();
+            if let Err(e) = ctx.runtime.stop(&o.id, ctx.stop_timeout_secs).await {
+                discard_new().await;
+                let not_back = restart(ctx, deployment, &stopped).await;
+                return Err(format!(
+                    "stopping the old container {}: {e}{not_back}",
+                    o.name
+                ));
+            }
+            crate::debug!("{deployment}: stopped the old {} in {} ms", o.name, ms(t));
+            stopped.push(o);
+        }
+    }
+    if start {
+        let t = Instant::now();
+        if let Err(e) = ctx.runtime.start(&new.id).await {
+            // Leave nothing half-made behind (the next attempt creates
+            // afresh) and the old revision running as it was.
+            discard_new().await;
+            let not_back = restart(ctx, deployment, &stopped).await;
+            return Err(format!("{e}{not_back}"));
+        }
+        crate::debug!("{deployment}: started {} in {} ms", new.name, ms(t));
+    }
+    let handover = Handover {
+        old: old.iter().map(|o| (o.id.clone(), o.name.clone())).collect(),
+        rename: (new.name != name).then(|| (new.id.clone(), name.to_string())),
+    };
+    Ok((!handover.old.is_empty() || handover.rename.is_some()).then_some(handover))
+}
+
+/// Starts again old containers stopped for a replacement that failed;
+/// returns, for the status message, which of them did not start.
+///
+/// Podman 4.3.1 keeps the host ports of a container whose start failed
+/// bound inside its API service (until its garbage collector runs, ~45 s
+/// here), so an old container publishing the same port may not start
+/// again at once; it stays stopped until a revision that starts replaces
+/// it.
+async fn restart<R: Runtime>(
+    ctx: &Context<R>,
+    deployment: &str,
+    stopped: &[&ManagedContainer],
+) -> String {
+    let mut not_back = String::new();
+    for o in stopped {
+        match ctx.runtime.start(&o.id).await {
+            Ok(()) => crate::info!("{deployment}: restarted the old {}", o.name),
+            Err(e) => {
+                crate::warn!("{deployment}: cannot restart the old {}: {e}", o.name);
+                not_back.push_str(&format!(
+                    "; the previous container {} could not be started again: {e}",
+                    o.name
+                ));
+            }
+        }
+    }
+    not_back
+}
+
+/// Removes the old containers of a replacement, then renames the new one.
+async fn finish_handover<R: Runtime>(
+    ctx: &Context<R>,
+    deployment: &str,
+    h: &Handover,
+) -> Result<(), String> {
+    for (id, name) in &h.old {
+        let t = Instant::now();
+        ctx.runtime
+            .remove(id, ctx.stop_timeout_secs)
+            .await
+            .map_err(|e| format!("removing the old container {name}: {e}"))?;
+        crate::debug!("{deployment}: removed the old {name} in {} ms", ms(t));
+    }
+    if let Some((id, name)) = &h.rename {
+        ctx.runtime
+            .rename(id, name)
+            .await
+            .map_err(|e| format!("renaming the new container to {name}: {e}"))?;
+    }
+    Ok(())
 }
 
 async fn ensure_image<R: Runtime>(
@@ -614,7 +770,9 @@ fn create_spec<R>(
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+    use crate::podman::RuntimeError;
     use protocol::{BoundedMap, Volume};
+    use std::cell::{Cell, RefCell};
 
     fn with_host_path(p: &'static str) -> Container<'static> {
         Container {
@@ -653,6 +811,363 @@ mod tests {
             assert!(e.contains("allowed_host_paths") && e.contains(bad), "{e}");
         }
         assert!(check_policy(&[], &[with_host_path("/srv")]).is_err());
+    }
+
+    /// Containers in memory, recording every call that changes them, with
+    /// failures on demand: enough to check the order of a replacement.
+    #[derive(Default)]
+    struct MemRuntime {
+        containers: RefCell<Vec<ManagedContainer>>,
+        calls: RefCell<Vec<String>>,
+        next_id: Cell<u64>,
+        fail_create: Cell<bool>,
+        fail_start_revision: Cell<Option<u64>>,
+    }
+
+    impl MemRuntime {
+        fn name_of(&self, id: &str) -> String {
+            self.containers
+                .borrow()
+                .iter()
+                .find(|c| c.id == id)
+                .map(|c| c.name.clone())
+                .unwrap_or_else(|| format!("<{id}>"))
+        }
+        fn set_state(&self, id: &str, state: &str) {
+            for c in self.containers.borrow_mut().iter_mut() {
+                if c.id == id {
+                    c.state = state.into();
+                }
+            }
+        }
+        fn log(&self, call: String) {
+            self.calls.borrow_mut().push(call);
+        }
+        /// (name, state, revision label), sorted.
+        fn snapshot(&self) -> Vec<(String, String, String)> {
+            let mut v: Vec<_> = self
+                .containers
+                .borrow()
+                .iter()
+                .map(|c| {
+                    (
+                        c.name.clone(),
+                        c.state.clone(),
+                        c.label(labels::REVISION).to_string(),
+                    )
+                })
+                .collect();
+            v.sort();
+            v
+        }
+    }
+
+    impl Runtime for MemRuntime {
+        async fn version(&self) -> Result<String, RuntimeError> {
+            Ok("mem".into())
+        }
+        async fn list_managed(&self, _: &str) -> Result<Vec<ManagedContainer>, RuntimeError> {
+            Ok(self.containers.borrow().clone())
+        }
+        async fn inspect(&self, id: &str) -> Result<crate::podman::ContainerInfo, RuntimeError> {
+            let status = self
+                .containers
+                .borrow()
+                .iter()
+                .find(|c| c.id == id)
+                .map(|c| c.state.clone())
+                .ok_or_else(|| RuntimeError::Api {
+                    status: 404,
+                    message: "no such container".into(),
+                })?;
+            Ok(crate::podman::ContainerInfo {
+                status,
+                exit_code: 0,
+                restart_count: 0,
+                error: String::new(),
+                oom_killed: false,
+            })
+        }
+        async fn image_exists(&self, _: &str) -> Result<bool, RuntimeError> {
+            Ok(true)
+        }
+        async fn pull(&self, _: &str) -> Result<(), RuntimeError> {
+            Ok(())
+        }
+        async fn create(&self, spec: &CreateSpec) -> Result<String, RuntimeError> {
+            self.log(format!("create {}", spec.name));
+            if self.fail_create.get()
+                || self.containers.borrow().iter().any(|c| c.name == spec.name)
+            {
+                return Err(RuntimeError::Api {
+                    status: 500,
+                    message: format!("cannot create {}", spec.name),
+                });
+            }
+            let n = self.next_id.get() + 1;
+            self.next_id.set(n);
+            let id = format!("id{n}");
+            self.containers.borrow_mut().push(ManagedContainer {
+                id: id.clone(),
+                name: spec.name.clone(),
+                labels: spec.labels.clone(),
+                state: "created".into(),
+                exit_code: 0,
+            });
+            Ok(id)
+        }
+        async fn rename(&self, id: &str, new_name: &str) -> Result<(), RuntimeError> {
+            self.log(format!("rename {} {new_name}", self.name_of(id)));
+            for c in self.containers.borrow_mut().iter_mut() {
+                if c.id == id {
+                    c.name = new_name.to_string();
+                }
+            }
+            Ok(())
+        }
+        async fn start(&self, id: &str) -> Result<(), RuntimeError> {
+            self.log(format!("start {}", self.name_of(id)));
+            let revision = self
+                .containers
+                .borrow()
+                .iter()
+                .find(|c| c.id == id)
+                .and_then(|c| c.label(labels::REVISION).parse::<u64>().ok());
+            if revision.is_some() && revision == self.fail_start_revision.get() {
+                return Err(RuntimeError::Api {
+                    status: 500,
+                    message: "executable file not found".into(),
+                });
+            }
+            self.set_state(id, "running");
+            Ok(())
+        }
+        async fn stop(&self, id: &str, _: u64) -> Result<(), RuntimeError> {
+            self.log(format!("stop {}", self.name_of(id)));
+            self.set_state(id, "exited");
+            Ok(())
+        }
+        async fn remove(&self, id: &str, _: u64) -> Result<(), RuntimeError> {
+            self.log(format!("remove {}", self.name_of(id)));
+            self.containers.borrow_mut().retain(|c| c.id != id);
+            Ok(())
+        }
+    }
+
+    fn context(
+        order: ReplaceOrder,
+    ) -> (
+        Rc<Context<MemRuntime>>,
+        mpsc::UnboundedReceiver<StatusReport>,
+    ) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let ctx = Context {
+            runtime: Rc::new(MemRuntime::default()),
+            device_id: "dev".into(),
+            stop_timeout_secs: 10,
+            replace_order: order,
+            allowed_host_paths: Vec::new(),
+            status: tx,
+            retry_base: Duration::from_millis(1),
+            retry_cap: Duration::from_millis(1),
+        };
+        (Rc::new(ctx), rx)
+    }
+
+    fn sleeper(tag: &'static str) -> Container<'static> {
+        let mut c = with_host_path("/unused");
+        c.volumes = BoundedVec::new();
+        c.env = BoundedVec::try_from_iter([protocol::EnvVar {
+            name: Text::borrowed("TAG"),
+            value: Text::borrowed(tag),
+        }])
+        .unwrap();
+        c
+    }
+
+    fn with_host_port(tag: &'static str) -> Container<'static> {
+        let mut c = sleeper(tag);
+        c.ports = BoundedVec::try_from_iter([protocol::Port {
+            container_port: 80,
+            host_port: Some(8080),
+            protocol: PortProtocol::Tcp,
+            host_ip: None,
+        }])
+        .unwrap();
+        c
+    }
+
+    fn value(revision: u64, c: Container<'static>) -> Vec<u8> {
+        let score = IotScore::PodmanV0(protocol::PodmanV0Score {
+            containers: BoundedVec::try_from_iter([c]).unwrap(),
+        });
+        protocol::wire::encode_to_vec(&DesiredState {
+            deployment: Text::borrowed("web"),
+            revision,
+            score: score.to_payload().unwrap(),
+        })
+        .unwrap()
+    }
+
+    /// Applies `revision` and returns the last status reported.
+    async fn apply_rev(
+        ctx: &Context<MemRuntime>,
+        rx: &mut mpsc::UnboundedReceiver<StatusReport>,
+        revision: u64,
+        c: Container<'static>,
+    ) -> DeploymentStatus<'static> {
+        let _ = apply(ctx, "web", &value(revision, c)).await;
+        let mut last = None;
+        while let Ok((_, s)) = rx.try_recv() {
+            last = Some(s);
+        }
+        last.unwrap()
+    }
+
+    fn calls(ctx: &Context<MemRuntime>) -> Vec<String> {
+        std::mem::take(&mut *ctx.runtime.calls.borrow_mut())
+    }
+
+    const NAME: &str = "dev_web_c";
+
+    #[tokio::test]
+    async fn replacement_starts_before_the_old_container_stops() {
+        let (ctx, mut rx) = context(ReplaceOrder::StartFirst);
+        let s = apply_rev(&ctx, &mut rx, 1, sleeper("1")).await;
+        assert_eq!((s.phase, s.revision), (Phase::Running, 1));
+        assert_eq!(
+            calls(&ctx),
+            [format!("create {NAME}"), format!("start {NAME}")]
+        );
+
+        let s = apply_rev(&ctx, &mut rx, 2, sleeper("2")).await;
+        assert_eq!((s.phase, s.revision), (Phase::Running, 2));
+        let hash = format!("{:016x}", protocol::wire::hash_of(&sleeper("2")));
+        let temp = format!("{NAME}-{hash}");
+        assert_eq!(
+            calls(&ctx),
+            [
+                format!("create {temp}"),
+                format!("start {temp}"),
+                format!("remove {NAME}"),
+                format!("rename {temp} {NAME}"),
+            ]
+        );
+        assert_eq!(
+            ctx.runtime.snapshot(),
+            [(NAME.to_string(), "running".to_string(), "2".to_string())]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_host_port_or_stop_first_stops_the_old_container_first() {
+        for (order, make) in [
+            (
+                ReplaceOrder::StartFirst,
+                with_host_port as fn(&'static str) -> Container<'static>,
+            ),
+            (ReplaceOrder::StopFirst, sleeper),
+        ] {
+            let (ctx, mut rx) = context(order);
+            apply_rev(&ctx, &mut rx, 1, make("1")).await;
+            calls(&ctx);
+            let s = apply_rev(&ctx, &mut rx, 2, make("2")).await;
+            assert_eq!((s.phase, s.revision), (Phase::Running, 2), "{order:?}");
+            let c = calls(&ctx);
+            let temp = format!("{NAME}-{:016x}", protocol::wire::hash_of(&make("2")));
+            assert_eq!(
+                c,
+                [
+                    format!("create {temp}"),
+                    format!("stop {NAME}"),
+                    format!("start {temp}"),
+                    format!("remove {NAME}"),
+                    format!("rename {temp} {NAME}"),
+                ],
+                "{order:?}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn a_replacement_that_cannot_be_created_leaves_the_old_one_running() {
+        for order in [ReplaceOrder::StartFirst, ReplaceOrder::StopFirst] {
+            let (ctx, mut rx) = context(order);
+            apply_rev(&ctx, &mut rx, 1, sleeper("1")).await;
+            let before = ctx.runtime.snapshot();
+            calls(&ctx);
+            ctx.runtime.fail_create.set(true);
+            let s = apply_rev(&ctx, &mut rx, 2, sleeper("2")).await;
+            assert_eq!((s.phase, s.revision), (Phase::Failed, 2), "{order:?}");
+            assert!(
+                s.message.contains("cannot create"),
+                "{}",
+                s.message.as_str()
+            );
+            assert_eq!(ctx.runtime.snapshot(), before, "{order:?}");
+            assert!(
+                calls(&ctx).iter().all(|c| c.starts_with("create")),
+                "{order:?}: the old container was touched"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn a_replacement_that_cannot_start_is_removed_and_the_old_one_runs_again() {
+        for (order, make) in [
+            (
+                ReplaceOrder::StartFirst,
+                sleeper as fn(&'static str) -> Container<'static>,
+            ),
+            (ReplaceOrder::StartFirst, with_host_port),
+            (ReplaceOrder::StopFirst, sleeper),
+        ] {
+            let (ctx, mut rx) = context(order);
+            apply_rev(&ctx, &mut rx, 1, make("1")).await;
+            let before = ctx.runtime.snapshot();
+            ctx.runtime.fail_start_revision.set(Some(2));
+            let s = apply_rev(&ctx, &mut rx, 2, make("2")).await;
+            assert_eq!((s.phase, s.revision), (Phase::Failed, 2), "{order:?}");
+            assert!(
+                s.message.contains("executable file not found"),
+                "{}",
+                s.message.as_str()
+            );
+            assert_eq!(ctx.runtime.snapshot(), before, "{order:?}");
+            // Once the cause is gone, the retry replaces it.
+            ctx.runtime.fail_start_revision.set(None);
+            let s = apply_rev(&ctx, &mut rx, 2, make("2")).await;
+            assert_eq!((s.phase, s.revision), (Phase::Running, 2), "{order:?}");
+            assert_eq!(
+                ctx.runtime.snapshot(),
+                [(NAME.to_string(), "running".to_string(), "2".to_string())]
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn an_interrupted_replacement_is_finished_without_a_new_container() {
+        let (ctx, mut rx) = context(ReplaceOrder::StartFirst);
+        apply_rev(&ctx, &mut rx, 1, sleeper("1")).await;
+        // As if the agent died after starting the replacement: both run,
+        // the new one under its temporary name.
+        let hash = format!("{:016x}", protocol::wire::hash_of(&sleeper("2")));
+        let temp = format!("{NAME}-{hash}");
+        let mut spec = create_spec(&ctx, "web", 2, &sleeper("2"), temp.clone(), hash);
+        spec.name = temp.clone();
+        let id = ctx.runtime.create(&spec).await.unwrap();
+        ctx.runtime.start(&id).await.unwrap();
+        calls(&ctx);
+        let s = apply_rev(&ctx, &mut rx, 2, sleeper("2")).await;
+        assert_eq!((s.phase, s.revision), (Phase::Running, 2));
+        assert_eq!(
+            calls(&ctx),
+            [format!("remove {NAME}"), format!("rename {temp} {NAME}")]
+        );
+        assert_eq!(
+            ctx.runtime.snapshot(),
+            [(NAME.to_string(), "running".to_string(), "2".to_string())]
+        );
     }
 
     #[test]

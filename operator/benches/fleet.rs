@@ -140,6 +140,14 @@ impl Runtime for MemRuntime {
         }
         Ok(())
     }
+    async fn stop(&self, id: &str, _stop_timeout_secs: u64) -> Result<(), RuntimeError> {
+        for c in self.containers.borrow_mut().iter_mut() {
+            if c.id == id {
+                c.state = "exited".into();
+            }
+        }
+        Ok(())
+    }
     async fn remove(&self, id: &str, _stop_timeout_secs: u64) -> Result<(), RuntimeError> {
         self.containers.borrow_mut().retain(|c| c.id != id);
         Ok(())
@@ -205,6 +213,7 @@ async fn device(
         runtime: Rc::new(MemRuntime::default()),
         device_id: id,
         stop_timeout_secs: 1,
+        replace_order: Default::default(),
         allowed_host_paths: Vec::new(),
         status: status_tx,
         retry_base: Duration::from_millis(500),
