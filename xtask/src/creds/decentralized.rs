@@ -297,3 +297,58 @@ fn server_config(operator_jwt: &str, accounts: &[(&str, String, String)], system
         preload.into_values().collect::<String>()
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn template_names_the_device_only_as_a_whole_token() {
+        let (account, signer) = (nkeys::KeyPair::new_account(), nkeys::KeyPair::new_account());
+        let c = account_claims(&account, &signer, Map::new());
+        let nats = &c["nats"];
+        for k in ["mem_storage", "disk_storage", "streams", "consumer"] {
+            assert_eq!(nats["limits"][k], -1, "{k}");
+        }
+        assert!(nats.get("revocations").is_none());
+        let scope = &nats["signing_keys"][0];
+        assert_eq!(scope["key"], signer.public_key());
+        let template = &scope["template"];
+        let subjects: Vec<&str> = ["pub", "sub"]
+            .iter()
+            .flat_map(|k| template[k]["allow"].as_array().unwrap())
+            .map(|s| s.as_str().unwrap())
+            .collect();
+        assert_eq!(
+            subjects.len(),
+            device_publish("x").len() + device_subscribe("x").len()
+        );
+        for s in &subjects {
+            // nats-server 2.9 expands `{{name()}}` only as a whole token.
+            assert!(s.split('.').all(|t| t == NAME || !t.contains('{')), "{s}");
+        }
+        // Everything but the flow-control replies names the device.
+        let named = subjects.iter().filter(|s| s.split('.').any(|t| t == NAME));
+        assert_eq!(named.count(), subjects.len() - 1, "{subjects:?}");
+    }
+
+    #[test]
+    fn an_unchanged_jwt_is_kept_and_a_changed_one_re_signed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("x.jwt");
+        let issuer = nkeys::KeyPair::new_operator();
+        let claims = json!({"sub": "X", "nats": {"type": "operator", "version": 2}});
+        let first = keep_or_sign(&path, &claims, &issuer, 1, 0o644).unwrap();
+        assert_eq!(
+            keep_or_sign(&path, &claims, &issuer, 2, 0o644).unwrap(),
+            first
+        );
+        let other = json!({"sub": "Y", "nats": {"type": "operator", "version": 2}});
+        let second = keep_or_sign(&path, &other, &issuer, 3, 0o644).unwrap();
+        assert_ne!(second, first);
+        assert_eq!(jwt::decode(&second).unwrap()["iat"], 3);
+        // Another issuer's key means re-signing too.
+        let third = keep_or_sign(&path, &other, &nkeys::KeyPair::new_operator(), 4, 0o644);
+        assert_ne!(third.unwrap(), second);
+    }
+}
