@@ -16,34 +16,10 @@ async fn run_over_tls(name: &str, mutual: bool) {
     if testkit::tls::certificates(d).is_none() {
         return;
     }
+    let Some(env) = tls_env(name, d, mutual).await else {
+        return;
+    };
     let p = |f: &str| d.join(f);
-    let conf = d.join("tls.conf");
-    std::fs::write(
-        &conf,
-        format!(
-            "tls {{\n  cert_file: \"{}\"\n  key_file: \"{}\"\n  ca_file: \"{}\"\n  verify: {mutual}\n}}\n",
-            p("server.pem").display(),
-            p("server-key.pem").display(),
-            p("ca.pem").display()
-        ),
-    )
-    .unwrap();
-    let Some(nats) = testkit::NatsServer::start_with(testkit::NatsOptions {
-        config_file: Some(conf),
-        scheme: Some("tls"),
-        ..Default::default()
-    }) else {
-        return;
-    };
-    let mut admin = async_nats::ConnectOptions::new()
-        .require_tls(true)
-        .add_root_certificates(p("ca.pem"));
-    if mutual {
-        admin = admin.add_client_certificate(p("client.pem"), p("client-key.pem"));
-    }
-    let Some(env) = Env::start_on(unique(name), nats, admin).await else {
-        return;
-    };
     assert!(env.nats.url().starts_with("tls://"));
     write_tls_config(
         &env,
@@ -57,6 +33,36 @@ async fn run_over_tls(name: &str, mutual: bool) {
     env.delete("web").await;
     env.wait_status("web", "Removed", |s| s.phase == Phase::Removed)
         .await;
+}
+
+/// A TLS-only nats-server with the certificates in `d` (made by
+/// `testkit::tls::certificates`), asking for client certificates when
+/// `verify`, and the test's admin connection to it.
+async fn tls_env(name: &str, d: &Path, verify: bool) -> Option<Env> {
+    let p = |f: &str| d.join(f);
+    let conf = d.join("tls.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "tls {{\n  cert_file: \"{}\"\n  key_file: \"{}\"\n  ca_file: \"{}\"\n  verify: {verify}\n}}\n",
+            p("server.pem").display(),
+            p("server-key.pem").display(),
+            p("ca.pem").display()
+        ),
+    )
+    .unwrap();
+    let nats = testkit::NatsServer::start_with(testkit::NatsOptions {
+        config_file: Some(conf),
+        scheme: Some("tls"),
+        ..Default::default()
+    })?;
+    let mut admin = async_nats::ConnectOptions::new()
+        .require_tls(true)
+        .add_root_certificates(p("ca.pem"));
+    if verify {
+        admin = admin.add_client_certificate(p("client.pem"), p("client-key.pem"));
+    }
+    Env::start_on(unique(name), nats, admin).await
 }
 
 fn write_tls_config(
@@ -96,32 +102,10 @@ async fn mutual_tls_refuses_an_agent_without_a_client_certificate() {
     if testkit::tls::certificates(d).is_none() {
         return;
     }
+    let Some(env) = tls_env("mtlsno", d, true).await else {
+        return;
+    };
     let p = |f: &str| d.join(f);
-    let conf = d.join("tls.conf");
-    std::fs::write(
-        &conf,
-        format!(
-            "tls {{\n  cert_file: \"{}\"\n  key_file: \"{}\"\n  ca_file: \"{}\"\n  verify: true\n}}\n",
-            p("server.pem").display(),
-            p("server-key.pem").display(),
-            p("ca.pem").display()
-        ),
-    )
-    .unwrap();
-    let Some(nats) = testkit::NatsServer::start_with(testkit::NatsOptions {
-        config_file: Some(conf),
-        scheme: Some("tls"),
-        ..Default::default()
-    }) else {
-        return;
-    };
-    let admin = async_nats::ConnectOptions::new()
-        .require_tls(true)
-        .add_root_certificates(p("ca.pem"))
-        .add_client_certificate(p("client.pem"), p("client-key.pem"));
-    let Some(env) = Env::start_on(unique("mtlsno"), nats, admin).await else {
-        return;
-    };
     write_tls_config(&env, &p("ca.pem"), None);
     let log = env.dir.path().join("agent.log");
     let _agent = env.spawn_agent_logged(&env.config_path(), &log);

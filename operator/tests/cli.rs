@@ -5,7 +5,6 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Command, Output};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,27 +14,6 @@ use operator::status::StatusCache;
 use operator::testing::MockApiServer;
 use operator::{Context, ControllerConfig, reconcile};
 use protocol::Phase;
-
-fn cli(url: &str, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_iot-operator"))
-        .args(args)
-        .env("NATS_URL", url)
-        .env_remove("NATS_NKEY")
-        .env_remove("NATS_CREDS")
-        .output()
-        .unwrap()
-}
-
-fn ok(out: &Output) -> String {
-    assert!(
-        out.status.success(),
-        "exit {:?}\nstdout: {}\nstderr: {}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout.clone()).unwrap()
-}
 
 fn hello() -> &'static Path {
     Path::new(concat!(
@@ -49,13 +27,13 @@ async fn init_creates_the_buckets_with_their_settings() {
     let Some(server) = testkit::NatsServer::start() else {
         return;
     };
-    let out = ok(&cli(&server.url(), &["init"]));
+    let out = ok(&cli(&server.url(), None, &["init"]));
     assert_eq!(
         out.trim(),
         "created buckets: desired-state, device-status, device-heartbeat"
     );
     assert_eq!(
-        ok(&cli(&server.url(), &["init"])).trim(),
+        ok(&cli(&server.url(), None, &["init"])).trim(),
         "all buckets exist"
     );
     let client = async_nats::connect(server.url()).await.unwrap();
@@ -80,7 +58,7 @@ async fn apply_status_delete_round_trip() {
     let plan = operator::plan(&d).unwrap();
     let hex = revision_string(plan.revision);
 
-    let out = ok(&cli(&url, &["apply", "-f", file]));
+    let out = ok(&cli(&url, None, &["apply", "-f", file]));
     assert_eq!(
         out.trim(),
         format!("default/hello-web: revision {hex}: 1 written, 0 unchanged, 0 removed")
@@ -95,7 +73,7 @@ async fn apply_status_delete_round_trip() {
     assert_eq!(rec.owner.as_deref(), Some("default/hello-web"));
 
     let seq = desired_seq(&env.client).await;
-    let out = ok(&cli(&url, &["apply", "-f", file]));
+    let out = ok(&cli(&url, None, &["apply", "-f", file]));
     assert!(out.contains("0 written, 1 unchanged"), "{out}");
     assert_eq!(
         desired_seq(&env.client).await,
@@ -117,7 +95,7 @@ async fn apply_status_delete_round_trip() {
     reconcile(Arc::new(same), ctx).await.unwrap();
     assert_eq!(desired_seq(&env.client).await, seq);
 
-    let out = ok(&cli(&url, &["status"]));
+    let out = ok(&cli(&url, None, &["status"]));
     let lines: Vec<&str> = out.lines().collect();
     assert_eq!(lines.len(), 2, "{out}");
     assert!(lines[0].starts_with("DEPLOYMENT"), "{out}");
@@ -144,7 +122,7 @@ async fn apply_status_delete_round_trip() {
         "all good",
     )
     .await;
-    let out = ok(&cli(&url, &["status", "hello-web"]));
+    let out = ok(&cli(&url, None, &["status", "hello-web"]));
     let row: Vec<&str> = out.lines().nth(1).unwrap().split_whitespace().collect();
     assert_eq!(
         row[..5],
@@ -157,10 +135,10 @@ async fn apply_status_delete_round_trip() {
         ]
     );
     assert_eq!(row[row.len() - 2..], ["all", "good"]);
-    let out = ok(&cli(&url, &["status", "other"]));
+    let out = ok(&cli(&url, None, &["status", "other"]));
     assert_eq!(out.lines().count(), 1, "only the header: {out}");
 
-    let out = ok(&cli(&url, &["delete", "-f", file]));
+    let out = ok(&cli(&url, None, &["delete", "-f", file]));
     assert_eq!(out.trim(), "default/hello-web: removed from 1 device(s)");
     assert!(
         desired(&env.nats, "demo-device", "hello-web")
@@ -168,7 +146,7 @@ async fn apply_status_delete_round_trip() {
             .unwrap()
             .deleted
     );
-    let out = ok(&cli(&url, &["delete", "-f", file]));
+    let out = ok(&cli(&url, None, &["delete", "-f", file]));
     assert_eq!(out.trim(), "default/hello-web: removed from 0 device(s)");
 }
 
@@ -210,7 +188,7 @@ async fn bad_manifests_write_nothing_and_say_why() {
         (&dotted, "metadata.name `web.v1`"),
         (&star, "spec.targetDevices[0] `pi*`"),
     ] {
-        let out = cli(&url, &["apply", "-f", file]);
+        let out = cli(&url, None, &["apply", "-f", file]);
         assert!(!out.status.success());
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(err.contains(expect), "{file}: {err}");
@@ -225,7 +203,7 @@ async fn bad_manifests_write_nothing_and_say_why() {
             "{head}metadata: {{name: web}}\nspec:\n  targetDevices: [a]\n  score: {{type: PdomanV0, data: {{x: 1}}}}\n"
         ),
     );
-    let out = cli(&url, &["apply", "-f", &unknown]);
+    let out = cli(&url, None, &["apply", "-f", &unknown]);
     ok(&out);
     assert!(String::from_utf8_lossy(&out.stderr).contains("did you mean `PodmanV0`?"));
 }
@@ -233,7 +211,7 @@ async fn bad_manifests_write_nothing_and_say_why() {
 #[tokio::test]
 async fn unreachable_nats_is_a_clear_error() {
     let port = testkit::free_port();
-    let out = cli(&format!("nats://127.0.0.1:{port}"), &["status"]);
+    let out = cli(&format!("nats://127.0.0.1:{port}"), None, &["status"]);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(

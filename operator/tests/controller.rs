@@ -16,12 +16,22 @@ use operator::{Context, ControllerConfig, error_policy, reconcile};
 use protocol::DesiredState;
 use serde_json::json;
 
-fn context(client: kube::Client, env: &Env) -> Arc<Context> {
+fn context(client: kube::Client, env: &Env, config: ControllerConfig) -> Arc<Context> {
     let cache = StatusCache::detached(Duration::from_secs(90));
-    Arc::new(
-        Context::new(client, env.nats.clone(), cache, ControllerConfig::default())
-            .with_clock(Arc::new(|| T0_NS)),
-    )
+    Arc::new(Context::new(client, env.nats.clone(), cache, config).with_clock(Arc::new(|| T0_NS)))
+}
+
+/// A fresh mock API server and a controller context on `env`'s NATS.
+fn controller(env: &Env) -> (MockApiServer, Arc<Context>) {
+    let (client, api) = MockApiServer::start();
+    (api, context(client, env, ControllerConfig::default()))
+}
+
+/// Reconciles `d` and forgets the requests it made: the applied state the
+/// later steps of a test start from.
+async fn applied(api: &MockApiServer, ctx: &Arc<Context>, d: &Deployment) {
+    step(api, ctx, d).await.unwrap();
+    api.take();
 }
 
 /// Reconciles `d` as the server holds it after the call, like the
@@ -51,8 +61,7 @@ fn cond<'a>(status: &'a serde_json::Value, type_: &str) -> &'a serde_json::Value
 #[tokio::test]
 async fn create_adds_the_finalizer_then_writes_and_patches_status() {
     let Some(env) = nats_env().await else { return };
-    let (client, api) = MockApiServer::start();
-    let ctx = context(client, &env);
+    let (api, ctx) = controller(&env);
     let d = deployment(
         "default",
         "hello-web",
@@ -88,14 +97,7 @@ async fn create_adds_the_finalizer_then_writes_and_patches_status() {
     let rev = revision_of(&d);
     let hex = revision_string(rev);
     let reqs = api.take();
-    let lines: Vec<String> = reqs.iter().map(|r| r.line()).collect();
-    assert_eq!(
-        lines,
-        [
-            format!("PATCH {path}/status"),
-            format!("POST {}", events_path("default"))
-        ]
-    );
+    assert_eq!(lines(&reqs), status_patch_and_event("default", "hello-web"));
     let score_json = serde_json::to_string(&d.spec.score).unwrap();
     let c = |t: &str, s: &str, reason: &str, msg: &str| json!({"type": t, "status": s, "lastTransitionTime": T0, "observedGeneration": 1, "reason": reason, "message": msg});
     let unknown = |dev: &str| json!({"device": dev, "phase": "Unknown", "revision": null, "message": "no status reported yet", "lastReportTime": null});
@@ -145,15 +147,8 @@ async fn create_adds_the_finalizer_then_writes_and_patches_status() {
 #[tokio::test]
 async fn unchanged_spec_writes_nothing_and_patches_nothing() {
     let Some(env) = nats_env().await else { return };
-    let (client, api) = MockApiServer::start();
-    let ctx = context(client, &env);
-    let d = with_finalizer(deployment(
-        "default",
-        "web",
-        &["a", "b"],
-        "PodmanV0",
-        podman("nginx:1"),
-    ));
+    let (api, ctx) = controller(&env);
+    let d = web(&["a", "b"], "nginx:1");
     step(&api, &ctx, &d).await.unwrap();
     assert_eq!(api.take().len(), 2, "status patch and event");
     let seq = desired_seq(&env.client).await;
@@ -183,15 +178,7 @@ async fn unchanged_spec_writes_nothing_and_patches_nothing() {
         resync: Duration::ZERO,
         ..ControllerConfig::default()
     };
-    let eager = Arc::new(
-        Context::new(
-            client,
-            env.nats.clone(),
-            StatusCache::detached(Duration::from_secs(90)),
-            config,
-        )
-        .with_clock(Arc::new(|| T0_NS)),
-    );
+    let eager = context(client, &env, config);
     for _ in 0..2 {
         step(&api2, &eager, &d).await.unwrap();
     }
@@ -203,17 +190,9 @@ async fn unchanged_spec_writes_nothing_and_patches_nothing() {
 #[tokio::test]
 async fn updated_score_writes_a_new_revision() {
     let Some(env) = nats_env().await else { return };
-    let (client, api) = MockApiServer::start();
-    let ctx = context(client, &env);
-    let d1 = with_finalizer(deployment(
-        "default",
-        "web",
-        &["a"],
-        "PodmanV0",
-        podman("nginx:1"),
-    ));
-    step(&api, &ctx, &d1).await.unwrap();
-    api.take();
+    let (api, ctx) = controller(&env);
+    let d1 = web(&["a"], "nginx:1");
+    applied(&api, &ctx, &d1).await;
     let mut d2 = api.get("default", "web").unwrap();
     d2.spec.score.data = podman("nginx:2");
     d2.metadata.generation = Some(2);
@@ -244,17 +223,9 @@ async fn updated_score_writes_a_new_revision() {
 #[tokio::test]
 async fn removed_target_loses_its_key_only() {
     let Some(env) = nats_env().await else { return };
-    let (client, api) = MockApiServer::start();
-    let ctx = context(client, &env);
-    let d = with_finalizer(deployment(
-        "default",
-        "web",
-        &["a", "b"],
-        "PodmanV0",
-        podman("nginx:1"),
-    ));
-    step(&api, &ctx, &d).await.unwrap();
-    api.take();
+    let (api, ctx) = controller(&env);
+    let d = web(&["a", "b"], "nginx:1");
+    applied(&api, &ctx, &d).await;
     let mut d = api.get("default", "web").unwrap();
     d.spec.target_devices = vec!["a".into()];
     d.metadata.generation = Some(2);
@@ -278,8 +249,7 @@ async fn removed_target_loses_its_key_only() {
 #[tokio::test]
 async fn invalid_score_sets_the_condition_and_writes_nothing() {
     let Some(env) = nats_env().await else { return };
-    let (client, api) = MockApiServer::start();
-    let ctx = context(client, &env);
+    let (api, ctx) = controller(&env);
     let bad = json!({"containers": [{"name": "web", "image": "nginx:1", "ports": [{"containerPort": 0}]}]});
     let d = with_finalizer(deployment("default", "web", &["a"], "PodmanV0", bad));
     let seq = desired_seq(&env.client).await;
@@ -291,14 +261,7 @@ async fn invalid_score_sets_the_condition_and_writes_nothing() {
     );
     assert_eq!(desired_seq(&env.client).await, seq, "nothing written");
     let reqs = api.take();
-    let lines: Vec<String> = reqs.iter().map(|r| r.line()).collect();
-    assert_eq!(
-        lines,
-        [
-            format!("PATCH {}/status", deployment_path("default", "web")),
-            format!("POST {}", events_path("default"))
-        ]
-    );
+    assert_eq!(lines(&reqs), status_patch_and_event("default", "web"));
     let status = &reqs[0].body["status"];
     let invalid = cond(status, "InvalidScore");
     assert_eq!(invalid["status"], "True");
@@ -322,8 +285,7 @@ async fn invalid_score_sets_the_condition_and_writes_nothing() {
 #[tokio::test]
 async fn unknown_score_type_is_routed_with_a_warning() {
     let Some(env) = nats_env().await else { return };
-    let (client, api) = MockApiServer::start();
-    let ctx = context(client, &env);
+    let (api, ctx) = controller(&env);
     let d = with_finalizer(deployment(
         "default",
         "web",
@@ -356,8 +318,7 @@ async fn unknown_score_type_is_routed_with_a_warning() {
 #[tokio::test]
 async fn same_name_in_another_namespace_conflicts_on_shared_devices() {
     let Some(env) = nats_env().await else { return };
-    let (client, api) = MockApiServer::start();
-    let ctx = context(client, &env);
+    let (api, ctx) = controller(&env);
     let first = with_finalizer(deployment(
         "team-a",
         "web",
@@ -365,8 +326,7 @@ async fn same_name_in_another_namespace_conflicts_on_shared_devices() {
         "PodmanV0",
         podman("nginx:1"),
     ));
-    step(&api, &ctx, &first).await.unwrap();
-    api.take();
+    applied(&api, &ctx, &first).await;
     let first_value = desired(&env.nats, "shared", "web").await.unwrap();
 
     let second = with_finalizer(deployment(
@@ -378,9 +338,8 @@ async fn same_name_in_another_namespace_conflicts_on_shared_devices() {
     ));
     step(&api, &ctx, &second).await.unwrap();
     let reqs = api.take();
-    let lines: Vec<String> = reqs.iter().map(|r| r.line()).collect();
     assert_eq!(
-        lines,
+        lines(&reqs),
         [
             format!("PATCH {}/status", deployment_path("team-b", "web")),
             format!("POST {}", events_path("team-b")),
@@ -414,10 +373,7 @@ async fn same_name_in_another_namespace_conflicts_on_shared_devices() {
     );
 
     // Deleting the second leaves the first's keys alone.
-    let mut gone = api.get("team-b", "web").unwrap();
-    gone.metadata.deletion_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
-        k8s_openapi::jiff::Timestamp::from_second(1_767_225_600).unwrap(),
-    ));
+    let gone = deleting(api.get("team-b", "web").unwrap());
     step(&api, &ctx, &gone).await.unwrap();
     assert!(desired(&env.nats, "b-only", "web").await.unwrap().deleted);
     assert_eq!(
@@ -437,17 +393,9 @@ fn deleting(mut d: Deployment) -> Deployment {
 #[tokio::test]
 async fn delete_removes_keys_then_the_finalizer() {
     let Some(env) = nats_env().await else { return };
-    let (client, api) = MockApiServer::start();
-    let ctx = context(client, &env);
-    let d = with_finalizer(deployment(
-        "default",
-        "web",
-        &["a", "b"],
-        "PodmanV0",
-        podman("nginx:1"),
-    ));
-    step(&api, &ctx, &d).await.unwrap();
-    api.take();
+    let (api, ctx) = controller(&env);
+    let d = web(&["a", "b"], "nginx:1");
+    applied(&api, &ctx, &d).await;
     let d = deleting(api.get("default", "web").unwrap());
     let action = step(&api, &ctx, &d).await.unwrap();
     assert_eq!(action, Action::await_change());
@@ -472,13 +420,7 @@ async fn delete_removes_keys_then_the_finalizer() {
     }
     // Idempotent: a repeated cleanup writes nothing more.
     let seq = desired_seq(&env.client).await;
-    let again = with_finalizer(deleting(deployment(
-        "default",
-        "web",
-        &["a", "b"],
-        "PodmanV0",
-        podman("nginx:1"),
-    )));
+    let again = deleting(web(&["a", "b"], "nginx:1"));
     step(&api, &ctx, &again).await.unwrap();
     assert_eq!(desired_seq(&env.client).await, seq);
 }
@@ -488,17 +430,9 @@ async fn delete_with_nats_down_keeps_the_finalizer() {
     let Some(mut env) = nats_env().await else {
         return;
     };
-    let (client, api) = MockApiServer::start();
-    let ctx = context(client, &env);
-    let d = with_finalizer(deployment(
-        "default",
-        "web",
-        &["a"],
-        "PodmanV0",
-        podman("nginx:1"),
-    ));
-    step(&api, &ctx, &d).await.unwrap();
-    api.take();
+    let (api, ctx) = controller(&env);
+    let d = web(&["a"], "nginx:1");
+    applied(&api, &ctx, &d).await;
     let d = deleting(api.get("default", "web").unwrap());
     env.server.stop();
     let err = step(&api, &ctx, &d).await.unwrap_err();

@@ -8,7 +8,6 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Command, Output};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,27 +17,6 @@ use operator::testing::MockApiServer;
 use operator::{Context, ControllerConfig, reconcile};
 use protocol::Phase;
 use protocol::permissions::{OPERATOR_INBOX_PREFIX, Role, nats_server_config};
-
-fn cli(url: &str, seed: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_iot-operator"))
-        .args(args)
-        .env("NATS_URL", url)
-        .env("NATS_NKEY", seed)
-        .env_remove("NATS_CREDS")
-        .output()
-        .unwrap()
-}
-
-fn ok(out: &Output) -> String {
-    assert!(
-        out.status.success(),
-        "exit {:?}\nstdout: {}\nstderr: {}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout.clone()).unwrap()
-}
 
 fn identity(dir: &Path, name: &str) -> (std::path::PathBuf, String, String) {
     let kp = nkeys::KeyPair::new_user();
@@ -75,12 +53,12 @@ async fn operator_flow_under_its_own_identity() {
     let url = server.url();
 
     // The operator identity cannot create the buckets; the admin can.
-    let out = cli(&url, &op_file, &["init"]);
+    let out = cli(&url, Some(&op_file), &["init"]);
     assert!(
         !out.status.success(),
         "the operator identity created buckets"
     );
-    let out = ok(&cli(&url, &admin_file, &["init"]));
+    let out = ok(&cli(&url, Some(&admin_file), &["init"]));
     assert!(out.contains("created buckets"), "{out}");
 
     // apply / status / delete as the operator.
@@ -89,9 +67,9 @@ async fn operator_flow_under_its_own_identity() {
         "/../deploy/examples/hello.yaml"
     ));
     let file = hello.to_str().unwrap();
-    let out = ok(&cli(&url, &op_file, &["apply", "-f", file]));
+    let out = ok(&cli(&url, Some(&op_file), &["apply", "-f", file]));
     assert!(out.contains("1 written"), "{out}");
-    let out = ok(&cli(&url, &op_file, &["apply", "-f", file]));
+    let out = ok(&cli(&url, Some(&op_file), &["apply", "-f", file]));
     assert!(out.contains("1 unchanged"), "{out}");
 
     // The device reports under its own identity; the operator reads it.
@@ -112,7 +90,7 @@ async fn operator_flow_under_its_own_identity() {
     )
     .await;
     put_heartbeat(&device, "demo-device").await;
-    let out = ok(&cli(&url, &op_file, &["status", "hello-web"]));
+    let out = ok(&cli(&url, Some(&op_file), &["status", "hello-web"]));
     assert!(out.contains("Running"), "{out}");
 
     // The controller's KV access and status watch as the operator.
@@ -159,7 +137,7 @@ async fn operator_flow_under_its_own_identity() {
     .await;
     assert!(seen, "the operator's status watch did not see the report");
 
-    let out = ok(&cli(&url, &op_file, &["delete", "-f", file]));
+    let out = ok(&cli(&url, Some(&op_file), &["delete", "-f", file]));
     assert!(out.contains("removed from 1 device"), "{out}");
 
     // Over the bounds: the operator refuses a score with too many
@@ -176,7 +154,11 @@ async fn operator_flow_under_its_own_identity() {
         ),
     )
     .unwrap();
-    let out = cli(&url, &op_file, &["apply", "-f", big.to_str().unwrap()]);
+    let out = cli(
+        &url,
+        Some(&op_file),
+        &["apply", "-f", big.to_str().unwrap()],
+    );
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(

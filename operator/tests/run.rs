@@ -17,13 +17,7 @@ use protocol::Phase;
 async fn controller_reconciles_and_follows_device_reports() {
     let Some(env) = nats_env().await else { return };
     let (client, api) = MockApiServer::start();
-    let d = with_finalizer(deployment(
-        "default",
-        "web",
-        &["a"],
-        "PodmanV0",
-        podman("nginx:1"),
-    ));
+    let d = web(&["a"], "nginx:1");
     let rev = operator::plan(&d).unwrap().revision;
     api.insert(&d);
     let (cache, changes) = StatusCache::new(Duration::from_secs(90));

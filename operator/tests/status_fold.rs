@@ -10,7 +10,7 @@ use std::time::Duration;
 use common::*;
 use operator::crd::revision_string;
 use operator::status::{Change, StatusCache, now_ns};
-use operator::testing::{MockApiServer, deployment_path, events_path};
+use operator::testing::MockApiServer;
 use operator::{Context, ControllerConfig, reconcile};
 use protocol::Phase;
 
@@ -44,13 +44,7 @@ async fn reports_in_nats_fold_into_the_status_patch() {
         cache.clone(),
         ControllerConfig::default(),
     ));
-    let d = with_finalizer(deployment(
-        "default",
-        "web",
-        &["a", "b", "c"],
-        "PodmanV0",
-        podman("nginx:1"),
-    ));
+    let d = web(&["a", "b", "c"], "nginx:1");
     let rev = operator::plan(&d).unwrap().revision;
     api.insert(&d);
     reconcile(Arc::new(d), ctx.clone()).await.unwrap();
@@ -90,14 +84,7 @@ async fn reports_in_nats_fold_into_the_status_patch() {
     let d = api.get("default", "web").unwrap();
     reconcile(Arc::new(d), ctx.clone()).await.unwrap();
     let reqs = api.take();
-    let lines: Vec<String> = reqs.iter().map(|r| r.line()).collect();
-    assert_eq!(
-        lines,
-        [
-            format!("PATCH {}/status", deployment_path("default", "web")),
-            format!("POST {}", events_path("default")),
-        ]
-    );
+    assert_eq!(lines(&reqs), status_patch_and_event("default", "web"));
     let status = &reqs[0].body["status"];
     assert_eq!(
         (

@@ -2,11 +2,14 @@
 //! agent-style reports.
 #![allow(dead_code, clippy::unwrap_used, missing_docs)]
 
+use std::path::Path;
+use std::process::{Command, Output};
 use std::time::Duration;
 
 use async_nats::jetstream;
 use operator::crd::{Deployment, DeploymentSpec, FINALIZER, Rollout, Score};
 use operator::nats::{KvRecord, Nats};
+use operator::testing::{ApiRequest, deployment_path, events_path};
 use protocol::keys::{DESIRED_STATE_BUCKET, DEVICE_HEARTBEAT_BUCKET, DEVICE_STATUS_BUCKET};
 use protocol::{BoundedVec, Heartbeat, Phase, Text};
 use testkit::NatsServer;
@@ -72,6 +75,31 @@ pub fn deployment(
 pub fn with_finalizer(mut d: Deployment) -> Deployment {
     d.metadata.finalizers = Some(vec![FINALIZER.to_string()]);
     d
+}
+
+/// `default/web` running `image` on `targets`, its finalizer already added.
+pub fn web(targets: &[&str], image: &str) -> Deployment {
+    with_finalizer(deployment(
+        "default",
+        "web",
+        targets,
+        "PodmanV0",
+        podman(image),
+    ))
+}
+
+/// Each recorded request as `METHOD path`.
+pub fn lines(reqs: &[ApiRequest]) -> Vec<String> {
+    reqs.iter().map(ApiRequest::line).collect()
+}
+
+/// The two requests of a reconcile that changed something: the status patch
+/// and the event.
+pub fn status_patch_and_event(ns: &str, name: &str) -> [String; 2] {
+    [
+        format!("PATCH {}/status", deployment_path(ns, name)),
+        format!("POST {}", events_path(ns)),
+    ]
 }
 
 /// The last record of one desired-state key.
@@ -143,4 +171,31 @@ pub async fn put_heartbeat(client: &async_nats::Client, device: &str) {
     .unwrap()
     .await
     .unwrap();
+}
+
+/// Runs `iot-operator args` against `url`, as the nkey identity in `seed`
+/// when one is given (and never with credentials from the caller's
+/// environment).
+pub fn cli(url: &str, seed: Option<&Path>, args: &[&str]) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_iot-operator"));
+    cmd.args(args)
+        .env("NATS_URL", url)
+        .env_remove("NATS_NKEY")
+        .env_remove("NATS_CREDS");
+    if let Some(seed) = seed {
+        cmd.env("NATS_NKEY", seed);
+    }
+    cmd.output().unwrap()
+}
+
+/// The standard output of a run that must have succeeded.
+pub fn ok(out: &Output) -> String {
+    assert!(
+        out.status.success(),
+        "exit {:?}\nstdout: {}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout.clone()).unwrap()
 }
