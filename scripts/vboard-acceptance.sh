@@ -20,23 +20,47 @@ if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     for t in mkfs.fat:dosfstools mcopy:mtools mke2fs:e2fsprogs sfdisk:fdisk nats-server:nats-server; do
         command -v "${t%%:*}" >/dev/null || need+=("${t#*:}")
     done
-    if ! command -v qemu-system-aarch64 >/dev/null; then
+    need_qemu=
+    command -v qemu-system-aarch64 >/dev/null || need_qemu=1
+    if [ "${#need[@]}" -gt 0 ] || [ -n "$need_qemu" ]; then
+        # Before any version lookup: a fresh machine may have no lists.
+        apt-get update -qq
+    fi
+    if [ -n "$need_qemu" ]; then
         # Debian's qemu-system-arm must come with qemu-utils of the same
-        # version (a newer qemu-utils from backports makes apt remove qemu-img).
+        # version: a newer qemu-utils (e.g. 10.0 from bookworm-backports,
+        # preinstalled on CI machines) makes apt remove qemu-img instead.
+        # Pin all four to the suite's qemu-system-arm (downgrading qemu-utils).
         v=$(apt-cache policy qemu-system-arm | awk '/Candidate:/ {print $2}')
+        if [ -z "$v" ] || [ "$v" = "(none)" ]; then
+            echo "vboard: apt knows no qemu-system-arm; check /etc/apt/sources.list*" >&2
+            exit 1
+        fi
         need+=("qemu-system-arm=$v" "qemu-system-common=$v" "qemu-utils=$v"
                "qemu-system-data=${v%+b*}")
     fi
     if [ "${#need[@]}" -gt 0 ]; then
-        apt-get update -qq
         DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
             --allow-downgrades "${need[@]}"
     fi
     # binfmt_misc is not mounted where PID 1 is not systemd.
     update-binfmts --enable qemu-aarch64 2>/dev/null || true
+    qemu-system-aarch64 --version | head -n 1
+    qemu-img --version | head -n 1
 fi
 
 export CI="${CI:-true}"
+# As scripts/test.sh: a different setting would rebuild the workspace.
+export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
 start=$(date +%s)
-cargo test -p xtask --locked --test vboard -- --ignored --nocapture
+# Build with the workspace's feature set, as scripts/test.sh does (`cargo
+# test --workspace`): after it this is a no-op. `-p xtask` or `cargo build
+# -p operator` would resolve features differently and rebuild most
+# dependencies (minutes on 2 cores).
+target="${CARGO_TARGET_DIR:-target}"
+case "$target" in /*) ;; *) target="$PWD/$target" ;; esac
+cargo test --workspace --locked --no-run
+export IOT_OPERATOR_BIN="${IOT_OPERATOR_BIN:-$target/debug/iot-operator}"
+echo "vboard: build $(( $(date +%s) - start )) s; operator $IOT_OPERATOR_BIN"
+cargo test --workspace --locked --test vboard -- --ignored --nocapture
 echo "vboard acceptance: $(( $(date +%s) - start )) s"

@@ -35,6 +35,7 @@ cargo xtask base-image --board BOARD -o BASE.img [--size SIZE] [--mirror URL] [-
     --mirror URL   Debian mirror (default: the host's apt mirror, else
                    http://deb.debian.org/debian)
     --force        rebuild the root filesystem even if it is cached
+                   (XTASK_VBOARD_DIR=DIR moves the cache from target/vboard)
     Needs root (mmdebstrap, chroot), binfmt_misc for qemu-aarch64
     (qemu-user-static, binfmt-support), mmdebstrap, dosfstools, mtools,
     e2fsprogs, fdisk. The root filesystem is cached as
@@ -119,6 +120,10 @@ const PACKAGES: &[&str] = &[
     "procps",
     "netbase",
     "ca-certificates",
+    "e2fsprogs",
+    // Satisfies podman's `gnupg | gpg` with one package instead of the
+    // whole GnuPG suite (dirmngr, gpg-agent, gpgsm, LDAP, ...).
+    "gpg",
     "initramfs-tools",
     "busybox-static",
     "podman",
@@ -129,6 +134,18 @@ const PACKAGES: &[&str] = &[
     "fuse-overlayfs",
     "catatonit",
 ];
+
+/// The packages of `flavor`'s base image. A virtual board talks to the
+/// host's NATS in plain text (or TLS with the CA from its config), so it
+/// goes without the public CA bundle, whose setup alone takes 1-3 min
+/// under qemu-user (one emulated process per certificate).
+fn packages(flavor: Flavor) -> Vec<&'static str> {
+    PACKAGES
+        .iter()
+        .copied()
+        .filter(|p| flavor != Flavor::DirectKernel || *p != "ca-certificates")
+        .collect()
+}
 
 /// Modules the initramfs needs to find the root filesystem. `MODULES=most`
 /// takes ~16 min under qemu-user; this list takes about one. The Pi entries
@@ -150,10 +167,106 @@ const INITRAMFS_MODULES: &[&str] = &[
     "uas",
 ];
 
+/// dpkg configuration present only while the root filesystem is built:
+/// no fsync per unpacked file (under qemu-user every syscall is slow, and a
+/// failed build is thrown away anyway). The customize hook removes it.
+const UNSAFE_IO_CONF: &str = "/etc/dpkg/dpkg.cfg.d/00iot-build-unsafe-io";
+
+/// Paths dpkg never unpacks on any board: documentation, manual pages and
+/// translations (fewer files to write under qemu-user, a smaller image).
+/// They stay in /etc/dpkg/dpkg.cfg.d/99mmdebstrap on the board.
+const PATH_EXCLUDES: &[&str] = &[
+    "path-exclude=/usr/share/man/*",
+    "path-exclude=/usr/share/info/*",
+    "path-exclude=/usr/share/lintian/*",
+    "path-exclude=/usr/share/locale/*",
+    "path-include=/usr/share/locale/locale.alias",
+    "path-exclude=/usr/share/doc/*",
+    "path-include=/usr/share/doc/*/copyright",
+];
+
+/// Kernel parts a virtual board has no hardware for (GPUs, media, sound,
+/// USB, wireless, physical NICs, device trees): about half of the
+/// kernel's size. virtio, block, filesystems, netfilter, bridge, veth and
+/// input (the power button) stay.
+const VIRT_KERNEL_EXCLUDES: &[&str] = &[
+    "gpu",
+    "media",
+    "infiniband",
+    "iio",
+    "staging",
+    "usb",
+    "bluetooth",
+    "hwmon",
+    "net/wireless",
+    "net/ethernet",
+    "net/can",
+    "net/usb",
+];
+
+/// Everything passed to mmdebstrap that decides what it builds (part of the
+/// cache key); the hook, the output and the mirror come on top.
+fn mmdebstrap_options(flavor: Flavor) -> Vec<String> {
+    let mut o: Vec<String> = [
+        "--mode=root",
+        // The format is otherwise guessed from the extension.
+        "--format=tar",
+        // Essential + apt, then our list: no `required` extras (tzdata, ...).
+        "--variant=apt",
+        "--architectures=arm64",
+        // Merged /usr by symlinks (debootstrap's way) instead of the
+        // usrmerge package, which pulls in perl and converts under qemu.
+        "--hook-dir=/usr/share/mmdebstrap/hooks/merged-usr",
+        "--aptopt=Acquire::Retries \"3\"",
+    ]
+    .map(String::from)
+    .to_vec();
+    o.push(format!("--components={}", flavor.components()));
+    o.push(format!("--include={}", packages(flavor).join(",")));
+    o.push(format!(
+        "--setup-hook=mkdir -p \"$1/etc/dpkg/dpkg.cfg.d\" && echo force-unsafe-io > \"$1{UNSAFE_IO_CONF}\""
+    ));
+    o.extend(PATH_EXCLUDES.iter().map(|p| format!("--dpkgopt={p}")));
+    if flavor == Flavor::DirectKernel {
+        for dir in ["/lib/modules", "/usr/lib/modules"] {
+            for d in VIRT_KERNEL_EXCLUDES {
+                o.push(format!(
+                    "--dpkgopt=path-exclude={dir}/*/kernel/drivers/{d}/*"
+                ));
+            }
+            for d in ["sound", "net/wireless", "net/mac80211", "net/bluetooth"] {
+                o.push(format!("--dpkgopt=path-exclude={dir}/*/kernel/{d}/*"));
+            }
+        }
+        o.push("--dpkgopt=path-exclude=/usr/lib/linux-image-*".into());
+    }
+    o
+}
+
+/// Extra initramfs modules of real boards (missing ones are skipped): SCSI
+/// disks (USB sticks, SATA), AHCI, xHCI, and the Pi 4's PCIe/USB glue.
+const DISK_HOST_MODULES: &[&str] = &[
+    "sd_mod",
+    "ahci",
+    "ahci_platform",
+    "xhci_pci",
+    "xhci_plat_hcd",
+    "pcie_brcmstb",
+    "reset_raspberrypi",
+];
+
 /// The customize hook, run by mmdebstrap with the root directory as `$1`
 /// after the packages are installed. Part of the cache key.
 fn hook_script(flavor: Flavor) -> String {
-    let modules = INITRAMFS_MODULES.join("\n");
+    let mut modules = INITRAMFS_MODULES.join("\n");
+    if flavor != Flavor::DirectKernel {
+        // Real boards also boot from USB, SATA or NVMe behind a SCSI disk
+        // driver and a USB/PCIe host controller.
+        for m in DISK_HOST_MODULES {
+            modules.push('\n');
+            modules.push_str(m);
+        }
+    }
     let late = flavor.late_packages();
     // raspi-firmware owns /etc/default/raspi-firmware, written above: keep
     // ours instead of stopping at dpkg's conffile prompt.
@@ -161,6 +274,7 @@ fn hook_script(flavor: Flavor) -> String {
         Flavor::RaspiFirmware => "-o Dpkg::Options::=--force-confold ",
         Flavor::DirectKernel | Flavor::Uefi => "",
     };
+    let unsafe_io = UNSAFE_IO_CONF;
     format!(
         r#"#!/bin/sh
 # Written by `cargo xtask base-image`; runs once per cached root filesystem.
@@ -195,6 +309,10 @@ EOF
 echo iot-board > "$R/etc/hostname"
 printf '127.0.0.1\tlocalhost\n127.0.1.1\tiot-board\n::1\t\tlocalhost ip6-localhost ip6-loopback\n' > "$R/etc/hosts"
 chroot "$R" systemctl enable systemd-networkd.service podman.socket
+# The agent alone starts and updates containers (from its cache at boot):
+# no Podman auto-update (registry polling) and no podman-restart racing it.
+chroot "$R" systemctl disable podman-auto-update.timer podman-auto-update.service \
+    podman-restart.service
 # The agent waits for network-online; a board without a cable must still boot.
 mkdir -p "$R/etc/systemd/system/systemd-networkd-wait-online.service.d"
 cat > "$R/etc/systemd/system/systemd-networkd-wait-online.service.d/timeout.conf" <<'EOF'
@@ -205,6 +323,8 @@ EOF
 # Each board gets its own machine id at first boot.
 : > "$R/etc/machine-id"
 rm -f "$R/var/lib/dbus/machine-id"
+# dpkg on the board syncs its writes again (see the setup hook).
+rm -f "$R{unsafe_io}"
 "#
     )
 }
@@ -286,22 +406,23 @@ pub fn cmd(mut args: Args) -> Result<()> {
 }
 
 /// Where base-image and board-sim keep their caches:
-/// `<workspace>/target/vboard`, whatever `CARGO_TARGET_DIR` says.
+/// `<workspace>/target/vboard`, whatever `CARGO_TARGET_DIR` says, or
+/// `XTASK_VBOARD_DIR` (e.g. a disk with more room, or an empty directory
+/// for a cold build).
 pub fn cache_dir() -> PathBuf {
-    workspace_target().join("vboard")
+    match std::env::var_os("XTASK_VBOARD_DIR") {
+        Some(d) if !d.is_empty() => PathBuf::from(d),
+        _ => workspace_target().join("vboard"),
+    }
 }
 
 /// The cache key of a root filesystem: suite, mirror, packages and hook.
 pub fn rootfs_key(flavor: Flavor, mirror: &str) -> Result<String> {
-    let mut text = format!(
+    let text = format!(
         "{SUITE}\n{mirror}\n{}\n{}",
-        PACKAGES.join(","),
+        mmdebstrap_options(flavor).join("\n"),
         hook_script(flavor)
     );
-    // Only non-default components change the key (cached `main` ones stay valid).
-    if flavor.components() != "main" {
-        text.push_str(flavor.components());
-    }
     Ok(sha256_reader(text.as_bytes())?[..12].to_string())
 }
 
@@ -370,29 +491,20 @@ fn mmdebstrap(flavor: Flavor, mirror: &str, dir: &Path, tarball: &Path) -> Resul
     let _ = std::fs::remove_file(&tmp);
     eprintln!(
         "mmdebstrap {SUITE} arm64 from {mirror} ({} packages + {}; about 7 min; log: {})...",
-        PACKAGES.len(),
+        packages(flavor).len(),
         flavor.late_packages(),
         log.display()
     );
     let start = Instant::now();
-    let log_file = std::fs::File::create(&log)?;
     let mut c = Command::new("mmdebstrap");
-    // `--format=tar`: the format is otherwise guessed from the extension.
-    c.args([
-        "--mode=root",
-        "--format=tar",
-        "--variant=minbase",
-        "--architectures=arm64",
-    ])
-    .arg(format!("--components={}", flavor.components()))
-    .arg(format!("--include={}", PACKAGES.join(",")))
-    .arg(format!("--customize-hook=sh {} \"$1\"", hook.display()))
-    .arg(SUITE)
-    .arg(&tmp)
-    .arg(mirror)
-    .stdout(log_file.try_clone()?)
-    .stderr(log_file);
-    let status = c.status().context("could not start mmdebstrap")?;
+    // --verbose: apt's and dpkg's output, timed line by line in the log.
+    c.arg("--verbose")
+        .args(mmdebstrap_options(flavor))
+        .arg(format!("--customize-hook=sh {} \"$1\"", hook.display()))
+        .arg(SUITE)
+        .arg(&tmp)
+        .arg(mirror);
+    let status = run_logged(&mut c, &log).context("could not start mmdebstrap")?;
     if !status.success() {
         let _ = std::fs::remove_file(&tmp);
         let tail = tail_of(&log, 30);
@@ -409,6 +521,45 @@ fn mmdebstrap(flavor: Flavor, mirror: &str, dir: &Path, tarball: &Path) -> Resul
         start.elapsed().as_secs_f64()
     );
     Ok(())
+}
+
+/// Runs `c` with stdout and stderr going, line by line and prefixed with
+/// the seconds since start, to `log`: the log then shows where a slow
+/// build spends its time.
+fn run_logged(c: &mut Command, log: &Path) -> Result<std::process::ExitStatus> {
+    use std::io::{BufRead, BufReader, Write};
+    use std::sync::{Arc, Mutex};
+    let file = Arc::new(Mutex::new(
+        std::fs::File::create(log).with_context(|| format!("create {}", log.display()))?,
+    ));
+    let mut child = c
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let start = Instant::now();
+    let copy = |r: Box<dyn std::io::Read + Send>| {
+        let file = Arc::clone(&file);
+        std::thread::spawn(move || {
+            for line in BufReader::new(r).split(b'\n').map_while(Result::ok) {
+                let t = start.elapsed().as_secs_f64();
+                if let Ok(mut f) = file.lock() {
+                    let _ = write!(f, "[{t:7.1}s] ");
+                    let _ = f.write_all(&line);
+                    let _ = f.write_all(b"\n");
+                }
+            }
+        })
+    };
+    let threads = [
+        child.stdout.take().map(|o| copy(Box::new(o))),
+        child.stderr.take().map(|e| copy(Box::new(e))),
+    ];
+    let status = child.wait()?;
+    for t in threads.into_iter().flatten() {
+        let _ = t.join();
+    }
+    Ok(status)
 }
 
 /// The last `n` lines of a text file, for error messages.
@@ -741,5 +892,161 @@ mod tests {
             rootfs_key(Flavor::DirectKernel, "http://x/debian").unwrap()
         );
         assert!(hook_script(Flavor::RaspiFirmware).contains("raspi-firmware"));
+        // The build options are part of the key.
+        assert!(
+            mmdebstrap_options(Flavor::DirectKernel).len() > mmdebstrap_options(Flavor::Uefi).len()
+        );
+    }
+
+    /// The image tools, or a skip (a failure under CI=true).
+    fn have_image_tools() -> bool {
+        let missing: Vec<&str> = ["mke2fs", "debugfs", "mkfs.fat", "mcopy", "sfdisk", "tar"]
+            .into_iter()
+            .filter(|t| !util::have(t))
+            .collect();
+        if missing.is_empty() {
+            return true;
+        }
+        let ci = std::env::var("CI").is_ok_and(|v| v == "true" || v == "1");
+        assert!(
+            !ci,
+            "CI=true but {missing:?} are missing (e2fsprogs, dosfstools, mtools, fdisk)"
+        );
+        eprintln!("SKIPPED: missing {missing:?} (set CI=true to make this a failure)");
+        false
+    }
+
+    /// A root filesystem tarball with what each flavor's assembly reads,
+    /// instead of a Debian one (mmdebstrap takes minutes and needs root).
+    fn fake_rootfs(dir: &Path, flavor: Flavor) -> PathBuf {
+        let r = dir.join("fake-root");
+        let file = |p: &str, text: &str| {
+            let p = r.join(p);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(p, text).unwrap();
+        };
+        file("usr/bin/podman", "podman");
+        file("usr/lib/systemd/systemd", "systemd");
+        file(
+            "etc/fstab",
+            &format!("LABEL={ROOT_LABEL} / ext4 defaults 0 1\n"),
+        );
+        file("boot/vmlinuz-6.1.0-9-arm64", "kernel");
+        file("boot/initrd.img-6.1.0-9-arm64", "initrd");
+        match flavor {
+            Flavor::RaspiFirmware => {
+                file("boot/firmware/config.txt", "arm_64bit=1\n");
+                file("boot/firmware/start4.elf", "firmware");
+                file("boot/firmware/bcm2711-rpi-4-b.dtb", "dtb");
+            }
+            Flavor::Uefi => file("usr/lib/systemd/boot/efi/systemd-bootaa64.efi", "efi"),
+            Flavor::DirectKernel => {}
+        }
+        let wants = r.join("etc/systemd/system/sockets.target.wants");
+        std::fs::create_dir_all(&wants).unwrap();
+        std::os::unix::fs::symlink(
+            "/lib/systemd/system/podman.socket",
+            wants.join("podman.socket"),
+        )
+        .unwrap();
+        let tar = dir.join("rootfs.tar");
+        util::output(
+            Command::new("tar")
+                .arg("-C")
+                .arg(&r)
+                .args(["-cf"])
+                .arg(&tar)
+                .arg("."),
+        )
+        .unwrap();
+        std::fs::remove_dir_all(&r).unwrap();
+        tar
+    }
+
+    /// `sfdisk --json` of `img`: (table label, [(type, bootable)]).
+    fn table_of(img: &Path) -> (String, Vec<(String, bool)>) {
+        let out = util::output(Command::new("sfdisk").arg("--json").arg(img)).unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let t = &v["partitiontable"];
+        let parts = t["partitions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| {
+                (
+                    p["type"].as_str().unwrap().to_ascii_lowercase(),
+                    p["bootable"].as_bool().unwrap_or(false),
+                )
+            })
+            .collect();
+        (t["label"].as_str().unwrap().to_string(), parts)
+    }
+
+    /// Lays out each board's image from a small fake root filesystem and
+    /// reads it back: table, partition types, boot files, root files.
+    #[test]
+    fn boards_get_their_partition_layout_and_boot_files() {
+        if !have_image_tools() {
+            return;
+        }
+        let tmp = tempfile::tempdir().unwrap();
+        for (board, label, boot_type) in [
+            ("qemu-virt", "dos", "c"),
+            ("rpi4", "dos", "c"),
+            (
+                "generic-aarch64",
+                "gpt",
+                "c12a7328-f81f-11d2-ba4b-00a0c93ec93b",
+            ),
+        ] {
+            let dir = tmp.path().join(board);
+            std::fs::create_dir_all(&dir).unwrap();
+            let board = boards::load(board).unwrap();
+            let flavor = Flavor::of(&board).unwrap();
+            let tar = fake_rootfs(&dir, flavor);
+            let req = Request {
+                board: board.clone(),
+                out: dir.join("base.img"),
+                size: 320 << 20,
+                mirror: String::new(),
+                force: false,
+            };
+            // assemble() ends with verify(), which reads everything back.
+            assemble(&req, flavor, &tar, &dir.join("work")).unwrap();
+            let (l, parts) = table_of(&req.out);
+            assert_eq!(l, label, "{}", board.name);
+            assert_eq!(parts.len(), 2);
+            assert_eq!(parts[0].0, boot_type, "{}", board.name);
+            assert_eq!(parts[0].1, label == "dos", "{}: boot flag", board.name);
+            let table = partition::read(&req.out).unwrap();
+            let fat = Fat::new(&req.out, table.get(1, "boot").unwrap().offset).unwrap();
+            let text = |p: &str| String::from_utf8(fat.read(p).unwrap().unwrap()).unwrap();
+            let root = Ext4::new(&req.out, table.get(2, "root").unwrap().offset).unwrap();
+            match flavor {
+                Flavor::DirectKernel => {
+                    assert_eq!(text("/vmlinuz"), "kernel");
+                    assert!(text("/cmdline.txt").contains("root=LABEL=iot-root"));
+                }
+                Flavor::RaspiFirmware => {
+                    assert_eq!(text("/config.txt"), "arm_64bit=1\n");
+                    assert_eq!(text("/start4.elf"), "firmware");
+                    assert!(fat.read("/bcm2711-rpi-4-b.dtb").unwrap().is_some());
+                    let cmdline = text("/cmdline.txt");
+                    assert!(cmdline.contains("root=LABEL=iot-root"), "{cmdline}");
+                    // The firmware moved to the FAT partition; its mount point stays.
+                    assert!(root.stat("/boot/firmware").unwrap().is_some());
+                    assert!(root.stat("/boot/firmware/config.txt").unwrap().is_none());
+                }
+                Flavor::Uefi => {
+                    assert_eq!(text("/EFI/BOOT/BOOTAA64.EFI"), "efi");
+                    assert_eq!(text("/initrd.img"), "initrd");
+                    assert!(text("/loader/loader.conf").contains("default iot.conf"));
+                    let entry = text("/loader/entries/iot.conf");
+                    assert!(entry.contains("linux /vmlinuz"), "{entry}");
+                    assert!(entry.contains("root=LABEL=iot-root"), "{entry}");
+                }
+            }
+            assert!(root.stat("/usr/bin/podman").unwrap().is_some());
+        }
     }
 }

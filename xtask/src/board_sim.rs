@@ -81,20 +81,24 @@ StandardError=journal+console
 
 const PRELOAD_SCRIPT: &str = r#"#!/bin/sh
 # Written by `cargo xtask board-sim --preload`: imports the container images
-# baked into this disk into Podman, once each.
+# baked into this disk into Podman, once each. A marker beside each tarball
+# records the import, so later boots start no Podman process here (each
+# costs seconds under emulation).
 set -eu
 cd /var/lib/iot-preload
-while read -r name file; do
+while read -r name file how; do
   [ -n "$name" ] || continue
-  if podman image exists "$name"; then
+  if [ -e "$file.done" ]; then
     echo "iot-preload: $name present"
-  elif tar -tf "$file" | grep -qxE '(\./)?(manifest\.json|index\.json)'; then
+    continue
+  fi
+  if [ "$how" = load ]; then
     podman load -i "$file"
-    echo "iot-preload: loaded $name"
   else
     podman import "$file" "$name"
-    echo "iot-preload: imported $name"
   fi
+  : > "$file.done"
+  echo "iot-preload: ${how}ed $name"
 done < images.list
 "#;
 
@@ -342,7 +346,12 @@ fn bake_extras(disk: &Path, board: &boards::Board, images: &[(String, PathBuf)])
         let in_guest = format!("image-{i}.tar");
         eprintln!("baking {} as {name}...", file.display());
         root.put(&format!("{PRELOAD_DIR}/{in_guest}"), file, 0o600)?;
-        list.push_str(&format!("{name} {in_guest}\n"));
+        let how = if is_image_archive(file)? {
+            "load"
+        } else {
+            "import"
+        };
+        list.push_str(&format!("{name} {in_guest} {how}\n"));
     }
     root.put(
         &format!("{PRELOAD_DIR}/images.list"),
@@ -365,6 +374,17 @@ fn bake_extras(disk: &Path, board: &boards::Board, images: &[(String, PathBuf)])
         bail!("verify: {PRELOAD_DIR}/images.list differs from what was written");
     }
     Ok(())
+}
+
+/// Whether `tarball` is an OCI or docker archive (`podman save`), which
+/// the guest loads, rather than a root filesystem, which it imports.
+/// Decided here, so the guest does not list the tarball at every boot.
+fn is_image_archive(tarball: &Path) -> Result<bool> {
+    let out = util::output(Command::new("tar").arg("-tf").arg(tarball))
+        .with_context(|| format!("--preload {}: not a tar archive", tarball.display()))?;
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .any(|l| matches!(l.trim_start_matches("./"), "manifest.json" | "index.json")))
 }
 
 /// Kernel, initrd and command line, read from the disk's boot partition.

@@ -151,7 +151,7 @@ impl Drop for Sim {
     }
 }
 
-/// Polls `cond` every second until true or `timeout`.
+/// Polls `cond` every half second until true or `timeout`.
 fn wait_for(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
     let start = Instant::now();
     loop {
@@ -161,7 +161,7 @@ fn wait_for(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
         if start.elapsed() > timeout {
             return false;
         }
-        std::thread::sleep(Duration::from_secs(1));
+        std::thread::sleep(Duration::from_millis(500));
     }
 }
 
@@ -305,6 +305,7 @@ fn web_image_tar(base: &Path, dir: &Path) -> PathBuf {
         .args(["--numeric-owner", "--owner=0", "--group=0", "-cf"])
         .arg(&tar)
         .arg("."));
+    std::fs::remove_dir_all(&root).unwrap();
     tar
 }
 
@@ -437,6 +438,9 @@ fn virtual_board_joins_the_fleet_and_runs_offline_from_its_cache() {
     let (arch, podman) = hb.unwrap();
     assert_eq!(arch, "aarch64");
     assert!(!podman.is_empty(), "the guest agent cannot reach Podman");
+    // The board has its own disk by now; the base image only costs disk
+    // space (CI machines have little).
+    std::fs::remove_file(&base).unwrap();
     logs.timings.done("disk + boot until the first heartbeat");
 
     // Apply -> Running, the page is served from the guest.
@@ -517,6 +521,12 @@ fn virtual_board_joins_the_fleet_and_runs_offline_from_its_cache() {
         }),
         "after a reboot without NATS the workload did not come back"
     );
+    // The agent brought it back (the base image leaves podman-restart off).
+    let text = std::fs::read_to_string(&console).unwrap_or_default();
+    assert!(
+        text.contains("restoring 1 deployment(s) from the cache"),
+        "the agent did not restore the deployment from its cache"
+    );
     logs.timings
         .done("offline reboot -> workload back from the cache");
 
@@ -530,4 +540,13 @@ fn virtual_board_joins_the_fleet_and_runs_offline_from_its_cache() {
         "board-sim did not power the board off cleanly"
     );
     logs.timings.done("clean power-off");
+    // Passed: the logs stay, the disk and its boot files go.
+    let dir = boards.join(DEVICE);
+    for f in [
+        format!("{DEVICE}.img"),
+        "vmlinuz".into(),
+        "initrd.img".into(),
+    ] {
+        let _ = std::fs::remove_file(dir.join(f));
+    }
 }
