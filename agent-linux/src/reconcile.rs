@@ -243,8 +243,18 @@ async fn apply<R: Runtime>(ctx: &Context<R>, deployment: &str, value: &[u8]) -> 
     let mut failure: Option<String> = None;
     let mut ids: BTreeMap<String, String> = BTreeMap::new();
     let mut handovers: Vec<Handover> = Vec::new();
-    for c in score.containers.iter() {
-        match ensure_container(ctx, deployment, revision, c, &existing).await {
+    // The containers of a score are independent (distinct names, and host
+    // ports that could clash would clash anyway): bring them up at once
+    // rather than one Podman round trip chain after the other.
+    let results = futures::future::join_all(
+        score
+            .containers
+            .iter()
+            .map(|c| ensure_container(ctx, deployment, revision, c, &existing)),
+    )
+    .await;
+    for (c, result) in score.containers.iter().zip(results) {
+        match result {
             Ok((id, handover)) => {
                 ids.insert(c.name.to_string(), id);
                 handovers.extend(handover);
@@ -348,8 +358,8 @@ async fn apply<R: Runtime>(ctx: &Context<R>, deployment: &str, value: &[u8]) -> 
             timestamp_ms: now_ms(),
         },
     );
-    // The new containers run and say so; only now retire their
-    // predecessors. A failure here is repaired by the next pass, which
+    // The new containers run under their names and say so; only now retire
+    // their predecessors. A failure here is repaired by the next pass, which
     // finds the leftovers (and reports Failed if they cannot go).
     for h in &handovers {
         if let Err(msg) = finish_handover(ctx, deployment, h).await {
@@ -372,17 +382,14 @@ fn map_state(s: &str) -> ContainerState {
     }
 }
 
-/// What is left of a replacement once its new container runs: removing
-/// the old containers and giving the new one its name. Done after the
-/// status report, so the old containers' stop timeout delays neither the
-/// new container nor the report.
-#[derive(Debug, Default)]
+/// What is left of a replacement once its new container runs under its
+/// own name: removing the old containers. Done after the status report, so
+/// the old containers' stop timeout delays neither the new container nor
+/// the report.
+#[derive(Debug)]
 struct Handover {
     /// Old containers to remove: (id, name).
     old: Vec<(String, String)>,
-    /// The new container's id and the name it takes once the old ones are
-    /// gone (it was created under a temporary one while they held it).
-    rename: Option<(String, String)>,
 }
 
 /// Whether two instances of `c` could get in each other's way on the host:
@@ -512,8 +519,9 @@ async fn ensure_container<R: Runtime>(
 /// Brings `new` up in place of `old`: starts it (when `start`), stopping
 /// the old containers first when two instances must not overlap; on
 /// failure removes `new` (when `fresh`, i.e. made by this pass) and starts
-/// again the old containers it stopped. Returns what is left: removing
-/// `old`, renaming `new` to `name`.
+/// again the old containers it stopped. Then gives `new` its `name`
+/// (moving an old holder aside), so that once the status says Running the
+/// name is the new container's. Returns what is left: removing `old`.
 #[allow(clippy::too_many_arguments)]
 async fn hand_over<R: Runtime>(
     ctx: &Context<R>,
@@ -562,11 +570,35 @@ async fn hand_over<R: Runtime>(
         }
         crate::debug!("{deployment}: started {} in {} ms", new.name, ms(t));
     }
-    let handover = Handover {
-        old: old.iter().map(|o| (o.id.clone(), o.name.clone())).collect(),
-        rename: (new.name != name).then(|| (new.id.clone(), name.to_string())),
-    };
-    Ok((!handover.old.is_empty() || handover.rename.is_some()).then_some(handover))
+    let mut retired: Vec<(String, String)> = Vec::new();
+    let mut old_first: Vec<&ManagedContainer> = Vec::new();
+    for o in old {
+        if new.name != name && o.name == name {
+            let aside = format!("{name}-old-{}", &o.id[..o.id.len().min(12)]);
+            if let Err(e) = ctx.runtime.rename(&o.id, &aside).await {
+                // Cannot move it aside: remove it now, the slow way.
+                crate::debug!("{deployment}: cannot rename {}: {e}", o.name);
+                old_first.push(o);
+                continue;
+            }
+            retired.push((o.id.clone(), aside));
+        } else {
+            retired.push((o.id.clone(), o.name.clone()));
+        }
+    }
+    for o in old_first {
+        ctx.runtime
+            .remove(&o.id, ctx.stop_timeout_secs)
+            .await
+            .map_err(|e| format!("removing the old container {}: {e}", o.name))?;
+    }
+    if new.name != name {
+        ctx.runtime
+            .rename(&new.id, name)
+            .await
+            .map_err(|e| format!("renaming {} to {name}: {e}", new.name))?;
+    }
+    Ok((!retired.is_empty()).then_some(Handover { old: retired }))
 }
 
 /// Starts again old containers stopped for a replacement that failed;
@@ -598,7 +630,7 @@ async fn restart<R: Runtime>(
     not_back
 }
 
-/// Removes the old containers of a replacement, then renames the new one.
+/// Removes the old containers of a replacement.
 async fn finish_handover<R: Runtime>(
     ctx: &Context<R>,
     deployment: &str,
@@ -611,12 +643,6 @@ async fn finish_handover<R: Runtime>(
             .await
             .map_err(|e| format!("removing the old container {name}: {e}"))?;
         crate::debug!("{deployment}: removed the old {name} in {} ms", ms(t));
-    }
-    if let Some((id, name)) = &h.rename {
-        ctx.runtime
-            .rename(id, name)
-            .await
-            .map_err(|e| format!("renaming the new container to {name}: {e}"))?;
     }
     Ok(())
 }
@@ -1049,8 +1075,9 @@ mod tests {
             [
                 format!("create {temp}"),
                 format!("start {temp}"),
-                format!("remove {NAME}"),
+                format!("rename {NAME} {NAME}-old-id1"),
                 format!("rename {temp} {NAME}"),
+                format!("remove {NAME}-old-id1"),
             ]
         );
         assert_eq!(
@@ -1081,8 +1108,9 @@ mod tests {
                     format!("create {temp}"),
                     format!("stop {NAME}"),
                     format!("start {temp}"),
-                    format!("remove {NAME}"),
+                    format!("rename {NAME} {NAME}-old-id1"),
                     format!("rename {temp} {NAME}"),
+                    format!("remove {NAME}-old-id1"),
                 ],
                 "{order:?}"
             );
@@ -1162,7 +1190,11 @@ mod tests {
         assert_eq!((s.phase, s.revision), (Phase::Running, 2));
         assert_eq!(
             calls(&ctx),
-            [format!("remove {NAME}"), format!("rename {temp} {NAME}")]
+            [
+                format!("rename {NAME} {NAME}-old-id1"),
+                format!("rename {temp} {NAME}"),
+                format!("remove {NAME}-old-id1"),
+            ]
         );
         assert_eq!(
             ctx.runtime.snapshot(),
