@@ -83,14 +83,13 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             config.state_dir.display()
         )
     })?;
-    crate::policy::set_allowances(config.security.allowances());
     let (status_tx, status_rx) = mpsc::unbounded_channel();
     let ctx = Rc::new(Context {
         runtime: runtime.clone(),
         device_id: config.device_id.clone(),
         stop_timeout_secs: config.podman.stop_timeout_secs,
         replace_order: config.podman.replace_order,
-        allowed_host_paths: config.security.allowed_host_paths.clone(),
+        policy: config.security.allowances(),
         status: status_tx,
         retry_base: Duration::from_millis(500),
         retry_cap: Duration::from_secs(60),

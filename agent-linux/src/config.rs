@@ -218,6 +218,7 @@ impl SecurityConfig {
     /// The allowances the policy applies.
     pub fn allowances(&self) -> crate::policy::Allowances {
         crate::policy::Allowances {
+            host_paths: self.allowed_host_paths.clone(),
             privileged: self.allow_privileged,
             host_namespaces: self.allow_host_namespaces,
             capabilities: self

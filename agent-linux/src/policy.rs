@@ -4,7 +4,6 @@
 //! message names the container, the rule and the setting that would allow it.
 
 use std::path::{Component, Path, PathBuf};
-use std::sync::OnceLock;
 
 use protocol::Container;
 
@@ -26,9 +25,13 @@ pub const BASELINE_CAPABILITIES: &[&str] = &[
     "SYS_CHROOT",
 ];
 
-/// What this device allows beyond Baseline (all off by default).
+/// What this device allows beyond Baseline (all off by default). Each
+/// reconciler reads it from its `reconcile::Context`, so agents (or the
+/// simulated devices of a bench) in one process can differ.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Allowances {
+    /// `security.allowed_host_paths`: directories bind mounts may come from.
+    pub host_paths: Vec<PathBuf>,
     /// `security.allow_privileged`.
     pub privileged: bool,
     /// `security.allow_host_namespaces`: hostNetwork, hostPID, hostIPC.
@@ -39,26 +42,6 @@ pub struct Allowances {
     pub devices: Vec<PathBuf>,
 }
 
-static ALLOWANCES: OnceLock<Allowances> = OnceLock::new();
-
-/// Sets the device-wide allowances once, at startup (later calls are
-/// ignored). Kept out of `reconcile::Context` so its shape stays stable for
-/// the crates that build one.
-pub fn set_allowances(a: Allowances) {
-    let _ = ALLOWANCES.set(a);
-}
-
-/// The device-wide allowances; Baseline only when never set.
-pub fn allowances() -> &'static Allowances {
-    static NONE: Allowances = Allowances {
-        privileged: false,
-        host_namespaces: false,
-        capabilities: Vec::new(),
-        devices: Vec::new(),
-    };
-    ALLOWANCES.get().unwrap_or(&NONE)
-}
-
 /// `CAP_NET_ADMIN`, `net_admin` -> `NET_ADMIN`.
 pub fn normalize_capability(cap: &str) -> String {
     let up = cap.trim().to_ascii_uppercase();
@@ -66,11 +49,7 @@ pub fn normalize_capability(cap: &str) -> String {
 }
 
 /// Checks one container against the rules; `Err` is the status message.
-pub fn check_container(
-    c: &Container<'_>,
-    allowed_host_paths: &[PathBuf],
-    allow: &Allowances,
-) -> Result<(), String> {
+pub fn check_container(c: &Container<'_>, allow: &Allowances) -> Result<(), String> {
     let name = c.name.as_str();
     let refuse = |rule: &str, setting: &str| {
         Err(format!(
@@ -118,7 +97,7 @@ pub fn check_container(
     for v in c.volumes.iter() {
         if let Some(host) = &v.host_path {
             let path = Path::new(host.as_str());
-            if !is_normal(path) || !allowed_host_paths.iter().any(|a| path.starts_with(a)) {
+            if !is_normal(path) || !allow.host_paths.iter().any(|a| path.starts_with(a)) {
                 return Err(format!(
                     "container {name}: hostPath {} is not under an allowed host directory (security.allowed_host_paths on the device)",
                     host.as_str()

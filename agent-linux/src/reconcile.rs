@@ -7,7 +7,6 @@
 //! whose spec hash is unchanged is never touched.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::PathBuf;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
@@ -17,6 +16,7 @@ use tokio::sync::{mpsc, watch};
 use crate::backoff::Backoff;
 use crate::config::ReplaceOrder;
 use crate::podman::{CreateSpec, ManagedContainer, MountSpec, PortSpec, Runtime, labels};
+use crate::policy::Allowances;
 use protocol::status::clip_message;
 use protocol::{
     BoundedVec, Container, ContainerState, ContainerStatus, DeploymentStatus, DesiredState,
@@ -45,8 +45,9 @@ pub struct Context<R> {
     pub stop_timeout_secs: u64,
     /// Whether replacements start before or after the old container stops.
     pub replace_order: ReplaceOrder,
-    /// Host directories bind mounts may come from.
-    pub allowed_host_paths: Vec<PathBuf>,
+    /// This device's security policy: what scores may ask of the host
+    /// beyond the Pod Security Baseline (see [`crate::policy`]).
+    pub policy: Allowances,
     /// Where status reports go.
     pub status: mpsc::UnboundedSender<StatusReport>,
     /// First and largest retry delay.
@@ -219,7 +220,7 @@ async fn apply<R: Runtime>(ctx: &Context<R>, deployment: &str, value: &[u8]) -> 
             return Outcome::Settled;
         }
     };
-    if let Err(msg) = check_policy(&ctx.allowed_host_paths, &score.containers) {
+    if let Err(msg) = check_policy(&ctx.policy, &score.containers) {
         crate::warn!("{deployment}: refused: {msg}");
         report(
             ctx,
@@ -692,10 +693,9 @@ async fn ensure_image<R: Runtime>(
 
 /// Refuses what the device's security settings do not allow (see
 /// [`crate::policy`]).
-fn check_policy(allowed: &[PathBuf], containers: &[Container<'_>]) -> Result<(), String> {
-    let allow = crate::policy::allowances();
+fn check_policy(policy: &Allowances, containers: &[Container<'_>]) -> Result<(), String> {
     for c in containers {
-        crate::policy::check_container(c, allowed, allow)?;
+        crate::policy::check_container(c, policy)?;
     }
     Ok(())
 }
@@ -829,14 +829,17 @@ mod tests {
 
     #[test]
     fn host_paths_must_be_under_an_allowed_directory() {
-        let allowed = vec![PathBuf::from("/srv")];
+        let allowed = Allowances {
+            host_paths: vec![std::path::PathBuf::from("/srv")],
+            ..Allowances::default()
+        };
         assert!(check_policy(&allowed, &[with_host_path("/srv")]).is_ok());
         assert!(check_policy(&allowed, &[with_host_path("/srv/web/data")]).is_ok());
         for bad in ["/srv2", "/etc", "/srv/../etc", "/"] {
             let e = check_policy(&allowed, &[with_host_path(bad)]).unwrap_err();
             assert!(e.contains("allowed_host_paths") && e.contains(bad), "{e}");
         }
-        assert!(check_policy(&[], &[with_host_path("/srv")]).is_err());
+        assert!(check_policy(&Allowances::default(), &[with_host_path("/srv")]).is_err());
     }
 
     /// Containers in memory, recording every call that changes them, with
@@ -992,7 +995,7 @@ mod tests {
             device_id: "dev".into(),
             stop_timeout_secs: 10,
             replace_order: order,
-            allowed_host_paths: Vec::new(),
+            policy: Allowances::default(),
             status: tx,
             retry_base: Duration::from_millis(1),
             retry_cap: Duration::from_millis(1),
@@ -1055,6 +1058,41 @@ mod tests {
     }
 
     const NAME: &str = "dev_web_c";
+
+    #[tokio::test]
+    async fn each_context_applies_its_own_policy() {
+        let (strict, mut strict_rx) = context(ReplaceOrder::StartFirst);
+        let (loose, mut loose_rx) = {
+            let (tx, rx) = mpsc::unbounded_channel();
+            let ctx = Context {
+                runtime: Rc::new(MemRuntime::default()),
+                device_id: "dev".into(),
+                stop_timeout_secs: 10,
+                replace_order: ReplaceOrder::StartFirst,
+                policy: Allowances {
+                    privileged: true,
+                    ..Allowances::default()
+                },
+                status: tx,
+                retry_base: Duration::from_millis(1),
+                retry_cap: Duration::from_millis(1),
+            };
+            (Rc::new(ctx), rx)
+        };
+        let mut c = sleeper("1");
+        c.privileged = true;
+        let s = apply_rev(&strict, &mut strict_rx, 1, c.clone()).await;
+        assert_eq!(s.phase, Phase::Failed);
+        assert!(
+            s.message.contains("allow_privileged"),
+            "{}",
+            s.message.as_str()
+        );
+        assert!(strict.runtime.snapshot().is_empty());
+        let s = apply_rev(&loose, &mut loose_rx, 1, c).await;
+        assert_eq!(s.phase, Phase::Running);
+        assert_eq!(loose.runtime.snapshot().len(), 1);
+    }
 
     #[tokio::test]
     async fn replacement_starts_before_the_old_container_stops() {

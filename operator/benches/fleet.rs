@@ -214,7 +214,7 @@ async fn device(
         device_id: id,
         stop_timeout_secs: 1,
         replace_order: Default::default(),
-        allowed_host_paths: Vec::new(),
+        policy: Default::default(),
         status: status_tx,
         retry_base: Duration::from_millis(500),
         retry_cap: Duration::from_secs(60),
