@@ -14,7 +14,7 @@ export CONTAINERS_CONF="$PWD/deploy/podman/containers.conf"
 export CARGO_INCREMENTAL=0
 step() { echo; echo "==> $*"; }
 
-step "disk space (the build needs about N GiB in target/)"
+step "disk space (a full run leaves about 2.6 GiB in target/)"
 df -h . || true
 
 step "format"
