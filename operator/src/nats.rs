@@ -30,6 +30,13 @@ pub const KV_OPERATION_HEADER: &str = "KV-Operation";
 const SCAN_TIMEOUT: Duration = Duration::from_secs(30);
 /// Publishes in flight at once when writing many keys.
 const PUBLISH_WINDOW: usize = 512;
+/// The smallest window a write shrinks to after acks time out.
+const MIN_PUBLISH_WINDOW: usize = 32;
+/// How many times a write is sent when its ack times out. A timed-out ack
+/// does not mean the put failed (a busy server acks late), so the write is
+/// sent again under the same `Nats-Msg-Id`: the stream stores it at most
+/// once (duplicate window 120 s, see [`stream_config`]).
+const WRITE_ATTEMPTS: u32 = 4;
 
 /// How to reach NATS and who to be there.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -401,43 +408,71 @@ impl Nats {
     }
 
     /// Applies `writes` to `bucket`, many in flight at once; returns how
-    /// many the server acknowledged. Stops at the first failure.
+    /// many the server acknowledged. Stops at the first failure. A write
+    /// whose ack times out is sent again with the same `Nats-Msg-Id` (the
+    /// stream keeps one copy), in a smaller window, up to
+    /// [`WRITE_ATTEMPTS`] times in all.
     pub async fn write(&self, bucket: &str, writes: Vec<KvWrite>) -> Result<usize, NatsError> {
         let op = "write";
-        let mut in_flight = FuturesUnordered::new();
+        let batch = unique_batch_id();
+        let messages: Vec<(String, HeaderMap, Bytes)> = writes
+            .into_iter()
+            .enumerate()
+            .map(|(i, w)| {
+                let mut h = HeaderMap::new();
+                h.insert(async_nats::header::NATS_MESSAGE_ID, format!("{batch}-{i}"));
+                let (key, payload) = match w {
+                    KvWrite::Put { key, value, owner } => {
+                        h.insert(OWNER_HEADER, owner.as_str());
+                        (key, value)
+                    }
+                    KvWrite::Delete { key } => {
+                        h.insert(KV_OPERATION_HEADER, "DEL");
+                        (key, Bytes::new())
+                    }
+                };
+                (KvSubject { bucket, key }.to_string(), h, payload)
+            })
+            .collect();
+        let mut todo: Vec<usize> = (0..messages.len()).collect();
+        let mut window = PUBLISH_WINDOW;
         let mut done = 0;
-        for w in writes {
-            let (key, headers, payload) = match w {
-                KvWrite::Put { key, value, owner } => {
-                    let mut h = HeaderMap::new();
-                    h.insert(OWNER_HEADER, owner.as_str());
-                    (key, h, value)
+        for attempt in 1..=WRITE_ATTEMPTS {
+            let mut timed_out = Vec::new();
+            let mut in_flight = FuturesUnordered::new();
+            for &i in &todo {
+                let (subject, headers, payload) = &messages[i];
+                let ack = self
+                    .js
+                    .publish_with_headers(subject.clone(), headers.clone(), payload.clone())
+                    .await
+                    .map_err(|e| request_error(op, bucket, e))?;
+                in_flight.push(async move { (i, ack.await) });
+                if in_flight.len() >= window
+                    && let Some((i, r)) = in_flight.next().await
+                {
+                    done += ack_outcome(op, bucket, i, r, &mut timed_out)?;
                 }
-                KvWrite::Delete { key } => {
-                    let mut h = HeaderMap::new();
-                    h.insert(KV_OPERATION_HEADER, "DEL");
-                    (key, h, Bytes::new())
-                }
-            };
-            let subject = KvSubject { bucket, key }.to_string();
-            let ack = self
-                .js
-                .publish_with_headers(subject, headers, payload)
-                .await
-                .map_err(|e| request_error(op, bucket, e))?;
-            in_flight.push(ack.into_future());
-            if in_flight.len() >= PUBLISH_WINDOW
-                && let Some(r) = in_flight.next().await
-            {
-                r.map_err(|e| request_error(op, bucket, e))?;
-                done += 1;
             }
+            while let Some((i, r)) = in_flight.next().await {
+                done += ack_outcome(op, bucket, i, r, &mut timed_out)?;
+            }
+            if timed_out.is_empty() {
+                return Ok(done);
+            }
+            tracing::warn!(
+                bucket,
+                attempt,
+                timed_out = timed_out.len(),
+                "NATS write: acks timed out; sending those again (same message ids)"
+            );
+            window = (window / 4).max(MIN_PUBLISH_WINDOW);
+            todo = timed_out;
         }
-        while let Some(r) = in_flight.next().await {
-            r.map_err(|e| request_error(op, bucket, e))?;
-            done += 1;
-        }
-        Ok(done)
+        Err(NatsError::Timeout {
+            op,
+            bucket: bucket.to_string(),
+        })
     }
 
     /// The JetStream context, for watches.
@@ -478,6 +513,37 @@ pub fn stream_config(spec: &BucketSpec) -> stream::Config {
 /// as "use the default"), which capped a fleet at about 1000 devices; the
 /// fleet bench found it (docs/performance.md).
 pub const MAX_CONSUMERS: i32 = 1_000_000;
+
+/// Counts an ack: 1 when stored, 0 when it timed out (noted in
+/// `timed_out` to be sent again), an error otherwise.
+fn ack_outcome(
+    op: &'static str,
+    bucket: &str,
+    i: usize,
+    r: Result<jetstream::publish::PublishAck, jetstream::context::PublishError>,
+    timed_out: &mut Vec<usize>,
+) -> Result<usize, NatsError> {
+    match r {
+        Ok(_) => Ok(1),
+        Err(e) if e.kind() == jetstream::context::PublishErrorKind::TimedOut => {
+            timed_out.push(i);
+            Ok(0)
+        }
+        Err(e) => Err(request_error(op, bucket, e)),
+    }
+}
+
+/// A prefix for the `Nats-Msg-Id` of one write call's messages, unique
+/// across calls and operator restarts within the duplicate window.
+fn unique_batch_id() -> String {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    format!("iot-operator-{:x}-{t:x}-{n}", std::process::id())
+}
 
 fn unique_consumer_name() -> String {
     static COUNTER: AtomicU64 = AtomicU64::new(0);

@@ -223,6 +223,10 @@ fn stream_config(spec: &protocol::buckets::BucketSpec) -> async_nats::jetstream:
         storage: StorageType::File,
         duplicate_window: Duration::from_secs(120),
         num_replicas: 1,
+        // As `operator::nats::MAX_CONSUMERS`: nats-server 2.15 caps a stream
+        // that sets no limit at 1000 consumers (one watch per device), so a
+        // test with more devices than that would fail on 2.15 only.
+        max_consumers: 1_000_000,
         ..Default::default()
     }
 }
