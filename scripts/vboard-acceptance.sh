@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
-# The virtual-board acceptance test (issue 9): a heavy, opt-in CI step.
+# The virtual-board acceptance test (issue 9), the second step of .ci/run.
 # Installs what it needs on Debian 12 (as root), then runs the ignored test
 # xtask/tests/vboard.rs: base image from Debian packages (mmdebstrap), boot
 # of `vboard-1` under qemu-system-aarch64, heartbeat, apply/update/delete,
 # clean power-off, offline reboot from the agent's cache.
 #
-# Measured on 2 cores: warm ~5.5 min (rootfs cached, binaries built);
-# cold adds mmdebstrap, 6-13 min (cache target/vboard/rootfs-virt-*.tar). The console log stays in
-# target/vboard/acceptance/boards/vboard-1/console.log (keep it as a CI
-# artifact on failure, with target/vboard/acceptance/*.log).
+# Cold (no target/vboard/rootfs-virt-*.tar) = mmdebstrap + warm; timings and
+# peak disk use are in xtask/README.md. The console log stays in
+# target/vboard/acceptance/boards/vboard-1/console.log, board-sim's logs in
+# target/vboard/acceptance/*.log; .ci/run prints their tails on failure.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

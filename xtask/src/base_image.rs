@@ -39,7 +39,7 @@ cargo xtask base-image --board BOARD -o BASE.img [--size SIZE] [--mirror URL] [-
     Needs root (mmdebstrap, chroot), binfmt_misc for qemu-aarch64
     (qemu-user-static, binfmt-support), mmdebstrap, dosfstools, mtools,
     e2fsprogs, fdisk. The root filesystem is cached as
-    target/vboard/rootfs-<flavor>-<key>.tar (about 7 min cold; a warm run
+    target/vboard/rootfs-<flavor>-<key>.tar (5-15 min cold; a warm run
     takes well under a minute).";
 
 /// Debian suite of every base image.
@@ -490,7 +490,7 @@ fn mmdebstrap(flavor: Flavor, mirror: &str, dir: &Path, tarball: &Path) -> Resul
     let tmp = tarball.with_extension("tar.tmp");
     let _ = std::fs::remove_file(&tmp);
     eprintln!(
-        "mmdebstrap {SUITE} arm64 from {mirror} ({} packages + {}; about 7 min; log: {})...",
+        "mmdebstrap {SUITE} arm64 from {mirror} ({} packages + {}; 5-15 min; log: {})...",
         packages(flavor).len(),
         flavor.late_packages(),
         log.display()
