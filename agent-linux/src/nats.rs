@@ -1,30 +1,52 @@
 //! Everything the agent says to NATS, in one module: the connection, the
 //! desired-state watch, and status/heartbeat writes.
 //!
-//! Built for least-privilege device credentials (see NATS-NOTES.md): the
-//! watch is a named ordered consumer whose filter is in the create subject
-//! (`$JS.API.CONSUMER.CREATE.KV_desired-state.<name>.$KV.desired-state.<id>.>`),
-//! the inbox prefix is `_INBOX.<id>`, point reads use direct-get by subject,
-//! and writes are plain JetStream publishes to the device's own keys. No
-//! stream info, no unfiltered consumer create, no KV helper calls.
+//! Built for least-privilege device credentials (see NATS-NOTES.md). The
+//! watch is a plain subscription on the device's republished keys
+//! (`$KVR.desired-state.<id>.>`, where the stream republishes what it
+//! stored) plus a one-shot snapshot through a filtered consumer whose filter
+//! is in the create subject
+//! (`$JS.API.CONSUMER.CREATE.KV_desired-state.<name>.$KV.desired-state.<id>.>`).
+//! No consumer lives on the server while the device idles, so a fleet of
+//! thousands costs the server no heartbeats and no consumer state
+//! (docs/performance.md). The inbox prefix is `_INBOX.<id>`, point reads use
+//! direct-get by subject, and writes are plain JetStream publishes to the
+//! device's own keys. No stream info, no unfiltered consumer create, no KV
+//! helper calls.
 
 use std::time::Duration;
 
-use async_nats::jetstream::{self, consumer::DeliverPolicy, consumer::push};
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
+
+use async_nats::jetstream::{
+    self,
+    consumer::{AckPolicy, DeliverPolicy, push},
+};
 use async_nats_device as async_nats;
 use bytes::Bytes;
 use futures::StreamExt;
+use tokio::sync::watch;
 
 use crate::backoff;
 use crate::config::{Config, Credentials};
 use protocol::keys::{
     DESIRED_STATE_BUCKET, DEVICE_HEARTBEAT_BUCKET, DEVICE_STATUS_BUCKET, DeploymentKey,
-    DeviceFilter, KvSubject, StreamName,
+    DeviceFilter, KvSubject, RepublishSubject, StreamName,
 };
 
 /// How long a JetStream request (consumer create, publish ack) may take.
 /// A permission denial has no reply, so it surfaces as this timeout.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long the snapshot may wait for its next message before the watch is
+/// retried. Generous: a server delivering many devices' snapshots at once
+/// (a fleet reconnecting) is slow, not gone.
+const SNAPSHOT_IDLE_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// How long the server keeps a snapshot consumer after its last delivery.
+/// A device may not delete consumers, so this is how they go away.
+const SNAPSHOT_CONSUMER_EXPIRY: Duration = Duration::from_secs(2);
 
 /// Why a NATS operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -34,7 +56,7 @@ pub enum NatsError {
     Setup(String),
     /// Creating the watch consumer failed.
     #[error(
-        "cannot create the desired-state watch: {0} (a timeout can also mean the credentials do not allow $JS.API.CONSUMER.CREATE.KV_desired-state.*.$KV.desired-state.<device>.>)"
+        "cannot create the desired-state watch: {0} (a timeout can also mean the credentials do not allow $JS.API.CONSUMER.CREATE.KV_desired-state.*.$KV.desired-state.<device>.> or subscribing to $KVR.desired-state.<device>.>)"
     )]
     Watch(String),
     /// A publish was not acknowledged.
@@ -53,10 +75,17 @@ pub struct Session {
     client: async_nats::Client,
     js: jetstream::Context,
     device_id: String,
+    /// Counts events after which live messages may have been lost (a
+    /// disconnect, a client-side slow-consumer drop): each one makes the
+    /// watch take a new snapshot.
+    gaps: Arc<watch::Sender<u64>>,
 }
 
 /// Builds the client options from the configuration.
-async fn connect_options(config: &Config) -> Result<async_nats::ConnectOptions, NatsError> {
+async fn connect_options(
+    config: &Config,
+    gaps: Arc<watch::Sender<u64>>,
+) -> Result<async_nats::ConnectOptions, NatsError> {
     let device = config.device_id.clone();
     let device_for_events = device.clone();
     let mut opts = async_nats::ConnectOptions::new()
@@ -68,10 +97,18 @@ async fn connect_options(config: &Config) -> Result<async_nats::ConnectOptions, 
         .request_timeout(Some(REQUEST_TIMEOUT))
         .event_callback(move |event| {
             let device_for_events = device_for_events.clone();
+            let gaps = gaps.clone();
             async move {
                 match event {
                     async_nats::Event::Connected => crate::info!("nats: connected"),
-                    async_nats::Event::Disconnected => crate::warn!("nats: disconnected"),
+                    async_nats::Event::Disconnected => {
+                        crate::warn!("nats: disconnected");
+                        gaps.send_modify(|n| *n += 1);
+                    }
+                    async_nats::Event::SlowConsumer(_) => {
+                        crate::warn!("nats: slow consumer: messages were dropped");
+                        gaps.send_modify(|n| *n += 1);
+                    }
                     async_nats::Event::ServerError(e) => {
                         let e = e.to_string();
                         match permission_denial(&device_for_events, &e) {
@@ -119,7 +156,8 @@ impl Session {
     /// connection is made in the background and retried forever, so the
     /// agent can run from its cache while no server answers.
     pub async fn connect(config: &Config) -> Result<Session, NatsError> {
-        let opts = connect_options(config).await?;
+        let gaps = Arc::new(watch::Sender::new(0));
+        let opts = connect_options(config, gaps.clone()).await?;
         let client = opts
             .connect(config.nats.urls.as_slice())
             .await
@@ -129,19 +167,22 @@ impl Session {
             client,
             js,
             device_id: config.device_id.clone(),
+            gaps,
         })
     }
 
     /// A session for `device_id` over an existing client. The agent uses
     /// [`Session::connect`]; the fleet bench multiplexes many simulated
     /// devices over a few connections and drives the same watch and status
-    /// code through this.
+    /// code through this. Such a session does not see the client's events,
+    /// so its watch does not re-snapshot after a reconnect.
     pub fn from_client(client: async_nats::Client, device_id: &str) -> Session {
         let js = jetstream::new(client.clone());
         Session {
             client,
             js,
             device_id: device_id.to_string(),
+            gaps: Arc::new(watch::Sender::new(0)),
         }
     }
 
@@ -152,42 +193,110 @@ impl Session {
 
     /// Starts watching this device's desired-state keys: the last value of
     /// each key first (the snapshot), then every change.
+    ///
+    /// The live subscription is made (and confirmed by a flush) before the
+    /// snapshot, so whatever is stored from then on reaches it; a message
+    /// seen both ways is applied once, by its stream sequence.
     pub async fn watch(&self) -> Result<Watch, NatsError> {
+        let err = |e: &dyn std::fmt::Display| NatsError::Watch(e.to_string());
+        let mut gaps = self.gaps.subscribe();
+        gaps.mark_unchanged();
+        let filter = DeviceFilter::new(&self.device_id).map_err(|e| err(&e))?;
+        let live = self
+            .client
+            .subscribe(
+                RepublishSubject {
+                    bucket: DESIRED_STATE_BUCKET,
+                    key: filter,
+                }
+                .to_string(),
+            )
+            .await
+            .map_err(|e| err(&e))?;
+        self.client.flush().await.map_err(|e| err(&e))?;
+        let mut watch = Watch {
+            live,
+            gaps: Some(gaps),
+            prefix: format!(
+                "{}.",
+                RepublishSubject {
+                    bucket: DESIRED_STATE_BUCKET,
+                    key: &self.device_id,
+                }
+            ),
+            applied: BTreeMap::new(),
+            queued: VecDeque::new(),
+        };
+        for (deployment, seq, event) in self.snapshot(filter).await? {
+            watch.applied.insert(deployment, seq);
+            watch.queued.extend(event);
+        }
+        watch.queued.push_back(WatchEvent::SnapshotComplete);
+        Ok(watch)
+    }
+
+    /// The last record of each of this device's keys, with its stream
+    /// sequence (deletes as `None`), read through a filtered consumer that
+    /// lives only for the snapshot: no acks, flow control or heartbeats,
+    /// and the server drops it [`SNAPSHOT_CONSUMER_EXPIRY`] after the read.
+    async fn snapshot(
+        &self,
+        filter: DeviceFilter<'_>,
+    ) -> Result<Vec<(String, u64, Option<WatchEvent>)>, NatsError> {
+        let err = |e: &dyn std::fmt::Display| NatsError::Watch(e.to_string());
         let stream = self
             .js
             .get_stream_no_info(StreamName(DESIRED_STATE_BUCKET).to_string())
             .await
-            .map_err(|e| NatsError::Watch(e.to_string()))?;
-        let filter = KvSubject {
+            .map_err(|e| err(&e))?;
+        let subject = KvSubject {
             bucket: DESIRED_STATE_BUCKET,
-            key: DeviceFilter::new(&self.device_id).map_err(|e| NatsError::Watch(e.to_string()))?,
-        }
-        .to_string();
-        // A fresh name per watch: an old ephemeral consumer of a previous run
-        // may linger until its inactivity threshold.
-        let name = format!("iot-agent-{}-{:x}", self.device_id, nonce());
+            key: filter,
+        };
+        // A fresh name per snapshot: the previous one may linger until it
+        // expires.
         let consumer = stream
-            .create_consumer(push::OrderedConfig {
-                name: Some(name),
+            .create_consumer(push::Config {
+                name: Some(format!("iot-agent-{}-{:x}", self.device_id, nonce())),
                 deliver_subject: self.client.new_inbox(),
-                filter_subject: filter,
+                filter_subject: subject.to_string(),
                 deliver_policy: DeliverPolicy::LastPerSubject,
+                ack_policy: AckPolicy::None,
+                inactive_threshold: SNAPSHOT_CONSUMER_EXPIRY,
+                memory_storage: true,
                 ..Default::default()
             })
             .await
-            .map_err(|e| NatsError::Watch(e.to_string()))?;
-        let pending = consumer.cached_info().num_pending;
-        let messages = consumer
-            .messages()
-            .await
-            .map_err(|e| NatsError::Watch(e.to_string()))?;
-        Ok(Watch {
-            messages,
-            prefix: format!("$KV.{DESIRED_STATE_BUCKET}.{}.", self.device_id),
-            snapshot_pending: pending,
-            snapshot_done: false,
-            announce_done: pending == 0,
-        })
+            .map_err(|e| err(&e))?;
+        let mut out = Vec::new();
+        if consumer.cached_info().num_pending == 0 {
+            return Ok(out);
+        }
+        let mut messages = consumer.messages().await.map_err(|e| err(&e))?;
+        let prefix = format!(
+            "{}.",
+            KvSubject {
+                bucket: DESIRED_STATE_BUCKET,
+                key: &self.device_id,
+            }
+        );
+        loop {
+            let m = match tokio::time::timeout(SNAPSHOT_IDLE_TIMEOUT, messages.next()).await {
+                Err(_) => return Err(err(&"the snapshot stalled")),
+                Ok(None) => return Err(err(&"the snapshot consumer ended")),
+                Ok(Some(m)) => m.map_err(|e| err(&e))?,
+            };
+            let info = m.info().map_err(|e| err(&e))?;
+            let (seq, pending) = (info.stream_sequence, info.pending);
+            if let Some(deployment) = deployment_of(&m.subject, &prefix) {
+                let event = kv_event(deployment.clone(), m.headers.as_ref(), m.payload.clone());
+                let live = matches!(event, WatchEvent::Put { .. }).then_some(event);
+                out.push((deployment, seq, live));
+            }
+            if pending == 0 {
+                return Ok(out);
+            }
+        }
     }
 
     /// Publishes a deployment's encoded status and waits for the ack.
@@ -327,14 +436,18 @@ pub enum WatchEvent {
     SnapshotComplete,
 }
 
-/// A live watch. Survives reconnects and server restarts (the ordered
-/// consumer recreates itself from the last delivered sequence).
+/// A live watch: the snapshot's events, `SnapshotComplete`, then every
+/// change as the stream stores it. Ends (`None`) after anything that may
+/// have lost a live message (a disconnect, a slow-consumer drop); the
+/// caller then creates a new watch, whose snapshot covers the gap.
 pub struct Watch {
-    messages: push::Ordered,
+    live: async_nats::Subscriber,
+    gaps: Option<watch::Receiver<u64>>,
+    /// `$KVR.desired-state.<id>.`
     prefix: String,
-    snapshot_pending: u64,
-    snapshot_done: bool,
-    announce_done: bool,
+    /// The last stream sequence applied per deployment.
+    applied: BTreeMap<String, u64>,
+    queued: VecDeque<WatchEvent>,
 }
 
 impl Watch {
@@ -342,55 +455,77 @@ impl Watch {
     /// again (which delivers a fresh snapshot).
     pub async fn next(&mut self) -> Option<WatchEvent> {
         loop {
-            if self.announce_done && !self.snapshot_done {
-                self.snapshot_done = true;
-                return Some(WatchEvent::SnapshotComplete);
+            if let Some(e) = self.queued.pop_front() {
+                return Some(e);
             }
-            let msg = match self.messages.next().await? {
-                Ok(m) => m,
-                Err(e) => {
-                    // Errors (missed heartbeats, recreation attempts) do not
-                    // end an ordered consumer; it keeps going.
-                    crate::warn!("nats: desired-state watch: {e}");
-                    continue;
-                }
-            };
-            if !self.snapshot_done {
-                match msg.info() {
-                    Ok(info) if info.pending == 0 => self.announce_done = true,
-                    Ok(_) => {}
-                    Err(_) => {
-                        self.snapshot_pending = self.snapshot_pending.saturating_sub(1);
-                        if self.snapshot_pending == 0 {
-                            self.announce_done = true;
+            let m = match &mut self.gaps {
+                Some(gaps) => tokio::select! {
+                    biased;
+                    changed = gaps.changed() => {
+                        if changed.is_ok() {
+                            crate::info!("nats: live desired-state messages may have been missed; taking a new snapshot");
+                            return None;
                         }
+                        self.gaps = None;
+                        continue;
                     }
-                }
-            }
-            let m = msg.message;
-            let Some(rest) = m.subject.as_str().strip_prefix(&self.prefix) else {
-                crate::warn!("nats: ignoring foreign subject {}", m.subject);
+                    m = self.live.next() => m?,
+                },
+                None => self.live.next().await?,
+            };
+            let headers = m.headers.as_ref();
+            let Some(seq) = headers
+                .and_then(|h| h.get(NATS_SEQUENCE))
+                .and_then(|v| v.as_str().parse::<u64>().ok())
+            else {
+                crate::warn!(
+                    "nats: ignoring {}: not republished by the stream",
+                    m.subject
+                );
                 continue;
             };
-            if protocol::keys::validate_deployment_name(rest).is_err() {
-                crate::warn!("nats: ignoring key with an invalid deployment name {rest:?}");
+            let Some(deployment) = deployment_of(&m.subject, &self.prefix) else {
+                continue;
+            };
+            // Seen in the snapshot already, or a duplicate.
+            if self.applied.get(&deployment).is_some_and(|s| *s >= seq) {
                 continue;
             }
-            let deployment = rest.to_string();
-            let op = m
-                .headers
-                .as_ref()
-                .and_then(|h| h.get(KV_OPERATION))
-                .map(|v| v.as_str().to_string());
-            return Some(match op.as_deref() {
-                Some("DEL") => WatchEvent::Delete { deployment },
-                Some("PURGE") => WatchEvent::Purge { deployment },
-                _ => WatchEvent::Put {
-                    deployment,
-                    value: m.payload,
-                },
-            });
+            self.applied.insert(deployment.clone(), seq);
+            return Some(kv_event(deployment, headers, m.payload));
         }
+    }
+}
+
+/// The stream sequence the stream republishes each message with.
+const NATS_SEQUENCE: &str = "Nats-Sequence";
+
+/// The deployment named by `subject` under `prefix`, if it is a valid one.
+fn deployment_of(subject: &async_nats::Subject, prefix: &str) -> Option<String> {
+    let Some(rest) = subject.as_str().strip_prefix(prefix) else {
+        crate::warn!("nats: ignoring foreign subject {subject}");
+        return None;
+    };
+    if protocol::keys::validate_deployment_name(rest).is_err() {
+        crate::warn!("nats: ignoring key with an invalid deployment name {rest:?}");
+        return None;
+    }
+    Some(rest.to_string())
+}
+
+/// The event a KV record stands for, by its `KV-Operation` header.
+fn kv_event(
+    deployment: String,
+    headers: Option<&async_nats::HeaderMap>,
+    value: Bytes,
+) -> WatchEvent {
+    let op = headers
+        .and_then(|h| h.get(KV_OPERATION))
+        .map(|v| v.as_str());
+    match op {
+        Some("DEL") => WatchEvent::Delete { deployment },
+        Some("PURGE") => WatchEvent::Purge { deployment },
+        _ => WatchEvent::Put { deployment, value },
     }
 }
 

@@ -3,12 +3,12 @@
 //! operator's real reconcile, and a table of what it cost.
 //!
 //! Every simulated device runs the agent's own code: its desired-state
-//! watch ([`agent_linux::nats::Session::watch`]: the filtered ordered
-//! consumer, the snapshot logic), its reconciler ([`agent_linux::reconcile`]:
+//! watch ([`agent_linux::nats::Session::watch`]: the subscription on the
+//! republished keys, the one-shot snapshot, the merge by sequence), its reconciler ([`agent_linux::reconcile`]:
 //! the postcard decode, the container plan) over an in-memory runtime in
 //! place of Podman, and its status writer ([`agent_linux::agent::status_writer`]).
 //! Devices are multiplexed over a few NATS connections (each still with its
-//! own consumer and deliver subject), so no fd limit is raised.
+//! own subscription and snapshot consumer), so no fd limit is raised.
 //!
 //! Run: `cargo xtask bench fleet --devices 1000 [--nats-server BIN]`
 //! (or `cargo bench -p operator --bench fleet -- --devices 1000`).
@@ -25,7 +25,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 use clap::Parser;
-use futures::StreamExt as _;
 use tokio::sync::{Semaphore, mpsc, watch};
 
 use agent_linux::nats::{Session, WatchEvent};
@@ -60,14 +59,6 @@ struct Args {
     /// Upper bound for each waiting phase, in seconds.
     #[arg(long, default_value_t = 300)]
     phase_timeout_secs: u64,
-    /// How devices watch: `consumer` is the agent's code (one filtered
-    /// ordered consumer per device, alive as long as the device);
-    /// `republish` is the proposed layout (the stream republishes every
-    /// stored desired-state message with its sequence; each device holds a
-    /// core subscription on its own republished keys, and takes a snapshot
-    /// through a short-lived filtered consumer at start).
-    #[arg(long, value_enum, default_value_t = Layout::Consumer)]
-    layout: Layout,
     /// Puts to keys no device watches, issued before the apply, to measure
     /// the server's per-put cost with N watches in place (0: skip).
     #[arg(long, default_value_t = 1000)]
@@ -76,22 +67,6 @@ struct Args {
     #[arg(long, hide = true)]
     bench: bool,
 }
-
-/// How the simulated devices watch their keys.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-enum Layout {
-    /// One filtered ordered consumer per device (the agent today).
-    Consumer,
-    /// Stream RePublish + a core subscription per device + a snapshot.
-    Republish,
-}
-
-/// Where the desired-state stream republishes what it stored (the proposed
-/// layout): `$KVR.desired-state.<device>.<deployment>`, with the headers
-/// `Nats-Sequence`, `Nats-Subject`, `Nats-Stream` and the original ones
-/// (`KV-Operation`). Messages are republished only once stored, so a device
-/// never sees a put the stream refused.
-const REPUBLISH_PREFIX: &str = "$KVR";
 
 /// What the device thread tells the measuring side.
 enum DevEvent {
@@ -189,187 +164,9 @@ fn device_id(i: usize) -> String {
     format!("sim-{i:05}")
 }
 
-/// A device's view of its desired state, in either layout.
-enum DeviceWatch {
-    /// The agent's watch.
-    Consumer(Box<agent_linux::nats::Watch>),
-    /// The proposed layout.
-    Republish(RepublishWatch),
-}
-
-impl DeviceWatch {
-    async fn start(
-        layout: Layout,
-        session: &Session,
-        client: &async_nats::Client,
-        id: &str,
-    ) -> anyhow::Result<DeviceWatch> {
-        Ok(match layout {
-            Layout::Consumer => DeviceWatch::Consumer(Box::new(session.watch().await?)),
-            Layout::Republish => DeviceWatch::Republish(RepublishWatch::start(client, id).await?),
-        })
-    }
-
-    async fn next(&mut self) -> Option<WatchEvent> {
-        match self {
-            DeviceWatch::Consumer(w) => w.next().await,
-            DeviceWatch::Republish(w) => w.next().await,
-        }
-    }
-}
-
-/// The proposed watch: a core subscription on the device's republished
-/// keys, opened before a one-shot snapshot of the device's keys (a filtered
-/// consumer, as today, that lives only for the snapshot), merged by stream
-/// sequence so that a message seen both in the snapshot and live is applied
-/// once and nothing is applied out of order. After a reconnect (or a
-/// client-side slow-consumer drop) the agent would take a new snapshot the
-/// same way; the bench does not cut connections.
-struct RepublishWatch {
-    live: async_nats::Subscriber,
-    prefix: String,
-    /// Last stream sequence applied per deployment.
-    seen: BTreeMap<String, u64>,
-    /// The snapshot's events, then `SnapshotComplete`.
-    queued: std::collections::VecDeque<WatchEvent>,
-}
-
-impl RepublishWatch {
-    async fn start(client: &async_nats::Client, id: &str) -> anyhow::Result<RepublishWatch> {
-        let prefix = format!("{REPUBLISH_PREFIX}.{DESIRED_STATE_BUCKET}.{id}.");
-        // Live first: whatever is stored from now on reaches the
-        // subscription, so the snapshot cannot miss it. The flush makes
-        // sure the server has the subscription before the snapshot starts.
-        let live = client.subscribe(format!("{prefix}>")).await?;
-        client.flush().await?;
-        let mut seen = BTreeMap::new();
-        let mut queued = std::collections::VecDeque::new();
-        for (deployment, seq, event) in snapshot(client, id).await? {
-            seen.insert(deployment, seq);
-            if let Some(e) = event {
-                queued.push_back(e);
-            }
-        }
-        queued.push_back(WatchEvent::SnapshotComplete);
-        Ok(RepublishWatch {
-            live,
-            prefix,
-            seen,
-            queued,
-        })
-    }
-
-    async fn next(&mut self) -> Option<WatchEvent> {
-        loop {
-            if let Some(e) = self.queued.pop_front() {
-                return Some(e);
-            }
-            let m = self.live.next().await?;
-            let headers = m.headers.as_ref();
-            let Some(seq) = headers
-                .and_then(|h| h.get("Nats-Sequence"))
-                .and_then(|v| v.as_str().parse::<u64>().ok())
-            else {
-                continue; // not a republished message
-            };
-            let Some(deployment) = m.subject.as_str().strip_prefix(&self.prefix) else {
-                continue;
-            };
-            if protocol::keys::validate_deployment_name(deployment).is_err() {
-                continue;
-            }
-            // Already applied (seen in the snapshot, or a duplicate).
-            if self.seen.get(deployment).is_some_and(|s| *s >= seq) {
-                continue;
-            }
-            self.seen.insert(deployment.to_string(), seq);
-            let op = headers
-                .and_then(|h| h.get(KV_OPERATION))
-                .map(|v| v.as_str().to_string());
-            return Some(kv_event(deployment.to_string(), op.as_deref(), m.payload));
-        }
-    }
-}
-
-const KV_OPERATION: &str = "KV-Operation";
-
-fn kv_event(deployment: String, op: Option<&str>, value: bytes::Bytes) -> WatchEvent {
-    match op {
-        Some("DEL") => WatchEvent::Delete { deployment },
-        Some("PURGE") => WatchEvent::Purge { deployment },
-        _ => WatchEvent::Put { deployment, value },
-    }
-}
-
-/// The last message of each of the device's keys, through a filtered
-/// consumer created on the same least-privilege subject as the agent's
-/// watch (`$JS.API.CONSUMER.CREATE.KV_desired-state.<name>.$KV.desired-state.<id>.>`).
-/// No flow control, no heartbeats; the server removes it 2 s after the
-/// device stops listening (a device may not delete consumers).
-async fn snapshot(
-    client: &async_nats::Client,
-    id: &str,
-) -> anyhow::Result<Vec<(String, u64, Option<WatchEvent>)>> {
-    use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, push};
-    let js = async_nats::jetstream::new(client.clone());
-    let stream = js
-        .get_stream_no_info(StreamName(DESIRED_STATE_BUCKET).to_string())
-        .await?;
-    static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let consumer = stream
-        .create_consumer(push::Config {
-            name: Some(format!("snap-{id}-{}", N.fetch_add(1, Ordering::Relaxed))),
-            deliver_subject: client.new_inbox(),
-            filter_subject: format!("$KV.{DESIRED_STATE_BUCKET}.{id}.>"),
-            deliver_policy: DeliverPolicy::LastPerSubject,
-            ack_policy: AckPolicy::None,
-            inactive_threshold: Duration::from_secs(2),
-            memory_storage: true,
-            ..Default::default()
-        })
-        .await?;
-    let mut out = Vec::new();
-    if consumer.cached_info().num_pending == 0 {
-        return Ok(out);
-    }
-    let mut messages = consumer.messages().await?;
-    let prefix = format!("$KV.{DESIRED_STATE_BUCKET}.{id}.");
-    loop {
-        let m = tokio::time::timeout(Duration::from_secs(30), messages.next())
-            .await
-            .context("snapshot: no message within 30 s")?
-            .context("snapshot: the consumer ended")??;
-        let info = m.info().map_err(|e| anyhow::anyhow!("{e}"))?;
-        let (seq, pending) = (info.stream_sequence, info.pending);
-        if let Some(deployment) = m.subject.as_str().strip_prefix(&prefix)
-            && protocol::keys::validate_deployment_name(deployment).is_ok()
-        {
-            let op = m
-                .headers
-                .as_ref()
-                .and_then(|h| h.get(KV_OPERATION))
-                .map(|v| v.as_str().to_string());
-            let event = match op.as_deref() {
-                Some("DEL") | Some("PURGE") => None,
-                _ => Some(kv_event(
-                    deployment.to_string(),
-                    op.as_deref(),
-                    m.payload.clone(),
-                )),
-            };
-            out.push((deployment.to_string(), seq, event));
-        }
-        if pending == 0 {
-            return Ok(out);
-        }
-    }
-}
-
-/// One simulated device: the agent's watch (or the proposed one),
-/// reconciler and status writer.
+/// One simulated device: the agent's watch, reconciler and status writer.
 async fn device(
     idx: usize,
-    layout: Layout,
     client: async_nats::Client,
     gate: Rc<Semaphore>,
     events: mpsc::UnboundedSender<DevEvent>,
@@ -384,7 +181,7 @@ async fn device(
         let mut attempt = 0;
         loop {
             attempt += 1;
-            match DeviceWatch::start(layout, &session, &client, &id).await {
+            match session.watch().await {
                 Ok(w) => {
                     let _ = events.send(DevEvent::Ready(t.elapsed()));
                     break w;
@@ -453,7 +250,6 @@ async fn device(
 /// the agent, with `n` devices over `conns` connections.
 fn spawn_devices(
     url: String,
-    layout: Layout,
     n: usize,
     conns: usize,
     concurrency: usize,
@@ -479,7 +275,7 @@ fn spawn_devices(
             let gate = Rc::new(Semaphore::new(concurrency.max(1)));
             for i in 0..n {
                 let client = clients[i % conns].clone();
-                tokio::task::spawn_local(device(i, layout, client, gate.clone(), events.clone()));
+                tokio::task::spawn_local(device(i, client, gate.clone(), events.clone()));
             }
             let _ = stop.await;
             anyhow::Ok(())
@@ -759,20 +555,6 @@ async fn run(args: Args) -> anyhow::Result<()> {
         .connect(server.url.as_str())
         .await?;
     let nats = Nats::from_client(client);
-    if args.layout == Layout::Republish {
-        // Set at creation: nats-server 2.9 cannot add RePublish to an
-        // existing stream (error 10052); 2.10+ can.
-        let mut config = operator::nats::stream_config(&protocol::buckets::DESIRED_STATE);
-        config.republish = Some(async_nats::jetstream::stream::Republish {
-            source: format!("$KV.{DESIRED_STATE_BUCKET}.>"),
-            destination: format!("{REPUBLISH_PREFIX}.{DESIRED_STATE_BUCKET}.>"),
-            headers_only: false,
-        });
-        nats.jetstream()
-            .create_stream(config)
-            .await
-            .context("creating the desired-state stream with RePublish")?;
-    }
     nats.ensure_buckets(true).await?;
     let (cache, mut changes) = StatusCache::new(Duration::from_secs(90));
     tokio::spawn(cache.clone().watch(nats.clone()));
@@ -784,7 +566,6 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let t_boot = Instant::now();
     let devices = spawn_devices(
         server.url.clone(),
-        args.layout,
         n,
         conns,
         args.create_concurrency,
@@ -818,16 +599,14 @@ async fn run(args: Args) -> anyhow::Result<()> {
     );
     // Let the heartbeats land before the apply.
     tokio::time::sleep(Duration::from_secs(1)).await;
-    // The republish layout's snapshot consumers expire once unused; the
-    // apply starts when the stream holds none (what a steady fleet is).
-    let consumers_gone = if args.layout == Layout::Republish {
+    // The snapshot consumers expire once read; the apply starts when the
+    // stream holds none (what a steady fleet is).
+    let consumers_gone = {
         let t = Instant::now();
         while consumer_count(&nats).await? > 0 && t.elapsed() < phase {
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
-        Some((t.elapsed() + (t - t_booted), consumer_count(&nats).await?))
-    } else {
-        None
+        (t.elapsed() + (t - t_booted), consumer_count(&nats).await?)
     };
     let consumers_at_apply = consumer_count(&nats).await?;
 
@@ -972,8 +751,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
 
     println!();
     println!(
-        "## fleet: {n} devices, {}, layout {:?} ({conns} device connection(s), {} watch creations at once)",
-        server.version, args.layout, args.create_concurrency
+        "## fleet: {n} devices, {} ({conns} device connection(s), {} watch creations at once)",
+        server.version, args.create_concurrency
     );
     println!();
     println!("| measure | value |");
@@ -988,12 +767,11 @@ async fn run(args: Args) -> anyhow::Result<()> {
     println!(
         "| nats-server during boot | peak RSS {rss_boot:.1} MiB, CPU {cpu_boot:.0} % of a core |"
     );
-    if let Some((d, left)) = consumers_gone {
-        println!(
-            "| snapshot consumers expired (from all devices ready) | {}, {left} left |",
-            ms(d)
-        );
-    }
+    let (d, left) = consumers_gone;
+    println!(
+        "| snapshot consumers expired (from all devices ready) | {}, {left} left |",
+        ms(d)
+    );
     if let Some((d, r)) = &probe {
         println!(
             "| put probe: {} puts to unwatched keys, {consumers_at_apply} consumers on the stream | {}{} ({:.3} ms per put) |",

@@ -17,7 +17,7 @@ use bytes::Bytes;
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use protocol::buckets::BucketSpec;
-use protocol::keys::{KvSubject, StreamName};
+use protocol::keys::{KvSubject, RepublishSubject, StreamName};
 
 /// Header naming the Deployment (`<namespace>/<name>`) that wrote a
 /// desired-state key, so that two Deployments of one name in different
@@ -115,6 +115,16 @@ pub enum NatsError {
         /// The bucket.
         bucket: String,
         /// Why creation failed.
+        reason: String,
+    },
+    /// A bucket exists but does not republish where agents watch.
+    #[error(
+        "bucket `{bucket}` does not republish its values to `$KVR.{bucket}.>`, where agents watch ({reason}); run `iot-operator init` with an identity allowed to edit streams: nats-server 2.10+ adds it in place; 2.9 cannot (error 10052): upgrade the server, or delete the stream `KV_{bucket}`, run `iot-operator init`, then start the operator, which writes every key again from the Deployments"
+    )]
+    BucketOutdated {
+        /// The bucket.
+        bucket: String,
+        /// Why it could not be updated.
         reason: String,
     },
     /// A request failed.
@@ -315,7 +325,14 @@ impl Nats {
         for spec in protocol::buckets::ALL {
             let name = StreamName(spec.name).to_string();
             match self.js.get_stream(&name).await {
-                Ok(_) => continue,
+                Ok(stream) => {
+                    let want = stream_config(&spec).republish;
+                    if stream.cached_info().config.republish != want {
+                        self.add_republish(&spec, create_missing).await?;
+                        created.push(format!("{} (RePublish added)", spec.name));
+                    }
+                    continue;
+                }
                 Err(e) => match e.kind() {
                     jetstream::context::GetStreamErrorKind::JetStream(j)
                         if j.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND => {}
@@ -338,6 +355,26 @@ impl Nats {
             created.push(spec.name.to_string());
         }
         Ok(created)
+    }
+
+    /// Adds RePublish to an existing bucket made before agents watched
+    /// `$KVR` (nats-server 2.10+ can; 2.9 refuses with error 10052). The
+    /// operator alone may not edit streams, so without `allowed` (init) it
+    /// stops here: running against such a bucket would leave every agent
+    /// deaf to updates.
+    async fn add_republish(&self, spec: &BucketSpec, allowed: bool) -> Result<(), NatsError> {
+        let outdated = |reason: String| NatsError::BucketOutdated {
+            bucket: spec.name.into(),
+            reason,
+        };
+        if !allowed {
+            return Err(outdated("the operator may not edit streams".into()));
+        }
+        self.js
+            .update_stream(stream_config(spec))
+            .await
+            .map(|_| ())
+            .map_err(|e| outdated(e.to_string()))
     }
 
     /// The last record of every key of `bucket` matching `key_filter` (a
@@ -502,6 +539,19 @@ pub fn stream_config(spec: &BucketSpec) -> stream::Config {
         duplicate_window: Duration::from_secs(120),
         num_replicas: 1,
         max_consumers: MAX_CONSUMERS,
+        republish: spec.republish.then(|| stream::Republish {
+            source: KvSubject {
+                bucket: spec.name,
+                key: ">",
+            }
+            .to_string(),
+            destination: RepublishSubject {
+                bucket: spec.name,
+                key: ">",
+            }
+            .to_string(),
+            headers_only: false,
+        }),
         ..Default::default()
     }
 }

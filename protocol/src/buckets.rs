@@ -22,6 +22,11 @@ pub struct BucketSpec {
     pub allow_rollup: bool,
     /// Whether purging the stream is refused.
     pub deny_purge: bool,
+    /// Whether the stream republishes every stored message, from
+    /// `$KV.<bucket>.>` to `$KVR.<bucket>.>` ([`crate::keys::RepublishSubject`]). On for
+    /// `desired-state`: agents watch it there. nats-server 2.9 accepts
+    /// RePublish only when the stream is created; 2.10+ can add it later.
+    pub republish: bool,
 }
 
 /// `desired-state`: written by the operator only.
@@ -31,6 +36,7 @@ pub const DESIRED_STATE: BucketSpec = BucketSpec {
     max_value_size: MAX_VALUE_SIZE as i32,
     allow_rollup: true,
     deny_purge: false,
+    republish: true,
 };
 
 /// `device-status`: written by the devices, each only its own keys.
@@ -40,6 +46,7 @@ pub const DEVICE_STATUS: BucketSpec = BucketSpec {
     max_value_size: 4096,
     allow_rollup: false,
     deny_purge: true,
+    republish: false,
 };
 
 /// `device-heartbeat`: written by the devices, each only its own key.
@@ -49,7 +56,19 @@ pub const DEVICE_HEARTBEAT: BucketSpec = BucketSpec {
     max_value_size: 1024,
     allow_rollup: false,
     deny_purge: true,
+    republish: false,
 };
 
 /// Every bucket of the contract.
 pub const ALL: [BucketSpec; 3] = [DESIRED_STATE, DEVICE_STATUS, DEVICE_HEARTBEAT];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_desired_state_is_republished() {
+        let republished: [bool; 3] = ALL.map(|b| b.republish);
+        assert_eq!(republished, [true, false, false]);
+    }
+}

@@ -25,6 +25,13 @@ pub const BUCKETS: [&str; 3] = [
     DEVICE_HEARTBEAT_BUCKET,
 ];
 
+/// Where a bucket's stream republishes each message once it is stored:
+/// `$KVR.<bucket>.<key>`, with `Nats-Sequence`, `Nats-Subject` and the
+/// original headers (`KV-Operation` included). Devices watch their
+/// desired state on this prefix with a plain subscription instead of one
+/// JetStream consumer each (docs/performance.md, "Layouts compared").
+pub const REPUBLISH_PREFIX: &str = "$KVR";
+
 /// Longest device id or deployment name, in bytes.
 pub const MAX_TOKEN_LEN: usize = 63;
 
@@ -190,6 +197,22 @@ impl<K: fmt::Display> fmt::Display for KvSubject<'_, K> {
     }
 }
 
+/// The subject a stored KV message is republished on:
+/// `$KVR.<bucket>.<key>` (see [`REPUBLISH_PREFIX`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RepublishSubject<'a, K> {
+    /// The bucket.
+    pub bucket: &'a str,
+    /// The key, or a filter such as [`DeviceFilter`].
+    pub key: K,
+}
+
+impl<K: fmt::Display> fmt::Display for RepublishSubject<'_, K> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{REPUBLISH_PREFIX}.{}.{}", self.bucket, self.key)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     extern crate std;
@@ -245,6 +268,11 @@ mod tests {
             key: f,
         };
         assert_eq!(s.to_string(), "$KV.desired-state.pi-001.>");
+        let r = RepublishSubject {
+            bucket: DESIRED_STATE_BUCKET,
+            key: f,
+        };
+        assert_eq!(r.to_string(), "$KVR.desired-state.pi-001.>");
         assert_eq!(
             StreamName(DESIRED_STATE_BUCKET).to_string(),
             "KV_desired-state"

@@ -3,7 +3,8 @@
 //!
 //! A device may create a consumer only through the filtered create subject
 //! for its own keys, direct-get only its own keys, publish only its own
-//! status and heartbeat, and receive only on its own inbox prefix. Never
+//! status and heartbeat, and receive only on its own inbox prefix and on the
+//! republished subjects of its own desired-state keys. Never
 //! `$JS.>`, never the unfiltered consumer create (it lets a device read every
 //! key), never STREAM.INFO (it lists every key), never a direct get by
 //! sequence. The operator gets what its reconcile and watches need; only an
@@ -13,7 +14,9 @@ use std::format;
 use std::string::String;
 use std::vec::Vec;
 
-use crate::keys::{DESIRED_STATE_BUCKET, DEVICE_HEARTBEAT_BUCKET, DEVICE_STATUS_BUCKET};
+use crate::keys::{
+    DESIRED_STATE_BUCKET, DEVICE_HEARTBEAT_BUCKET, DEVICE_STATUS_BUCKET, REPUBLISH_PREFIX,
+};
 
 /// Inbox prefix the operator uses, so its replies stay on its own subjects.
 pub const OPERATOR_INBOX_PREFIX: &str = "_INBOX.operator";
@@ -36,9 +39,13 @@ pub fn device_publish(device_id: &str) -> Vec<String> {
     ]
 }
 
-/// Subjects a device may subscribe to.
+/// Subjects a device may subscribe to: its inbox, and the republished
+/// desired state of its own keys (its live watch).
 pub fn device_subscribe(device_id: &str) -> Vec<String> {
-    std::vec![format!("{}.>", device_inbox_prefix(device_id))]
+    std::vec![
+        format!("{}.>", device_inbox_prefix(device_id)),
+        format!("{REPUBLISH_PREFIX}.{DESIRED_STATE_BUCKET}.{device_id}.>"),
+    ]
 }
 
 /// Subjects the operator may publish to: KV reads, watches and writes of
@@ -138,7 +145,10 @@ mod tests {
                 .any(|s| s == "$JS.API.CONSUMER.CREATE.KV_desired-state")
         );
         assert!(!p.iter().any(|s| s.contains("STREAM.INFO")));
-        assert_eq!(device_subscribe("pi-1"), ["_INBOX.pi-1.>"]);
+        assert_eq!(
+            device_subscribe("pi-1"),
+            ["_INBOX.pi-1.>", "$KVR.desired-state.pi-1.>"]
+        );
     }
 
     #[test]

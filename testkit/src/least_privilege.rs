@@ -90,10 +90,11 @@ async fn publish_acked(
 /// handle with read access) checks after the rollup attempt. Panics on the
 /// first check that fails.
 ///
-/// A's own direct get, watch and status write work; watching B's keys,
-/// the whole bucket (bucket-wide filter and unfiltered create), direct get
-/// of B's key, get by sequence, STREAM.INFO, writing B's status and
-/// creating a bucket are each denied; a rollup on A's own status key is
+/// A's own direct get, watch, live subscription and status write work;
+/// watching B's keys, the whole bucket (bucket-wide filter and unfiltered
+/// create), direct get of B's key, get by sequence, STREAM.INFO, writing
+/// B's status, creating a bucket and subscribing to B's (or everyone's)
+/// republished keys are each denied; a rollup on A's own status key is
 /// refused by the stream and B's status survives.
 pub async fn device_matrix(
     client: &async_nats::Client,
@@ -129,6 +130,11 @@ pub async fn device_matrix(
     )
     .await;
     assert!(own.is_ok(), "own status write: {own:?}");
+    let _own_live = client
+        .subscribe(format!("$KVR.desired-state.{a}.>"))
+        .await
+        .expect("own live subscription");
+    client.flush().await.expect("flush");
     assert!(
         errors.lock().expect("errors lock").is_empty(),
         "{:?}",
@@ -210,7 +216,15 @@ pub async fn device_matrix(
         .await;
     assert!(r.is_err(), "created a bucket");
     expect_violation(errors, "create bucket", "$JS.API.STREAM.CREATE.KV_evil").await;
-    // 8. A rollup on its own status key: allowed subject, refused by the
+    // 8. Listening to B's republished desired state, or to every device's.
+    let _live_b = client
+        .subscribe(format!("$KVR.desired-state.{b}.>"))
+        .await
+        .expect("subscribe is sent");
+    expect_violation(errors, "live B", &format!("$KVR.desired-state.{b}.>")).await;
+    let _live_all = client.subscribe("$KVR.>").await.expect("subscribe is sent");
+    expect_violation(errors, "live all", "\"$KVR.>\"").await;
+    // 9. A rollup on its own status key: allowed subject, refused by the
     // stream (created with rollups disallowed), and B's status survives.
     let mut headers = async_nats::HeaderMap::new();
     headers.insert("Nats-Rollup", "all");

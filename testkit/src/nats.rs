@@ -227,6 +227,13 @@ fn stream_config(spec: &protocol::buckets::BucketSpec) -> async_nats::jetstream:
         // that sets no limit at 1000 consumers (one watch per device), so a
         // test with more devices than that would fail on 2.15 only.
         max_consumers: 1_000_000,
+        republish: spec
+            .republish
+            .then(|| async_nats::jetstream::stream::Republish {
+                source: format!("$KV.{}.>", spec.name),
+                destination: format!("{}.{}.>", protocol::keys::REPUBLISH_PREFIX, spec.name),
+                headers_only: false,
+            }),
         ..Default::default()
     }
 }
