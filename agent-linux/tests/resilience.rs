@@ -123,3 +123,81 @@ async fn delete_while_agent_down_is_applied_on_start() {
         .collect();
     assert_eq!(cached, vec!["keep".to_string()]);
 }
+
+/// Only the agent's link is cut (the server keeps taking writes): what is
+/// written while the board is cut off reaches it once the link is back,
+/// though its live subscription never saw those writes.
+#[tokio::test]
+async fn writes_made_while_the_agent_is_cut_off_are_applied_on_reconnect() {
+    let Some(env) = Env::start("netcut").await else {
+        return;
+    };
+    let proxy = testkit::proxy::TcpProxy::to_port(env.nats.port());
+    let _agent = env.spawn_agent_via(&proxy.url());
+    env.put("a", 1, vec![sleeper("main", "v1")]).await;
+    env.put("b", 1, vec![sleeper("main", "v1")]).await;
+    for d in ["a", "b"] {
+        env.wait_status(d, "Running at 1", |s| {
+            s.phase == Phase::Running && s.revision == 1
+        })
+        .await;
+    }
+    let (a, b) = (
+        env.container_name("a", "main"),
+        env.container_name("b", "main"),
+    );
+    let before = env.wait_running(&[a.clone(), b.clone()]).await;
+    assert!(
+        proxy.accepted() >= 1,
+        "the agent did not connect through the proxy"
+    );
+
+    // Cut off, the agent misses an update and a delete.
+    let refused = proxy.refused();
+    proxy.cut();
+    env.put("a", 2, vec![sleeper("main", "v2")]).await;
+    env.delete("b").await;
+    // It has noticed once it tries to reconnect.
+    assert!(
+        testkit::wait_until_async(WAIT, || async { proxy.refused() > refused }).await,
+        "the agent never tried to reconnect"
+    );
+    assert_eq!(
+        env.containers(),
+        before,
+        "the agent changed its containers while it was cut off"
+    );
+    proxy.restore();
+
+    env.wait_status("a", "Running at 2", |s| {
+        s.phase == Phase::Running && s.revision == 2
+    })
+    .await;
+    env.wait_status("b", "Removed", |s| s.phase == Phase::Removed)
+        .await;
+    let after = env.wait_running(std::slice::from_ref(&a)).await;
+    let old_a = before.iter().find(|c| c.0 == a).unwrap();
+    assert_ne!(after[0].1, old_a.1, "a's container was not replaced");
+    assert_eq!(after[0].3, "2");
+
+    // A second cut, during which a new deployment appears.
+    let refused = proxy.refused();
+    proxy.cut();
+    env.put("c", 1, vec![sleeper("main", "v1")]).await;
+    assert!(
+        testkit::wait_until_async(WAIT, || async { proxy.refused() > refused }).await,
+        "the agent never tried to reconnect"
+    );
+    proxy.restore();
+    env.wait_status("c", "Running at 1", |s| {
+        s.phase == Phase::Running && s.revision == 1
+    })
+    .await;
+    let c = env.container_name("c", "main");
+    let last = env.wait_running(&[a.clone(), c]).await;
+    let kept_a = last.iter().find(|x| x.0 == a).unwrap();
+    assert_eq!(
+        kept_a.1, after[0].1,
+        "a was recreated though it did not change"
+    );
+}

@@ -10,6 +10,7 @@
 pub mod least_privilege;
 mod nats;
 mod podman;
+pub mod proxy;
 pub mod tls;
 
 pub use nats::{NatsOptions, NatsServer, create_buckets};

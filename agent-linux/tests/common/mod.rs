@@ -104,6 +104,12 @@ impl Env {
 
     /// Writes the agent's configuration for this environment.
     pub fn write_config(&self) -> PathBuf {
+        self.write_config_for(&self.nats.url())
+    }
+
+    /// Writes the agent's configuration with `url` as its working server
+    /// (a proxy in front of this environment's server, say).
+    pub fn write_config_for(&self, url: &str) -> PathBuf {
         let text = format!(
             r#"version = 1
 device_id = "{}"
@@ -122,7 +128,7 @@ stop_timeout_secs = 1
             // A server that never answers beside the real one: the agent
             // must use whichever of the configured servers is up.
             dead_port(),
-            self.nats.url(),
+            url,
             self.podman.uri()
         );
         std::fs::write(self.config_path(), text).unwrap();
@@ -131,6 +137,12 @@ stop_timeout_secs = 1
 
     pub fn spawn_agent(&self) -> Agent {
         self.write_config();
+        self.spawn_agent_with_config()
+    }
+
+    /// Spawns the agent connecting to `url` instead of the server itself.
+    pub fn spawn_agent_via(&self, url: &str) -> Agent {
+        self.write_config_for(url);
         self.spawn_agent_with_config()
     }
 
