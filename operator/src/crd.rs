@@ -35,6 +35,12 @@ pub const SCORE_TYPE_RULE_MESSAGE: &str =
     "score.type must be a score variant name (a Rust identifier), e.g. PodmanV0";
 /// Most targets one Deployment may name.
 pub const MAX_TARGETS: usize = 10_000;
+/// Most entries in `.status.devices`. Ready devices are only counted, so a
+/// healthy fleet lists none; past this many not-ready devices the rest are
+/// counted in `.status.devicesOmitted`. Keeps the object far below etcd's
+/// 1.5 MiB limit (a full list of [`MAX_TARGETS`] devices was 1.2 MiB) and
+/// every status patch small; `iot-operator status NAME` shows every device.
+pub const MAX_LISTED_DEVICES: usize = 100;
 
 /// What a Deployment asks for: a score run on a set of devices.
 #[derive(CustomResource, Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
@@ -163,10 +169,21 @@ pub struct DeploymentStatus {
     #[serde(default)]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,
-    /// One entry per target device.
+    /// The target devices that are not ready at the current revision, worst
+    /// first (failed, conflict, unreachable, no report yet, older revision,
+    /// still rolling out), then by device id; at most 100 entries. Ready
+    /// devices are counted, not listed (`iot-operator status NAME` shows all).
     #[serde(default)]
-    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["device"]))]
+    #[schemars(extend(
+        "maxItems" = MAX_LISTED_DEVICES,
+        "x-kubernetes-list-type" = "map",
+        "x-kubernetes-list-map-keys" = ["device"]
+    ))]
     pub devices: Vec<DeviceStatus>,
+    /// Not-ready devices left out of `devices` by its cap: `targeted - ready`
+    /// is always `devices` listed plus this.
+    #[serde(default)]
+    pub devices_omitted: i64,
     /// Devices targeted.
     #[serde(default)]
     pub targeted: i64,
@@ -200,7 +217,7 @@ pub struct Condition {
     pub message: String,
 }
 
-/// One target device as the operator last saw it.
+/// A target device that is not ready, as the operator last saw it.
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct DeviceStatus {

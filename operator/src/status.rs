@@ -4,8 +4,9 @@
 //! and the last heartbeat of every device, fed by watches on the
 //! `device-status` and `device-heartbeat` buckets ([`StatusCache::watch`]) or
 //! by a one-off read ([`StatusCache::load`]). [`fold_status`] turns the
-//! cache plus what the operator wrote into the CR status: per-device
-//! entries, counts and conditions.
+//! cache plus what the operator wrote into the CR status: counts over every
+//! target, conditions, and entries for the (at most
+//! [`MAX_LISTED_DEVICES`]) targets that are not ready.
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
@@ -18,7 +19,9 @@ use protocol::{DeploymentKey, Heartbeat, Phase};
 use tokio::sync::mpsc;
 
 use crate::apply::{Conflict, PlanError, UnknownType};
-use crate::crd::{Condition, Deployment, DeploymentStatus, DeviceStatus, revision_string};
+use crate::crd::{
+    Condition, Deployment, DeploymentStatus, DeviceStatus, MAX_LISTED_DEVICES, revision_string,
+};
 use crate::nats::{Nats, NatsError};
 
 /// A device's last status for one deployment.
@@ -323,8 +326,27 @@ pub mod conditions {
     pub const UNKNOWN_SCORE_TYPE: &str = "UnknownScoreType";
 }
 
+/// Why a target is listed in `.status.devices`; the order is the list's,
+/// worst first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Attention {
+    /// Failed or Unsupported at the current revision.
+    Failed,
+    /// Another Deployment of this name owns the key; nothing was written.
+    Conflict,
+    /// The heartbeat is stale.
+    Unreachable,
+    /// Never reported for this deployment.
+    NoReport,
+    /// Reports another revision than the current one.
+    Outdated,
+    /// At the current revision but not (yet) Running or Completed.
+    RollingOut,
+}
+
 /// The CR status for `deployment`, from what the reconcile did and the
-/// devices' reports. `now_ns` is the operator's clock; `prev` conditions
+/// devices' reports: exact counts over every target, entries only for the
+/// targets not ready (see [`DeploymentStatus::devices`]). `now_ns` is the operator's clock; `prev` conditions
 /// keep their transition time while their status does not change.
 pub fn fold_status(
     deployment: &Deployment,
@@ -336,19 +358,23 @@ pub fn fold_status(
     let generation = deployment.metadata.generation;
     let prev = deployment.status.clone().unwrap_or_default();
     let reports = cache.reports_for(name);
-    let mut devices = Vec::with_capacity(observed.targets.len());
+    // Only the devices that need attention, ranked; ready ones are counted.
+    let mut not_ready: Vec<(Attention, DeviceStatus)> = Vec::new();
     let (mut up_to_date, mut ready, mut failed) = (0i64, 0i64, 0i64);
     let mut failing: Vec<String> = Vec::new();
     let mut unreachable: Vec<String> = Vec::new();
     for device in &observed.targets {
         if let Some(c) = observed.conflicts.iter().find(|c| &c.device == device) {
-            devices.push(DeviceStatus {
-                device: device.clone(),
-                phase: "Conflict".into(),
-                revision: None,
-                message: Some(format!("the key {device}.{name} belongs to {}", c.owner)),
-                last_report_time: None,
-            });
+            not_ready.push((
+                Attention::Conflict,
+                DeviceStatus {
+                    device: device.clone(),
+                    phase: "Conflict".into(),
+                    revision: None,
+                    message: Some(format!("the key {device}.{name} belongs to {}", c.owner)),
+                    last_report_time: None,
+                },
+            ));
             continue;
         }
         let stale = cache.heartbeat(device).map(|h| {
@@ -359,6 +385,33 @@ pub fn fold_status(
         });
         let report = reports.get(device);
         let current = report.is_some_and(|r| Some(r.status.revision) == observed.revision);
+        let reachable = !matches!(stale, Some((true, _)));
+        let phase = report.map(|r| r.status.phase);
+        let is_failed = current && matches!(phase, Some(Phase::Failed | Phase::Unsupported));
+        if current {
+            up_to_date += 1;
+        }
+        if is_failed {
+            failed += 1;
+            failing.push(device.clone());
+        }
+        if !reachable {
+            unreachable.push(device.clone());
+        }
+        let attention = if is_failed {
+            Attention::Failed
+        } else if !reachable {
+            Attention::Unreachable
+        } else if report.is_none() {
+            Attention::NoReport
+        } else if !current {
+            Attention::Outdated
+        } else if matches!(phase, Some(Phase::Running | Phase::Completed)) {
+            ready += 1;
+            continue;
+        } else {
+            Attention::RollingOut
+        };
         let mut entry = match report {
             Some(r) => DeviceStatus {
                 device: device.clone(),
@@ -382,22 +435,21 @@ pub fn fold_status(
                 rfc3339(seen)
             ));
             entry.phase = "Unreachable".into();
-            unreachable.push(device.clone());
         }
-        let reachable = !matches!(stale, Some((true, _)));
-        if current {
-            up_to_date += 1;
-            let phase = report.map(|r| r.status.phase);
-            if reachable && matches!(phase, Some(Phase::Running | Phase::Completed)) {
-                ready += 1;
-            }
-            if matches!(phase, Some(Phase::Failed | Phase::Unsupported)) {
-                failed += 1;
-                failing.push(device.clone());
-            }
-        }
-        devices.push(entry);
+        not_ready.push((attention, entry));
     }
+    let worst_first = |(a, x): &(Attention, DeviceStatus), (b, y): &(Attention, DeviceStatus)| {
+        a.cmp(b).then_with(|| x.device.cmp(&y.device))
+    };
+    let devices_omitted = not_ready.len().saturating_sub(MAX_LISTED_DEVICES) as i64;
+    if devices_omitted > 0 {
+        // Only the listed ones need sorting (a fresh apply has every target
+        // not ready).
+        not_ready.select_nth_unstable_by(MAX_LISTED_DEVICES, worst_first);
+        not_ready.truncate(MAX_LISTED_DEVICES);
+    }
+    not_ready.sort_unstable_by(worst_first);
+    let devices: Vec<DeviceStatus> = not_ready.into_iter().map(|(_, d)| d).collect();
     let targeted = observed.targets.len() as i64;
     let now = rfc3339(now_ns);
     let mut conds = Vec::new();
@@ -517,6 +569,7 @@ pub fn fold_status(
         revision: observed.revision.map(revision_string),
         conditions: conds,
         devices,
+        devices_omitted,
         targeted,
         up_to_date,
         ready,
@@ -653,6 +706,17 @@ mod tests {
         .unwrap()
     }
 
+    fn status_bytes_msg(revision: u64, phase: Phase, message: &str) -> Vec<u8> {
+        protocol::wire::encode_to_vec(&protocol::DeploymentStatus {
+            revision,
+            phase,
+            containers: BoundedVec::new(),
+            message: Text::borrowed(message),
+            timestamp_ms: 0,
+        })
+        .unwrap()
+    }
+
     fn heartbeat_bytes() -> Vec<u8> {
         protocol::wire::encode_to_vec(&Heartbeat {
             agent_version: Text::borrowed("0.1.0"),
@@ -707,11 +771,22 @@ mod tests {
         };
         let s = fold_status(&d, &observed, &cache, now);
         assert_eq!((s.targeted, s.up_to_date, s.ready, s.failed), (5, 3, 1, 1));
-        let phases: Vec<&str> = s.devices.iter().map(|d| d.phase.as_str()).collect();
+        // The ready device a is only counted; the rest are listed worst first.
+        let listed: Vec<(&str, &str)> = s
+            .devices
+            .iter()
+            .map(|d| (d.device.as_str(), d.phase.as_str()))
+            .collect();
         assert_eq!(
-            phases,
-            ["Running", "Failed", "Unreachable", "Unknown", "Conflict"]
+            listed,
+            [
+                ("b", "Failed"),
+                ("e", "Conflict"),
+                ("c", "Unreachable"),
+                ("d", "Unknown")
+            ]
         );
+        assert_eq!(s.devices_omitted, 0);
         assert_eq!(s.revision.as_deref(), Some("0000000000000007"));
         let cond = |t: &str| s.conditions.iter().find(|c| c.type_ == t).unwrap().clone();
         assert_eq!(cond("Ready").status, "False");
@@ -727,6 +802,211 @@ mod tests {
         assert_eq!(cond("InvalidScore").status, "False");
         assert_eq!(cond("Progressing").status, "True");
         assert_eq!(s.observed_generation, Some(3));
+    }
+
+    fn device_id(i: usize) -> String {
+        format!("dev-{i:05}")
+    }
+
+    /// A cache where every one of `n` targets runs revision 7 with a fresh
+    /// heartbeat, and the Observed of that revision.
+    fn healthy_fleet(n: usize, now: i128) -> (Arc<StatusCache>, Observed) {
+        let cache = StatusCache::detached(Duration::from_secs(60));
+        let running = status_bytes(7, Phase::Running);
+        let hb = heartbeat_bytes();
+        let targets: Vec<String> = (0..n).map(device_id).collect();
+        for t in &targets {
+            cache.ingest_status(&format!("{t}.web"), &running, false, now);
+            cache.ingest_heartbeat(t, &hb, false, now);
+        }
+        let observed = Observed {
+            revision: Some(7),
+            score_json: Some("{}".into()),
+            targets,
+            ..Default::default()
+        };
+        (cache, observed)
+    }
+
+    /// `listed + omitted` must be every target that is not ready.
+    fn assert_accounts_for_all(s: &DeploymentStatus) {
+        assert_eq!(
+            s.devices.len() as i64 + s.devices_omitted,
+            s.targeted - s.ready,
+            "every not-ready target is listed or counted as omitted"
+        );
+        assert!(s.devices.len() <= MAX_LISTED_DEVICES);
+    }
+
+    #[test]
+    fn a_healthy_fleet_of_ten_thousand_lists_no_device() {
+        let now = now_ns();
+        let (cache, observed) = healthy_fleet(10_000, now);
+        let s = fold_status(&deployment(), &observed, &cache, now);
+        assert_eq!(
+            (s.targeted, s.up_to_date, s.ready, s.failed),
+            (10_000, 10_000, 10_000, 0)
+        );
+        assert!(s.devices.is_empty(), "{:?}", &s.devices[..3]);
+        assert_eq!(s.devices_omitted, 0);
+        assert_accounts_for_all(&s);
+        let json = serde_json::to_value(&s).unwrap();
+        assert_eq!(json["devices"], serde_json::json!([]));
+        assert_eq!(
+            json["devicesOmitted"], 0,
+            "always sent, so a merge patch resets it"
+        );
+    }
+
+    #[test]
+    fn lists_only_not_ready_devices_worst_first() {
+        let now = now_ns();
+        let minute = 60_000_000_000i128;
+        let (cache, mut observed) = healthy_fleet(20, now);
+        // Targets are in no particular order; the list is by rank then id.
+        let set = |i: usize, rev: u64, phase: Phase| {
+            cache.ingest_status(
+                &format!("{}.web", device_id(i)),
+                &status_bytes(rev, phase),
+                false,
+                now,
+            );
+        };
+        set(17, 7, Phase::Pulling); // rolling out
+        set(3, 6, Phase::Running); // older revision
+        set(12, 7, Phase::Unsupported); // failed
+        set(5, 7, Phase::Failed); // failed
+        set(9, 6, Phase::Failed); // an old revision failed: outdated
+        cache.ingest_heartbeat(&device_id(1), &heartbeat_bytes(), false, now - 5 * minute);
+        observed.targets.reverse();
+        observed.targets.push("never".into());
+        observed.targets.push("taken".into());
+        observed.conflicts.push(Conflict {
+            device: "taken".into(),
+            owner: "other/web".into(),
+        });
+        let s = fold_status(&deployment(), &observed, &cache, now);
+        let listed: Vec<(&str, &str)> = s
+            .devices
+            .iter()
+            .map(|d| (d.device.as_str(), d.phase.as_str()))
+            .collect();
+        assert_eq!(
+            listed,
+            [
+                ("dev-00005", "Failed"),
+                ("dev-00012", "Unsupported"),
+                ("taken", "Conflict"),
+                ("dev-00001", "Unreachable"),
+                ("never", "Unknown"),
+                ("dev-00003", "Running"),
+                ("dev-00009", "Failed"),
+                ("dev-00017", "Pulling"),
+            ]
+        );
+        assert_eq!(s.devices[5].revision.as_deref(), Some("0000000000000006"));
+        assert!(
+            s.devices[3]
+                .message
+                .as_deref()
+                .unwrap()
+                .contains("last phase: Running")
+        );
+        assert_eq!(
+            (s.targeted, s.up_to_date, s.ready, s.failed),
+            (22, 18, 14, 2)
+        );
+        assert_eq!(s.devices_omitted, 0);
+        assert_accounts_for_all(&s);
+    }
+
+    #[test]
+    fn caps_the_list_and_counts_the_rest() {
+        let now = now_ns();
+        let (cache, observed) = healthy_fleet(10_000, now);
+        // 40 failed, then 300 on an older revision, spread over the fleet.
+        for i in (0..10_000).step_by(25) {
+            let (rev, phase) = if i % 250 == 0 {
+                (7, Phase::Failed)
+            } else {
+                (6, Phase::Running)
+            };
+            cache.ingest_status(
+                &format!("{}.web", device_id(i)),
+                &status_bytes(rev, phase),
+                false,
+                now,
+            );
+        }
+        for i in (1..10_000).step_by(100) {
+            cache.ingest_status(
+                &format!("{}.web", device_id(i)),
+                &status_bytes(6, Phase::Running),
+                false,
+                now,
+            );
+        }
+        let s = fold_status(&deployment(), &observed, &cache, now);
+        assert_eq!((s.targeted, s.failed), (10_000, 40));
+        assert_eq!(s.ready, 10_000 - 400 - 100);
+        assert_eq!(s.up_to_date, 10_000 - 360 - 100);
+        assert_eq!(s.devices.len(), MAX_LISTED_DEVICES);
+        assert_eq!(s.devices_omitted, 500 - MAX_LISTED_DEVICES as i64);
+        assert_accounts_for_all(&s);
+        assert!(s.devices[..40].iter().all(|d| d.phase == "Failed"));
+        assert!(s.devices[40..].iter().all(|d| d.phase == "Running"));
+        let ids: Vec<&str> = s.devices.iter().map(|d| d.device.as_str()).collect();
+        let mut sorted = ids.clone();
+        sorted[..40].sort_unstable();
+        sorted[40..].sort_unstable();
+        assert_eq!(ids, sorted, "by device id within a rank");
+        // The outdated ones listed are the lowest ids of that rank.
+        assert_eq!(ids[40..43], ["dev-00001", "dev-00025", "dev-00050"]);
+        let again = fold_status(&deployment(), &observed, &cache, now);
+        assert_eq!(s, again, "the same input folds to the same status");
+    }
+
+    #[test]
+    fn status_of_ten_thousand_devices_stays_small() {
+        let now = now_ns();
+        let (cache, observed) = healthy_fleet(10_000, now);
+        for i in (0..10_000).step_by(200) {
+            cache.ingest_status(
+                &format!("{}.web", device_id(i)),
+                &status_bytes_msg(
+                    7,
+                    Phase::Failed,
+                    "pull docker.io/library/nginx:1.27: manifest unknown",
+                ),
+                false,
+                now,
+            );
+        }
+        let s = fold_status(&deployment(), &observed, &cache, now);
+        assert_eq!(
+            (s.ready, s.devices.len(), s.devices_omitted),
+            (9_950, 50, 0)
+        );
+        let fifty = serde_json::to_vec(&s).unwrap().len();
+        // A fresh apply: no device reports the revision yet, all listed
+        // up to the cap.
+        let fresh = Observed {
+            revision: Some(8),
+            ..observed.clone()
+        };
+        let s = fold_status(&deployment(), &fresh, &cache, now);
+        assert_eq!((s.devices.len(), s.devices_omitted), (100, 9_900));
+        let capped = serde_json::to_vec(&s).unwrap().len();
+        let (healthy_cache, _) = healthy_fleet(10_000, now);
+        let s = fold_status(&deployment(), &observed, &healthy_cache, now);
+        let healthy = serde_json::to_vec(&s).unwrap().len();
+        println!(
+            "status JSON at 10,000 devices: all ready {healthy} B, 50 failed {fifty} B, none at the revision (capped) {capped} B"
+        );
+        for size in [healthy, fifty, capped] {
+            assert!(size < 64 * 1024, "{size} bytes");
+        }
+        assert!(healthy < fifty);
     }
 
     #[test]

@@ -115,6 +115,7 @@ async fn create_adds_the_finalizer_then_writes_and_patches_status() {
                 c("Conflict", "False", "NoConflict", "no other Deployment of this name targets these devices"),
             ],
             "devices": [unknown("pi-1"), unknown("pi-2")],
+            "devicesOmitted": 0,
             "targeted": 2, "upToDate": 0, "ready": 0, "failed": 0
         }})
     );

@@ -166,6 +166,7 @@ fn schema_shape() {
         "revision",
         "conditions",
         "devices",
+        "devicesOmitted",
         "targeted",
         "upToDate",
         "ready",
@@ -177,6 +178,11 @@ fn schema_shape() {
     assert_eq!(
         cond["required"],
         json!(["lastTransitionTime", "message", "reason", "status", "type"])
+    );
+    assert_eq!(
+        status["devices"]["maxItems"],
+        json!(operator::crd::MAX_LISTED_DEVICES),
+        "the list is capped"
     );
     for f in ["device", "phase", "revision", "message", "lastReportTime"] {
         assert!(

@@ -32,6 +32,15 @@ fn device<'a>(status: &'a serde_json::Value, id: &str) -> &'a serde_json::Value 
         .unwrap()
 }
 
+fn listed(status: &serde_json::Value) -> Vec<&str> {
+    status["devices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["device"].as_str().unwrap())
+        .collect()
+}
+
 #[tokio::test]
 async fn reports_in_nats_fold_into_the_status_patch() {
     let Some(env) = nats_env().await else { return };
@@ -95,12 +104,14 @@ async fn reports_in_nats_fold_into_the_status_patch() {
         ),
         (&3.into(), &2.into(), &1.into(), &1.into())
     );
-    let a = device(status, "a");
-    assert_eq!(a["phase"], "Running");
-    assert_eq!(a["revision"], revision_string(rev));
-    assert!(a["lastReportTime"].as_str().unwrap().ends_with('Z'));
+    // Only the devices not ready are listed, worst first: a (ready) is
+    // counted and left out.
+    assert_eq!(listed(status), ["b", "c"]);
+    assert_eq!(status["devicesOmitted"], 0);
     let b = device(status, "b");
     assert_eq!(b["phase"], "Failed");
+    assert_eq!(b["revision"], revision_string(rev));
+    assert!(b["lastReportTime"].as_str().unwrap().ends_with('Z'));
     assert_eq!(b["message"], "pull nginx:1: no such image");
     let c = device(status, "c");
     assert_eq!(c["phase"], "Pulling");
@@ -135,6 +146,12 @@ async fn reports_in_nats_fold_into_the_status_patch() {
         (&status["ready"], &status["upToDate"]),
         (&3.into(), &3.into())
     );
+    assert_eq!(
+        status["devices"],
+        serde_json::json!([]),
+        "a ready fleet lists none"
+    );
+    assert_eq!(status["devicesOmitted"], 0);
     assert_eq!(cond(status, "Ready")["status"], "True");
     assert_eq!(cond(status, "Progressing")["status"], "False");
     assert_eq!(cond(status, "Degraded")["status"], "False");
@@ -154,6 +171,7 @@ async fn reports_in_nats_fold_into_the_status_patch() {
     let reqs = api.take();
     let status = &reqs[0].body["status"];
     assert_eq!(status["ready"], 0);
+    assert_eq!(listed(status), ["a", "b", "c"]);
     for dev in ["a", "b", "c"] {
         let e = device(status, dev);
         assert_eq!(e["phase"], "Unreachable");
