@@ -14,7 +14,7 @@ use bytes::Bytes;
 use tokio::sync::{mpsc, watch};
 
 use crate::backoff::Backoff;
-use crate::cache::Cache;
+use crate::cache::{Cache, CacheWriter};
 use crate::config::Config;
 use crate::nats::{Session, WatchEvent};
 use crate::podman::{Podman, Runtime, labels};
@@ -125,11 +125,19 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         deployments.clone(),
         config.device_id.clone(),
     ));
-    let watcher = tokio::task::spawn_local(watch_loop(session.clone(), cache, deployments.clone()));
+    let cache = CacheWriter::start(cache);
+    let watcher = tokio::task::spawn_local(watch_loop(
+        session.clone(),
+        cache.clone(),
+        deployments.clone(),
+    ));
 
     shutdown_signal().await;
     crate::info!("shutting down; containers keep running");
     watcher.abort();
+    // Whatever the watch queued must be on disk before the process ends, or
+    // a reboot without network would restore an older desired state.
+    cache.close();
     Ok(())
 }
 
@@ -150,7 +158,14 @@ async fn shutdown_signal() {
 }
 
 /// Watches the desired state forever, re-creating the watch when it ends.
-async fn watch_loop<R: Runtime>(session: Session, cache: Cache, deployments: Rc<Deployments<R>>) {
+///
+/// The reconciler gets each change first; the cache write is queued behind
+/// it, so the disk never delays an apply.
+async fn watch_loop<R: Runtime>(
+    session: Session,
+    cache: CacheWriter,
+    deployments: Rc<Deployments<R>>,
+) {
     let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(15));
     loop {
         let mut watch = match session.watch().await {
@@ -175,22 +190,18 @@ async fn watch_loop<R: Runtime>(session: Session, cache: Cache, deployments: Rc<
             match event {
                 WatchEvent::Put { deployment, value } => {
                     crate::debug!("{deployment}: put ({} bytes)", value.len());
-                    if let Err(e) = cache.store(&deployment, &value) {
-                        crate::error!("{deployment}: cannot cache the desired state: {e}");
-                    }
                     if let Some(seen) = &mut seen {
                         seen.insert(deployment.clone());
                     }
-                    deployments.set(&deployment, Some(value));
+                    deployments.set(&deployment, Some(value.clone()));
+                    cache.store(&deployment, value);
                 }
                 WatchEvent::Delete { deployment } | WatchEvent::Purge { deployment } => {
                     // Both end the deployment; a purge also dropped its
                     // history on the server, which changes nothing here.
                     crate::info!("{deployment}: deleted");
-                    if let Err(e) = cache.remove(&deployment) {
-                        crate::error!("{deployment}: cannot drop it from the cache: {e}");
-                    }
                     deployments.set(&deployment, None);
+                    cache.remove(&deployment);
                 }
                 WatchEvent::SnapshotComplete => {
                     let Some(seen) = seen.take() else { continue };
@@ -198,10 +209,8 @@ async fn watch_loop<R: Runtime>(session: Session, cache: Cache, deployments: Rc<
                     // What the snapshot lacks was deleted while we were away.
                     for gone in deployments.desired().difference(&seen) {
                         crate::info!("{gone}: no longer desired");
-                        if let Err(e) = cache.remove(gone) {
-                            crate::error!("{gone}: cannot drop it from the cache: {e}");
-                        }
                         deployments.set(gone, None);
+                        cache.remove(gone);
                     }
                     sweep(&deployments, &seen).await;
                 }

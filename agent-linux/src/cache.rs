@@ -5,10 +5,18 @@
 //! deployment (a key token, so always a safe file name), holding the value
 //! exactly as it came from NATS. Writes are atomic: temp file, fsync,
 //! rename, fsync of the directory.
+//!
+//! Those fsyncs take tens to hundreds of milliseconds on an SD card, and the
+//! agent runs on one thread, so the agent hands its writes to a
+//! [`CacheWriter`], which makes them on a thread of its own.
 
 use std::collections::BTreeMap;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::thread::JoinHandle;
+
+use bytes::Bytes;
 
 /// The cache directory.
 #[derive(Debug, Clone)]
@@ -72,6 +80,207 @@ impl Cache {
     }
 }
 
+/// Writes to a [`Cache`] on a thread of its own, so the caller never waits
+/// for the disk. Per deployment only the newest change not yet on disk is
+/// kept (a superseded value never reaches the flash) and changes land in
+/// the order they were made; [`CacheWriter::close`] writes what is left.
+/// Failures are logged with the deployment's name.
+#[derive(Debug, Clone)]
+pub struct CacheWriter {
+    shared: Arc<Shared>,
+    thread: Arc<Mutex<Option<JoinHandle<()>>>>,
+}
+
+#[derive(Debug)]
+struct Shared {
+    cache: Cache,
+    queue: Mutex<Queue>,
+    /// Signalled when work arrives, when a batch is on disk and on close.
+    changed: Condvar,
+}
+
+#[derive(Debug, Default)]
+struct Queue {
+    pending: BTreeMap<String, Op>,
+    /// A batch taken from `pending` is being written: a flush must wait for
+    /// it, and a newer change for one of its deployments waits in `pending`
+    /// until it is done, which keeps each deployment's changes in order.
+    writing: bool,
+    /// A thread drains `pending`; without one, callers write themselves.
+    running: bool,
+    closing: bool,
+}
+
+#[derive(Debug)]
+enum Op {
+    Store(Bytes),
+    Remove,
+}
+
+/// The writer thread touches only a few pages of stack; the default 2 MiB
+/// would be address space for nothing on a small board.
+const WRITER_STACK: usize = 128 * 1024;
+
+impl CacheWriter {
+    /// Starts the writer thread for `cache`. When no thread can be started
+    /// the writes are made by the caller, as slow as before but never lost.
+    pub fn start(cache: Cache) -> CacheWriter {
+        let shared = Arc::new(Shared {
+            cache,
+            queue: Mutex::new(Queue {
+                running: true,
+                ..Queue::default()
+            }),
+            changed: Condvar::new(),
+        });
+        let worker = shared.clone();
+        let thread = std::thread::Builder::new()
+            .name("cache-writer".into())
+            .stack_size(WRITER_STACK)
+            .spawn(move || drain(&worker));
+        let thread = match thread {
+            Ok(t) => Some(t),
+            Err(e) => {
+                crate::warn!(
+                    "cannot start the cache writer thread ({e}); writing the cache inline"
+                );
+                shared.lock().running = false;
+                None
+            }
+        };
+        CacheWriter {
+            shared,
+            thread: Arc::new(Mutex::new(thread)),
+        }
+    }
+
+    /// Queues `value` as `deployment`'s cached desired state.
+    pub fn store(&self, deployment: &str, value: Bytes) {
+        self.enqueue(deployment, Op::Store(value));
+    }
+
+    /// Queues dropping `deployment` from the cache.
+    pub fn remove(&self, deployment: &str) {
+        self.enqueue(deployment, Op::Remove);
+    }
+
+    fn enqueue(&self, deployment: &str, op: Op) {
+        let mut q = self.shared.lock();
+        q.pending.insert(deployment.to_string(), op);
+        if q.running {
+            self.shared.changed.notify_all();
+            return;
+        }
+        // No thread (it could not start, died, or was closed): write here,
+        // including whatever it left behind, so nothing is lost or reordered.
+        write_all(&self.shared.cache, std::mem::take(&mut q.pending));
+    }
+
+    /// Waits until every change queued so far is on disk.
+    pub fn flush(&self) {
+        let mut q = self.shared.lock();
+        while q.running && (q.writing || !q.pending.is_empty()) {
+            q = self.shared.wait(q);
+        }
+    }
+
+    /// Writes every queued change and stops the thread; changes queued
+    /// later are written by the caller. Blocks until done: at shutdown, so a
+    /// reboot without network restores what NATS last said.
+    pub fn close(&self) {
+        {
+            let mut q = self.shared.lock();
+            q.closing = true;
+            self.shared.changed.notify_all();
+        }
+        let thread = self
+            .thread
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let Some(t) = thread
+            && t.join().is_err()
+        {
+            crate::error!("the cache writer thread failed");
+        }
+        // Left behind only by a thread that died mid-way.
+        let mut q = self.shared.lock();
+        write_all(&self.shared.cache, std::mem::take(&mut q.pending));
+    }
+}
+
+impl Shared {
+    // Nothing panics while holding the lock; should something still do so,
+    // the queue is consistent enough to keep writing.
+    fn lock(&self) -> MutexGuard<'_, Queue> {
+        self.queue.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn wait<'a>(&self, q: MutexGuard<'a, Queue>) -> MutexGuard<'a, Queue> {
+        self.changed.wait(q).unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// The writer thread: takes everything pending, writes it without holding
+/// the lock (so the agent can queue meanwhile), repeats until closed.
+fn drain(shared: &Shared) {
+    let _dead = Dead(shared);
+    let mut q = shared.lock();
+    loop {
+        if q.pending.is_empty() {
+            if q.closing {
+                // Under the same lock as the emptiness check, so a change
+                // queued from now on is written by its caller, not stranded.
+                q.running = false;
+                shared.changed.notify_all();
+                return;
+            }
+            q = shared.wait(q);
+            continue;
+        }
+        let batch = std::mem::take(&mut q.pending);
+        q.writing = true;
+        drop(q);
+        write_all(&shared.cache, batch);
+        q = shared.lock();
+        q.writing = false;
+        shared.changed.notify_all();
+    }
+}
+
+/// Should the writer thread panic, hands the writing to the callers rather
+/// than leaving `flush` and `close` waiting forever.
+struct Dead<'a>(&'a Shared);
+
+impl Drop for Dead<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            crate::error!("the cache writer thread failed; writing the cache inline from now on");
+            let mut q = self.0.lock();
+            q.running = false;
+            q.writing = false;
+            self.0.changed.notify_all();
+        }
+    }
+}
+
+fn write_all(cache: &Cache, batch: BTreeMap<String, Op>) {
+    for (deployment, op) in batch {
+        match op {
+            Op::Store(value) => {
+                if let Err(e) = cache.store(&deployment, &value) {
+                    crate::error!("{deployment}: cannot cache the desired state: {e}");
+                }
+            }
+            Op::Remove => {
+                if let Err(e) = cache.remove(&deployment) {
+                    crate::error!("{deployment}: cannot drop it from the cache: {e}");
+                }
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -91,5 +300,160 @@ mod tests {
         c.remove("web").unwrap();
         c.remove("web").unwrap();
         assert_eq!(Cache::open(d.path()).unwrap().load_all().unwrap().len(), 1);
+    }
+
+    /// A small deterministic generator: the same burst on every run.
+    struct Lcg(u64);
+
+    impl Lcg {
+        fn next(&mut self, n: u64) -> u64 {
+            self.0 = self
+                .0
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            (self.0 >> 33) % n
+        }
+    }
+
+    /// Queues a burst of puts and deletes over `names`; returns what the
+    /// cache must hold afterwards (the last op per deployment).
+    fn burst(
+        w: &CacheWriter,
+        names: &[String],
+        ops: usize,
+        seed: u64,
+    ) -> BTreeMap<String, Option<Vec<u8>>> {
+        let mut rng = Lcg(seed);
+        let mut want = BTreeMap::new();
+        for i in 0..ops {
+            let name = &names[rng.next(names.len() as u64) as usize];
+            if rng.next(4) == 0 {
+                w.remove(name);
+                want.insert(name.clone(), None);
+            } else {
+                let v = format!("{name}-{seed}-{i}").into_bytes();
+                w.store(name, Bytes::from(v.clone()));
+                want.insert(name.clone(), Some(v));
+            }
+        }
+        want
+    }
+
+    /// The directory holds exactly the expected files (no temp file left).
+    fn assert_on_disk(dir: &Path, want: &BTreeMap<String, Option<Vec<u8>>>) {
+        let want: BTreeMap<String, Vec<u8>> = want
+            .iter()
+            .filter_map(|(k, v)| Some((k.clone(), v.clone()?)))
+            .collect();
+        let mut have = BTreeMap::new();
+        for e in std::fs::read_dir(dir.join("desired")).unwrap() {
+            let e = e.unwrap();
+            let name = e.file_name().into_string().unwrap();
+            have.insert(name, std::fs::read(e.path()).unwrap());
+        }
+        assert_eq!(have, want);
+    }
+
+    #[test]
+    fn writer_keeps_each_deployments_order() {
+        let d = tempfile::tempdir().unwrap();
+        let w = CacheWriter::start(Cache::open(d.path()).unwrap());
+        // put v1, put v2, delete -> absent; put, delete, put -> the last put.
+        w.store("a", Bytes::from_static(b"v1"));
+        w.store("a", Bytes::from_static(b"v2"));
+        w.remove("a");
+        w.store("b", Bytes::from_static(b"v1"));
+        w.remove("b");
+        w.store("b", Bytes::from_static(b"v3"));
+        w.flush();
+        let want = BTreeMap::from([
+            ("a".to_string(), None),
+            ("b".to_string(), Some(b"v3".to_vec())),
+        ]);
+        assert_on_disk(d.path(), &want);
+        // The same again once both files exist, while the thread is busy.
+        w.store("a", Bytes::from_static(b"v4"));
+        w.store("b", Bytes::from_static(b"v5"));
+        w.store("a", Bytes::from_static(b"v6"));
+        w.remove("b");
+        w.flush();
+        let want = BTreeMap::from([
+            ("a".to_string(), Some(b"v6".to_vec())),
+            ("b".to_string(), None),
+        ]);
+        assert_on_disk(d.path(), &want);
+        w.close();
+    }
+
+    #[test]
+    fn writer_burst_ends_at_the_last_op_per_deployment() {
+        let d = tempfile::tempdir().unwrap();
+        let w = CacheWriter::start(Cache::open(d.path()).unwrap());
+        let names: Vec<String> = (0..8).map(|i| format!("dep-{i}")).collect();
+        let mut want = BTreeMap::new();
+        for round in 0..5 {
+            want.extend(burst(&w, &names, 400, round));
+            w.flush();
+            assert_on_disk(d.path(), &want);
+        }
+        w.close();
+        assert_on_disk(d.path(), &want);
+    }
+
+    #[test]
+    fn writer_orders_bursts_from_several_threads() {
+        let d = tempfile::tempdir().unwrap();
+        let w = CacheWriter::start(Cache::open(d.path()).unwrap());
+        // Each thread owns its deployments, as each key has one writer.
+        let threads: Vec<_> = (0..4)
+            .map(|t| {
+                let w = w.clone();
+                std::thread::spawn(move || {
+                    let names: Vec<String> = (0..3).map(|i| format!("t{t}-{i}")).collect();
+                    burst(&w, &names, 300, t)
+                })
+            })
+            .collect();
+        let mut want = BTreeMap::new();
+        for t in threads {
+            want.extend(t.join().unwrap());
+        }
+        w.flush();
+        assert_on_disk(d.path(), &want);
+        w.close();
+    }
+
+    #[test]
+    fn close_writes_everything_queued() {
+        let d = tempfile::tempdir().unwrap();
+        let w = CacheWriter::start(Cache::open(d.path()).unwrap());
+        let names: Vec<String> = (0..6).map(|i| format!("dep-{i}")).collect();
+        let mut want = burst(&w, &names, 500, 7);
+        // No flush: close alone must leave the disk at the last state.
+        w.close();
+        assert_on_disk(d.path(), &want);
+        // Changes after close are written at once by the caller.
+        w.store("late", Bytes::from_static(b"x"));
+        want.insert("late".into(), Some(b"x".to_vec()));
+        w.remove("dep-0");
+        want.insert("dep-0".into(), None);
+        assert_on_disk(d.path(), &want);
+        w.close();
+        w.flush();
+    }
+
+    #[test]
+    fn a_failed_write_leaves_the_others_and_the_writer_working() {
+        let d = tempfile::tempdir().unwrap();
+        let w = CacheWriter::start(Cache::open(d.path()).unwrap());
+        // A directory where the file should go: the rename fails.
+        std::fs::create_dir_all(d.path().join("desired/web/x")).unwrap();
+        w.store("web", Bytes::from_static(b"v1"));
+        w.store("db", Bytes::from_static(b"v1"));
+        w.flush();
+        assert!(d.path().join("desired/web").is_dir());
+        w.store("db", Bytes::from_static(b"v2"));
+        w.close();
+        assert_eq!(std::fs::read(d.path().join("desired/db")).unwrap(), b"v2");
     }
 }
