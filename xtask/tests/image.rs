@@ -92,16 +92,21 @@ fn mbr_image_for_rpi4_gets_agent_config_unit_cmdline_and_hostname() {
     );
     assert!(unit.contains("After=network-online.target podman.socket"));
     assert!(unit.contains("WantedBy=multi-user.target"));
-    let link = debugfs(
-        img,
-        root,
-        "stat /etc/systemd/system/multi-user.target.wants/iot-agent.service",
-    );
-    assert!(link.contains("Type: symlink"), "{link}");
-    assert!(
-        link.contains("Fast link dest: \"/etc/systemd/system/iot-agent.service\""),
-        "{link}"
-    );
+    // And the one that stops the workloads with a short grace at shutdown.
+    let stop = ext4_cat(img, root, "/etc/systemd/system/iot-workloads-stop.service");
+    assert!(stop.contains("ExecStop=/usr/bin/podman stop --all --time 10"));
+    for name in ["iot-agent.service", "iot-workloads-stop.service"] {
+        let link = debugfs(
+            img,
+            root,
+            &format!("stat /etc/systemd/system/multi-user.target.wants/{name}"),
+        );
+        assert!(link.contains("Type: symlink"), "{link}");
+        assert!(
+            link.contains(&format!("Fast link dest: \"/etc/systemd/system/{name}\"")),
+            "{link}"
+        );
+    }
 
     // Hostname and /etc/hosts.
     assert_eq!(ext4_cat(img, root, "/etc/hostname"), "pi-001\n");

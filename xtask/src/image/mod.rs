@@ -231,6 +231,11 @@ fn write_into(req: &Request, agent: &Path) -> Result<()> {
             mode: 0o644,
         },
         Placed {
+            path: payload::STOP_UNIT_FILE,
+            bytes: payload::workloads_stop_unit().into_bytes(),
+            mode: 0o644,
+        },
+        Placed {
             path: "/etc/hostname",
             bytes: format!("{}\n", id.hostname).into_bytes(),
             mode: 0o644,
@@ -267,6 +272,7 @@ fn write_into(req: &Request, agent: &Path) -> Result<()> {
         root.put(f.path, &local, f.mode)?;
     }
     root.symlink(payload::UNIT_WANTS, payload::UNIT_FILE)?;
+    root.symlink(payload::STOP_UNIT_WANTS, payload::STOP_UNIT_FILE)?;
 
     let mut cmdline_written = None;
     if let Some((which, path)) = &board.cmdline.file {
@@ -304,12 +310,14 @@ fn write_into(req: &Request, agent: &Path) -> Result<()> {
             );
         }
     }
-    let link = root.stat(payload::UNIT_WANTS)?.and_then(|s| s.link);
-    if link.as_deref() != Some(payload::UNIT_FILE) {
-        bail!(
-            "verify: {} does not point to the unit ({link:?})",
-            payload::UNIT_WANTS
-        );
+    for (wants, unit) in [
+        (payload::UNIT_WANTS, payload::UNIT_FILE),
+        (payload::STOP_UNIT_WANTS, payload::STOP_UNIT_FILE),
+    ] {
+        let link = root.stat(wants)?.and_then(|s| s.link);
+        if link.as_deref() != Some(unit) {
+            bail!("verify: {wants} does not point to the unit ({link:?})");
+        }
     }
     if let Some((which, path, want)) = cmdline_written {
         let got = match which {

@@ -22,6 +22,11 @@ pub const CREDS_FILE: &str = "/etc/iot-agent/nats.creds";
 pub const UNIT_FILE: &str = "/etc/systemd/system/iot-agent.service";
 /// The symlink that enables the unit at boot.
 pub const UNIT_WANTS: &str = "/etc/systemd/system/multi-user.target.wants/iot-agent.service";
+/// The unit that stops the workloads at shutdown ([`workloads_stop_unit`]).
+pub const STOP_UNIT_FILE: &str = "/etc/systemd/system/iot-workloads-stop.service";
+/// The symlink that enables it.
+pub const STOP_UNIT_WANTS: &str =
+    "/etc/systemd/system/multi-user.target.wants/iot-workloads-stop.service";
 /// The agent's state directory on the board.
 pub const STATE_DIR: &str = "/var/lib/iot-agent";
 
@@ -275,6 +280,32 @@ StateDirectoryMode=0700
 WantedBy=multi-user.target
 "
     )
+}
+
+/// A unit whose only job is at shutdown: `podman stop --all` with a 10 s
+/// grace. Without it systemd stops each container's scope with SIGTERM and
+/// waits its default 90 s, and a container whose PID 1 has no SIGTERM
+/// handler (busybox httpd, many shells) ignores it, so every power-off took
+/// 90 s. Apart from the agent's unit because the agent restarting (crash,
+/// upgrade) must leave the workloads running.
+pub fn workloads_stop_unit() -> String {
+    "\
+[Unit]
+Description=Stop the fleet's containers with a short grace period at shutdown
+Wants=podman.socket
+After=podman.socket
+
+[Service]
+Type=oneshot
+RemainAfterExit=yes
+ExecStart=/bin/true
+ExecStop=/usr/bin/podman stop --all --time 10
+TimeoutStopSec=30
+
+[Install]
+WantedBy=multi-user.target
+"
+    .to_string()
 }
 
 /// `/etc/hosts` with the Debian-style `127.0.1.1` line naming `hostname`.
