@@ -17,3 +17,6 @@ pub mod nats;
 pub mod podman;
 pub mod policy;
 pub mod reconcile;
+/// An in-memory runtime for tests and the operator's fleet bench.
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;

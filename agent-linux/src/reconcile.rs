@@ -72,6 +72,20 @@ enum Outcome {
     Retry,
 }
 
+/// What a reconciler remembers from one pass to the next.
+#[derive(Debug, Default)]
+struct Memory {
+    /// The revision of the last desired state decoded. A removal reports
+    /// it: a container's label keeps the revision that created it, which
+    /// may be older, and nothing is left to read once the containers are
+    /// gone.
+    revision: u64,
+    /// Whether `Removed` was reported since the deployment was deleted.
+    /// The removal's own runtime events nudge the reconciler again, and
+    /// those passes find nothing left and have nothing new to say.
+    removed: bool,
+}
+
 /// Runs one deployment's reconciler until the target channel closes.
 pub async fn run<R: Runtime>(
     ctx: Rc<Context<R>>,
@@ -80,6 +94,7 @@ pub async fn run<R: Runtime>(
 ) {
     let mut backoff = Backoff::new(ctx.retry_base, ctx.retry_cap);
     let mut last_value: Option<Bytes> = None;
+    let mut memory = Memory::default();
     loop {
         let target = rx.borrow_and_update().clone();
         if target.value != last_value {
@@ -87,8 +102,8 @@ pub async fn run<R: Runtime>(
             last_value = target.value.clone();
         }
         let outcome = match &target.value {
-            Some(value) => apply(&ctx, &deployment, value).await,
-            None => remove(&ctx, &deployment).await,
+            Some(value) => apply(&ctx, &deployment, value, &mut memory).await,
+            None => remove(&ctx, &deployment, &mut memory).await,
         };
         match outcome {
             Outcome::Settled => {
@@ -122,8 +137,9 @@ fn simple_status(revision: u64, phase: Phase, message: &str) -> DeploymentStatus
     }
 }
 
-/// Removes every container of a deleted deployment and reports `Removed`.
-async fn remove<R: Runtime>(ctx: &Context<R>, deployment: &str) -> Outcome {
+/// Removes every container of a deleted deployment and reports `Removed`
+/// at its last known revision, once.
+async fn remove<R: Runtime>(ctx: &Context<R>, deployment: &str, memory: &mut Memory) -> Outcome {
     let existing = match list_deployment(ctx, deployment).await {
         Ok(c) => c,
         Err(e) => {
@@ -131,11 +147,16 @@ async fn remove<R: Runtime>(ctx: &Context<R>, deployment: &str) -> Outcome {
             return Outcome::Retry;
         }
     };
+    if existing.is_empty() && memory.removed {
+        return Outcome::Settled;
+    }
+    // A reconciler started after the delete (an agent restart) knows only
+    // the labels.
     let revision = existing
         .iter()
         .filter_map(|c| c.label(labels::REVISION).parse::<u64>().ok())
-        .max()
-        .unwrap_or(0);
+        .fold(memory.revision, u64::max);
+    memory.revision = revision;
     for c in &existing {
         if let Err(e) = ctx.runtime.remove(&c.id, ctx.stop_timeout_secs).await {
             crate::warn!("{deployment}: cannot remove {}: {e}", c.name);
@@ -153,6 +174,7 @@ async fn remove<R: Runtime>(ctx: &Context<R>, deployment: &str) -> Outcome {
         crate::info!("{deployment}: removed {}", c.name);
     }
     report(ctx, deployment, simple_status(revision, Phase::Removed, ""));
+    memory.removed = true;
     Outcome::Settled
 }
 
@@ -170,7 +192,13 @@ async fn list_deployment<R: Runtime>(
 }
 
 /// Applies a desired-state value.
-async fn apply<R: Runtime>(ctx: &Context<R>, deployment: &str, value: &[u8]) -> Outcome {
+async fn apply<R: Runtime>(
+    ctx: &Context<R>,
+    deployment: &str,
+    value: &[u8],
+    memory: &mut Memory,
+) -> Outcome {
+    memory.removed = false;
     let desired = match protocol::wire::decode::<DesiredState<'_>>(value) {
         Ok(d) => d,
         Err(e) => {
@@ -188,6 +216,7 @@ async fn apply<R: Runtime>(ctx: &Context<R>, deployment: &str, value: &[u8]) -> 
         }
     };
     let revision = desired.revision;
+    memory.revision = revision;
     if desired.deployment.as_str() != deployment {
         let msg = format!(
             "the value names deployment {:?} but is stored under key {deployment:?}",
@@ -796,9 +825,8 @@ fn create_spec<R>(
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
-    use crate::podman::RuntimeError;
+    use crate::testing::MemoryRuntime;
     use protocol::{BoundedMap, Volume};
-    use std::cell::{Cell, RefCell};
 
     fn with_host_path(p: &'static str) -> Container<'static> {
         Container {
@@ -842,160 +870,23 @@ mod tests {
         assert!(check_policy(&Allowances::default(), &[with_host_path("/srv")]).is_err());
     }
 
-    /// Containers in memory, recording every call that changes them, with
-    /// failures on demand: enough to check the order of a replacement.
-    #[derive(Default)]
-    struct MemRuntime {
-        containers: RefCell<Vec<ManagedContainer>>,
-        calls: RefCell<Vec<String>>,
-        next_id: Cell<u64>,
-        fail_create: Cell<bool>,
-        fail_start_revision: Cell<Option<u64>>,
+    type Statuses = mpsc::UnboundedReceiver<StatusReport>;
+
+    fn context(order: ReplaceOrder) -> (Rc<Context<MemoryRuntime>>, Statuses) {
+        context_with(order, Allowances::default())
     }
 
-    impl MemRuntime {
-        fn name_of(&self, id: &str) -> String {
-            self.containers
-                .borrow()
-                .iter()
-                .find(|c| c.id == id)
-                .map(|c| c.name.clone())
-                .unwrap_or_else(|| format!("<{id}>"))
-        }
-        fn set_state(&self, id: &str, state: &str) {
-            for c in self.containers.borrow_mut().iter_mut() {
-                if c.id == id {
-                    c.state = state.into();
-                }
-            }
-        }
-        fn log(&self, call: String) {
-            self.calls.borrow_mut().push(call);
-        }
-        /// (name, state, revision label), sorted.
-        fn snapshot(&self) -> Vec<(String, String, String)> {
-            let mut v: Vec<_> = self
-                .containers
-                .borrow()
-                .iter()
-                .map(|c| {
-                    (
-                        c.name.clone(),
-                        c.state.clone(),
-                        c.label(labels::REVISION).to_string(),
-                    )
-                })
-                .collect();
-            v.sort();
-            v
-        }
-    }
-
-    impl Runtime for MemRuntime {
-        async fn version(&self) -> Result<String, RuntimeError> {
-            Ok("mem".into())
-        }
-        async fn list_managed(&self, _: &str) -> Result<Vec<ManagedContainer>, RuntimeError> {
-            Ok(self.containers.borrow().clone())
-        }
-        async fn inspect(&self, id: &str) -> Result<crate::podman::ContainerInfo, RuntimeError> {
-            let status = self
-                .containers
-                .borrow()
-                .iter()
-                .find(|c| c.id == id)
-                .map(|c| c.state.clone())
-                .ok_or_else(|| RuntimeError::Api {
-                    status: 404,
-                    message: "no such container".into(),
-                })?;
-            Ok(crate::podman::ContainerInfo {
-                status,
-                exit_code: 0,
-                restart_count: 0,
-                error: String::new(),
-                oom_killed: false,
-            })
-        }
-        async fn image_exists(&self, _: &str) -> Result<bool, RuntimeError> {
-            Ok(true)
-        }
-        async fn pull(&self, _: &str) -> Result<(), RuntimeError> {
-            Ok(())
-        }
-        async fn create(&self, spec: &CreateSpec) -> Result<String, RuntimeError> {
-            self.log(format!("create {}", spec.name));
-            if self.fail_create.get()
-                || self.containers.borrow().iter().any(|c| c.name == spec.name)
-            {
-                return Err(RuntimeError::Api {
-                    status: 500,
-                    message: format!("cannot create {}", spec.name),
-                });
-            }
-            let n = self.next_id.get() + 1;
-            self.next_id.set(n);
-            let id = format!("id{n}");
-            self.containers.borrow_mut().push(ManagedContainer {
-                id: id.clone(),
-                name: spec.name.clone(),
-                labels: spec.labels.clone(),
-                state: "created".into(),
-                exit_code: 0,
-            });
-            Ok(id)
-        }
-        async fn rename(&self, id: &str, new_name: &str) -> Result<(), RuntimeError> {
-            self.log(format!("rename {} {new_name}", self.name_of(id)));
-            for c in self.containers.borrow_mut().iter_mut() {
-                if c.id == id {
-                    c.name = new_name.to_string();
-                }
-            }
-            Ok(())
-        }
-        async fn start(&self, id: &str) -> Result<(), RuntimeError> {
-            self.log(format!("start {}", self.name_of(id)));
-            let revision = self
-                .containers
-                .borrow()
-                .iter()
-                .find(|c| c.id == id)
-                .and_then(|c| c.label(labels::REVISION).parse::<u64>().ok());
-            if revision.is_some() && revision == self.fail_start_revision.get() {
-                return Err(RuntimeError::Api {
-                    status: 500,
-                    message: "executable file not found".into(),
-                });
-            }
-            self.set_state(id, "running");
-            Ok(())
-        }
-        async fn stop(&self, id: &str, _: u64) -> Result<(), RuntimeError> {
-            self.log(format!("stop {}", self.name_of(id)));
-            self.set_state(id, "exited");
-            Ok(())
-        }
-        async fn remove(&self, id: &str, _: u64) -> Result<(), RuntimeError> {
-            self.log(format!("remove {}", self.name_of(id)));
-            self.containers.borrow_mut().retain(|c| c.id != id);
-            Ok(())
-        }
-    }
-
-    fn context(
+    fn context_with(
         order: ReplaceOrder,
-    ) -> (
-        Rc<Context<MemRuntime>>,
-        mpsc::UnboundedReceiver<StatusReport>,
-    ) {
+        policy: Allowances,
+    ) -> (Rc<Context<MemoryRuntime>>, Statuses) {
         let (tx, rx) = mpsc::unbounded_channel();
         let ctx = Context {
-            runtime: Rc::new(MemRuntime::default()),
+            runtime: Rc::new(MemoryRuntime::recording()),
             device_id: "dev".into(),
             stop_timeout_secs: 10,
             replace_order: order,
-            policy: Allowances::default(),
+            policy,
             status: tx,
             retry_base: Duration::from_millis(1),
             retry_cap: Duration::from_millis(1),
@@ -1040,12 +931,12 @@ mod tests {
 
     /// Applies `revision` and returns the last status reported.
     async fn apply_rev(
-        ctx: &Context<MemRuntime>,
-        rx: &mut mpsc::UnboundedReceiver<StatusReport>,
+        ctx: &Context<MemoryRuntime>,
+        rx: &mut Statuses,
         revision: u64,
         c: Container<'static>,
     ) -> DeploymentStatus<'static> {
-        let _ = apply(ctx, "web", &value(revision, c)).await;
+        let _ = apply(ctx, "web", &value(revision, c), &mut Memory::default()).await;
         let mut last = None;
         while let Ok((_, s)) = rx.try_recv() {
             last = Some(s);
@@ -1053,32 +944,93 @@ mod tests {
         last.unwrap()
     }
 
-    fn calls(ctx: &Context<MemRuntime>) -> Vec<String> {
-        std::mem::take(&mut *ctx.runtime.calls.borrow_mut())
+    const NAME: &str = "dev_web_c";
+
+    fn hash(c: &Container<'_>) -> String {
+        format!("{:016x}", protocol::wire::hash_of(c))
     }
 
-    const NAME: &str = "dev_web_c";
+    /// The name a replacement by `c` is created under while the old
+    /// container holds [`NAME`].
+    fn temp_name(c: &Container<'_>) -> String {
+        format!("{NAME}-{}", hash(c))
+    }
+
+    /// The calls that end a replacement: the old container moves aside,
+    /// the new one (under `temp`) takes the name, the old one goes.
+    fn handover_calls(temp: &str) -> Vec<String> {
+        vec![
+            format!("rename {NAME} {NAME}-old-id1"),
+            format!("rename {temp} {NAME}"),
+            format!("remove {NAME}-old-id1"),
+        ]
+    }
+
+    /// Where every replacement test starts: revision 1 runs, created and
+    /// started under its name, and its calls are taken.
+    struct Replacing {
+        order: ReplaceOrder,
+        ctx: Rc<Context<MemoryRuntime>>,
+        rx: Statuses,
+        /// The containers at revision 1.
+        before: Vec<(String, String, String)>,
+    }
+
+    impl Replacing {
+        async fn new(order: ReplaceOrder, first: Container<'static>) -> Self {
+            let (ctx, mut rx) = context(order);
+            let s = apply_rev(&ctx, &mut rx, 1, first).await;
+            assert_eq!((s.phase, s.revision), (Phase::Running, 1), "{order:?}");
+            assert_eq!(
+                ctx.runtime.take_calls(),
+                [format!("create {NAME}"), format!("start {NAME}")],
+                "{order:?}"
+            );
+            let before = ctx.runtime.snapshot();
+            Replacing {
+                order,
+                ctx,
+                rx,
+                before,
+            }
+        }
+
+        /// Applies `c` as revision 2; the last status reported.
+        async fn apply(&mut self, c: Container<'static>) -> DeploymentStatus<'static> {
+            apply_rev(&self.ctx, &mut self.rx, 2, c).await
+        }
+
+        /// The calls since the last time.
+        fn calls(&self) -> Vec<String> {
+            self.ctx.runtime.take_calls()
+        }
+
+        /// Only revision 2 is left, running under the container's name.
+        fn assert_replaced(&self) {
+            assert_eq!(
+                self.ctx.runtime.snapshot(),
+                [(NAME.to_string(), "running".to_string(), "2".to_string())],
+                "{:?}",
+                self.order
+            );
+        }
+
+        /// Revision 1 is as it was.
+        fn assert_untouched(&self) {
+            assert_eq!(self.ctx.runtime.snapshot(), self.before, "{:?}", self.order);
+        }
+    }
 
     #[tokio::test]
     async fn each_context_applies_its_own_policy() {
         let (strict, mut strict_rx) = context(ReplaceOrder::StartFirst);
-        let (loose, mut loose_rx) = {
-            let (tx, rx) = mpsc::unbounded_channel();
-            let ctx = Context {
-                runtime: Rc::new(MemRuntime::default()),
-                device_id: "dev".into(),
-                stop_timeout_secs: 10,
-                replace_order: ReplaceOrder::StartFirst,
-                policy: Allowances {
-                    privileged: true,
-                    ..Allowances::default()
-                },
-                status: tx,
-                retry_base: Duration::from_millis(1),
-                retry_cap: Duration::from_millis(1),
-            };
-            (Rc::new(ctx), rx)
-        };
+        let (loose, mut loose_rx) = context_with(
+            ReplaceOrder::StartFirst,
+            Allowances {
+                privileged: true,
+                ..Allowances::default()
+            },
+        );
         let mut c = sleeper("1");
         c.privileged = true;
         let s = apply_rev(&strict, &mut strict_rx, 1, c.clone()).await;
@@ -1096,32 +1048,13 @@ mod tests {
 
     #[tokio::test]
     async fn replacement_starts_before_the_old_container_stops() {
-        let (ctx, mut rx) = context(ReplaceOrder::StartFirst);
-        let s = apply_rev(&ctx, &mut rx, 1, sleeper("1")).await;
-        assert_eq!((s.phase, s.revision), (Phase::Running, 1));
-        assert_eq!(
-            calls(&ctx),
-            [format!("create {NAME}"), format!("start {NAME}")]
-        );
-
-        let s = apply_rev(&ctx, &mut rx, 2, sleeper("2")).await;
+        let mut r = Replacing::new(ReplaceOrder::StartFirst, sleeper("1")).await;
+        let s = r.apply(sleeper("2")).await;
         assert_eq!((s.phase, s.revision), (Phase::Running, 2));
-        let hash = format!("{:016x}", protocol::wire::hash_of(&sleeper("2")));
-        let temp = format!("{NAME}-{hash}");
-        assert_eq!(
-            calls(&ctx),
-            [
-                format!("create {temp}"),
-                format!("start {temp}"),
-                format!("rename {NAME} {NAME}-old-id1"),
-                format!("rename {temp} {NAME}"),
-                format!("remove {NAME}-old-id1"),
-            ]
-        );
-        assert_eq!(
-            ctx.runtime.snapshot(),
-            [(NAME.to_string(), "running".to_string(), "2".to_string())]
-        );
+        let temp = temp_name(&sleeper("2"));
+        let started = vec![format!("create {temp}"), format!("start {temp}")];
+        assert_eq!(r.calls(), [started, handover_calls(&temp)].concat());
+        r.assert_replaced();
     }
 
     #[tokio::test]
@@ -1133,46 +1066,39 @@ mod tests {
             ),
             (ReplaceOrder::StopFirst, sleeper),
         ] {
-            let (ctx, mut rx) = context(order);
-            apply_rev(&ctx, &mut rx, 1, make("1")).await;
-            calls(&ctx);
-            let s = apply_rev(&ctx, &mut rx, 2, make("2")).await;
+            let mut r = Replacing::new(order, make("1")).await;
+            let s = r.apply(make("2")).await;
             assert_eq!((s.phase, s.revision), (Phase::Running, 2), "{order:?}");
-            let c = calls(&ctx);
-            let temp = format!("{NAME}-{:016x}", protocol::wire::hash_of(&make("2")));
+            let temp = temp_name(&make("2"));
+            let started = vec![
+                format!("create {temp}"),
+                format!("stop {NAME}"),
+                format!("start {temp}"),
+            ];
             assert_eq!(
-                c,
-                [
-                    format!("create {temp}"),
-                    format!("stop {NAME}"),
-                    format!("start {temp}"),
-                    format!("rename {NAME} {NAME}-old-id1"),
-                    format!("rename {temp} {NAME}"),
-                    format!("remove {NAME}-old-id1"),
-                ],
+                r.calls(),
+                [started, handover_calls(&temp)].concat(),
                 "{order:?}"
             );
+            r.assert_replaced();
         }
     }
 
     #[tokio::test]
     async fn a_replacement_that_cannot_be_created_leaves_the_old_one_running() {
         for order in [ReplaceOrder::StartFirst, ReplaceOrder::StopFirst] {
-            let (ctx, mut rx) = context(order);
-            apply_rev(&ctx, &mut rx, 1, sleeper("1")).await;
-            let before = ctx.runtime.snapshot();
-            calls(&ctx);
-            ctx.runtime.fail_create.set(true);
-            let s = apply_rev(&ctx, &mut rx, 2, sleeper("2")).await;
+            let mut r = Replacing::new(order, sleeper("1")).await;
+            r.ctx.runtime.fail_create.set(true);
+            let s = r.apply(sleeper("2")).await;
             assert_eq!((s.phase, s.revision), (Phase::Failed, 2), "{order:?}");
             assert!(
                 s.message.contains("cannot create"),
                 "{}",
                 s.message.as_str()
             );
-            assert_eq!(ctx.runtime.snapshot(), before, "{order:?}");
+            r.assert_untouched();
             assert!(
-                calls(&ctx).iter().all(|c| c.starts_with("create")),
+                r.calls().iter().all(|c| c.starts_with("create")),
                 "{order:?}: the old container was touched"
             );
         }
@@ -1188,56 +1114,84 @@ mod tests {
             (ReplaceOrder::StartFirst, with_host_port),
             (ReplaceOrder::StopFirst, sleeper),
         ] {
-            let (ctx, mut rx) = context(order);
-            apply_rev(&ctx, &mut rx, 1, make("1")).await;
-            let before = ctx.runtime.snapshot();
-            ctx.runtime.fail_start_revision.set(Some(2));
-            let s = apply_rev(&ctx, &mut rx, 2, make("2")).await;
+            let mut r = Replacing::new(order, make("1")).await;
+            r.ctx.runtime.fail_start_revision.set(Some(2));
+            let s = r.apply(make("2")).await;
             assert_eq!((s.phase, s.revision), (Phase::Failed, 2), "{order:?}");
             assert!(
                 s.message.contains("executable file not found"),
                 "{}",
                 s.message.as_str()
             );
-            assert_eq!(ctx.runtime.snapshot(), before, "{order:?}");
+            r.assert_untouched();
             // Once the cause is gone, the retry replaces it.
-            ctx.runtime.fail_start_revision.set(None);
-            let s = apply_rev(&ctx, &mut rx, 2, make("2")).await;
+            r.ctx.runtime.fail_start_revision.set(None);
+            let s = r.apply(make("2")).await;
             assert_eq!((s.phase, s.revision), (Phase::Running, 2), "{order:?}");
-            assert_eq!(
-                ctx.runtime.snapshot(),
-                [(NAME.to_string(), "running".to_string(), "2".to_string())]
-            );
+            r.assert_replaced();
         }
     }
 
     #[tokio::test]
     async fn an_interrupted_replacement_is_finished_without_a_new_container() {
-        let (ctx, mut rx) = context(ReplaceOrder::StartFirst);
-        apply_rev(&ctx, &mut rx, 1, sleeper("1")).await;
+        let mut r = Replacing::new(ReplaceOrder::StartFirst, sleeper("1")).await;
         // As if the agent died after starting the replacement: both run,
         // the new one under its temporary name.
-        let hash = format!("{:016x}", protocol::wire::hash_of(&sleeper("2")));
-        let temp = format!("{NAME}-{hash}");
-        let mut spec = create_spec(&ctx, "web", 2, &sleeper("2"), temp.clone(), hash);
-        spec.name = temp.clone();
-        let id = ctx.runtime.create(&spec).await.unwrap();
-        ctx.runtime.start(&id).await.unwrap();
-        calls(&ctx);
-        let s = apply_rev(&ctx, &mut rx, 2, sleeper("2")).await;
+        let temp = temp_name(&sleeper("2"));
+        let spec = create_spec(
+            &r.ctx,
+            "web",
+            2,
+            &sleeper("2"),
+            temp.clone(),
+            hash(&sleeper("2")),
+        );
+        let id = r.ctx.runtime.create(&spec).await.unwrap();
+        r.ctx.runtime.start(&id).await.unwrap();
+        r.calls();
+        let s = r.apply(sleeper("2")).await;
         assert_eq!((s.phase, s.revision), (Phase::Running, 2));
-        assert_eq!(
-            calls(&ctx),
-            [
-                format!("rename {NAME} {NAME}-old-id1"),
-                format!("rename {temp} {NAME}"),
-                format!("remove {NAME}-old-id1"),
-            ]
-        );
-        assert_eq!(
-            ctx.runtime.snapshot(),
-            [(NAME.to_string(), "running".to_string(), "2".to_string())]
-        );
+        assert_eq!(r.calls(), handover_calls(&temp));
+        r.assert_replaced();
+    }
+
+    /// Receives the next status report, failing after a generous bound.
+    async fn next_status(rx: &mut Statuses) -> (Phase, u64) {
+        let (_, s) = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+            .await
+            .expect("a status report")
+            .expect("the reconciler is running");
+        (s.phase, s.revision)
+    }
+
+    #[tokio::test]
+    async fn a_deleted_deployment_reports_removed_once_at_its_last_revision() {
+        let (ctx, mut rx) = context(ReplaceOrder::StartFirst);
+        // The same spec at both revisions: the container keeps the
+        // revision label 1 that created it.
+        let at = |revision: u64| Some(Bytes::from(value(revision, sleeper("1"))));
+        let (tx, targets) = watch::channel(Target {
+            value: at(1),
+            nudge: 0,
+        });
+        let driver = async {
+            assert_eq!(next_status(&mut rx).await, (Phase::Running, 1));
+            tx.send_modify(|t| t.value = at(2));
+            assert_eq!(next_status(&mut rx).await, (Phase::Running, 2));
+            tx.send_modify(|t| t.value = None);
+            assert_eq!(next_status(&mut rx).await, (Phase::Removed, 2));
+            // Podman's events for the removal nudge the reconciler; closing
+            // the channel after the nudge ends it once that pass is done.
+            tx.send_modify(|t| t.nudge += 1);
+            drop(tx);
+        };
+        tokio::join!(run(ctx.clone(), "web".into(), targets), driver);
+        let mut after = Vec::new();
+        while let Ok((_, s)) = rx.try_recv() {
+            after.push((s.phase, s.revision));
+        }
+        assert_eq!(after, [], "reported again after Removed");
+        assert!(ctx.runtime.snapshot().is_empty());
     }
 
     #[test]

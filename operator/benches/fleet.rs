@@ -14,7 +14,6 @@
 //! (or `cargo bench -p operator --bench fleet -- --devices 1000`).
 #![allow(missing_docs)]
 
-use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -28,8 +27,8 @@ use clap::Parser;
 use tokio::sync::{Semaphore, mpsc, watch};
 
 use agent_linux::nats::{Session, WatchEvent};
-use agent_linux::podman::{ContainerInfo, CreateSpec, ManagedContainer, Runtime, RuntimeError};
 use agent_linux::reconcile::{self, Target};
+use agent_linux::testing::MemoryRuntime;
 use operator::crd::{Deployment, DeploymentSpec, Rollout, Score};
 use operator::nats::Nats;
 use operator::status::StatusCache;
@@ -76,86 +75,6 @@ enum DevEvent {
     Failed(usize, String),
     /// The device's watch delivered a put.
     Received(usize, Instant),
-}
-
-// ---------------------------------------------------------------- runtime
-
-/// Containers in memory: what Podman would hold, with instant operations.
-#[derive(Default)]
-struct MemRuntime {
-    containers: RefCell<Vec<ManagedContainer>>,
-    next_id: RefCell<u64>,
-}
-
-impl Runtime for MemRuntime {
-    async fn version(&self) -> Result<String, RuntimeError> {
-        Ok("in-memory".into())
-    }
-    async fn list_managed(&self, _device_id: &str) -> Result<Vec<ManagedContainer>, RuntimeError> {
-        Ok(self.containers.borrow().clone())
-    }
-    async fn inspect(&self, id: &str) -> Result<ContainerInfo, RuntimeError> {
-        let containers = self.containers.borrow();
-        let state = containers
-            .iter()
-            .find(|c| c.id == id)
-            .map(|c| c.state.clone())
-            .unwrap_or_else(|| "dead".into());
-        Ok(ContainerInfo {
-            status: state,
-            exit_code: 0,
-            restart_count: 0,
-            error: String::new(),
-            oom_killed: false,
-        })
-    }
-    async fn image_exists(&self, _image: &str) -> Result<bool, RuntimeError> {
-        Ok(true)
-    }
-    async fn pull(&self, _image: &str) -> Result<(), RuntimeError> {
-        Ok(())
-    }
-    async fn create(&self, spec: &CreateSpec) -> Result<String, RuntimeError> {
-        let mut n = self.next_id.borrow_mut();
-        *n += 1;
-        let id = format!("c{n}");
-        self.containers.borrow_mut().push(ManagedContainer {
-            id: id.clone(),
-            name: spec.name.clone(),
-            labels: spec.labels.clone(),
-            state: "created".into(),
-            exit_code: 0,
-        });
-        Ok(id)
-    }
-    async fn rename(&self, id: &str, new_name: &str) -> Result<(), RuntimeError> {
-        for c in self.containers.borrow_mut().iter_mut() {
-            if c.id == id {
-                c.name = new_name.to_string();
-            }
-        }
-        Ok(())
-    }
-    async fn start(&self, id: &str) -> Result<(), RuntimeError> {
-        for c in self.containers.borrow_mut().iter_mut() {
-            if c.id == id {
-                c.state = "running".into();
-            }
-        }
-        Ok(())
-    }
-    async fn stop(&self, id: &str, _stop_timeout_secs: u64) -> Result<(), RuntimeError> {
-        for c in self.containers.borrow_mut().iter_mut() {
-            if c.id == id {
-                c.state = "exited".into();
-            }
-        }
-        Ok(())
-    }
-    async fn remove(&self, id: &str, _stop_timeout_secs: u64) -> Result<(), RuntimeError> {
-        self.containers.borrow_mut().retain(|c| c.id != id);
-        Ok(())
-    }
 }
 
 // ---------------------------------------------------------------- devices
@@ -214,7 +133,7 @@ async fn device(
         status_rx,
     ));
     let ctx = Rc::new(reconcile::Context {
-        runtime: Rc::new(MemRuntime::default()),
+        runtime: Rc::new(MemoryRuntime::default()),
         device_id: id,
         stop_timeout_secs: 1,
         replace_order: Default::default(),

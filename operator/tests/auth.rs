@@ -11,85 +11,72 @@ fn cli(args: &[&str]) -> Output {
         .unwrap()
 }
 
+/// Runs the CLI; fails, with its stderr, unless it succeeds.
+fn succeeds(args: &[&str]) {
+    let out = cli(args);
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Runs the CLI; fails unless it could not connect.
+fn refused(args: &[&str]) {
+    let out = cli(args);
+    assert!(!out.status.success(), "{args:?} connected");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("cannot connect to NATS"), "{args:?}: {err}");
+}
+
 #[test]
 fn nkey_and_password_identities_connect_and_others_do_not() {
     let dir = tempfile::tempdir().unwrap();
     let user = nkeys::KeyPair::new_user();
     let seed_file = dir.path().join("operator.nk");
     std::fs::write(&seed_file, format!("{}\n", user.seed().unwrap())).unwrap();
-    let conf = dir.path().join("auth.conf");
-    std::fs::write(
-        &conf,
-        format!(
-            "authorization {{\n  users = [\n    {{ nkey: \"{}\" }}\n    {{ user: ops, password: s3cret }}\n  ]\n}}\n",
-            user.public_key()
-        ),
-    )
-    .unwrap();
-    let Some(server) = testkit::NatsServer::start_with(testkit::NatsOptions {
-        config_file: Some(conf),
-        ..Default::default()
-    }) else {
+    let conf = format!(
+        "authorization {{\n  users = [\n    {{ nkey: \"{}\" }}\n    {{ user: ops, password: s3cret }}\n  ]\n}}\n",
+        user.public_key()
+    );
+    let Some(server) = testkit::NatsServer::start_with_config(&conf, Default::default()) else {
         return;
     };
     let url = server.url();
+    let url = url.as_str();
     let seed = seed_file.to_str().unwrap();
-
-    let out = cli(&["init", "--nats-url", &url, "--nats-nkey", seed]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let out = cli(&[
-        "status",
-        "--nats-url",
-        &url,
-        "--nats-user",
-        "ops",
-        "--nats-password",
-        "s3cret",
-    ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-
-    for bad in [
-        vec!["status", "--nats-url", &url],
-        vec![
+    let status_as_ops = |password| {
+        [
             "status",
             "--nats-url",
-            &url,
+            url,
             "--nats-user",
             "ops",
             "--nats-password",
-            "wrong",
-        ],
-    ] {
-        let out = cli(&bad);
-        assert!(!out.status.success(), "{bad:?} connected");
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert!(err.contains("cannot connect to NATS"), "{err}");
-    }
+            password,
+        ]
+    };
+
+    succeeds(&["init", "--nats-url", url, "--nats-nkey", seed]);
+    succeeds(&status_as_ops("s3cret"));
+    refused(&["status", "--nats-url", url]);
+    refused(&status_as_ops("wrong"));
     let other = nkeys::KeyPair::new_user();
     let other_file = dir.path().join("other.nk");
     std::fs::write(&other_file, other.seed().unwrap()).unwrap();
-    let out = cli(&[
+    refused(&[
         "status",
         "--nats-url",
-        &url,
+        url,
         "--nats-nkey",
         other_file.to_str().unwrap(),
     ]);
-    assert!(!out.status.success(), "an unknown nkey connected");
 
     let missing = dir.path().join("missing.nk");
     let out = cli(&[
         "status",
         "--nats-url",
-        &url,
+        url,
         "--nats-nkey",
         missing.to_str().unwrap(),
     ]);
@@ -108,27 +95,22 @@ fn mutual_tls() {
         return;
     }
     let p = |f: &str| d.join(f).to_str().unwrap().to_string();
-    let conf = d.join("tls.conf");
-    std::fs::write(
-        &conf,
-        format!(
-            "tls {{\n  cert_file: \"{}\"\n  key_file: \"{}\"\n  ca_file: \"{}\"\n  verify: true\n}}\n",
-            p("server.pem"),
-            p("server-key.pem"),
-            p("ca.pem")
-        ),
-    )
-    .unwrap();
-    let Some(server) = testkit::NatsServer::start_with(testkit::NatsOptions {
-        config_file: Some(conf),
+    let conf = format!(
+        "tls {{\n  cert_file: \"{}\"\n  key_file: \"{}\"\n  ca_file: \"{}\"\n  verify: true\n}}\n",
+        p("server.pem"),
+        p("server-key.pem"),
+        p("ca.pem")
+    );
+    let tls = testkit::NatsOptions {
         scheme: Some("tls"),
         ..Default::default()
-    }) else {
+    };
+    let Some(server) = testkit::NatsServer::start_with_config(&conf, tls) else {
         return;
     };
     let url = server.url();
     let (ca, cert, key) = (p("ca.pem"), p("client.pem"), p("client-key.pem"));
-    let out = cli(&[
+    succeeds(&[
         "init",
         "--nats-url",
         &url,
@@ -139,27 +121,16 @@ fn mutual_tls() {
         "--nats-tls-key",
         &key,
     ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
     // Without a client certificate the server refuses; without the CA the
     // client refuses the server.
-    for bad in [
-        vec!["status", "--nats-url", &url, "--nats-tls-ca", &ca],
-        vec![
-            "status",
-            "--nats-url",
-            &url,
-            "--nats-tls-cert",
-            &cert,
-            "--nats-tls-key",
-            &key,
-        ],
-    ] {
-        let out = cli(&bad);
-        assert!(!out.status.success(), "{bad:?} connected");
-        assert!(String::from_utf8_lossy(&out.stderr).contains("cannot connect to NATS"));
-    }
+    refused(&["status", "--nats-url", &url, "--nats-tls-ca", &ca]);
+    refused(&[
+        "status",
+        "--nats-url",
+        &url,
+        "--nats-tls-cert",
+        &cert,
+        "--nats-tls-key",
+        &key,
+    ]);
 }

@@ -33,20 +33,12 @@ async fn operator_flow_under_its_own_identity() {
     let (admin_file, _, admin_pub) = identity(d, "admin");
     let (op_file, op_seed, op_pub) = identity(d, "operator");
     let (_, dev_seed, dev_pub) = identity(d, "demo-device");
-    let conf = d.join("nats-server.conf");
-    std::fs::write(
-        &conf,
-        nats_server_config(&[
-            (Role::Admin, &admin_pub),
-            (Role::Operator, &op_pub),
-            (Role::Device("demo-device"), &dev_pub),
-        ]),
-    )
-    .unwrap();
-    let Some(server) = testkit::NatsServer::start_with(testkit::NatsOptions {
-        config_file: Some(conf),
-        ..Default::default()
-    }) else {
+    let conf = nats_server_config(&[
+        (Role::Admin, &admin_pub),
+        (Role::Operator, &op_pub),
+        (Role::Device("demo-device"), &dev_pub),
+    ]);
+    let Some(server) = testkit::NatsServer::start_with_config(&conf, Default::default()) else {
         return;
     };
     eprintln!("{}", server.version());

@@ -27,6 +27,8 @@ pub struct NatsServer {
     child: Option<Child>,
     /// JetStream set up in a wrapper configuration instead of by flags.
     reloadable: bool,
+    /// Holds the configuration [`Self::start_with_config`] wrote.
+    _config_dir: Option<tempfile::TempDir>,
 }
 
 impl NatsServer {
@@ -38,19 +40,25 @@ impl NatsServer {
 
     /// Starts a server with options.
     pub fn start_with(opts: NatsOptions) -> Option<NatsServer> {
-        let Some(binary) = find_binary("NATS_SERVER_BIN", "nats-server") else {
-            return missing("nats-server is not installed (or NATS_SERVER_BIN is wrong)");
+        Self::launch(opts, false, None)
+    }
+
+    /// Starts a server from configuration text (authorization, TLS...),
+    /// written to a file in a temporary directory removed with the server.
+    /// `opts.config_file` must be unset; the other options apply.
+    pub fn start_with_config(config: &str, opts: NatsOptions) -> Option<NatsServer> {
+        assert!(
+            opts.config_file.is_none(),
+            "start_with_config writes the config_file itself"
+        );
+        let dir = tempfile::tempdir().expect("temp dir");
+        let file = dir.path().join("nats-server.conf");
+        std::fs::write(&file, config).expect("write the nats-server configuration");
+        let opts = NatsOptions {
+            config_file: Some(file),
+            ..opts
         };
-        let mut server = NatsServer {
-            binary,
-            port: free_port(),
-            store: tempfile::tempdir().expect("temp dir"),
-            opts,
-            child: None,
-            reloadable: false,
-        };
-        server.spawn();
-        Some(server)
+        Self::launch(opts, false, Some(dir))
     }
 
     /// Like [`Self::start_with`] (a `config_file` is required), with
@@ -59,20 +67,31 @@ impl NatsServer {
     /// 2.9.10 turns JetStream off on a reload when only the flags enabled it,
     /// and refuses the reload when a `jetstream {}` block and `-sd` differ.
     pub fn start_reloadable(opts: NatsOptions) -> Option<NatsServer> {
-        let Some(binary) = find_binary("NATS_SERVER_BIN", "nats-server") else {
-            return missing("nats-server is not installed (or NATS_SERVER_BIN is wrong)");
-        };
         assert!(
             opts.config_file.is_some(),
             "start_reloadable needs a config_file"
         );
+        Self::launch(opts, true, None)
+    }
+
+    /// Finds the binary (or reports it missing), then starts the server on
+    /// a free port with a fresh store.
+    fn launch(
+        opts: NatsOptions,
+        reloadable: bool,
+        config_dir: Option<tempfile::TempDir>,
+    ) -> Option<NatsServer> {
+        let Some(binary) = find_binary("NATS_SERVER_BIN", "nats-server") else {
+            return missing("nats-server is not installed (or NATS_SERVER_BIN is wrong)");
+        };
         let mut server = NatsServer {
             binary,
             port: free_port(),
             store: tempfile::tempdir().expect("temp dir"),
             opts,
             child: None,
-            reloadable: true,
+            reloadable,
+            _config_dir: config_dir,
         };
         server.spawn();
         Some(server)

@@ -1,0 +1,168 @@
+//! An in-memory [`Runtime`](crate::podman::Runtime) for what runs the
+//! reconciler without Podman: its unit tests and the operator's fleet
+//! bench. Built for this crate's tests and with the `testing` feature.
+
+use std::cell::{Cell, RefCell};
+
+use crate::podman::{ContainerInfo, CreateSpec, ManagedContainer, Runtime, RuntimeError, labels};
+
+/// Containers in memory with instant operations. Like Podman it refuses a
+/// taken name and answers 404 for an unknown container; on request it
+/// records every call that changes containers and fails creates or starts,
+/// to check the order of a replacement.
+#[derive(Default)]
+pub struct MemoryRuntime {
+    containers: RefCell<Vec<ManagedContainer>>,
+    next_id: Cell<u64>,
+    /// `None` unless made by [`Self::recording`]: a bench keeps no log.
+    calls: Option<RefCell<Vec<String>>>,
+    /// Makes every `create` fail.
+    pub fail_create: Cell<bool>,
+    /// Makes `start` fail for containers labelled with this revision.
+    pub fail_start_revision: Cell<Option<u64>>,
+}
+
+impl MemoryRuntime {
+    /// A runtime that records the calls that change containers, for
+    /// [`Self::take_calls`].
+    pub fn recording() -> Self {
+        MemoryRuntime {
+            calls: Some(RefCell::default()),
+            ..Self::default()
+        }
+    }
+
+    /// The calls recorded since the last time, e.g. `rename <old> <new>`.
+    pub fn take_calls(&self) -> Vec<String> {
+        self.calls.as_ref().map(RefCell::take).unwrap_or_default()
+    }
+
+    /// (name, state, revision label) of every container, sorted.
+    pub fn snapshot(&self) -> Vec<(String, String, String)> {
+        let mut v: Vec<_> = self
+            .containers
+            .borrow()
+            .iter()
+            .map(|c| {
+                (
+                    c.name.clone(),
+                    c.state.clone(),
+                    c.label(labels::REVISION).to_string(),
+                )
+            })
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// `f` of the container `id`, if there is one.
+    fn read<T>(&self, id: &str, f: impl FnOnce(&ManagedContainer) -> T) -> Option<T> {
+        self.containers.borrow().iter().find(|c| c.id == id).map(f)
+    }
+
+    fn log(&self, call: &str, id: &str, rest: &str) {
+        if let Some(calls) = &self.calls {
+            let name = self
+                .read(id, |c| c.name.clone())
+                .unwrap_or_else(|| format!("<{id}>"));
+            calls.borrow_mut().push(format!("{call} {name}{rest}"));
+        }
+    }
+
+    fn set_state(&self, id: &str, state: &str) {
+        for c in self.containers.borrow_mut().iter_mut() {
+            if c.id == id {
+                c.state = state.into();
+            }
+        }
+    }
+}
+
+fn no_such_container() -> RuntimeError {
+    RuntimeError::Api {
+        status: 404,
+        message: "no such container".into(),
+    }
+}
+
+impl Runtime for MemoryRuntime {
+    async fn version(&self) -> Result<String, RuntimeError> {
+        Ok("in-memory".into())
+    }
+    async fn list_managed(&self, _device_id: &str) -> Result<Vec<ManagedContainer>, RuntimeError> {
+        Ok(self.containers.borrow().clone())
+    }
+    async fn inspect(&self, id: &str) -> Result<ContainerInfo, RuntimeError> {
+        let status = self
+            .read(id, |c| c.state.clone())
+            .ok_or_else(no_such_container)?;
+        Ok(ContainerInfo {
+            status,
+            exit_code: 0,
+            restart_count: 0,
+            error: String::new(),
+            oom_killed: false,
+        })
+    }
+    async fn image_exists(&self, _image: &str) -> Result<bool, RuntimeError> {
+        Ok(true)
+    }
+    async fn pull(&self, _image: &str) -> Result<(), RuntimeError> {
+        Ok(())
+    }
+    async fn create(&self, spec: &CreateSpec) -> Result<String, RuntimeError> {
+        if let Some(calls) = &self.calls {
+            calls.borrow_mut().push(format!("create {}", spec.name));
+        }
+        if self.fail_create.get() || self.containers.borrow().iter().any(|c| c.name == spec.name) {
+            return Err(RuntimeError::Api {
+                status: 500,
+                message: format!("cannot create {}", spec.name),
+            });
+        }
+        let n = self.next_id.get() + 1;
+        self.next_id.set(n);
+        let id = format!("id{n}");
+        self.containers.borrow_mut().push(ManagedContainer {
+            id: id.clone(),
+            name: spec.name.clone(),
+            labels: spec.labels.clone(),
+            state: "created".into(),
+            exit_code: 0,
+        });
+        Ok(id)
+    }
+    async fn rename(&self, id: &str, new_name: &str) -> Result<(), RuntimeError> {
+        self.log("rename", id, &format!(" {new_name}"));
+        for c in self.containers.borrow_mut().iter_mut() {
+            if c.id == id {
+                c.name = new_name.to_string();
+            }
+        }
+        Ok(())
+    }
+    async fn start(&self, id: &str) -> Result<(), RuntimeError> {
+        self.log("start", id, "");
+        let revision = self
+            .read(id, |c| c.label(labels::REVISION).parse::<u64>().ok())
+            .flatten();
+        if revision.is_some() && revision == self.fail_start_revision.get() {
+            return Err(RuntimeError::Api {
+                status: 500,
+                message: "executable file not found".into(),
+            });
+        }
+        self.set_state(id, "running");
+        Ok(())
+    }
+    async fn stop(&self, id: &str, _stop_timeout_secs: u64) -> Result<(), RuntimeError> {
+        self.log("stop", id, "");
+        self.set_state(id, "exited");
+        Ok(())
+    }
+    async fn remove(&self, id: &str, _stop_timeout_secs: u64) -> Result<(), RuntimeError> {
+        self.log("remove", id, "");
+        self.containers.borrow_mut().retain(|c| c.id != id);
+        Ok(())
+    }
+}
