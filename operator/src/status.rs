@@ -695,6 +695,14 @@ mod tests {
     use crate::crd::{DeploymentSpec, Rollout, Score};
     use protocol::{BoundedVec, Text};
 
+    /// `(device, phase)` of each device the status lists, in order.
+    fn listed(s: &crate::crd::DeploymentStatus) -> Vec<(&str, &str)> {
+        s.devices
+            .iter()
+            .map(|d| (d.device.as_str(), d.phase.as_str()))
+            .collect()
+    }
+
     fn status_bytes(revision: u64, phase: Phase) -> Vec<u8> {
         protocol::wire::encode_to_vec(&protocol::DeploymentStatus {
             revision,
@@ -772,11 +780,7 @@ mod tests {
         let s = fold_status(&d, &observed, &cache, now);
         assert_eq!((s.targeted, s.up_to_date, s.ready, s.failed), (5, 3, 1, 1));
         // The ready device a is only counted; the rest are listed worst first.
-        let listed: Vec<(&str, &str)> = s
-            .devices
-            .iter()
-            .map(|d| (d.device.as_str(), d.phase.as_str()))
-            .collect();
+        let listed = listed(&s);
         assert_eq!(
             listed,
             [
@@ -886,11 +890,7 @@ mod tests {
             owner: "other/web".into(),
         });
         let s = fold_status(&deployment(), &observed, &cache, now);
-        let listed: Vec<(&str, &str)> = s
-            .devices
-            .iter()
-            .map(|d| (d.device.as_str(), d.phase.as_str()))
-            .collect();
+        let listed = listed(&s);
         assert_eq!(
             listed,
             [
