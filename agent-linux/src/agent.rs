@@ -200,17 +200,30 @@ async fn watch_loop<R: Runtime>(
                     // Both end the deployment; a purge also dropped its
                     // history on the server, which changes nothing here.
                     crate::info!("{deployment}: deleted");
-                    deployments.set(&deployment, None);
+                    // Off the cache before the containers go: a power cut
+                    // in between must not bring a deleted workload back on
+                    // an offline reboot. Deletes are rare; a put's value
+                    // is cached after it is applied, since restoring the
+                    // previous revision offline is the lesser harm.
                     cache.remove(&deployment);
+                    cache.flush();
+                    deployments.set(&deployment, None);
                 }
                 WatchEvent::SnapshotComplete => {
                     let Some(seen) = seen.take() else { continue };
                     crate::info!("desired state in sync: {} deployment(s)", seen.len());
                     // What the snapshot lacks was deleted while we were away.
-                    for gone in deployments.desired().difference(&seen) {
-                        crate::info!("{gone}: no longer desired");
-                        deployments.set(gone, None);
-                        cache.remove(gone);
+                    let gone: Vec<String> =
+                        deployments.desired().difference(&seen).cloned().collect();
+                    for d in &gone {
+                        crate::info!("{d}: no longer desired");
+                        cache.remove(d);
+                    }
+                    if !gone.is_empty() {
+                        cache.flush();
+                    }
+                    for d in &gone {
+                        deployments.set(d, None);
                     }
                     sweep(&deployments, &seen).await;
                 }

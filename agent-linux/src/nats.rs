@@ -194,9 +194,10 @@ impl Session {
     /// Starts watching this device's desired-state keys: the last value of
     /// each key first (the snapshot), then every change.
     ///
-    /// The live subscription is made (and confirmed by a flush) before the
-    /// snapshot, so whatever is stored from then on reaches it; a message
-    /// seen both ways is applied once, by its stream sequence.
+    /// The live subscription is sent before the snapshot's consumer create
+    /// (the server handles one connection's commands in order), so whatever
+    /// is stored from then on reaches it; a message seen both ways is
+    /// applied once, by its stream sequence.
     pub async fn watch(&self) -> Result<Watch, NatsError> {
         let err = |e: &dyn std::fmt::Display| NatsError::Watch(e.to_string());
         let mut gaps = self.gaps.subscribe();
@@ -214,7 +215,15 @@ impl Session {
             .await
             .map_err(|e| err(&e))?;
         self.client.flush().await.map_err(|e| err(&e))?;
-        let mut watch = Watch {
+        let records = self.snapshot(filter).await?;
+        // A snapshot read across a disconnect may lack messages the server
+        // counted as delivered: take it again rather than remove what it
+        // lacks.
+        if gaps.has_changed().unwrap_or(false) {
+            return Err(err(&"the connection dropped during the snapshot"));
+        }
+        let (merge, queued) = Merge::from_snapshot(records);
+        Ok(Watch {
             live,
             gaps: Some(gaps),
             prefix: format!(
@@ -224,25 +233,18 @@ impl Session {
                     key: &self.device_id,
                 }
             ),
-            applied: BTreeMap::new(),
-            queued: VecDeque::new(),
-        };
-        for (deployment, seq, event) in self.snapshot(filter).await? {
-            watch.applied.insert(deployment, seq);
-            watch.queued.extend(event);
-        }
-        watch.queued.push_back(WatchEvent::SnapshotComplete);
-        Ok(watch)
+            merge,
+            queued,
+            renew_at: tokio::time::Instant::now() + resnapshot_period(),
+        })
     }
 
-    /// The last record of each of this device's keys, with its stream
-    /// sequence (deletes as `None`), read through a filtered consumer that
+    /// The records of this device's keys, each with its stream sequence:
+    /// the last of each key, then whatever was stored while the snapshot
+    /// was read (so a key may come twice), through a filtered consumer that
     /// lives only for the snapshot: no acks, flow control or heartbeats,
     /// and the server drops it [`SNAPSHOT_CONSUMER_EXPIRY`] after the read.
-    async fn snapshot(
-        &self,
-        filter: DeviceFilter<'_>,
-    ) -> Result<Vec<(String, u64, Option<WatchEvent>)>, NatsError> {
+    async fn snapshot(&self, filter: DeviceFilter<'_>) -> Result<Vec<Record>, NatsError> {
         let err = |e: &dyn std::fmt::Display| NatsError::Watch(e.to_string());
         let stream = self
             .js
@@ -273,6 +275,7 @@ impl Session {
             return Ok(out);
         }
         let mut messages = consumer.messages().await.map_err(|e| err(&e))?;
+        let mut delivered = 0;
         let prefix = format!(
             "{}.",
             KvSubject {
@@ -288,10 +291,20 @@ impl Session {
             };
             let info = m.info().map_err(|e| err(&e))?;
             let (seq, pending) = (info.stream_sequence, info.pending);
+            // Without acks nothing is redelivered: a message lost on the
+            // way (a reconnect within the consumer's expiry) shows only as a
+            // jump in the consumer's own sequence.
+            delivered += 1;
+            if info.consumer_sequence != delivered {
+                return Err(err(&"the snapshot lost a message on the way"));
+            }
             if let Some(deployment) = deployment_of(&m.subject, &prefix) {
                 let event = kv_event(deployment.clone(), m.headers.as_ref(), m.payload.clone());
-                let live = matches!(event, WatchEvent::Put { .. }).then_some(event);
-                out.push((deployment, seq, live));
+                out.push(Record {
+                    deployment,
+                    seq,
+                    event,
+                });
             }
             if pending == 0 {
                 return Ok(out);
@@ -391,6 +404,9 @@ pub fn permission_denial(device_id: &str, server_error: &str) -> Option<String> 
         || subject.starts_with("$KV.device-heartbeat")
     {
         "status and heartbeat writes need this device's own keys"
+    } else if subject.starts_with("$KVR.desired-state") {
+        "the live watch needs to subscribe to this device's republished keys ($KVR.desired-state.<device>.>; \
+         until it may, changes arrive only with the periodic snapshot)"
     } else if subject.starts_with("_INBOX") {
         "replies need this device's inbox prefix"
     } else {
@@ -445,9 +461,11 @@ pub struct Watch {
     gaps: Option<watch::Receiver<u64>>,
     /// `$KVR.desired-state.<id>.`
     prefix: String,
-    /// The last stream sequence applied per deployment.
-    applied: BTreeMap<String, u64>,
+    merge: Merge,
     queued: VecDeque<WatchEvent>,
+    /// When the watch ends to take a fresh snapshot anyway
+    /// ([`resnapshot_period`]).
+    renew_at: tokio::time::Instant,
 }
 
 impl Watch {
@@ -458,6 +476,7 @@ impl Watch {
             if let Some(e) = self.queued.pop_front() {
                 return Some(e);
             }
+            let renew = tokio::time::sleep_until(self.renew_at);
             let m = match &mut self.gaps {
                 Some(gaps) => tokio::select! {
                     biased;
@@ -469,9 +488,16 @@ impl Watch {
                         self.gaps = None;
                         continue;
                     }
+                    () = renew => {
+                        crate::debug!("nats: periodic desired-state snapshot");
+                        return None;
+                    }
                     m = self.live.next() => m?,
                 },
-                None => self.live.next().await?,
+                None => tokio::select! {
+                    () = renew => return None,
+                    m = self.live.next() => m?,
+                },
             };
             let headers = m.headers.as_ref();
             let Some(seq) = headers
@@ -487,13 +513,96 @@ impl Watch {
             let Some(deployment) = deployment_of(&m.subject, &self.prefix) else {
                 continue;
             };
-            // Seen in the snapshot already, or a duplicate.
-            if self.applied.get(&deployment).is_some_and(|s| *s >= seq) {
-                continue;
+            match self.merge.live(&deployment, seq) {
+                Live::Apply => return Some(kv_event(deployment, headers, m.payload)),
+                Live::Duplicate => continue,
+                Live::Restart => {
+                    crate::info!(
+                        "nats: the desired-state stream's sequence went back (recreated?); taking a new snapshot"
+                    );
+                    return None;
+                }
             }
-            self.applied.insert(deployment.clone(), seq);
-            return Some(kv_event(deployment, headers, m.payload));
         }
+    }
+}
+
+/// How often a watch takes a new snapshot even when nothing seems wrong:
+/// 10 to 12 minutes, spread so a fleet does not renew at once. It bounds how
+/// long a change can be missed when no event says so (a client event
+/// dropped from async-nats's full event queue, a subscription the server
+/// refused, a stream deleted and created again with sequences restarting).
+fn resnapshot_period() -> Duration {
+    Duration::from_secs(600) + Duration::from_millis(nonce() % 120_000)
+}
+
+/// One record read by the snapshot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Record {
+    deployment: String,
+    seq: u64,
+    event: WatchEvent,
+}
+
+/// What to do with a live message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Live {
+    /// Newer than anything applied for its key.
+    Apply,
+    /// Applied already (through the snapshot, or a duplicate).
+    Duplicate,
+    /// The stream's sequence went back: it was created again, and the
+    /// sequences applied so far mean nothing; take a new snapshot.
+    Restart,
+}
+
+/// The stream sequences applied so far, which merge the snapshot with the
+/// live messages: each change applied once and in order.
+#[derive(Debug, Default)]
+struct Merge {
+    /// The last stream sequence applied per deployment.
+    applied: BTreeMap<String, u64>,
+    /// The highest sequence seen on the live subscription.
+    last_live: u64,
+}
+
+impl Merge {
+    /// The state after a snapshot, and the events it stands for: each
+    /// key's last record wins (a delete stored while the snapshot was read
+    /// supersedes the put before it), and only puts are events, since what
+    /// the snapshot lacks is removed at `SnapshotComplete`.
+    fn from_snapshot(records: Vec<Record>) -> (Merge, VecDeque<WatchEvent>) {
+        let mut last: BTreeMap<String, (u64, WatchEvent)> = BTreeMap::new();
+        for r in records {
+            if last.get(&r.deployment).is_none_or(|(s, _)| *s < r.seq) {
+                last.insert(r.deployment, (r.seq, r.event));
+            }
+        }
+        let mut merge = Merge::default();
+        let mut queued = VecDeque::new();
+        for (deployment, (seq, event)) in last {
+            merge.applied.insert(deployment, seq);
+            if matches!(event, WatchEvent::Put { .. }) {
+                queued.push_back(event);
+            }
+        }
+        queued.push_back(WatchEvent::SnapshotComplete);
+        (merge, queued)
+    }
+
+    /// Whether a live message for `deployment` at stream sequence `seq`
+    /// is new. The stream republishes in sequence order, so a live
+    /// sequence below an earlier live one means a new stream.
+    fn live(&mut self, deployment: &str, seq: u64) -> Live {
+        if seq < self.last_live {
+            return Live::Restart;
+        }
+        self.last_live = seq;
+        if self.applied.get(deployment).is_some_and(|s| *s >= seq) {
+            return Live::Duplicate;
+        }
+        self.applied.insert(deployment.to_string(), seq);
+        Live::Apply
     }
 }
 
@@ -532,6 +641,67 @@ fn kv_event(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn put(d: &str, seq: u64, v: &'static str) -> Record {
+        Record {
+            deployment: d.into(),
+            seq,
+            event: WatchEvent::Put {
+                deployment: d.into(),
+                value: Bytes::from_static(v.as_bytes()),
+            },
+        }
+    }
+
+    fn del(d: &str, seq: u64) -> Record {
+        Record {
+            deployment: d.into(),
+            seq,
+            event: WatchEvent::Delete {
+                deployment: d.into(),
+            },
+        }
+    }
+
+    #[test]
+    fn a_key_changed_while_the_snapshot_is_read_counts_at_its_last_record() {
+        // `a` was put, then deleted while the snapshot was read; `b` was
+        // put twice meanwhile; `c` is a delete marker alone.
+        let (mut merge, queued) = Merge::from_snapshot(vec![
+            put("a", 10, "a1"),
+            put("b", 11, "b1"),
+            del("c", 5),
+            del("a", 12),
+            put("b", 13, "b2"),
+        ]);
+        assert_eq!(
+            Vec::from(queued),
+            [put("b", 13, "b2").event, WatchEvent::SnapshotComplete]
+        );
+        // The same records arriving live are not applied again, in either
+        // order; what comes after them is.
+        assert_eq!(merge.live("a", 12), Live::Duplicate);
+        assert_eq!(merge.live("b", 13), Live::Duplicate);
+        assert_eq!(merge.live("c", 14), Live::Apply);
+        assert_eq!(merge.live("a", 15), Live::Apply);
+        assert_eq!(merge.live("a", 15), Live::Duplicate);
+    }
+
+    #[test]
+    fn a_live_sequence_going_back_means_a_new_stream() {
+        let (mut merge, _) = Merge::from_snapshot(vec![put("a", 40, "a")]);
+        assert_eq!(merge.live("b", 41), Live::Apply);
+        assert_eq!(merge.live("a", 3), Live::Restart);
+    }
+
+    #[test]
+    fn the_resnapshot_period_is_spread_over_two_minutes() {
+        let p = resnapshot_period();
+        assert!(
+            p >= Duration::from_secs(600) && p < Duration::from_secs(720),
+            "{p:?}"
+        );
+    }
 
     #[test]
     fn permission_denials_name_the_subject_and_cause() {

@@ -327,8 +327,12 @@ impl Nats {
             match self.js.get_stream(&name).await {
                 Ok(stream) => {
                     let want = stream_config(&spec).republish;
-                    if stream.cached_info().config.republish != want {
-                        self.add_republish(&spec, create_missing).await?;
+                    if spec.republish && stream.cached_info().config.republish != want {
+                        // The stream as it is, RePublish added: an admin's
+                        // other settings (replicas, limits) stay.
+                        let mut config = stream.cached_info().config.clone();
+                        config.republish = want;
+                        self.add_republish(&spec, config, create_missing).await?;
                         created.push(format!("{} (RePublish added)", spec.name));
                     }
                     continue;
@@ -362,7 +366,12 @@ impl Nats {
     /// operator alone may not edit streams, so without `allowed` (init) it
     /// stops here: running against such a bucket would leave every agent
     /// deaf to updates.
-    async fn add_republish(&self, spec: &BucketSpec, allowed: bool) -> Result<(), NatsError> {
+    async fn add_republish(
+        &self,
+        spec: &BucketSpec,
+        config: stream::Config,
+        allowed: bool,
+    ) -> Result<(), NatsError> {
         let outdated = |reason: String| NatsError::BucketOutdated {
             bucket: spec.name.into(),
             reason,
@@ -371,7 +380,7 @@ impl Nats {
             return Err(outdated("the operator may not edit streams".into()));
         }
         self.js
-            .update_stream(stream_config(spec))
+            .update_stream(config)
             .await
             .map(|_| ())
             .map_err(|e| outdated(e.to_string()))

@@ -80,6 +80,8 @@ async fn a_bucket_without_republish_is_upgraded_by_init_or_refused_with_the_fix(
     let js = async_nats::jetstream::new(client.clone());
     let mut old = stream_config(&DESIRED_STATE);
     old.republish = None;
+    // An admin's own setting, which adding RePublish must keep.
+    old.description = Some("tuned by the admin".into());
     js.create_stream(old).await.unwrap();
     let nats = Nats::from_client(client);
 
@@ -104,8 +106,9 @@ async fn a_bucket_without_republish_is_upgraded_by_init_or_refused_with_the_fix(
                 "{changed:?}"
             );
             let mut s = js.get_stream("KV_desired-state").await.unwrap();
-            let r = s.info().await.unwrap().config.republish.clone();
-            assert_eq!(r, stream_config(&DESIRED_STATE).republish);
+            let c = s.info().await.unwrap().config.clone();
+            assert_eq!(c.republish, stream_config(&DESIRED_STATE).republish);
+            assert_eq!(c.description.as_deref(), Some("tuned by the admin"));
             assert_eq!(
                 nats.ensure_buckets(false).await.unwrap(),
                 Vec::<String>::new()
