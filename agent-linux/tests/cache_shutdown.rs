@@ -8,20 +8,8 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 
 use common::{Env, WAIT};
-use testkit::PodmanService;
-
-/// The agent child process, SIGKILLed if the test ends early.
-struct Agent(Child);
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 fn log_has(log: &Path, needle: &str) -> bool {
     std::fs::read_to_string(log).is_ok_and(|t| t.contains(needle))
@@ -53,18 +41,7 @@ async fn sigterm_after_a_burst_leaves_the_last_value_of_each_deployment_cached()
 
     let config = env.write_config();
     let log = env.dir.path().join("agent.log");
-    let mut agent = Agent(
-        Command::new(env!("CARGO_BIN_EXE_iot-agent"))
-            .arg("--config")
-            .arg(&config)
-            .env("CONTAINERS_CONF", PodmanService::containers_conf())
-            .env("IOT_AGENT_LOG", "debug")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap(),
-    );
+    let mut agent = env.spawn_agent_logged(&config, &log);
     assert!(
         testkit::wait_until(WAIT, || log_has(&log, "desired state in sync")),
         "the agent never finished its snapshot"
@@ -101,19 +78,8 @@ async fn sigterm_after_a_burst_leaves_the_last_value_of_each_deployment_cached()
         testkit::wait_until(WAIT, || log_has(&log, "zz-end: put")),
         "the agent never saw the last put"
     );
-    let status = Command::new("kill")
-        .args(["-TERM", &agent.0.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let mut exit = None;
-    assert!(
-        testkit::wait_until(WAIT, || {
-            exit = agent.0.try_wait().unwrap();
-            exit.is_some()
-        }),
-        "the agent did not exit on SIGTERM"
-    );
+    let exit = agent.terminate();
+    assert!(exit.is_some(), "the agent did not exit on SIGTERM");
     assert!(exit.unwrap().success(), "agent exit: {exit:?}");
     assert!(log_has(&log, "shutting down"));
 

@@ -249,8 +249,16 @@ fn stream_config(spec: &protocol::buckets::BucketSpec) -> async_nats::jetstream:
         republish: spec
             .republish
             .then(|| async_nats::jetstream::stream::Republish {
-                source: format!("$KV.{}.>", spec.name),
-                destination: format!("{}.{}.>", protocol::keys::REPUBLISH_PREFIX, spec.name),
+                source: protocol::keys::KvSubject {
+                    bucket: spec.name,
+                    key: ">",
+                }
+                .to_string(),
+                destination: protocol::keys::RepublishSubject {
+                    bucket: spec.name,
+                    key: ">",
+                }
+                .to_string(),
                 headers_only: false,
             }),
         ..Default::default()

@@ -320,6 +320,23 @@ pub struct Agent {
 }
 
 impl Agent {
+    /// Sends SIGTERM and waits (up to [`WAIT`]) for the agent to exit;
+    /// `None` if it did not.
+    pub fn terminate(&mut self) -> Option<std::process::ExitStatus> {
+        let child = self.child.as_mut()?;
+        let sent = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(sent.success(), "kill -TERM failed");
+        let mut exit = None;
+        testkit::wait_until(WAIT, || {
+            exit = child.try_wait().unwrap();
+            exit.is_some()
+        });
+        exit
+    }
+
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
