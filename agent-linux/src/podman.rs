@@ -533,20 +533,26 @@ fn spec_generator(spec: &CreateSpec) -> Value {
             }
         }
     }
-    let ports: Vec<Value> = spec
-        .ports
-        .iter()
-        .map(|p| {
-            let mut v = json!({ "container_port": p.container_port, "protocol": p.protocol });
-            if let Some(h) = p.host_port {
-                v["host_port"] = json!(h);
-            }
-            if let Some(ip) = &p.host_ip {
-                v["host_ip"] = json!(ip);
-            }
-            v
-        })
-        .collect();
+    // The contract says a port without `hostPort` publishes nothing on the
+    // host. Podman gives a port mapping without `host_port` a random host
+    // port on every address, so such a port is only declared (`expose`, as
+    // `EXPOSE` in an image), which binds nothing; its `hostIP` has nothing to
+    // bind and is ignored.
+    let mut ports = Vec::new();
+    let mut expose = serde_json::Map::new();
+    for p in &spec.ports {
+        let Some(host_port) = p.host_port else {
+            expose.insert(p.container_port.to_string(), json!(p.protocol));
+            continue;
+        };
+        let mut v = json!({
+            "container_port": p.container_port, "host_port": host_port, "protocol": p.protocol,
+        });
+        if let Some(ip) = &p.host_ip {
+            v["host_ip"] = json!(ip);
+        }
+        ports.push(v);
+    }
     let mut v = json!({
         "name": spec.name,
         "image": spec.image,
@@ -558,6 +564,9 @@ fn spec_generator(spec: &CreateSpec) -> Value {
         "restart_policy": spec.restart_policy,
         "stop_timeout": spec.stop_timeout_secs,
     });
+    if !expose.is_empty() {
+        v["expose"] = Value::Object(expose);
+    }
     if let Some(e) = &spec.entrypoint {
         v["entrypoint"] = json!(e);
     }

@@ -146,13 +146,15 @@ pub struct EnvVar<'a> {
 pub struct Port<'a> {
     /// Port inside the container.
     pub container_port: u16,
-    /// Port on the host; unset publishes nothing on the host.
+    /// Port on the host; unset publishes nothing on the host (the port is
+    /// only declared, as an image's `EXPOSE`).
     #[serde(default)]
     pub host_port: Option<u16>,
     /// TCP or UDP.
     #[serde(default)]
     pub protocol: PortProtocol,
-    /// Host address to bind; unset binds all addresses.
+    /// Host address to bind; unset binds all addresses. Without a
+    /// `host_port` nothing is bound, so it is ignored.
     #[serde(borrow, default, rename = "hostIP")]
     pub host_ip: Option<Text<'a>>,
 }
