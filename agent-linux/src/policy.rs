@@ -42,28 +42,103 @@ pub struct Allowances {
     pub devices: Vec<PathBuf>,
 }
 
-/// `CAP_NET_ADMIN`, `net_admin` -> `NET_ADMIN`.
-pub fn normalize_capability(cap: &str) -> String {
-    let up = cap.trim().to_ascii_uppercase();
-    up.strip_prefix("CAP_").unwrap_or(&up).to_string()
+/// The configuration's spelling rule, so that a score's capability and an
+/// allowed one compare alike.
+pub use agent_config::normalize_capability;
+
+/// Why a container is refused on this device; the message is the status
+/// message, naming the container, the rule and the setting that allows it.
+#[derive(Debug, thiserror::Error)]
+pub enum PolicyError {
+    /// The image reference does not follow the distribution grammar.
+    #[error("container {container}: image reference {image:?} does not parse: {source}")]
+    Image {
+        /// The container's name.
+        container: String,
+        /// The image reference as sent.
+        image: String,
+        /// What is wrong with it.
+        #[source]
+        source: ImageReferenceError,
+    },
+    /// The container asks for more than Baseline and the device does not
+    /// allow it.
+    #[error(
+        "container {container}: {rule} is refused on this device (Pod Security Baseline; allow it with security.{} in the agent's configuration)",
+        rule.setting()
+    )]
+    Refused {
+        /// The container's name.
+        container: String,
+        /// What it asks for.
+        rule: Rule,
+    },
+    /// A bind mount from outside the allowed host directories.
+    #[error(
+        "container {container}: hostPath {path} is not under an allowed host directory (security.allowed_host_paths on the device)"
+    )]
+    HostPath {
+        /// The container's name.
+        container: String,
+        /// The host path as sent.
+        path: String,
+    },
 }
 
-/// Checks one container against the rules; `Err` is the status message.
-pub fn check_container(c: &Container<'_>, allow: &Allowances) -> Result<(), String> {
-    let name = c.name.as_str();
-    let refuse = |rule: &str, setting: &str| {
-        Err(format!(
-            "container {name}: {rule} is refused on this device (Pod Security Baseline; allow it with security.{setting} in the agent's configuration)"
-        ))
+/// What a container asks of the host beyond Baseline.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Rule {
+    /// `privileged: true`.
+    Privileged,
+    /// A host namespace; the field name (`hostNetwork`, `hostPID`, `hostIPC`).
+    HostNamespace(&'static str),
+    /// A capability outside the Baseline set, normalised.
+    Capability(String),
+    /// A device node.
+    Device(String),
+}
+
+impl Rule {
+    /// The setting of the agent's `[security]` section that allows it.
+    pub fn setting(&self) -> &'static str {
+        match self {
+            Rule::Privileged => "allow_privileged = true",
+            Rule::HostNamespace(_) => "allow_host_namespaces = true",
+            Rule::Capability(_) => "allowed_capabilities",
+            Rule::Device(_) => "allowed_devices",
+        }
+    }
+}
+
+impl std::fmt::Display for Rule {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Rule::Privileged => f.write_str("privileged mode"),
+            Rule::HostNamespace(field) => f.write_str(field),
+            Rule::Capability(n) => write!(f, "capability {n} (capAdd, outside the Baseline set)"),
+            Rule::Device(d) => write!(f, "device {d} (devices)"),
+        }
+    }
+}
+
+/// Checks one container against the rules.
+pub fn check_container(c: &Container<'_>, allow: &Allowances) -> Result<(), PolicyError> {
+    let container = || c.name.as_str().to_string();
+    let refuse = |rule: Rule| {
+        Err(PolicyError::Refused {
+            container: container(),
+            rule,
+        })
     };
-    if let Err(e) = check_image_reference(c.image.as_str()) {
-        return Err(format!(
-            "container {name}: image reference {:?} does not parse: {e}",
-            c.image.as_str()
-        ));
+    if let Err(source) = check_image_reference(c.image.as_str()) {
+        return Err(PolicyError::Image {
+            container: container(),
+            image: c.image.as_str().to_string(),
+            source,
+        });
     }
     if c.privileged && !allow.privileged {
-        return refuse("privileged mode", "allow_privileged = true");
+        return refuse(Rule::Privileged);
     }
     for (set, field) in [
         (c.host_network, "hostNetwork"),
@@ -71,7 +146,7 @@ pub fn check_container(c: &Container<'_>, allow: &Allowances) -> Result<(), Stri
         (c.host_ipc, "hostIPC"),
     ] {
         if set && !allow.host_namespaces {
-            return refuse(field, "allow_host_namespaces = true");
+            return refuse(Rule::HostNamespace(field));
         }
     }
     for cap in c.cap_add.iter() {
@@ -79,29 +154,23 @@ pub fn check_container(c: &Container<'_>, allow: &Allowances) -> Result<(), Stri
         if n == "ALL"
             || (!BASELINE_CAPABILITIES.contains(&n.as_str()) && !allow.capabilities.contains(&n))
         {
-            return refuse(
-                &format!("capability {n} (capAdd, outside the Baseline set)"),
-                "allowed_capabilities",
-            );
+            return refuse(Rule::Capability(n));
         }
     }
     for dev in c.devices.iter() {
         let path = Path::new(dev.as_str());
         if !is_normal(path) || !allow.devices.iter().any(|d| d == path) {
-            return refuse(
-                &format!("device {} (devices)", dev.as_str()),
-                "allowed_devices",
-            );
+            return refuse(Rule::Device(dev.as_str().to_string()));
         }
     }
     for v in c.volumes.iter() {
         if let Some(host) = &v.host_path {
             let path = Path::new(host.as_str());
             if !is_normal(path) || !allow.host_paths.iter().any(|a| path.starts_with(a)) {
-                return Err(format!(
-                    "container {name}: hostPath {} is not under an allowed host directory (security.allowed_host_paths on the device)",
-                    host.as_str()
-                ));
+                return Err(PolicyError::HostPath {
+                    container: container(),
+                    path: host.as_str().to_string(),
+                });
             }
         }
     }
@@ -113,10 +182,41 @@ fn is_normal(path: &Path) -> bool {
     path.is_absolute() && !path.components().any(|p| matches!(p, Component::ParentDir))
 }
 
+/// Why an image reference does not follow the distribution grammar.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ImageReferenceError {
+    /// Nothing before the tag or digest.
+    #[error("the name is empty")]
+    EmptyName,
+    /// The name is longer than 255 characters.
+    #[error("the name is {0} characters long; the limit is 255")]
+    NameTooLong(usize),
+    /// The tag has characters the grammar does not allow.
+    #[error("tag {0:?} must be [A-Za-z0-9_][A-Za-z0-9_.-]*")]
+    Tag(String),
+    /// The tag is longer than 128 characters.
+    #[error("the tag is {0} characters long; the limit is 128")]
+    TagTooLong(usize),
+    /// The digest is not `algorithm:hex`.
+    #[error("digest {0:?} must be algorithm:hex")]
+    DigestShape(String),
+    /// The digest's algorithm or hex is not valid.
+    #[error("digest {0:?} is not a valid digest (e.g. sha256:<64 hex>)")]
+    Digest(String),
+    /// The registry part is not a host name with an optional port.
+    #[error("registry {0:?} is not a host name with an optional :port")]
+    Registry(String),
+    /// A path component breaks the grammar.
+    #[error(
+        "path component {0:?} must be lower-case letters and digits, separated by '.', '_', '__' or dashes"
+    )]
+    PathComponent(String),
+}
+
 /// Checks an image reference against the distribution grammar
 /// (github.com/distribution/reference): `[domain[:port]/]path[:tag][@digest]`,
 /// name at most 255 characters, tag at most 128.
-pub fn check_image_reference(s: &str) -> Result<(), String> {
+pub fn check_image_reference(s: &str) -> Result<(), ImageReferenceError> {
     let (rest, digest) = match s.split_once('@') {
         Some((r, d)) => (r, Some(d)),
         None => (s, None),
@@ -133,13 +233,10 @@ pub fn check_image_reference(s: &str) -> Result<(), String> {
         check_tag(t)?;
     }
     if name.is_empty() {
-        return Err("the name is empty".into());
+        return Err(ImageReferenceError::EmptyName);
     }
     if name.len() > 255 {
-        return Err(format!(
-            "the name is {} characters long; the limit is 255",
-            name.len()
-        ));
+        return Err(ImageReferenceError::NameTooLong(name.len()));
     }
     let mut parts: Vec<&str> = name.split('/').collect();
     if parts.len() > 1 {
@@ -158,24 +255,21 @@ pub fn check_image_reference(s: &str) -> Result<(), String> {
     Ok(())
 }
 
-fn check_tag(t: &str) -> Result<(), String> {
+fn check_tag(t: &str) -> Result<(), ImageReferenceError> {
     let word = |b: u8| b.is_ascii_alphanumeric() || b == b'_';
     let b = t.as_bytes();
     if b.is_empty() || !word(b[0]) || !b[1..].iter().all(|&c| word(c) || c == b'.' || c == b'-') {
-        return Err(format!("tag {t:?} must be [A-Za-z0-9_][A-Za-z0-9_.-]*"));
+        return Err(ImageReferenceError::Tag(t.to_string()));
     }
     if t.len() > 128 {
-        return Err(format!(
-            "the tag is {} characters long; the limit is 128",
-            t.len()
-        ));
+        return Err(ImageReferenceError::TagTooLong(t.len()));
     }
     Ok(())
 }
 
-fn check_digest(d: &str) -> Result<(), String> {
+fn check_digest(d: &str) -> Result<(), ImageReferenceError> {
     let Some((alg, hex)) = d.split_once(':') else {
-        return Err(format!("digest {d:?} must be algorithm:hex"));
+        return Err(ImageReferenceError::DigestShape(d.to_string()));
     };
     let alg_ok = !alg.is_empty()
         && alg.split(['+', '.', '-', '_']).all(|c| {
@@ -186,19 +280,13 @@ fn check_digest(d: &str) -> Result<(), String> {
     let sha_ok = alg != "sha256"
         || (hex.len() == 64 && hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')));
     if !alg_ok || !hex_ok || !sha_ok {
-        return Err(format!(
-            "digest {d:?} is not a valid digest (e.g. sha256:<64 hex>)"
-        ));
+        return Err(ImageReferenceError::Digest(d.to_string()));
     }
     Ok(())
 }
 
-fn check_domain(d: &str) -> Result<(), String> {
-    let bad = || {
-        Err(format!(
-            "registry {d:?} is not a host name with an optional :port"
-        ))
-    };
+fn check_domain(d: &str) -> Result<(), ImageReferenceError> {
+    let bad = || Err(ImageReferenceError::Registry(d.to_string()));
     let (host, port) = if let Some(r) = d.strip_prefix('[') {
         // [IPv6]:port
         let Some((ip, after)) = r.split_once(']') else {
@@ -238,12 +326,8 @@ fn check_domain(d: &str) -> Result<(), String> {
     Ok(())
 }
 
-fn check_path_component(p: &str) -> Result<(), String> {
-    let err = || {
-        Err(format!(
-            "path component {p:?} must be lower-case letters and digits, separated by '.', '_', '__' or dashes"
-        ))
-    };
+fn check_path_component(p: &str) -> Result<(), ImageReferenceError> {
+    let err = || Err(ImageReferenceError::PathComponent(p.to_string()));
     let b = p.as_bytes();
     let alnum = |x: u8| x.is_ascii_lowercase() || x.is_ascii_digit();
     if b.is_empty() || !alnum(b[0]) || !alnum(b[b.len() - 1]) {
@@ -315,9 +399,53 @@ mod tests {
         let tag128 = format!("app:{}", "t".repeat(128));
         assert!(check_image_reference(&tag128).is_ok());
         let e = check_image_reference(&long_name).unwrap_err();
-        assert!(e.contains("255"), "{e}");
+        assert_eq!(e, ImageReferenceError::NameTooLong(271));
+        assert!(e.to_string().contains("255"), "{e}");
         let e = check_image_reference(&long_tag).unwrap_err();
-        assert!(e.contains("128"), "{e}");
+        assert!(e.to_string().contains("128"), "{e}");
+    }
+
+    #[test]
+    fn refusals_name_the_container_rule_and_setting() {
+        use protocol::{BoundedMap, BoundedVec, PullPolicy, RestartPolicy, Text};
+        let mut c = Container {
+            name: Text::borrowed("web"),
+            image: Text::borrowed("localhost/x:1"),
+            command: None,
+            args: None,
+            env: BoundedVec::new(),
+            ports: BoundedVec::new(),
+            volumes: BoundedVec::new(),
+            restart_policy: RestartPolicy::Always,
+            pull_policy: PullPolicy::IfNotPresent,
+            labels: BoundedMap::new(),
+            privileged: true,
+            host_network: false,
+            host_pid: false,
+            host_ipc: false,
+            cap_add: BoundedVec::new(),
+            devices: BoundedVec::new(),
+        };
+        let e = check_container(&c, &Allowances::default()).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                PolicyError::Refused {
+                    rule: Rule::Privileged,
+                    ..
+                }
+            ),
+            "{e:?}"
+        );
+        assert_eq!(
+            e.to_string(),
+            "container web: privileged mode is refused on this device (Pod Security Baseline; allow it with security.allow_privileged = true in the agent's configuration)"
+        );
+        c.privileged = false;
+        c.image = Text::borrowed("Nginx");
+        let e = check_container(&c, &Allowances::default()).unwrap_err();
+        assert!(matches!(e, PolicyError::Image { .. }), "{e:?}");
+        assert!(std::error::Error::source(&e).is_some(), "keeps the cause");
     }
 
     #[test]

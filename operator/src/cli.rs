@@ -1,10 +1,14 @@
-//! Command-line options shared by every subcommand that talks to NATS.
+//! The command line's shared parts: the NATS options of every subcommand
+//! that talks to NATS (here) and the `status` table ([`status_table`]).
 
 use std::path::PathBuf;
 
 use clap::Args;
 
 use crate::nats::{Credentials, NatsConfig, TlsConfig};
+
+mod status_table;
+pub use status_table::status_table;
 
 /// How to reach NATS: `--nats-url` and one credential option.
 #[derive(Debug, Clone, Args)]
@@ -85,11 +89,13 @@ impl NatsArgs {
                 password: password.clone(),
             }
         } else if let Some(t) = &self.token {
-            Credentials::Token(t.clone())
+            Credentials::Token { token: t.clone() }
         } else if let Some(p) = &self.nkey {
-            Credentials::NkeyFile(p.clone())
+            Credentials::Nkey {
+                seed_file: p.clone(),
+            }
         } else if let Some(p) = &self.creds {
-            Credentials::CredsFile(p.clone())
+            Credentials::CredsFile { path: p.clone() }
         } else {
             Credentials::None
         };
@@ -132,7 +138,12 @@ mod tests {
         .unwrap();
         let c = t.nats.to_config(false);
         assert_eq!(c.urls, vec!["nats://a:1", "nats://b:2"]);
-        assert_eq!(c.credentials, Credentials::NkeyFile("/k.nk".into()));
+        assert_eq!(
+            c.credentials,
+            Credentials::Nkey {
+                seed_file: "/k.nk".into()
+            }
+        );
         assert_eq!(c.inbox_prefix, "_INBOX.operator");
         assert!(T::try_parse_from(["x", "--nats-nkey", "a", "--nats-creds", "b"]).is_err());
         assert!(T::try_parse_from(["x", "--nats-user", "u"]).is_err());

@@ -211,8 +211,12 @@ pub struct Condition {
     pub last_transition_time: String,
     /// The generation the condition was set for.
     pub observed_generation: Option<i64>,
-    /// Machine-readable reason, PascalCase.
-    pub reason: String,
+    /// Machine-readable reason, by type: Ready: AllTargetsReady or
+    /// TargetsNotReady; Progressing: RollingOut or RolloutComplete; Degraded:
+    /// InvalidSpec, TargetsFailed, TargetsUnreachable or Healthy;
+    /// InvalidScore: ScoreRejected or ScoreValid; Conflict: KeyOwnedElsewhere
+    /// or NoConflict; UnknownScoreType: RoutedAsJson.
+    pub reason: ConditionReason,
     /// Human-readable detail.
     pub message: String,
 }
@@ -227,13 +231,142 @@ pub struct DeviceStatus {
     /// Unsupported, Removed, Completed), or the operator's view: Unknown (no
     /// report yet), Unreachable (heartbeat stale), Conflict (another
     /// Deployment of this name owns the device's key).
-    pub phase: String,
+    pub phase: DevicePhase,
     /// The revision the device reported, 16 hex digits.
     pub revision: Option<String>,
     /// The agent's message, or the operator's explanation.
     pub message: Option<String>,
     /// When the device's status was last written (server time, RFC 3339).
     pub last_report_time: Option<String>,
+}
+
+/// A device's phase in `.status.devices`: the agent's own
+/// ([`protocol::Phase`]) or what the operator concludes without one. Written
+/// as the variant's name, as `phase` always was.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, Hash, JsonSchema)]
+pub enum DevicePhase {
+    /// Received by the agent, not yet acted on.
+    Pending,
+    /// The agent is pulling images.
+    Pulling,
+    /// The agent is creating and starting containers.
+    Starting,
+    /// Every container runs.
+    Running,
+    /// Something failed on the device; the message says what.
+    Failed,
+    /// The score's type is unknown to the agent.
+    Unsupported,
+    /// The deployment was deleted and its containers removed.
+    Removed,
+    /// Every container exited successfully and none will be restarted.
+    Completed,
+    /// The device has not reported for this deployment yet.
+    Unknown,
+    /// The device's heartbeat is stale.
+    Unreachable,
+    /// Another Deployment of this name owns the device's key.
+    Conflict,
+}
+
+impl DevicePhase {
+    /// The name, as written in the status and shown to users.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            DevicePhase::Pending => "Pending",
+            DevicePhase::Pulling => "Pulling",
+            DevicePhase::Starting => "Starting",
+            DevicePhase::Running => "Running",
+            DevicePhase::Failed => "Failed",
+            DevicePhase::Unsupported => "Unsupported",
+            DevicePhase::Removed => "Removed",
+            DevicePhase::Completed => "Completed",
+            DevicePhase::Unknown => "Unknown",
+            DevicePhase::Unreachable => "Unreachable",
+            DevicePhase::Conflict => "Conflict",
+        }
+    }
+}
+
+impl From<protocol::Phase> for DevicePhase {
+    fn from(phase: protocol::Phase) -> Self {
+        use protocol::Phase;
+        match phase {
+            Phase::Pending => DevicePhase::Pending,
+            Phase::Pulling => DevicePhase::Pulling,
+            Phase::Starting => DevicePhase::Starting,
+            Phase::Running => DevicePhase::Running,
+            Phase::Failed => DevicePhase::Failed,
+            Phase::Unsupported => DevicePhase::Unsupported,
+            Phase::Removed => DevicePhase::Removed,
+            Phase::Completed => DevicePhase::Completed,
+        }
+    }
+}
+
+impl std::fmt::Display for DevicePhase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Why a condition has its status; the variant's name is what is written.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, Hash, JsonSchema)]
+pub enum ConditionReason {
+    /// Ready is True: every target runs the current revision.
+    AllTargetsReady,
+    /// Ready is False: some targets do not run the current revision, or the
+    /// spec cannot be written.
+    TargetsNotReady,
+    /// Progressing is True: some targets do not report the current revision.
+    RollingOut,
+    /// Progressing is False: every target reports the current revision.
+    RolloutComplete,
+    /// Degraded is True: the spec cannot be written.
+    InvalidSpec,
+    /// Degraded is True: some targets failed at the current revision.
+    TargetsFailed,
+    /// Degraded is True: some targets' heartbeats are stale.
+    TargetsUnreachable,
+    /// Degraded is False.
+    Healthy,
+    /// InvalidScore is True: the score does not fit its type.
+    ScoreRejected,
+    /// InvalidScore is False.
+    ScoreValid,
+    /// Conflict is False.
+    NoConflict,
+    /// Conflict is True: another Deployment of this name owns some targets' keys.
+    KeyOwnedElsewhere,
+    /// UnknownScoreType is True: the score is routed to the devices as JSON.
+    RoutedAsJson,
+}
+
+impl ConditionReason {
+    /// The name, as written in the condition.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            ConditionReason::AllTargetsReady => "AllTargetsReady",
+            ConditionReason::TargetsNotReady => "TargetsNotReady",
+            ConditionReason::RollingOut => "RollingOut",
+            ConditionReason::RolloutComplete => "RolloutComplete",
+            ConditionReason::InvalidSpec => "InvalidSpec",
+            ConditionReason::TargetsFailed => "TargetsFailed",
+            ConditionReason::TargetsUnreachable => "TargetsUnreachable",
+            ConditionReason::Healthy => "Healthy",
+            ConditionReason::ScoreRejected => "ScoreRejected",
+            ConditionReason::ScoreValid => "ScoreValid",
+            ConditionReason::NoConflict => "NoConflict",
+            ConditionReason::KeyOwnedElsewhere => "KeyOwnedElsewhere",
+            ConditionReason::RoutedAsJson => "RoutedAsJson",
+        }
+    }
+}
+
+impl std::fmt::Display for ConditionReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// A revision as shown to humans: 16 lowercase hex digits.

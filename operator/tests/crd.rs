@@ -194,6 +194,48 @@ fn schema_shape() {
     assert_eq!(paths, ["", "spec.score.type", "spec.targetDevices[]"]);
 }
 
+/// The phases and reasons are enums in the schema, written as the same
+/// strings as when they were free text, so statuses written before read back.
+#[test]
+fn phases_and_reasons_are_documented_enums() {
+    use operator::crd::{ConditionReason, DevicePhase, DeviceStatus};
+    let s = schema();
+    let status = &s["properties"]["status"]["properties"];
+    let phases = &status["devices"]["items"]["properties"]["phase"]["enum"];
+    for p in ["Running", "Failed", "Conflict", "Unknown", "Unreachable"] {
+        assert!(
+            phases.as_array().unwrap().contains(&json!(p)),
+            "{p}: {phases}"
+        );
+    }
+    let reasons = &status["conditions"]["items"]["properties"]["reason"]["enum"];
+    for r in ["AllTargetsReady", "KeyOwnedElsewhere", "RoutedAsJson"] {
+        assert!(
+            reasons.as_array().unwrap().contains(&json!(r)),
+            "{r}: {reasons}"
+        );
+    }
+    assert_eq!(json!(DevicePhase::Unreachable), json!("Unreachable"));
+    assert_eq!(
+        json!(DevicePhase::from(protocol::Phase::Completed)),
+        json!(protocol::Phase::Completed.as_str())
+    );
+    assert_eq!(
+        json!(ConditionReason::TargetsFailed),
+        json!("TargetsFailed")
+    );
+    let written: DeviceStatus = serde_json::from_value(json!({
+        "device": "a", "phase": "Conflict", "revision": null,
+        "message": "the key a.web belongs to other/web", "lastReportTime": null
+    }))
+    .unwrap();
+    assert_eq!(written.phase, DevicePhase::Conflict);
+    assert!(
+        serde_json::from_value::<DeviceStatus>(json!({"device": "a", "phase": "Sleeping"}))
+            .is_err()
+    );
+}
+
 #[test]
 fn score_type_rule() {
     let (rule, message) = only_rule("spec.score.type");

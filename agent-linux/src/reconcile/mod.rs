@@ -1,0 +1,721 @@
+//! One deployment's reconciler: makes the runtime's containers match the
+//! deployment's desired state, reports status, and retries failures with
+//! back-off until a newer desired state (or a delete) arrives.
+//!
+//! Level-triggered: every pass lists what exists and recomputes what to do,
+//! so a crash at any point is repaired by the next pass, and a container
+//! whose spec hash is unchanged is never touched.
+//!
+//! Here: the pass loop, `apply` and `remove`. [`spec`]: the desired state
+//! decoded and checked, and each container's runtime spec. [`replace`]:
+//! one container brought to its spec, replacing an older one. [`status`]:
+//! what a pass reports.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::rc::Rc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use protocol::{DeploymentStatus, Phase, PodmanV0Score};
+use tokio::sync::{mpsc, watch};
+
+use crate::backoff::Backoff;
+use crate::config::ReplaceOrder;
+use crate::podman::{ManagedContainer, Runtime, labels};
+use crate::policy::Allowances;
+
+pub mod replace;
+pub mod spec;
+mod status;
+
+pub use replace::{NotRestarted, ReplaceError};
+pub use spec::SpecError;
+use status::{report, simple_status};
+
+/// What a deployment's reconciler is asked to reach.
+#[derive(Debug, Clone, Default)]
+pub struct Target {
+    /// The raw desired-state value; `None` once the deployment is deleted.
+    pub value: Option<Bytes>,
+    /// Bumped to ask for a fresh pass (a runtime event, a resync).
+    pub nudge: u64,
+}
+
+/// A status report for the status writer.
+pub type StatusReport = (String, DeploymentStatus<'static>);
+
+/// What every reconciler shares.
+pub struct Context<R> {
+    /// The container runtime.
+    pub runtime: Rc<R>,
+    /// This device's id.
+    pub device_id: String,
+    /// Seconds between SIGTERM and SIGKILL when stopping containers.
+    pub stop_timeout_secs: u64,
+    /// Whether replacements start before or after the old container stops.
+    pub replace_order: ReplaceOrder,
+    /// This device's security policy: what scores may ask of the host
+    /// beyond the Pod Security Baseline (see [`crate::policy`]).
+    pub policy: Allowances,
+    /// Where status reports go.
+    pub status: mpsc::UnboundedSender<StatusReport>,
+    /// First and largest retry delay.
+    pub retry_base: Duration,
+    /// Largest retry delay.
+    pub retry_cap: Duration,
+}
+
+/// Milliseconds since the Unix epoch (device clock).
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// How a pass ended.
+enum Outcome {
+    /// Nothing more to do until something changes.
+    Settled,
+    /// A transient failure: try again after a back-off.
+    Retry,
+}
+
+/// What a reconciler remembers from one pass to the next.
+#[derive(Debug, Default)]
+struct Memory {
+    /// The revision of the last desired state decoded. A removal reports
+    /// it: a container's label keeps the revision that created it, which
+    /// may be older, and nothing is left to read once the containers are
+    /// gone.
+    revision: u64,
+    /// Whether `Removed` was reported since the deployment was deleted.
+    /// The removal's own runtime events nudge the reconciler again, and
+    /// those passes find nothing left and have nothing new to say.
+    removed: bool,
+}
+
+/// Runs one deployment's reconciler until the target channel closes.
+pub async fn run<R: Runtime>(
+    ctx: Rc<Context<R>>,
+    deployment: String,
+    mut rx: watch::Receiver<Target>,
+) {
+    let mut backoff = Backoff::new(ctx.retry_base, ctx.retry_cap);
+    let mut last_value: Option<Bytes> = None;
+    let mut memory = Memory::default();
+    loop {
+        let target = rx.borrow_and_update().clone();
+        if target.value != last_value {
+            backoff.reset();
+            last_value = target.value.clone();
+        }
+        let outcome = match &target.value {
+            Some(value) => apply(&ctx, &deployment, value, &mut memory).await,
+            None => remove(&ctx, &deployment, &mut memory).await,
+        };
+        match outcome {
+            Outcome::Settled => {
+                if rx.changed().await.is_err() {
+                    return;
+                }
+            }
+            Outcome::Retry => {
+                let delay = backoff.next_delay();
+                crate::debug!("{deployment}: retrying in {delay:?}");
+                tokio::select! {
+                    changed = rx.changed() => if changed.is_err() { return },
+                    () = tokio::time::sleep(delay) => {}
+                }
+            }
+        }
+    }
+}
+
+/// Removes every container of a deleted deployment and reports `Removed`
+/// at its last known revision, once.
+async fn remove<R: Runtime>(ctx: &Context<R>, deployment: &str, memory: &mut Memory) -> Outcome {
+    let existing = match list_deployment(ctx, deployment).await {
+        Ok(c) => c,
+        Err(e) => {
+            crate::warn!("{deployment}: cannot list containers to remove: {e}");
+            return Outcome::Retry;
+        }
+    };
+    if existing.is_empty() && memory.removed {
+        return Outcome::Settled;
+    }
+    // A reconciler started after the delete (an agent restart) knows only
+    // the labels.
+    let revision = existing
+        .iter()
+        .filter_map(|c| c.label(labels::REVISION).parse::<u64>().ok())
+        .fold(memory.revision, u64::max);
+    memory.revision = revision;
+    for c in &existing {
+        if let Err(e) = ctx.runtime.remove(&c.id, ctx.stop_timeout_secs).await {
+            crate::warn!("{deployment}: cannot remove {}: {e}", c.name);
+            report(
+                ctx,
+                deployment,
+                simple_status(
+                    revision,
+                    Phase::Failed,
+                    &format!("removing {}: {e}", c.name),
+                ),
+            );
+            return Outcome::Retry;
+        }
+        crate::info!("{deployment}: removed {}", c.name);
+    }
+    report(ctx, deployment, simple_status(revision, Phase::Removed, ""));
+    memory.removed = true;
+    Outcome::Settled
+}
+
+async fn list_deployment<R: Runtime>(
+    ctx: &Context<R>,
+    deployment: &str,
+) -> Result<Vec<ManagedContainer>, crate::podman::RuntimeError> {
+    Ok(ctx
+        .runtime
+        .list_managed(&ctx.device_id)
+        .await?
+        .into_iter()
+        .filter(|c| c.label(labels::DEPLOYMENT) == deployment)
+        .collect())
+}
+
+/// Applies a desired-state value: checks it, brings every container of its
+/// score up, removes the containers no longer in it, reports, and only
+/// then retires the containers that were replaced.
+async fn apply<R: Runtime>(
+    ctx: &Context<R>,
+    deployment: &str,
+    value: &[u8],
+    memory: &mut Memory,
+) -> Outcome {
+    memory.removed = false;
+    let desired = match spec::decode(value) {
+        Ok(d) => d,
+        Err(e) => return reject(ctx, deployment, 0, &e),
+    };
+    let revision = desired.revision;
+    memory.revision = revision;
+    let score = match spec::score(deployment, &desired, &ctx.policy) {
+        Ok(s) => s,
+        Err(e) => return reject(ctx, deployment, revision, &e),
+    };
+    let existing = match list_deployment(ctx, deployment).await {
+        Ok(c) => c,
+        Err(e) => {
+            report(
+                ctx,
+                deployment,
+                simple_status(revision, Phase::Pending, &format!("container runtime: {e}")),
+            );
+            return Outcome::Retry;
+        }
+    };
+    let mut pass = bring_up(ctx, deployment, revision, &score, &existing).await;
+    remove_dropped(ctx, deployment, &score, &existing, &mut pass.failure).await;
+    let (status, outcome) =
+        status::of_pass(ctx, revision, &score.containers, &pass.ids, pass.failure).await;
+    report(ctx, deployment, status);
+    // The new containers run under their names and say so; only now retire
+    // their predecessors. A failure here is repaired by the next pass, which
+    // finds the leftovers (and reports Failed if they cannot go).
+    for leftover in &pass.leftovers {
+        if let Err(e) = replace::retire(ctx, deployment, leftover).await {
+            crate::warn!("{deployment}: {e}");
+            return Outcome::Retry;
+        }
+    }
+    outcome
+}
+
+/// Reports a desired state that is not applied; settled until a new value.
+fn reject<R>(ctx: &Context<R>, deployment: &str, revision: u64, e: &SpecError<'_>) -> Outcome {
+    match e {
+        SpecError::Undecodable(_) => {
+            crate::warn!("{deployment}: undecodable desired state: {e}");
+        }
+        SpecError::Refused(_) => crate::warn!("{deployment}: refused: {e}"),
+        SpecError::Score(protocol::ScoreError::Unsupported { .. }) => {
+            crate::warn!("{deployment}: {e}");
+        }
+        SpecError::WrongKey { .. } | SpecError::Score(_) => {}
+    }
+    report(
+        ctx,
+        deployment,
+        simple_status(revision, e.phase(), &e.to_string()),
+    );
+    Outcome::Settled
+}
+
+/// What bringing a score's containers up left.
+struct BroughtUp {
+    /// Container name in the score -> the id now running it.
+    ids: BTreeMap<String, String>,
+    /// The replaced containers to remove after the report.
+    leftovers: Vec<replace::Leftover>,
+    /// The first failure, as the status message.
+    failure: Option<String>,
+}
+
+/// Brings every container of the score to its spec.
+async fn bring_up<R: Runtime>(
+    ctx: &Context<R>,
+    deployment: &str,
+    revision: u64,
+    score: &PodmanV0Score<'_>,
+    existing: &[ManagedContainer],
+) -> BroughtUp {
+    // The containers of a score are independent (distinct names, and host
+    // ports that could clash would clash anyway): bring them up at once
+    // rather than one Podman round trip chain after the other.
+    let results = futures::future::join_all(
+        score
+            .containers
+            .iter()
+            .map(|c| replace::ensure_container(ctx, deployment, revision, c, existing)),
+    )
+    .await;
+    let mut up = BroughtUp {
+        ids: BTreeMap::new(),
+        leftovers: Vec::new(),
+        failure: None,
+    };
+    for (c, result) in score.containers.iter().zip(results) {
+        match result {
+            Ok((id, leftover)) => {
+                up.ids.insert(c.name.to_string(), id);
+                up.leftovers.extend(leftover);
+            }
+            Err(e) => {
+                crate::warn!("{deployment}: container {}: {e}", c.name.as_str());
+                up.failure
+                    .get_or_insert(format!("container {}: {e}", c.name.as_str()));
+            }
+        }
+    }
+    up
+}
+
+/// Removes the containers of this deployment no longer in the score; the
+/// first that cannot go becomes the pass's failure, if it has none.
+async fn remove_dropped<R: Runtime>(
+    ctx: &Context<R>,
+    deployment: &str,
+    score: &PodmanV0Score<'_>,
+    existing: &[ManagedContainer],
+    failure: &mut Option<String>,
+) {
+    let wanted: BTreeSet<&str> = score.containers.iter().map(|c| c.name.as_str()).collect();
+    for old in existing {
+        if !wanted.contains(old.label(labels::CONTAINER)) {
+            match ctx.runtime.remove(&old.id, ctx.stop_timeout_secs).await {
+                Ok(()) => crate::info!(
+                    "{deployment}: removed {} (no longer in the score)",
+                    old.name
+                ),
+                Err(e) => {
+                    failure.get_or_insert(format!("removing {}: {e}", old.name));
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::spec::{check_policy, create_spec};
+    use super::status::map_state;
+    use super::*;
+    use crate::testing::MemoryRuntime;
+    use protocol::{
+        BoundedMap, BoundedVec, Container, ContainerState, DesiredState, IotScore, PortProtocol,
+        PullPolicy, RestartPolicy, Text, Volume,
+    };
+
+    fn with_host_path(p: &'static str) -> Container<'static> {
+        Container {
+            name: Text::borrowed("c"),
+            image: Text::borrowed("localhost/x:1"),
+            command: None,
+            args: None,
+            env: BoundedVec::new(),
+            ports: BoundedVec::new(),
+            volumes: BoundedVec::try_from_iter([Volume {
+                name: None,
+                host_path: Some(Text::borrowed(p)),
+                mount_path: Text::borrowed("/data"),
+                read_only: false,
+            }])
+            .unwrap(),
+            restart_policy: RestartPolicy::Always,
+            pull_policy: PullPolicy::IfNotPresent,
+            labels: BoundedMap::new(),
+            privileged: false,
+            host_network: false,
+            host_pid: false,
+            host_ipc: false,
+            cap_add: BoundedVec::new(),
+            devices: BoundedVec::new(),
+        }
+    }
+
+    #[test]
+    fn host_paths_must_be_under_an_allowed_directory() {
+        let allowed = Allowances {
+            host_paths: vec![std::path::PathBuf::from("/srv")],
+            ..Allowances::default()
+        };
+        assert!(check_policy(&allowed, &[with_host_path("/srv")]).is_ok());
+        assert!(check_policy(&allowed, &[with_host_path("/srv/web/data")]).is_ok());
+        for bad in ["/srv2", "/etc", "/srv/../etc", "/"] {
+            let e = check_policy(&allowed, &[with_host_path(bad)]).unwrap_err();
+            assert!(
+                matches!(&e, crate::policy::PolicyError::HostPath { path, .. } if path == bad),
+                "{e:?}"
+            );
+            let e = e.to_string();
+            assert!(e.contains("allowed_host_paths") && e.contains(bad), "{e}");
+        }
+        assert!(check_policy(&Allowances::default(), &[with_host_path("/srv")]).is_err());
+    }
+
+    type Statuses = mpsc::UnboundedReceiver<StatusReport>;
+
+    fn context(order: ReplaceOrder) -> (Rc<Context<MemoryRuntime>>, Statuses) {
+        context_with(order, Allowances::default())
+    }
+
+    fn context_with(
+        order: ReplaceOrder,
+        policy: Allowances,
+    ) -> (Rc<Context<MemoryRuntime>>, Statuses) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let ctx = Context {
+            runtime: Rc::new(MemoryRuntime::recording()),
+            device_id: "dev".into(),
+            stop_timeout_secs: 10,
+            replace_order: order,
+            policy,
+            status: tx,
+            retry_base: Duration::from_millis(1),
+            retry_cap: Duration::from_millis(1),
+        };
+        (Rc::new(ctx), rx)
+    }
+
+    fn sleeper(tag: &'static str) -> Container<'static> {
+        let mut c = with_host_path("/unused");
+        c.volumes = BoundedVec::new();
+        c.env = BoundedVec::try_from_iter([protocol::EnvVar {
+            name: Text::borrowed("TAG"),
+            value: Text::borrowed(tag),
+        }])
+        .unwrap();
+        c
+    }
+
+    fn with_host_port(tag: &'static str) -> Container<'static> {
+        let mut c = sleeper(tag);
+        c.ports = BoundedVec::try_from_iter([protocol::Port {
+            container_port: 80,
+            host_port: Some(8080),
+            protocol: PortProtocol::Tcp,
+            host_ip: None,
+        }])
+        .unwrap();
+        c
+    }
+
+    fn value(revision: u64, c: Container<'static>) -> Vec<u8> {
+        let score = IotScore::PodmanV0(protocol::PodmanV0Score {
+            containers: BoundedVec::try_from_iter([c]).unwrap(),
+        });
+        protocol::wire::encode_to_vec(&DesiredState {
+            deployment: Text::borrowed("web"),
+            revision,
+            score: score.to_payload().unwrap(),
+        })
+        .unwrap()
+    }
+
+    /// Applies `revision` and returns the last status reported.
+    async fn apply_rev(
+        ctx: &Context<MemoryRuntime>,
+        rx: &mut Statuses,
+        revision: u64,
+        c: Container<'static>,
+    ) -> DeploymentStatus<'static> {
+        let _ = apply(ctx, "web", &value(revision, c), &mut Memory::default()).await;
+        let mut last = None;
+        while let Ok((_, s)) = rx.try_recv() {
+            last = Some(s);
+        }
+        last.unwrap()
+    }
+
+    const NAME: &str = "dev_web_c";
+
+    fn hash(c: &Container<'_>) -> String {
+        format!("{:016x}", protocol::wire::hash_of(c))
+    }
+
+    /// The name a replacement by `c` is created under while the old
+    /// container holds [`NAME`].
+    fn temp_name(c: &Container<'_>) -> String {
+        format!("{NAME}-{}", hash(c))
+    }
+
+    /// The calls that end a replacement: the old container moves aside,
+    /// the new one (under `temp`) takes the name, the old one goes.
+    fn handover_calls(temp: &str) -> Vec<String> {
+        vec![
+            format!("rename {NAME} {NAME}-old-id1"),
+            format!("rename {temp} {NAME}"),
+            format!("remove {NAME}-old-id1"),
+        ]
+    }
+
+    /// Where every replacement test starts: revision 1 runs, created and
+    /// started under its name, and its calls are taken.
+    struct Replacing {
+        order: ReplaceOrder,
+        ctx: Rc<Context<MemoryRuntime>>,
+        rx: Statuses,
+        /// The containers at revision 1.
+        before: Vec<(String, String, String)>,
+    }
+
+    impl Replacing {
+        async fn new(order: ReplaceOrder, first: Container<'static>) -> Self {
+            let (ctx, mut rx) = context(order);
+            let s = apply_rev(&ctx, &mut rx, 1, first).await;
+            assert_eq!((s.phase, s.revision), (Phase::Running, 1), "{order:?}");
+            assert_eq!(
+                ctx.runtime.take_calls(),
+                [format!("create {NAME}"), format!("start {NAME}")],
+                "{order:?}"
+            );
+            let before = ctx.runtime.snapshot();
+            Replacing {
+                order,
+                ctx,
+                rx,
+                before,
+            }
+        }
+
+        /// Applies `c` as revision 2; the last status reported.
+        async fn apply(&mut self, c: Container<'static>) -> DeploymentStatus<'static> {
+            apply_rev(&self.ctx, &mut self.rx, 2, c).await
+        }
+
+        /// The calls since the last time.
+        fn calls(&self) -> Vec<String> {
+            self.ctx.runtime.take_calls()
+        }
+
+        /// Only revision 2 is left, running under the container's name.
+        fn assert_replaced(&self) {
+            assert_eq!(
+                self.ctx.runtime.snapshot(),
+                [(NAME.to_string(), "running".to_string(), "2".to_string())],
+                "{:?}",
+                self.order
+            );
+        }
+
+        /// Revision 1 is as it was.
+        fn assert_untouched(&self) {
+            assert_eq!(self.ctx.runtime.snapshot(), self.before, "{:?}", self.order);
+        }
+    }
+
+    #[tokio::test]
+    async fn each_context_applies_its_own_policy() {
+        let (strict, mut strict_rx) = context(ReplaceOrder::StartFirst);
+        let (loose, mut loose_rx) = context_with(
+            ReplaceOrder::StartFirst,
+            Allowances {
+                privileged: true,
+                ..Allowances::default()
+            },
+        );
+        let mut c = sleeper("1");
+        c.privileged = true;
+        let s = apply_rev(&strict, &mut strict_rx, 1, c.clone()).await;
+        assert_eq!(s.phase, Phase::Failed);
+        assert!(
+            s.message.contains("allow_privileged"),
+            "{}",
+            s.message.as_str()
+        );
+        assert!(strict.runtime.snapshot().is_empty());
+        let s = apply_rev(&loose, &mut loose_rx, 1, c).await;
+        assert_eq!(s.phase, Phase::Running);
+        assert_eq!(loose.runtime.snapshot().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn replacement_starts_before_the_old_container_stops() {
+        let mut r = Replacing::new(ReplaceOrder::StartFirst, sleeper("1")).await;
+        let s = r.apply(sleeper("2")).await;
+        assert_eq!((s.phase, s.revision), (Phase::Running, 2));
+        let temp = temp_name(&sleeper("2"));
+        let started = vec![format!("create {temp}"), format!("start {temp}")];
+        assert_eq!(r.calls(), [started, handover_calls(&temp)].concat());
+        r.assert_replaced();
+    }
+
+    #[tokio::test]
+    async fn a_host_port_or_stop_first_stops_the_old_container_first() {
+        for (order, make) in [
+            (
+                ReplaceOrder::StartFirst,
+                with_host_port as fn(&'static str) -> Container<'static>,
+            ),
+            (ReplaceOrder::StopFirst, sleeper),
+        ] {
+            let mut r = Replacing::new(order, make("1")).await;
+            let s = r.apply(make("2")).await;
+            assert_eq!((s.phase, s.revision), (Phase::Running, 2), "{order:?}");
+            let temp = temp_name(&make("2"));
+            let started = vec![
+                format!("create {temp}"),
+                format!("stop {NAME}"),
+                format!("start {temp}"),
+            ];
+            assert_eq!(
+                r.calls(),
+                [started, handover_calls(&temp)].concat(),
+                "{order:?}"
+            );
+            r.assert_replaced();
+        }
+    }
+
+    #[tokio::test]
+    async fn a_replacement_that_cannot_be_created_leaves_the_old_one_running() {
+        for order in [ReplaceOrder::StartFirst, ReplaceOrder::StopFirst] {
+            let mut r = Replacing::new(order, sleeper("1")).await;
+            r.ctx.runtime.fail_create.set(true);
+            let s = r.apply(sleeper("2")).await;
+            assert_eq!((s.phase, s.revision), (Phase::Failed, 2), "{order:?}");
+            assert!(
+                s.message.contains("cannot create"),
+                "{}",
+                s.message.as_str()
+            );
+            r.assert_untouched();
+            assert!(
+                r.calls().iter().all(|c| c.starts_with("create")),
+                "{order:?}: the old container was touched"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn a_replacement_that_cannot_start_is_removed_and_the_old_one_runs_again() {
+        for (order, make) in [
+            (
+                ReplaceOrder::StartFirst,
+                sleeper as fn(&'static str) -> Container<'static>,
+            ),
+            (ReplaceOrder::StartFirst, with_host_port),
+            (ReplaceOrder::StopFirst, sleeper),
+        ] {
+            let mut r = Replacing::new(order, make("1")).await;
+            r.ctx.runtime.fail_start_revision.set(Some(2));
+            let s = r.apply(make("2")).await;
+            assert_eq!((s.phase, s.revision), (Phase::Failed, 2), "{order:?}");
+            assert!(
+                s.message.contains("executable file not found"),
+                "{}",
+                s.message.as_str()
+            );
+            r.assert_untouched();
+            // Once the cause is gone, the retry replaces it.
+            r.ctx.runtime.fail_start_revision.set(None);
+            let s = r.apply(make("2")).await;
+            assert_eq!((s.phase, s.revision), (Phase::Running, 2), "{order:?}");
+            r.assert_replaced();
+        }
+    }
+
+    #[tokio::test]
+    async fn an_interrupted_replacement_is_finished_without_a_new_container() {
+        let mut r = Replacing::new(ReplaceOrder::StartFirst, sleeper("1")).await;
+        // As if the agent died after starting the replacement: both run,
+        // the new one under its temporary name.
+        let temp = temp_name(&sleeper("2"));
+        let spec = create_spec(
+            &r.ctx,
+            "web",
+            2,
+            &sleeper("2"),
+            temp.clone(),
+            hash(&sleeper("2")),
+        );
+        let id = r.ctx.runtime.create(&spec).await.unwrap();
+        r.ctx.runtime.start(&id).await.unwrap();
+        r.calls();
+        let s = r.apply(sleeper("2")).await;
+        assert_eq!((s.phase, s.revision), (Phase::Running, 2));
+        assert_eq!(r.calls(), handover_calls(&temp));
+        r.assert_replaced();
+    }
+
+    /// Receives the next status report, failing after a generous bound.
+    async fn next_status(rx: &mut Statuses) -> (Phase, u64) {
+        let (_, s) = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+            .await
+            .expect("a status report")
+            .expect("the reconciler is running");
+        (s.phase, s.revision)
+    }
+
+    #[tokio::test]
+    async fn a_deleted_deployment_reports_removed_once_at_its_last_revision() {
+        let (ctx, mut rx) = context(ReplaceOrder::StartFirst);
+        // The same spec at both revisions: the container keeps the
+        // revision label 1 that created it.
+        let at = |revision: u64| Some(Bytes::from(value(revision, sleeper("1"))));
+        let (tx, targets) = watch::channel(Target {
+            value: at(1),
+            nudge: 0,
+        });
+        let driver = async {
+            assert_eq!(next_status(&mut rx).await, (Phase::Running, 1));
+            tx.send_modify(|t| t.value = at(2));
+            assert_eq!(next_status(&mut rx).await, (Phase::Running, 2));
+            tx.send_modify(|t| t.value = None);
+            assert_eq!(next_status(&mut rx).await, (Phase::Removed, 2));
+            // Podman's events for the removal nudge the reconciler; closing
+            // the channel after the nudge ends it once that pass is done.
+            tx.send_modify(|t| t.nudge += 1);
+            drop(tx);
+        };
+        tokio::join!(run(ctx.clone(), "web".into(), targets), driver);
+        let mut after = Vec::new();
+        while let Ok((_, s)) = rx.try_recv() {
+            after.push((s.phase, s.revision));
+        }
+        assert_eq!(after, [], "reported again after Removed");
+        assert!(ctx.runtime.snapshot().is_empty());
+    }
+
+    #[test]
+    fn podman_states() {
+        assert_eq!(map_state("running"), ContainerState::Running);
+        assert_eq!(map_state("configured"), ContainerState::Created);
+        assert_eq!(map_state("exited"), ContainerState::Exited);
+        assert_eq!(map_state("something-new"), ContainerState::Unknown);
+    }
+}

@@ -1,0 +1,308 @@
+//! The last report of every device, kept current by watches on the
+//! `device-status` and `device-heartbeat` buckets.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::jiff::Timestamp;
+use protocol::keys::{DEVICE_HEARTBEAT_BUCKET, DEVICE_STATUS_BUCKET};
+use protocol::{DeploymentKey, Heartbeat};
+use tokio::sync::mpsc;
+
+use crate::nats::{Nats, NatsError};
+
+/// A device's last status for one deployment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Report {
+    /// The status as the agent wrote it.
+    pub status: protocol::DeploymentStatus<'static>,
+    /// When the server stored it, nanoseconds since the Unix epoch.
+    pub stored_at_ns: i128,
+}
+
+/// A device's last heartbeat.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HeartbeatSeen {
+    /// The heartbeat.
+    pub heartbeat: Heartbeat<'static>,
+    /// When the server stored it, nanoseconds since the Unix epoch.
+    pub stored_at_ns: i128,
+}
+
+/// Something a reconcile should look at again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    /// A status for this deployment name changed.
+    Deployment(String),
+    /// This device's heartbeat appeared after being absent or stale.
+    Device(String),
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    /// deployment name -> device -> report.
+    reports: HashMap<String, HashMap<String, Report>>,
+    heartbeats: HashMap<String, HeartbeatSeen>,
+}
+
+/// The last reports of every device, shared by the watches and reconciles.
+#[derive(Debug)]
+pub struct StatusCache {
+    inner: RwLock<Inner>,
+    changes: Option<mpsc::UnboundedSender<Change>>,
+    heartbeat_timeout: Duration,
+}
+
+impl StatusCache {
+    /// An empty cache that sends a [`Change`] for every update.
+    pub fn new(heartbeat_timeout: Duration) -> (Arc<StatusCache>, mpsc::UnboundedReceiver<Change>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let cache = StatusCache {
+            inner: RwLock::default(),
+            changes: Some(tx),
+            heartbeat_timeout,
+        };
+        (Arc::new(cache), rx)
+    }
+
+    /// An empty cache that notifies nobody.
+    pub fn detached(heartbeat_timeout: Duration) -> Arc<StatusCache> {
+        Arc::new(StatusCache {
+            inner: RwLock::default(),
+            changes: None,
+            heartbeat_timeout,
+        })
+    }
+
+    /// How old a heartbeat may be before its device counts as unreachable.
+    pub fn heartbeat_timeout(&self) -> Duration {
+        self.heartbeat_timeout
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Inner> {
+        self.inner.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, Inner> {
+        self.inner.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn notify(&self, change: Change) {
+        if let Some(tx) = &self.changes {
+            let _ = tx.send(change);
+        }
+    }
+
+    /// Takes in one record of the status bucket. Undecodable values are
+    /// dropped with a warning; keys that are not `<device>.<deployment>`
+    /// are ignored.
+    pub fn ingest_status(&self, key: &str, value: &[u8], deleted: bool, stored_at_ns: i128) {
+        let Ok(k) = DeploymentKey::parse(key) else {
+            tracing::debug!(
+                key,
+                "ignoring a status key that is not <device>.<deployment>"
+            );
+            return;
+        };
+        let (device, deployment) = (k.device_id().to_string(), k.deployment().to_string());
+        if deleted {
+            let mut inner = self.write();
+            if let Some(m) = inner.reports.get_mut(&deployment) {
+                m.remove(&device);
+            }
+        } else {
+            let status = match protocol::wire::decode::<protocol::DeploymentStatus<'_>>(value) {
+                Ok(s) => s.into_owned(),
+                Err(e) => {
+                    tracing::warn!(key, error = %e, "undecodable status report ignored");
+                    return;
+                }
+            };
+            self.write()
+                .reports
+                .entry(deployment.clone())
+                .or_default()
+                .insert(
+                    device,
+                    Report {
+                        status,
+                        stored_at_ns,
+                    },
+                );
+        }
+        self.notify(Change::Deployment(deployment));
+    }
+
+    /// Takes in one record of the heartbeat bucket.
+    pub fn ingest_heartbeat(&self, key: &str, value: &[u8], deleted: bool, stored_at_ns: i128) {
+        if protocol::keys::validate_device_id(key).is_err() {
+            tracing::debug!(key, "ignoring a heartbeat key that is not a device id");
+            return;
+        }
+        let now = now_ns();
+        let was_fresh = self
+            .read()
+            .heartbeats
+            .get(key)
+            .is_some_and(|h| !is_stale(h.stored_at_ns, now, self.heartbeat_timeout));
+        if deleted {
+            self.write().heartbeats.remove(key);
+            return;
+        }
+        let heartbeat = match protocol::wire::decode::<Heartbeat<'_>>(value) {
+            Ok(h) => h.into_owned(),
+            Err(e) => {
+                tracing::warn!(key, error = %e, "undecodable heartbeat ignored");
+                return;
+            }
+        };
+        self.write().heartbeats.insert(
+            key.to_string(),
+            HeartbeatSeen {
+                heartbeat,
+                stored_at_ns,
+            },
+        );
+        if !was_fresh {
+            self.notify(Change::Device(key.to_string()));
+        }
+    }
+
+    /// The last report of `device` for `deployment`.
+    pub fn report(&self, device: &str, deployment: &str) -> Option<Report> {
+        self.read()
+            .reports
+            .get(deployment)
+            .and_then(|m| m.get(device))
+            .cloned()
+    }
+
+    /// Every report for `deployment`, by device.
+    pub fn reports_for(&self, deployment: &str) -> HashMap<String, Report> {
+        self.read()
+            .reports
+            .get(deployment)
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// Every deployment name with at least one report.
+    pub fn deployments(&self) -> Vec<String> {
+        let mut v: Vec<String> = self.read().reports.keys().cloned().collect();
+        v.sort();
+        v
+    }
+
+    /// The last heartbeat of `device`.
+    pub fn heartbeat(&self, device: &str) -> Option<HeartbeatSeen> {
+        self.read().heartbeats.get(device).cloned()
+    }
+
+    /// Devices whose heartbeat is fresh right now.
+    pub fn devices_reporting(&self) -> usize {
+        let now = now_ns();
+        self.read()
+            .heartbeats
+            .values()
+            .filter(|h| !is_stale(h.stored_at_ns, now, self.heartbeat_timeout))
+            .count()
+    }
+
+    /// Reads the current content of both buckets once (the CLI's `status`).
+    pub async fn load(&self, nats: &Nats) -> Result<(), NatsError> {
+        for r in nats.scan(DEVICE_STATUS_BUCKET, ">").await? {
+            self.ingest_status(&r.key, &r.value, r.deleted, r.stored_at_ns);
+        }
+        for r in nats.scan(DEVICE_HEARTBEAT_BUCKET, ">").await? {
+            self.ingest_heartbeat(&r.key, &r.value, r.deleted, r.stored_at_ns);
+        }
+        Ok(())
+    }
+
+    /// Follows both buckets until the task is dropped, re-establishing the
+    /// watches after errors (a NATS restart loses them).
+    pub async fn watch(self: Arc<Self>, nats: Nats) {
+        let status = watch_bucket(self.clone(), nats.clone(), DEVICE_STATUS_BUCKET);
+        let heartbeat = watch_bucket(self, nats, DEVICE_HEARTBEAT_BUCKET);
+        futures::join!(status, heartbeat);
+    }
+}
+
+async fn watch_bucket(cache: Arc<StatusCache>, nats: Nats, bucket: &'static str) {
+    let mut failures = 0u32;
+    loop {
+        let result = async {
+            let kv = nats.jetstream().get_key_value(bucket).await?;
+            let mut watch = kv.watch_with_history(">").await?;
+            tracing::info!(bucket, "watching device reports");
+            while let Some(entry) = watch.next().await {
+                match entry {
+                    Ok(e) => {
+                        failures = 0;
+                        let deleted =
+                            !matches!(e.operation, async_nats::jetstream::kv::Operation::Put);
+                        let at = e.created.unix_timestamp_nanos();
+                        if bucket == DEVICE_STATUS_BUCKET {
+                            cache.ingest_status(&e.key, &e.value, deleted, at);
+                        } else {
+                            cache.ingest_heartbeat(&e.key, &e.value, deleted, at);
+                        }
+                    }
+                    // The watch recovers by itself (ordered consumer); an
+                    // error item is not the end of the stream.
+                    Err(e) => tracing::warn!(bucket, error = %e, "watch error"),
+                }
+            }
+            Ok::<(), async_nats::Error>(())
+        }
+        .await;
+        if let Err(e) = result {
+            tracing::warn!(bucket, error = %e, "cannot watch device reports; retrying");
+        }
+        failures = failures.saturating_add(1);
+        tokio::time::sleep(Duration::from_millis(500 * u64::from(failures.min(20)))).await;
+    }
+}
+
+/// Nanoseconds since the Unix epoch, now.
+pub fn now_ns() -> i128 {
+    Timestamp::now().as_nanosecond()
+}
+
+/// Whether a heartbeat stored at `stored_at_ns` is older than `timeout` at `now_ns`.
+pub(crate) fn is_stale(stored_at_ns: i128, now_ns: i128, timeout: Duration) -> bool {
+    now_ns - stored_at_ns > timeout.as_nanos() as i128
+}
+
+/// RFC 3339 with seconds, as Kubernetes writes times.
+pub fn rfc3339(ns: i128) -> String {
+    Timestamp::from_nanosecond(ns)
+        .map(|t| t.strftime("%Y-%m-%dT%H:%M:%SZ").to_string())
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::status::testdata::{heartbeat_bytes, status_bytes};
+    use protocol::Phase;
+
+    #[test]
+    fn notifies_changes() {
+        let (cache, mut rx) = StatusCache::new(Duration::from_secs(60));
+        cache.ingest_status("a.web", &status_bytes(1, Phase::Running), false, now_ns());
+        assert_eq!(rx.try_recv().unwrap(), Change::Deployment("web".into()));
+        cache.ingest_heartbeat("a", &heartbeat_bytes(), false, now_ns());
+        assert_eq!(rx.try_recv().unwrap(), Change::Device("a".into()));
+        cache.ingest_heartbeat("a", &heartbeat_bytes(), false, now_ns());
+        assert!(
+            rx.try_recv().is_err(),
+            "a fresh device's next heartbeat is no change"
+        );
+        cache.ingest_status("not-a-key", b"x", false, 0);
+        cache.ingest_status("a.web2", b"garbage", false, 0);
+        assert!(rx.try_recv().is_err());
+    }
+}

@@ -1,0 +1,770 @@
+//! Folding what the reconcile did and the devices' reports into the
+//! Deployment's `.status`: counts over every target, conditions, and entries
+//! for the (at most [`MAX_LISTED_DEVICES`]) targets that are not ready.
+
+use protocol::{DeploymentKey, Phase};
+
+use super::cache::{Report, StatusCache, is_stale, rfc3339};
+use crate::apply::{Conflict, PlanError, UnknownType};
+use crate::crd::{
+    Condition, ConditionReason, Deployment, DeploymentStatus, DevicePhase, DeviceStatus,
+    MAX_LISTED_DEVICES, revision_string,
+};
+
+/// What the reconcile did, as input to [`fold_status`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Observed {
+    /// The revision now on the devices' keys (None before the first write).
+    pub revision: Option<u64>,
+    /// The JSON of the score with that revision.
+    pub score_json: Option<String>,
+    /// The devices targeted.
+    pub targets: Vec<String>,
+    /// Targets owned by another Deployment of the same name.
+    pub conflicts: Vec<Conflict>,
+    /// Why the spec could not be written, if it could not.
+    pub invalid: Option<PlanError>,
+    /// Set when the score type is not one this operator knows.
+    pub unknown_type: Option<UnknownType>,
+}
+
+/// Condition types.
+pub mod conditions {
+    /// Every target runs the current revision.
+    pub const READY: &str = "Ready";
+    /// Some targets do not run the current revision yet.
+    pub const PROGRESSING: &str = "Progressing";
+    /// Some targets failed or are unreachable, or the spec is unusable.
+    pub const DEGRADED: &str = "Degraded";
+    /// The score does not fit its type; nothing was written.
+    pub const INVALID_SCORE: &str = "InvalidScore";
+    /// Another Deployment of this name owns some targets' keys.
+    pub const CONFLICT: &str = "Conflict";
+    /// The score type is unknown to this operator and routed as JSON.
+    pub const UNKNOWN_SCORE_TYPE: &str = "UnknownScoreType";
+}
+
+/// Why a target is listed in `.status.devices`; the order is the list's,
+/// worst first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Attention {
+    /// Failed or Unsupported at the current revision.
+    Failed,
+    /// Another Deployment of this name owns the key; nothing was written.
+    Conflict,
+    /// The heartbeat is stale.
+    Unreachable,
+    /// Never reported for this deployment.
+    NoReport,
+    /// Reports another revision than the current one.
+    Outdated,
+    /// At the current revision but not (yet) Running or Completed.
+    RollingOut,
+}
+
+/// The CR status for `deployment`, from what the reconcile did and the
+/// devices' reports: exact counts over every target, entries only for the
+/// targets not ready (see [`DeploymentStatus::devices`]). `now_ns` is the
+/// operator's clock; `prev` conditions keep their transition time while
+/// their status does not change.
+pub fn fold_status(
+    deployment: &Deployment,
+    observed: &Observed,
+    cache: &StatusCache,
+    now_ns: i128,
+) -> DeploymentStatus {
+    let generation = deployment.metadata.generation;
+    let tally = Tally::of(deployment.name_str(), observed, cache, now_ns);
+    let targeted = observed.targets.len() as i64;
+    let prev = deployment.status.clone().unwrap_or_default();
+    let conditions = verdicts(deployment.name_str(), observed, &tally, targeted)
+        .into_iter()
+        .map(|v| v.into_condition(&prev, generation, now_ns))
+        .collect();
+    let (devices, devices_omitted) = worst_first(tally.not_ready);
+    DeploymentStatus {
+        observed_generation: generation,
+        observed_score_string: observed.score_json.clone(),
+        revision: observed.revision.map(revision_string),
+        conditions,
+        devices,
+        devices_omitted,
+        targeted,
+        up_to_date: tally.up_to_date,
+        ready: tally.ready,
+        failed: tally.failed,
+    }
+}
+
+/// The targets counted and, for those not ready, described.
+#[derive(Debug, Default)]
+struct Tally {
+    /// Only the devices that need attention; ready ones are counted.
+    not_ready: Vec<(Attention, DeviceStatus)>,
+    up_to_date: i64,
+    ready: i64,
+    failed: i64,
+    /// Targets failed at the current revision, in target order.
+    failing: Vec<String>,
+    /// Targets whose heartbeat is stale, in target order.
+    unreachable: Vec<String>,
+}
+
+/// One target as its report and heartbeat show it.
+struct Assessment<'a> {
+    report: Option<&'a Report>,
+    /// Reports the current revision.
+    current: bool,
+    /// Failed or Unsupported at the current revision.
+    failed: bool,
+    /// When the stale heartbeat was stored; `None` when fresh or absent.
+    stale_since: Option<i128>,
+}
+
+impl Tally {
+    fn of(name: &str, observed: &Observed, cache: &StatusCache, now_ns: i128) -> Tally {
+        let reports = cache.reports_for(name);
+        let mut tally = Tally::default();
+        for device in &observed.targets {
+            if let Some(c) = observed.conflicts.iter().find(|c| &c.device == device) {
+                tally
+                    .not_ready
+                    .push((Attention::Conflict, conflict_entry(name, c)));
+                continue;
+            }
+            let a = assess(
+                reports.get(device),
+                observed.revision,
+                cache,
+                device,
+                now_ns,
+            );
+            let attention = attention(&a);
+            tally.count(device, &a, attention.is_none());
+            if let Some(attention) = attention {
+                tally.not_ready.push((attention, device_entry(device, &a)));
+            }
+        }
+        tally
+    }
+
+    fn count(&mut self, device: &str, a: &Assessment<'_>, ready: bool) {
+        if a.current {
+            self.up_to_date += 1;
+        }
+        if a.failed {
+            self.failed += 1;
+            self.failing.push(device.to_string());
+        }
+        if a.stale_since.is_some() {
+            self.unreachable.push(device.to_string());
+        }
+        if ready {
+            self.ready += 1;
+        }
+    }
+}
+
+fn assess<'a>(
+    report: Option<&'a Report>,
+    revision: Option<u64>,
+    cache: &StatusCache,
+    device: &str,
+    now_ns: i128,
+) -> Assessment<'a> {
+    let current = report.is_some_and(|r| Some(r.status.revision) == revision);
+    let failed = current
+        && report.is_some_and(|r| matches!(r.status.phase, Phase::Failed | Phase::Unsupported));
+    let stale_since = cache
+        .heartbeat(device)
+        .filter(|h| is_stale(h.stored_at_ns, now_ns, cache.heartbeat_timeout()))
+        .map(|h| h.stored_at_ns);
+    Assessment {
+        report,
+        current,
+        failed,
+        stale_since,
+    }
+}
+
+/// Why the target needs attention, worst reason first; `None` when it is ready.
+fn attention(a: &Assessment<'_>) -> Option<Attention> {
+    let Some(report) = a.report else {
+        return Some(if a.stale_since.is_some() {
+            Attention::Unreachable
+        } else {
+            Attention::NoReport
+        });
+    };
+    if a.failed {
+        Some(Attention::Failed)
+    } else if a.stale_since.is_some() {
+        Some(Attention::Unreachable)
+    } else if !a.current {
+        Some(Attention::Outdated)
+    } else if matches!(report.status.phase, Phase::Running | Phase::Completed) {
+        None
+    } else {
+        Some(Attention::RollingOut)
+    }
+}
+
+fn conflict_entry(name: &str, c: &Conflict) -> DeviceStatus {
+    let key = DeploymentKey::new(&c.device, name)
+        .map_or_else(|_| format!("of {}", c.device), |k| k.to_string());
+    DeviceStatus {
+        device: c.device.clone(),
+        phase: DevicePhase::Conflict,
+        revision: None,
+        message: Some(format!("the key {key} belongs to {}", c.owner)),
+        last_report_time: None,
+    }
+}
+
+/// The entry of a target that is not ready: its report, else `Unknown`;
+/// `Unreachable` when its heartbeat is stale.
+fn device_entry(device: &str, a: &Assessment<'_>) -> DeviceStatus {
+    let mut entry = match a.report {
+        Some(r) => DeviceStatus {
+            device: device.to_string(),
+            phase: r.status.phase.into(),
+            revision: Some(revision_string(r.status.revision)),
+            message: (!r.status.message.is_empty()).then(|| r.status.message.to_string()),
+            last_report_time: Some(rfc3339(r.stored_at_ns)),
+        },
+        None => DeviceStatus {
+            device: device.to_string(),
+            phase: DevicePhase::Unknown,
+            revision: None,
+            message: Some("no status reported yet".into()),
+            last_report_time: None,
+        },
+    };
+    if let Some(seen) = a.stale_since {
+        let last = a.report.map(|r| r.status.phase.as_str()).unwrap_or("none");
+        entry.message = Some(format!(
+            "unreachable: last heartbeat at {} (last phase: {last})",
+            rfc3339(seen)
+        ));
+        entry.phase = DevicePhase::Unreachable;
+    }
+    entry
+}
+
+/// The first [`MAX_LISTED_DEVICES`] entries by rank, then device id, and
+/// how many were left out.
+fn worst_first(mut not_ready: Vec<(Attention, DeviceStatus)>) -> (Vec<DeviceStatus>, i64) {
+    let order = |(a, x): &(Attention, DeviceStatus), (b, y): &(Attention, DeviceStatus)| {
+        a.cmp(b).then_with(|| x.device.cmp(&y.device))
+    };
+    let omitted = not_ready.len().saturating_sub(MAX_LISTED_DEVICES) as i64;
+    if omitted > 0 {
+        // Only the listed ones need sorting (a fresh apply has every target
+        // not ready).
+        not_ready.select_nth_unstable_by(MAX_LISTED_DEVICES, order);
+        not_ready.truncate(MAX_LISTED_DEVICES);
+    }
+    not_ready.sort_unstable_by(order);
+    (not_ready.into_iter().map(|(_, d)| d).collect(), omitted)
+}
+
+/// A condition's content, before its transition time is known.
+struct Verdict {
+    type_: &'static str,
+    status: bool,
+    reason: ConditionReason,
+    message: String,
+}
+
+impl Verdict {
+    /// The condition, keeping the transition time of `prev`'s condition of
+    /// this type while the status holds.
+    fn into_condition(
+        self,
+        prev: &DeploymentStatus,
+        generation: Option<i64>,
+        now_ns: i128,
+    ) -> Condition {
+        let status = if self.status { "True" } else { "False" };
+        let last_transition_time = prev
+            .conditions
+            .iter()
+            .find(|c| c.type_ == self.type_ && c.status == status)
+            .map_or_else(|| rfc3339(now_ns), |c| c.last_transition_time.clone());
+        Condition {
+            type_: self.type_.into(),
+            status: status.into(),
+            last_transition_time,
+            observed_generation: generation,
+            reason: self.reason,
+            message: self.message,
+        }
+    }
+}
+
+/// Every condition, in the order the status lists them.
+fn verdicts(name: &str, observed: &Observed, tally: &Tally, targeted: i64) -> Vec<Verdict> {
+    let mut v = vec![
+        ready(observed, tally, targeted),
+        progressing(tally, targeted),
+        degraded(observed, tally),
+        invalid_score(observed),
+        conflict(name, observed),
+    ];
+    v.extend(unknown_score_type(observed));
+    v
+}
+
+fn ready(observed: &Observed, tally: &Tally, targeted: i64) -> Verdict {
+    let all_ready = tally.ready == targeted && observed.invalid.is_none();
+    Verdict {
+        type_: conditions::READY,
+        status: all_ready,
+        reason: if all_ready {
+            ConditionReason::AllTargetsReady
+        } else {
+            ConditionReason::TargetsNotReady
+        },
+        message: format!(
+            "{}/{targeted} targets run the current revision",
+            tally.ready
+        ),
+    }
+}
+
+fn progressing(tally: &Tally, targeted: i64) -> Verdict {
+    let progressing = tally.up_to_date < targeted;
+    Verdict {
+        type_: conditions::PROGRESSING,
+        status: progressing,
+        reason: if progressing {
+            ConditionReason::RollingOut
+        } else {
+            ConditionReason::RolloutComplete
+        },
+        message: format!(
+            "{}/{targeted} targets report the current revision",
+            tally.up_to_date
+        ),
+    }
+}
+
+fn degraded(observed: &Observed, tally: &Tally) -> Verdict {
+    let spec_broken = observed.invalid.as_ref().filter(|e| !e.is_score_error());
+    let (reason, message) = if let Some(e) = spec_broken {
+        (ConditionReason::InvalidSpec, e.to_string())
+    } else if tally.failed > 0 || !tally.unreachable.is_empty() {
+        let mut parts = Vec::new();
+        if !tally.failing.is_empty() {
+            parts.push(format!("failed: {}", short_list(&tally.failing)));
+        }
+        if !tally.unreachable.is_empty() {
+            parts.push(format!("unreachable: {}", short_list(&tally.unreachable)));
+        }
+        let reason = if tally.failing.is_empty() {
+            ConditionReason::TargetsUnreachable
+        } else {
+            ConditionReason::TargetsFailed
+        };
+        (reason, parts.join("; "))
+    } else {
+        (
+            ConditionReason::Healthy,
+            "no target failed or unreachable".into(),
+        )
+    };
+    Verdict {
+        type_: conditions::DEGRADED,
+        status: reason != ConditionReason::Healthy,
+        reason,
+        message,
+    }
+}
+
+fn invalid_score(observed: &Observed) -> Verdict {
+    let score_err = observed.invalid.as_ref().filter(|e| e.is_score_error());
+    Verdict {
+        type_: conditions::INVALID_SCORE,
+        status: score_err.is_some(),
+        reason: if score_err.is_some() {
+            ConditionReason::ScoreRejected
+        } else {
+            ConditionReason::ScoreValid
+        },
+        message: score_err.map_or_else(|| "the score is valid".into(), |e| e.to_string()),
+    }
+}
+
+fn conflict(name: &str, observed: &Observed) -> Verdict {
+    let Some(first) = observed.conflicts.first() else {
+        return Verdict {
+            type_: conditions::CONFLICT,
+            status: false,
+            reason: ConditionReason::NoConflict,
+            message: "no other Deployment of this name targets these devices".into(),
+        };
+    };
+    let devices: Vec<String> = observed
+        .conflicts
+        .iter()
+        .map(|c| c.device.clone())
+        .collect();
+    Verdict {
+        type_: conditions::CONFLICT,
+        status: true,
+        reason: ConditionReason::KeyOwnedElsewhere,
+        message: format!(
+            "another Deployment named {name} ({}) owns the key on {}; nothing was written there",
+            first.owner,
+            short_list(&devices)
+        ),
+    }
+}
+
+/// Only present when the score type is unknown.
+fn unknown_score_type(observed: &Observed) -> Option<Verdict> {
+    observed.unknown_type.as_ref().map(|u| Verdict {
+        type_: conditions::UNKNOWN_SCORE_TYPE,
+        status: true,
+        reason: ConditionReason::RoutedAsJson,
+        message: u.message(),
+    })
+}
+
+fn short_list(items: &[String]) -> String {
+    const SHOWN: usize = 5;
+    let mut s = items
+        .iter()
+        .take(SHOWN)
+        .cloned()
+        .collect::<Vec<_>>()
+        .join(", ");
+    if items.len() > SHOWN {
+        s.push_str(&format!(" and {} more", items.len() - SHOWN));
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use super::*;
+    use crate::crd::{DeploymentSpec, Rollout, Score};
+    use crate::status::cache::now_ns;
+    use crate::status::testdata::{heartbeat_bytes, status_bytes, status_bytes_msg};
+
+    /// `(device, phase)` of each device the status lists, in order.
+    fn listed(s: &crate::crd::DeploymentStatus) -> Vec<(&str, &str)> {
+        s.devices
+            .iter()
+            .map(|d| (d.device.as_str(), d.phase.as_str()))
+            .collect()
+    }
+
+    fn deployment() -> Deployment {
+        let mut d = Deployment::new(
+            "web",
+            DeploymentSpec {
+                target_devices: vec!["a".into(), "b".into(), "c".into()],
+                rollout: Rollout::default(),
+                score: Score {
+                    type_name: "PodmanV0".into(),
+                    data: serde_json::json!({}),
+                },
+            },
+        );
+        d.metadata.generation = Some(3);
+        d
+    }
+
+    #[test]
+    fn folds_reports_heartbeats_and_conflicts() {
+        let cache = StatusCache::detached(Duration::from_secs(60));
+        let now = now_ns();
+        let minute = 60_000_000_000i128;
+        cache.ingest_status("a.web", &status_bytes(7, Phase::Running), false, now);
+        cache.ingest_status("b.web", &status_bytes(7, Phase::Failed), false, now);
+        cache.ingest_status("c.web", &status_bytes(7, Phase::Running), false, now);
+        cache.ingest_status("a.other", &status_bytes(1, Phase::Running), false, now);
+        cache.ingest_heartbeat("a", &heartbeat_bytes(), false, now);
+        cache.ingest_heartbeat("c", &heartbeat_bytes(), false, now - 2 * minute);
+        let mut d = deployment();
+        d.spec.target_devices.push("d".into());
+        let observed = Observed {
+            revision: Some(7),
+            score_json: Some("{}".into()),
+            targets: vec!["a".into(), "b".into(), "c".into(), "d".into(), "e".into()],
+            conflicts: vec![Conflict {
+                device: "e".into(),
+                owner: "other/web".into(),
+            }],
+            ..Default::default()
+        };
+        let s = fold_status(&d, &observed, &cache, now);
+        assert_eq!((s.targeted, s.up_to_date, s.ready, s.failed), (5, 3, 1, 1));
+        // The ready device a is only counted; the rest are listed worst first.
+        let listed = listed(&s);
+        assert_eq!(
+            listed,
+            [
+                ("b", "Failed"),
+                ("e", "Conflict"),
+                ("c", "Unreachable"),
+                ("d", "Unknown")
+            ]
+        );
+        assert_eq!(s.devices_omitted, 0);
+        assert_eq!(s.revision.as_deref(), Some("0000000000000007"));
+        let cond = |t: &str| s.conditions.iter().find(|c| c.type_ == t).unwrap().clone();
+        assert_eq!(cond("Ready").status, "False");
+        assert_eq!(cond("Degraded").status, "True");
+        assert!(
+            cond("Degraded").message.contains("failed: b"),
+            "{:?}",
+            cond("Degraded")
+        );
+        assert!(cond("Degraded").message.contains("unreachable: c"));
+        assert_eq!(cond("Conflict").status, "True");
+        assert!(cond("Conflict").message.contains("other/web"));
+        assert_eq!(cond("InvalidScore").status, "False");
+        assert_eq!(cond("Progressing").status, "True");
+        assert_eq!(s.observed_generation, Some(3));
+    }
+
+    fn device_id(i: usize) -> String {
+        format!("dev-{i:05}")
+    }
+
+    /// A cache where every one of `n` targets runs revision 7 with a fresh
+    /// heartbeat, and the Observed of that revision.
+    fn healthy_fleet(n: usize, now: i128) -> (Arc<StatusCache>, Observed) {
+        let cache = StatusCache::detached(Duration::from_secs(60));
+        let running = status_bytes(7, Phase::Running);
+        let hb = heartbeat_bytes();
+        let targets: Vec<String> = (0..n).map(device_id).collect();
+        for t in &targets {
+            cache.ingest_status(&format!("{t}.web"), &running, false, now);
+            cache.ingest_heartbeat(t, &hb, false, now);
+        }
+        let observed = Observed {
+            revision: Some(7),
+            score_json: Some("{}".into()),
+            targets,
+            ..Default::default()
+        };
+        (cache, observed)
+    }
+
+    /// `listed + omitted` must be every target that is not ready.
+    fn assert_accounts_for_all(s: &DeploymentStatus) {
+        assert_eq!(
+            s.devices.len() as i64 + s.devices_omitted,
+            s.targeted - s.ready,
+            "every not-ready target is listed or counted as omitted"
+        );
+        assert!(s.devices.len() <= MAX_LISTED_DEVICES);
+    }
+
+    #[test]
+    fn a_healthy_fleet_of_ten_thousand_lists_no_device() {
+        let now = now_ns();
+        let (cache, observed) = healthy_fleet(10_000, now);
+        let s = fold_status(&deployment(), &observed, &cache, now);
+        assert_eq!(
+            (s.targeted, s.up_to_date, s.ready, s.failed),
+            (10_000, 10_000, 10_000, 0)
+        );
+        assert!(s.devices.is_empty(), "{:?}", &s.devices[..3]);
+        assert_eq!(s.devices_omitted, 0);
+        assert_accounts_for_all(&s);
+        let json = serde_json::to_value(&s).unwrap();
+        assert_eq!(json["devices"], serde_json::json!([]));
+        assert_eq!(
+            json["devicesOmitted"], 0,
+            "always sent, so a merge patch resets it"
+        );
+    }
+
+    #[test]
+    fn lists_only_not_ready_devices_worst_first() {
+        let now = now_ns();
+        let minute = 60_000_000_000i128;
+        let (cache, mut observed) = healthy_fleet(20, now);
+        // Targets are in no particular order; the list is by rank then id.
+        let set = |i: usize, rev: u64, phase: Phase| {
+            cache.ingest_status(
+                &format!("{}.web", device_id(i)),
+                &status_bytes(rev, phase),
+                false,
+                now,
+            );
+        };
+        set(17, 7, Phase::Pulling); // rolling out
+        set(3, 6, Phase::Running); // older revision
+        set(12, 7, Phase::Unsupported); // failed
+        set(5, 7, Phase::Failed); // failed
+        set(9, 6, Phase::Failed); // an old revision failed: outdated
+        cache.ingest_heartbeat(&device_id(1), &heartbeat_bytes(), false, now - 5 * minute);
+        observed.targets.reverse();
+        observed.targets.push("never".into());
+        observed.targets.push("taken".into());
+        observed.conflicts.push(Conflict {
+            device: "taken".into(),
+            owner: "other/web".into(),
+        });
+        let s = fold_status(&deployment(), &observed, &cache, now);
+        let listed = listed(&s);
+        assert_eq!(
+            listed,
+            [
+                ("dev-00005", "Failed"),
+                ("dev-00012", "Unsupported"),
+                ("taken", "Conflict"),
+                ("dev-00001", "Unreachable"),
+                ("never", "Unknown"),
+                ("dev-00003", "Running"),
+                ("dev-00009", "Failed"),
+                ("dev-00017", "Pulling"),
+            ]
+        );
+        assert_eq!(s.devices[5].revision.as_deref(), Some("0000000000000006"));
+        assert!(
+            s.devices[3]
+                .message
+                .as_deref()
+                .unwrap()
+                .contains("last phase: Running")
+        );
+        assert_eq!(
+            (s.targeted, s.up_to_date, s.ready, s.failed),
+            (22, 18, 14, 2)
+        );
+        assert_eq!(s.devices_omitted, 0);
+        assert_accounts_for_all(&s);
+    }
+
+    #[test]
+    fn caps_the_list_and_counts_the_rest() {
+        let now = now_ns();
+        let (cache, observed) = healthy_fleet(10_000, now);
+        // 40 failed, then 300 on an older revision, spread over the fleet.
+        for i in (0..10_000).step_by(25) {
+            let (rev, phase) = if i % 250 == 0 {
+                (7, Phase::Failed)
+            } else {
+                (6, Phase::Running)
+            };
+            cache.ingest_status(
+                &format!("{}.web", device_id(i)),
+                &status_bytes(rev, phase),
+                false,
+                now,
+            );
+        }
+        for i in (1..10_000).step_by(100) {
+            cache.ingest_status(
+                &format!("{}.web", device_id(i)),
+                &status_bytes(6, Phase::Running),
+                false,
+                now,
+            );
+        }
+        let s = fold_status(&deployment(), &observed, &cache, now);
+        assert_eq!((s.targeted, s.failed), (10_000, 40));
+        assert_eq!(s.ready, 10_000 - 400 - 100);
+        assert_eq!(s.up_to_date, 10_000 - 360 - 100);
+        assert_eq!(s.devices.len(), MAX_LISTED_DEVICES);
+        assert_eq!(s.devices_omitted, 500 - MAX_LISTED_DEVICES as i64);
+        assert_accounts_for_all(&s);
+        assert!(
+            s.devices[..40]
+                .iter()
+                .all(|d| d.phase == DevicePhase::Failed)
+        );
+        assert!(
+            s.devices[40..]
+                .iter()
+                .all(|d| d.phase == DevicePhase::Running)
+        );
+        let ids: Vec<&str> = s.devices.iter().map(|d| d.device.as_str()).collect();
+        let mut sorted = ids.clone();
+        sorted[..40].sort_unstable();
+        sorted[40..].sort_unstable();
+        assert_eq!(ids, sorted, "by device id within a rank");
+        // The outdated ones listed are the lowest ids of that rank.
+        assert_eq!(ids[40..43], ["dev-00001", "dev-00025", "dev-00050"]);
+        let again = fold_status(&deployment(), &observed, &cache, now);
+        assert_eq!(s, again, "the same input folds to the same status");
+    }
+
+    #[test]
+    fn status_of_ten_thousand_devices_stays_small() {
+        let now = now_ns();
+        let (cache, observed) = healthy_fleet(10_000, now);
+        for i in (0..10_000).step_by(200) {
+            cache.ingest_status(
+                &format!("{}.web", device_id(i)),
+                &status_bytes_msg(
+                    7,
+                    Phase::Failed,
+                    "pull docker.io/library/nginx:1.27: manifest unknown",
+                ),
+                false,
+                now,
+            );
+        }
+        let s = fold_status(&deployment(), &observed, &cache, now);
+        assert_eq!(
+            (s.ready, s.devices.len(), s.devices_omitted),
+            (9_950, 50, 0)
+        );
+        let fifty = serde_json::to_vec(&s).unwrap().len();
+        // A fresh apply: no device reports the revision yet, all listed
+        // up to the cap.
+        let fresh = Observed {
+            revision: Some(8),
+            ..observed.clone()
+        };
+        let s = fold_status(&deployment(), &fresh, &cache, now);
+        assert_eq!((s.devices.len(), s.devices_omitted), (100, 9_900));
+        let capped = serde_json::to_vec(&s).unwrap().len();
+        let (healthy_cache, _) = healthy_fleet(10_000, now);
+        let s = fold_status(&deployment(), &observed, &healthy_cache, now);
+        let healthy = serde_json::to_vec(&s).unwrap().len();
+        println!(
+            "status JSON at 10,000 devices: all ready {healthy} B, 50 failed {fifty} B, none at the revision (capped) {capped} B"
+        );
+        for size in [healthy, fifty, capped] {
+            assert!(size < 64 * 1024, "{size} bytes");
+        }
+        assert!(healthy < fifty);
+    }
+
+    #[test]
+    fn keeps_transition_times_while_status_holds() {
+        let cache = StatusCache::detached(Duration::from_secs(60));
+        let t0 = now_ns();
+        let mut d = deployment();
+        let observed = Observed {
+            revision: Some(1),
+            targets: vec!["a".into()],
+            ..Default::default()
+        };
+        let first = fold_status(&d, &observed, &cache, t0);
+        d.status = Some(first.clone());
+        let later = t0 + 3_600_000_000_000;
+        let second = fold_status(&d, &observed, &cache, later);
+        assert_eq!(first, second, "nothing changed, so nothing may churn");
+        cache.ingest_status("a.web", &status_bytes(1, Phase::Running), false, later);
+        let third = fold_status(&d, &observed, &cache, later);
+        let ready = third
+            .conditions
+            .iter()
+            .find(|c| c.type_ == "Ready")
+            .unwrap();
+        assert_eq!(ready.status, "True");
+        assert_eq!(ready.last_transition_time, rfc3339(later));
+    }
+}

@@ -1,0 +1,34 @@
+//! Encoded device reports for the status tests.
+
+use protocol::{BoundedVec, Heartbeat, Phase, Text};
+
+/// A status report at `revision` in `phase`, without a message.
+pub(crate) fn status_bytes(revision: u64, phase: Phase) -> Vec<u8> {
+    status_bytes_msg(revision, phase, "")
+}
+
+/// A status report at `revision` in `phase` saying `message`.
+pub(crate) fn status_bytes_msg(revision: u64, phase: Phase, message: &str) -> Vec<u8> {
+    protocol::wire::encode_to_vec(&protocol::DeploymentStatus {
+        revision,
+        phase,
+        containers: BoundedVec::new(),
+        message: Text::borrowed(message),
+        timestamp_ms: 0,
+    })
+    .unwrap()
+}
+
+/// A heartbeat.
+pub(crate) fn heartbeat_bytes() -> Vec<u8> {
+    protocol::wire::encode_to_vec(&Heartbeat {
+        agent_version: Text::borrowed("0.1.0"),
+        arch: Text::borrowed("aarch64"),
+        os: Text::borrowed("linux"),
+        podman_version: Text::borrowed("4.3.1"),
+        uptime_secs: 1,
+        deployments: 1,
+        timestamp_ms: 0,
+    })
+    .unwrap()
+}
