@@ -59,13 +59,6 @@ pub enum RuntimeError {
     Protocol(String),
 }
 
-impl RuntimeError {
-    /// Whether the object did not exist.
-    pub fn is_not_found(&self) -> bool {
-        matches!(self, RuntimeError::Api { status: 404, .. })
-    }
-}
-
 /// A published port.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PortSpec {

@@ -7,6 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use bytes::Bytes;
 use protocol::keys::{DESIRED_STATE_BUCKET, validate_deployment_name, validate_device_id};
+use protocol::kv::{Owner, OwnerBuf, OwnerError};
 use protocol::score::KNOWN_SCORE_TYPES;
 use protocol::{DeploymentKey, DesiredState, Text};
 
@@ -19,7 +20,7 @@ pub struct Plan {
     /// The Deployment's name: the second token of every key.
     pub name: String,
     /// `<namespace>/<name>`, recorded with every key written.
-    pub owner: String,
+    pub owner: OwnerBuf,
     /// The target device ids, sorted, without duplicates.
     pub targets: Vec<String>,
     /// The revision: the content hash of the routed score.
@@ -68,6 +69,17 @@ pub enum PlanError {
         /// Why.
         reason: String,
     },
+    /// `metadata.namespace` cannot be part of the owner value the keys
+    /// carry (only the cluster-less CLI meets this: the API server accepts
+    /// no such namespace).
+    #[error("metadata.namespace `{namespace}`: {source}")]
+    InvalidNamespace {
+        /// The namespace.
+        namespace: String,
+        /// Why.
+        #[source]
+        source: OwnerError,
+    },
     /// A target device id is not a key token.
     #[error("spec.targetDevices[{index}] `{device}` {reason}")]
     InvalidTarget {
@@ -105,6 +117,14 @@ pub fn plan(d: &Deployment) -> Result<Plan, PlanError> {
         name: name.clone(),
         reason: token_reason(e),
     })?;
+    let owner = OwnerBuf::from(
+        Owner::new(d.namespace_or_default(), &name).map_err(|source| {
+            PlanError::InvalidNamespace {
+                namespace: d.namespace_or_default().to_string(),
+                source,
+            }
+        })?,
+    );
     if d.spec.target_devices.len() > MAX_TARGETS {
         return Err(PlanError::TooManyTargets(d.spec.target_devices.len()));
     }
@@ -151,7 +171,7 @@ pub fn plan(d: &Deployment) -> Result<Plan, PlanError> {
         reason: e.to_string(),
     })?;
     Ok(Plan {
-        owner: format!("{}/{}", d.namespace_or_default(), name),
+        owner,
         name,
         targets: targets.into_iter().collect(),
         revision,
@@ -222,7 +242,13 @@ pub async fn apply(nats: &Nats, plan: &Plan) -> Result<ApplyOutcome, NatsError> 
     for device in &plan.targets {
         let key = key_of(device, &plan.name)?;
         match current.get(device.as_str()) {
-            Some(rec) if !rec.deleted && rec.owner.as_deref().is_some_and(|o| o != plan.owner) => {
+            Some(rec)
+                if !rec.deleted
+                    && rec
+                        .owner
+                        .as_deref()
+                        .is_some_and(|o| o != plan.owner.as_str()) =>
+            {
                 outcome.conflicts.push(Conflict {
                     device: device.clone(),
                     owner: rec.owner.clone().unwrap_or_default(),
@@ -239,7 +265,7 @@ pub async fn apply(nats: &Nats, plan: &Plan) -> Result<ApplyOutcome, NatsError> 
                 writes.push(KvWrite::Put {
                     key,
                     value: plan.value.clone(),
-                    owner: plan.owner.clone(),
+                    owner: plan.owner.to_string(),
                 });
                 outcome.written.push(device.clone());
             }
@@ -283,7 +309,7 @@ fn owned_by(rec: &crate::nats::KvRecord, owner: &str) -> bool {
 fn key_of(device: &str, name: &str) -> Result<String, NatsError> {
     DeploymentKey::new(device, name)
         .map(|k| k.to_string())
-        .map_err(|e| NatsError::Config(format!("cannot build key: {e}")))
+        .map_err(|source| NatsError::InvalidKey { source })
 }
 
 /// The last record of every `<device>.<name>` key, by device.
@@ -291,7 +317,7 @@ async fn current_keys(
     nats: &Nats,
     name: &str,
 ) -> Result<BTreeMap<String, crate::nats::KvRecord>, NatsError> {
-    validate_deployment_name(name).map_err(|e| NatsError::Config(e.to_string()))?;
+    validate_deployment_name(name).map_err(|source| NatsError::InvalidKey { source })?;
     let records = nats
         .scan(DESIRED_STATE_BUCKET, &format!("*.{name}"))
         .await?;
@@ -404,6 +430,16 @@ mod tests {
             "{e:?}"
         );
         assert!(e.to_string().contains("'*'"), "{e}");
+        // A manifest the CLI reads may hold a namespace the API server
+        // would refuse; it cannot be part of the owner value.
+        let mut d = deployment("web", "PodmanV0", podman());
+        d.metadata.namespace = Some("a/b".into());
+        let e = plan(&d).unwrap_err();
+        assert!(matches!(e, PlanError::InvalidNamespace { .. }), "{e:?}");
+        assert!(
+            e.to_string().starts_with("metadata.namespace `a/b`: "),
+            "{e}"
+        );
     }
 
     #[test]

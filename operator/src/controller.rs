@@ -18,6 +18,7 @@ use kube::runtime::finalizer::{Event as FinalizerEvent, finalizer};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::{Controller, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
+use protocol::kv::{Owner, OwnerBuf};
 use tokio::sync::mpsc;
 
 use crate::apply::{self, PlanError};
@@ -47,8 +48,8 @@ impl Error {
     pub fn is_transient(&self) -> bool {
         use kube::runtime::finalizer::Error as F;
         match self {
-            Error::Nats(NatsError::Config(_)) => false,
-            Error::Nats(_) | Error::Kube(_) => true,
+            Error::Nats(e) => !e.is_permanent(),
+            Error::Kube(_) => true,
             Error::Finalizer(f) => match f.as_ref() {
                 F::ApplyFailed(e) | F::CleanupFailed(e) => e.is_transient(),
                 F::AddFinalizer(_) | F::RemoveFinalizer(_) => true,
@@ -108,7 +109,7 @@ pub struct Context {
 #[derive(Debug, Clone)]
 struct Applied {
     revision: u64,
-    owner: String,
+    owner: OwnerBuf,
     targets: Vec<String>,
     conflicts: Vec<apply::Conflict>,
     at: std::time::Instant,
@@ -239,7 +240,12 @@ pub fn error_policy(d: Arc<Deployment>, err: &Error, ctx: Arc<Context>) -> Actio
     let mut failures = ctx.failures();
     let n = failures.entry(object_key(&d)).or_insert(0);
     *n = n.saturating_add(1);
-    let delay = Duration::from_secs(1u64 << (*n - 1).min(16)).min(ctx.config.max_backoff);
+    // No jitter: these retries are one process's own queue, not a fleet
+    // hitting a shared server at once, and an exact schedule is what
+    // `max_backoff` documents.
+    let delay = retry_backoff::Backoff::new(Duration::from_secs(1), ctx.config.max_backoff)
+        .with_jitter(retry_backoff::Jitter::None)
+        .delay(*n - 1);
     Action::requeue(delay)
 }
 
@@ -358,13 +364,12 @@ fn event(type_: EventType, reason: &str, action: &str, note: String) -> Event {
 }
 
 async fn cleanup(d: &Deployment, ctx: &Context) -> Result<Action, Error> {
-    let owner = format!("{}/{}", d.namespace_or_default(), d.name_str());
-    if protocol::keys::validate_deployment_name(d.name_str()).is_err() {
+    let Ok(owner) = Owner::new(d.namespace_or_default(), d.name_str()) else {
         // Nothing can have been written under a name that is not a token.
         return Ok(Action::await_change());
-    }
+    };
     ctx.applied().remove(&object_key(d));
-    let removed = apply::remove(&ctx.nats, &owner, d.name_str()).await?;
+    let removed = apply::remove(&ctx.nats, &owner.to_string(), owner.name()).await?;
     Metrics::add(&ctx.metrics.kv_writes, removed.len() as u64);
     tracing::info!(deployment = %owner, removed = removed.len(), "desired state removed");
     Ok(Action::await_change())
@@ -465,7 +470,8 @@ mod tests {
         let mut refs = Box::pin(change_triggers(rx, writer.as_reader()));
         let mut next = async || {
             let r = refs.next().await.unwrap();
-            format!("{}/{}", r.namespace.unwrap_or_default(), r.name)
+            let namespace = r.namespace.unwrap_or_default();
+            Owner::new(&namespace, &r.name).unwrap().to_string()
         };
         tx.send(Change::Deployment("ghost".into())).unwrap();
         tx.send(Change::Deployment("db".into())).unwrap();
@@ -484,7 +490,7 @@ mod tests {
 
     #[test]
     fn permanent_errors_wait_for_a_change() {
-        let e = Error::Nats(NatsError::Config("bad".into()));
+        let e = Error::Nats(NatsError::NoServer);
         assert!(!e.is_transient());
         let e = Error::Nats(NatsError::Timeout {
             op: "scan",

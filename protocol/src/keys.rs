@@ -9,6 +9,11 @@
 //! Device ids and deployment names are single NATS tokens restricted to
 //! `[A-Za-z0-9_-]{1,63}`, so that a key never contains a wildcard or an extra
 //! level and `<device_id>.>` matches exactly one device's keys.
+//!
+//! The subjects keys travel on are formatted and parsed here too:
+//! [`KvSubject`] (`$KV.<bucket>.<key>`), [`RepublishSubject`]
+//! (`$KVR.<bucket>.<key>`), [`StreamName`] (`KV_<bucket>`) and
+//! [`ConsumerCreateSubject`].
 
 use core::fmt;
 
@@ -31,6 +36,19 @@ pub const BUCKETS: [&str; 3] = [
 /// desired state on this prefix with a plain subscription instead of one
 /// JetStream consumer each (docs/performance.md, "Layouts compared").
 pub const REPUBLISH_PREFIX: &str = "$KVR";
+
+/// The first token of every subject a KV key is stored under:
+/// `$KV.<bucket>.<key>` ([`KvSubject`]).
+pub const KV_PREFIX: &str = "$KV";
+
+/// The key filter that matches every key of a bucket.
+pub const ALL_KEYS: &str = ">";
+
+/// The JetStream API subject that creates a consumer. With a filter,
+/// clients use `<this>.<stream>.<consumer>.<filter>`
+/// ([`ConsumerCreateSubject`]), which is what lets device permissions
+/// allow a device consumers on its own keys only.
+pub const CONSUMER_CREATE_PREFIX: &str = "$JS.API.CONSUMER.CREATE";
 
 /// Longest device id or deployment name, in bytes.
 pub const MAX_TOKEN_LEN: usize = 63;
@@ -176,10 +194,28 @@ impl fmt::Display for DeviceFilter<'_> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct StreamName<'a>(pub &'a str);
 
+impl<'a> StreamName<'a> {
+    /// The bucket a stream name `KV_<bucket>` backs; `None` for other
+    /// streams.
+    pub fn parse(stream: &'a str) -> Option<Self> {
+        stream
+            .strip_prefix("KV_")
+            .filter(|b| !b.is_empty())
+            .map(StreamName)
+    }
+}
+
 impl fmt::Display for StreamName<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "KV_{}", self.0)
     }
+}
+
+/// Splits `<prefix>.<bucket>.<key>` into bucket and key.
+fn split_subject<'a>(subject: &'a str, prefix: &str) -> Option<(&'a str, &'a str)> {
+    let rest = subject.strip_prefix(prefix)?.strip_prefix('.')?;
+    let (bucket, key) = rest.split_once('.')?;
+    (!bucket.is_empty() && !key.is_empty()).then_some((bucket, key))
 }
 
 /// The subject a KV key (or key filter) is stored under: `$KV.<bucket>.<key>`.
@@ -191,9 +227,29 @@ pub struct KvSubject<'a, K> {
     pub key: K,
 }
 
+impl<'a> KvSubject<'a, &'static str> {
+    /// `$KV.<bucket>.>`: every key of `bucket` (the bucket stream's subject).
+    pub const fn all(bucket: &'a str) -> Self {
+        KvSubject {
+            bucket,
+            key: ALL_KEYS,
+        }
+    }
+}
+
+impl<'a> KvSubject<'a, &'a str> {
+    /// Splits a subject `$KV.<bucket>.<key>` into its bucket and key (the
+    /// key unparsed: see [`DeploymentKey::parse`]); `None` for any other
+    /// subject.
+    pub fn parse(subject: &'a str) -> Option<Self> {
+        let (bucket, key) = split_subject(subject, KV_PREFIX)?;
+        Some(KvSubject { bucket, key })
+    }
+}
+
 impl<K: fmt::Display> fmt::Display for KvSubject<'_, K> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "$KV.{}.{}", self.bucket, self.key)
+        write!(f, "{KV_PREFIX}.{}.{}", self.bucket, self.key)
     }
 }
 
@@ -207,9 +263,72 @@ pub struct RepublishSubject<'a, K> {
     pub key: K,
 }
 
+impl<'a> RepublishSubject<'a, &'static str> {
+    /// `$KVR.<bucket>.>`: every republished key of `bucket`.
+    pub const fn all(bucket: &'a str) -> Self {
+        RepublishSubject {
+            bucket,
+            key: ALL_KEYS,
+        }
+    }
+}
+
+impl<'a> RepublishSubject<'a, &'a str> {
+    /// Splits a subject `$KVR.<bucket>.<key>` into its bucket and key;
+    /// `None` for any other subject.
+    pub fn parse(subject: &'a str) -> Option<Self> {
+        let (bucket, key) = split_subject(subject, REPUBLISH_PREFIX)?;
+        Some(RepublishSubject { bucket, key })
+    }
+}
+
 impl<K: fmt::Display> fmt::Display for RepublishSubject<'_, K> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{REPUBLISH_PREFIX}.{}.{}", self.bucket, self.key)
+    }
+}
+
+/// The subject that creates a consumer named `consumer` on a bucket's
+/// stream with the filter `filter`:
+/// `$JS.API.CONSUMER.CREATE.KV_<bucket>.<consumer>.<filter>` (see
+/// [`CONSUMER_CREATE_PREFIX`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConsumerCreateSubject<'a, C, F> {
+    /// The bucket whose stream gets the consumer.
+    pub bucket: &'a str,
+    /// The consumer's name, or `*` in a permission.
+    pub consumer: C,
+    /// The filter subject, such as a [`KvSubject`].
+    pub filter: F,
+}
+
+impl<'a> ConsumerCreateSubject<'a, &'a str, &'a str> {
+    /// Splits a consumer-create subject on a bucket's stream into bucket,
+    /// consumer name and filter; `None` for any other subject, including
+    /// a create without a filter.
+    pub fn parse(subject: &'a str) -> Option<Self> {
+        let rest = subject
+            .strip_prefix(CONSUMER_CREATE_PREFIX)?
+            .strip_prefix('.')?;
+        let (stream, rest) = rest.split_once('.')?;
+        let (consumer, filter) = rest.split_once('.')?;
+        (!consumer.is_empty() && !filter.is_empty()).then_some(ConsumerCreateSubject {
+            bucket: StreamName::parse(stream)?.0,
+            consumer,
+            filter,
+        })
+    }
+}
+
+impl<C: fmt::Display, F: fmt::Display> fmt::Display for ConsumerCreateSubject<'_, C, F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{CONSUMER_CREATE_PREFIX}.{}.{}.{}",
+            StreamName(self.bucket),
+            self.consumer,
+            self.filter
+        )
     }
 }
 
@@ -276,6 +395,79 @@ mod tests {
         assert_eq!(
             StreamName(DESIRED_STATE_BUCKET).to_string(),
             "KV_desired-state"
+        );
+        assert_eq!(
+            KvSubject::all(DEVICE_STATUS_BUCKET).to_string(),
+            "$KV.device-status.>"
+        );
+        assert_eq!(
+            RepublishSubject::all(DESIRED_STATE_BUCKET).to_string(),
+            "$KVR.desired-state.>"
+        );
+        assert_eq!(
+            ConsumerCreateSubject {
+                bucket: DESIRED_STATE_BUCKET,
+                consumer: "*",
+                filter: s,
+            }
+            .to_string(),
+            "$JS.API.CONSUMER.CREATE.KV_desired-state.*.$KV.desired-state.pi-001.>"
+        );
+    }
+
+    #[test]
+    fn subjects_parse_into_bucket_and_key() {
+        let s = KvSubject::parse("$KV.device-status.pi-1.web").unwrap();
+        assert_eq!((s.bucket, s.key), (DEVICE_STATUS_BUCKET, "pi-1.web"));
+        let k = DeploymentKey::parse(s.key).unwrap();
+        assert_eq!((k.device_id(), k.deployment()), ("pi-1", "web"));
+        let s = KvSubject::parse("$KV.device-heartbeat.pi-1").unwrap();
+        assert_eq!((s.bucket, s.key), (DEVICE_HEARTBEAT_BUCKET, "pi-1"));
+        let r = RepublishSubject::parse("$KVR.desired-state.pi-1.web").unwrap();
+        assert_eq!((r.bucket, r.key), (DESIRED_STATE_BUCKET, "pi-1.web"));
+        for other in [
+            "$KVR.desired-state.pi-1.web",
+            "$KV.desired-state",
+            "$KV.desired-state.",
+            "$KV..x",
+            "$KVX.desired-state.a",
+            "_INBOX.pi-1.x",
+        ] {
+            assert_eq!(KvSubject::parse(other), None, "{other}");
+        }
+        assert_eq!(RepublishSubject::parse("$KV.desired-state.a.b"), None);
+        for s in [
+            KvSubject {
+                bucket: DESIRED_STATE_BUCKET,
+                key: "a.b",
+            },
+            KvSubject::all(DESIRED_STATE_BUCKET),
+        ] {
+            assert_eq!(KvSubject::parse(&s.to_string()), Some(s));
+        }
+    }
+
+    #[test]
+    fn consumer_creates_parse() {
+        let c = ConsumerCreateSubject::parse(
+            "$JS.API.CONSUMER.CREATE.KV_desired-state.iot-agent-pi-1-ab.$KV.desired-state.pi-1.>",
+        )
+        .unwrap();
+        assert_eq!(c.bucket, DESIRED_STATE_BUCKET);
+        assert_eq!(c.consumer, "iot-agent-pi-1-ab");
+        assert_eq!(c.filter, "$KV.desired-state.pi-1.>");
+        assert_eq!(
+            ConsumerCreateSubject::parse("$JS.API.CONSUMER.CREATE.KV_desired-state"),
+            None
+        );
+        assert_eq!(
+            ConsumerCreateSubject::parse("$JS.API.CONSUMER.CREATE.ORDERS.c.orders.>"),
+            None
+        );
+        assert_eq!(StreamName::parse("KV_"), None);
+        assert_eq!(
+            StreamName::parse("KV_device-status"),
+            Some(StreamName(DEVICE_STATUS_BUCKET))
         );
     }
 }

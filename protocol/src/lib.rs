@@ -1,7 +1,8 @@
 //! The wire contract between the iot operator and the device agents.
 //!
 //! Everything that crosses NATS is defined here: bucket names and the key
-//! layout ([`keys`]), the score types users write ([`score`]), the values
+//! layout and subjects ([`keys`]), the KV headers and the owner value
+//! ([`kv`]), the score types users write ([`score`]), the values
 //! stored in the buckets ([`desired`], [`status`]) and their encoding
 //! ([`wire`]): postcard behind a one-byte format version.
 //!
@@ -22,6 +23,7 @@ pub mod desired;
 #[cfg(feature = "json")]
 pub mod json;
 pub mod keys;
+pub mod kv;
 pub mod limits;
 #[cfg(feature = "std")]
 pub mod permissions;

@@ -3,6 +3,12 @@
 //! authentication (nkeys in the generated configuration, or a JWT fleet's
 //! `.creds` file): what device A may do works, and everything else is
 //! refused with a "Permissions Violation" naming the subject.
+//!
+//! The subjects, stream names and headers below (`$KV.desired-state.<id>.>`,
+//! `$KVR...`, `Nats-Rollup`) are spelled out by hand on purpose, not taken
+//! from `protocol::keys`/`protocol::kv`: this matrix is an independent
+//! spelling of the wire contract, so a change there that moved a device's
+//! subjects would fail here instead of passing along with the code.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;

@@ -229,9 +229,10 @@ pub async fn create_buckets(client: &async_nats::Client) -> Result<(), async_nat
 
 fn stream_config(spec: &protocol::buckets::BucketSpec) -> async_nats::jetstream::stream::Config {
     use async_nats::jetstream::stream::{Config, DiscardPolicy, StorageType};
+    use protocol::keys::{KvSubject, RepublishSubject, StreamName};
     Config {
-        name: format!("KV_{}", spec.name),
-        subjects: vec![format!("$KV.{}.>", spec.name)],
+        name: StreamName(spec.name).to_string(),
+        subjects: vec![KvSubject::all(spec.name).to_string()],
         max_messages_per_subject: spec.history,
         max_message_size: spec.max_value_size,
         allow_rollup: spec.allow_rollup,
@@ -249,16 +250,8 @@ fn stream_config(spec: &protocol::buckets::BucketSpec) -> async_nats::jetstream:
         republish: spec
             .republish
             .then(|| async_nats::jetstream::stream::Republish {
-                source: protocol::keys::KvSubject {
-                    bucket: spec.name,
-                    key: ">",
-                }
-                .to_string(),
-                destination: protocol::keys::RepublishSubject {
-                    bucket: spec.name,
-                    key: ">",
-                }
-                .to_string(),
+                source: KvSubject::all(spec.name).to_string(),
+                destination: RepublishSubject::all(spec.name).to_string(),
                 headers_only: false,
             }),
         ..Default::default()

@@ -3,7 +3,8 @@
 
 use protocol::*;
 
-/// The score from DESIGN.md's "What a user writes", as the CRD carries it.
+/// The design's example score (every common container field), as the CRD
+/// carries it.
 pub const DESIGN_EXAMPLE_JSON: &str = r#"{
   "type": "PodmanV0",
   "data": {
@@ -37,7 +38,7 @@ pub fn small() -> PodmanV0Score<'static> {
     PodmanV0Score { containers }
 }
 
-/// A typical score: the DESIGN.md example.
+/// A typical score: [`DESIGN_EXAMPLE_JSON`].
 pub fn typical() -> PodmanV0Score<'static> {
     match serde_json::from_str::<IotScore>(DESIGN_EXAMPLE_JSON).unwrap() {
         IotScore::PodmanV0(s) => s.into_owned(),

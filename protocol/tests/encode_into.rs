@@ -1,0 +1,225 @@
+//! `wire::encode_into`, the encoder that needs no allocator (the one a
+//! microcontroller uses), against the golden vectors. The values are built
+//! from borrowed strings only, so this test also runs without the `alloc`
+//! feature: `cargo test -p protocol --no-default-features --test encode_into`.
+
+#![allow(clippy::unwrap_used, missing_docs)]
+
+mod vectors;
+
+use protocol::limits::MAX_VALUE_SIZE;
+use protocol::wire::{EncodeError, encode_into};
+use protocol::*;
+use serde::Serialize;
+use vectors::*;
+
+fn unhex(s: &str) -> Vec<u8> {
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
+        .collect()
+}
+
+/// Encodes `value` into a buffer of the largest value size, then into one
+/// of exactly the expected size, and refuses a buffer one byte short.
+fn check<T: Serialize + protocol::validate::Validate>(value: &T, expected: &str) {
+    let expected = unhex(expected);
+    let mut buf = vec![0u8; MAX_VALUE_SIZE];
+    assert_eq!(
+        encode_into(value, &mut buf).unwrap(),
+        &expected[..],
+        "encoding changed"
+    );
+    let mut exact = vec![0u8; expected.len()];
+    assert_eq!(encode_into(value, &mut exact).unwrap(), &expected[..]);
+    let mut short = vec![0u8; expected.len() - 1];
+    assert_eq!(
+        encode_into(value, &mut short),
+        Err(EncodeError::BufferTooSmall)
+    );
+    assert_eq!(
+        encode_into(value, &mut []),
+        Err(EncodeError::BufferTooSmall)
+    );
+}
+
+fn container<'a>(name: &'a str, image: &'a str) -> Container<'a> {
+    Container {
+        name: Text::borrowed(name),
+        image: Text::borrowed(image),
+        command: None,
+        args: None,
+        env: BoundedVec::new(),
+        ports: BoundedVec::new(),
+        volumes: BoundedVec::new(),
+        restart_policy: RestartPolicy::Always,
+        pull_policy: PullPolicy::IfNotPresent,
+        labels: BoundedMap::new(),
+        privileged: false,
+        host_network: false,
+        host_pid: false,
+        host_ipc: false,
+        cap_add: BoundedVec::new(),
+        devices: BoundedVec::new(),
+    }
+}
+
+fn score(c: Container<'_>) -> PodmanV0Score<'_> {
+    let mut containers = BoundedVec::new();
+    containers.push(c).unwrap();
+    PodmanV0Score { containers }
+}
+
+fn small() -> PodmanV0Score<'static> {
+    score(container("c0", "registry.example.net/team/app-0:1.2.0"))
+}
+
+#[test]
+fn podman_v0_small() {
+    check(&small(), SMALL_SCORE);
+}
+
+#[test]
+fn podman_v0_typical_design_example() {
+    let mut c = container("web", "docker.io/library/nginx:1.27");
+    let mut command = BoundedVec::new();
+    command.push(Text::borrowed("nginx")).unwrap();
+    c.command = Some(command);
+    let mut args = BoundedVec::new();
+    args.push(Text::borrowed("-g")).unwrap();
+    args.push(Text::borrowed("daemon off;")).unwrap();
+    c.args = Some(args);
+    c.env
+        .push(EnvVar {
+            name: Text::borrowed("GREETING"),
+            value: Text::borrowed("hello"),
+        })
+        .unwrap();
+    c.ports
+        .push(Port {
+            container_port: 80,
+            host_port: Some(8080),
+            protocol: PortProtocol::Tcp,
+            host_ip: Some(Text::borrowed("0.0.0.0")),
+        })
+        .unwrap();
+    c.volumes
+        .push(Volume {
+            name: Some(Text::borrowed("data")),
+            host_path: None,
+            mount_path: Text::borrowed("/data"),
+            read_only: false,
+        })
+        .unwrap();
+    c.volumes
+        .push(Volume {
+            name: None,
+            host_path: Some(Text::borrowed("/srv/web")),
+            mount_path: Text::borrowed("/srv"),
+            read_only: true,
+        })
+        .unwrap();
+    c.labels
+        .insert(Text::borrowed("tier"), Text::borrowed("frontend"))
+        .unwrap();
+    check(&score(c), TYPICAL_SCORE);
+}
+
+#[test]
+fn podman_v0_security_fields() {
+    let mut c = container("c0", "registry.example.net/team/app-0:1.2.0");
+    c.privileged = true;
+    c.host_network = true;
+    c.host_pid = true;
+    c.host_ipc = true;
+    c.cap_add.push(Text::borrowed("NET_ADMIN")).unwrap();
+    c.devices.push(Text::borrowed("/dev/ttyUSB0")).unwrap();
+    check(&score(c), SECURITY_SCORE);
+}
+
+#[test]
+fn desired_state_with_known_variant() {
+    // The payload's data is the score's own encoding, made here by
+    // encode_into too.
+    let mut data = [0u8; 256];
+    let data = encode_into(&small(), &mut data).unwrap();
+    let d = DesiredState {
+        deployment: Text::borrowed("hello-web"),
+        revision: 0x2f41_0fb6_e2c0_527d,
+        score: ScorePayload {
+            type_name: Text::borrowed("PodmanV0"),
+            encoding: PayloadEncoding::Postcard,
+            data: Bytes::borrowed(data),
+        },
+    };
+    assert_eq!(d.score.content_hash(), d.revision, "content hash changed");
+    check(&d, DESIRED);
+}
+
+#[test]
+fn desired_state_with_unknown_variant() {
+    let d = DesiredState {
+        deployment: Text::borrowed("smart-1"),
+        revision: 42,
+        score: ScorePayload {
+            type_name: Text::borrowed("OkdApplyV0"),
+            encoding: PayloadEncoding::Json,
+            data: Bytes::borrowed(br#"{"x":1}"#),
+        },
+    };
+    check(&d, DESIRED_UNKNOWN);
+}
+
+#[test]
+fn deployment_status() {
+    let mut containers = BoundedVec::new();
+    containers
+        .push(ContainerStatus {
+            name: Text::borrowed("web"),
+            state: ContainerState::Running,
+            exit_code: None,
+            restart_count: 0,
+        })
+        .unwrap();
+    containers
+        .push(ContainerStatus {
+            name: Text::borrowed("log"),
+            state: ContainerState::Exited,
+            exit_code: Some(1),
+            restart_count: 2,
+        })
+        .unwrap();
+    let s = DeploymentStatus {
+        revision: 42,
+        phase: Phase::Running,
+        containers,
+        message: Text::borrowed("exited from 1234"),
+        timestamp_ms: 1_764_000_000_000,
+    };
+    check(&s, STATUS);
+}
+
+#[test]
+fn heartbeat() {
+    let h = Heartbeat {
+        agent_version: Text::borrowed("0.1.0"),
+        arch: Text::borrowed("aarch64"),
+        os: Text::borrowed("linux"),
+        podman_version: Text::borrowed("4.3.1"),
+        uptime_secs: 3600,
+        deployments: 3,
+        timestamp_ms: 1_764_000_000_000,
+    };
+    check(&h, HEARTBEAT);
+}
+
+#[test]
+fn an_invalid_value_is_refused_before_encoding() {
+    let s = score(container("c.0", "registry.example.net/team/app-0:1.2.0"));
+    let mut buf = [0xaau8; 64];
+    assert!(matches!(
+        encode_into(&s, &mut buf),
+        Err(EncodeError::Invalid(_))
+    ));
+    assert_eq!(buf, [0xaa; 64], "nothing was written");
+}

@@ -1,0 +1,23 @@
+//! The golden byte vectors: the exact encoding of one value of each wire
+//! type. `golden.rs` checks `encode_to_vec` and `decode` against them (with
+//! the values built from JSON), `encode_into.rs` checks the allocation-free
+//! encoder (also without the `alloc` feature). These never change: a test
+//! that fails against them is a wire break.
+#![allow(dead_code)]
+
+/// `PodmanV0Score`: one container, name and image.
+pub const SMALL_SCORE: &str = "01010263302572656769737472792e6578616d706c652e6e65742f7465616d2f6170702d303a312e322e300000000000000100000000000000";
+/// `PodmanV0Score`: the design example (every kind of field).
+pub const TYPICAL_SCORE: &str = "0101037765621c646f636b65722e696f2f6c6962726172792f6e67696e783a312e32370101056e67696e780102022d670b6461656d6f6e206f66663b01084752454554494e470568656c6c6f015001903f000107302e302e302e300201046461746100052f64617461000001082f7372762f776562042f7372760100010104746965720866726f6e74656e64000000000000";
+/// `PodmanV0Score`: one container asking for every privilege.
+pub const SECURITY_SCORE: &str = "01010263302572656769737472792e6578616d706c652e6e65742f7465616d2f6170702d303a312e322e3000000000000001000101010101094e45545f41444d494e010c2f6465762f74747955534230";
+/// `DesiredState` carrying `SMALL_SCORE` as `PodmanV0`.
+pub const DESIRED: &str = "010968656c6c6f2d776562fda48196eef6c3a02f08506f646d616e5630003901010263302572656769737472792e6578616d706c652e6e65742f7465616d2f6170702d303a312e322e300000000000000100000000000000";
+/// `DesiredState` carrying a type this protocol does not know, as JSON.
+pub const DESIRED_UNKNOWN: &str = "0107736d6172742d312a0a4f6b644170706c79563001077b2278223a317d";
+/// `DeploymentStatus` with two containers.
+pub const STATUS: &str =
+    "012a030203776562020000036c6f6705010202106578697465642066726f6d203132333480d0dfb4ab33";
+/// `Heartbeat`.
+pub const HEARTBEAT: &str =
+    "0105302e312e300761617263683634056c696e757805342e332e31901c0380d0dfb4ab33";
