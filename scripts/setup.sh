@@ -24,6 +24,10 @@ if ((${#missing[@]})); then
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 
+# etcd and kube-apiserver for the real-API-server tests, where envtest
+# looks for them (KUBEBUILDER_ASSETS; scripts/test.sh sets it).
+scripts/kube-assets.sh
+
 if ! command -v rustup >/dev/null; then
     echo "rustup is required: see https://rustup.rs (the toolchain is pinned in rust-toolchain.toml)" >&2
     exit 1

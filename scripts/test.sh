@@ -8,6 +8,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
 
+# The real kube-apiserver tier (operator/tests/apiserver.rs) finds etcd and
+# kube-apiserver here, as controller-runtime's envtest does.
+export KUBEBUILDER_ASSETS="${KUBEBUILDER_ASSETS:-$PWD/target/kube-assets}"
+
 export CONTAINERS_CONF="$PWD/deploy/podman/containers.conf"
 # One full run gains nothing from incremental caches, and they cost disk
 # (about 0.7 GiB here).

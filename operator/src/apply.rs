@@ -93,6 +93,11 @@ pub enum PlanError {
     /// More targets than allowed.
     #[error("spec.targetDevices has {0} entries; at most 10000 are allowed")]
     TooManyTargets(usize),
+    /// The Deployment targets no device.
+    #[error(
+        "spec.targetDevices is empty; name at least one device (to stop running the score everywhere, delete the Deployment)"
+    )]
+    NoTargets,
     /// The score's data does not fit its type, or is over a bound.
     #[error("spec.score.data{}: {reason}", if path.is_empty() { String::new() } else { format!(".{path}") })]
     InvalidScore {
@@ -125,6 +130,9 @@ pub fn plan(d: &Deployment) -> Result<Plan, PlanError> {
             }
         })?,
     );
+    if d.spec.target_devices.is_empty() {
+        return Err(PlanError::NoTargets);
+    }
     if d.spec.target_devices.len() > MAX_TARGETS {
         return Err(PlanError::TooManyTargets(d.spec.target_devices.len()));
     }
@@ -430,6 +438,8 @@ mod tests {
             "{e:?}"
         );
         assert!(e.to_string().contains("'*'"), "{e}");
+        d.spec.target_devices.clear();
+        assert!(matches!(plan(&d), Err(PlanError::NoTargets)));
         // A manifest the CLI reads may hold a namespace the API server
         // would refuse; it cannot be part of the owner value.
         let mut d = deployment("web", "PodmanV0", podman());

@@ -121,8 +121,9 @@ impl JsonSchema for Score {
 
 fn target_devices_schema(_: &mut SchemaGenerator) -> Schema {
     json_schema!({
-        "description": "Device ids to run the score on; each is one NATS key token.",
+        "description": "Device ids to run the score on (at least one); each is one NATS key token.",
         "type": "array",
+        "minItems": 1,
         "maxItems": MAX_TARGETS,
         "x-kubernetes-list-type": "set",
         "items": {

@@ -1,12 +1,15 @@
-//! Test helpers that start real services: a JetStream `nats-server` and a
-//! Podman API service, each on its own free loopback port or socket with a
-//! temporary store, stopped and cleaned up on `Drop`.
+//! Test helpers that start real services: a JetStream `nats-server`, a
+//! Podman API service and (feature `kube`) etcd + `kube-apiserver`, each on
+//! its own free loopback port or socket with a temporary store, stopped and
+//! cleaned up on `Drop`.
 //!
 //! Outside CI a missing binary skips the test with a message; under
 //! `CI=true` it fails the test, so CI never passes by skipping.
 
 #![allow(clippy::unwrap_used, missing_docs)]
 
+#[cfg(feature = "kube")]
+pub mod kube;
 pub mod least_privilege;
 mod nats;
 mod podman;
@@ -53,6 +56,28 @@ pub fn free_port() -> u16 {
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
         .expect("no free loopback port")
+}
+
+/// `prefix` made unique to this process and moment (`prefix-PID-NANOS`), for
+/// device ids and names tests sharing one Podman or NATS must not reuse.
+pub fn unique(prefix: &str) -> String {
+    let n = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    format!("{prefix}-{}-{:x}", std::process::id(), n)
+}
+
+/// `GET /` over HTTP/1.0 on 127.0.0.1:`port`: the whole answer (status line,
+/// headers, body), or `None` while nothing answers within 2 s.
+pub fn http_get(port: u16) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    s.write_all(b"GET / HTTP/1.0\r\n\r\n").ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    Some(out)
 }
 
 /// Polls `cond` every 25 ms until it is true or `timeout` passes; returns

@@ -1,0 +1,584 @@
+//! The operator against a real Kubernetes API server: etcd and
+//! kube-apiserver on loopback (`testkit::kube`, binaries from
+//! `KUBEBUILDER_ASSETS`; `scripts/kube-assets.sh` puts them there).
+//!
+//! What the mocked tests cannot show: the server accepts our CRD (its
+//! structural schema, and the CEL rules within the server's cost limits),
+//! refuses what the CEL rules must refuse, the real controller loop's
+//! finalizer, status subresource patches, watches and Events work against
+//! it under the RBAC rules of `deploy/operator.yaml`, and every manifest in
+//! `deploy/` passes the server's validation.
+//!
+//! Each test starts its own server (3-15 s), so tests share nothing: the
+//! controller watches every namespace, and two controllers on one server
+//! would reconcile each other's Deployments.
+#![allow(clippy::unwrap_used, missing_docs)]
+
+mod common;
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::{desired, nats_env, podman, put_heartbeat, put_status};
+use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::api::events::v1::Event;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{
+    Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams,
+    ValidationDirective,
+};
+use kube::core::{ApiResource, GroupVersionKind};
+use kube::discovery::Scope;
+use kube::runtime::wait::{await_condition, conditions};
+use kube::{Client, ResourceExt};
+use operator::crd::{
+    DEVICE_RULE_MESSAGE, Deployment, FINALIZER, NAME_RULE_MESSAGE, SCORE_TYPE_RULE_MESSAGE,
+};
+use operator::{Context, ControllerConfig, StatusCache};
+use protocol::Phase;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use testkit::kube::KubeApiServer;
+
+/// Longest wait for the controller to act on a change.
+const SETTLE: Duration = Duration::from_secs(30);
+const MANAGER: &str = "operator-tests";
+
+fn repo() -> &'static Path {
+    testkit::repo_root()
+}
+
+/// Every document of a multi-document YAML file (empty ones skipped).
+fn documents(path: &Path) -> Vec<Value> {
+    let text = std::fs::read_to_string(path).unwrap();
+    serde_yaml::Deserializer::from_str(&text)
+        .map(Value::deserialize)
+        .map(|doc| doc.unwrap_or_else(|e| panic!("{}: {e}", path.display())))
+        .filter(|doc| !doc.is_null())
+        .collect()
+}
+
+/// Installs `deploy/crd.yaml` (server-side apply) and waits until the
+/// server reports it Established.
+async fn install_crd(client: &Client) -> CustomResourceDefinition {
+    let crd: CustomResourceDefinition =
+        serde_yaml::from_str(&std::fs::read_to_string(repo().join("deploy/crd.yaml")).unwrap())
+            .unwrap();
+    let api: Api<CustomResourceDefinition> = Api::all(client.clone());
+    let name = crd.name_any();
+    api.patch(&name, &strict_apply(), &Patch::Apply(&crd))
+        .await
+        .unwrap_or_else(|e| panic!("the server refused deploy/crd.yaml: {e}"));
+    let established = tokio::time::timeout(
+        SETTLE,
+        await_condition(api, &name, conditions::is_crd_established()),
+    )
+    .await
+    .unwrap_or_else(|_| panic!("{name} was not Established within {SETTLE:?}"))
+    .unwrap();
+    established.unwrap()
+}
+
+/// Server-side apply as our field manager, refusing unknown fields.
+fn strict_apply() -> PatchParams {
+    PatchParams {
+        field_validation: Some(ValidationDirective::Strict),
+        ..PatchParams::apply(MANAGER).force()
+    }
+}
+
+async fn create_namespace(client: &Client, name: &str) {
+    let api: Api<Namespace> = Api::all(client.clone());
+    let ns: Namespace = serde_json::from_value(json!({"metadata": {"name": name}})).unwrap();
+    api.patch(name, &strict_apply(), &Patch::Apply(&ns))
+        .await
+        .unwrap();
+}
+
+/// Polls `probe` every 100 ms until it gives `Ok`, or panics after
+/// `SETTLE` with `what` and the last `Err` (what it saw instead).
+async fn eventually<T, F, Fut>(what: &str, mut probe: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, String>>,
+{
+    let start = Instant::now();
+    loop {
+        let last = match probe().await {
+            Ok(v) => return v,
+            Err(last) => last,
+        };
+        assert!(
+            start.elapsed() < SETTLE,
+            "{what}: not so within {SETTLE:?}; last seen: {last}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The Deployment as JSON, once `pred` holds for it.
+async fn deployment_where(
+    api: &Api<Deployment>,
+    name: &str,
+    what: &str,
+    pred: impl Fn(&Value) -> bool,
+) -> Value {
+    eventually(what, || async {
+        let d = api.get(name).await.map_err(|e| e.to_string())?;
+        let mut v = serde_json::to_value(&d).unwrap();
+        if pred(&v) {
+            return Ok(v);
+        }
+        // What the failure message shows: the object without the noise.
+        v["metadata"]
+            .as_object_mut()
+            .unwrap()
+            .remove("managedFields");
+        Err(v.to_string())
+    })
+    .await
+}
+
+fn condition<'a>(d: &'a Value, type_: &str) -> Option<&'a Value> {
+    d["status"]["conditions"]
+        .as_array()?
+        .iter()
+        .find(|c| c["type"] == type_)
+}
+
+fn device_phases(d: &Value) -> Vec<(String, String)> {
+    d["status"]["devices"]
+        .as_array()
+        .map(|devices| {
+            devices
+                .iter()
+                .map(|e| {
+                    (
+                        e["device"].as_str().unwrap_or_default().to_string(),
+                        e["phase"].as_str().unwrap_or_default().to_string(),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// A live desired-state key (written, not deleted).
+async fn key_live(env: &common::Env, device: &str, name: &str) -> bool {
+    desired(&env.nats, device, name)
+        .await
+        .is_some_and(|r| !r.deleted)
+}
+
+fn deployment_json(ns: &str, name: &str, targets: Value, score_type: &str) -> Value {
+    json!({
+        "apiVersion": "iot.nationtech.io/v1alpha1",
+        "kind": "Deployment",
+        "metadata": {"name": name, "namespace": ns},
+        "spec": {
+            "targetDevices": targets,
+            "score": {"type": score_type, "data": podman("nginx:1")},
+        },
+    })
+}
+
+async fn create(api: &Api<DynamicObject>, body: Value) -> Result<DynamicObject, kube::Error> {
+    let obj: DynamicObject = serde_json::from_value(body).unwrap();
+    api.create(&PostParams::default(), &obj).await
+}
+
+/// Creating `body` fails with 422 and a message containing `message`.
+async fn refused(api: &Api<DynamicObject>, body: Value, message: &str) {
+    let what = body.to_string();
+    match create(api, body).await {
+        Err(kube::Error::Api(s)) => {
+            assert_eq!(s.code, 422, "{what}: {s:?}");
+            assert!(
+                s.message.contains(message),
+                "{what}: the server's message {:?} lacks {message:?}",
+                s.message
+            );
+        }
+        other => panic!("{what} was not refused: {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn the_generated_crd_is_accepted_and_established() {
+    let Some(server) = KubeApiServer::start().await else {
+        return;
+    };
+    let client = server.client().await;
+    let crd = install_crd(&client).await;
+    let conds = crd.status.unwrap().conditions.unwrap_or_default();
+    for type_ in ["NamesAccepted", "Established"] {
+        assert!(
+            conds.iter().any(|c| c.type_ == type_ && c.status == "True"),
+            "{type_}: {conds:?}"
+        );
+    }
+    assert!(
+        !conds
+            .iter()
+            .any(|c| c.type_ == "NonStructuralSchema" && c.status == "True"),
+        "{conds:?}"
+    );
+    // The resource is served: list it, and its short name is known.
+    let api: Api<Deployment> = Api::all(client.clone());
+    assert!(
+        api.list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .is_empty()
+    );
+    let (ar, caps) = kube::discovery::pinned_kind(
+        &client,
+        &GroupVersionKind::gvk("iot.nationtech.io", "v1alpha1", "Deployment"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(ar.plural, "deployments");
+    assert_eq!(caps.scope, Scope::Namespaced);
+    assert!(caps.subresources.iter().any(|(s, _)| s.plural == "status"));
+}
+
+/// What the CRD's schema and CEL rules must refuse, refused by the server
+/// with the rule's message; a valid Deployment beside them is accepted.
+#[tokio::test]
+async fn the_server_refuses_what_the_cel_rules_refuse() {
+    let Some(server) = KubeApiServer::start().await else {
+        return;
+    };
+    let client = server.client().await;
+    install_crd(&client).await;
+    let ar = ApiResource::erase::<Deployment>(&());
+    let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), "default", &ar);
+
+    let ok = create(
+        &api,
+        deployment_json("default", "web", json!(["pi-1"]), "PodmanV0"),
+    )
+    .await;
+    assert!(ok.is_ok(), "a valid Deployment: {ok:?}");
+
+    for bad_type in ["has space", "Podman.V0"] {
+        refused(
+            &api,
+            deployment_json("default", "t", json!(["pi-1"]), bad_type),
+            SCORE_TYPE_RULE_MESSAGE,
+        )
+        .await;
+    }
+    refused(
+        &api,
+        deployment_json("default", "d", json!(["pi-1", "pi*"]), "PodmanV0"),
+        DEVICE_RULE_MESSAGE,
+    )
+    .await;
+    // A valid Kubernetes name, but not one NATS key token.
+    refused(
+        &api,
+        deployment_json("default", "hello.web", json!(["pi-1"]), "PodmanV0"),
+        NAME_RULE_MESSAGE,
+    )
+    .await;
+    // A Deployment that targets nothing: an empty list, or none at all.
+    refused(
+        &api,
+        deployment_json("default", "e", json!([]), "PodmanV0"),
+        "spec.targetDevices: Invalid value",
+    )
+    .await;
+    let mut no_targets = deployment_json("default", "n", json!([]), "PodmanV0");
+    no_targets["spec"]
+        .as_object_mut()
+        .unwrap()
+        .remove("targetDevices");
+    refused(&api, no_targets, "spec.targetDevices: Required value").await;
+
+    // The rules hold on updates too: a merge patch adding a bad device.
+    let patch = json!({"spec": {"targetDevices": ["pi-1", "a.b"]}});
+    match api
+        .patch("web", &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+    {
+        Err(kube::Error::Api(s)) => {
+            assert_eq!(s.code, 422, "{s:?}");
+            assert!(s.message.contains(DEVICE_RULE_MESSAGE), "{}", s.message);
+        }
+        other => panic!("the patch was not refused: {other:?}"),
+    }
+}
+
+/// Every manifest in `deploy/` and `deploy/examples/` passes a server-side
+/// dry run (schema, unknown fields, RBAC objects, the CRD's rules). The CRD
+/// and the Namespaces are created for real first: objects in them depend on
+/// them.
+#[tokio::test]
+async fn every_manifest_in_deploy_passes_a_server_side_dry_run() {
+    let Some(server) = KubeApiServer::start().await else {
+        return;
+    };
+    let client = server.client().await;
+    install_crd(&client).await;
+    let mut files = Vec::new();
+    for dir in ["deploy", "deploy/nats", "deploy/examples"] {
+        for entry in std::fs::read_dir(repo().join(dir)).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "yaml" || e == "yml") {
+                files.push(path);
+            }
+        }
+    }
+    files.sort();
+    for must in ["crd.yaml", "operator.yaml", "nats.yaml", "hello.yaml"] {
+        assert!(
+            files.iter().any(|f| f.ends_with(must)),
+            "{must} not among {files:?}"
+        );
+    }
+    let docs: Vec<(PathBuf, Value)> = files
+        .iter()
+        .flat_map(|f| documents(f).into_iter().map(move |d| (f.clone(), d)))
+        .collect();
+    for (_, doc) in docs.iter().filter(|(_, d)| d["kind"] == "Namespace") {
+        create_namespace(&client, doc["metadata"]["name"].as_str().unwrap()).await;
+    }
+    let dry_run = PatchParams {
+        dry_run: true,
+        ..strict_apply()
+    };
+    let mut checked = 0;
+    for (file, doc) in &docs {
+        let obj: DynamicObject = serde_json::from_value(doc.clone())
+            .unwrap_or_else(|e| panic!("{}: {e}: {doc}", file.display()));
+        let types = obj.types.clone().unwrap();
+        let gvk = GroupVersionKind::try_from(&types).unwrap();
+        let (ar, caps) = kube::discovery::pinned_kind(&client, &gvk)
+            .await
+            .unwrap_or_else(|e| panic!("{}: {gvk:?} is not served: {e}", file.display()));
+        let api: Api<DynamicObject> = match caps.scope {
+            Scope::Namespaced => Api::namespaced_with(
+                client.clone(),
+                obj.metadata.namespace.as_deref().unwrap_or("default"),
+                &ar,
+            ),
+            Scope::Cluster => Api::all_with(client.clone(), &ar),
+        };
+        let name = obj.name_any();
+        let result = api.patch(&name, &dry_run, &Patch::Apply(&obj)).await;
+        if let Err(e) = result {
+            panic!(
+                "{}: {} {name}: the server refused it: {e}",
+                file.display(),
+                types.kind
+            );
+        }
+        checked += 1;
+    }
+    assert!(checked >= 10, "only {checked} objects in {files:?}");
+    // A dry run stores nothing: the example Deployment does not exist.
+    let api: Api<Deployment> = Api::namespaced(client.clone(), "default");
+    assert!(api.get_opt("hello-web").await.unwrap().is_none());
+}
+
+/// Creates for real the operator's identity from `deploy/operator.yaml`
+/// (its Namespace, ServiceAccount, ClusterRole and ClusterRoleBinding) and
+/// returns a client acting as that service account.
+async fn operator_identity(server: &KubeApiServer, client: &Client) -> Client {
+    let docs = documents(&repo().join("deploy/operator.yaml"));
+    let mut account = None;
+    for kind in [
+        "Namespace",
+        "ServiceAccount",
+        "ClusterRole",
+        "ClusterRoleBinding",
+    ] {
+        let doc = docs
+            .iter()
+            .find(|d| d["kind"] == kind)
+            .unwrap_or_else(|| panic!("no {kind} in deploy/operator.yaml"));
+        let obj: DynamicObject = serde_json::from_value(doc.clone()).unwrap();
+        let gvk = GroupVersionKind::try_from(obj.types.as_ref().unwrap()).unwrap();
+        let (ar, caps) = kube::discovery::pinned_kind(client, &gvk).await.unwrap();
+        let api: Api<DynamicObject> = match (caps.scope, obj.namespace()) {
+            (Scope::Namespaced, Some(ns)) => Api::namespaced_with(client.clone(), &ns, &ar),
+            _ => Api::all_with(client.clone(), &ar),
+        };
+        api.patch(&obj.name_any(), &strict_apply(), &Patch::Apply(&obj))
+            .await
+            .unwrap_or_else(|e| panic!("deploy/operator.yaml {kind}: {e}"));
+        if kind == "ServiceAccount" {
+            account = Some((obj.namespace().unwrap(), obj.name_any()));
+        }
+    }
+    let (ns, name) = account.unwrap();
+    server
+        .client_as(
+            &format!("system:serviceaccount:{ns}:{name}"),
+            &[
+                "system:serviceaccounts",
+                &format!("system:serviceaccounts:{ns}"),
+                "system:authenticated",
+            ],
+        )
+        .await
+}
+
+/// The real controller loop (`operator::controller::run`) against the
+/// server and a real nats-server, as the service account of
+/// `deploy/operator.yaml` (so its RBAC rules must allow everything the
+/// controller does): finalizer, keys, status with observedGeneration and
+/// device phases, an Event, pruning when a target is removed, and cleanup
+/// on delete.
+#[tokio::test]
+async fn the_controller_runs_against_a_real_api_server() {
+    let Some(env) = nats_env().await else { return };
+    let Some(server) = KubeApiServer::start().await else {
+        return;
+    };
+    let client = server.client().await;
+    install_crd(&client).await;
+    create_namespace(&client, "fleet").await;
+    let operator_client = operator_identity(&server, &client).await;
+
+    let (cache, changes) = StatusCache::new(Duration::from_secs(90));
+    let watch = tokio::spawn(cache.clone().watch(env.nats.clone()));
+    let ctx = Arc::new(Context::new(
+        operator_client,
+        env.nats.clone(),
+        cache,
+        ControllerConfig::default(),
+    ));
+    let controller = tokio::spawn(operator::controller::run(ctx.clone(), changes));
+
+    let api: Api<Deployment> = Api::namespaced(client.clone(), "fleet");
+    let d: Deployment = serde_json::from_value(deployment_json(
+        "fleet",
+        "web",
+        json!(["pi-1", "pi-2"]),
+        "PodmanV0",
+    ))
+    .unwrap();
+    let created = api.create(&PostParams::default(), &d).await.unwrap();
+    let revision = operator::plan(&created).unwrap().revision;
+    let rev = operator::crd::revision_string(revision);
+
+    // Keys written for both targets, the finalizer on, the status folded
+    // for generation 1 with both devices not reported yet.
+    for device in ["pi-1", "pi-2"] {
+        eventually(&format!("key {device}.web written"), || async {
+            if key_live(&env, device, "web").await {
+                Ok(())
+            } else {
+                Err("no key".into())
+            }
+        })
+        .await;
+    }
+    let rec = desired(&env.nats, "pi-1", "web").await.unwrap();
+    assert_eq!(rec.owner.as_deref(), Some("fleet/web"));
+    let v = deployment_where(&api, "web", "status of generation 1", |v| {
+        v["status"]["observedGeneration"] == 1 && v["status"]["revision"] == rev.as_str()
+    })
+    .await;
+    assert_eq!(v["metadata"]["finalizers"], json!([FINALIZER]));
+    assert_eq!(v["status"]["targeted"], 2);
+    assert_eq!(
+        device_phases(&v),
+        [
+            ("pi-1".into(), "Unknown".into()),
+            ("pi-2".into(), "Unknown".into())
+        ]
+    );
+
+    // The agents report: pi-1 runs it, pi-2 failed.
+    put_heartbeat(&env.client, "pi-1").await;
+    put_heartbeat(&env.client, "pi-2").await;
+    put_status(&env.client, "pi-1", "web", revision, Phase::Running, "").await;
+    put_status(
+        &env.client,
+        "pi-2",
+        "web",
+        revision,
+        Phase::Failed,
+        "image nginx:1 not found",
+    )
+    .await;
+    let v = deployment_where(&api, "web", "device reports folded", |v| {
+        v["status"]["ready"] == 1 && v["status"]["failed"] == 1
+    })
+    .await;
+    assert_eq!(device_phases(&v), [("pi-2".into(), "Failed".into())]);
+    assert_eq!(
+        v["status"]["devices"][0]["message"],
+        "image nginx:1 not found"
+    );
+    assert_eq!(v["status"]["upToDate"], 2);
+    let degraded = condition(&v, "Degraded").unwrap();
+    assert_eq!(degraded["status"], "True", "{degraded}");
+    assert_eq!(degraded["observedGeneration"], 1);
+
+    // An Event for the write, recorded by the server.
+    let events: Api<Event> = Api::namespaced(client.clone(), "fleet");
+    eventually("a DesiredStateWritten event", || async {
+        let list = events
+            .list(&ListParams::default())
+            .await
+            .map_err(|e| e.to_string())?;
+        let found = list.items.iter().any(|e| {
+            e.reason.as_deref() == Some("DesiredStateWritten")
+                && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("web")
+        });
+        let reasons: Vec<_> = list.items.iter().map(|e| e.reason.clone()).collect();
+        if found {
+            Ok(())
+        } else {
+            Err(format!("{reasons:?}"))
+        }
+    })
+    .await;
+
+    // A target removed: its key is pruned, generation 2 observed, and the
+    // remaining device is ready.
+    let patch = json!({"spec": {"targetDevices": ["pi-1"]}});
+    api.patch("web", &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .unwrap();
+    eventually("key pi-2.web pruned", || async {
+        if key_live(&env, "pi-2", "web").await {
+            Err("still there".into())
+        } else {
+            Ok(())
+        }
+    })
+    .await;
+    assert!(key_live(&env, "pi-1", "web").await);
+    let v = deployment_where(&api, "web", "status of generation 2", |v| {
+        v["status"]["observedGeneration"] == 2 && v["status"]["targeted"] == 1
+    })
+    .await;
+    assert_eq!(v["metadata"]["generation"], 2);
+    assert_eq!(device_phases(&v), Vec::<(String, String)>::new());
+    assert_eq!(v["status"]["ready"], 1);
+    let ready = condition(&v, "Ready").unwrap();
+    assert_eq!(ready["status"], "True", "{ready}");
+    assert_eq!(ready["observedGeneration"], 2);
+
+    // Deleted: the finalizer holds the object until the keys are gone.
+    api.delete("web", &DeleteParams::default()).await.unwrap();
+    eventually("web deleted", || async {
+        match api.get_opt("web").await.map_err(|e| e.to_string())? {
+            None => Ok(()),
+            Some(d) => Err(format!("still there, finalizers {:?}", d.finalizers())),
+        }
+    })
+    .await;
+    assert!(!key_live(&env, "pi-1", "web").await, "pi-1.web left behind");
+
+    controller.abort();
+    watch.abort();
+}
