@@ -1,413 +1,26 @@
-//! The agent's configuration file: versioned TOML, validated, with errors
-//! that name the field and what would be valid.
+//! The agent's configuration file. Its schema, defaults and validation are
+//! the `agent-config` crate, re-exported here, so that the tools writing
+//! the file (`cargo xtask image`, the demo) use the agent's own type; this
+//! module adds only what needs the agent: `[security]` as the policy's
+//! [`Allowances`].
 
-use std::fmt;
-use std::path::{Path, PathBuf};
-use std::time::Duration;
+pub use agent_config::*;
 
-use serde::{Deserialize, Serialize};
+use crate::policy::Allowances;
 
-/// The only configuration format version this build reads.
-pub const CONFIG_VERSION: u32 = 1;
-/// Where the agent looks for its configuration by default.
-pub const DEFAULT_CONFIG_PATH: &str = "/etc/iot-agent/config.toml";
-/// Heartbeat period when the file does not set one.
-pub const DEFAULT_HEARTBEAT_SECS: u64 = 30;
-/// Stop timeout when the file does not set one (Podman's own default).
-pub const DEFAULT_STOP_TIMEOUT_SECS: u64 = 10;
-/// Podman socket when the file does not set one.
-pub const DEFAULT_PODMAN_SOCKET: &str = "unix:///run/podman/podman.sock";
-
-/// Why a configuration cannot be used.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    /// The file could not be read.
-    #[error("cannot read {path}: {source}")]
-    Read {
-        /// The file.
-        path: PathBuf,
-        /// The I/O error.
-        source: std::io::Error,
-    },
-    /// The TOML does not parse or does not fit the schema (unknown key,
-    /// unknown credential `type`, wrong value type...).
-    #[error("{0}")]
-    Syntax(String),
-    /// A field holds a value that is not valid.
-    #[error("{field}: {problem}")]
-    Invalid {
-        /// Dotted path of the field, e.g. `nats.urls[0]`.
-        field: String,
-        /// What is wrong and what would be valid.
-        problem: String,
-    },
-}
-
-fn invalid(field: impl Into<String>, problem: impl Into<String>) -> ConfigError {
-    ConfigError::Invalid {
-        field: field.into(),
-        problem: problem.into(),
-    }
-}
-
-/// The whole file.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Config {
-    /// Format version; must be [`CONFIG_VERSION`].
-    pub version: u32,
-    /// This device's id: one key token (`[A-Za-z0-9_-]{1,63}`).
-    pub device_id: String,
-    /// Directory for the desired-state cache.
-    pub state_dir: PathBuf,
-    /// Seconds between heartbeats.
-    #[serde(default = "default_heartbeat")]
-    pub heartbeat_interval_secs: u64,
-    /// NATS connection.
-    pub nats: NatsConfig,
-    /// Podman connection.
-    #[serde(default)]
-    pub podman: PodmanConfig,
-    /// Limits on what scores may ask for.
-    #[serde(default)]
-    pub security: SecurityConfig,
-}
-
-fn default_heartbeat() -> u64 {
-    DEFAULT_HEARTBEAT_SECS
-}
-
-/// `[nats]`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct NatsConfig {
-    /// Servers to connect to (`nats://`, `tls://`); any that answers is used.
-    pub urls: Vec<String>,
-    /// How the agent authenticates.
-    #[serde(default)]
-    pub credentials: Credentials,
-    /// TLS settings; absent means TLS only when a `tls://` URL asks for it.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tls: Option<TlsConfig>,
-}
-
-/// `[nats.credentials]`, tagged by `type`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "type", rename_all = "kebab-case", deny_unknown_fields)]
-pub enum Credentials {
-    /// No authentication.
-    #[default]
-    None,
-    /// User name and password (tests and labs only).
-    UserPassword {
-        /// User name.
-        user: String,
-        /// Password.
-        password: String,
-    },
-    /// A bearer token.
-    Token {
-        /// The token.
-        token: String,
-    },
-    /// An nkey seed in a file (challenge-response; the server holds no secret).
-    Nkey {
-        /// File holding the seed (`SU...`), mode 0600.
-        seed_file: PathBuf,
-    },
-    /// A `.creds` file (JWT plus seed) for decentralized JWT mode.
-    CredsFile {
-        /// The file.
-        path: PathBuf,
-    },
-}
-
-/// `[nats.tls]`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TlsConfig {
-    /// CA bundle (PEM) that signed the server's certificate.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub ca: Option<PathBuf>,
-    /// Client certificate (PEM) for mutual TLS; needs `key`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub cert: Option<PathBuf>,
-    /// Client key (PEM) for mutual TLS; needs `cert`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub key: Option<PathBuf>,
-}
-
-/// `[podman]`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PodmanConfig {
-    /// The API socket, `unix:///path` (or a bare absolute path).
-    #[serde(default = "default_socket")]
-    pub socket: String,
-    /// Seconds a container gets between SIGTERM and SIGKILL when it is
-    /// replaced or removed (also set as its stop timeout at create).
-    #[serde(default = "default_stop_timeout")]
-    pub stop_timeout_secs: u64,
-    /// Whether a changed container's replacement starts before the old one
-    /// stops (`start-first`, the default) or after (`stop-first`).
-    #[serde(default)]
-    pub replace_order: ReplaceOrder,
-}
-
-/// `podman.replace_order`: how a container whose spec changed is replaced.
-/// Either way the replacement is created while the old container still
-/// runs, and the old one keeps running (or is started again) when the
-/// replacement cannot be created or started.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum ReplaceOrder {
-    /// Start the new container, then stop the old one (its stop timeout
-    /// then costs no downtime), unless the container claims something only
-    /// one instance can hold: a host port, the host's namespaces, a
-    /// writable volume, a device or privileged mode. Those are stopped
-    /// first. Briefly runs two instances of a container without such
-    /// claims, as a Kubernetes rolling update does.
-    #[default]
-    StartFirst,
-    /// Always stop the old container before starting the new one (for
-    /// workloads that must never run twice, even briefly).
-    StopFirst,
-}
-
-fn default_socket() -> String {
-    DEFAULT_PODMAN_SOCKET.to_string()
-}
-
-fn default_stop_timeout() -> u64 {
-    DEFAULT_STOP_TIMEOUT_SECS
-}
-
-impl Default for PodmanConfig {
-    fn default() -> Self {
-        PodmanConfig {
-            socket: default_socket(),
-            stop_timeout_secs: DEFAULT_STOP_TIMEOUT_SECS,
-            replace_order: ReplaceOrder::default(),
-        }
-    }
-}
-
-/// `[security]`: what scores may ask of the host.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SecurityConfig {
-    /// Host directories under which `hostPath` bind mounts are allowed.
-    /// Empty (the default) refuses every bind mount.
-    #[serde(default)]
-    pub allowed_host_paths: Vec<PathBuf>,
-    /// Allow scores that ask for privileged mode (default false).
-    #[serde(default)]
-    pub allow_privileged: bool,
-    /// Allow hostNetwork, hostPID and hostIPC (default false).
-    #[serde(default)]
-    pub allow_host_namespaces: bool,
-    /// Capabilities a score may add beyond the Baseline set (`NET_ADMIN`).
-    #[serde(default)]
-    pub allowed_capabilities: Vec<String>,
-    /// Host devices a score may pass in (`/dev/ttyUSB0`); default none.
-    #[serde(default)]
-    pub allowed_devices: Vec<PathBuf>,
-}
-
-impl SecurityConfig {
-    /// The allowances the policy applies.
-    pub fn allowances(&self) -> crate::policy::Allowances {
-        crate::policy::Allowances {
-            host_paths: self.allowed_host_paths.clone(),
-            privileged: self.allow_privileged,
-            host_namespaces: self.allow_host_namespaces,
-            capabilities: self
+impl From<&SecurityConfig> for Allowances {
+    fn from(s: &SecurityConfig) -> Allowances {
+        Allowances {
+            host_paths: s.allowed_host_paths.clone(),
+            privileged: s.allow_privileged,
+            host_namespaces: s.allow_host_namespaces,
+            capabilities: s
                 .allowed_capabilities
                 .iter()
-                .map(|c| crate::policy::normalize_capability(c))
+                .map(|c| normalize_capability(c))
                 .collect(),
-            devices: self.allowed_devices.clone(),
+            devices: s.allowed_devices.clone(),
         }
-    }
-}
-
-impl Config {
-    /// Reads and validates the file at `path`.
-    pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        Self::parse(&text)
-    }
-
-    /// Parses and validates TOML text.
-    pub fn parse(text: &str) -> Result<Config, ConfigError> {
-        // The error's Display quotes the offending line, which names the
-        // key even when the message alone would not (a wrong value type).
-        let config: Config = toml::from_str(text).map_err(|e| {
-            let mut msg = e.to_string().trim_end().to_string();
-            // The credential type is the one enum whose message does not
-            // show the key (it is a tag inside a table).
-            if e.message().contains("unknown variant") && e.message().contains("user-password") {
-                msg.push_str("\n(in nats.credentials.type)");
-            }
-            ConfigError::Syntax(msg)
-        })?;
-        config.validate()?;
-        Ok(config)
-    }
-
-    /// Checks every field's value.
-    pub fn validate(&self) -> Result<(), ConfigError> {
-        if self.version != CONFIG_VERSION {
-            return Err(invalid(
-                "version",
-                format!(
-                    "is {}; this agent reads version {CONFIG_VERSION} (set `version = 1`)",
-                    self.version
-                ),
-            ));
-        }
-        protocol::keys::validate_device_id(&self.device_id)
-            .map_err(|e| invalid("device_id", e.to_string()))?;
-        if !self.state_dir.is_absolute() {
-            return Err(invalid(
-                "state_dir",
-                "must be an absolute path, e.g. \"/var/lib/iot-agent\"",
-            ));
-        }
-        if self.heartbeat_interval_secs == 0 || self.heartbeat_interval_secs > 86_400 {
-            return Err(invalid(
-                "heartbeat_interval_secs",
-                "must be between 1 and 86400 seconds",
-            ));
-        }
-        if self.nats.urls.is_empty() {
-            return Err(invalid(
-                "nats.urls",
-                "needs at least one server, e.g. [\"nats://nats.example.net:4222\"]",
-            ));
-        }
-        for (i, url) in self.nats.urls.iter().enumerate() {
-            let ok = ["nats://", "tls://"].iter().any(|s| {
-                url.strip_prefix(s)
-                    .is_some_and(|rest| !rest.is_empty() && !rest.contains(char::is_whitespace))
-            });
-            if !ok {
-                return Err(invalid(
-                    format!("nats.urls[{i}]"),
-                    format!("{url:?} is not a NATS URL; use nats://host:port or tls://host:port"),
-                ));
-            }
-        }
-        match &self.nats.credentials {
-            Credentials::None => {}
-            Credentials::UserPassword { user, .. } if user.is_empty() => {
-                return Err(invalid("nats.credentials.user", "must not be empty"));
-            }
-            Credentials::Token { token } if token.is_empty() => {
-                return Err(invalid("nats.credentials.token", "must not be empty"));
-            }
-            Credentials::Nkey { seed_file } if !seed_file.is_absolute() => {
-                return Err(invalid(
-                    "nats.credentials.seed_file",
-                    "must be an absolute path to a file holding the nkey seed",
-                ));
-            }
-            Credentials::CredsFile { path } if !path.is_absolute() => {
-                return Err(invalid(
-                    "nats.credentials.path",
-                    "must be an absolute path to a .creds file",
-                ));
-            }
-            _ => {}
-        }
-        if let Some(tls) = &self.nats.tls {
-            if tls.cert.is_some() != tls.key.is_some() {
-                return Err(invalid(
-                    "nats.tls",
-                    "`cert` and `key` go together: set both for mutual TLS, or neither",
-                ));
-            }
-            for (name, p) in [("ca", &tls.ca), ("cert", &tls.cert), ("key", &tls.key)] {
-                if p.as_ref().is_some_and(|p| !p.is_absolute()) {
-                    return Err(invalid(
-                        format!("nats.tls.{name}"),
-                        "must be an absolute path",
-                    ));
-                }
-            }
-        }
-        self.podman_socket_path()?;
-        if self.podman.stop_timeout_secs > 600 {
-            return Err(invalid(
-                "podman.stop_timeout_secs",
-                "must be at most 600 seconds",
-            ));
-        }
-        for (i, p) in self.security.allowed_host_paths.iter().enumerate() {
-            if !p.is_absolute() {
-                return Err(invalid(
-                    format!("security.allowed_host_paths[{i}]"),
-                    "must be an absolute directory",
-                ));
-            }
-        }
-        for (i, p) in self.security.allowed_devices.iter().enumerate() {
-            if !p.is_absolute() {
-                return Err(invalid(
-                    format!("security.allowed_devices[{i}]"),
-                    "must be an absolute device path such as /dev/ttyUSB0",
-                ));
-            }
-        }
-        for (i, c) in self.security.allowed_capabilities.iter().enumerate() {
-            let n = crate::policy::normalize_capability(c);
-            if n.is_empty() || n == "ALL" || !n.bytes().all(|b| b.is_ascii_uppercase() || b == b'_')
-            {
-                return Err(invalid(
-                    format!("security.allowed_capabilities[{i}]"),
-                    "must be one capability name such as NET_ADMIN (ALL is not accepted)",
-                ));
-            }
-        }
-        Ok(())
-    }
-
-    /// The Podman socket as a filesystem path.
-    pub fn podman_socket_path(&self) -> Result<PathBuf, ConfigError> {
-        let s = &self.podman.socket;
-        let path = s.strip_prefix("unix://").unwrap_or(s);
-        if !path.starts_with('/') {
-            return Err(invalid(
-                "podman.socket",
-                format!("{s:?} is not a unix socket; use unix:///run/podman/podman.sock"),
-            ));
-        }
-        Ok(PathBuf::from(path))
-    }
-
-    /// The heartbeat period.
-    pub fn heartbeat_interval(&self) -> Duration {
-        Duration::from_secs(self.heartbeat_interval_secs)
-    }
-
-    /// The effective configuration as TOML, with secrets masked.
-    pub fn to_display_toml(&self) -> String {
-        let mut shown = self.clone();
-        match &mut shown.nats.credentials {
-            Credentials::UserPassword { password, .. } => *password = "***".into(),
-            Credentials::Token { token } => *token = "***".into(),
-            _ => {}
-        }
-        toml::to_string(&shown).unwrap_or_else(|e| format!("# cannot display: {e}\n"))
-    }
-}
-
-impl fmt::Display for Config {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.to_display_toml())
     }
 }
 
@@ -416,121 +29,32 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
 
-    const GOOD: &str = r#"
+    #[test]
+    fn security_section_becomes_the_allowances() {
+        let c = Config::parse(
+            r#"
 version = 1
 device_id = "pi-001"
 state_dir = "/var/lib/iot-agent"
 [nats]
-urls = ["nats://a:4222", "tls://b:4222"]
-[nats.credentials]
-type = "none"
-[podman]
-socket = "unix:///run/podman/podman.sock"
-"#;
-
-    #[test]
-    fn design_example_parses_with_defaults() {
-        let c = Config::parse(GOOD).unwrap();
-        assert_eq!(c.device_id, "pi-001");
-        assert_eq!(c.heartbeat_interval_secs, DEFAULT_HEARTBEAT_SECS);
-        assert_eq!(c.nats.credentials, Credentials::None);
+urls = ["nats://a:4222"]
+[security]
+allowed_host_paths = ["/srv"]
+allow_privileged = true
+allowed_capabilities = ["cap_net_admin"]
+allowed_devices = ["/dev/ttyUSB0"]
+"#,
+        )
+        .unwrap();
         assert_eq!(
-            c.podman_socket_path().unwrap(),
-            PathBuf::from("/run/podman/podman.sock")
+            Allowances::from(&c.security),
+            Allowances {
+                host_paths: vec!["/srv".into()],
+                privileged: true,
+                host_namespaces: false,
+                capabilities: vec!["NET_ADMIN".into()],
+                devices: vec!["/dev/ttyUSB0".into()],
+            }
         );
-        // The displayed form parses back to the same configuration.
-        assert_eq!(Config::parse(&c.to_display_toml()).unwrap(), c);
-    }
-
-    #[test]
-    fn every_credential_type() {
-        for (body, expect) in [
-            (
-                "type = \"user-password\"\nuser = \"u\"\npassword = \"p\"",
-                Credentials::UserPassword {
-                    user: "u".into(),
-                    password: "p".into(),
-                },
-            ),
-            (
-                "type = \"token\"\ntoken = \"t\"",
-                Credentials::Token { token: "t".into() },
-            ),
-            (
-                "type = \"nkey\"\nseed_file = \"/etc/iot-agent/device.nk\"",
-                Credentials::Nkey {
-                    seed_file: "/etc/iot-agent/device.nk".into(),
-                },
-            ),
-            (
-                "type = \"creds-file\"\npath = \"/etc/iot-agent/device.creds\"",
-                Credentials::CredsFile {
-                    path: "/etc/iot-agent/device.creds".into(),
-                },
-            ),
-        ] {
-            let text = GOOD.replace("type = \"none\"", body);
-            assert_eq!(Config::parse(&text).unwrap().nats.credentials, expect);
-        }
-    }
-
-    #[test]
-    fn secrets_are_masked_when_displayed() {
-        let text = GOOD.replace("type = \"none\"", "type = \"token\"\ntoken = \"s3cret\"");
-        let shown = Config::parse(&text).unwrap().to_display_toml();
-        assert!(
-            !shown.contains("s3cret") && shown.contains("***"),
-            "{shown}"
-        );
-    }
-
-    fn err(text: &str) -> String {
-        Config::parse(text).unwrap_err().to_string()
-    }
-
-    #[test]
-    fn errors_name_the_field_and_the_fix() {
-        let e = err(&GOOD.replace("type = \"none\"", "type = \"kerberos\""));
-        assert!(e.contains("kerberos") && e.contains("user-password"), "{e}");
-        let e = err(&GOOD.replace("version = 1", "version = 1\ncolour = \"red\""));
-        assert!(e.contains("colour"), "{e}");
-        let e = err(&GOOD.replace("pi-001", "pi.001"));
-        assert!(e.starts_with("device_id:") && e.contains("'.'"), "{e}");
-        let e = err(&GOOD.replace("heartbeat", "x").replace(
-            "version = 1",
-            "version = 1\nheartbeat_interval_secs = \"soon\"",
-        ));
-        assert!(e.contains("heartbeat_interval_secs"), "{e}");
-        let e = err(&GOOD.replace("version = 1", "version = 2"));
-        assert!(e.starts_with("version:"), "{e}");
-        let e = err(&GOOD.replace("\"nats://a:4222\", ", "\"http://a\", "));
-        assert!(e.starts_with("nats.urls[0]:"), "{e}");
-        let e = err(&GOOD.replace("urls = [\"nats://a:4222\", \"tls://b:4222\"]", "urls = []"));
-        assert!(e.starts_with("nats.urls:"), "{e}");
-        let e = err(&GOOD.replace("/var/lib/iot-agent", "state"));
-        assert!(e.starts_with("state_dir:"), "{e}");
-        let e = err(&GOOD.replace("unix:///run/podman/podman.sock", "tcp://x:1"));
-        assert!(e.starts_with("podman.socket:"), "{e}");
-        let e = err(&format!("{GOOD}[nats.tls]\ncert = \"/c.pem\"\n"));
-        assert!(e.starts_with("nats.tls:"), "{e}");
-        let e = err(&GOOD.replace("type = \"none\"", "type = \"nkey\""));
-        assert!(e.contains("seed_file"), "{e}");
-
-        let e = err(&format!("{GOOD}replace_order = \"sideways\"\n"));
-        assert!(
-            e.contains("replace_order") && e.contains("stop-first") && !e.contains("credentials"),
-            "{e}"
-        );
-    }
-
-    #[test]
-    fn replace_order_defaults_to_start_first() {
-        assert_eq!(
-            Config::parse(GOOD).unwrap().podman.replace_order,
-            ReplaceOrder::StartFirst
-        );
-        let c = Config::parse(&format!("{GOOD}replace_order = \"stop-first\"\n")).unwrap();
-        assert_eq!(c.podman.replace_order, ReplaceOrder::StopFirst);
-        assert_eq!(Config::parse(&c.to_display_toml()).unwrap(), c);
     }
 }

@@ -1,7 +1,7 @@
 //! Everything the agent says to NATS, in one module: the connection, the
 //! desired-state watch, and status/heartbeat writes.
 //!
-//! Built for least-privilege device credentials (see NATS-NOTES.md). The
+//! Built for least-privilege device credentials (docs/nats-security.md). The
 //! watch is a plain subscription on the device's republished keys
 //! (`$KVR.desired-state.<id>.>`, where the stream republishes what it
 //! stored) plus a one-shot snapshot through a filtered consumer whose filter
@@ -30,10 +30,12 @@ use tokio::sync::watch;
 
 use crate::backoff;
 use crate::config::{Config, Credentials};
+use protocol::KeyError;
 use protocol::keys::{
-    DESIRED_STATE_BUCKET, DEVICE_HEARTBEAT_BUCKET, DEVICE_STATUS_BUCKET, DeploymentKey,
-    DeviceFilter, KvSubject, RepublishSubject, StreamName,
+    ConsumerCreateSubject, DESIRED_STATE_BUCKET, DEVICE_HEARTBEAT_BUCKET, DEVICE_STATUS_BUCKET,
+    DeploymentKey, DeviceFilter, KvSubject, RepublishSubject, StreamName,
 };
+use protocol::kv::{OPERATION_HEADER, Operation, SEQUENCE_HEADER};
 
 /// How long a JetStream request (consumer create, publish ack) may take.
 /// A permission denial has no reply, so it surfaces as this timeout.
@@ -48,25 +50,108 @@ const SNAPSHOT_IDLE_TIMEOUT: Duration = Duration::from_secs(15);
 /// A device may not delete consumers, so this is how they go away.
 const SNAPSHOT_CONSUMER_EXPIRY: Duration = Duration::from_secs(2);
 
+/// Any error, boxed: what the NATS client returns for some failures, and
+/// what the credential readers return.
+type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
 /// Why a NATS operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum NatsError {
-    /// Reading credential or TLS files, or configuring the client.
+    /// A credential file named by a setting cannot be used.
+    #[error("NATS client setup: {setting}: {source}")]
+    Setup {
+        /// The setting naming the file (and the file, when the cause does
+        /// not name it).
+        setting: String,
+        /// Why.
+        #[source]
+        source: BoxError,
+    },
+    /// The client could not be started (e.g. a server URL it cannot use).
     #[error("NATS client setup: {0}")]
-    Setup(String),
-    /// Creating the watch consumer failed.
-    #[error(
-        "cannot create the desired-state watch: {0} (a timeout can also mean the credentials do not allow $JS.API.CONSUMER.CREATE.KV_desired-state.*.$KV.desired-state.<device>.> or subscribing to $KVR.desired-state.<device>.>)"
-    )]
-    Watch(String),
+    Connect(#[source] async_nats::ConnectError),
+    /// Creating the watch failed.
+    #[error("cannot create the desired-state watch: {0} ({hint})", hint = watch_hint())]
+    Watch(#[from] WatchError),
     /// A publish was not acknowledged.
-    #[error("publish to {subject} failed: {message}")]
+    #[error("publish to {subject} failed: {source}")]
     Publish {
         /// The subject.
         subject: String,
         /// Why.
-        message: String,
+        #[source]
+        source: jetstream::context::PublishError,
     },
+    /// A status cannot be published under this deployment name.
+    #[error("cannot publish the status of {deployment:?}: {source}")]
+    StatusKey {
+        /// The deployment name.
+        deployment: String,
+        /// Why it is not a key.
+        #[source]
+        source: KeyError,
+    },
+}
+
+/// Why the desired-state watch could not be created, by step.
+#[derive(Debug, thiserror::Error)]
+pub enum WatchError {
+    /// The device id cannot be part of a subject.
+    #[error("{0}")]
+    DeviceId(#[source] KeyError),
+    /// Subscribing to the republished keys failed.
+    #[error("subscribing to {subject}: {source}")]
+    Subscribe {
+        /// The subject.
+        subject: String,
+        /// Why.
+        #[source]
+        source: async_nats::SubscribeError,
+    },
+    /// Flushing the subscription to the server failed.
+    #[error("sending the subscription: {0}")]
+    Flush(#[source] async_nats::client::FlushError),
+    /// The desired-state stream could not be addressed.
+    #[error("addressing the desired-state stream: {0}")]
+    Stream(#[source] jetstream::context::GetStreamError),
+    /// Creating the snapshot's consumer failed.
+    #[error("creating the snapshot consumer: {0}")]
+    Consumer(#[source] jetstream::stream::ConsumerError),
+    /// Reading the snapshot's messages failed.
+    #[error("reading the snapshot: {0}")]
+    Read(#[source] BoxError),
+    /// No snapshot message came for [`SNAPSHOT_IDLE_TIMEOUT`].
+    #[error("the snapshot stalled")]
+    Stalled,
+    /// The snapshot's consumer ended before its last message.
+    #[error("the snapshot consumer ended")]
+    Ended,
+    /// A snapshot message was lost (the consumer's sequence jumped).
+    #[error("the snapshot lost a message on the way")]
+    LostMessage,
+    /// The connection dropped while the snapshot was read.
+    #[error("the connection dropped during the snapshot")]
+    Interrupted,
+}
+
+/// What the watch needs permission for, as the watch error's hint.
+fn watch_hint() -> String {
+    const DEVICE_KEYS: &str = "<device>.>";
+    let consumer = ConsumerCreateSubject {
+        bucket: DESIRED_STATE_BUCKET,
+        consumer: "*",
+        filter: KvSubject {
+            bucket: DESIRED_STATE_BUCKET,
+            key: DEVICE_KEYS,
+        },
+    };
+    let live = RepublishSubject {
+        bucket: DESIRED_STATE_BUCKET,
+        key: DEVICE_KEYS,
+    };
+    format!(
+        "a timeout can also mean the credentials do not allow {consumer} or subscribing to {live}"
+    )
 }
 
 /// A connected (or connecting) NATS session for one device.
@@ -127,17 +212,21 @@ async fn connect_options(
         }
         Credentials::Token { token } => opts.token(token.clone()),
         Credentials::Nkey { seed_file } => {
-            let seed = std::fs::read_to_string(seed_file).map_err(|e| {
-                NatsError::Setup(format!(
-                    "nats.credentials.seed_file {}: {e}",
-                    seed_file.display()
-                ))
-            })?;
-            opts.nkey(seed.trim().to_string())
+            let seed =
+                nats_credentials::read_seed_file(seed_file).map_err(|e| NatsError::Setup {
+                    setting: "nats.credentials.seed_file".into(),
+                    source: e.into(),
+                })?;
+            opts.nkey(seed)
         }
-        Credentials::CredsFile { path } => opts.credentials_file(path).await.map_err(|e| {
-            NatsError::Setup(format!("nats.credentials.path {}: {e}", path.display()))
-        })?,
+        Credentials::CredsFile { path } => {
+            opts.credentials_file(path)
+                .await
+                .map_err(|e| NatsError::Setup {
+                    setting: format!("nats.credentials.path {}", path.display()),
+                    source: e.into(),
+                })?
+        }
     };
     if let Some(tls) = &config.nats.tls {
         opts = opts.require_tls(true);
@@ -161,7 +250,7 @@ impl Session {
         let client = opts
             .connect(config.nats.urls.as_slice())
             .await
-            .map_err(|e| NatsError::Setup(e.to_string()))?;
+            .map_err(NatsError::Connect)?;
         let js = jetstream::new(client.clone());
         Ok(Session {
             client,
@@ -199,40 +288,32 @@ impl Session {
     /// is stored from then on reaches it; a message seen both ways is
     /// applied once, by its stream sequence.
     pub async fn watch(&self) -> Result<Watch, NatsError> {
-        let err = |e: &dyn std::fmt::Display| NatsError::Watch(e.to_string());
         let mut gaps = self.gaps.subscribe();
         gaps.mark_unchanged();
-        let filter = DeviceFilter::new(&self.device_id).map_err(|e| err(&e))?;
+        let filter = DeviceFilter::new(&self.device_id).map_err(WatchError::DeviceId)?;
+        let subject = RepublishSubject {
+            bucket: DESIRED_STATE_BUCKET,
+            key: filter,
+        }
+        .to_string();
         let live = self
             .client
-            .subscribe(
-                RepublishSubject {
-                    bucket: DESIRED_STATE_BUCKET,
-                    key: filter,
-                }
-                .to_string(),
-            )
+            .subscribe(subject.clone())
             .await
-            .map_err(|e| err(&e))?;
-        self.client.flush().await.map_err(|e| err(&e))?;
+            .map_err(|source| WatchError::Subscribe { subject, source })?;
+        self.client.flush().await.map_err(WatchError::Flush)?;
         let records = self.snapshot(filter).await?;
         // A snapshot read across a disconnect may lack messages the server
         // counted as delivered: take it again rather than remove what it
         // lacks.
         if gaps.has_changed().unwrap_or(false) {
-            return Err(err(&"the connection dropped during the snapshot"));
+            return Err(WatchError::Interrupted.into());
         }
         let (merge, queued) = Merge::from_snapshot(records);
         Ok(Watch {
             live,
             gaps: Some(gaps),
-            prefix: format!(
-                "{}.",
-                RepublishSubject {
-                    bucket: DESIRED_STATE_BUCKET,
-                    key: &self.device_id,
-                }
-            ),
+            device_id: self.device_id.clone(),
             merge,
             queued,
             renew_at: tokio::time::Instant::now() + resnapshot_period(),
@@ -244,13 +325,12 @@ impl Session {
     /// was read (so a key may come twice), through a filtered consumer that
     /// lives only for the snapshot: no acks, flow control or heartbeats,
     /// and the server drops it [`SNAPSHOT_CONSUMER_EXPIRY`] after the read.
-    async fn snapshot(&self, filter: DeviceFilter<'_>) -> Result<Vec<Record>, NatsError> {
-        let err = |e: &dyn std::fmt::Display| NatsError::Watch(e.to_string());
+    async fn snapshot(&self, filter: DeviceFilter<'_>) -> Result<Vec<Record>, WatchError> {
         let stream = self
             .js
             .get_stream_no_info(StreamName(DESIRED_STATE_BUCKET).to_string())
             .await
-            .map_err(|e| err(&e))?;
+            .map_err(WatchError::Stream)?;
         let subject = KvSubject {
             bucket: DESIRED_STATE_BUCKET,
             key: filter,
@@ -269,36 +349,33 @@ impl Session {
                 ..Default::default()
             })
             .await
-            .map_err(|e| err(&e))?;
+            .map_err(WatchError::Consumer)?;
         let mut out = Vec::new();
         if consumer.cached_info().num_pending == 0 {
             return Ok(out);
         }
-        let mut messages = consumer.messages().await.map_err(|e| err(&e))?;
+        let read = |e: BoxError| WatchError::Read(e);
+        let mut messages = consumer.messages().await.map_err(|e| read(e.into()))?;
         let mut delivered = 0;
-        let prefix = format!(
-            "{}.",
-            KvSubject {
-                bucket: DESIRED_STATE_BUCKET,
-                key: &self.device_id,
-            }
-        );
         loop {
             let m = match tokio::time::timeout(SNAPSHOT_IDLE_TIMEOUT, messages.next()).await {
-                Err(_) => return Err(err(&"the snapshot stalled")),
-                Ok(None) => return Err(err(&"the snapshot consumer ended")),
-                Ok(Some(m)) => m.map_err(|e| err(&e))?,
+                Err(_) => return Err(WatchError::Stalled),
+                Ok(None) => return Err(WatchError::Ended),
+                Ok(Some(m)) => m.map_err(|e| read(e.into()))?,
             };
-            let info = m.info().map_err(|e| err(&e))?;
+            let info = m.info().map_err(read)?;
             let (seq, pending) = (info.stream_sequence, info.pending);
             // Without acks nothing is redelivered: a message lost on the
             // way (a reconnect within the consumer's expiry) shows only as a
             // jump in the consumer's own sequence.
             delivered += 1;
             if info.consumer_sequence != delivered {
-                return Err(err(&"the snapshot lost a message on the way"));
+                return Err(WatchError::LostMessage);
             }
-            if let Some(deployment) = deployment_of(&m.subject, &prefix) {
+            let key = KvSubject::parse(&m.subject)
+                .filter(|s| s.bucket == DESIRED_STATE_BUCKET)
+                .map(|s| s.key);
+            if let Some(deployment) = deployment_of(&self.device_id, key, &m.subject) {
                 let event = kv_event(deployment.clone(), m.headers.as_ref(), m.payload.clone());
                 out.push(Record {
                     deployment,
@@ -314,11 +391,12 @@ impl Session {
 
     /// Publishes a deployment's encoded status and waits for the ack.
     pub async fn publish_status(&self, deployment: &str, value: Vec<u8>) -> Result<(), NatsError> {
-        let key =
-            DeploymentKey::new(&self.device_id, deployment).map_err(|e| NatsError::Publish {
-                subject: deployment.to_string(),
-                message: e.to_string(),
-            })?;
+        let key = DeploymentKey::new(&self.device_id, deployment).map_err(|source| {
+            NatsError::StatusKey {
+                deployment: deployment.to_string(),
+                source,
+            }
+        })?;
         let subject = KvSubject {
             bucket: DEVICE_STATUS_BUCKET,
             key,
@@ -338,51 +416,19 @@ impl Session {
     }
 
     async fn publish(&self, subject: String, value: Vec<u8>) -> Result<(), NatsError> {
-        let err = |message: String| NatsError::Publish {
+        let err = |source| NatsError::Publish {
             subject: subject.clone(),
-            message,
+            source,
         };
         let ack = self
             .js
             .publish(subject.clone(), Bytes::from(value))
             .await
-            .map_err(|e| err(e.to_string()))?;
-        ack.await.map_err(|e| err(e.to_string()))?;
+            .map_err(err)?;
+        ack.await.map_err(err)?;
         Ok(())
     }
-
-    /// Reads one desired-state value by key (direct get of the last message
-    /// on the key's subject). `None` when the key has no value.
-    pub async fn get_desired(&self, deployment: &str) -> Result<Option<Bytes>, NatsError> {
-        let key = DeploymentKey::new(&self.device_id, deployment)
-            .map_err(|e| NatsError::Watch(e.to_string()))?;
-        let stream = self
-            .js
-            .get_stream_no_info(StreamName(DESIRED_STATE_BUCKET).to_string())
-            .await
-            .map_err(|e| NatsError::Watch(e.to_string()))?;
-        let subject = KvSubject {
-            bucket: DESIRED_STATE_BUCKET,
-            key,
-        }
-        .to_string();
-        match stream.direct_get_last_for_subject(subject).await {
-            Ok(m) => {
-                let op = m.headers.get(KV_OPERATION).map(|v| v.as_str().to_string());
-                Ok(match op.as_deref() {
-                    Some("DEL") | Some("PURGE") => None,
-                    _ => Some(m.payload),
-                })
-            }
-            Err(e) if e.kind() == async_nats::jetstream::stream::DirectGetErrorKind::NotFound => {
-                Ok(None)
-            }
-            Err(e) => Err(NatsError::Watch(e.to_string())),
-        }
-    }
 }
-
-const KV_OPERATION: &str = "KV-Operation";
 
 /// The log line for a server error that is a permission denial, naming the
 /// subject and the likely cause; `None` for other errors. The server sends
@@ -398,19 +444,27 @@ pub fn permission_denial(device_id: &str, server_error: &str) -> Option<String> 
         .nth(1)
         .or_else(|| detail.rsplit(' ').next())
         .unwrap_or("");
-    let hint = if subject.starts_with("$JS.API.CONSUMER.CREATE.KV_desired-state") {
-        "the desired-state watch needs the filtered consumer create for this device's keys"
-    } else if subject.starts_with("$KV.device-status")
-        || subject.starts_with("$KV.device-heartbeat")
+    let kv_bucket = KvSubject::parse(subject).map(|s| s.bucket);
+    let hint = if ConsumerCreateSubject::parse(subject)
+        .is_some_and(|c| c.bucket == DESIRED_STATE_BUCKET)
     {
-        "status and heartbeat writes need this device's own keys"
-    } else if subject.starts_with("$KVR.desired-state") {
-        "the live watch needs to subscribe to this device's republished keys ($KVR.desired-state.<device>.>; \
-         until it may, changes arrive only with the periodic snapshot)"
-    } else if subject.starts_with("_INBOX") {
-        "replies need this device's inbox prefix"
+        "the desired-state watch needs the filtered consumer create for this device's keys"
+            .to_string()
+    } else if kv_bucket.is_some_and(|b| b == DEVICE_STATUS_BUCKET || b == DEVICE_HEARTBEAT_BUCKET) {
+        "status and heartbeat writes need this device's own keys".to_string()
+    } else if RepublishSubject::parse(subject).is_some_and(|s| s.bucket == DESIRED_STATE_BUCKET) {
+        let live = RepublishSubject {
+            bucket: DESIRED_STATE_BUCKET,
+            key: DeviceFilter::new(device_id).map_or("<device>.>".into(), |f| f.to_string()),
+        };
+        format!(
+            "the live watch needs to subscribe to this device's republished keys ({live}; \
+             until it may, changes arrive only with the periodic snapshot)"
+        )
+    } else if subject.starts_with(&protocol::permissions::device_inbox_prefix(device_id)) {
+        "replies need this device's inbox prefix".to_string()
     } else {
-        "the agent only uses this device's own subjects"
+        "the agent only uses this device's own subjects".to_string()
     };
     Some(format!(
         "nats: permission denied: the server refused {subject:?} for device {device_id} ({detail}); \
@@ -459,8 +513,8 @@ pub enum WatchEvent {
 pub struct Watch {
     live: async_nats::Subscriber,
     gaps: Option<watch::Receiver<u64>>,
-    /// `$KVR.desired-state.<id>.`
-    prefix: String,
+    /// The device whose keys are watched.
+    device_id: String,
     merge: Merge,
     queued: VecDeque<WatchEvent>,
     /// When the watch ends to take a fresh snapshot anyway
@@ -501,7 +555,7 @@ impl Watch {
             };
             let headers = m.headers.as_ref();
             let Some(seq) = headers
-                .and_then(|h| h.get(NATS_SEQUENCE))
+                .and_then(|h| h.get(SEQUENCE_HEADER))
                 .and_then(|v| v.as_str().parse::<u64>().ok())
             else {
                 crate::warn!(
@@ -510,7 +564,10 @@ impl Watch {
                 );
                 continue;
             };
-            let Some(deployment) = deployment_of(&m.subject, &self.prefix) else {
+            let key = RepublishSubject::parse(&m.subject)
+                .filter(|s| s.bucket == DESIRED_STATE_BUCKET)
+                .map(|s| s.key);
+            let Some(deployment) = deployment_of(&self.device_id, key, &m.subject) else {
                 continue;
             };
             match self.merge.live(&deployment, seq) {
@@ -606,35 +663,38 @@ impl Merge {
     }
 }
 
-/// The stream sequence the stream republishes each message with.
-const NATS_SEQUENCE: &str = "Nats-Sequence";
-
-/// The deployment named by `subject` under `prefix`, if it is a valid one.
-fn deployment_of(subject: &async_nats::Subject, prefix: &str) -> Option<String> {
-    let Some(rest) = subject.as_str().strip_prefix(prefix) else {
-        crate::warn!("nats: ignoring foreign subject {subject}");
-        return None;
+/// The deployment named by `key` (the desired-state key of `subject`,
+/// `None` when the subject is not one), if the key is a valid one of
+/// `device_id`.
+fn deployment_of(device_id: &str, key: Option<&str>, subject: &str) -> Option<String> {
+    let key = match key.map(DeploymentKey::parse) {
+        Some(Ok(key)) if key.device_id() == device_id => key,
+        Some(Ok(_)) | None => {
+            crate::warn!("nats: ignoring foreign subject {subject}");
+            return None;
+        }
+        Some(Err(e)) => {
+            crate::warn!("nats: ignoring subject {subject}: {e}");
+            return None;
+        }
     };
-    if protocol::keys::validate_deployment_name(rest).is_err() {
-        crate::warn!("nats: ignoring key with an invalid deployment name {rest:?}");
-        return None;
-    }
-    Some(rest.to_string())
+    Some(key.deployment().to_string())
 }
 
-/// The event a KV record stands for, by its `KV-Operation` header.
+/// The event a KV record stands for, by its operation header; a value this
+/// contract does not know counts as a put.
 fn kv_event(
     deployment: String,
     headers: Option<&async_nats::HeaderMap>,
     value: Bytes,
 ) -> WatchEvent {
     let op = headers
-        .and_then(|h| h.get(KV_OPERATION))
+        .and_then(|h| h.get(OPERATION_HEADER))
         .map(|v| v.as_str());
-    match op {
-        Some("DEL") => WatchEvent::Delete { deployment },
-        Some("PURGE") => WatchEvent::Purge { deployment },
-        _ => WatchEvent::Put { deployment, value },
+    match Operation::of_header(op) {
+        Some(Operation::Delete) => WatchEvent::Delete { deployment },
+        Some(Operation::Purge) => WatchEvent::Purge { deployment },
+        Some(Operation::Put) | None => WatchEvent::Put { deployment, value },
     }
 }
 
@@ -717,5 +777,71 @@ mod tests {
             "{m}"
         );
         assert!(permission_denial("pi-1", "nats: slow consumer").is_none());
+    }
+
+    #[test]
+    fn permission_denials_are_told_apart_by_subject() {
+        let hint = |subject: &str| {
+            permission_denial(
+                "pi-1",
+                &format!("nats: Permissions Violation for Subscription to \"{subject}\""),
+            )
+            .unwrap_or_default()
+        };
+        let m = hint(
+            "$JS.API.CONSUMER.CREATE.KV_desired-state.iot-agent-pi-1-7.$KV.desired-state.pi-1.>",
+        );
+        assert!(m.contains("filtered consumer create"), "{m}");
+        let m = hint("$KV.device-heartbeat.pi-1");
+        assert!(m.contains("status and heartbeat writes"), "{m}");
+        let m = hint("$KVR.desired-state.pi-1.>");
+        assert!(
+            m.contains("republished keys ($KVR.desired-state.pi-1.>;"),
+            "{m}"
+        );
+        let m = hint("_INBOX.pi-1.x");
+        assert!(m.contains("inbox prefix"), "{m}");
+        let m = hint("$KV.desired-state.pi-1.web");
+        assert!(m.contains("only uses this device's own subjects"), "{m}");
+    }
+
+    #[test]
+    fn only_this_devices_valid_keys_name_a_deployment() {
+        let d = |key| deployment_of("pi-1", key, "subject");
+        assert_eq!(d(Some("pi-1.web")), Some("web".to_string()));
+        assert_eq!(d(Some("pi-2.web")), None);
+        assert_eq!(d(Some("pi-1.web.x")), None);
+        assert_eq!(d(Some("pi-1.w*")), None);
+        assert_eq!(d(None), None);
+    }
+
+    #[test]
+    fn records_are_put_unless_deleted_or_purged() {
+        let event = |op: Option<&str>| {
+            let mut h = async_nats::HeaderMap::new();
+            if let Some(op) = op {
+                h.insert(OPERATION_HEADER, op);
+            }
+            kv_event("web".into(), Some(&h), Bytes::from_static(b"v"))
+        };
+        let put = WatchEvent::Put {
+            deployment: "web".into(),
+            value: Bytes::from_static(b"v"),
+        };
+        assert_eq!(event(None), put);
+        assert_eq!(event(Some("PUT")), put);
+        assert_eq!(event(Some("SOMETHING")), put);
+        assert_eq!(
+            event(Some("DEL")),
+            WatchEvent::Delete {
+                deployment: "web".into()
+            }
+        );
+        assert_eq!(
+            event(Some("PURGE")),
+            WatchEvent::Purge {
+                deployment: "web".into()
+            }
+        );
     }
 }

@@ -18,13 +18,7 @@ use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use protocol::buckets::BucketSpec;
 use protocol::keys::{KvSubject, RepublishSubject, StreamName};
-
-/// Header naming the Deployment (`<namespace>/<name>`) that wrote a
-/// desired-state key, so that two Deployments of one name in different
-/// namespaces cannot overwrite each other's devices.
-pub const OWNER_HEADER: &str = "Iot-Owner";
-/// The KV operation header (`DEL` / `PURGE`), as the KV clients write it.
-pub const KV_OPERATION_HEADER: &str = "KV-Operation";
+use protocol::kv::{MESSAGE_ID_HEADER, OPERATION_HEADER, OWNER_HEADER, Operation};
 
 /// How long one scan may take before it is reported as a timeout.
 const SCAN_TIMEOUT: Duration = Duration::from_secs(30);
@@ -57,27 +51,9 @@ pub struct NatsConfig {
     pub client_name: String,
 }
 
-/// The NATS identity.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub enum Credentials {
-    /// No authentication.
-    #[default]
-    None,
-    /// User and password (tests and small setups).
-    UserPassword {
-        /// User.
-        user: String,
-        /// Password.
-        password: String,
-    },
-    /// A token.
-    Token(String),
-    /// A file holding an nkey seed (`SU...`): challenge-response, the server
-    /// holds no secret.
-    NkeyFile(PathBuf),
-    /// A `.creds` file (user JWT and seed), for decentralized JWT mode.
-    CredsFile(PathBuf),
-}
+/// The NATS identity: the fleet's one credentials type, shared with the
+/// agent's configuration file.
+pub use nats_credentials::Credentials;
 
 /// TLS to the server.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -93,12 +69,55 @@ pub struct TlsConfig {
 }
 
 /// Why a NATS operation failed. Every kind here is worth retrying except
-/// [`NatsError::Config`].
+/// the configuration ones ([`NatsError::is_permanent`]).
 #[derive(Debug, thiserror::Error)]
 pub enum NatsError {
-    /// The configuration cannot work (missing file, bad combination).
-    #[error("NATS configuration: {0}")]
-    Config(String),
+    /// No server URL was given.
+    #[error("NATS configuration: no server URL: pass --nats-url (or set NATS_URL)")]
+    NoServer,
+    /// A server URL does not parse.
+    #[error("NATS configuration: bad NATS URL `{url}`: {source}")]
+    BadUrl {
+        /// The URL as given.
+        url: String,
+        /// The parser's error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The nkey seed file cannot be used.
+    #[error("NATS configuration: {source}")]
+    Seed {
+        /// Why (names the file).
+        #[source]
+        source: nats_credentials::SeedFileError,
+    },
+    /// The `.creds` file cannot be read or parsed.
+    #[error("NATS configuration: cannot read creds file {path}: {source}")]
+    CredsFile {
+        /// The file.
+        path: PathBuf,
+        /// What async-nats reported.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A TLS file named on the command line does not exist.
+    #[error("NATS configuration: TLS file {path} does not exist")]
+    TlsFileMissing {
+        /// The file.
+        path: PathBuf,
+    },
+    /// A client certificate without its key, or the reverse.
+    #[error(
+        "NATS configuration: a client certificate needs both --nats-tls-cert and --nats-tls-key"
+    )]
+    TlsCertWithoutKey,
+    /// A deployment name or device id cannot make a key.
+    #[error("invalid key: {source}")]
+    InvalidKey {
+        /// Which token is wrong and why.
+        #[source]
+        source: protocol::keys::KeyError,
+    },
     /// No server could be reached or the server refused the identity.
     #[error("cannot connect to NATS at {urls}: {reason}")]
     Connect {
@@ -119,7 +138,9 @@ pub enum NatsError {
     },
     /// A bucket exists but does not republish where agents watch.
     #[error(
-        "bucket `{bucket}` does not republish its values to `$KVR.{bucket}.>`, where agents watch ({reason}); run `iot-operator init` with an identity allowed to edit streams: nats-server 2.10+ adds it in place; 2.9 cannot (error 10052): upgrade the server, or delete the stream `KV_{bucket}`, run `iot-operator init`, then start the operator, which writes every key again from the Deployments"
+        "bucket `{bucket}` does not republish its values to `{republish}`, where agents watch ({reason}); run `iot-operator init` with an identity allowed to edit streams: nats-server 2.10+ adds it in place; 2.9 cannot (error 10052): upgrade the server, or delete the stream `{stream}`, run `iot-operator init`, then start the operator, which writes every key again from the Deployments",
+        republish = RepublishSubject::all(.bucket),
+        stream = StreamName(.bucket)
     )]
     BucketOutdated {
         /// The bucket.
@@ -150,6 +171,23 @@ pub enum NatsError {
     },
 }
 
+impl NatsError {
+    /// Whether retrying cannot help: the configuration or the input is
+    /// wrong, not the network or the server.
+    pub fn is_permanent(&self) -> bool {
+        matches!(
+            self,
+            NatsError::NoServer
+                | NatsError::BadUrl { .. }
+                | NatsError::Seed { .. }
+                | NatsError::CredsFile { .. }
+                | NatsError::TlsFileMissing { .. }
+                | NatsError::TlsCertWithoutKey
+                | NatsError::InvalidKey { .. }
+        )
+    }
+}
+
 fn request_error(op: &'static str, bucket: &str, e: impl std::fmt::Display) -> NatsError {
     let reason = e.to_string();
     if reason.contains("timed out") || reason.contains("TimedOut") {
@@ -175,7 +213,8 @@ pub struct KvRecord {
     pub value: Bytes,
     /// Whether the key is deleted or purged.
     pub deleted: bool,
-    /// The [`OWNER_HEADER`], when present.
+    /// The [`OWNER_HEADER`] as written (a [`protocol::kv::Owner`] when
+    /// the operator wrote it), when present.
     pub owner: Option<String>,
     /// When the server stored it, nanoseconds since the Unix epoch.
     pub stored_at_ns: i128,
@@ -190,7 +229,7 @@ pub enum KvWrite {
         key: String,
         /// The encoded value.
         value: Bytes,
-        /// `<namespace>/<name>` of the writer.
+        /// The writer: a [`protocol::kv::Owner`], `<namespace>/<name>`.
         owner: String,
     },
     /// Delete `key` (a KV delete marker; agents remove the workload).
@@ -211,9 +250,7 @@ impl Nats {
     /// Connects as configured.
     pub async fn connect(config: &NatsConfig) -> Result<Nats, NatsError> {
         if config.urls.is_empty() {
-            return Err(NatsError::Config(
-                "no server URL: pass --nats-url (or set NATS_URL)".into(),
-            ));
+            return Err(NatsError::NoServer);
         }
         let mut opts = async_nats::ConnectOptions::new()
             .name(if config.client_name.is_empty() {
@@ -235,26 +272,19 @@ impl Nats {
             Credentials::UserPassword { user, password } => {
                 opts.user_and_password(user.clone(), password.clone())
             }
-            Credentials::Token(t) => opts.token(t.clone()),
-            Credentials::NkeyFile(path) => {
-                let seed = std::fs::read_to_string(path).map_err(|e| {
-                    NatsError::Config(format!("cannot read nkey seed {}: {e}", path.display()))
-                })?;
-                let seed = seed
-                    .lines()
-                    .map(str::trim)
-                    .find(|l| l.starts_with('S'))
-                    .ok_or_else(|| {
-                        NatsError::Config(format!(
-                            "{} holds no nkey seed (a line starting with 'S')",
-                            path.display()
-                        ))
-                    })?;
-                opts.nkey(seed.to_string())
+            Credentials::Token { token } => opts.token(token.clone()),
+            Credentials::Nkey { seed_file } => opts.nkey(
+                nats_credentials::read_seed_file(seed_file)
+                    .map_err(|source| NatsError::Seed { source })?,
+            ),
+            Credentials::CredsFile { path } => {
+                opts.credentials_file(path)
+                    .await
+                    .map_err(|source| NatsError::CredsFile {
+                        path: path.clone(),
+                        source,
+                    })?
             }
-            Credentials::CredsFile(path) => opts.credentials_file(path).await.map_err(|e| {
-                NatsError::Config(format!("cannot read creds file {}: {e}", path.display()))
-            })?,
         };
         let tls = &config.tls;
         for f in [&tls.ca_file, &tls.cert_file, &tls.key_file]
@@ -262,10 +292,7 @@ impl Nats {
             .flatten()
         {
             if !f.is_file() {
-                return Err(NatsError::Config(format!(
-                    "TLS file {} does not exist",
-                    f.display()
-                )));
+                return Err(NatsError::TlsFileMissing { path: f.clone() });
             }
         }
         if tls.required {
@@ -277,18 +304,16 @@ impl Nats {
         match (&tls.cert_file, &tls.key_file) {
             (Some(c), Some(k)) => opts = opts.add_client_certificate(c.clone(), k.clone()),
             (None, None) => {}
-            _ => {
-                return Err(NatsError::Config(
-                    "a client certificate needs both --nats-tls-cert and --nats-tls-key".into(),
-                ));
-            }
+            _ => return Err(NatsError::TlsCertWithoutKey),
         }
         let addrs: Vec<async_nats::ServerAddr> = config
             .urls
             .iter()
             .map(|u| {
-                u.parse()
-                    .map_err(|e| NatsError::Config(format!("bad NATS URL `{u}`: {e}")))
+                u.parse().map_err(|source| NatsError::BadUrl {
+                    url: u.clone(),
+                    source,
+                })
             })
             .collect::<Result<_, _>>()?;
         let client = opts
@@ -395,7 +420,6 @@ impl Nats {
             .get_stream_no_info(StreamName(bucket).to_string())
             .await
             .map_err(|e| request_error(op, bucket, e))?;
-        let prefix = format!("$KV.{bucket}.");
         let consumer = stream
             .create_consumer(consumer::push::OrderedConfig {
                 name: Some(unique_consumer_name()),
@@ -434,16 +458,18 @@ impl Nats {
             let info = msg.info().map_err(|e| request_error(op, bucket, e))?;
             let pending = info.pending;
             let stored_at_ns = info.published.unix_timestamp_nanos();
-            let key = msg
-                .subject
-                .strip_prefix(&prefix)
-                .unwrap_or(&msg.subject)
+            let key = KvSubject::parse(&msg.subject)
+                .filter(|s| s.bucket == bucket)
+                .map_or(msg.subject.as_str(), |s| s.key)
                 .to_string();
             let headers = msg.headers.as_ref();
             out.push(KvRecord {
                 key,
                 value: msg.payload.clone(),
-                deleted: header(headers, KV_OPERATION_HEADER).is_some_and(|op| op != "PUT"),
+                // Any operation other than a put (including one this
+                // contract does not know) means the value is gone.
+                deleted: header(headers, OPERATION_HEADER)
+                    .is_some_and(|op| Operation::parse(op) != Some(Operation::Put)),
                 owner: header(headers, OWNER_HEADER).map(str::to_string),
                 stored_at_ns,
             });
@@ -466,14 +492,14 @@ impl Nats {
             .enumerate()
             .map(|(i, w)| {
                 let mut h = HeaderMap::new();
-                h.insert(async_nats::header::NATS_MESSAGE_ID, format!("{batch}-{i}"));
+                h.insert(MESSAGE_ID_HEADER, format!("{batch}-{i}"));
                 let (key, payload) = match w {
                     KvWrite::Put { key, value, owner } => {
                         h.insert(OWNER_HEADER, owner.as_str());
                         (key, value)
                     }
                     KvWrite::Delete { key } => {
-                        h.insert(KV_OPERATION_HEADER, "DEL");
+                        h.insert(OPERATION_HEADER, Operation::Delete.as_str());
                         (key, Bytes::new())
                     }
                 };
@@ -536,7 +562,7 @@ fn header<'a>(headers: Option<&'a HeaderMap>, name: &str) -> Option<&'a str> {
 pub fn stream_config(spec: &BucketSpec) -> stream::Config {
     stream::Config {
         name: StreamName(spec.name).to_string(),
-        subjects: vec![format!("$KV.{}.>", spec.name)],
+        subjects: vec![KvSubject::all(spec.name).to_string()],
         max_messages_per_subject: spec.history,
         max_message_size: spec.max_value_size,
         allow_rollup: spec.allow_rollup,
@@ -549,16 +575,8 @@ pub fn stream_config(spec: &BucketSpec) -> stream::Config {
         num_replicas: 1,
         max_consumers: MAX_CONSUMERS,
         republish: spec.republish.then(|| stream::Republish {
-            source: KvSubject {
-                bucket: spec.name,
-                key: ">",
-            }
-            .to_string(),
-            destination: RepublishSubject {
-                bucket: spec.name,
-                key: ">",
-            }
-            .to_string(),
+            source: KvSubject::all(spec.name).to_string(),
+            destination: RepublishSubject::all(spec.name).to_string(),
             headers_only: false,
         }),
         ..Default::default()
@@ -610,26 +628,13 @@ fn unique_consumer_name() -> String {
     format!("iot-operator-{:x}-{n}", std::process::id())
 }
 
-/// Reconnect delay: exponential to 8 s with up to 50% jitter, so that a
-/// restarted server is not hit by every client at the same instant.
+/// Reconnect delay: exponential from 250 ms to 8 s plus up to 50 % jitter,
+/// so that a restarted server is not hit by every client at the same
+/// instant.
 fn reconnect_delay(attempt: usize) -> Duration {
-    let base = Duration::from_millis(250u64.saturating_mul(1 << attempt.min(5)));
-    let base = base.min(Duration::from_secs(8));
-    base + base.mul_f64(jitter_fraction() * 0.5)
-}
-
-/// A number in [0, 1) that differs between processes and calls, without a
-/// random-number dependency.
-fn jitter_fraction() -> f64 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u128(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(0),
-    );
-    (h.finish() % 10_000) as f64 / 10_000.0
+    retry_backoff::Backoff::new(Duration::from_millis(250), Duration::from_secs(8))
+        .with_jitter(retry_backoff::Jitter::Above(0.5))
+        .delay(u32::try_from(attempt).unwrap_or(u32::MAX))
 }
 
 #[cfg(test)]
@@ -643,6 +648,73 @@ mod tests {
             assert!(reconnect_delay(n) <= Duration::from_secs(12));
         }
         assert!(reconnect_delay(10) >= Duration::from_secs(8));
+    }
+
+    /// Configuration errors are typed, permanent and keep their cause; they
+    /// are found before any server is contacted.
+    #[tokio::test]
+    async fn configuration_errors_are_typed_and_keep_their_cause() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        let seed_file = dir.join("operator.nk");
+        std::fs::write(&seed_file, "not a seed\n").unwrap();
+        let base = NatsConfig {
+            urls: vec!["nats://127.0.0.1:1".into()],
+            ..NatsConfig::default()
+        };
+        let connect = |c: NatsConfig| async move { Nats::connect(&c).await.unwrap_err() };
+
+        let e = connect(NatsConfig {
+            credentials: Credentials::Nkey { seed_file },
+            ..base.clone()
+        })
+        .await;
+        assert!(
+            matches!(e, NatsError::Seed { .. }) && e.is_permanent(),
+            "{e}"
+        );
+        assert!(e.to_string().contains("operator.nk"), "{e}");
+        assert!(std::error::Error::source(&e).is_some());
+
+        let e = connect(NatsConfig {
+            credentials: Credentials::CredsFile {
+                path: dir.join("absent.creds"),
+            },
+            ..base.clone()
+        })
+        .await;
+        assert!(
+            matches!(e, NatsError::CredsFile { .. }) && e.is_permanent(),
+            "{e}"
+        );
+
+        let mut tls = base.clone();
+        tls.tls.ca_file = Some(dir.join("absent.pem"));
+        let e = connect(tls).await;
+        assert!(matches!(e, NatsError::TlsFileMissing { .. }), "{e}");
+
+        let e = connect(NatsConfig {
+            urls: vec![],
+            ..base.clone()
+        })
+        .await;
+        assert!(matches!(e, NatsError::NoServer) && e.is_permanent(), "{e}");
+        let e = connect(NatsConfig {
+            urls: vec!["nats://[::1".into()],
+            ..base
+        })
+        .await;
+        assert!(
+            matches!(e, NatsError::BadUrl { .. }) && e.is_permanent(),
+            "{e}"
+        );
+        assert!(
+            !NatsError::Timeout {
+                op: "scan",
+                bucket: "b".into()
+            }
+            .is_permanent()
+        );
     }
 
     #[test]

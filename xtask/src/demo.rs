@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 
 use crate::flags::Args;
-use crate::util::{cargo, find_on_path, project_root, show, workspace_target};
+use crate::util::{cargo, find_on_path, is_root, project_root, show, workspace_target};
 
 pub const HELP: &str = "\
 cargo xtask demo [--once]
@@ -68,6 +68,22 @@ pub fn cmd(mut args: Args) -> Result<()> {
     result
 }
 
+/// The demo agent's configuration (the agent's own type and validation):
+/// a fast heartbeat and a short stop grace, so the demo moves quickly.
+fn demo_agent_config(
+    dir: &Path,
+    nats_url: &str,
+    podman_socket: &Path,
+) -> Result<agent_config::Config> {
+    let mut c = agent_config::Config::new(DEVICE, dir.join("agent-state"), vec![nats_url.into()]);
+    c.heartbeat_interval_secs = 5;
+    c.podman.socket = format!("unix://{}", podman_socket.display());
+    c.podman.stop_timeout_secs = 1;
+    c.validate()
+        .context("the demo's agent configuration is not one the agent accepts")?;
+    Ok(c)
+}
+
 fn step(msg: &str) {
     println!("==> {msg}");
 }
@@ -82,11 +98,7 @@ fn ensure_packages() -> Result<()> {
         return Ok(());
     }
     let install = format!("apt-get update && apt-get install -y {}", missing.join(" "));
-    let root = Command::new("id")
-        .arg("-u")
-        .output()
-        .is_ok_and(|o| o.stdout.starts_with(b"0"));
-    if !root || find_on_path("apt-get").is_none() {
+    if !is_root() || find_on_path("apt-get").is_none() {
         bail!(
             "the demo needs {}; install them with:\n  sudo {install}",
             missing.join(", ")
@@ -223,16 +235,8 @@ impl Demo {
 
         step(&format!("starting the agent as device `{DEVICE}`"));
         let config = self.dir.join("agent.toml");
-        std::fs::write(
-            &config,
-            format!(
-                "version = 1\ndevice_id = \"{DEVICE}\"\nstate_dir = \"{}\"\nheartbeat_interval_secs = 5\n\
-                 [nats]\nurls = [\"{}\"]\n[podman]\nsocket = \"unix://{}\"\nstop_timeout_secs = 1\n",
-                self.dir.join("agent-state").display(),
-                self.nats_url,
-                sock.display()
-            ),
-        )?;
+        let agent = demo_agent_config(&self.dir, &self.nats_url, &sock)?;
+        std::fs::write(&config, agent.to_toml()?)?;
         self.agent = Some(
             self.spawn(
                 Command::new(&self.bin.agent)
@@ -483,4 +487,28 @@ fn http_get(port: u16) -> Result<String> {
     let mut out = String::new();
     s.read_to_string(&mut out)?;
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_agent_loads_the_demo_config() {
+        let dir = Path::new("/tmp/demo");
+        let c = demo_agent_config(dir, "nats://127.0.0.1:4222", &dir.join("podman.sock")).unwrap();
+        let loaded = agent_config::Config::parse(&c.to_toml().unwrap()).unwrap();
+        assert_eq!(loaded, c);
+        assert_eq!(
+            loaded.podman_socket_path().unwrap(),
+            dir.join("podman.sock")
+        );
+        assert_eq!(
+            (
+                loaded.heartbeat_interval_secs,
+                loaded.podman.stop_timeout_secs
+            ),
+            (5, 1)
+        );
+    }
 }

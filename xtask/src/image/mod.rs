@@ -1,4 +1,4 @@
-//! `cargo xtask image`: bakes the agent and a device's identity into a copy
+//! `cargo xtask disk-image`: bakes the agent and a device's identity into a copy
 //! of a board's base image, without root and without mounting, then reads
 //! every file back to verify it.
 
@@ -16,20 +16,21 @@ use crate::progress::Progress;
 use crate::util::{human, sha256_file};
 use crate::{dist, elf, source};
 use fs::{Ext4, Fat, Staging};
-use payload::{Credentials, Identity};
+use payload::Identity;
 
-/// Help for `cargo xtask image`.
+/// Help for `cargo xtask disk-image`.
 pub fn help() -> String {
     format!(
         "\
-cargo xtask image --board BOARD --base BASE.img[.xz|.gz] --device-id ID
-                  --nats-url URL [--nats-url URL...] [credentials] -o OUT.img
-                  [--hostname NAME] [--agent PATH] [--cross]
-    Copy BASE into OUT and write into its root filesystem, without root or
-    mounting: the agent ({}), its config
-    ({}), credentials (0600), the systemd unit
-    (enabled at boot) and the hostname; add the board's kernel parameters to
-    its command line. Every file is read back and compared.
+cargo xtask disk-image --board BOARD --base BASE.img[.xz|.gz] --device-id ID
+                       --nats-url URL [--nats-url URL...] [credentials] -o OUT.img
+                       [--hostname NAME] [--agent PATH] [--cross]
+    (formerly `cargo xtask image`) Copy BASE, a board's disk image, into
+    OUT and write into its root filesystem, without root or mounting: the
+    agent ({}), its config ({}), credentials (0600),
+    the systemd unit (enabled at boot) and the hostname; add the board's
+    kernel parameters to its command line. Every file is read back and
+    compared.
     --agent PATH   use this agent binary instead of running `cargo xtask dist`
 {}",
         payload::AGENT_BIN,
@@ -75,13 +76,14 @@ impl Request {
     }
 }
 
-/// `cargo xtask image`.
+/// `cargo xtask disk-image`.
 pub fn cmd(mut args: Args) -> Result<()> {
     let out = match args.path("--output")? {
         Some(o) => Some(o),
         None => args.path("-o")?,
     };
-    let out = out.context("`cargo xtask image` needs -o OUT.img; see `cargo xtask help image`")?;
+    let out = out
+        .context("`cargo xtask disk-image` needs -o OUT.img; see `cargo xtask help disk-image`")?;
     let req = Request::from_args(&mut args, Some(out))?;
     args.finish()?;
     build(&req)?;
@@ -209,7 +211,7 @@ fn write_into(req: &Request, agent: &Path) -> Result<()> {
         .unwrap_or(Path::new("."));
     let mut stage = Staging::new(scratch_parent)?;
 
-    let config_mode = if id.credentials.secret_in_config() {
+    let config_mode = if id.credentials.holds_secret() {
         0o600
     } else {
         0o644
@@ -241,17 +243,12 @@ fn write_into(req: &Request, agent: &Path) -> Result<()> {
             mode: 0o644,
         },
     ];
-    match &id.credentials {
-        Credentials::Nkey(p) | Credentials::CredsFile(p) => files.push(Placed {
-            path: if matches!(id.credentials, Credentials::Nkey(_)) {
-                payload::NKEY_FILE
-            } else {
-                payload::CREDS_FILE
-            },
-            bytes: std::fs::read(p).with_context(|| format!("read {}", p.display()))?,
+    if let Some((host, board)) = payload::credential_file(&id.credentials) {
+        files.push(Placed {
+            path: board,
+            bytes: std::fs::read(host).with_context(|| format!("read {}", host.display()))?,
             mode: 0o600,
-        }),
-        _ => {}
+        });
     }
     let old_hosts = root.read("/etc/hosts")?.unwrap_or_default();
     files.push(Placed {

@@ -1,10 +1,11 @@
-//! What goes into a board's root filesystem: the agent's config (rendered
-//! as TOML text, the agent's own format), credential files, the systemd unit,
-//! the hostname. Pure functions, so they are unit-tested without an image.
+//! What goes into a board's root filesystem: the agent's config (the
+//! agent's own [`Config`] type, validated as the agent validates it, written
+//! as TOML), credential files, the systemd unit, the hostname. Pure
+//! functions, so they are unit-tested without an image.
 
+use agent_config::Config;
 use anyhow::{Context, Result, bail};
-use serde::Serialize;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use crate::flags::Args;
 
@@ -30,25 +31,10 @@ pub const STOP_UNIT_WANTS: &str =
 /// The agent's state directory on the board.
 pub const STATE_DIR: &str = "/var/lib/iot-agent";
 
-/// How the device authenticates to NATS.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Credentials {
-    /// No authentication.
-    None,
-    /// User and password (secret in the config file).
-    UserPassword {
-        /// User name.
-        user: String,
-        /// Password.
-        password: String,
-    },
-    /// A token (secret in the config file).
-    Token(String),
-    /// An nkey seed file on the host, copied to [`NKEY_FILE`].
-    Nkey(PathBuf),
-    /// A `.creds` file (JWT + seed) on the host, copied to [`CREDS_FILE`].
-    CredsFile(PathBuf),
-}
+/// How the device authenticates to NATS: the agent's own type. In an
+/// [`Identity`] the file paths are on the host; [`config_toml`] names the
+/// places on the board they are copied to ([`credential_file`]).
+pub use agent_config::Credentials;
 
 /// Help text for the credentials options, shared by `image` and `flash`.
 pub const CREDENTIALS_HELP: &str = "    NATS credentials (at most one kind; default: none):
@@ -72,55 +58,55 @@ fn secret(args: &mut Args, opt: &str, file_opt: &str) -> Result<Option<String>> 
     }
 }
 
-impl Credentials {
-    /// Takes the credentials options from `args`.
-    pub fn from_args(args: &mut Args) -> Result<Credentials> {
-        let user = args.value("--nats-user")?;
-        let password = secret(args, "--nats-password", "--nats-password-file")?;
-        let token = secret(args, "--nats-token", "--nats-token-file")?;
-        let nkey = args.path("--nats-nkey")?;
-        let creds = args.path("--nats-creds")?;
-        let kinds = [
-            user.is_some() || password.is_some(),
-            token.is_some(),
-            nkey.is_some(),
-            creds.is_some(),
-        ];
-        if kinds.iter().filter(|k| **k).count() > 1 {
-            bail!(
-                "give one kind of NATS credentials: user+password, token, nkey or creds file, not several"
-            );
-        }
-        let readable = |p: &PathBuf, what: &str| -> Result<()> {
-            std::fs::metadata(p)
-                .with_context(|| format!("{what} {} cannot be read; check the path", p.display()))
-                .map(drop)
-        };
-        Ok(match (user, password, token, nkey, creds) {
-            (Some(user), Some(password), ..) => Credentials::UserPassword { user, password },
-            (Some(_), None, ..) => {
-                bail!("--nats-user needs --nats-password or --nats-password-file")
-            }
-            (None, Some(_), ..) => bail!("--nats-password needs --nats-user"),
-            (_, _, Some(t), ..) => Credentials::Token(t),
-            (_, _, _, Some(p), _) => {
-                readable(&p, "--nats-nkey")?;
-                Credentials::Nkey(p)
-            }
-            (_, _, _, _, Some(p)) => {
-                readable(&p, "--nats-creds")?;
-                Credentials::CredsFile(p)
-            }
-            _ => Credentials::None,
-        })
+/// Takes the credentials options from `args`.
+pub fn credentials_from_args(args: &mut Args) -> Result<Credentials> {
+    let user = args.value("--nats-user")?;
+    let password = secret(args, "--nats-password", "--nats-password-file")?;
+    let token = secret(args, "--nats-token", "--nats-token-file")?;
+    let nkey = args.path("--nats-nkey")?;
+    let creds = args.path("--nats-creds")?;
+    let kinds = [
+        user.is_some() || password.is_some(),
+        token.is_some(),
+        nkey.is_some(),
+        creds.is_some(),
+    ];
+    if kinds.iter().filter(|k| **k).count() > 1 {
+        bail!(
+            "give one kind of NATS credentials: user+password, token, nkey or creds file, not several"
+        );
     }
+    let readable = |p: &PathBuf, what: &str| -> Result<()> {
+        std::fs::metadata(p)
+            .with_context(|| format!("{what} {} cannot be read; check the path", p.display()))
+            .map(drop)
+    };
+    Ok(match (user, password, token, nkey, creds) {
+        (Some(user), Some(password), ..) => Credentials::UserPassword { user, password },
+        (Some(_), None, ..) => {
+            bail!("--nats-user needs --nats-password or --nats-password-file")
+        }
+        (None, Some(_), ..) => bail!("--nats-password needs --nats-user"),
+        (_, _, Some(token), ..) => Credentials::Token { token },
+        (_, _, _, Some(p), _) => {
+            readable(&p, "--nats-nkey")?;
+            Credentials::Nkey { seed_file: p }
+        }
+        (_, _, _, _, Some(p)) => {
+            readable(&p, "--nats-creds")?;
+            Credentials::CredsFile { path: p }
+        }
+        _ => Credentials::None,
+    })
+}
 
-    /// Whether the config file itself holds a secret.
-    pub fn secret_in_config(&self) -> bool {
-        matches!(
-            self,
-            Credentials::UserPassword { .. } | Credentials::Token(_)
-        )
+/// The credential file `credentials` names on the host, and where on the
+/// board it goes (mode 0600), when it names one.
+pub fn credential_file(credentials: &Credentials) -> Option<(&Path, &'static str)> {
+    match credentials {
+        Credentials::Nkey { seed_file } => Some((seed_file, NKEY_FILE)),
+        Credentials::CredsFile { path } => Some((path, CREDS_FILE)),
+        _ => None,
     }
 }
 
@@ -157,7 +143,7 @@ impl Identity {
         for u in &nats_urls {
             validate_url(u)?;
         }
-        let credentials = Credentials::from_args(args)?;
+        let credentials = credentials_from_args(args)?;
         Ok(Identity {
             device_id,
             hostname,
@@ -195,64 +181,30 @@ fn validate_url(u: &str) -> Result<()> {
     Ok(())
 }
 
-#[derive(Serialize)]
-struct ConfigFile<'a> {
-    version: u32,
-    device_id: &'a str,
-    state_dir: &'a str,
-    heartbeat_interval_secs: u32,
-    nats: NatsSection<'a>,
-    podman: PodmanSection<'a>,
+/// The agent's configuration for `id`: the agent's defaults, the board's
+/// paths, checked with the agent's own validation.
+pub fn device_config(id: &Identity) -> Result<Config> {
+    let mut config = Config::new(&id.device_id, STATE_DIR, id.nats_urls.clone());
+    config.nats.credentials = match &id.credentials {
+        Credentials::Nkey { .. } => Credentials::Nkey {
+            seed_file: NKEY_FILE.into(),
+        },
+        Credentials::CredsFile { .. } => Credentials::CredsFile {
+            path: CREDS_FILE.into(),
+        },
+        other => other.clone(),
+    };
+    config
+        .validate()
+        .context("the agent would refuse this configuration")?;
+    Ok(config)
 }
 
-#[derive(Serialize)]
-struct NatsSection<'a> {
-    urls: &'a [String],
-    credentials: CredSection<'a>,
-}
-
-#[derive(Serialize)]
-#[serde(tag = "type", rename_all = "kebab-case")]
-enum CredSection<'a> {
-    None,
-    UserPassword { user: &'a str, password: &'a str },
-    Token { token: &'a str },
-    Nkey { seed_file: &'a str },
-    CredsFile { path: &'a str },
-}
-
-#[derive(Serialize)]
-struct PodmanSection<'a> {
-    socket: &'a str,
-}
-
-/// The agent's `config.toml` for `id` (format version 1).
+/// The agent's `config.toml` for `id`.
 pub fn config_toml(id: &Identity) -> Result<String> {
-    let credentials = match &id.credentials {
-        Credentials::None => CredSection::None,
-        Credentials::UserPassword { user, password } => {
-            CredSection::UserPassword { user, password }
-        }
-        Credentials::Token(t) => CredSection::Token { token: t },
-        Credentials::Nkey(_) => CredSection::Nkey {
-            seed_file: NKEY_FILE,
-        },
-        Credentials::CredsFile(_) => CredSection::CredsFile { path: CREDS_FILE },
-    };
-    let cfg = ConfigFile {
-        version: 1,
-        device_id: &id.device_id,
-        state_dir: STATE_DIR,
-        heartbeat_interval_secs: 30,
-        nats: NatsSection {
-            urls: &id.nats_urls,
-            credentials,
-        },
-        podman: PodmanSection {
-            socket: "unix:///run/podman/podman.sock",
-        },
-    };
-    let body = toml::to_string(&cfg).context("render the agent config")?;
+    let body = device_config(id)?
+        .to_toml()
+        .context("render the agent config")?;
     Ok(format!(
         "# iot-agent configuration for device {}, written by `cargo xtask image`.\n{body}",
         id.device_id
@@ -381,14 +333,20 @@ mod tests {
                 "user-password",
                 ("password", "p\"w"),
             ),
-            (Credentials::Token("t".into()), "token", ("token", "t")),
             (
-                Credentials::Nkey("x".into()),
+                Credentials::Token { token: "t".into() },
+                "token",
+                ("token", "t"),
+            ),
+            (
+                Credentials::Nkey {
+                    seed_file: "x".into(),
+                },
                 "nkey",
                 ("seed_file", NKEY_FILE),
             ),
             (
-                Credentials::CredsFile("x".into()),
+                Credentials::CredsFile { path: "x".into() },
                 "creds-file",
                 ("path", CREDS_FILE),
             ),
@@ -399,6 +357,61 @@ mod tests {
             assert_eq!(cr["type"].as_str(), Some(ty));
             assert_eq!(cr[k].as_str(), Some(val));
         }
+    }
+
+    /// The file xtask writes is the one the agent reads: its own loader
+    /// parses and validates it back to the same configuration, for every
+    /// kind of credentials.
+    #[test]
+    fn the_agent_loads_the_generated_config() {
+        for c in [
+            Credentials::None,
+            Credentials::UserPassword {
+                user: "u".into(),
+                password: "p\"w".into(),
+            },
+            Credentials::Token { token: "t".into() },
+            Credentials::Nkey {
+                seed_file: "host/seed.nk".into(),
+            },
+            Credentials::CredsFile {
+                path: "host/x.creds".into(),
+            },
+        ] {
+            let id = id(c);
+            let loaded = agent_config::Config::parse(&config_toml(&id).unwrap()).unwrap();
+            assert_eq!(loaded, device_config(&id).unwrap());
+            assert_eq!(loaded.heartbeat_interval_secs, 30);
+            assert_eq!(
+                loaded.podman.socket,
+                agent_config::DEFAULT_PODMAN_SOCKET,
+                "the agent's default"
+            );
+        }
+        // What the agent would refuse is refused here, with its reason.
+        let mut bad = id(Credentials::None);
+        bad.nats_urls.clear();
+        let e = format!("{:#}", config_toml(&bad).unwrap_err());
+        assert!(e.contains("nats.urls"), "{e}");
+    }
+
+    #[test]
+    fn credential_files_go_to_fixed_places_on_the_board() {
+        let nkey = Credentials::Nkey {
+            seed_file: "/host/a.nk".into(),
+        };
+        assert_eq!(
+            credential_file(&nkey),
+            Some((Path::new("/host/a.nk"), NKEY_FILE))
+        );
+        let creds = Credentials::CredsFile {
+            path: "/host/a.creds".into(),
+        };
+        assert_eq!(
+            credential_file(&creds),
+            Some((Path::new("/host/a.creds"), CREDS_FILE))
+        );
+        assert_eq!(credential_file(&Credentials::None), None);
     }
 
     #[test]
