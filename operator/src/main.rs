@@ -8,10 +8,10 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
-use operator::cli::NatsArgs;
+use operator::cli::{NatsArgs, status_table};
 use operator::controller::{self, Context, ControllerConfig};
 use operator::metrics::Metrics;
-use operator::status::{StatusCache, status_table};
+use operator::status::StatusCache;
 use operator::{Nats, apply, manifest};
 
 #[derive(Parser)]
@@ -22,6 +22,11 @@ use operator::{Nats, apply, manifest};
     args_conflicts_with_subcommands = true
 )]
 struct Cli {
+    /// More log lines on stderr (-v info, -vv debug); RUST_LOG overrides.
+    /// The controller logs at info by default, the other commands only
+    /// warnings and errors.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    verbose: u8,
     #[command(subcommand)]
     command: Option<Command>,
     #[command(flatten)]
@@ -86,14 +91,22 @@ struct RunArgs {
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    // A command-line tool is quiet unless asked: the NATS client's
+    // "connected" lines are news only to a long-running controller.
+    let controller = matches!(cli.command, None | Some(Command::Run(_)));
+    let default_filter = match (cli.verbose, controller) {
+        (0, false) => "warn",
+        (0, true) | (1, _) => "info,kube=warn",
+        _ => "debug,kube=info,hyper=info,rustls=info",
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info,kube=warn".into()),
+                .unwrap_or_else(|_| default_filter.into()),
         )
         .with_writer(std::io::stderr)
         .init();
-    let cli = Cli::parse();
     match run_command(cli).await {
         Ok(code) => code,
         Err(e) => {
@@ -159,10 +172,15 @@ async fn run_command(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             let deployments = manifest::read(&file)?;
             let nats = connect(&nats, false).await?;
             for d in &deployments {
-                let owner = format!("{}/{}", d.namespace_or_default(), d.name_str());
-                protocol::keys::validate_deployment_name(d.name_str())
-                    .map_err(|e| anyhow::anyhow!("{owner}: {e}"))?;
-                let removed = apply::remove(&nats, &owner, d.name_str()).await?;
+                let owner = protocol::kv::Owner::new(d.namespace_or_default(), d.name_str())
+                    .map_err(|e| {
+                        anyhow::anyhow!(
+                            "Deployment {:?} in namespace {:?}: {e}",
+                            d.name_str(),
+                            d.namespace_or_default()
+                        )
+                    })?;
+                let removed = apply::remove(&nats, &owner.to_string(), owner.name()).await?;
                 println!("{owner}: removed from {} device(s)", removed.len());
             }
         }

@@ -136,6 +136,15 @@ pub enum NatsError {
         /// Why creation failed.
         reason: String,
     },
+    /// A bucket a command reads or writes is not on the server: `init`
+    /// never ran against it.
+    #[error(
+        "bucket `{bucket}` does not exist on this NATS server: run `iot-operator init` once, as an identity allowed to create streams (e.g. `--nats-nkey admin.nk` from `cargo xtask creds`)"
+    )]
+    NoBucket {
+        /// The bucket.
+        bucket: String,
+    },
     /// A bucket exists but does not republish where agents watch.
     #[error(
         "bucket `{bucket}` does not republish its values to `{republish}`, where agents watch ({reason}); run `iot-operator init` with an identity allowed to edit streams: nats-server 2.10+ adds it in place; 2.9 cannot (error 10052): upgrade the server, or delete the stream `{stream}`, run `iot-operator init`, then start the operator, which writes every key again from the Deployments",
@@ -434,7 +443,16 @@ impl Nats {
                 ..Default::default()
             })
             .await
-            .map_err(|e| request_error(op, bucket, e))?;
+            .map_err(|e| match e.kind() {
+                stream::ConsumerErrorKind::JetStream(j)
+                    if j.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND =>
+                {
+                    NatsError::NoBucket {
+                        bucket: bucket.to_string(),
+                    }
+                }
+                _ => request_error(op, bucket, e),
+            })?;
         let mut out = Vec::new();
         if consumer.cached_info().num_pending == 0 {
             return Ok(out);

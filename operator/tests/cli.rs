@@ -256,3 +256,38 @@ async fn large_fleet_apply_then_noop() {
         .unwrap();
     assert_eq!(removed.len(), devices.len());
 }
+
+#[tokio::test]
+async fn commands_are_quiet_unless_asked() {
+    let Some(env) = nats_env().await else { return };
+    let url = env.server.url();
+    let out = cli(&url, None, &["status"]);
+    ok(&out);
+    assert_eq!(String::from_utf8_lossy(&out.stderr), "", "status logs nothing");
+    let out = cli(&url, None, &["status", "-v"]);
+    ok(&out);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("connected"), "-v shows the client's info lines: {err}");
+}
+
+#[tokio::test]
+async fn commands_on_a_server_without_buckets_say_to_run_init() {
+    let Some(server) = testkit::NatsServer::start() else {
+        return;
+    };
+    let file = hello().to_str().unwrap();
+    for args in [
+        &["apply", "-f", file][..],
+        &["delete", "-f", file][..],
+        &["status"][..],
+    ] {
+        let out = cli(&server.url(), None, args);
+        assert!(!out.status.success(), "{args:?} succeeded");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("does not exist on this NATS server")
+                && err.contains("run `iot-operator init`"),
+            "{args:?}: {err}"
+        );
+    }
+}

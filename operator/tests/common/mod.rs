@@ -160,6 +160,7 @@ pub async fn put_heartbeat(client: &async_nats::Client, device: &str) {
         uptime_secs: 5,
         deployments: 1,
         timestamp_ms: 0,
+        warnings: protocol::BoundedVec::new(),
     })
     .unwrap();
     let js = jetstream::new(client.clone());
@@ -181,7 +182,8 @@ pub fn cli(url: &str, seed: Option<&Path>, args: &[&str]) -> Output {
     cmd.args(args)
         .env("NATS_URL", url)
         .env_remove("NATS_NKEY")
-        .env_remove("NATS_CREDS");
+        .env_remove("NATS_CREDS")
+        .env_remove("RUST_LOG");
     if let Some(seed) = seed {
         cmd.env("NATS_NKEY", seed);
     }
