@@ -40,6 +40,8 @@ if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
                "qemu-system-data=${v%+b*}")
     fi
     if [ "${#need[@]}" -gt 0 ]; then
+        # Without recommends, so no ipxe-qemu: board-sim's NIC needs no
+        # option ROM (`romfile=`, the board boots its kernel directly).
         DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
             --allow-downgrades "${need[@]}"
     fi

@@ -1,6 +1,6 @@
 //! `cargo xtask bench`: the performance benches, each a table on stdout.
 //! The fleet simulator needs tokio, async-nats, the operator and the agent,
-//! so it lives in `operator/benches/fleet.rs`; this builds and runs it.
+//! so it lives in `e2e/benches/fleet.rs`; this builds and runs it.
 
 use anyhow::{Result, bail};
 
@@ -10,16 +10,14 @@ use crate::util::{cargo, project_root, run};
 pub const HELP: &str = "\
 cargo xtask bench fleet [--devices N] [--nats-server BIN] [--connections K]
                         [--create-concurrency C] [--idle-secs S] [--phase-timeout-secs T]
-                        [--layout consumer|republish] [--probe-puts P]
+                        [--probe-puts P]
     N simulated devices (the agent's watch, reconciler and status writer over
     an in-memory runtime) against a real nats-server on loopback; one
     Deployment targeting all of them applied through the operator's
     reconcile; prints fan-out, status fold-back, KV writes, no-op re-apply
     and nats-server RSS/CPU. Defaults: 1000 devices, NATS_SERVER_BIN or
-    nats-server on PATH, one connection per 100 devices. --layout republish
-    runs the proposed watch (stream RePublish + a core subscription per
-    device + a one-shot snapshot) instead of the agent's consumer per
-    device; --probe-puts times P puts to unwatched keys before the apply.
+    nats-server on PATH, one connection per 100 devices. --probe-puts times
+    P puts to unwatched keys before the apply.
 cargo xtask bench agent [ARGS]
     scripts/bench-agent.sh: agent footprint, idle CPU and apply latency
     against Podman (see docs/performance.md).";
@@ -46,7 +44,7 @@ pub fn cmd(rest: Vec<String>) -> Result<()> {
                     "IOT_AGENT_LOG",
                     std::env::var("IOT_AGENT_LOG").unwrap_or_else(|_| "warn".into()),
                 )
-                .args(["bench", "-q", "-p", "operator", "--bench", "fleet", "--"])
+                .args(["bench", "-q", "-p", "e2e", "--bench", "fleet", "--"])
                 .args(args);
             run(&mut c)
         }

@@ -36,7 +36,7 @@ pub fn cmd(raw: Vec<String>) -> Result<()> {
     cross_image::cross_env(&mut c, &target)?;
     c.current_dir(project_root()).args(&raw);
     util::run(&mut c).context(
-        "cross failed; without a registry run `cargo xtask cross-image` first, and check \
+        "cross failed; without a registry run `cargo xtask cross-container-image` first, and check \
          Podman works with CONTAINERS_CONF=deploy/podman/containers.conf",
     )
 }

@@ -1,4 +1,4 @@
-//! `cargo xtask cross-image`: the container image `cross` builds in, made
+//! `cargo xtask cross-container-image`: the container image `cross` builds in, made
 //! offline from Debian packages (debootstrap + `podman import`), so `cross`
 //! works without a container registry. Also the environment every `cross`
 //! call gets (Podman, its containers.conf, the local image).
@@ -14,10 +14,10 @@ use crate::util::{self, project_root, require_tool, workspace_target};
 /// The local image's name.
 pub const IMAGE: &str = "localhost/iot-cross:bookworm";
 
-/// Help for `cargo xtask cross-image`.
+/// Help for `cargo xtask cross-container-image`.
 pub const HELP: &str = "\
-cargo xtask cross-image [--mirror URL] [--force]
-    Build the image `cross` uses for aarch64 targets from Debian bookworm
+cargo xtask cross-container-image [--mirror URL] [--force]
+    (formerly `cargo xtask cross-image`) Build the container image `cross` uses for aarch64 targets from Debian bookworm
     packages (debootstrap: gcc, gcc-aarch64-linux-gnu, libc6-dev-arm64-cross,
     qemu-user-static) and import it into Podman as localhost/iot-cross:bookworm.
     No container registry is needed. Needs root (debootstrap) and Podman.
@@ -113,18 +113,7 @@ pub fn cross_env(c: &mut Command, target: &str) -> Result<()> {
     Ok(())
 }
 
-fn is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("Uid:"))
-                .and_then(|l| l.split_whitespace().nth(2).map(|e| e == "0"))
-        })
-        .unwrap_or(false)
-}
-
-/// `cargo xtask cross-image`.
+/// `cargo xtask cross-container-image`.
 pub fn cmd(mut args: Args) -> Result<()> {
     let mirror = args
         .value("--mirror")?
@@ -176,8 +165,8 @@ pub fn cmd(mut args: Args) -> Result<()> {
 /// debootstraps the build environment and packs it into `tarball`.
 fn debootstrap(work: &Path, mirror: &str, tarball: &Path) -> Result<()> {
     require_tool("debootstrap", "debootstrap")?;
-    if !is_root() {
-        bail!("debootstrap needs root: run `sudo -E cargo xtask cross-image`");
+    if !util::is_root() {
+        bail!("debootstrap needs root: run `sudo -E cargo xtask cross-container-image`");
     }
     let rootfs = work.join("rootfs");
     if rootfs.exists() {

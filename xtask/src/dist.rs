@@ -19,7 +19,7 @@ cargo xtask dist (--board BOARD | --target TRIPLE) [--cross]
     stripped, into target/dist/<board or triple>/ with iot-agent.sha256.
     --cross   build inside a container with the `cross` tool (also when
               XTASK_CROSS=1); uses target/tools/bin/cross or cross on PATH,
-              Podman, and the local image from `cargo xtask cross-image`
+              Podman, and the local image from `cargo xtask cross-container-image`
               when it exists.";
 
 /// A built, copied binary.
@@ -171,7 +171,7 @@ pub fn build_binary(package: &str, bin: &str, target: &str, cross: bool) -> Resu
     eprintln!("building {bin} for {target}: {}", util::show(&c));
     util::run(&mut c).with_context(|| {
         if use_cross {
-            "the cross build failed; without a registry run `cargo xtask cross-image` first, \
+            "the cross build failed; without a registry run `cargo xtask cross-container-image` first, \
              and check Podman works with CONTAINERS_CONF=deploy/podman/containers.conf"
                 .to_string()
         } else {

@@ -1,4 +1,4 @@
-//! `cargo xtask oci operator|agent`: an OCI image `FROM scratch` holding the
+//! `cargo xtask container-image operator|agent`: an OCI image `FROM scratch` holding the
 //! static musl binary, built with Podman (no registry), tagged
 //! `localhost/iot-<name>:<version>`.
 
@@ -9,10 +9,10 @@ use crate::dist::build_binary;
 use crate::flags::Args;
 use crate::util::{self, require_tool, workspace_target};
 
-/// Help for `cargo xtask oci`.
+/// Help for `cargo xtask container-image`.
 pub const HELP: &str = "\
-cargo xtask oci operator|agent [--target TRIPLE] [--cross]
-    Build an OCI image from scratch with the static musl binary, using
+cargo xtask container-image operator|agent [--target TRIPLE] [--cross]
+    (formerly `cargo xtask oci`) Build an OCI container image from scratch with the static musl binary, using
     Podman; tagged localhost/iot-operator:VERSION or localhost/iot-agent:VERSION.
     --target   default: the host architecture's *-unknown-linux-musl";
 
@@ -21,14 +21,15 @@ pub fn image_name(what: &str) -> String {
     format!("localhost/iot-{what}:{}", env!("CARGO_PKG_VERSION"))
 }
 
-/// `cargo xtask oci`.
+/// `cargo xtask container-image`.
 pub fn cmd(mut args: Args) -> Result<()> {
     // Options first, so an option's value is never taken as the positional.
     let target = args.value("--target")?;
     let cross = args.flag("--cross");
-    let what = args
-        .positional()
-        .context("say which image: `cargo xtask oci operator` or `cargo xtask oci agent`")?;
+    let what = args.positional().context(
+        "say which image: `cargo xtask container-image operator` or \
+             `cargo xtask container-image agent`",
+    )?;
     args.finish()?;
     let (package, bin, user) = match what.as_str() {
         "operator" => ("operator", "iot-operator", Some("65532:65532")),

@@ -49,6 +49,22 @@ pub fn find_on_path(program: &str) -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
+/// Whether we run as root (effective uid 0): debootstrap, mmdebstrap and
+/// apt-get need it. Read from /proc, as the workspace forbids `unsafe`
+/// (`geteuid`).
+pub fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status").is_ok_and(|s| effective_uid(&s) == Some(0))
+}
+
+/// The effective uid from /proc/self/status (`Uid: real effective saved fs`).
+fn effective_uid(status: &str) -> Option<u32> {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .and_then(|ids| ids.split_whitespace().nth(1))
+        .and_then(|e| e.parse().ok())
+}
+
 /// Fails with an install hint when a required tool is missing.
 pub fn require_tool(program: &str, package: &str) -> Result<()> {
     if !have(program) {
@@ -140,5 +156,13 @@ mod tests {
             sha256_reader(&b"abc"[..]).unwrap(),
             "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
         );
+    }
+
+    #[test]
+    fn root_is_the_effective_uid() {
+        // sudo-like: real uid 1000, effective 0.
+        assert_eq!(effective_uid("Name:\tx\nUid:\t1000\t0\t0\t0\n"), Some(0));
+        assert_eq!(effective_uid("Uid:\t0\t1000\t1000\t1000\n"), Some(1000));
+        assert_eq!(effective_uid("Gid:\t0\t0\t0\t0\n"), None);
     }
 }

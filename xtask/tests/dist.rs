@@ -73,7 +73,7 @@ fn dist_rpi4_is_a_static_stripped_aarch64_binary_that_runs_under_qemu() {
         "--version should print the version: {text}"
     );
 
-    // The config `xtask image` writes is accepted by this very agent, for
+    // The config `xtask disk-image` writes is accepted by this very agent, for
     // every credentials kind (the agent's own parser is the contract).
     if !have_tools(&["sfdisk", "mkfs.fat", "mke2fs", "debugfs", "mcopy"]) {
         return;
@@ -92,7 +92,7 @@ fn dist_rpi4_is_a_static_stripped_aarch64_binary_that_runs_under_qemu() {
     for (i, creds) in kinds.iter().enumerate() {
         let out = tmp.path().join(format!("img{i}.img"));
         ok(xtask()
-            .args(["image", "--board", "rpi4", "--base"])
+            .args(["disk-image", "--board", "rpi4", "--base"])
             .arg(&base.path)
             .arg("--agent")
             .arg(&bin)

@@ -80,7 +80,11 @@ fn other_refusals_say_what_to_do() {
     assert!(stderr(&o).contains("the image itself"), "{}", stderr(&o));
     // A missing image.
     let o = run(flash(&dir.path().join("none.img"), &dir.path().join("t")).arg("--yes"));
-    assert!(stderr(&o).contains("cargo xtask image"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("cargo xtask disk-image"),
+        "{}",
+        stderr(&o)
+    );
     // A device path that does not exist.
     let o = run(flash(&img, Path::new("/dev/sdzz9")).arg("--yes"));
     assert!(stderr(&o).contains("lsblk"), "{}", stderr(&o));

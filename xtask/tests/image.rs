@@ -1,4 +1,4 @@
-//! `cargo xtask image` on synthetic base images (MBR and GPT; FAT32 boot,
+//! `cargo xtask disk-image` on synthetic base images (MBR and GPT; FAT32 boot,
 //! ext4 root), checked file by file with debugfs and mtools. No root, no
 //! mounting.
 
@@ -14,7 +14,7 @@ const TOOLS: &[&str] = &["sfdisk", "mkfs.fat", "mke2fs", "debugfs", "e2fsck", "m
 
 fn image_cmd(board: &str, base: &Path, agent: &Path, out: &Path, device: &str) -> Command {
     let mut c = xtask();
-    c.args(["image", "--board", board, "--base"])
+    c.args(["disk-image", "--board", board, "--base"])
         .arg(base)
         .arg("--agent")
         .arg(agent)
@@ -253,11 +253,7 @@ fn works_as_an_unprivileged_user() {
     if !have_tools(TOOLS) || !have_tools(&["setpriv"]) {
         return;
     }
-    let is_root = std::fs::read_to_string("/proc/self/status")
-        .unwrap()
-        .lines()
-        .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"));
-    if !is_root {
+    if !is_root() {
         // Already unprivileged: the other tests prove it.
         return;
     }
@@ -278,7 +274,7 @@ fn works_as_an_unprivileged_user() {
         .args(inner.get_args())
         .env("PATH", std::env::var_os("PATH").unwrap());
     let o = run(&mut c);
-    if !o.status.success() && stderr(&o).contains("Permission denied") && !in_ci() {
+    if !o.status.success() && stderr(&o).contains("Permission denied") && !testkit::in_ci() {
         eprintln!("SKIPPED: the test binary is not reachable by uid 65534 here");
         return;
     }

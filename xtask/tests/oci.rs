@@ -1,4 +1,4 @@
-//! `cargo xtask oci agent`: a `FROM scratch` image holding only the static
+//! `cargo xtask container-image agent`: a `FROM scratch` image holding only the static
 //! binary, built with Podman and no registry.
 
 #![allow(clippy::unwrap_used, missing_docs)]
@@ -24,7 +24,12 @@ fn agent_image_is_scratch_plus_the_static_binary() {
     if !have_tools(&["podman", "tar"]) {
         return;
     }
-    ok(xtask().args(["oci", "--target", "aarch64-unknown-linux-musl", "agent"]));
+    ok(xtask().args([
+        "container-image",
+        "--target",
+        "aarch64-unknown-linux-musl",
+        "agent",
+    ]));
     let name = format!("localhost/iot-agent:{}", env!("CARGO_PKG_VERSION"));
     let o = ok(podman().args([
         "image",

@@ -73,7 +73,7 @@ pub fn cmd(mut args: Args) -> Result<()> {
 pub fn flash(image: &Path, to: &Path, yes: bool, force: bool) -> Result<()> {
     if !image.is_file() {
         bail!(
-            "image {} does not exist; build one with `cargo xtask image`",
+            "image {} does not exist; build one with `cargo xtask disk-image`",
             image.display()
         );
     }

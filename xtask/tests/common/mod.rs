@@ -1,17 +1,13 @@
 //! Shared helpers for the xtask integration tests: run the real `xtask`
 //! binary, build synthetic disk images with the same tools a user has
 //! (sfdisk, mkfs.fat, mke2fs -d), and read them back with mtools / debugfs.
-//! Same skip policy as `testkit`: a missing tool skips outside CI and fails
-//! under `CI=true`.
+//! A missing tool skips outside CI and fails under `CI=true`, through
+//! testkit's [`testkit::missing`].
 
 #![allow(dead_code, clippy::unwrap_used, missing_docs)]
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
-
-pub fn in_ci() -> bool {
-    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
-}
 
 /// Whether all `tools` are on PATH; otherwise skip (or fail under CI).
 pub fn have_tools(tools: &[&str]) -> bool {
@@ -23,17 +19,21 @@ pub fn have_tools(tools: &[&str]) -> bool {
                 .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(t).is_file()))
         })
         .collect();
-    if missing.is_empty() {
-        return true;
-    }
-    let what = format!(
-        "missing tools {missing:?} (dosfstools, mtools, fdisk, e2fsprogs, qemu-user-static)"
-    );
-    if in_ci() {
-        panic!("CI=true but {what}; .ci/run must install them");
-    }
-    eprintln!("SKIPPED: {what} (set CI=true to make this a failure)");
-    false
+    missing.is_empty()
+        || testkit::missing::<()>(&format!(
+            "missing tools {missing:?} (dosfstools, mtools, fdisk, e2fsprogs, qemu-user-static)"
+        ))
+        .is_some()
+}
+
+/// Whether the tests run as root (effective uid 0, as xtask's own check).
+pub fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status").is_ok_and(|s| {
+        s.lines()
+            .find_map(|l| l.strip_prefix("Uid:"))
+            .and_then(|ids| ids.split_whitespace().nth(1))
+            == Some("0")
+    })
 }
 
 pub fn xtask() -> Command {
