@@ -17,6 +17,6 @@ pub mod nats;
 pub mod podman;
 pub mod policy;
 pub mod reconcile;
-/// An in-memory runtime for tests and the operator's fleet bench.
+/// An in-memory runtime for tests and the fleet bench (`e2e/benches/fleet.rs`).
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;

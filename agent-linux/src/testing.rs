@@ -1,6 +1,6 @@
 //! An in-memory [`Runtime`](crate::podman::Runtime) for what runs the
-//! reconciler without Podman: its unit tests and the operator's fleet
-//! bench. Built for this crate's tests and with the `testing` feature.
+//! reconciler without Podman: its unit tests and the fleet bench in
+//! `e2e/`. Built for this crate's tests and with the `testing` feature.
 
 use std::cell::{Cell, RefCell};
 

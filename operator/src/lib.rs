@@ -1,14 +1,17 @@
 //! The iot operator: `Deployment` custom resources into NATS desired state,
 //! device status back into the resources.
 //!
-//! Entry points for other crates (end-to-end tests, the fleet bench):
+//! Entry points for other crates (the whole-system tests and the fleet bench
+//! in `e2e/`):
 //! - [`controller::reconcile`] with a [`controller::Context`]: the real
 //!   reconcile function, to drive through a kube `Client` (mocked or real);
 //! - [`apply::plan`] + [`apply::apply`] / [`apply::remove`]: what the
 //!   controller and `iot-operator apply/delete` write to NATS;
 //! - [`status::StatusCache`] + [`status::fold_status`]: device reports folded
 //!   into a CR status;
-//! - [`nats::Nats`]: the connection, bucket creation and KV access.
+//! - [`nats::Nats`]: the connection, bucket creation and KV access;
+//! - `testing::MockApiServer` (feature `testing`): a kube `Client` over a
+//!   mock API server, for tests only.
 
 pub mod apply;
 pub mod cli;
@@ -18,6 +21,7 @@ pub mod manifest;
 pub mod metrics;
 pub mod nats;
 pub mod status;
+#[cfg(feature = "testing")]
 pub mod testing;
 
 pub use apply::{ApplyOutcome, Plan, PlanError, apply, plan, remove};

@@ -1,5 +1,6 @@
 //! A mock Kubernetes API server for driving [`crate::reconcile`] in tests
-//! (here, in the end-to-end suite and in the fleet bench): a kube `Client`
+//! (this crate's, and the whole-system tests and fleet bench in `e2e/`;
+//! built with the `testing` feature only): a kube `Client`
 //! over a `tower-test` service whose other end records every request and
 //! answers it the way the API server would for the few calls the operator
 //! makes (lists and watches of Deployments, finalizer patches, status

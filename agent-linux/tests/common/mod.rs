@@ -35,13 +35,9 @@ fn dead_port() -> u16 {
     testkit::free_port()
 }
 
-pub fn unique(prefix: &str) -> String {
-    let n = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .subsec_nanos();
-    format!("{prefix}-{}-{:x}", std::process::id(), n)
-}
+// Not every test binary that includes this module uses both.
+#[allow(unused_imports)]
+pub use testkit::{http_get, unique};
 
 impl Env {
     /// `None` when nats-server or Podman is missing outside CI.
@@ -423,15 +419,4 @@ pub fn web(name: &str, host_port: u16) -> Container<'static> {
     }])
     .unwrap();
     c
-}
-
-/// GET / on 127.0.0.1:port, the body when it answers.
-pub fn http_get(port: u16) -> Option<String> {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-    s.write_all(b"GET / HTTP/1.0\r\n\r\n").ok()?;
-    let mut out = String::new();
-    s.read_to_string(&mut out).ok()?;
-    Some(out)
 }

@@ -5,24 +5,22 @@
 //! into the CR status.
 #![allow(clippy::unwrap_used, missing_docs)]
 
-mod common;
-
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_nats_device as async_nats;
-use common::{WAIT, unique};
 use operator::crd::{Deployment, DeploymentSpec, FINALIZER, Rollout, Score, revision_string};
 use operator::status::StatusCache;
 use operator::testing::MockApiServer;
 use operator::{Context, ControllerConfig, Nats, reconcile};
 use protocol::{DeploymentKey, DeploymentStatus, Phase};
 use serde_json::json;
-use testkit::{NatsServer, PodmanService};
+use testkit::{NatsServer, PodmanService, http_get, unique};
 
 const IMAGE: &str = "localhost/iot-e2e:busybox";
+/// How long any one step of a flow may take.
+const WAIT: Duration = Duration::from_secs(60);
 
 /// One nats-server, one Podman service, the operator's NATS access and
 /// reconcile context over a mock API server; agents are added per device.
@@ -284,22 +282,13 @@ fn web(port: u16, greeting: &str) -> serde_json::Value {
     }]})
 }
 
-fn http_get(port: u16) -> Option<String> {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    s.write_all(b"GET / HTTP/1.0\r\n\r\n").ok()?;
-    let mut out = String::new();
-    s.read_to_string(&mut out).ok()?;
-    Some(out)
-}
-
 fn revision(d: &Deployment) -> u64 {
     u64::from_str_radix(d.status.as_ref().unwrap().revision.as_deref().unwrap(), 16).unwrap()
 }
 
 fn native_agent() -> Vec<String> {
-    vec![env!("CARGO_BIN_EXE_iot-agent").to_string()]
+    let bin = e2e::agent_binary().unwrap_or_else(|e| panic!("building iot-agent: {e}"));
+    vec![bin.display().to_string()]
 }
 
 /// Create -> running, answering and 1/1 ready; update -> replaced; delete ->

@@ -11,7 +11,7 @@
 //! own subscription and snapshot consumer), so no fd limit is raised.
 //!
 //! Run: `cargo xtask bench fleet --devices 1000 [--nats-server BIN]`
-//! (or `cargo bench -p operator --bench fleet -- --devices 1000`).
+//! (or `cargo bench -p e2e --bench fleet -- --devices 1000`).
 #![allow(missing_docs)]
 
 use std::collections::BTreeMap;
@@ -123,6 +123,7 @@ async fn device(
         uptime_secs: 0,
         deployments: 0,
         timestamp_ms: reconcile::now_ms(),
+        warnings: protocol::BoundedVec::new(),
     };
     if let Ok(v) = protocol::wire::encode_to_vec(&hb) {
         let _ = session.publish_heartbeat(v).await;
