@@ -41,6 +41,7 @@ fn operator_yaml_has_least_privilege_rbac() {
         "ClusterRoleBinding",
         "Secret",
         "Deployment",
+        "NetworkPolicy",
     ] {
         assert!(kinds.contains(&k), "{kinds:?}");
     }
@@ -76,7 +77,21 @@ fn operator_deployment_matches_the_binary() {
     assert_eq!(c["readinessProbe"]["httpGet"]["path"], "/readyz");
     assert_eq!(c["ports"][0]["containerPort"], 8080);
     assert!(c["resources"]["limits"]["memory"].is_string());
-    assert_eq!(c["env"][0]["valueFrom"]["secretKeyRef"]["key"], "url");
+    // Credentials reach the operator only as files from the Secret; no
+    // environment variable takes a value from a Secret.
+    assert!(
+        c["env"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|e| e["valueFrom"].get("secretKeyRef").is_none()),
+        "{}",
+        c["env"]
+    );
+    assert_eq!(c["volumeMounts"][0]["mountPath"], "/etc/iot-operator/nats");
+    let volume = &dep["spec"]["template"]["spec"]["volumes"][0];
+    assert_eq!(volume["secret"]["secretName"], "iot-operator-nats");
+    assert_eq!(volume["secret"]["defaultMode"], 0o400);
     let help = Command::new(env!("CARGO_BIN_EXE_iot-operator"))
         .args(["run", "--help"])
         .output()
@@ -92,7 +107,7 @@ fn operator_deployment_matches_the_binary() {
             "{name} is not read by `iot-operator run`:\n{help}"
         );
     }
-    for commented in ["NATS_NKEY", "NATS_TLS_CA"] {
+    for commented in ["NATS_NKEY", "NATS_CREDS", "NATS_TLS_CA"] {
         assert!(help.contains(&format!("[env: {commented}")), "{commented}");
     }
 }
