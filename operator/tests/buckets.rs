@@ -121,3 +121,15 @@ async fn a_bucket_without_republish_is_upgraded_by_init_or_refused_with_the_fix(
         }
     }
 }
+
+#[test]
+fn testkit_creates_the_buckets_the_operator_creates() {
+    for spec in protocol::buckets::ALL {
+        assert_eq!(
+            testkit::stream_config(&spec),
+            stream_config(&spec),
+            "{}: testkit's stream differs from the operator's",
+            spec.name
+        );
+    }
+}

@@ -16,7 +16,7 @@ mod podman;
 pub mod proxy;
 pub mod tls;
 
-pub use nats::{NatsOptions, NatsServer, create_buckets};
+pub use nats::{NatsOptions, NatsServer, create_buckets, stream_config};
 pub use podman::PodmanService;
 
 use std::path::{Path, PathBuf};

@@ -227,7 +227,13 @@ pub async fn create_buckets(client: &async_nats::Client) -> Result<(), async_nat
     Ok(())
 }
 
-fn stream_config(spec: &protocol::buckets::BucketSpec) -> async_nats::jetstream::stream::Config {
+/// The stream behind a bucket as tests create it. A deliberate second
+/// spelling of `operator::nats::stream_config` (testkit cannot depend on the
+/// operator, whose tests use testkit); `operator/tests/buckets.rs` checks the
+/// two are equal, so agent tests run against the buckets the operator makes.
+pub fn stream_config(
+    spec: &protocol::buckets::BucketSpec,
+) -> async_nats::jetstream::stream::Config {
     use async_nats::jetstream::stream::{Config, DiscardPolicy, StorageType};
     use protocol::keys::{KvSubject, RepublishSubject, StreamName};
     Config {

@@ -207,10 +207,11 @@ fn check_private(path: &Path) -> Result<()> {
     Ok(())
 }
 
+/// The public key of a device's or client's seed file, read the way the
+/// agent and the operator read it (so a file they accept is accepted here).
 fn public_key(seed_file: &Path) -> Result<String> {
-    let seed = fs::read_to_string(seed_file)
-        .with_context(|| format!("reading {}", seed_file.display()))?;
-    let kp = nkeys::KeyPair::from_seed(seed.trim())
+    let seed = nats_credentials::read_seed_file(seed_file)?;
+    let kp = nkeys::KeyPair::from_seed(&seed)
         .map_err(|e| anyhow::anyhow!("{} is not an nkey seed: {e}", seed_file.display()))?;
     Ok(kp.public_key())
 }
