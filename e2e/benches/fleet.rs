@@ -317,11 +317,16 @@ impl Sampler {
         }
     }
 
-    /// Peak RSS (MiB) and CPU (% of one core) between two instants.
-    fn window(&self, from: Instant, to: Instant, tck: f64) -> (f64, f64) {
+    /// Peak RSS (MiB; `None` when no sample fell inside the window) and CPU
+    /// (% of one core) between two instants.
+    fn window(&self, from: Instant, to: Instant, tck: f64) -> (Option<f64>, f64) {
         let s = self.samples.lock().unwrap_or_else(|e| e.into_inner());
         let inside: Vec<&Sample> = s.iter().filter(|x| x.at >= from && x.at <= to).collect();
-        let peak = inside.iter().map(|x| x.rss_kib).max().unwrap_or(0) as f64 / 1024.0;
+        let peak = inside
+            .iter()
+            .map(|x| x.rss_kib)
+            .max()
+            .map(|kib| kib as f64 / 1024.0);
         // CPU from the samples around the window, so that a window shorter
         // than the sampling period still gets a figure.
         let before = s.iter().rev().find(|x| x.at <= from);
@@ -352,6 +357,15 @@ impl Drop for Sampler {
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
+    }
+}
+
+/// A peak RSS for the table: a window shorter than the 100 ms sampling
+/// period may hold no sample, and 0.0 MiB would read as a measurement.
+fn peak_mib(peak: Option<f64>) -> String {
+    match peak {
+        Some(mib) => format!("{mib:.1} MiB"),
+        None => "not sampled (window under the 100 ms sampling period)".into(),
     }
 }
 
@@ -685,7 +699,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
         ms(pct(&create, 1.0))
     );
     println!(
-        "| nats-server during boot | peak RSS {rss_boot:.1} MiB, CPU {cpu_boot:.0} % of a core |"
+        "| nats-server during boot | peak RSS {}, CPU {cpu_boot:.0} % of a core |",
+        peak_mib(rss_boot)
     );
     let (d, left) = consumers_gone;
     println!(
@@ -739,7 +754,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
         status_bytes as f64 / 1024.0
     );
     println!(
-        "| nats-server during apply -> folded | peak RSS {rss_apply:.1} MiB, CPU {cpu_apply:.0} % of a core |"
+        "| nats-server during apply -> folded | peak RSS {}, CPU {cpu_apply:.0} % of a core |",
+        peak_mib(rss_apply)
     );
     println!(
         "| no-op re-apply, same controller | {} writes, {} |",
@@ -753,11 +769,13 @@ async fn run(args: Args) -> anyhow::Result<()> {
         seq3 - seq2
     );
     println!(
-        "| nats-server idle ({} s, {n} watching devices, {consumers_at_apply} consumers) | RSS {rss_idle:.1} MiB, CPU {cpu_idle:.1} % of a core |",
-        args.idle_secs
+        "| nats-server idle ({} s, {n} watching devices, {consumers_at_apply} consumers) | peak RSS {}, CPU {cpu_idle:.1} % of a core |",
+        args.idle_secs,
+        peak_mib(rss_idle)
     );
     println!(
-        "| simulator process (operator + {n} devices) | CPU {me_apply:.0} % during apply, {me_idle:.1} % idle, peak RSS {me_rss:.0} MiB |"
+        "| simulator process (operator + {n} devices) | CPU {me_apply:.0} % during apply, {me_idle:.1} % idle, peak RSS {} |",
+        peak_mib(me_rss)
     );
     println!();
     if !all_received || folded < n || ready as usize != n {
