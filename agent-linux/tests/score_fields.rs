@@ -140,5 +140,9 @@ async fn each_score_field_means_on_podman_what_the_contract_says() {
 
     env.delete("fields").await;
     env.wait_running(&[]).await;
-    let _ = env.podman.command().args(["volume", "rm", "-f", &volume]).output();
+    let _ = env
+        .podman
+        .command()
+        .args(["volume", "rm", "-f", &volume])
+        .output();
 }

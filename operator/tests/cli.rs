@@ -263,11 +263,18 @@ async fn commands_are_quiet_unless_asked() {
     let url = env.server.url();
     let out = cli(&url, None, &["status"]);
     ok(&out);
-    assert_eq!(String::from_utf8_lossy(&out.stderr), "", "status logs nothing");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        "",
+        "status logs nothing"
+    );
     let out = cli(&url, None, &["status", "-v"]);
     ok(&out);
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("connected"), "-v shows the client's info lines: {err}");
+    assert!(
+        err.contains("connected"),
+        "-v shows the client's info lines: {err}"
+    );
 }
 
 #[tokio::test]
