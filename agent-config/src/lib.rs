@@ -41,8 +41,15 @@ pub enum ConfigError {
     },
     /// The TOML does not parse or does not fit the schema (unknown key,
     /// unknown credential `type`, wrong value type...).
-    #[error("{0}")]
-    Syntax(String),
+    #[error("{}{}", .source.to_string().trim_end(), if *.in_credentials_type { "\n(in nats.credentials.type)" } else { "" })]
+    Syntax {
+        /// The parser's error; its Display quotes the offending line.
+        #[source]
+        source: toml::de::Error,
+        /// The error is about `nats.credentials.type`, the one key whose
+        /// message does not show it (a tag inside a table).
+        in_credentials_type: bool,
+    },
     /// A field holds a value that is not valid.
     #[error("{field}: {problem}")]
     Invalid {
@@ -243,14 +250,10 @@ impl Config {
     pub fn parse(text: &str) -> Result<Config, ConfigError> {
         // The error's Display quotes the offending line, which names the
         // key even when the message alone would not (a wrong value type).
-        let config: Config = toml::from_str(text).map_err(|e| {
-            let mut msg = e.to_string().trim_end().to_string();
-            // The credential type is the one enum whose message does not
-            // show the key (it is a tag inside a table).
-            if e.message().contains("unknown variant") && e.message().contains("user-password") {
-                msg.push_str("\n(in nats.credentials.type)");
-            }
-            ConfigError::Syntax(msg)
+        let config: Config = toml::from_str(text).map_err(|e| ConfigError::Syntax {
+            in_credentials_type: e.message().contains("unknown variant")
+                && e.message().contains("user-password"),
+            source: e,
         })?;
         config.validate()?;
         Ok(config)

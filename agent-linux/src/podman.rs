@@ -56,7 +56,7 @@ pub enum RuntimeError {
     },
     /// An answer did not have the expected shape.
     #[error("unexpected answer from podman: {0}")]
-    Protocol(String),
+    Protocol(#[source] serde_json::Error),
 }
 
 /// A published port.
@@ -186,6 +186,19 @@ pub trait Runtime: 'static {
     async fn version(&self) -> Result<String, RuntimeError>;
     /// Every container labelled as managed by this device's agent.
     async fn list_managed(&self, device_id: &str) -> Result<Vec<ManagedContainer>, RuntimeError>;
+    /// The managed containers of one deployment.
+    async fn list_deployment(
+        &self,
+        device_id: &str,
+        deployment: &str,
+    ) -> Result<Vec<ManagedContainer>, RuntimeError> {
+        Ok(self
+            .list_managed(device_id)
+            .await?
+            .into_iter()
+            .filter(|c| c.label(labels::DEPLOYMENT) == deployment)
+            .collect())
+    }
     /// The state of one container.
     async fn inspect(&self, id: &str) -> Result<ContainerInfo, RuntimeError>;
     /// Whether an image is present locally.
@@ -253,6 +266,63 @@ impl Podman {
         }
     }
 
+    /// This device's managed containers: one deployment's, or all.
+    async fn list(
+        &self,
+        device_id: &str,
+        deployment: Option<&str>,
+    ) -> Result<Vec<ManagedContainer>, RuntimeError> {
+        #[derive(Deserialize)]
+        struct Item {
+            #[serde(rename = "Id")]
+            id: String,
+            #[serde(rename = "Names", default)]
+            names: Vec<String>,
+            #[serde(rename = "Labels", default)]
+            labels: Option<BTreeMap<String, String>>,
+            #[serde(rename = "State", default)]
+            state: String,
+            #[serde(rename = "ExitCode", default)]
+            exit_code: i32,
+        }
+        // Podman ANDs label filters. Filtering by deployment there rather
+        // than here matters: Podman builds an entry for each container it
+        // lists (state synced, ports, mounts...), so a device-wide list made
+        // every apply pass cost time in proportion to the device's
+        // containers (20 ms for 40 at load 4, against 3.5 ms for one).
+        let mut label = vec![
+            format!("{}={}", labels::MANAGED_BY, labels::MANAGED_BY_VALUE),
+            format!("{}={}", labels::DEVICE, device_id),
+        ];
+        if let Some(d) = deployment {
+            label.push(format!("{}={}", labels::DEPLOYMENT, d));
+        }
+        let filters = json!({ "label": label });
+        let path = format!(
+            "/containers/json?all=true&filters={}",
+            encode_query(&filters.to_string())
+        );
+        let resp = self.call_ok("GET", &path, None).await?;
+        let items: Vec<Item> = parse(&resp)?;
+        Ok(items
+            .into_iter()
+            .map(|i| ManagedContainer {
+                id: i.id,
+                name: i.names.into_iter().next().unwrap_or_default(),
+                labels: i.labels.unwrap_or_default(),
+                state: i.state,
+                exit_code: i.exit_code,
+            })
+            // Double-check, so that a filter quirk can never make us touch a
+            // foreign container, or another deployment's.
+            .filter(|c| {
+                c.label(labels::DEVICE) == device_id
+                    && c.label(labels::MANAGED_BY) == labels::MANAGED_BY_VALUE
+                    && deployment.is_none_or(|d| c.label(labels::DEPLOYMENT) == d)
+            })
+            .collect())
+    }
+
     /// Opens the event stream of this device's containers.
     pub async fn events(&self, device_id: &str) -> Result<EventStream, RuntimeError> {
         let filters = json!({
@@ -295,7 +365,7 @@ fn api_error(resp: &http::Response) -> RuntimeError {
 }
 
 fn parse<T: for<'de> Deserialize<'de>>(resp: &http::Response) -> Result<T, RuntimeError> {
-    serde_json::from_slice(&resp.body).map_err(|e| RuntimeError::Protocol(e.to_string()))
+    serde_json::from_slice(&resp.body).map_err(RuntimeError::Protocol)
 }
 
 impl Runtime for Podman {
@@ -310,47 +380,15 @@ impl Runtime for Podman {
     }
 
     async fn list_managed(&self, device_id: &str) -> Result<Vec<ManagedContainer>, RuntimeError> {
-        #[derive(Deserialize)]
-        struct Item {
-            #[serde(rename = "Id")]
-            id: String,
-            #[serde(rename = "Names", default)]
-            names: Vec<String>,
-            #[serde(rename = "Labels", default)]
-            labels: Option<BTreeMap<String, String>>,
-            #[serde(rename = "State", default)]
-            state: String,
-            #[serde(rename = "ExitCode", default)]
-            exit_code: i32,
-        }
-        let filters = json!({
-            "label": [
-                format!("{}={}", labels::MANAGED_BY, labels::MANAGED_BY_VALUE),
-                format!("{}={}", labels::DEVICE, device_id),
-            ],
-        });
-        let path = format!(
-            "/containers/json?all=true&filters={}",
-            encode_query(&filters.to_string())
-        );
-        let resp = self.call_ok("GET", &path, None).await?;
-        let items: Vec<Item> = parse(&resp)?;
-        Ok(items
-            .into_iter()
-            .map(|i| ManagedContainer {
-                id: i.id,
-                name: i.names.into_iter().next().unwrap_or_default(),
-                labels: i.labels.unwrap_or_default(),
-                state: i.state,
-                exit_code: i.exit_code,
-            })
-            // Podman's label filter ANDs the two labels; double-check so
-            // that a filter quirk can never make us touch a foreign container.
-            .filter(|c| {
-                c.label(labels::DEVICE) == device_id
-                    && c.label(labels::MANAGED_BY) == labels::MANAGED_BY_VALUE
-            })
-            .collect())
+        self.list(device_id, None).await
+    }
+
+    async fn list_deployment(
+        &self,
+        device_id: &str,
+        deployment: &str,
+    ) -> Result<Vec<ManagedContainer>, RuntimeError> {
+        self.list(device_id, Some(deployment)).await
     }
 
     async fn inspect(&self, id: &str) -> Result<ContainerInfo, RuntimeError> {
