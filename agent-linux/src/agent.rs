@@ -14,12 +14,12 @@ use bytes::Bytes;
 use tokio::sync::{mpsc, watch};
 
 use crate::backoff::Backoff;
-use crate::cache::{Cache, CacheWriter};
+use crate::cache::{Cache, CacheHealth, CacheWriter};
 use crate::config::Config;
 use crate::nats::{Session, WatchEvent};
 use crate::podman::{Podman, Runtime, labels};
 use crate::reconcile::{self, Context, StatusReport, Target, now_ms};
-use protocol::{DeploymentStatus, Heartbeat, Text};
+use protocol::{BoundedVec, DeploymentStatus, Heartbeat, Text};
 
 /// The agent's version, reported in the heartbeat.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -89,7 +89,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         device_id: config.device_id.clone(),
         stop_timeout_secs: config.podman.stop_timeout_secs,
         replace_order: config.podman.replace_order,
-        policy: config.security.allowances(),
+        policy: (&config.security).into(),
         status: status_tx,
         retry_base: Duration::from_millis(500),
         retry_cap: Duration::from_secs(60),
@@ -109,23 +109,31 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         }
         Err(e) => crate::error!("cannot read the cache: {e}; waiting for NATS"),
     }
+    let cache = CacheWriter::start(cache);
 
     let session = Session::connect(&config).await?;
     let started = Instant::now();
-    tokio::task::spawn_local(status_writer(session.clone(), status_rx));
+    let podman_version = Rc::new(VersionCache::default());
+    tokio::task::spawn_local(status_writer_noting(
+        session.clone(),
+        status_rx,
+        Some(cache.health()),
+    ));
     tokio::task::spawn_local(heartbeat(
         session.clone(),
         runtime.clone(),
+        podman_version.clone(),
         deployments.clone(),
+        cache.health(),
         config.heartbeat_interval(),
         started,
     ));
     tokio::task::spawn_local(events(
         runtime.clone(),
+        podman_version,
         deployments.clone(),
         config.device_id.clone(),
     ));
-    let cache = CacheWriter::start(cache);
     let watcher = tokio::task::spawn_local(watch_loop(
         session.clone(),
         cache.clone(),
@@ -254,7 +262,25 @@ async fn sweep<R: Runtime>(deployments: &Deployments<R>, desired: &BTreeSet<Stri
 /// Publishes status reports, each only when it differs from the last one
 /// published for that deployment; failed publishes are retried. Public so
 /// the fleet bench reports status exactly like the agent.
-pub async fn status_writer(session: Session, mut rx: mpsc::UnboundedReceiver<StatusReport>) {
+pub async fn status_writer(session: Session, rx: mpsc::UnboundedReceiver<StatusReport>) {
+    status_writer_noting(session, rx, None).await;
+}
+
+/// [`status_writer`], with each deployment's cache failure (from `cache`)
+/// at the end of its status message: a change of the cache's health
+/// re-publishes the last report of each deployment it concerns, so the
+/// note appears and clears without waiting for the reconciler.
+pub async fn status_writer_noting(
+    session: Session,
+    mut rx: mpsc::UnboundedReceiver<StatusReport>,
+    mut cache: Option<watch::Receiver<CacheHealth>>,
+) {
+    let mut health = cache
+        .as_mut()
+        .map(|c| c.borrow_and_update().clone())
+        .unwrap_or_default();
+    // The reconcilers' last reports, before the note.
+    let mut reported: BTreeMap<String, DeploymentStatus<'static>> = BTreeMap::new();
     let mut published: BTreeMap<String, DeploymentStatus<'static>> = BTreeMap::new();
     let mut complaints = Complaints::default();
     let mut pending: BTreeMap<String, DeploymentStatus<'static>> = BTreeMap::new();
@@ -266,19 +292,35 @@ pub async fn status_writer(session: Session, mut rx: mpsc::UnboundedReceiver<Sta
     };
     loop {
         if pending.is_empty() {
-            match rx.recv().await {
-                Some((d, s)) => {
-                    pending.insert(d, s);
-                }
-                None => return,
+            tokio::select! {
+                r = rx.recv() => match r {
+                    Some((d, s)) => { pending.insert(d, s); }
+                    None => return,
+                },
+                () = health_changed(&mut cache) => {}
             }
         }
         while let Ok((d, s)) = rx.try_recv() {
             pending.insert(d, s);
         }
+        for (d, s) in &pending {
+            reported.insert(d.clone(), s.clone());
+        }
+        if let Some(c) = cache.as_mut()
+            && *c.borrow() != health
+        {
+            let now = c.borrow_and_update().clone();
+            for d in now.changed_since(&health) {
+                if let Some(s) = reported.get(d) {
+                    pending.entry(d.to_string()).or_insert_with(|| s.clone());
+                }
+            }
+            health = now;
+        }
         let mut failed = false;
         let mut batch = std::mem::take(&mut pending).into_iter();
-        while let Some((deployment, status)) = batch.next() {
+        while let Some((deployment, raw)) = batch.next() {
+            let status = health.note_on(&deployment, raw.clone());
             if published.get(&deployment).is_some_and(|p| same(p, &status)) {
                 continue;
             }
@@ -304,7 +346,7 @@ pub async fn status_writer(session: Session, mut rx: mpsc::UnboundedReceiver<Sta
                     // Keep this and the rest for later, without waiting out
                     // one timeout per deployment while offline. Newer
                     // reports that arrived meanwhile win.
-                    for (d, s) in std::iter::once((deployment, status)).chain(batch) {
+                    for (d, s) in std::iter::once((deployment, raw)).chain(batch) {
                         pending.entry(d).or_insert(s);
                     }
                     break;
@@ -322,6 +364,18 @@ pub async fn status_writer(session: Session, mut rx: mpsc::UnboundedReceiver<Sta
             }
         }
     }
+}
+
+/// Resolves when the cache's health changes; never without a cache, or
+/// once its writer is gone.
+async fn health_changed(cache: &mut Option<watch::Receiver<CacheHealth>>) {
+    if let Some(c) = cache.as_mut()
+        && c.changed().await.is_ok()
+    {
+        return;
+    }
+    *cache = None;
+    std::future::pending::<()>().await;
 }
 
 /// Rate-limited warnings for failing publishes: offline is normal for a
@@ -348,20 +402,63 @@ impl Complaints {
     }
 }
 
-/// Publishes the heartbeat every `interval`.
+/// Podman's version for the heartbeat, asked once and again only after
+/// Podman may have restarted.
+///
+/// Each `GET /version` costs the Podman service 22-32 clock ticks, nearly
+/// all in the child processes it spawns to answer: asked every heartbeat it
+/// was almost all of an idle agent's cost to the board. The event stream
+/// ending (or the call failing) is what says Podman went away.
+#[derive(Default)]
+pub struct VersionCache(RefCell<Option<String>>);
+
+impl VersionCache {
+    /// The known version, else what `fetch` finds (kept when it succeeds;
+    /// empty, and asked again next time, when it fails).
+    pub async fn get<E>(&self, fetch: impl Future<Output = Result<String, E>>) -> String {
+        if let Some(v) = self.0.borrow().as_ref() {
+            return v.clone();
+        }
+        match fetch.await {
+            Ok(v) => {
+                *self.0.borrow_mut() = Some(v.clone());
+                v
+            }
+            Err(_) => String::new(),
+        }
+    }
+
+    /// Podman may have restarted (perhaps upgraded): ask again next time.
+    pub fn forget(&self) {
+        self.0.borrow_mut().take();
+    }
+}
+
+/// Publishes the heartbeat every `interval`, and at once when the cache's
+/// health changes (its warning appears or clears).
 async fn heartbeat<R: Runtime>(
     session: Session,
     runtime: Rc<R>,
+    podman_version: Rc<VersionCache>,
     deployments: Rc<Deployments<R>>,
+    cache: watch::Receiver<CacheHealth>,
     interval: Duration,
     started: Instant,
 ) {
     let mut complaints = Complaints::default();
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut cache = Some(cache);
     loop {
-        tick.tick().await;
-        let podman_version = runtime.version().await.unwrap_or_default();
+        tokio::select! {
+            _ = tick.tick() => {}
+            () = health_changed(&mut cache) => {}
+        }
+        let warnings = cache
+            .as_mut()
+            .and_then(|c| c.borrow_and_update().warning())
+            .map(|w| Text::owned(protocol::status::clip_warning(&w).to_string()));
+        let podman_version = podman_version.get(runtime.version()).await;
         let hb = Heartbeat {
             agent_version: Text::borrowed(VERSION),
             arch: Text::borrowed(std::env::consts::ARCH),
@@ -370,6 +467,8 @@ async fn heartbeat<R: Runtime>(
             uptime_secs: started.elapsed().as_secs(),
             deployments: deployments.desired().len() as u32,
             timestamp_ms: now_ms(),
+            // One warning, within the bound.
+            warnings: BoundedVec::try_from_iter(warnings).unwrap_or_default(),
         };
         match protocol::wire::encode_to_vec(&hb) {
             Ok(v) => {
@@ -384,7 +483,12 @@ async fn heartbeat<R: Runtime>(
 
 /// Follows Podman's events for this device's containers and asks the
 /// affected deployment for a fresh pass (status refresh, repair).
-async fn events(runtime: Rc<Podman>, deployments: Rc<Deployments<Podman>>, device_id: String) {
+async fn events(
+    runtime: Rc<Podman>,
+    podman_version: Rc<VersionCache>,
+    deployments: Rc<Deployments<Podman>>,
+    device_id: String,
+) {
     let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
     loop {
         match runtime.events(&device_id).await {
@@ -420,6 +524,37 @@ async fn events(runtime: Rc<Podman>, deployments: Rc<Deployments<Podman>>, devic
             }
             Err(e) => crate::warn!("podman events unavailable: {e}"),
         }
+        // The stream ends when the service does: the next heartbeat asks
+        // the (maybe upgraded) Podman its version again.
+        podman_version.forget();
         tokio::time::sleep(backoff.next_delay()).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::cell::Cell;
+
+    #[tokio::test]
+    async fn the_podman_version_is_asked_once_until_forgotten() {
+        let asked = Cell::new(0);
+        // Counts only the fetches that are awaited, i.e. really sent.
+        let fetch = |answer: Result<&'static str, ()>| {
+            let asked = &asked;
+            async move {
+                asked.set(asked.get() + 1);
+                answer.map(str::to_string)
+            }
+        };
+        let cache = VersionCache::default();
+        assert_eq!(cache.get(fetch(Err(()))).await, "", "a failure is not kept");
+        assert_eq!(cache.get(fetch(Ok("4.3.1"))).await, "4.3.1");
+        assert_eq!(cache.get(fetch(Ok("not asked"))).await, "4.3.1");
+        assert_eq!(cache.get(fetch(Ok("not asked"))).await, "4.3.1");
+        assert_eq!(asked.get(), 2);
+        cache.forget();
+        assert_eq!(cache.get(fetch(Ok("5.0.0"))).await, "5.0.0");
+        assert_eq!(asked.get(), 3);
     }
 }

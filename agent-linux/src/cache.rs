@@ -9,14 +9,23 @@
 //! Those fsyncs take tens to hundreds of milliseconds on an SD card, and the
 //! agent runs on one thread, so the agent hands its writes to a
 //! [`CacheWriter`], which makes them on a thread of its own.
+//!
+//! A write can fail (a full `state_dir`) while the deployment runs: the
+//! writer keeps a [`CacheHealth`], which deployments the cache does not hold
+//! as last applied, so the agent can say so in their status and in its
+//! heartbeat, until a later write for them succeeds.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
 
 use bytes::Bytes;
+use protocol::limits::MAX_STRING_LEN;
+use protocol::status::clip_message;
+use protocol::{DeploymentStatus, Text};
+use tokio::sync::watch;
 
 /// The cache directory.
 #[derive(Debug, Clone)]
@@ -57,13 +66,24 @@ impl Cache {
             return Ok(());
         }
         let tmp = self.dir.join(format!(".{deployment}.tmp"));
-        {
+        let written = (|| {
             let mut f = std::fs::File::create(&tmp)?;
             f.write_all(value)?;
-            f.sync_all()?;
+            f.sync_all()
+        })();
+        if let Err(e) = written {
+            // On a full disk a partial temp file holds space the next write
+            // needs.
+            let _ = std::fs::remove_file(&tmp);
+            return Err(e);
         }
         std::fs::rename(&tmp, &path)?;
         self.sync_dir()
+    }
+
+    /// Whether some desired state of `deployment` is on disk.
+    pub fn holds(&self, deployment: &str) -> bool {
+        self.dir.join(deployment).is_file()
     }
 
     /// Forgets `deployment`.
@@ -80,11 +100,153 @@ impl Cache {
     }
 }
 
+/// Why the cache does not hold a deployment as it was last applied.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CacheFailure {
+    /// Its newest desired state could not be written.
+    NotStored {
+        /// The write's error.
+        error: String,
+        /// An older desired state of it is on disk (and would come back).
+        older_on_disk: bool,
+    },
+    /// It was deleted but could not be dropped from the cache.
+    NotRemoved {
+        /// The removal's error.
+        error: String,
+    },
+}
+
+impl CacheFailure {
+    fn error(&self) -> &str {
+        match self {
+            CacheFailure::NotStored { error, .. } | CacheFailure::NotRemoved { error } => error,
+        }
+    }
+}
+
+impl std::fmt::Display for CacheFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CacheFailure::NotStored {
+                error,
+                older_on_disk: false,
+            } => write!(
+                f,
+                "not cached on the device: {error} (would not come back after an offline reboot)"
+            ),
+            CacheFailure::NotStored {
+                error,
+                older_on_disk: true,
+            } => write!(
+                f,
+                "not cached on the device: {error} (an offline reboot would bring back an older revision)"
+            ),
+            CacheFailure::NotRemoved { error } => write!(
+                f,
+                "still cached on the device: {error} (would come back after an offline reboot)"
+            ),
+        }
+    }
+}
+
+/// The deployments whose last cache write failed, and why. Empty when the
+/// cache holds what was last applied (as far as writes were made).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CacheHealth {
+    failing: BTreeMap<String, CacheFailure>,
+}
+
+impl CacheHealth {
+    /// Whether every write succeeded.
+    pub fn is_ok(&self) -> bool {
+        self.failing.is_empty()
+    }
+
+    /// Why `deployment` is not cached as last applied, if it is not.
+    pub fn failure(&self, deployment: &str) -> Option<&CacheFailure> {
+        self.failing.get(deployment)
+    }
+
+    /// Deployments whose failure differs between `self` and `other`.
+    pub fn changed_since<'a>(&'a self, other: &'a CacheHealth) -> BTreeSet<&'a str> {
+        let mut out = BTreeSet::new();
+        for (d, f) in &self.failing {
+            if other.failing.get(d) != Some(f) {
+                out.insert(d.as_str());
+            }
+        }
+        for d in other.failing.keys() {
+            if !self.failing.contains_key(d) {
+                out.insert(d.as_str());
+            }
+        }
+        out
+    }
+
+    /// The device-level warning for the heartbeat, if any write failed:
+    /// the first error and the deployments it concerns.
+    pub fn warning(&self) -> Option<String> {
+        let (_, first) = self.failing.iter().next()?;
+        let names: Vec<&str> = self.failing.keys().map(String::as_str).collect();
+        Some(format!(
+            "cannot write the desired-state cache in state_dir ({}): after an offline reboot {} deployment(s) would not be restored as last applied: {}",
+            first.error(),
+            names.len(),
+            names.join(", ")
+        ))
+    }
+
+    /// `status` with `deployment`'s failure, if any, at the end of its
+    /// message; the failure is kept whole, the message before it is clipped
+    /// when both do not fit.
+    pub fn note_on(
+        &self,
+        deployment: &str,
+        mut status: DeploymentStatus<'static>,
+    ) -> DeploymentStatus<'static> {
+        let Some(failure) = self.failing.get(deployment) else {
+            return status;
+        };
+        let note = failure.to_string();
+        let note = clip_message(&note);
+        let message = if status.message.is_empty() {
+            note.to_string()
+        } else {
+            let room = MAX_STRING_LEN.saturating_sub(note.len() + 2);
+            let mut end = room.min(status.message.len());
+            while !status.message.is_char_boundary(end) {
+                end -= 1;
+            }
+            format!("{}; {note}", &status.message[..end])
+        };
+        status.message = Text::owned(message);
+        status
+    }
+
+    /// Takes in the result of a write for `deployment`; whether anything
+    /// changed.
+    fn record(&mut self, deployment: &str, result: Result<(), CacheFailure>) -> bool {
+        match result {
+            Ok(()) => self.failing.remove(deployment).is_some(),
+            Err(f) => {
+                if self.failing.get(deployment) == Some(&f) {
+                    return false;
+                }
+                self.failing.insert(deployment.to_string(), f);
+                true
+            }
+        }
+    }
+}
+
 /// Writes to a [`Cache`] on a thread of its own, so the caller never waits
 /// for the disk. Per deployment only the newest change not yet on disk is
 /// kept (a superseded value never reaches the flash) and changes land in
 /// the order they were made; [`CacheWriter::close`] writes what is left.
-/// Failures are logged with the deployment's name.
+/// Failures are logged with the deployment's name and kept in a
+/// [`CacheHealth`] ([`CacheWriter::health`]) until a later write for that
+/// deployment succeeds.
 #[derive(Debug, Clone)]
 pub struct CacheWriter {
     shared: Arc<Shared>,
@@ -97,6 +259,8 @@ struct Shared {
     queue: Mutex<Queue>,
     /// Signalled when work arrives, when a batch is on disk and on close.
     changed: Condvar,
+    /// What the writes so far left undone; changed only when it changes.
+    health: watch::Sender<CacheHealth>,
 }
 
 #[derive(Debug, Default)]
@@ -132,6 +296,7 @@ impl CacheWriter {
                 ..Queue::default()
             }),
             changed: Condvar::new(),
+            health: watch::Sender::new(CacheHealth::default()),
         });
         let worker = shared.clone();
         let thread = std::thread::Builder::new()
@@ -154,6 +319,12 @@ impl CacheWriter {
         }
     }
 
+    /// Follows the cache's health: changes only when a deployment starts or
+    /// stops failing (or fails differently).
+    pub fn health(&self) -> watch::Receiver<CacheHealth> {
+        self.shared.health.subscribe()
+    }
+
     /// Queues `value` as `deployment`'s cached desired state.
     pub fn store(&self, deployment: &str, value: Bytes) {
         self.enqueue(deployment, Op::Store(value));
@@ -173,7 +344,7 @@ impl CacheWriter {
         }
         // No thread (it could not start, died, or was closed): write here,
         // including whatever it left behind, so nothing is lost or reordered.
-        write_all(&self.shared.cache, std::mem::take(&mut q.pending));
+        write_all(&self.shared, std::mem::take(&mut q.pending));
     }
 
     /// Waits until every change queued so far is on disk.
@@ -205,7 +376,7 @@ impl CacheWriter {
         }
         // Left behind only by a thread that died mid-way.
         let mut q = self.shared.lock();
-        write_all(&self.shared.cache, std::mem::take(&mut q.pending));
+        write_all(&self.shared, std::mem::take(&mut q.pending));
     }
 }
 
@@ -241,7 +412,7 @@ fn drain(shared: &Shared) {
         let batch = std::mem::take(&mut q.pending);
         q.writing = true;
         drop(q);
-        write_all(&shared.cache, batch);
+        write_all(shared, batch);
         q = shared.lock();
         q.writing = false;
         shared.changed.notify_all();
@@ -264,20 +435,27 @@ impl Drop for Dead<'_> {
     }
 }
 
-fn write_all(cache: &Cache, batch: BTreeMap<String, Op>) {
+fn write_all(shared: &Shared, batch: BTreeMap<String, Op>) {
+    let cache = &shared.cache;
     for (deployment, op) in batch {
-        match op {
-            Op::Store(value) => {
-                if let Err(e) = cache.store(&deployment, &value) {
-                    crate::error!("{deployment}: cannot cache the desired state: {e}");
+        let result = match op {
+            Op::Store(value) => cache.store(&deployment, &value).map_err(|e| {
+                crate::error!("{deployment}: cannot cache the desired state: {e}");
+                CacheFailure::NotStored {
+                    error: e.to_string(),
+                    older_on_disk: cache.holds(&deployment),
                 }
-            }
-            Op::Remove => {
-                if let Err(e) = cache.remove(&deployment) {
-                    crate::error!("{deployment}: cannot drop it from the cache: {e}");
+            }),
+            Op::Remove => cache.remove(&deployment).map_err(|e| {
+                crate::error!("{deployment}: cannot drop it from the cache: {e}");
+                CacheFailure::NotRemoved {
+                    error: e.to_string(),
                 }
-            }
-        }
+            }),
+        };
+        shared
+            .health
+            .send_if_modified(|h| h.record(&deployment, result));
     }
 }
 
@@ -440,6 +618,122 @@ mod tests {
         assert_on_disk(d.path(), &want);
         w.close();
         w.flush();
+    }
+
+    fn status(message: &str) -> DeploymentStatus<'static> {
+        DeploymentStatus {
+            revision: 1,
+            phase: protocol::Phase::Running,
+            containers: protocol::BoundedVec::new(),
+            message: Text::owned(message.to_string()),
+            timestamp_ms: 0,
+        }
+    }
+
+    #[test]
+    fn health_tracks_each_deployments_last_write() {
+        let mut h = CacheHealth::default();
+        let full = || CacheFailure::NotStored {
+            error: "No space left on device (os error 28)".into(),
+            older_on_disk: false,
+        };
+        assert!(h.is_ok() && h.warning().is_none());
+        assert!(h.record("web", Err(full())));
+        assert!(
+            !h.record("web", Err(full())),
+            "the same failure is no change"
+        );
+        let before = h.clone();
+        assert!(h.record(
+            "db",
+            Err(CacheFailure::NotRemoved {
+                error: "EIO".into()
+            })
+        ));
+        assert_eq!(h.changed_since(&before), BTreeSet::from(["db"]));
+        let warning = h.warning().unwrap();
+        assert!(
+            warning.contains("(EIO)")
+                && warning.contains("2 deployment(s)")
+                && warning.contains("db, web"),
+            "{warning}"
+        );
+        // The note goes at the end of the message, or is the message.
+        let s = h.note_on("web", status("exited once"));
+        assert_eq!(
+            s.message.as_str(),
+            "exited once; not cached on the device: No space left on device (os error 28) (would not come back after an offline reboot)"
+        );
+        assert!(
+            h.note_on("db", status(""))
+                .message
+                .starts_with("still cached")
+        );
+        assert_eq!(h.note_on("other", status("x")).message.as_str(), "x");
+        // A message at its bound is clipped to keep the note whole.
+        let s = h.note_on("web", status(&"é".repeat(MAX_STRING_LEN / 2)));
+        assert!(s.message.len() <= MAX_STRING_LEN, "{}", s.message.len());
+        assert!(s.message.ends_with("offline reboot)"));
+        // A write that succeeds clears it.
+        let before = h.clone();
+        assert!(h.record("web", Ok(())));
+        assert!(!h.record("web", Ok(())));
+        assert_eq!(h.changed_since(&before), BTreeSet::from(["web"]));
+        assert!(h.record("db", Ok(())));
+        assert!(h.is_ok() && h.warning().is_none());
+    }
+
+    #[test]
+    fn the_writer_reports_failures_until_a_write_succeeds() {
+        let d = tempfile::tempdir().unwrap();
+        let w = CacheWriter::start(Cache::open(d.path()).unwrap());
+        let mut health = w.health();
+        // Nothing cached yet, and a directory where the file goes.
+        let blocker = d.path().join("desired/web");
+        std::fs::create_dir_all(blocker.join("x")).unwrap();
+        w.store("web", Bytes::from_static(b"v1"));
+        w.store("db", Bytes::from_static(b"v1"));
+        w.flush();
+        assert!(health.has_changed().unwrap());
+        let h = health.borrow_and_update().clone();
+        assert!(
+            matches!(
+                h.failure("web"),
+                Some(CacheFailure::NotStored {
+                    older_on_disk: false,
+                    ..
+                })
+            ),
+            "{h:?}"
+        );
+        assert!(h.failure("db").is_none());
+        // The removal fails too: the deleted deployment is still on disk.
+        w.remove("web");
+        w.flush();
+        assert!(matches!(
+            health.borrow_and_update().failure("web"),
+            Some(CacheFailure::NotRemoved { .. })
+        ));
+        // Room again: the next write clears it, and says so.
+        std::fs::remove_dir_all(&blocker).unwrap();
+        w.store("web", Bytes::from_static(b"v2"));
+        w.flush();
+        assert!(health.has_changed().unwrap());
+        assert!(health.borrow_and_update().is_ok());
+        // A failure over an older cached value says the older one is there;
+        // no temp file is left behind by a failed write.
+        std::fs::create_dir_all(d.path().join("desired/.db.tmp/x")).unwrap();
+        w.store("db", Bytes::from_static(b"v2"));
+        w.flush();
+        assert!(matches!(
+            health.borrow_and_update().failure("db"),
+            Some(CacheFailure::NotStored {
+                older_on_disk: true,
+                ..
+            })
+        ));
+        assert_eq!(std::fs::read(d.path().join("desired/db")).unwrap(), b"v1");
+        w.close();
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! The agent works under least-privilege device credentials (the permission
-//! set of NATS-NOTES.md), and the snapshot of a device with no keys counts
-//! as complete.
+//! set of `protocol::permissions`), and the snapshot of a device with no
+//! keys counts as complete.
 #![allow(clippy::unwrap_used, missing_docs)]
 
 mod common;

@@ -166,7 +166,8 @@ pub struct DeploymentStatus {
     /// The revision last written to the devices, as 16 hex digits.
     pub revision: Option<String>,
     /// Standard Kubernetes conditions: Ready, Progressing, Degraded,
-    /// InvalidScore, Conflict (and UnknownScoreType when it applies).
+    /// InvalidScore, Conflict, DeviceWarnings (and UnknownScoreType when it
+    /// applies).
     #[serde(default)]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,
@@ -216,7 +217,8 @@ pub struct Condition {
     /// TargetsNotReady; Progressing: RollingOut or RolloutComplete; Degraded:
     /// InvalidSpec, TargetsFailed, TargetsUnreachable or Healthy;
     /// InvalidScore: ScoreRejected or ScoreValid; Conflict: KeyOwnedElsewhere
-    /// or NoConflict; UnknownScoreType: RoutedAsJson.
+    /// or NoConflict; DeviceWarnings: DevicesWarn or NoDeviceWarnings;
+    /// UnknownScoreType: RoutedAsJson.
     pub reason: ConditionReason,
     /// Human-readable detail.
     pub message: String,
@@ -239,6 +241,11 @@ pub struct DeviceStatus {
     pub message: Option<String>,
     /// When the device's status was last written (server time, RFC 3339).
     pub last_report_time: Option<String>,
+    /// What the device's last heartbeat warns of although its deployments
+    /// may run (e.g. it cannot cache their desired state, so they would not
+    /// come back after a reboot without network); absent when nothing.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
 }
 
 /// A device's phase in `.status.devices`: the agent's own
@@ -341,6 +348,10 @@ pub enum ConditionReason {
     KeyOwnedElsewhere,
     /// UnknownScoreType is True: the score is routed to the devices as JSON.
     RoutedAsJson,
+    /// DeviceWarnings is True: some targets' heartbeats carry warnings.
+    DevicesWarn,
+    /// DeviceWarnings is False.
+    NoDeviceWarnings,
 }
 
 impl ConditionReason {
@@ -360,6 +371,8 @@ impl ConditionReason {
             ConditionReason::NoConflict => "NoConflict",
             ConditionReason::KeyOwnedElsewhere => "KeyOwnedElsewhere",
             ConditionReason::RoutedAsJson => "RoutedAsJson",
+            ConditionReason::DevicesWarn => "DevicesWarn",
+            ConditionReason::NoDeviceWarnings => "NoDeviceWarnings",
         }
     }
 }

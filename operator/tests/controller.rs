@@ -113,6 +113,7 @@ async fn create_adds_the_finalizer_then_writes_and_patches_status() {
                 c("Degraded", "False", "Healthy", "no target failed or unreachable"),
                 c("InvalidScore", "False", "ScoreValid", "the score is valid"),
                 c("Conflict", "False", "NoConflict", "no other Deployment of this name targets these devices"),
+                c("DeviceWarnings", "False", "NoDeviceWarnings", "no target reports a warning"),
             ],
             "devices": [unknown("pi-1"), unknown("pi-2")],
             "devicesOmitted": 0,

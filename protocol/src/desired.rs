@@ -147,6 +147,14 @@ impl Validate for DesiredState<'_> {
     }
 }
 
+/// Written and read in format version 1 only.
+impl wire::Encode for DesiredState<'_> {}
+impl<'de: 'a, 'a> wire::Decode<'de> for DesiredState<'a> {}
+
+/// Written and read in format version 1 only.
+impl wire::Encode for ScorePayload<'_> {}
+impl<'de: 'a, 'a> wire::Decode<'de> for ScorePayload<'a> {}
+
 impl DesiredState<'_> {
     /// A copy that owns its contents.
     #[cfg(feature = "alloc")]

@@ -32,6 +32,11 @@ pub const MAX_IMAGE_LEN: usize = 512;
 pub const MAX_STRING_LEN: usize = 1024;
 /// Length in bytes of a score type name (`PodmanV0`).
 pub const MAX_TYPE_NAME_LEN: usize = 63;
+/// Warnings in one heartbeat (format version 2).
+pub const MAX_WARNINGS: usize = 3;
+/// Length in bytes of one heartbeat warning: with [`MAX_WARNINGS`] of them
+/// the largest heartbeat stays within its bucket's 1 KiB values.
+pub const MAX_WARNING_LEN: usize = 200;
 /// Containers reported in one deployment status.
 pub const MAX_STATUS_CONTAINERS: usize = MAX_CONTAINERS;
 /// Size in bytes of one encoded value. The buckets are created with this as

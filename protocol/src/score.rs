@@ -217,6 +217,10 @@ pub enum PullPolicy {
     Never,
 }
 
+/// `ScorePayload.data` of a `PodmanV0` score: format version 1 only.
+impl crate::wire::Encode for PodmanV0Score<'_> {}
+impl<'de: 'a, 'a> crate::wire::Decode<'de> for PodmanV0Score<'a> {}
+
 impl Validate for PodmanV0Score<'_> {
     fn validate(&self) -> Result<(), ValidationError> {
         if self.containers.is_empty() {

@@ -3,9 +3,12 @@
 use serde::{Deserialize, Serialize};
 
 use crate::bounded::BoundedVec;
-use crate::limits::{MAX_NAME_LEN, MAX_STATUS_CONTAINERS, MAX_STRING_LEN};
+use crate::limits::{
+    MAX_NAME_LEN, MAX_STATUS_CONTAINERS, MAX_STRING_LEN, MAX_WARNING_LEN, MAX_WARNINGS,
+};
 use crate::text::Text;
 use crate::validate::{FieldPath, Validate, ValidationError, check_len};
+use crate::wire::{self, DecodeError, FORMAT_VERSION, FORMAT_VERSION_2};
 
 /// Where a deployment stands on a device.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -122,6 +125,10 @@ impl Validate for DeploymentStatus<'_> {
     }
 }
 
+/// Written and read in format version 1 only.
+impl wire::Encode for DeploymentStatus<'_> {}
+impl<'de: 'a, 'a> wire::Decode<'de> for DeploymentStatus<'a> {}
+
 /// The value of `device-heartbeat` key `<device_id>`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
@@ -145,6 +152,68 @@ pub struct Heartbeat<'a> {
     pub deployments: u32,
     /// When the agent wrote it, milliseconds since the Unix epoch.
     pub timestamp_ms: u64,
+    /// What the device wants its operator to know although its deployments
+    /// run, e.g. that it cannot cache their desired state; empty when
+    /// nothing. Format version 2: a heartbeat without warnings is written in
+    /// version 1, where this field does not exist (hence the skip, which
+    /// leaves exactly the version-1 bytes).
+    #[serde(borrow, default, skip_serializing_if = "no_warnings")]
+    pub warnings: BoundedVec<Text<'a>, MAX_WARNINGS>,
+}
+
+fn no_warnings(w: &BoundedVec<Text<'_>, MAX_WARNINGS>) -> bool {
+    w.is_empty()
+}
+
+/// A heartbeat in format version 1, the fields before `warnings`.
+#[derive(Deserialize)]
+struct HeartbeatV1<'a> {
+    #[serde(borrow)]
+    agent_version: Text<'a>,
+    #[serde(borrow)]
+    arch: Text<'a>,
+    #[serde(borrow)]
+    os: Text<'a>,
+    #[serde(borrow)]
+    podman_version: Text<'a>,
+    uptime_secs: u64,
+    deployments: u32,
+    timestamp_ms: u64,
+}
+
+/// Version 1 without warnings, version 2 with them.
+impl wire::Encode for Heartbeat<'_> {
+    fn format_version(&self) -> u8 {
+        if self.warnings.is_empty() {
+            FORMAT_VERSION
+        } else {
+            FORMAT_VERSION_2
+        }
+    }
+}
+
+/// Both versions: a version-1 heartbeat has no warnings.
+impl<'de: 'a, 'a> wire::Decode<'de> for Heartbeat<'a> {
+    fn take_body(version: u8, body: &'de [u8]) -> Result<(Self, &'de [u8]), DecodeError> {
+        match version {
+            FORMAT_VERSION => {
+                let (v1, rest) = wire::take::<HeartbeatV1<'a>>(body)?;
+                let h = Heartbeat {
+                    agent_version: v1.agent_version,
+                    arch: v1.arch,
+                    os: v1.os,
+                    podman_version: v1.podman_version,
+                    uptime_secs: v1.uptime_secs,
+                    deployments: v1.deployments,
+                    timestamp_ms: v1.timestamp_ms,
+                    warnings: BoundedVec::new(),
+                };
+                Ok((h, rest))
+            }
+            FORMAT_VERSION_2 => wire::take(body),
+            other => Err(DecodeError::UnsupportedVersion(other)),
+        }
+    }
 }
 
 impl Validate for Heartbeat<'_> {
@@ -160,21 +229,35 @@ impl Validate for Heartbeat<'_> {
             FieldPath::top("podmanVersion"),
             &self.podman_version,
             MAX_NAME_LEN,
-        )
+        )?;
+        for (i, w) in self.warnings.iter().enumerate() {
+            check_len(FieldPath::top("warnings").at(i, None), w, MAX_WARNING_LEN)?;
+        }
+        Ok(())
     }
 }
 
 /// The longest prefix of `message` within [`MAX_STRING_LEN`] that ends on a
 /// character boundary, for messages from the runtime of unknown length.
 pub fn clip_message(message: &str) -> &str {
-    if message.len() <= MAX_STRING_LEN {
-        return message;
+    clip(message, MAX_STRING_LEN)
+}
+
+/// The longest prefix of `warning` within [`MAX_WARNING_LEN`] that ends on
+/// a character boundary.
+pub fn clip_warning(warning: &str) -> &str {
+    clip(warning, MAX_WARNING_LEN)
+}
+
+fn clip(s: &str, limit: usize) -> &str {
+    if s.len() <= limit {
+        return s;
     }
-    let mut end = MAX_STRING_LEN;
-    while !message.is_char_boundary(end) {
+    let mut end = limit;
+    while !s.is_char_boundary(end) {
         end -= 1;
     }
-    &message[..end]
+    &s[..end]
 }
 
 #[cfg(feature = "alloc")]
@@ -208,6 +291,7 @@ impl Heartbeat<'_> {
             uptime_secs: self.uptime_secs,
             deployments: self.deployments,
             timestamp_ms: self.timestamp_ms,
+            warnings: self.warnings.map(Text::into_owned),
         }
     }
 }

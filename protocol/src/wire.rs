@@ -9,8 +9,42 @@ use serde::{Deserialize, Serialize};
 use crate::limits::MAX_VALUE_SIZE;
 use crate::validate::{Validate, ValidationError};
 
-/// The first byte of every encoded value. A decoder refuses any other.
+/// The first byte of every encoded value but a heartbeat with warnings
+/// ([`FORMAT_VERSION_2`]). A decoder refuses versions its type never had.
 pub const FORMAT_VERSION: u8 = 1;
+
+/// Format version 2: a [`Heartbeat`](crate::Heartbeat) with `warnings`.
+/// Only heartbeats are written in it, and only when they carry a warning, so
+/// an operator that reads only version 1 keeps reading healthy devices.
+pub const FORMAT_VERSION_2: u8 = 2;
+
+/// A value as it is written: its wire rules and the format version it is
+/// written in.
+pub trait Encode: Serialize + Validate {
+    /// The format version `self` is written in: the oldest one that carries
+    /// everything it holds.
+    fn format_version(&self) -> u8 {
+        FORMAT_VERSION
+    }
+}
+
+/// A value as it is read: its wire rules and every format version it was
+/// ever written in.
+pub trait Decode<'de>: Deserialize<'de> + Validate {
+    /// Decodes the postcard body of a value written in `version`; returns
+    /// the value and the bytes after it.
+    fn take_body(version: u8, body: &'de [u8]) -> Result<(Self, &'de [u8]), DecodeError> {
+        if version != FORMAT_VERSION {
+            return Err(DecodeError::UnsupportedVersion(version));
+        }
+        take(body)
+    }
+}
+
+/// One postcard value from the front of `body`, and the bytes after it.
+pub fn take<'de, T: Deserialize<'de>>(body: &'de [u8]) -> Result<(T, &'de [u8]), DecodeError> {
+    postcard::take_from_bytes::<T>(body).map_err(|e| DecodeError::Malformed(e.into()))
+}
 
 /// Why a value could not be encoded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -40,7 +74,7 @@ pub enum DecodeError {
     #[error("empty value")]
     Empty,
     /// The format byte names a version this build does not read.
-    #[error("format version {0} is not supported (this build reads version 1)")]
+    #[error("format version {0} is not supported for this value by this build")]
     UnsupportedVersion(u8),
     /// The bytes are not a valid postcard encoding of the expected type
     /// (truncated, a list over its bound, a bad enum tag, bad UTF-8...).
@@ -94,13 +128,13 @@ impl From<postcard::Error> for PostcardError {
 }
 
 /// Encodes `value` into `buf`, returning the used prefix.
-pub fn encode_into<'b, T: Serialize + Validate>(
+pub fn encode_into<'b, T: Encode>(
     value: &T,
     buf: &'b mut [u8],
 ) -> Result<&'b mut [u8], EncodeError> {
     value.validate().map_err(EncodeError::Invalid)?;
     let (first, rest) = buf.split_first_mut().ok_or(EncodeError::BufferTooSmall)?;
-    *first = FORMAT_VERSION;
+    *first = value.format_version();
     let used = postcard::to_slice(value, rest)
         .map_err(|_| EncodeError::BufferTooSmall)?
         .len();
@@ -116,11 +150,9 @@ pub fn encode_into<'b, T: Serialize + Validate>(
 
 /// Encodes `value` into a new `Vec`.
 #[cfg(feature = "alloc")]
-pub fn encode_to_vec<T: Serialize + Validate>(
-    value: &T,
-) -> Result<alloc::vec::Vec<u8>, EncodeError> {
+pub fn encode_to_vec<T: Encode>(value: &T) -> Result<alloc::vec::Vec<u8>, EncodeError> {
     value.validate().map_err(EncodeError::Invalid)?;
-    let mut out = alloc::vec![FORMAT_VERSION];
+    let mut out = alloc::vec![value.format_version()];
     out = postcard::to_extend(value, out).map_err(|_| EncodeError::BufferTooSmall)?;
     if out.len() > MAX_VALUE_SIZE {
         return Err(EncodeError::TooLarge {
@@ -132,16 +164,12 @@ pub fn encode_to_vec<T: Serialize + Validate>(
 }
 
 /// Decodes a value from `bytes`, borrowing its strings from them.
-pub fn decode<'a, T: Deserialize<'a> + Validate>(bytes: &'a [u8]) -> Result<T, DecodeError> {
+pub fn decode<'a, T: Decode<'a>>(bytes: &'a [u8]) -> Result<T, DecodeError> {
     if bytes.len() > MAX_VALUE_SIZE {
         return Err(DecodeError::TooLarge(bytes.len()));
     }
     let (&version, body) = bytes.split_first().ok_or(DecodeError::Empty)?;
-    if version != FORMAT_VERSION {
-        return Err(DecodeError::UnsupportedVersion(version));
-    }
-    let (value, rest) =
-        postcard::take_from_bytes::<T>(body).map_err(|e| DecodeError::Malformed(e.into()))?;
+    let (value, rest) = T::take_body(version, body)?;
     if !rest.is_empty() {
         return Err(DecodeError::TrailingBytes(rest.len()));
     }

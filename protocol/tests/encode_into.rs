@@ -10,7 +10,6 @@ mod vectors;
 use protocol::limits::MAX_VALUE_SIZE;
 use protocol::wire::{EncodeError, encode_into};
 use protocol::*;
-use serde::Serialize;
 use vectors::*;
 
 fn unhex(s: &str) -> Vec<u8> {
@@ -22,7 +21,7 @@ fn unhex(s: &str) -> Vec<u8> {
 
 /// Encodes `value` into a buffer of the largest value size, then into one
 /// of exactly the expected size, and refuses a buffer one byte short.
-fn check<T: Serialize + protocol::validate::Validate>(value: &T, expected: &str) {
+fn check<T: protocol::wire::Encode>(value: &T, expected: &str) {
     let expected = unhex(expected);
     let mut buf = vec![0u8; MAX_VALUE_SIZE];
     assert_eq!(
@@ -209,8 +208,24 @@ fn heartbeat() {
         uptime_secs: 3600,
         deployments: 3,
         timestamp_ms: 1_764_000_000_000,
+        warnings: BoundedVec::new(),
     };
     check(&h, HEARTBEAT);
+}
+
+#[test]
+fn heartbeat_with_a_warning() {
+    let h = Heartbeat {
+        agent_version: Text::borrowed("0.1.0"),
+        arch: Text::borrowed("aarch64"),
+        os: Text::borrowed("linux"),
+        podman_version: Text::borrowed("4.3.1"),
+        uptime_secs: 3600,
+        deployments: 3,
+        timestamp_ms: 1_764_000_000_000,
+        warnings: BoundedVec::try_from_iter([Text::borrowed("disk full")]).unwrap(),
+    };
+    check(&h, HEARTBEAT_V2);
 }
 
 #[test]

@@ -123,8 +123,87 @@ fn heartbeat() {
         uptime_secs: 3600,
         deployments: 3,
         timestamp_ms: 1_764_000_000_000,
+        warnings: BoundedVec::new(),
     };
+    // Without warnings a heartbeat is written in version 1, byte for byte
+    // what agents and operators of the first release write and read.
     check_borrowed!(Heartbeat, h, HEARTBEAT);
+}
+
+#[test]
+fn heartbeat_with_a_warning_is_format_version_2() {
+    let h = Heartbeat {
+        agent_version: Text::borrowed("0.1.0"),
+        arch: Text::borrowed("aarch64"),
+        os: Text::borrowed("linux"),
+        podman_version: Text::borrowed("4.3.1"),
+        uptime_secs: 3600,
+        deployments: 3,
+        timestamp_ms: 1_764_000_000_000,
+        warnings: BoundedVec::try_from_iter([Text::borrowed("disk full")]).unwrap(),
+    };
+    check_borrowed!(Heartbeat, h, HEARTBEAT_V2);
+    // The version-1 fields are unchanged and first: only the version byte
+    // and the trailing list differ.
+    let (v1, v2) = (unhex(HEARTBEAT), unhex(HEARTBEAT_V2));
+    assert_eq!(v2[0], wire::FORMAT_VERSION_2);
+    assert_eq!(v1[1..], v2[1..v1.len()]);
+}
+
+#[test]
+fn a_version_1_heartbeat_still_decodes_without_warnings() {
+    let stored = unhex(HEARTBEAT);
+    let h: Heartbeat = decode(&stored).unwrap();
+    assert_eq!(h.agent_version.as_str(), "0.1.0");
+    assert_eq!((h.uptime_secs, h.deployments), (3600, 3));
+    assert!(h.warnings.is_empty());
+    // A version-1 value with the version-2 field is not version 1.
+    let mut bytes = unhex(HEARTBEAT_V2);
+    bytes[0] = FORMAT_VERSION;
+    assert_eq!(
+        decode::<Heartbeat>(&bytes).unwrap_err(),
+        DecodeError::TrailingBytes(11)
+    );
+    // Nor is a version-2 value without it.
+    let mut bytes = unhex(HEARTBEAT);
+    bytes[0] = wire::FORMAT_VERSION_2;
+    assert!(matches!(
+        decode::<Heartbeat>(&bytes).unwrap_err(),
+        DecodeError::Malformed(_)
+    ));
+}
+
+#[test]
+fn a_heartbeat_warning_is_bounded() {
+    let long = "x".repeat(limits::MAX_WARNING_LEN + 1);
+    let stored = unhex(HEARTBEAT_V2);
+    let mut h: Heartbeat = decode(&stored).unwrap();
+    h.warnings = BoundedVec::try_from_iter([Text::borrowed(long.as_str())]).unwrap();
+    assert!(matches!(
+        encode_to_vec(&h).unwrap_err(),
+        EncodeError::Invalid(_)
+    ));
+    // The largest heartbeat fits its bucket's values.
+    let name = "n".repeat(limits::MAX_NAME_LEN);
+    let warning = "w".repeat(limits::MAX_WARNING_LEN);
+    let largest = Heartbeat {
+        agent_version: Text::borrowed(&name),
+        arch: Text::borrowed(&name),
+        os: Text::borrowed(&name),
+        podman_version: Text::borrowed(&name),
+        uptime_secs: u64::MAX,
+        deployments: u32::MAX,
+        timestamp_ms: u64::MAX,
+        warnings: BoundedVec::try_from_iter(
+            (0..limits::MAX_WARNINGS).map(|_| Text::borrowed(warning.as_str())),
+        )
+        .unwrap(),
+    };
+    let size = encode_to_vec(&largest).unwrap().len();
+    assert!(
+        size <= buckets::DEVICE_HEARTBEAT.max_value_size as usize,
+        "{size} bytes"
+    );
 }
 
 #[test]
@@ -188,11 +267,19 @@ fn enum_tags_are_frozen() {
 #[test]
 fn format_version_is_the_first_byte() {
     assert_eq!(FORMAT_VERSION, 1);
-    let mut bytes = unhex(HEARTBEAT);
+    assert_eq!(wire::FORMAT_VERSION_2, 2);
+    // Version 2 exists for heartbeats only.
+    let mut bytes = unhex(STATUS);
     bytes[0] = 2;
     assert_eq!(
-        decode::<Heartbeat>(&bytes).unwrap_err(),
+        decode::<DeploymentStatus>(&bytes).unwrap_err(),
         DecodeError::UnsupportedVersion(2)
+    );
+    let mut bytes = unhex(HEARTBEAT_V2);
+    bytes[0] = 3;
+    assert_eq!(
+        decode::<Heartbeat>(&bytes).unwrap_err(),
+        DecodeError::UnsupportedVersion(3)
     );
 }
 

@@ -11,7 +11,9 @@ use crate::status::cache::is_stale;
 use crate::status::{StatusCache, now_ns};
 
 /// The `iot-operator status [NAME]` table: one row per device and
-/// deployment with a desired-state key or a status report, read from NATS.
+/// deployment with a desired-state key or a status report, read from NATS;
+/// then, when any of those devices warns in its heartbeat, one row per
+/// device and warning.
 pub async fn status_table(nats: &Nats, name: Option<&str>) -> Result<String, NatsError> {
     let filter = match name {
         Some(n) => {
@@ -49,6 +51,7 @@ pub async fn status_table(nats: &Nats, name: Option<&str>) -> Result<String, Nat
         }
     }
     let now = now_ns();
+    let mut warnings: BTreeMap<String, Vec<String>> = BTreeMap::new();
     let mut table = vec![
         [
             "DEPLOYMENT",
@@ -64,6 +67,11 @@ pub async fn status_table(nats: &Nats, name: Option<&str>) -> Result<String, Nat
     for ((dep, device), desired) in rows {
         let report = cache.report(&device, &dep);
         let heartbeat = cache.heartbeat(&device);
+        if let Some(h) = &heartbeat
+            && !h.heartbeat.warnings.is_empty()
+        {
+            warnings.insert(device.clone(), h.warnings());
+        }
         let stale = heartbeat
             .as_ref()
             .is_some_and(|h| is_stale(h.stored_at_ns, now, cache.heartbeat_timeout()));
@@ -85,17 +93,25 @@ pub async fn status_table(nats: &Nats, name: Option<&str>) -> Result<String, Nat
             report.map_or(String::new(), |r| r.status.message.to_string()),
         ]);
     }
-    let widths: Vec<usize> = (0..7)
-        .map(|i| {
-            table
-                .iter()
-                .map(|r| r[i].chars().count())
-                .max()
-                .unwrap_or(0)
-        })
+    let mut out = aligned(&table);
+    if !warnings.is_empty() {
+        let mut rows = vec![["DEVICE", "WARNING"].map(String::from)];
+        for (device, ws) in warnings {
+            rows.extend(ws.into_iter().map(|w| [device.clone(), w]));
+        }
+        out.push('\n');
+        out.push_str(&aligned(&rows));
+    }
+    Ok(out)
+}
+
+/// `rows` as left-aligned columns two spaces apart.
+fn aligned<const N: usize>(rows: &[[String; N]]) -> String {
+    let widths: Vec<usize> = (0..N)
+        .map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0))
         .collect();
     let mut out = String::new();
-    for row in &table {
+    for row in rows {
         let line: Vec<String> = row
             .iter()
             .enumerate()
@@ -104,5 +120,23 @@ pub async fn status_table(nats: &Nats, name: Option<&str>) -> Result<String, Nat
         out.push_str(line.join("  ").trim_end());
         out.push('\n');
     }
-    Ok(out)
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn columns_are_aligned() {
+        let rows = [
+            ["DEVICE", "WARNING"].map(String::from),
+            ["pi-001", "disk full"].map(String::from),
+            ["a", "x"].map(String::from),
+        ];
+        assert_eq!(
+            aligned(&rows),
+            "DEVICE  WARNING\npi-001  disk full\na       x\n"
+        );
+    }
 }

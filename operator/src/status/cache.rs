@@ -31,12 +31,24 @@ pub struct HeartbeatSeen {
     pub stored_at_ns: i128,
 }
 
+impl HeartbeatSeen {
+    /// The device's warnings, as the agent wrote them.
+    pub fn warnings(&self) -> Vec<String> {
+        self.heartbeat
+            .warnings
+            .iter()
+            .map(|w| w.as_str().to_string())
+            .collect()
+    }
+}
+
 /// Something a reconcile should look at again.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Change {
     /// A status for this deployment name changed.
     Deployment(String),
-    /// This device's heartbeat appeared after being absent or stale.
+    /// This device's heartbeat appeared after being absent or stale, or its
+    /// warnings changed.
     Device(String),
 }
 
@@ -142,11 +154,15 @@ impl StatusCache {
             return;
         }
         let now = now_ns();
-        let was_fresh = self
-            .read()
-            .heartbeats
-            .get(key)
-            .is_some_and(|h| !is_stale(h.stored_at_ns, now, self.heartbeat_timeout));
+        let (was_fresh, warnings_before) = self.read().heartbeats.get(key).map_or_else(
+            || (false, Vec::new()),
+            |h| {
+                (
+                    !is_stale(h.stored_at_ns, now, self.heartbeat_timeout),
+                    h.warnings(),
+                )
+            },
+        );
         if deleted {
             self.write().heartbeats.remove(key);
             return;
@@ -158,14 +174,15 @@ impl StatusCache {
                 return;
             }
         };
-        self.write().heartbeats.insert(
-            key.to_string(),
-            HeartbeatSeen {
-                heartbeat,
-                stored_at_ns,
-            },
-        );
-        if !was_fresh {
+        let seen = HeartbeatSeen {
+            heartbeat,
+            stored_at_ns,
+        };
+        // A warning that appears or clears matters as much as the device
+        // coming back.
+        let warnings_changed = seen.warnings() != warnings_before;
+        self.write().heartbeats.insert(key.to_string(), seen);
+        if !was_fresh || warnings_changed {
             self.notify(Change::Device(key.to_string()));
         }
     }
@@ -286,7 +303,7 @@ pub fn rfc3339(ns: i128) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::status::testdata::{heartbeat_bytes, status_bytes};
+    use crate::status::testdata::{heartbeat_bytes, heartbeat_warning_bytes, status_bytes};
     use protocol::Phase;
 
     #[test]
@@ -301,6 +318,18 @@ mod tests {
             rx.try_recv().is_err(),
             "a fresh device's next heartbeat is no change"
         );
+        // A warning appearing, and clearing, is a change.
+        cache.ingest_heartbeat("a", &heartbeat_warning_bytes("disk full"), false, now_ns());
+        assert_eq!(rx.try_recv().unwrap(), Change::Device("a".into()));
+        cache.ingest_heartbeat("a", &heartbeat_warning_bytes("disk full"), false, now_ns());
+        assert!(
+            rx.try_recv().is_err(),
+            "the same warning again is no change"
+        );
+        assert_eq!(cache.heartbeat("a").unwrap().warnings(), ["disk full"]);
+        cache.ingest_heartbeat("a", &heartbeat_bytes(), false, now_ns());
+        assert_eq!(rx.try_recv().unwrap(), Change::Device("a".into()));
+        assert!(cache.heartbeat("a").unwrap().warnings().is_empty());
         cache.ingest_status("not-a-key", b"x", false, 0);
         cache.ingest_status("a.web2", b"garbage", false, 0);
         assert!(rx.try_recv().is_err());

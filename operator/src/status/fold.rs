@@ -42,6 +42,10 @@ pub mod conditions {
     pub const CONFLICT: &str = "Conflict";
     /// The score type is unknown to this operator and routed as JSON.
     pub const UNKNOWN_SCORE_TYPE: &str = "UnknownScoreType";
+    /// Some targets' heartbeats carry warnings (e.g. a device that cannot
+    /// cache its desired state). Independent of Ready: such a device may run
+    /// everything.
+    pub const DEVICE_WARNINGS: &str = "DeviceWarnings";
 }
 
 /// Why a target is listed in `.status.devices`; the order is the list's,
@@ -108,6 +112,9 @@ struct Tally {
     failing: Vec<String>,
     /// Targets whose heartbeat is stale, in target order.
     unreachable: Vec<String>,
+    /// Targets whose heartbeat carries warnings, with the first one, in
+    /// target order.
+    warning: Vec<(String, String)>,
 }
 
 /// One target as its report and heartbeat show it.
@@ -119,6 +126,8 @@ struct Assessment<'a> {
     failed: bool,
     /// When the stale heartbeat was stored; `None` when fresh or absent.
     stale_since: Option<i128>,
+    /// What the last heartbeat warns of.
+    warnings: Vec<String>,
 }
 
 impl Tally {
@@ -159,6 +168,9 @@ impl Tally {
         if a.stale_since.is_some() {
             self.unreachable.push(device.to_string());
         }
+        if let Some(first) = a.warnings.first() {
+            self.warning.push((device.to_string(), first.clone()));
+        }
         if ready {
             self.ready += 1;
         }
@@ -175,15 +187,19 @@ fn assess<'a>(
     let current = report.is_some_and(|r| Some(r.status.revision) == revision);
     let failed = current
         && report.is_some_and(|r| matches!(r.status.phase, Phase::Failed | Phase::Unsupported));
-    let stale_since = cache
-        .heartbeat(device)
+    let heartbeat = cache.heartbeat(device);
+    let stale_since = heartbeat
+        .as_ref()
         .filter(|h| is_stale(h.stored_at_ns, now_ns, cache.heartbeat_timeout()))
         .map(|h| h.stored_at_ns);
+    // A stale heartbeat's warnings still hold: nothing said they cleared.
+    let warnings = heartbeat.map(|h| h.warnings()).unwrap_or_default();
     Assessment {
         report,
         current,
         failed,
         stale_since,
+        warnings,
     }
 }
 
@@ -218,6 +234,7 @@ fn conflict_entry(name: &str, c: &Conflict) -> DeviceStatus {
         revision: None,
         message: Some(format!("the key {key} belongs to {}", c.owner)),
         last_report_time: None,
+        warnings: Vec::new(),
     }
 }
 
@@ -231,6 +248,7 @@ fn device_entry(device: &str, a: &Assessment<'_>) -> DeviceStatus {
             revision: Some(revision_string(r.status.revision)),
             message: (!r.status.message.is_empty()).then(|| r.status.message.to_string()),
             last_report_time: Some(rfc3339(r.stored_at_ns)),
+            warnings: a.warnings.clone(),
         },
         None => DeviceStatus {
             device: device.to_string(),
@@ -238,6 +256,7 @@ fn device_entry(device: &str, a: &Assessment<'_>) -> DeviceStatus {
             revision: None,
             message: Some("no status reported yet".into()),
             last_report_time: None,
+            warnings: a.warnings.clone(),
         },
     };
     if let Some(seen) = a.stale_since {
@@ -310,6 +329,7 @@ fn verdicts(name: &str, observed: &Observed, tally: &Tally, targeted: i64) -> Ve
         degraded(observed, tally),
         invalid_score(observed),
         conflict(name, observed),
+        device_warnings(tally),
     ];
     v.extend(unknown_score_type(observed));
     v
@@ -421,6 +441,28 @@ fn conflict(name: &str, observed: &Observed) -> Verdict {
     }
 }
 
+fn device_warnings(tally: &Tally) -> Verdict {
+    let Some((first, warning)) = tally.warning.first() else {
+        return Verdict {
+            type_: conditions::DEVICE_WARNINGS,
+            status: false,
+            reason: ConditionReason::NoDeviceWarnings,
+            message: "no target reports a warning".into(),
+        };
+    };
+    let devices: Vec<String> = tally.warning.iter().map(|(d, _)| d.clone()).collect();
+    Verdict {
+        type_: conditions::DEVICE_WARNINGS,
+        status: true,
+        reason: ConditionReason::DevicesWarn,
+        message: format!(
+            "{} target(s) warn: {}; {first}: {warning}",
+            devices.len(),
+            short_list(&devices)
+        ),
+    }
+}
+
 /// Only present when the score type is unknown.
 fn unknown_score_type(observed: &Observed) -> Option<Verdict> {
     observed.unknown_type.as_ref().map(|u| Verdict {
@@ -453,7 +495,9 @@ mod tests {
     use super::*;
     use crate::crd::{DeploymentSpec, Rollout, Score};
     use crate::status::cache::now_ns;
-    use crate::status::testdata::{heartbeat_bytes, status_bytes, status_bytes_msg};
+    use crate::status::testdata::{
+        heartbeat_bytes, heartbeat_warning_bytes, status_bytes, status_bytes_msg,
+    };
 
     /// `(device, phase)` of each device the status lists, in order.
     fn listed(s: &crate::crd::DeploymentStatus) -> Vec<(&str, &str)> {
@@ -740,6 +784,91 @@ mod tests {
             assert!(size < 64 * 1024, "{size} bytes");
         }
         assert!(healthy < fifty);
+    }
+
+    /// The golden `HEARTBEAT` vector of `protocol/tests/vectors`: what an
+    /// agent of the previous release writes (format version 1).
+    const V1_HEARTBEAT: &str =
+        "0105302e312e300761617263683634056c696e757805342e332e31901c0380d0dfb4ab33";
+
+    fn unhex(s: &str) -> Vec<u8> {
+        (0..s.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn device_warnings_are_a_condition_beside_ready() {
+        let now = now_ns();
+        let (cache, observed) = healthy_fleet(4, now);
+        // A device of the previous release: a version-1 heartbeat, read.
+        cache.ingest_heartbeat(&device_id(0), &unhex(V1_HEARTBEAT), false, now);
+        assert_eq!(
+            cache
+                .heartbeat(&device_id(0))
+                .unwrap()
+                .heartbeat
+                .uptime_secs,
+            3600
+        );
+        let s = fold_status(&deployment(), &observed, &cache, now);
+        let cond = |s: &DeploymentStatus, t: &str| {
+            s.conditions.iter().find(|c| c.type_ == t).unwrap().clone()
+        };
+        assert_eq!(s.ready, 4);
+        let w = cond(&s, "DeviceWarnings");
+        assert_eq!(
+            (w.status.as_str(), w.reason),
+            ("False", ConditionReason::NoDeviceWarnings)
+        );
+        // Two devices warn: one runs (counted ready, not listed), one failed.
+        let full = "cannot write the desired-state cache in state_dir (No space left on device)";
+        cache.ingest_heartbeat(&device_id(1), &heartbeat_warning_bytes(full), false, now);
+        cache.ingest_heartbeat(&device_id(3), &heartbeat_warning_bytes("other"), false, now);
+        cache.ingest_status(
+            &format!("{}.web", device_id(3)),
+            &status_bytes(7, Phase::Failed),
+            false,
+            now,
+        );
+        let s = fold_status(&deployment(), &observed, &cache, now);
+        assert_eq!((s.ready, s.failed), (3, 1));
+        assert_eq!(cond(&s, "Ready").status, "False", "because of the failure");
+        assert_eq!(listed(&s), [("dev-00003", "Failed")]);
+        assert_eq!(s.devices[0].warnings, ["other"]);
+        assert_accounts_for_all(&s);
+        let w = cond(&s, "DeviceWarnings");
+        assert_eq!(
+            (w.status.as_str(), w.reason),
+            ("True", ConditionReason::DevicesWarn)
+        );
+        assert_eq!(
+            w.message,
+            format!("2 target(s) warn: dev-00001, dev-00003; dev-00001: {full}")
+        );
+        // Only the warning left: Ready as before, the warning still shown.
+        cache.ingest_status(
+            &format!("{}.web", device_id(3)),
+            &status_bytes(7, Phase::Running),
+            false,
+            now,
+        );
+        let s = fold_status(&deployment(), &observed, &cache, now);
+        assert_eq!(
+            cond(&s, "Ready").status,
+            "True",
+            "a warning does not unready"
+        );
+        assert!(s.devices.is_empty());
+        assert_eq!(cond(&s, "DeviceWarnings").status, "True");
+        // Cleared by the next heartbeat without warnings.
+        cache.ingest_heartbeat(&device_id(1), &heartbeat_bytes(), false, now);
+        cache.ingest_heartbeat(&device_id(3), &heartbeat_bytes(), false, now);
+        let s = fold_status(&deployment(), &observed, &cache, now);
+        assert_eq!(cond(&s, "DeviceWarnings").status, "False");
+        let json = serde_json::to_value(&s).unwrap();
+        assert!(json.to_string().contains("NoDeviceWarnings"));
     }
 
     #[test]

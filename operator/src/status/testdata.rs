@@ -29,6 +29,22 @@ pub(crate) fn heartbeat_bytes() -> Vec<u8> {
         uptime_secs: 1,
         deployments: 1,
         timestamp_ms: 0,
+        warnings: BoundedVec::new(),
+    })
+    .unwrap()
+}
+
+/// A heartbeat carrying `warning` (format version 2).
+pub(crate) fn heartbeat_warning_bytes(warning: &str) -> Vec<u8> {
+    protocol::wire::encode_to_vec(&Heartbeat {
+        agent_version: Text::borrowed("0.1.0"),
+        arch: Text::borrowed("aarch64"),
+        os: Text::borrowed("linux"),
+        podman_version: Text::borrowed("4.3.1"),
+        uptime_secs: 1,
+        deployments: 1,
+        timestamp_ms: 0,
+        warnings: BoundedVec::try_from_iter([Text::borrowed(warning)]).unwrap(),
     })
     .unwrap()
 }

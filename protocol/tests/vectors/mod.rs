@@ -21,3 +21,7 @@ pub const STATUS: &str =
 /// `Heartbeat`.
 pub const HEARTBEAT: &str =
     "0105302e312e300761617263683634056c696e757805342e332e31901c0380d0dfb4ab33";
+/// `Heartbeat` with one warning (`disk full`): format version 2, the version-1
+/// fields, then the list of warnings.
+pub const HEARTBEAT_V2: &str = "0205302e312e300761617263683634056c696e757805342e332e31901c0380d0dfb4ab33\
+                                01096469736b2066756c6c";
