@@ -4,19 +4,29 @@
 //! `cargo bench -p agent-linux --bench footprint` (release build of the
 //! agent). Env: `BENCH_UPDATES` (default 100), `BENCH_DEPLOYMENTS` (20),
 //! `BENCH_RSS_SECS` (30: RSS/PSS read after this long idle),
-//! `BENCH_IDLE_SECS` (60: idle CPU window, agent plus the Podman service
-//! and conmon work it causes), `BENCH_BASELINE_RUNS` (20 `podman run -d`),
-//! `BENCH_PORT_UPDATES` (20 updates of a container with a host port),
-//! `NATS_SERVER_BIN`, `BENCH_AGENT_BIN` (another build of the agent to
-//! measure, e.g. the static musl one).
+//! `BENCH_PODMAN_IDLE_SECS` (65: the Podman service alone, before the
+//! agent starts; 0 skips it), `BENCH_EMPTY_IDLE_SECS` (65: idle CPU with no
+//! deployments), `BENCH_IDLE_SECS` (65: idle CPU with the deployments), each
+//! window counting the agent plus the Podman service and conmon work it
+//! causes (65 s: at least two 30 s heartbeats and one NATS ping),
+//! `BENCH_BASELINE_RUNS` (20 `podman run -d`; 20 more run one after each
+//! new deployment, for a ratio on the same machine state), `BENCH_PORT_UPDATES` (20
+//! updates of a container with a host port), `NATS_SERVER_BIN`,
+//! `BENCH_AGENT_BIN` (another build of the agent to measure, e.g. the
+//! static musl one); for profiling an apply, `BENCH_AGENT_LOG` (the
+//! agent's `IOT_AGENT_LOG`, default `warn`) and `BENCH_TRACE=1` (each
+//! sample's put and start times, in ns since the epoch, on stderr).
 #![allow(clippy::unwrap_used, missing_docs)]
 
 #[path = "../tests/common/mod.rs"]
 mod common;
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use common::*;
+use futures::StreamExt;
 use protocol::Phase;
 
 fn env_num(name: &str, default: u64) -> u64 {
@@ -93,7 +103,9 @@ async fn bench() {
     let deployments = env_num("BENCH_DEPLOYMENTS", 20);
     let updates = env_num("BENCH_UPDATES", 100) as usize;
     let rss_after = env_num("BENCH_RSS_SECS", 30);
-    let idle = env_num("BENCH_IDLE_SECS", 60).max(rss_after);
+    let podman_idle = env_num("BENCH_PODMAN_IDLE_SECS", 65);
+    let empty_idle = env_num("BENCH_EMPTY_IDLE_SECS", 65);
+    let idle = env_num("BENCH_IDLE_SECS", 65).max(rss_after);
     let baseline_runs = env_num("BENCH_BASELINE_RUNS", 20) as usize;
     // Replacements kill at once: the image's PID 1 ignores SIGTERM.
     let config = env.write_config();
@@ -108,14 +120,47 @@ async fn bench() {
     // BENCH_AGENT_BIN measures another build, e.g. the static musl one.
     let bin = std::env::var("BENCH_AGENT_BIN")
         .unwrap_or_else(|_| env!("CARGO_BIN_EXE_iot-agent").to_string());
+    // Idle CPU counts what the agent causes in Podman too: the API service
+    // (it serves the agent's event stream and calls, and spawns helpers for
+    // some of them, counted once reaped) and the containers' conmon.
+    let service = pids_matching(&env.podman.socket_path().display().to_string());
+    let hz = clock_ticks();
+    let heartbeats = count_heartbeats(&env).await;
+
+    // --- the Podman service alone, as a reference for the windows below
+    let alone = if podman_idle > 0 {
+        let w = Window::begin(None, &service, &[], &heartbeats);
+        tokio::time::sleep(Duration::from_secs(podman_idle)).await;
+        Some(w.end(None, &service, &[], &heartbeats))
+    } else {
+        None
+    };
+
     let agent = std::process::Command::new(&bin)
         .arg("--config")
         .arg(&config)
-        .env("IOT_AGENT_LOG", "warn")
+        .env(
+            "IOT_AGENT_LOG",
+            std::env::var("BENCH_AGENT_LOG").unwrap_or_else(|_| "warn".into()),
+        )
         .spawn()
         .unwrap();
     let pid = agent.id();
     let mut agent = KillOnDrop(agent);
+
+    // --- idle with no deployments: what the agent alone costs the board,
+    // from its first heartbeat on (its start-up is not idle)
+    let first = WAIT;
+    let started = Instant::now();
+    while heartbeats.load(Ordering::Relaxed) == 0 {
+        assert!(started.elapsed() < first, "no heartbeat within {first:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let empty = {
+        let w = Window::begin(Some(pid), &service, &[], &heartbeats);
+        tokio::time::sleep(Duration::from_secs(empty_idle)).await;
+        w.end(Some(pid), &service, &[], &heartbeats)
+    };
 
     // --- idle footprint with N deployments
     let mut names = Vec::new();
@@ -131,15 +176,11 @@ async fn bench() {
         .await;
     }
     env.wait_running(&names).await;
-    // Idle CPU counts what the agent causes in Podman too: the API service
-    // (it serves the agent's event stream) and the containers' conmon.
-    let service = pids_matching(&env.podman.socket_path().display().to_string());
     let conmons: Vec<u32> = pids_matching("conmon")
         .into_iter()
         .filter(|p| cmdline(*p).contains(&env.device))
         .collect();
-    let ticks_of = |pids: &[u32]| pids.iter().map(|p| cpu_ticks(*p)).sum::<u64>();
-    let (a0, s0, c0) = (cpu_ticks(pid), ticks_of(&service), ticks_of(&conmons));
+    let window = Window::begin(Some(pid), &service, &conmons, &heartbeats);
     let idle_start = Instant::now();
     tokio::time::sleep(Duration::from_secs(rss_after)).await;
     let rss = proc_kib(pid, "status", "VmRSS:").unwrap_or(0);
@@ -149,13 +190,7 @@ async fn bench() {
     let file = proc_kib(pid, "status", "RssFile:").unwrap_or(0);
     let threads = proc_kib(pid, "status", "Threads:").unwrap_or(0);
     tokio::time::sleep(Duration::from_secs(idle).saturating_sub(idle_start.elapsed())).await;
-    let idle_wall = idle_start.elapsed().as_secs_f64();
-    let ticks = cpu_ticks(pid) - a0;
-    let service_ticks = ticks_of(&service).saturating_sub(s0);
-    let conmon_ticks = ticks_of(&conmons).saturating_sub(c0);
-    let hz = clock_ticks();
-    let pct = |t: u64| t as f64 / hz / idle_wall * 100.0;
-    let cpu_pct = pct(ticks);
+    let busy = window.end(Some(pid), &service, &conmons, &heartbeats);
 
     // --- apply latency: KV put -> Podman "start" event of the new container
     let lat = env.container_name("lat", "c");
@@ -208,34 +243,41 @@ async fn bench() {
         }
     }
     ported.sort();
-    // New deployments: create and start, nothing to replace.
-    let mut fresh = Vec::new();
-    for i in 0..20u64 {
-        let d = format!("new{i:02}");
-        let value = encode_desired(&d, 1, vec![sleeper("c", "1")]);
-        let put_at = now_ns();
-        env.put_raw(&d, value).await;
-        fresh.push(wait_start(&mut events, &d, 1, put_at).await);
-    }
-    fresh.sort();
-
     // --- baseline: plain `podman run -d` of the same image
-    let mut baseline = Vec::new();
-    for i in 0..baseline_runs {
-        let name = format!("{}_baseline_{i}", env.device);
+    let podman_run = |name: &str| {
         let start = Instant::now();
         env.podman.run(&[
             "run",
             "-d",
             "--name",
-            &name,
+            name,
             "--label",
             &format!("io.nationtech.iot.device={}", env.device),
             IMAGE,
             "/bin/sleep",
             "3600",
         ]);
-        baseline.push(start.elapsed());
+        start.elapsed()
+    };
+    // New deployments: create and start, nothing to replace; each followed
+    // by one `podman run -d`, so that both see the same machine (the load
+    // of a shared machine drifts between the blocks of a run).
+    let mut fresh = Vec::new();
+    let mut paired = Vec::new();
+    for i in 0..20u64 {
+        let d = format!("new{i:02}");
+        let value = encode_desired(&d, 1, vec![sleeper("c", "1")]);
+        let put_at = now_ns();
+        env.put_raw(&d, value).await;
+        fresh.push(wait_start(&mut events, &d, 1, put_at).await);
+        paired.push(podman_run(&format!("{}_paired_{i}", env.device)));
+    }
+    fresh.sort();
+    paired.sort();
+
+    let mut baseline = Vec::new();
+    for i in 0..baseline_runs {
+        baseline.push(podman_run(&format!("{}_baseline_{i}", env.device)));
     }
     baseline.sort();
     agent.0.kill().ok();
@@ -258,23 +300,39 @@ async fn bench() {
     println!("| Pss | {pss} KiB |");
     println!("| threads | {threads} |");
     println!("| Pss / VmRSS read after | {rss_after} s idle with {deployments} deployments |");
-    println!(
-        "| agent CPU while idle | {cpu_pct:.2} % of a core ({ticks} ticks in {idle_wall:.0} s) |"
-    );
-    println!(
-        "| Podman API service CPU meanwhile ({} process(es)) | {:.2} % of a core ({service_ticks} ticks) |",
-        service.len(),
-        pct(service_ticks)
-    );
-    println!(
-        "| conmon CPU meanwhile ({} process(es), one per container) | {:.2} % of a core ({conmon_ticks} ticks) |",
-        conmons.len(),
-        pct(conmon_ticks)
-    );
-    println!(
-        "| idle total: agent + Podman service + conmon | {:.2} % of a core |",
-        pct(ticks + service_ticks + conmon_ticks)
-    );
+    if let Some(alone) = &alone {
+        println!(
+            "| Podman API service alone, no client ({} process(es), incl. reaped children), {:.0} s | {} |",
+            service.len(),
+            alone.wall,
+            alone.cpu(alone.service, hz)
+        );
+    }
+    for (label, w, n) in [
+        ("no deployments", &empty, 0),
+        ("with the deployments", &busy, conmons.len()),
+    ] {
+        println!(
+            "| idle {label}, {:.0} s ({} heartbeat(s)): agent CPU | {} |",
+            w.wall,
+            w.heartbeats,
+            w.cpu(w.agent, hz)
+        );
+        println!(
+            "| idle {label}: Podman API service CPU meanwhile, incl. reaped children | {} |",
+            w.cpu(w.service, hz)
+        );
+        if n > 0 {
+            println!(
+                "| idle {label}: conmon CPU meanwhile ({n} process(es), one per container) | {} |",
+                w.cpu(w.conmon, hz)
+            );
+        }
+        println!(
+            "| idle {label}: total, agent + Podman service + conmon | {} |",
+            w.cpu(w.agent + w.service + w.conmon, hz)
+        );
+    }
     println!(
         "| KV put -> container start (Podman event time), {} updates (replace) | p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms |",
         samples.len(),
@@ -303,6 +361,90 @@ async fn bench() {
         percentile(&baseline, 0.5).as_secs_f64() * 1e3,
         percentile(&baseline, 0.99).as_secs_f64() * 1e3
     );
+    let p50 = |v: &[Duration]| percentile(v, 0.5).as_secs_f64();
+    println!(
+        "| baseline `podman run -d`, {} runs, each right after a new deployment | p50 {:.0} ms, p99 {:.0} ms |",
+        paired.len(),
+        p50(&paired) * 1e3,
+        percentile(&paired, 0.99).as_secs_f64() * 1e3
+    );
+    println!(
+        "| p50 ratio to `podman run -d`: new deployment / the runs after each; replace / the {} runs | {:.2} / {:.2} |",
+        baseline.len(),
+        p50(&fresh) / p50(&paired),
+        p50(&samples) / p50(&baseline)
+    );
+}
+
+/// CPU ticks of the agent, the Podman API service and conmon at the
+/// start of an idle window.
+struct Window {
+    at: Instant,
+    ticks: [u64; 3],
+    heartbeats: u64,
+}
+
+/// What one idle window cost.
+struct Idle {
+    wall: f64,
+    agent: u64,
+    service: u64,
+    conmon: u64,
+    heartbeats: u64,
+}
+
+fn ticks_of(agent: Option<u32>, service: &[u32], conmons: &[u32]) -> [u64; 3] {
+    let sum = |pids: &[u32]| pids.iter().map(|p| cpu_ticks(*p)).sum::<u64>();
+    [
+        agent.map(cpu_ticks).unwrap_or(0),
+        sum(service),
+        sum(conmons),
+    ]
+}
+
+impl Window {
+    fn begin(agent: Option<u32>, service: &[u32], conmons: &[u32], hb: &AtomicU64) -> Window {
+        Window {
+            at: Instant::now(),
+            ticks: ticks_of(agent, service, conmons),
+            heartbeats: hb.load(Ordering::Relaxed),
+        }
+    }
+
+    fn end(self, agent: Option<u32>, service: &[u32], conmons: &[u32], hb: &AtomicU64) -> Idle {
+        let now = ticks_of(agent, service, conmons);
+        let d = |i: usize| now[i].saturating_sub(self.ticks[i]);
+        Idle {
+            wall: self.at.elapsed().as_secs_f64(),
+            agent: d(0),
+            service: d(1),
+            conmon: d(2),
+            heartbeats: hb.load(Ordering::Relaxed) - self.heartbeats,
+        }
+    }
+}
+
+impl Idle {
+    /// `ticks` as a share of one core over the window.
+    fn cpu(&self, ticks: u64, hz: f64) -> String {
+        format!(
+            "{:.2} % of a core ({ticks} ticks)",
+            ticks as f64 / hz / self.wall * 100.0
+        )
+    }
+}
+
+/// Counts the heartbeats the device publishes from now on.
+async fn count_heartbeats(env: &Env) -> Arc<AtomicU64> {
+    let count = Arc::new(AtomicU64::new(0));
+    let mut watch = env.heartbeat.watch(&env.device).await.unwrap();
+    let seen = count.clone();
+    tokio::spawn(async move {
+        while let Some(Ok(_)) = watch.next().await {
+            seen.fetch_add(1, Ordering::Relaxed);
+        }
+    });
+    count
 }
 
 fn now_ns() -> i128 {
@@ -337,6 +479,11 @@ async fn wait_start(
                 .as_i64()
                 .map(i128::from)
                 .unwrap_or_else(now_ns);
+            if std::env::var_os("BENCH_TRACE").is_some() {
+                eprintln!(
+                    "sample {deployment} rev {revision}: put at {put_at} ns, started at {at} ns"
+                );
+            }
             return Duration::from_nanos((at - put_at).max(0) as u64);
         }
     }

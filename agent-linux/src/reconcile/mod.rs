@@ -13,7 +13,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::rc::Rc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use protocol::{DeploymentStatus, Phase, PodmanV0Score};
@@ -177,13 +177,9 @@ async fn list_deployment<R: Runtime>(
     ctx: &Context<R>,
     deployment: &str,
 ) -> Result<Vec<ManagedContainer>, crate::podman::RuntimeError> {
-    Ok(ctx
-        .runtime
-        .list_managed(&ctx.device_id)
-        .await?
-        .into_iter()
-        .filter(|c| c.label(labels::DEPLOYMENT) == deployment)
-        .collect())
+    ctx.runtime
+        .list_deployment(&ctx.device_id, deployment)
+        .await
 }
 
 /// Applies a desired-state value: checks it, brings every container of its
@@ -206,6 +202,7 @@ async fn apply<R: Runtime>(
         Ok(s) => s,
         Err(e) => return reject(ctx, deployment, revision, &e),
     };
+    let t = Instant::now();
     let existing = match list_deployment(ctx, deployment).await {
         Ok(c) => c,
         Err(e) => {
@@ -217,11 +214,20 @@ async fn apply<R: Runtime>(
             return Outcome::Retry;
         }
     };
+    let listed = t.elapsed();
     let mut pass = bring_up(ctx, deployment, revision, &score, &existing).await;
     remove_dropped(ctx, deployment, &score, &existing, &mut pass.failure).await;
+    let up = t.elapsed();
     let (status, outcome) =
         status::of_pass(ctx, revision, &score.containers, &pass.ids, pass.failure).await;
     report(ctx, deployment, status);
+    // Where an apply's time goes (docs/performance.md, "apply latency").
+    crate::debug!(
+        "{deployment}: pass at revision {revision}: listed in {} ms, up in {} ms, reported in {} ms",
+        listed.as_millis(),
+        (up - listed).as_millis(),
+        (t.elapsed() - up).as_millis()
+    );
     // The new containers run under their names and say so; only now retire
     // their predecessors. A failure here is repaired by the next pass, which
     // finds the leftovers (and reports Failed if they cannot go).
