@@ -13,13 +13,16 @@
 //! A write can fail (a full `state_dir`) while the deployment runs: the
 //! writer keeps a [`CacheHealth`], which deployments the cache does not hold
 //! as last applied, so the agent can say so in their status and in its
-//! heartbeat, until a later write for them succeeds.
+//! heartbeat, until a later write for them succeeds. A failed write is tried
+//! again every [`RETRY_AFTER`] (a full disk may be freed without anything
+//! else changing), unless a newer change of that deployment replaces it.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 use bytes::Bytes;
 use protocol::limits::MAX_STRING_LEN;
@@ -261,11 +264,16 @@ struct Shared {
     changed: Condvar,
     /// What the writes so far left undone; changed only when it changes.
     health: watch::Sender<CacheHealth>,
+    /// How long a failed write waits to be tried again.
+    retry_after: Duration,
 }
 
 #[derive(Debug, Default)]
 struct Queue {
     pending: BTreeMap<String, Op>,
+    /// Changes whose write failed, tried again after [`RETRY_AFTER`]; a
+    /// newer change of the same deployment drops its entry.
+    failed: BTreeMap<String, Op>,
     /// A batch taken from `pending` is being written: a flush must wait for
     /// it, and a newer change for one of its deployments waits in `pending`
     /// until it is done, which keeps each deployment's changes in order.
@@ -275,11 +283,16 @@ struct Queue {
     closing: bool,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 enum Op {
     Store(Bytes),
     Remove,
 }
+
+/// How long a failed cache write waits before it is tried again: often
+/// enough that a freed disk clears the warning within a heartbeat or two,
+/// rarely enough that a disk that stays full costs nothing noticeable.
+pub const RETRY_AFTER: Duration = Duration::from_secs(30);
 
 /// The writer thread touches only a few pages of stack; the default 2 MiB
 /// would be address space for nothing on a small board.
@@ -289,8 +302,14 @@ impl CacheWriter {
     /// Starts the writer thread for `cache`. When no thread can be started
     /// the writes are made by the caller, as slow as before but never lost.
     pub fn start(cache: Cache) -> CacheWriter {
+        Self::start_retrying_after(cache, RETRY_AFTER)
+    }
+
+    /// [`Self::start`] with failed writes tried again after `retry_after`.
+    pub fn start_retrying_after(cache: Cache, retry_after: Duration) -> CacheWriter {
         let shared = Arc::new(Shared {
             cache,
+            retry_after,
             queue: Mutex::new(Queue {
                 running: true,
                 ..Queue::default()
@@ -337,14 +356,16 @@ impl CacheWriter {
 
     fn enqueue(&self, deployment: &str, op: Op) {
         let mut q = self.shared.lock();
+        q.failed.remove(deployment);
         q.pending.insert(deployment.to_string(), op);
         if q.running {
             self.shared.changed.notify_all();
             return;
         }
         // No thread (it could not start, died, or was closed): write here,
-        // including whatever it left behind, so nothing is lost or reordered.
-        write_all(&self.shared, std::mem::take(&mut q.pending));
+        // including whatever it left behind or failed to write before, so
+        // nothing is lost or reordered.
+        write_inline(&self.shared, &mut q);
     }
 
     /// Waits until every change queued so far is on disk.
@@ -374,9 +395,10 @@ impl CacheWriter {
         {
             crate::error!("the cache writer thread failed");
         }
-        // Left behind only by a thread that died mid-way.
+        // Left behind only by a thread that died mid-way, plus one last try
+        // of what failed before (the disk may have room by now).
         let mut q = self.shared.lock();
-        write_all(&self.shared, std::mem::take(&mut q.pending));
+        write_inline(&self.shared, &mut q);
     }
 }
 
@@ -390,6 +412,27 @@ impl Shared {
     fn wait<'a>(&self, q: MutexGuard<'a, Queue>) -> MutexGuard<'a, Queue> {
         self.changed.wait(q).unwrap_or_else(PoisonError::into_inner)
     }
+
+    /// Waits for a change or until `timeout`; whether it timed out.
+    fn wait_timeout<'a>(
+        &self,
+        q: MutexGuard<'a, Queue>,
+        timeout: Duration,
+    ) -> (MutexGuard<'a, Queue>, bool) {
+        let (q, r) = self
+            .changed
+            .wait_timeout(q, timeout)
+            .unwrap_or_else(PoisonError::into_inner);
+        (q, r.timed_out())
+    }
+}
+
+/// Writes what is pending and what failed before, on the caller's thread
+/// (with the lock held: there is no writer thread to race).
+fn write_inline(shared: &Shared, q: &mut Queue) {
+    let mut batch = std::mem::take(&mut q.failed);
+    batch.append(&mut q.pending);
+    q.failed = write_all(shared, batch);
 }
 
 /// The writer thread: takes everything pending, writes it without holding
@@ -406,14 +449,30 @@ fn drain(shared: &Shared) {
                 shared.changed.notify_all();
                 return;
             }
-            q = shared.wait(q);
-            continue;
+            if q.failed.is_empty() {
+                q = shared.wait(q);
+                continue;
+            }
+            let timed_out;
+            (q, timed_out) = shared.wait_timeout(q, shared.retry_after);
+            if !timed_out {
+                continue;
+            }
+            // Newer changes dropped their entries in `failed` (enqueue).
+            let mut retry = std::mem::take(&mut q.failed);
+            q.pending.append(&mut retry);
         }
         let batch = std::mem::take(&mut q.pending);
         q.writing = true;
         drop(q);
-        write_all(shared, batch);
+        let failed = write_all(shared, batch);
         q = shared.lock();
+        for (deployment, op) in failed {
+            // A change queued while this batch was written supersedes it.
+            if !q.pending.contains_key(&deployment) {
+                q.failed.insert(deployment, op);
+            }
+        }
         q.writing = false;
         shared.changed.notify_all();
     }
@@ -435,28 +494,44 @@ impl Drop for Dead<'_> {
     }
 }
 
-fn write_all(shared: &Shared, batch: BTreeMap<String, Op>) {
+/// Writes `batch`; returns the changes that failed. A failure is logged
+/// when it starts or changes, not at every retry.
+fn write_all(shared: &Shared, batch: BTreeMap<String, Op>) -> BTreeMap<String, Op> {
     let cache = &shared.cache;
+    let mut failed = BTreeMap::new();
     for (deployment, op) in batch {
-        let result = match op {
-            Op::Store(value) => cache.store(&deployment, &value).map_err(|e| {
-                crate::error!("{deployment}: cannot cache the desired state: {e}");
-                CacheFailure::NotStored {
+        let result = match &op {
+            Op::Store(value) => {
+                cache
+                    .store(&deployment, value)
+                    .map_err(|e| CacheFailure::NotStored {
+                        error: e.to_string(),
+                        older_on_disk: cache.holds(&deployment),
+                    })
+            }
+            Op::Remove => cache
+                .remove(&deployment)
+                .map_err(|e| CacheFailure::NotRemoved {
                     error: e.to_string(),
-                    older_on_disk: cache.holds(&deployment),
-                }
-            }),
-            Op::Remove => cache.remove(&deployment).map_err(|e| {
-                crate::error!("{deployment}: cannot drop it from the cache: {e}");
-                CacheFailure::NotRemoved {
-                    error: e.to_string(),
-                }
-            }),
+                }),
         };
-        shared
+        let failure = result.as_ref().err().cloned();
+        if result.is_err() {
+            failed.insert(deployment.clone(), op);
+        }
+        let changed = shared
             .health
             .send_if_modified(|h| h.record(&deployment, result));
+        match failure {
+            Some(f) if changed => crate::error!(
+                "{deployment}: {f}; retrying every {}s",
+                shared.retry_after.as_secs()
+            ),
+            None if changed => crate::info!("{deployment}: cached again"),
+            _ => {}
+        }
     }
+    failed
 }
 
 #[cfg(test)]
@@ -749,5 +824,63 @@ mod tests {
         w.store("db", Bytes::from_static(b"v2"));
         w.close();
         assert_eq!(std::fs::read(d.path().join("desired/db")).unwrap(), b"v2");
+    }
+
+    /// Waits up to 10 s for `cond` on the writer's health.
+    fn wait_health(w: &CacheWriter, cond: impl Fn(&CacheHealth) -> bool) -> bool {
+        let health = w.health();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while std::time::Instant::now() < deadline {
+            if cond(&health.borrow()) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        false
+    }
+
+    #[test]
+    fn a_failed_write_is_tried_again_until_it_succeeds() {
+        let d = tempfile::tempdir().unwrap();
+        let w = CacheWriter::start_retrying_after(
+            Cache::open(d.path()).unwrap(),
+            Duration::from_millis(20),
+        );
+        let blocker = d.path().join("desired/web");
+        std::fs::create_dir_all(blocker.join("x")).unwrap();
+        w.store("web", Bytes::from_static(b"v1"));
+        w.flush();
+        assert!(wait_health(&w, |h| h.failure("web").is_some()));
+        // Room again, and no newer change: the retry writes it by itself.
+        std::fs::remove_dir_all(&blocker).unwrap();
+        assert!(wait_health(&w, CacheHealth::is_ok), "never retried");
+        assert_eq!(std::fs::read(&blocker).unwrap(), b"v1");
+        w.close();
+    }
+
+    #[test]
+    fn a_newer_change_replaces_a_failed_one_and_close_tries_once_more() {
+        let d = tempfile::tempdir().unwrap();
+        // Retries far off: only a newer change or the close write again.
+        let w = CacheWriter::start_retrying_after(
+            Cache::open(d.path()).unwrap(),
+            Duration::from_secs(3600),
+        );
+        let blocker = d.path().join("desired/web");
+        std::fs::create_dir_all(blocker.join("x")).unwrap();
+        w.store("web", Bytes::from_static(b"v1"));
+        w.store("web", Bytes::from_static(b"v1"));
+        w.flush();
+        w.store("web", Bytes::from_static(b"v2"));
+        w.flush();
+        assert!(wait_health(&w, |h| h.failure("web").is_some()));
+        std::fs::remove_dir_all(&blocker).unwrap();
+        w.close();
+        assert_eq!(
+            std::fs::read(&blocker).unwrap(),
+            b"v2",
+            "the newest value, at close"
+        );
+        assert!(w.health().borrow().is_ok());
     }
 }
