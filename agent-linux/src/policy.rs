@@ -407,24 +407,10 @@ mod tests {
 
     #[test]
     fn refusals_name_the_container_rule_and_setting() {
-        use protocol::{BoundedMap, BoundedVec, PullPolicy, RestartPolicy, Text};
+        use protocol::Text;
         let mut c = Container {
-            name: Text::borrowed("web"),
-            image: Text::borrowed("localhost/x:1"),
-            command: None,
-            args: None,
-            env: BoundedVec::new(),
-            ports: BoundedVec::new(),
-            volumes: BoundedVec::new(),
-            restart_policy: RestartPolicy::Always,
-            pull_policy: PullPolicy::IfNotPresent,
-            labels: BoundedMap::new(),
             privileged: true,
-            host_network: false,
-            host_pid: false,
-            host_ipc: false,
-            cap_add: BoundedVec::new(),
-            devices: BoundedVec::new(),
+            ..Container::new(Text::borrowed("web"), Text::borrowed("localhost/x:1"))
         };
         let e = check_container(&c, &Allowances::default()).unwrap_err();
         assert!(

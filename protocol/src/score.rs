@@ -221,6 +221,31 @@ pub enum PullPolicy {
 impl crate::wire::Encode for PodmanV0Score<'_> {}
 impl<'de: 'a, 'a> crate::wire::Decode<'de> for PodmanV0Score<'a> {}
 
+impl<'a> Container<'a> {
+    /// A container named `name` running `image`, every other field at the
+    /// value a score that gives only those two keys decodes to.
+    pub fn new(name: Text<'a>, image: Text<'a>) -> Self {
+        Container {
+            name,
+            image,
+            command: None,
+            args: None,
+            env: BoundedVec::new(),
+            ports: BoundedVec::new(),
+            volumes: BoundedVec::new(),
+            restart_policy: RestartPolicy::default(),
+            pull_policy: PullPolicy::default(),
+            labels: BoundedMap::new(),
+            privileged: false,
+            host_network: false,
+            host_pid: false,
+            host_ipc: false,
+            cap_add: BoundedVec::new(),
+            devices: BoundedVec::new(),
+        }
+    }
+}
+
 impl Validate for PodmanV0Score<'_> {
     fn validate(&self) -> Result<(), ValidationError> {
         if self.containers.is_empty() {

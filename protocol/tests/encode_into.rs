@@ -43,24 +43,7 @@ fn check<T: protocol::wire::Encode>(value: &T, expected: &str) {
 }
 
 fn container<'a>(name: &'a str, image: &'a str) -> Container<'a> {
-    Container {
-        name: Text::borrowed(name),
-        image: Text::borrowed(image),
-        command: None,
-        args: None,
-        env: BoundedVec::new(),
-        ports: BoundedVec::new(),
-        volumes: BoundedVec::new(),
-        restart_policy: RestartPolicy::Always,
-        pull_policy: PullPolicy::IfNotPresent,
-        labels: BoundedMap::new(),
-        privileged: false,
-        host_network: false,
-        host_pid: false,
-        host_ipc: false,
-        cap_add: BoundedVec::new(),
-        devices: BoundedVec::new(),
-    }
+    Container::new(Text::borrowed(name), Text::borrowed(image))
 }
 
 fn score(c: Container<'_>) -> PodmanV0Score<'_> {

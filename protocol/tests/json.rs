@@ -270,3 +270,16 @@ fn decoding_borrows_from_the_buffer() {
         "image string was copied instead of borrowed"
     );
 }
+
+#[test]
+fn a_new_container_is_what_a_score_with_only_name_and_image_decodes_to() {
+    let decoded: protocol::Container<'_> =
+        serde_json::from_str(r#"{"name": "web", "image": "localhost/x:1"}"#).unwrap();
+    assert_eq!(
+        decoded,
+        protocol::Container::new(
+            protocol::Text::borrowed("web"),
+            protocol::Text::borrowed("localhost/x:1")
+        )
+    );
+}

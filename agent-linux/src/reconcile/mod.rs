@@ -342,18 +342,11 @@ mod tests {
     use super::*;
     use crate::testing::MemoryRuntime;
     use protocol::{
-        BoundedMap, BoundedVec, Container, ContainerState, DesiredState, IotScore, PortProtocol,
-        PullPolicy, RestartPolicy, Text, Volume,
+        BoundedVec, Container, ContainerState, DesiredState, IotScore, PortProtocol, Text, Volume,
     };
 
     fn with_host_path(p: &'static str) -> Container<'static> {
         Container {
-            name: Text::borrowed("c"),
-            image: Text::borrowed("localhost/x:1"),
-            command: None,
-            args: None,
-            env: BoundedVec::new(),
-            ports: BoundedVec::new(),
             volumes: BoundedVec::try_from_iter([Volume {
                 name: None,
                 host_path: Some(Text::borrowed(p)),
@@ -361,15 +354,7 @@ mod tests {
                 read_only: false,
             }])
             .unwrap(),
-            restart_policy: RestartPolicy::Always,
-            pull_policy: PullPolicy::IfNotPresent,
-            labels: BoundedMap::new(),
-            privileged: false,
-            host_network: false,
-            host_pid: false,
-            host_ipc: false,
-            cap_add: BoundedVec::new(),
-            devices: BoundedVec::new(),
+            ..Container::new(Text::borrowed("c"), Text::borrowed("localhost/x:1"))
         }
     }
 

@@ -9,9 +9,8 @@ use std::time::Duration;
 use async_nats::jetstream;
 use async_nats_device as async_nats;
 use protocol::{
-    BoundedMap, BoundedVec, Container, DeploymentStatus, DesiredState, EnvVar, IotScore,
-    PayloadEncoding, PodmanV0Score, Port, PortProtocol, PullPolicy, RestartPolicy, ScorePayload,
-    Text,
+    BoundedVec, Container, DeploymentStatus, DesiredState, EnvVar, IotScore, PayloadEncoding,
+    PodmanV0Score, Port, PortProtocol, ScorePayload, Text,
 };
 use testkit::{NatsServer, PodmanService};
 
@@ -383,8 +382,6 @@ fn texts(v: &[&str]) -> BoundedVec<Text<'static>, { protocol::limits::MAX_ARGS }
 /// A long-running container: `sleep` with an env var that makes specs differ.
 pub fn sleeper(name: &str, tag: &str) -> Container<'static> {
     Container {
-        name: Text::owned(name.to_string()),
-        image: Text::borrowed(IMAGE),
         command: Some(texts(&["/bin/sleep"])),
         args: Some(texts(&["3600"])),
         env: BoundedVec::try_from_iter([EnvVar {
@@ -392,17 +389,7 @@ pub fn sleeper(name: &str, tag: &str) -> Container<'static> {
             value: Text::owned(tag.to_string()),
         }])
         .unwrap(),
-        ports: BoundedVec::new(),
-        volumes: BoundedVec::new(),
-        restart_policy: RestartPolicy::Always,
-        pull_policy: PullPolicy::IfNotPresent,
-        labels: BoundedMap::new(),
-        privileged: false,
-        host_network: false,
-        host_pid: false,
-        host_ipc: false,
-        cap_add: BoundedVec::new(),
-        devices: BoundedVec::new(),
+        ..Container::new(Text::owned(name.to_string()), Text::borrowed(IMAGE))
     }
 }
 

@@ -57,24 +57,10 @@ pub fn large() -> PodmanV0Score<'static> {
 fn container(i: usize, fill: usize) -> Container<'static> {
     use protocol::limits::*;
     let n = |cap: usize| if fill == 0 { 0 } else { cap };
-    let mut c = Container {
-        name: Text::owned(format!("c{i}")),
-        image: Text::owned(format!("registry.example.net/team/app-{i}:1.2.{i}")),
-        command: None,
-        args: None,
-        env: BoundedVec::new(),
-        ports: BoundedVec::new(),
-        volumes: BoundedVec::new(),
-        restart_policy: RestartPolicy::Always,
-        pull_policy: PullPolicy::IfNotPresent,
-        labels: BoundedMap::new(),
-        privileged: false,
-        host_network: false,
-        host_pid: false,
-        host_ipc: false,
-        cap_add: BoundedVec::new(),
-        devices: BoundedVec::new(),
-    };
+    let mut c = Container::new(
+        Text::owned(format!("c{i}")),
+        Text::owned(format!("registry.example.net/team/app-{i}:1.2.{i}")),
+    );
     if fill > 0 {
         c.command = Some(
             BoundedVec::try_from_iter((0..4).map(|a| Text::owned(format!("/bin/app{a}")))).unwrap(),
