@@ -37,7 +37,7 @@ cleanup() {
 trap cleanup EXIT
 
 say "building the operator image ($IMAGE) and the CLI"
-cargo xtask oci operator
+cargo xtask container-image operator
 cargo build -q --release -p operator
 mkdir -p target/smoke
 cp "${CARGO_TARGET_DIR:-target}/release/iot-operator" "$OPERATOR"

@@ -56,7 +56,7 @@ cargo test -p protocol --locked --features json --target aarch64-unknown-linux-m
 
 step "the cross path: cross 0.2.5 with a locally built image, no registry"
 [[ -x target/tools/bin/cross ]] || cargo install cross --version 0.2.5 --locked --root target/tools
-cargo xtask cross-image
+cargo xtask cross-container-image
 cargo xtask dist --board rpi4 --cross
 cargo xtask cross test -p protocol --locked --features json --target aarch64-unknown-linux-musl
 
