@@ -64,7 +64,12 @@ KUBEBUILDER_ASSETS at them:
   go install sigs.k8s.io/controller-runtime/tools/setup-envtest@latest
   export KUBEBUILDER_ASSETS=\$(setup-envtest use 1.36 -p path)
 EOF
-    exit 1
+    # Outside CI the real-API-server tests then skip (saying so), like any
+    # test whose service is missing; under CI=true they must run.
+    if [[ ${CI:-} == true ]]; then
+        exit 1
+    fi
+    echo "kube-assets.sh: continuing without it; the kube-apiserver tests will skip" >&2
 fi
 
 # --- etcd ------------------------------------------------------------------

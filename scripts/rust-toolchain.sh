@@ -19,9 +19,14 @@ channel=$(read_toolchain channel)
 targets=$(read_toolchain targets)
 components=$(read_toolchain components)
 
-# rustup resolves the channel to its full name (e.g. 1.95.0-x86_64-unknown-linux-gnu)
-# and installs it when missing.
-toolchain=$(rustup show active-toolchain | awk '{print $1}')
+# rustup 1.28+ no longer installs the pinned toolchain by itself on every
+# command (and not at all with RUSTUP_AUTO_INSTALL=0): install it first.
+# `rustup toolchain install` with no name reads rust-toolchain.toml.
+if ! rustup show active-toolchain >/dev/null 2>&1; then
+    rustup toolchain install
+fi
+# The full name (e.g. 1.95.0-x86_64-unknown-linux-gnu).
+toolchain=$(rustup show active-toolchain | awk 'NR==1 {print $1}')
 case "$toolchain" in
     "$channel"*) ;;
     *) echo "rust-toolchain.sh: the active toolchain is $toolchain, not the pinned $channel;" \

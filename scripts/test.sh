@@ -33,6 +33,9 @@ for target in thumbv7em-none-eabihf thumbv6m-none-eabi; do
     cargo build -q -p protocol --locked --target "$target" --no-default-features --features defmt
 done
 
+step "protocol's allocation-free encoder, without alloc (as a microcontroller builds it)"
+cargo test -q -p protocol --locked --no-default-features --lib --test encode_into
+
 step "deploy/crd.yaml matches the CRD types"
 cargo xtask crd --check
 
