@@ -10,6 +10,7 @@
 //! module, while this needs only serde, toml and `protocol`'s id rules.
 //! `agent-linux/README.md` ("Configuration reference") documents the format.
 
+use std::cell::Cell;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -32,20 +33,23 @@ pub const DEFAULT_PODMAN_SOCKET: &str = "unix:///run/podman/podman.sock";
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     /// The file could not be read.
-    #[error("cannot read {path}: {source}")]
+    #[error("cannot read {path}")]
     Read {
         /// The file.
         path: PathBuf,
         /// The I/O error.
+        #[source]
         source: std::io::Error,
     },
     /// The TOML does not parse or does not fit the schema (unknown key,
     /// unknown credential `type`, wrong value type...).
-    #[error("{}{}", .source.to_string().trim_end(), if *.in_credentials_type { "\n(in nats.credentials.type)" } else { "" })]
+    ///
+    /// The parser's error is in the message, not in `source()`: the hint
+    /// goes after it.
+    #[error("{}{}", .error.to_string().trim_end(), if *.in_credentials_type { "\n(in nats.credentials.type)" } else { "" })]
     Syntax {
         /// The parser's error; its Display quotes the offending line.
-        #[source]
-        source: toml::de::Error,
+        error: toml::de::Error,
         /// The error is about `nats.credentials.type`, the one key whose
         /// message does not show it (a tag inside a table).
         in_credentials_type: bool,
@@ -59,7 +63,7 @@ pub enum ConfigError {
         problem: String,
     },
     /// The configuration cannot be written as TOML.
-    #[error("cannot write the configuration as TOML: {source}")]
+    #[error("cannot write the configuration as TOML")]
     Render {
         /// The serializer's error.
         #[source]
@@ -93,7 +97,7 @@ pub struct Config {
     #[serde(default)]
     pub podman: PodmanConfig,
     /// Limits on what scores may ask for.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "is_default")]
     pub security: SecurityConfig,
 }
 
@@ -146,11 +150,14 @@ pub struct PodmanConfig {
     pub socket: String,
     /// Seconds a container gets between SIGTERM and SIGKILL when it is
     /// replaced or removed (also set as its stop timeout at create).
-    #[serde(default = "default_stop_timeout")]
+    #[serde(
+        default = "default_stop_timeout",
+        skip_serializing_if = "is_default_stop_timeout"
+    )]
     pub stop_timeout_secs: u64,
     /// Whether a changed container's replacement starts before the old one
     /// stops (`start-first`, the default) or after (`stop-first`).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "is_default")]
     pub replace_order: ReplaceOrder,
 }
 
@@ -182,6 +189,25 @@ fn default_stop_timeout() -> u64 {
     DEFAULT_STOP_TIMEOUT_SECS
 }
 
+thread_local! {
+    /// Set while [`Config::to_display_toml`] renders: the effective
+    /// configuration shows the settings at their default too. A flag rather
+    /// than a second copy of the schema for display, which could drift.
+    static SHOW_DEFAULTS: Cell<bool> = const { Cell::new(false) };
+}
+
+fn is_default_stop_timeout(secs: &u64) -> bool {
+    !SHOW_DEFAULTS.get() && *secs == DEFAULT_STOP_TIMEOUT_SECS
+}
+
+/// Settings at their default are not written ([`Config::to_toml`]): a file
+/// that leaves them out follows the agent's defaults when those change, and
+/// a table the user appends (`[security]`, as the agent's README shows) is
+/// not a duplicate of an empty one written for them.
+fn is_default<T: Default + PartialEq>(value: &T) -> bool {
+    !SHOW_DEFAULTS.get() && *value == T::default()
+}
+
 impl Default for PodmanConfig {
     fn default() -> Self {
         PodmanConfig {
@@ -198,19 +224,19 @@ impl Default for PodmanConfig {
 pub struct SecurityConfig {
     /// Host directories under which `hostPath` bind mounts are allowed.
     /// Empty (the default) refuses every bind mount.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "is_default")]
     pub allowed_host_paths: Vec<PathBuf>,
     /// Allow scores that ask for privileged mode (default false).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "is_default")]
     pub allow_privileged: bool,
     /// Allow hostNetwork, hostPID and hostIPC (default false).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "is_default")]
     pub allow_host_namespaces: bool,
     /// Capabilities a score may add beyond the Baseline set (`NET_ADMIN`).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "is_default")]
     pub allowed_capabilities: Vec<String>,
     /// Host devices a score may pass in (`/dev/ttyUSB0`); default none.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "is_default")]
     pub allowed_devices: Vec<PathBuf>,
 }
 
@@ -253,7 +279,7 @@ impl Config {
         let config: Config = toml::from_str(text).map_err(|e| ConfigError::Syntax {
             in_credentials_type: e.message().contains("unknown variant")
                 && e.message().contains("user-password"),
-            source: e,
+            error: e,
         })?;
         config.validate()?;
         Ok(config)
@@ -395,18 +421,23 @@ impl Config {
     }
 
     /// The file's text: what the agent reads back as this configuration
-    /// (secrets included).
+    /// (secrets included). `[podman]`'s `stop_timeout_secs` and
+    /// `replace_order`, and each `[security]` setting, are written only
+    /// when they differ from the default (the whole `[security]` table is
+    /// left out when none does).
     pub fn to_toml(&self) -> Result<String, ConfigError> {
         toml::to_string(self).map_err(|source| ConfigError::Render { source })
     }
 
-    /// The effective configuration as TOML, with secrets masked.
+    /// The effective configuration as TOML, every setting at its default
+    /// included, with secrets masked.
     pub fn to_display_toml(&self) -> String {
         let mut shown = self.clone();
         shown.nats.credentials = shown.nats.credentials.masked();
-        shown
-            .to_toml()
-            .unwrap_or_else(|e| format!("# cannot display: {e}\n"))
+        SHOW_DEFAULTS.set(true);
+        let text = shown.to_toml();
+        SHOW_DEFAULTS.set(false);
+        text.unwrap_or_else(|e| format!("# cannot display: {e}\n"))
     }
 }
 
@@ -585,6 +616,40 @@ socket = "unix:///run/podman/podman.sock"
         let text = c.to_toml().unwrap();
         assert_eq!(Config::parse(&text).unwrap(), c, "{text}");
         assert!(!c.to_display_toml().contains("p\"w"));
+    }
+
+    #[test]
+    fn only_settings_off_their_default_are_written() {
+        let mut c = Config::new("pi-001", "/var/lib/iot-agent", vec!["nats://a:4222".into()]);
+        let text = c.to_toml().unwrap();
+        let shown = c.to_display_toml();
+        for left_out in ["stop_timeout_secs", "replace_order", "[security]"] {
+            assert!(!text.contains(left_out), "{left_out} in\n{text}");
+            // `check-config` shows the effective configuration.
+            assert!(shown.contains(left_out), "{left_out} not in\n{shown}");
+        }
+        assert_eq!(c.to_toml().unwrap(), text, "display left the flag set");
+        // A table the user appends is not a duplicate.
+        let appended = format!("{text}[security]\nallowed_host_paths = [\"/srv\"]\n");
+        assert_eq!(
+            Config::parse(&appended)
+                .unwrap()
+                .security
+                .allowed_host_paths,
+            [PathBuf::from("/srv")]
+        );
+        c.podman.stop_timeout_secs = 0;
+        c.podman.replace_order = ReplaceOrder::StopFirst;
+        c.security.allow_privileged = true;
+        let text = c.to_toml().unwrap();
+        assert!(text.contains("stop_timeout_secs = 0"), "{text}");
+        assert!(text.contains("replace_order = \"stop-first\""), "{text}");
+        assert!(
+            text.contains("[security]\nallow_privileged = true\n"),
+            "{text}"
+        );
+        assert!(!text.contains("allowed_devices"), "{text}");
+        assert_eq!(Config::parse(&text).unwrap(), c);
     }
 
     #[test]

@@ -511,4 +511,30 @@ mod tests {
             (5, 1)
         );
     }
+
+    /// The exact file the demo's agent reads: only what the demo changes
+    /// from the agent's defaults.
+    #[test]
+    fn the_demo_config_has_only_its_own_settings() {
+        let dir = Path::new("/tmp/demo");
+        let c = demo_agent_config(dir, "nats://127.0.0.1:4222", &dir.join("podman.sock")).unwrap();
+        assert_eq!(
+            c.to_toml().unwrap(),
+            r#"version = 1
+device_id = "demo-device"
+state_dir = "/tmp/demo/agent-state"
+heartbeat_interval_secs = 5
+
+[nats]
+urls = ["nats://127.0.0.1:4222"]
+
+[nats.credentials]
+type = "none"
+
+[podman]
+socket = "unix:///tmp/demo/podman.sock"
+stop_timeout_secs = 1
+"#
+        );
+    }
 }

@@ -306,20 +306,44 @@ mod tests {
         }
     }
 
+    /// The exact file: settings the agent defaults are not written, so a
+    /// board follows the agent's defaults and a table the user appends is
+    /// not a duplicate.
     #[test]
     fn config_has_the_agent_format() {
         let t = config_toml(&id(Credentials::None)).unwrap();
-        let v: toml::Value = toml::from_str(&t).unwrap();
-        assert_eq!(v["version"].as_integer(), Some(1));
-        assert_eq!(v["device_id"].as_str(), Some("pi-001"));
-        assert_eq!(v["state_dir"].as_str(), Some(STATE_DIR));
-        assert_eq!(v["heartbeat_interval_secs"].as_integer(), Some(30));
-        assert_eq!(v["nats"]["urls"].as_array().unwrap().len(), 2);
-        assert_eq!(v["nats"]["credentials"]["type"].as_str(), Some("none"));
         assert_eq!(
-            v["podman"]["socket"].as_str(),
-            Some("unix:///run/podman/podman.sock")
+            t,
+            r#"# iot-agent configuration for device pi-001, written by `cargo xtask image`.
+version = 1
+device_id = "pi-001"
+state_dir = "/var/lib/iot-agent"
+heartbeat_interval_secs = 30
+
+[nats]
+urls = ["nats://a:4222", "nats://b:4222"]
+
+[nats.credentials]
+type = "none"
+
+[podman]
+socket = "unix:///run/podman/podman.sock"
+"#
         );
+    }
+
+    /// The agent's README has users append a `[security]` table to the
+    /// board's file; the agent's loader must still accept it.
+    #[test]
+    fn a_security_table_can_be_appended() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.toml");
+        let mut text = config_toml(&id(Credentials::None)).unwrap();
+        text.push_str("\n[security]\nallowed_host_paths = [\"/srv\"]\nallowed_capabilities = [\"NET_ADMIN\"]\n");
+        std::fs::write(&path, text).unwrap();
+        let loaded = agent_config::Config::load(&path).unwrap();
+        assert_eq!(loaded.security.allowed_host_paths, [PathBuf::from("/srv")]);
+        assert_eq!(loaded.security.allowed_capabilities, ["NET_ADMIN"]);
     }
 
     #[test]
