@@ -16,6 +16,7 @@ use tokio::sync::{mpsc, watch};
 use crate::backoff::Backoff;
 use crate::cache::{Cache, CacheHealth, CacheWriter};
 use crate::config::Config;
+use crate::log::Chain;
 use crate::nats::{Session, WatchEvent};
 use crate::podman::{Podman, Runtime, labels};
 use crate::reconcile::{self, Context, StatusReport, Target, now_ms};
@@ -107,7 +108,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 deployments.set(&name, Some(Bytes::from(value)));
             }
         }
-        Err(e) => crate::error!("cannot read the cache: {e}; waiting for NATS"),
+        Err(e) => crate::error!("cannot read the cache: {}; waiting for NATS", Chain(&e)),
     }
     let cache = CacheWriter::start(cache);
 
@@ -184,9 +185,9 @@ async fn watch_loop<R: Runtime>(
             Err(e) => {
                 let delay = backoff.next_delay();
                 if session.is_connected() {
-                    crate::error!("{e}; retrying in {delay:?}");
+                    crate::error!("{}; retrying in {delay:?}", Chain(&e));
                 } else {
-                    crate::debug!("not connected yet ({e}); retrying in {delay:?}");
+                    crate::debug!("not connected yet ({}); retrying in {delay:?}", Chain(&e));
                 }
                 tokio::time::sleep(delay).await;
                 continue;
@@ -254,7 +255,7 @@ async fn sweep<R: Runtime>(deployments: &Deployments<R>, desired: &BTreeSet<Stri
         }
         crate::info!("removing {} (deployment {dep} is not desired)", c.name);
         if let Err(e) = ctx.runtime.remove(&c.id, ctx.stop_timeout_secs).await {
-            crate::warn!("cannot remove {}: {e}", c.name);
+            crate::warn!("cannot remove {}: {}", c.name, Chain(&e));
         }
     }
 }
@@ -327,7 +328,7 @@ pub async fn status_writer_noting(
             let encoded = match protocol::wire::encode_to_vec(&status) {
                 Ok(v) => v,
                 Err(e) => {
-                    crate::error!("{deployment}: cannot encode status: {e}");
+                    crate::error!("{deployment}: cannot encode status: {}", Chain(&e));
                     continue;
                 }
             };
@@ -387,7 +388,8 @@ struct Complaints {
 }
 
 impl Complaints {
-    fn note(&mut self, e: &dyn std::fmt::Display) {
+    fn note(&mut self, e: &dyn std::error::Error) {
+        let e = Chain(e);
         if self
             .last
             .is_none_or(|t| t.elapsed() >= Duration::from_secs(60))
@@ -476,7 +478,7 @@ async fn heartbeat<R: Runtime>(
                     complaints.note(&e);
                 }
             }
-            Err(e) => crate::error!("cannot encode the heartbeat: {e}"),
+            Err(e) => crate::error!("cannot encode the heartbeat: {}", Chain(&e)),
         }
     }
 }
@@ -516,13 +518,13 @@ async fn events(
                         }
                         Ok(None) => break,
                         Err(e) => {
-                            crate::debug!("podman events: {e}");
+                            crate::debug!("podman events: {}", Chain(&e));
                             break;
                         }
                     }
                 }
             }
-            Err(e) => crate::warn!("podman events unavailable: {e}"),
+            Err(e) => crate::warn!("podman events unavailable: {}", Chain(&e)),
         }
         // The stream ends when the service does: the next heartbeat asks
         // the (maybe upgraded) Podman its version again.

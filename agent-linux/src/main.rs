@@ -87,7 +87,7 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("iot-agent: {e:#}");
+            eprintln!("iot-agent: {}", agent_linux::log::Chain(&*e));
             ExitCode::FAILURE
         }
     }

@@ -58,7 +58,7 @@ type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 #[derive(Debug, thiserror::Error)]
 pub enum NatsError {
     /// A credential file named by a setting cannot be used.
-    #[error("NATS client setup: {setting}: {source}")]
+    #[error("NATS client setup: {setting}")]
     Setup {
         /// The setting naming the file (and the file, when the cause does
         /// not name it).
@@ -68,13 +68,13 @@ pub enum NatsError {
         source: BoxError,
     },
     /// The client could not be started (e.g. a server URL it cannot use).
-    #[error("NATS client setup: {0}")]
+    #[error("NATS client setup")]
     Connect(#[source] async_nats::ConnectError),
     /// Creating the watch failed.
-    #[error("cannot create the desired-state watch: {0} ({hint})", hint = watch_hint())]
+    #[error("cannot create the desired-state watch ({hint})", hint = watch_hint())]
     Watch(#[from] WatchError),
     /// A publish was not acknowledged.
-    #[error("publish to {subject} failed: {source}")]
+    #[error("publish to {subject} failed")]
     Publish {
         /// The subject.
         subject: String,
@@ -83,7 +83,7 @@ pub enum NatsError {
         source: jetstream::context::PublishError,
     },
     /// A status cannot be published under this deployment name.
-    #[error("cannot publish the status of {deployment:?}: {source}")]
+    #[error("cannot publish the status of {deployment:?}")]
     StatusKey {
         /// The deployment name.
         deployment: String,
@@ -97,10 +97,10 @@ pub enum NatsError {
 #[derive(Debug, thiserror::Error)]
 pub enum WatchError {
     /// The device id cannot be part of a subject.
-    #[error("{0}")]
-    DeviceId(#[source] KeyError),
+    #[error(transparent)]
+    DeviceId(KeyError),
     /// Subscribing to the republished keys failed.
-    #[error("subscribing to {subject}: {source}")]
+    #[error("subscribing to {subject}")]
     Subscribe {
         /// The subject.
         subject: String,
@@ -109,16 +109,16 @@ pub enum WatchError {
         source: async_nats::SubscribeError,
     },
     /// Flushing the subscription to the server failed.
-    #[error("sending the subscription: {0}")]
+    #[error("sending the subscription")]
     Flush(#[source] async_nats::client::FlushError),
     /// The desired-state stream could not be addressed.
-    #[error("addressing the desired-state stream: {0}")]
+    #[error("addressing the desired-state stream")]
     Stream(#[source] jetstream::context::GetStreamError),
     /// Creating the snapshot's consumer failed.
-    #[error("creating the snapshot consumer: {0}")]
+    #[error("creating the snapshot consumer")]
     Consumer(#[source] jetstream::stream::ConsumerError),
     /// Reading the snapshot's messages failed.
-    #[error("reading the snapshot: {0}")]
+    #[error("reading the snapshot")]
     Read(#[source] BoxError),
     /// No snapshot message came for [`SNAPSHOT_IDLE_TIMEOUT`].
     #[error("the snapshot stalled")]
@@ -674,7 +674,10 @@ fn deployment_of(device_id: &str, key: Option<&str>, subject: &str) -> Option<St
             return None;
         }
         Some(Err(e)) => {
-            crate::warn!("nats: ignoring subject {subject}: {e}");
+            crate::warn!(
+                "nats: ignoring subject {subject}: {}",
+                crate::log::Chain(&e)
+            );
             return None;
         }
     };

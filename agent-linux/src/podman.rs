@@ -36,7 +36,7 @@ pub mod labels {
 #[derive(Debug, thiserror::Error)]
 pub enum RuntimeError {
     /// The API socket could not be reached or the connection broke.
-    #[error("podman API unreachable: {0}")]
+    #[error("podman API unreachable")]
     Unreachable(#[from] io::Error),
     /// The API answered with an error.
     #[error("{message}")]
@@ -55,7 +55,7 @@ pub enum RuntimeError {
         message: String,
     },
     /// An answer did not have the expected shape.
-    #[error("unexpected answer from podman: {0}")]
+    #[error("unexpected answer from podman")]
     Protocol(#[source] serde_json::Error),
 }
 

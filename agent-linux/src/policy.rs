@@ -51,7 +51,7 @@ pub use agent_config::normalize_capability;
 #[derive(Debug, thiserror::Error)]
 pub enum PolicyError {
     /// The image reference does not follow the distribution grammar.
-    #[error("container {container}: image reference {image:?} does not parse: {source}")]
+    #[error("container {container}: image reference {image:?} does not parse")]
     Image {
         /// The container's name.
         container: String,

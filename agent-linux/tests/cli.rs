@@ -103,3 +103,37 @@ fn version_and_check_config() {
         assert_eq!(out.status.code(), Some(2));
     }
 }
+
+/// An error's cause is printed once: the message either carries it or
+/// returns it from `source()`, never both (the CLI prints the chain).
+#[test]
+fn a_config_error_shows_its_cause_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let unknown = dir.path().join("unknown.toml");
+    std::fs::write(&unknown, GOOD.replace("[podman]", "[podman]\nbogus = 1")).unwrap();
+    let missing = dir.path().join("absent.toml");
+    for agent in agents() {
+        let out = run(
+            &agent,
+            &["check-config", "-c", unknown.to_str().unwrap()],
+            None,
+        );
+        assert!(!out.status.success());
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(
+            stderr.matches("unknown field `bogus`").count(),
+            1,
+            "{stderr}"
+        );
+        assert_eq!(stderr.matches("TOML parse error").count(), 1, "{stderr}");
+
+        let out = run(
+            &agent,
+            &["check-config", "-c", missing.to_str().unwrap()],
+            None,
+        );
+        assert!(!out.status.success());
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(stderr.matches("os error 2").count(), 1, "{stderr}");
+    }
+}

@@ -103,7 +103,7 @@ pub enum SeedError {
     )]
     Missing,
     /// The seed line does not decode (truncated, mistyped, bad checksum).
-    #[error("its seed line is not a valid nkey seed: {source}")]
+    #[error("its seed line is not a valid nkey seed")]
     Invalid {
         /// What the nkeys decoder found.
         #[source]
@@ -123,7 +123,7 @@ pub enum SeedError {
 #[derive(Debug, thiserror::Error)]
 pub enum SeedFileError {
     /// The file cannot be read.
-    #[error("cannot read nkey seed file {path}: {source}")]
+    #[error("cannot read nkey seed file {path}")]
     Read {
         /// The file.
         path: PathBuf,
@@ -132,7 +132,7 @@ pub enum SeedFileError {
         source: std::io::Error,
     },
     /// The file is read but holds no usable seed.
-    #[error("nkey seed file {path}: {source}")]
+    #[error("nkey seed file {path}")]
     Parse {
         /// The file.
         path: PathBuf,

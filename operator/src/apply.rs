@@ -72,13 +72,12 @@ pub enum PlanError {
     /// `metadata.namespace` cannot be part of the owner value the keys
     /// carry (only the cluster-less CLI meets this: the API server accepts
     /// no such namespace).
-    #[error("metadata.namespace `{namespace}`: {source}")]
+    #[error("metadata.namespace `{namespace}`: {reason}")]
     InvalidNamespace {
         /// The namespace.
         namespace: String,
-        /// Why.
-        #[source]
-        source: OwnerError,
+        /// Why (in the message, like the other variants' reasons).
+        reason: OwnerError,
     },
     /// A target device id is not a key token.
     #[error("spec.targetDevices[{index}] `{device}` {reason}")]
@@ -123,10 +122,10 @@ pub fn plan(d: &Deployment) -> Result<Plan, PlanError> {
         reason: token_reason(e),
     })?;
     let owner = OwnerBuf::from(
-        Owner::new(d.namespace_or_default(), &name).map_err(|source| {
+        Owner::new(d.namespace_or_default(), &name).map_err(|reason| {
             PlanError::InvalidNamespace {
                 namespace: d.namespace_or_default().to_string(),
-                source,
+                reason,
             }
         })?,
     );

@@ -23,6 +23,7 @@ use tokio::sync::mpsc;
 
 use crate::apply::{self, PlanError};
 use crate::crd::{Deployment, DeploymentStatus, FINALIZER};
+use crate::error_chain::Chain;
 use crate::metrics::Metrics;
 use crate::nats::{Nats, NatsError};
 use crate::status::{Change, Observed, StatusCache, conditions, fold_status, now_ns};
@@ -31,14 +32,14 @@ use crate::status::{Change, Observed, StatusCache, conditions, fold_status, now_
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// NATS could not be read or written; retried with back-off.
-    #[error("NATS: {0}")]
+    #[error("NATS")]
     Nats(#[from] NatsError),
     /// The Kubernetes API refused or failed a request; retried.
-    #[error("Kubernetes API: {0}")]
+    #[error("Kubernetes API")]
     Kube(#[from] kube::Error),
     /// Adding or removing the finalizer, or the wrapped apply/cleanup, failed.
-    #[error("{0}")]
-    Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
+    #[error(transparent)]
+    Finalizer(Box<kube::runtime::finalizer::Error<Error>>),
 }
 
 impl Error {
@@ -225,7 +226,7 @@ pub async fn reconcile(d: Arc<Deployment>, ctx: Arc<Context>) -> Result<Action, 
         }
         Err(e) => {
             Metrics::add(&ctx.metrics.reconcile_errors, 1);
-            tracing::warn!(deployment = %key, error = %e, "reconcile failed");
+            tracing::warn!(deployment = %key, error = %Chain(&e), "reconcile failed");
         }
     }
     result
@@ -280,7 +281,7 @@ async fn apply_deployment(
         }
         Err(e) => {
             ctx.applied().remove(&object_key(d));
-            tracing::info!(deployment = %object_key(d), error = %e, "spec rejected; nothing written");
+            tracing::info!(deployment = %object_key(d), error = %Chain(&e), "spec rejected; nothing written");
             (invalid_observed(d, &prev, e), Action::await_change())
         }
     };
@@ -307,7 +308,7 @@ async fn apply_deployment(
     for ev in events {
         // An event is worth less than the reconcile: log and go on.
         if let Err(e) = recorder.publish(&ev, &reference).await {
-            tracing::warn!(deployment = %object_key(d), error = %e, "cannot publish event");
+            tracing::warn!(deployment = %object_key(d), error = %Chain(&e), "cannot publish event");
         }
     }
     Ok(action)
@@ -385,7 +386,8 @@ pub async fn run(
     let api: Api<Deployment> = Api::all(ctx.client.clone());
     if let Err(e) = api.list(&kube::api::ListParams::default().limit(1)).await {
         anyhow::bail!(
-            "cannot list iot.nationtech.io Deployments ({e}); is the CRD installed (kubectl apply -f deploy/crd.yaml) and may this service account list them?"
+            "cannot list iot.nationtech.io Deployments ({}); is the CRD installed (kubectl apply -f deploy/crd.yaml) and may this service account list them?",
+            Chain(&e)
         );
     }
     let controller = Controller::new(api, watcher::Config::default().any_semantic());
@@ -399,7 +401,7 @@ pub async fn run(
         .for_each(|res| async move {
             match res {
                 Ok((obj, _)) => tracing::debug!(deployment = %obj, "reconciled"),
-                Err(e) => tracing::debug!(error = %e, "reconcile error"),
+                Err(e) => tracing::debug!(error = %Chain(&e), "reconcile error"),
             }
         })
         .await;

@@ -10,6 +10,7 @@ use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
 use operator::cli::{NatsArgs, status_table};
 use operator::controller::{self, Context, ControllerConfig};
+use operator::error_chain::Chain;
 use operator::metrics::Metrics;
 use operator::status::StatusCache;
 use operator::{Nats, apply, manifest};
@@ -110,7 +111,7 @@ async fn main() -> std::process::ExitCode {
     match run_command(cli).await {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("iot-operator: {e:#}");
+            eprintln!("iot-operator: {}", Chain(&*e));
             std::process::ExitCode::FAILURE
         }
     }
@@ -225,7 +226,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     );
     tokio::spawn(async move {
         if let Err(e) = server.await {
-            tracing::error!(error = %e, "health/metrics server stopped");
+            tracing::error!(error = %Chain(&e), "health/metrics server stopped");
         }
     });
     tracing::info!("controller starting");

@@ -76,7 +76,7 @@ pub enum NatsError {
     #[error("NATS configuration: no server URL: pass --nats-url (or set NATS_URL)")]
     NoServer,
     /// A server URL does not parse.
-    #[error("NATS configuration: bad NATS URL `{url}`: {source}")]
+    #[error("NATS configuration: bad NATS URL `{url}`")]
     BadUrl {
         /// The URL as given.
         url: String,
@@ -85,14 +85,14 @@ pub enum NatsError {
         source: std::io::Error,
     },
     /// The nkey seed file cannot be used.
-    #[error("NATS configuration: {source}")]
+    #[error("NATS configuration")]
     Seed {
         /// Why (names the file).
         #[source]
         source: nats_credentials::SeedFileError,
     },
     /// The `.creds` file cannot be read or parsed.
-    #[error("NATS configuration: cannot read creds file {path}: {source}")]
+    #[error("NATS configuration: cannot read creds file {path}")]
     CredsFile {
         /// The file.
         path: PathBuf,
@@ -112,7 +112,7 @@ pub enum NatsError {
     )]
     TlsCertWithoutKey,
     /// A deployment name or device id cannot make a key.
-    #[error("invalid key: {source}")]
+    #[error("invalid key")]
     InvalidKey {
         /// Which token is wrong and why.
         #[source]
@@ -691,7 +691,8 @@ mod tests {
             matches!(e, NatsError::Seed { .. }) && e.is_permanent(),
             "{e}"
         );
-        assert!(e.to_string().contains("operator.nk"), "{e}");
+        let shown = crate::error_chain::Chain(&e).to_string();
+        assert!(shown.contains("operator.nk"), "{shown}");
         assert!(std::error::Error::source(&e).is_some());
 
         let e = connect(NatsConfig {

@@ -208,6 +208,28 @@ async fn bad_manifests_write_nothing_and_say_why() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("did you mean `PodmanV0`?"));
 }
 
+/// An error's cause is printed once: the message either carries it or
+/// returns it from `source()`, never both (the CLI prints the chain).
+#[test]
+fn a_seed_file_error_shows_its_cause_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.nk");
+    std::fs::write(&bad, "hello\n").unwrap();
+    let url = "nats://127.0.0.1:1";
+    let out = cli(url, Some(&bad), &["status"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.matches("no nkey seed in it").count(), 1, "{err}");
+    assert_eq!(err.matches("bad.nk").count(), 1, "{err}");
+
+    let out = cli(url, Some(&dir.path().join("absent.nk")), &["status"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.matches("os error 2").count(), 1, "{err}");
+    assert_eq!(err.matches("No such file").count(), 1, "{err}");
+    assert_eq!(err.matches("absent.nk").count(), 1, "{err}");
+}
+
 #[tokio::test]
 async fn unreachable_nats_is_a_clear_error() {
     let port = testkit::free_port();

@@ -21,6 +21,7 @@ use tokio::sync::{mpsc, watch};
 
 use crate::backoff::Backoff;
 use crate::config::ReplaceOrder;
+use crate::log::Chain;
 use crate::podman::{ManagedContainer, Runtime, labels};
 use crate::policy::Allowances;
 
@@ -138,7 +139,10 @@ async fn remove<R: Runtime>(ctx: &Context<R>, deployment: &str, memory: &mut Mem
     let existing = match list_deployment(ctx, deployment).await {
         Ok(c) => c,
         Err(e) => {
-            crate::warn!("{deployment}: cannot list containers to remove: {e}");
+            crate::warn!(
+                "{deployment}: cannot list containers to remove: {}",
+                Chain(&e)
+            );
             return Outcome::Retry;
         }
     };
@@ -154,14 +158,14 @@ async fn remove<R: Runtime>(ctx: &Context<R>, deployment: &str, memory: &mut Mem
     memory.revision = revision;
     for c in &existing {
         if let Err(e) = ctx.runtime.remove(&c.id, ctx.stop_timeout_secs).await {
-            crate::warn!("{deployment}: cannot remove {}: {e}", c.name);
+            crate::warn!("{deployment}: cannot remove {}: {}", c.name, Chain(&e));
             report(
                 ctx,
                 deployment,
                 simple_status(
                     revision,
                     Phase::Failed,
-                    &format!("removing {}: {e}", c.name),
+                    &format!("removing {}: {}", c.name, Chain(&e)),
                 ),
             );
             return Outcome::Retry;
@@ -209,7 +213,11 @@ async fn apply<R: Runtime>(
             report(
                 ctx,
                 deployment,
-                simple_status(revision, Phase::Pending, &format!("container runtime: {e}")),
+                simple_status(
+                    revision,
+                    Phase::Pending,
+                    &format!("container runtime: {}", Chain(&e)),
+                ),
             );
             return Outcome::Retry;
         }
@@ -233,7 +241,7 @@ async fn apply<R: Runtime>(
     // finds the leftovers (and reports Failed if they cannot go).
     for leftover in &pass.leftovers {
         if let Err(e) = replace::retire(ctx, deployment, leftover).await {
-            crate::warn!("{deployment}: {e}");
+            crate::warn!("{deployment}: {}", Chain(&e));
             return Outcome::Retry;
         }
     }
@@ -244,18 +252,18 @@ async fn apply<R: Runtime>(
 fn reject<R>(ctx: &Context<R>, deployment: &str, revision: u64, e: &SpecError<'_>) -> Outcome {
     match e {
         SpecError::Undecodable(_) => {
-            crate::warn!("{deployment}: undecodable desired state: {e}");
+            crate::warn!("{deployment}: undecodable desired state: {}", Chain(e));
         }
-        SpecError::Refused(_) => crate::warn!("{deployment}: refused: {e}"),
+        SpecError::Refused(_) => crate::warn!("{deployment}: refused: {}", Chain(e)),
         SpecError::Score(protocol::ScoreError::Unsupported { .. }) => {
-            crate::warn!("{deployment}: {e}");
+            crate::warn!("{deployment}: {}", Chain(e));
         }
         SpecError::WrongKey { .. } | SpecError::Score(_) => {}
     }
     report(
         ctx,
         deployment,
-        simple_status(revision, e.phase(), &e.to_string()),
+        simple_status(revision, e.phase(), &Chain(e).to_string()),
     );
     Outcome::Settled
 }
@@ -300,9 +308,9 @@ async fn bring_up<R: Runtime>(
                 up.leftovers.extend(leftover);
             }
             Err(e) => {
-                crate::warn!("{deployment}: container {}: {e}", c.name.as_str());
+                crate::warn!("{deployment}: container {}: {}", c.name.as_str(), Chain(&e));
                 up.failure
-                    .get_or_insert(format!("container {}: {e}", c.name.as_str()));
+                    .get_or_insert(format!("container {}: {}", c.name.as_str(), Chain(&e)));
             }
         }
     }
@@ -327,7 +335,7 @@ async fn remove_dropped<R: Runtime>(
                     old.name
                 ),
                 Err(e) => {
-                    failure.get_or_insert(format!("removing {}: {e}", old.name));
+                    failure.get_or_insert(format!("removing {}: {}", old.name, Chain(&e)));
                 }
             }
         }

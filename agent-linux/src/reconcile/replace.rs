@@ -11,18 +11,19 @@ use super::Context;
 use super::spec::{create_spec, spec_hash};
 use super::status::{map_state, report, simple_status};
 use crate::config::ReplaceOrder;
+use crate::log::Chain;
 use crate::podman::{ManagedContainer, Runtime, RuntimeError, labels};
 
 /// Why a container could not be brought to its desired spec. The message
-/// is the status message.
+/// with its causes ([`Chain`]) is the status message.
 #[derive(Debug, thiserror::Error)]
 pub enum ReplaceError {
     /// Whether the image is on the device cannot be found out.
-    #[error("{0}")]
-    ImageCheck(#[source] RuntimeError),
+    #[error(transparent)]
+    ImageCheck(RuntimeError),
     /// The image cannot be pulled.
-    #[error("{0}")]
-    Pull(#[source] RuntimeError),
+    #[error(transparent)]
+    Pull(RuntimeError),
     /// The image is not on the device and may not be pulled.
     #[error("image {image} is not on the device and pullPolicy is Never")]
     ImageMissing {
@@ -30,30 +31,31 @@ pub enum ReplaceError {
         image: String,
     },
     /// The container cannot be created.
-    #[error("{0}")]
-    Create(#[source] RuntimeError),
+    #[error(transparent)]
+    Create(RuntimeError),
     /// An old container cannot be stopped before its replacement starts.
-    #[error("stopping the old container {name}: {source}{not_restarted}")]
+    /// The runtime's error is in the message, not in `source()`: the
+    /// message goes on after it.
+    #[error("stopping the old container {name}: {}{not_restarted}", Chain(.error))]
     StopOld {
         /// The old container.
         name: String,
         /// The runtime's error.
-        #[source]
-        source: RuntimeError,
+        error: RuntimeError,
         /// Old containers already stopped that did not start again.
         not_restarted: NotRestarted,
     },
-    /// The container cannot be started.
-    #[error("{source}{not_restarted}")]
+    /// The container cannot be started (the runtime's error is in the
+    /// message, as for `StopOld`).
+    #[error("{}{not_restarted}", Chain(.error))]
     Start {
         /// The runtime's error.
-        #[source]
-        source: RuntimeError,
+        error: RuntimeError,
         /// Old containers stopped for it that did not start again.
         not_restarted: NotRestarted,
     },
     /// An old container cannot be removed.
-    #[error("removing the old container {name}: {source}")]
+    #[error("removing the old container {name}")]
     RemoveOld {
         /// The old container.
         name: String,
@@ -62,7 +64,7 @@ pub enum ReplaceError {
         source: RuntimeError,
     },
     /// The replacement cannot take its name.
-    #[error("renaming {from} to {to}: {source}")]
+    #[error("renaming {from} to {to}")]
     Rename {
         /// The replacement's temporary name.
         from: String,
@@ -85,7 +87,8 @@ impl std::fmt::Display for NotRestarted {
         for (name, e) in &self.0 {
             write!(
                 f,
-                "; the previous container {name} could not be started again: {e}"
+                "; the previous container {name} could not be started again: {}",
+                Chain(e)
             )?;
         }
         Ok(())
@@ -278,7 +281,7 @@ async fn create<R: Runtime>(
             if c.pull_policy == PullPolicy::IfNotPresent
                 && !ctx.runtime.image_exists(&spec.image).await.unwrap_or(true) =>
         {
-            crate::debug!("{deployment}: {e}; pulling {}", spec.image);
+            crate::debug!("{deployment}: {e}; pulling {}", spec.image, e = Chain(&e));
             ensure_image(ctx, deployment, revision, c).await?;
             ctx.runtime
                 .create(&spec)
@@ -319,7 +322,7 @@ async fn hand_over<R: Runtime>(
             let aside = format!("{name}-old-{}", &o.id[..o.id.len().min(12)]);
             if let Err(e) = ctx.runtime.rename(&o.id, &aside).await {
                 // Cannot move it aside: remove it now, the slow way.
-                crate::debug!("{deployment}: cannot rename {}: {e}", o.name);
+                crate::debug!("{deployment}: cannot rename {}: {e}", o.name, e = Chain(&e));
                 old_first.push(o);
                 continue;
             }
@@ -375,11 +378,11 @@ async fn start<R: Runtime>(
             .filter(|o| map_state(&o.state) == ContainerState::Running)
         {
             let t = Instant::now();
-            if let Err(source) = ctx.runtime.stop(&o.id, ctx.stop_timeout_secs).await {
+            if let Err(error) = ctx.runtime.stop(&o.id, ctx.stop_timeout_secs).await {
                 discard_new().await;
                 return Err(ReplaceError::StopOld {
                     name: o.name.clone(),
-                    source,
+                    error,
                     not_restarted: restart(ctx, deployment, &stopped).await,
                 });
             }
@@ -388,10 +391,10 @@ async fn start<R: Runtime>(
         }
     }
     let t = Instant::now();
-    if let Err(source) = ctx.runtime.start(&h.new.id).await {
+    if let Err(error) = ctx.runtime.start(&h.new.id).await {
         discard_new().await;
         return Err(ReplaceError::Start {
-            source,
+            error,
             not_restarted: restart(ctx, deployment, &stopped).await,
         });
     }
@@ -417,7 +420,11 @@ async fn restart<R: Runtime>(
         match ctx.runtime.start(&o.id).await {
             Ok(()) => crate::info!("{deployment}: restarted the old {}", o.name),
             Err(e) => {
-                crate::warn!("{deployment}: cannot restart the old {}: {e}", o.name);
+                crate::warn!(
+                    "{deployment}: cannot restart the old {}: {e}",
+                    o.name,
+                    e = Chain(&e)
+                );
                 not_back.0.push((o.name.clone(), e));
             }
         }

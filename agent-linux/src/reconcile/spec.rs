@@ -19,7 +19,7 @@ use crate::policy::{Allowances, PolicyError};
 #[derive(Debug, thiserror::Error)]
 pub enum SpecError<'a> {
     /// The value does not decode.
-    #[error("cannot decode the desired state: {0}")]
+    #[error("cannot decode the desired state")]
     Undecodable(#[source] protocol::wire::DecodeError),
     /// The value names another deployment than its key.
     #[error("the value names deployment {named:?} but is stored under key {key:?}")]

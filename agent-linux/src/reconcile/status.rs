@@ -10,6 +10,7 @@ use protocol::{
 };
 
 use super::{Context, Outcome, now_ms};
+use crate::log::Chain;
 use crate::podman::Runtime;
 
 /// Sends a status report for `deployment`.
@@ -132,7 +133,7 @@ async fn inspect<R: Runtime>(
             return Inspected {
                 status: status(ContainerState::Unknown, None, 0),
                 crashed: None,
-                failure: Some(format!("inspecting {}: {e}", c.name.as_str())),
+                failure: Some(format!("inspecting {}: {}", c.name.as_str(), Chain(&e))),
             };
         }
     };

@@ -11,6 +11,7 @@ use protocol::keys::{DEVICE_HEARTBEAT_BUCKET, DEVICE_STATUS_BUCKET};
 use protocol::{DeploymentKey, Heartbeat};
 use tokio::sync::mpsc;
 
+use crate::error_chain::Chain;
 use crate::nats::{Nats, NatsError};
 
 /// A device's last status for one deployment.
@@ -128,7 +129,7 @@ impl StatusCache {
             let status = match protocol::wire::decode::<protocol::DeploymentStatus<'_>>(value) {
                 Ok(s) => s.into_owned(),
                 Err(e) => {
-                    tracing::warn!(key, error = %e, "undecodable status report ignored");
+                    tracing::warn!(key, error = %Chain(&e), "undecodable status report ignored");
                     return;
                 }
             };
@@ -170,7 +171,7 @@ impl StatusCache {
         let heartbeat = match protocol::wire::decode::<Heartbeat<'_>>(value) {
             Ok(h) => h.into_owned(),
             Err(e) => {
-                tracing::warn!(key, error = %e, "undecodable heartbeat ignored");
+                tracing::warn!(key, error = %Chain(&e), "undecodable heartbeat ignored");
                 return;
             }
         };
@@ -269,14 +270,14 @@ async fn watch_bucket(cache: Arc<StatusCache>, nats: Nats, bucket: &'static str)
                     }
                     // The watch recovers by itself (ordered consumer); an
                     // error item is not the end of the stream.
-                    Err(e) => tracing::warn!(bucket, error = %e, "watch error"),
+                    Err(e) => tracing::warn!(bucket, error = %Chain(&e), "watch error"),
                 }
             }
             Ok::<(), async_nats::Error>(())
         }
         .await;
         if let Err(e) = result {
-            tracing::warn!(bucket, error = %e, "cannot watch device reports; retrying");
+            tracing::warn!(bucket, error = %Chain(&*e), "cannot watch device reports; retrying");
         }
         failures = failures.saturating_add(1);
         tokio::time::sleep(Duration::from_millis(500 * u64::from(failures.min(20)))).await;

@@ -1,0 +1,50 @@
+//! An error shown with its causes, for log lines and messages people read.
+//!
+//! Our errors keep their cause in `source()` and out of their message
+//! (CONTRIBUTING.md), so `{e}` alone drops the cause. The agent has the
+//! same few lines in its `log` module: no crate both binaries share is the
+//! place for them.
+
+use std::fmt;
+
+/// Shows `message: cause: cause`. A cause whose text is already shown is
+/// skipped, for crates (kube, async-nats) whose messages repeat their
+/// source.
+pub struct Chain<'a>(pub &'a (dyn std::error::Error + 'a));
+
+impl fmt::Display for Chain<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut shown = self.0.to_string();
+        let mut cause = self.0.source();
+        while let Some(e) = cause {
+            let text = e.to_string();
+            if !shown.contains(&text) {
+                shown.push_str(": ");
+                shown.push_str(&text);
+            }
+            cause = e.source();
+        }
+        f.write_str(&shown)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Chain;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("outer")]
+    struct Outer(#[source] Middle);
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("middle says {0}")]
+    struct Middle(#[source] std::io::Error);
+
+    #[test]
+    fn shows_each_cause_once_even_when_a_message_repeats_it() {
+        let e = Outer(Middle(std::io::Error::other("disk full")));
+        assert_eq!(Chain(&e).to_string(), "outer: middle says disk full");
+        let io = std::io::Error::other("alone");
+        assert_eq!(Chain(&io).to_string(), "alone");
+    }
+}
