@@ -36,46 +36,5 @@ macro_rules! info { ($($t:tt)*) => { if $crate::log::enabled(2) { eprintln!("INF
 #[macro_export]
 macro_rules! debug { ($($t:tt)*) => { if $crate::log::enabled(3) { eprintln!("DEBUG {}", format_args!($($t)*)) } } }
 
-/// Shows an error with its causes, `message: cause: cause`, as log lines
-/// and status messages need: our errors keep their cause in `source()`
-/// and out of their message (CONTRIBUTING.md). A cause whose text is
-/// already shown is skipped, for crates (async-nats) whose messages repeat
-/// their source.
-pub struct Chain<'a>(pub &'a (dyn std::error::Error + 'a));
-
-impl std::fmt::Display for Chain<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let mut shown = self.0.to_string();
-        let mut cause = self.0.source();
-        while let Some(e) = cause {
-            let text = e.to_string();
-            if !shown.contains(&text) {
-                shown.push_str(": ");
-                shown.push_str(&text);
-            }
-            cause = e.source();
-        }
-        f.write_str(&shown)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::Chain;
-
-    #[derive(Debug, thiserror::Error)]
-    #[error("outer")]
-    struct Outer(#[source] Middle);
-
-    #[derive(Debug, thiserror::Error)]
-    #[error("middle says {0}")]
-    struct Middle(#[source] std::io::Error);
-
-    #[test]
-    fn shows_each_cause_once_even_when_a_message_repeats_it() {
-        let e = Outer(Middle(std::io::Error::other("disk full")));
-        assert_eq!(Chain(&e).to_string(), "outer: middle says disk full");
-        let io = std::io::Error::other("alone");
-        assert_eq!(Chain(&io).to_string(), "alone");
-    }
-}
+/// An error with its causes, for log lines and status messages.
+pub use error_report::Chain;

@@ -23,10 +23,10 @@ use tokio::sync::mpsc;
 
 use crate::apply::{self, PlanError};
 use crate::crd::{Deployment, DeploymentStatus, FINALIZER};
-use crate::error_chain::Chain;
 use crate::metrics::Metrics;
 use crate::nats::{Nats, NatsError};
 use crate::status::{Change, Observed, StatusCache, conditions, fold_status, now_ns};
+use error_report::Chain;
 
 /// Why a reconcile failed.
 #[derive(Debug, thiserror::Error)]

@@ -17,7 +17,6 @@ pub mod apply;
 pub mod cli;
 pub mod controller;
 pub mod crd;
-pub mod error_chain;
 pub mod manifest;
 pub mod metrics;
 pub mod nats;

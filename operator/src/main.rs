@@ -8,9 +8,9 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
+use error_report::Chain;
 use operator::cli::{NatsArgs, status_table};
 use operator::controller::{self, Context, ControllerConfig};
-use operator::error_chain::Chain;
 use operator::metrics::Metrics;
 use operator::status::StatusCache;
 use operator::{Nats, apply, manifest};

@@ -691,7 +691,7 @@ mod tests {
             matches!(e, NatsError::Seed { .. }) && e.is_permanent(),
             "{e}"
         );
-        let shown = crate::error_chain::Chain(&e).to_string();
+        let shown = error_report::Chain(&e).to_string();
         assert!(shown.contains("operator.nk"), "{shown}");
         assert!(std::error::Error::source(&e).is_some());
 

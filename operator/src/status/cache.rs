@@ -11,8 +11,8 @@ use protocol::keys::{DEVICE_HEARTBEAT_BUCKET, DEVICE_STATUS_BUCKET};
 use protocol::{DeploymentKey, Heartbeat};
 use tokio::sync::mpsc;
 
-use crate::error_chain::Chain;
 use crate::nats::{Nats, NatsError};
+use error_report::Chain;
 
 /// A device's last status for one deployment.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -1,16 +1,23 @@
-//! An error shown with its causes, for log lines and messages people read.
+//! An error shown with its causes, for log lines, status messages and the
+//! binaries' last words.
 //!
 //! Our errors keep their cause in `source()` and out of their message
-//! (CONTRIBUTING.md), so `{e}` alone drops the cause. The agent has the
-//! same few lines in its `log` module: no crate both binaries share is the
-//! place for them.
+//! (CONTRIBUTING.md), so `{e}` alone drops the cause. anyhow's `{:#}` shows
+//! the chain of an owned `anyhow::Error`; log lines and status messages
+//! hold a borrowed error of any type, and std's `Report` is not stable yet,
+//! hence these few lines, shared by the agent and the operator.
+#![no_std]
 
-use std::fmt;
+extern crate alloc;
+
+use alloc::string::ToString;
+use core::error::Error;
+use core::fmt;
 
 /// Shows `message: cause: cause`. A cause whose text is already shown is
 /// skipped, for crates (kube, async-nats) whose messages repeat their
 /// source.
-pub struct Chain<'a>(pub &'a (dyn std::error::Error + 'a));
+pub struct Chain<'a>(pub &'a (dyn Error + 'a));
 
 impl fmt::Display for Chain<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -30,7 +37,9 @@ impl fmt::Display for Chain<'_> {
 
 #[cfg(test)]
 mod tests {
+    extern crate std;
     use super::Chain;
+    use alloc::string::ToString;
 
     #[derive(Debug, thiserror::Error)]
     #[error("outer")]
