@@ -22,7 +22,7 @@ use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use protocol::limits::MAX_STRING_LEN;
@@ -223,7 +223,9 @@ impl CacheHealth {
             }
             format!("{}; {note}", &status.message[..end])
         };
-        status.message = Text::owned(message);
+        // A note of the bound's whole length leaves no room for "; ":
+        // clipped rather than over the bound, which would not encode.
+        status.message = Text::owned(clip_message(&message).to_string());
         status
     }
 
@@ -274,6 +276,9 @@ struct Queue {
     /// Changes whose write failed, tried again after [`RETRY_AFTER`]; a
     /// newer change of the same deployment drops its entry.
     failed: BTreeMap<String, Op>,
+    /// When `failed` is next tried: set when it gains its first entry, so
+    /// a stream of other changes does not keep putting the retry off.
+    retry_at: Option<Instant>,
     /// A batch taken from `pending` is being written: a flush must wait for
     /// it, and a newer change for one of its deployments waits in `pending`
     /// until it is done, which keeps each deployment's changes in order.
@@ -357,6 +362,9 @@ impl CacheWriter {
     fn enqueue(&self, deployment: &str, op: Op) {
         let mut q = self.shared.lock();
         q.failed.remove(deployment);
+        if q.failed.is_empty() {
+            q.retry_at = None;
+        }
         q.pending.insert(deployment.to_string(), op);
         if q.running {
             self.shared.changed.notify_all();
@@ -413,17 +421,16 @@ impl Shared {
         self.changed.wait(q).unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Waits for a change or until `timeout`; whether it timed out.
+    /// Waits for a change or until `timeout`.
     fn wait_timeout<'a>(
         &self,
         q: MutexGuard<'a, Queue>,
         timeout: Duration,
-    ) -> (MutexGuard<'a, Queue>, bool) {
-        let (q, r) = self
-            .changed
+    ) -> MutexGuard<'a, Queue> {
+        self.changed
             .wait_timeout(q, timeout)
-            .unwrap_or_else(PoisonError::into_inner);
-        (q, r.timed_out())
+            .unwrap_or_else(PoisonError::into_inner)
+            .0
     }
 }
 
@@ -441,6 +448,16 @@ fn drain(shared: &Shared) {
     let _dead = Dead(shared);
     let mut q = shared.lock();
     loop {
+        let now = Instant::now();
+        if !q.failed.is_empty() && q.retry_at.is_some_and(|at| at <= now) {
+            // Due: retried with whatever is pending. Newer changes already
+            // dropped their entries in `failed` (enqueue); `append` lets a
+            // pending change win all the same.
+            let mut batch = std::mem::take(&mut q.failed);
+            batch.append(&mut q.pending);
+            q.pending = batch;
+            q.retry_at = None;
+        }
         if q.pending.is_empty() {
             if q.closing {
                 // Under the same lock as the emptiness check, so a change
@@ -449,18 +466,11 @@ fn drain(shared: &Shared) {
                 shared.changed.notify_all();
                 return;
             }
-            if q.failed.is_empty() {
-                q = shared.wait(q);
-                continue;
-            }
-            let timed_out;
-            (q, timed_out) = shared.wait_timeout(q, shared.retry_after);
-            if !timed_out {
-                continue;
-            }
-            // Newer changes dropped their entries in `failed` (enqueue).
-            let mut retry = std::mem::take(&mut q.failed);
-            q.pending.append(&mut retry);
+            q = match q.retry_at.filter(|_| !q.failed.is_empty()) {
+                None => shared.wait(q),
+                Some(at) => shared.wait_timeout(q, at.saturating_duration_since(now)),
+            };
+            continue;
         }
         let batch = std::mem::take(&mut q.pending);
         q.writing = true;
@@ -472,6 +482,9 @@ fn drain(shared: &Shared) {
             if !q.pending.contains_key(&deployment) {
                 q.failed.insert(deployment, op);
             }
+        }
+        if !q.failed.is_empty() && q.retry_at.is_none() {
+            q.retry_at = Some(Instant::now() + shared.retry_after);
         }
         q.writing = false;
         shared.changed.notify_all();
@@ -749,6 +762,16 @@ mod tests {
         let s = h.note_on("web", status(&"é".repeat(MAX_STRING_LEN / 2)));
         assert!(s.message.len() <= MAX_STRING_LEN, "{}", s.message.len());
         assert!(s.message.ends_with("offline reboot)"));
+        // A note as long as the bound (a long OS error) stays within it too.
+        let mut long = CacheHealth::default();
+        long.record(
+            "web",
+            Err(CacheFailure::NotRemoved {
+                error: "x".repeat(MAX_STRING_LEN * 2),
+            }),
+        );
+        let s = long.note_on("web", status("exited once"));
+        assert!(s.message.len() <= MAX_STRING_LEN, "{}", s.message.len());
         // A write that succeeds clears it.
         let before = h.clone();
         assert!(h.record("web", Ok(())));
@@ -882,5 +905,32 @@ mod tests {
             "the newest value, at close"
         );
         assert!(w.health().borrow().is_ok());
+    }
+
+    #[test]
+    fn a_failed_write_is_retried_while_other_changes_keep_coming() {
+        let d = tempfile::tempdir().unwrap();
+        let w = CacheWriter::start_retrying_after(
+            Cache::open(d.path()).unwrap(),
+            Duration::from_millis(100),
+        );
+        let blocker = d.path().join("desired/web");
+        std::fs::create_dir_all(blocker.join("x")).unwrap();
+        w.store("web", Bytes::from_static(b"v1"));
+        w.flush();
+        assert!(wait_health(&w, |h| h.failure("web").is_some()));
+        std::fs::remove_dir_all(&blocker).unwrap();
+        // Another deployment changes every 10 ms, far more often than the
+        // retry interval: the retry must not be put off by each of them.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let mut n = 0u32;
+        while !w.health().borrow().is_ok() && std::time::Instant::now() < deadline {
+            n += 1;
+            w.store("db", Bytes::from(n.to_string()));
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert!(w.health().borrow().is_ok(), "never retried under traffic");
+        assert_eq!(std::fs::read(&blocker).unwrap(), b"v1");
+        w.close();
     }
 }

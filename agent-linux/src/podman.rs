@@ -573,7 +573,16 @@ fn spec_generator(spec: &CreateSpec) -> Value {
     let mut expose = serde_json::Map::new();
     for p in &spec.ports {
         let Some(host_port) = p.host_port else {
-            expose.insert(p.container_port.to_string(), json!(p.protocol));
+            // One entry per port: TCP and UDP on the same port are joined
+            // (libpod reads "tcp,udp"), or the second would replace the first.
+            let protocols = match expose.get(&p.container_port.to_string()) {
+                Some(Value::String(known)) if known.split(',').any(|k| k == p.protocol) => {
+                    known.clone()
+                }
+                Some(Value::String(known)) => format!("{known},{}", p.protocol),
+                _ => p.protocol.to_string(),
+            };
+            expose.insert(p.container_port.to_string(), json!(protocols));
             continue;
         };
         let mut v = json!({

@@ -76,6 +76,13 @@ async fn each_score_field_means_on_podman_what_the_contract_says() {
             protocol: PortProtocol::Udp,
             host_ip: None,
         },
+        // The same port over TCP too (as DNS does): both are declared.
+        Port {
+            container_port: 5353,
+            host_port: None,
+            protocol: PortProtocol::Tcp,
+            host_ip: None,
+        },
     ])
     .unwrap();
     c.restart_policy = RestartPolicy::OnFailure;
@@ -104,6 +111,7 @@ async fn each_score_field_means_on_podman_what_the_contract_says() {
     assert_eq!(
         published(&c),
         vec![
+            (s("5353/tcp"), vec![]),
             (s("5353/udp"), vec![]),
             (s("80/tcp"), vec![(s("127.0.0.1"), host_port.to_string())]),
             (s("8080/tcp"), vec![]),
