@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used, missing_docs)]
 
 mod common;
+mod vectors;
 
 use proptest::prelude::*;
 use protocol::wire::{decode, encode_to_vec};
@@ -24,6 +25,16 @@ fn samples() -> Vec<Vec<u8>> {
         out.push(encode_to_vec(&s).unwrap());
         out.push(encode_to_vec(&common::desired(&s)).unwrap());
     }
+    // Both heartbeat format versions, so the version-2 path is fuzzed too.
+    for hex in [vectors::HEARTBEAT, vectors::HEARTBEAT_V2] {
+        let digits: Vec<char> = hex.chars().filter(|c| !c.is_whitespace()).collect();
+        out.push(
+            digits
+                .chunks(2)
+                .map(|p| u8::from_str_radix(&p.iter().collect::<String>(), 16).unwrap())
+                .collect(),
+        );
+    }
     out
 }
 
@@ -40,8 +51,15 @@ proptest! {
     }
 
     #[test]
-    fn corrupted_valid_encodings(which in 0usize..6, pos in any::<prop::sample::Index>(), byte in any::<u8>()) {
-        let mut bytes = samples().swap_remove(which);
+    fn arbitrary_bytes_after_format_byte_2(mut bytes in proptest::collection::vec(any::<u8>(), 1..512)) {
+        bytes[0] = 2;
+        decode_all(&bytes);
+    }
+
+    #[test]
+    fn corrupted_valid_encodings(which in any::<prop::sample::Index>(), pos in any::<prop::sample::Index>(), byte in any::<u8>()) {
+        let mut samples = samples();
+        let mut bytes = samples.swap_remove(which.index(samples.len()));
         let i = pos.index(bytes.len());
         bytes[i] = byte;
         decode_all(&bytes);
