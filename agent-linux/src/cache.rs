@@ -862,18 +862,23 @@ mod tests {
         false
     }
 
-    #[test]
-    fn a_failed_write_is_tried_again_until_it_succeeds() {
+    /// A writer retrying after `retry_after` whose write of `web` v1
+    /// failed (a directory stands where its file goes, removed by the
+    /// caller to make room again): the temp dir, the writer, that path.
+    fn failed_web(retry_after: Duration) -> (tempfile::TempDir, CacheWriter, PathBuf) {
         let d = tempfile::tempdir().unwrap();
-        let w = CacheWriter::start_retrying_after(
-            Cache::open(d.path()).unwrap(),
-            Duration::from_millis(20),
-        );
+        let w = CacheWriter::start_retrying_after(Cache::open(d.path()).unwrap(), retry_after);
         let blocker = d.path().join("desired/web");
         std::fs::create_dir_all(blocker.join("x")).unwrap();
         w.store("web", Bytes::from_static(b"v1"));
         w.flush();
         assert!(wait_health(&w, |h| h.failure("web").is_some()));
+        (d, w, blocker)
+    }
+
+    #[test]
+    fn a_failed_write_is_tried_again_until_it_succeeds() {
+        let (_d, w, blocker) = failed_web(Duration::from_millis(20));
         // Room again, and no newer change: the retry writes it by itself.
         std::fs::remove_dir_all(&blocker).unwrap();
         assert!(wait_health(&w, CacheHealth::is_ok), "never retried");
@@ -883,17 +888,8 @@ mod tests {
 
     #[test]
     fn a_newer_change_replaces_a_failed_one_and_close_tries_once_more() {
-        let d = tempfile::tempdir().unwrap();
         // Retries far off: only a newer change or the close write again.
-        let w = CacheWriter::start_retrying_after(
-            Cache::open(d.path()).unwrap(),
-            Duration::from_secs(3600),
-        );
-        let blocker = d.path().join("desired/web");
-        std::fs::create_dir_all(blocker.join("x")).unwrap();
-        w.store("web", Bytes::from_static(b"v1"));
-        w.store("web", Bytes::from_static(b"v1"));
-        w.flush();
+        let (_d, w, blocker) = failed_web(Duration::from_secs(3600));
         w.store("web", Bytes::from_static(b"v2"));
         w.flush();
         assert!(wait_health(&w, |h| h.failure("web").is_some()));
@@ -909,16 +905,7 @@ mod tests {
 
     #[test]
     fn a_failed_write_is_retried_while_other_changes_keep_coming() {
-        let d = tempfile::tempdir().unwrap();
-        let w = CacheWriter::start_retrying_after(
-            Cache::open(d.path()).unwrap(),
-            Duration::from_millis(100),
-        );
-        let blocker = d.path().join("desired/web");
-        std::fs::create_dir_all(blocker.join("x")).unwrap();
-        w.store("web", Bytes::from_static(b"v1"));
-        w.flush();
-        assert!(wait_health(&w, |h| h.failure("web").is_some()));
+        let (_d, w, blocker) = failed_web(Duration::from_millis(100));
         std::fs::remove_dir_all(&blocker).unwrap();
         // Another deployment changes every 10 ms, far more often than the
         // retry interval: the retry must not be put off by each of them.
