@@ -21,21 +21,15 @@ pub(crate) fn status_bytes_msg(revision: u64, phase: Phase, message: &str) -> Ve
 
 /// A heartbeat.
 pub(crate) fn heartbeat_bytes() -> Vec<u8> {
-    protocol::wire::encode_to_vec(&Heartbeat {
-        agent_version: Text::borrowed("0.1.0"),
-        arch: Text::borrowed("aarch64"),
-        os: Text::borrowed("linux"),
-        podman_version: Text::borrowed("4.3.1"),
-        uptime_secs: 1,
-        deployments: 1,
-        timestamp_ms: 0,
-        warnings: BoundedVec::new(),
-    })
-    .unwrap()
+    heartbeat_with(BoundedVec::new())
 }
 
 /// A heartbeat carrying `warning` (format version 2).
 pub(crate) fn heartbeat_warning_bytes(warning: &str) -> Vec<u8> {
+    heartbeat_with(BoundedVec::try_from_iter([Text::borrowed(warning)]).unwrap())
+}
+
+fn heartbeat_with(warnings: BoundedVec<Text<'_>, { protocol::limits::MAX_WARNINGS }>) -> Vec<u8> {
     protocol::wire::encode_to_vec(&Heartbeat {
         agent_version: Text::borrowed("0.1.0"),
         arch: Text::borrowed("aarch64"),
@@ -44,7 +38,7 @@ pub(crate) fn heartbeat_warning_bytes(warning: &str) -> Vec<u8> {
         uptime_secs: 1,
         deployments: 1,
         timestamp_ms: 0,
-        warnings: BoundedVec::try_from_iter([Text::borrowed(warning)]).unwrap(),
+        warnings,
     })
     .unwrap()
 }
