@@ -471,6 +471,7 @@ async fn heartbeat<R: Runtime>(
             timestamp_ms: now_ms(),
             // One warning, within the bound.
             warnings: BoundedVec::try_from_iter(warnings).unwrap_or_default(),
+            ..Heartbeat::default()
         };
         match protocol::wire::encode_to_vec(&hb) {
             Ok(v) => {

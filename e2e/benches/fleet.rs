@@ -123,7 +123,7 @@ async fn device(
         uptime_secs: 0,
         deployments: 0,
         timestamp_ms: reconcile::now_ms(),
-        warnings: protocol::BoundedVec::new(),
+        ..Heartbeat::default()
     };
     if let Ok(v) = protocol::wire::encode_to_vec(&hb) {
         let _ = session.publish_heartbeat(v).await;

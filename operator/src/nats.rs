@@ -360,14 +360,46 @@ impl Nats {
             let name = StreamName(spec.name).to_string();
             match self.js.get_stream(&name).await {
                 Ok(stream) => {
-                    let want = stream_config(&spec).republish;
-                    if spec.republish && stream.cached_info().config.republish != want {
+                    let want = stream_config(&spec);
+                    let have = &stream.cached_info().config;
+                    if spec.republish && have.republish != want.republish {
                         // The stream as it is, RePublish added: an admin's
                         // other settings (replicas, limits) stay.
-                        let mut config = stream.cached_info().config.clone();
-                        config.republish = want;
+                        let mut config = have.clone();
+                        config.republish = want.republish;
                         self.add_republish(&spec, config, create_missing).await?;
                         created.push(format!("{} (RePublish added)", spec.name));
+                    } else if have.max_message_size >= 0
+                        && have.max_message_size < want.max_message_size
+                    {
+                        // A bucket made before its values grew (heartbeat
+                        // version 3): the server refuses larger values. Not
+                        // fatal: every value within the old limit still
+                        // flows, so a controller that may not edit streams
+                        // runs on and says what to do.
+                        let mut config = have.clone();
+                        config.max_message_size = want.max_message_size;
+                        let raised = match create_missing {
+                            true => self
+                                .js
+                                .update_stream(config)
+                                .await
+                                .map_err(|e| e.to_string()),
+                            false => Err("creation not requested".to_string()),
+                        };
+                        match raised {
+                            Ok(_) => created.push(format!(
+                                "{} (max value raised to {} bytes)",
+                                spec.name, want.max_message_size
+                            )),
+                            Err(reason) => tracing::warn!(
+                                bucket = spec.name,
+                                have = have.max_message_size,
+                                want = want.max_message_size,
+                                reason,
+                                "the bucket's max value size is below this release's; larger heartbeats are refused until `iot-operator init` (with an identity that may edit streams) raises it"
+                            ),
+                        }
                     }
                     continue;
                 }

@@ -1,13 +1,14 @@
 //! The desired-state bucket republishes what it stores to `$KVR`, where
 //! agents watch; a bucket made before that is upgraded by `init` where the
-//! server allows it, and refused with the fix where it does not.
+//! server allows it, and refused with the fix where it does not. A
+//! heartbeat bucket made with the first release's 1 KiB values is raised.
 #![allow(clippy::unwrap_used, missing_docs)]
 
 use std::time::Duration;
 
 use futures::StreamExt;
 use operator::nats::{KvWrite, Nats, NatsError, stream_config};
-use protocol::buckets::DESIRED_STATE;
+use protocol::buckets::{DESIRED_STATE, DEVICE_HEARTBEAT};
 
 #[tokio::test]
 async fn stored_values_and_deletes_are_republished_with_their_sequence() {
@@ -120,6 +121,51 @@ async fn a_bucket_without_republish_is_upgraded_by_init_or_refused_with_the_fix(
             assert!(e.to_string().contains("upgrade the server"), "{e}");
         }
     }
+}
+
+#[tokio::test]
+async fn init_raises_the_first_release_heartbeat_limit_and_the_controller_runs_on() {
+    let Some(server) = testkit::NatsServer::start() else {
+        return;
+    };
+    let client = async_nats::connect(server.url()).await.unwrap();
+    let js = async_nats::jetstream::new(client.clone());
+    for spec in protocol::buckets::ALL {
+        let mut config = stream_config(&spec);
+        if spec == DEVICE_HEARTBEAT {
+            config.max_message_size = 1024;
+        }
+        js.create_stream(config).await.unwrap();
+    }
+    let nats = Nats::from_client(client);
+    let big = vec![b'x'; 2000];
+    let refused = js
+        .publish("$KV.device-heartbeat.pi-1", big.clone().into())
+        .await
+        .unwrap()
+        .await;
+    assert!(refused.is_err(), "a 2000-byte value fits a 1 KiB bucket");
+
+    // Without stream edits the controller starts anyway (a warning).
+    assert_eq!(
+        nats.ensure_buckets(false).await.unwrap(),
+        Vec::<String>::new()
+    );
+    // `init` raises it, on 2.9 as on current servers.
+    let changed = nats.ensure_buckets(true).await.unwrap();
+    assert!(
+        changed.contains(&"device-heartbeat (max value raised to 4096 bytes)".to_string()),
+        "{changed:?}"
+    );
+    js.publish("$KV.device-heartbeat.pi-1", big.into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    assert_eq!(
+        nats.ensure_buckets(false).await.unwrap(),
+        Vec::<String>::new()
+    );
 }
 
 #[test]

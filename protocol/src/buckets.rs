@@ -6,7 +6,7 @@
 //! buckets on nats-server 2.9.
 
 use crate::keys::{DESIRED_STATE_BUCKET, DEVICE_HEARTBEAT_BUCKET, DEVICE_STATUS_BUCKET};
-use crate::limits::MAX_VALUE_SIZE;
+use crate::limits::{MAX_HEARTBEAT_SIZE, MAX_VALUE_SIZE};
 
 /// Settings of one KV bucket's backing stream `KV_<name>`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,11 +49,13 @@ pub const DEVICE_STATUS: BucketSpec = BucketSpec {
     republish: false,
 };
 
-/// `device-heartbeat`: written by the devices, each only its own key.
+/// `device-heartbeat`: written by the devices, each only its own key. Was
+/// 1 KiB before heartbeat format version 3 (labels, capabilities); `init`
+/// raises an existing bucket's limit.
 pub const DEVICE_HEARTBEAT: BucketSpec = BucketSpec {
     name: DEVICE_HEARTBEAT_BUCKET,
     history: 1,
-    max_value_size: 1024,
+    max_value_size: MAX_HEARTBEAT_SIZE as i32,
     allow_rollup: false,
     deny_purge: true,
     republish: false,

@@ -20,10 +20,12 @@ extern crate std;
 pub mod bounded;
 pub mod buckets;
 pub mod desired;
+pub mod heartbeat;
 #[cfg(feature = "json")]
 pub mod json;
 pub mod keys;
 pub mod kv;
+pub mod labels;
 pub mod limits;
 #[cfg(feature = "std")]
 pub mod permissions;
@@ -35,11 +37,12 @@ pub mod wire;
 
 pub use bounded::{BoundedMap, BoundedVec};
 pub use desired::{DesiredState, PayloadEncoding, ScorePayload};
+pub use heartbeat::{Capabilities, DeviceLabels, Heartbeat, ScoreTypeSupport};
 pub use keys::{DeploymentKey, KeyError, TokenError};
 pub use score::{
     Container, EnvVar, IotScore, PodmanV0Score, Port, PortProtocol, PullPolicy, RestartPolicy,
     ScoreError, Volume,
 };
-pub use status::{ContainerState, ContainerStatus, DeploymentStatus, Heartbeat, Phase};
+pub use status::{ContainerState, ContainerStatus, DeploymentStatus, Phase};
 pub use text::{Bytes, Text};
 pub use wire::{DecodeError, EncodeError, FORMAT_VERSION};

@@ -34,9 +34,20 @@ pub const MAX_STRING_LEN: usize = 1024;
 pub const MAX_TYPE_NAME_LEN: usize = 63;
 /// Warnings in one heartbeat (format version 2).
 pub const MAX_WARNINGS: usize = 3;
-/// Length in bytes of one heartbeat warning: with [`MAX_WARNINGS`] of them
-/// the largest heartbeat stays within its bucket's 1 KiB values.
+/// Length in bytes of one heartbeat warning.
 pub const MAX_WARNING_LEN: usize = 200;
+/// Labels a board declares in one heartbeat (format version 3).
+pub const MAX_DEVICE_LABELS: usize = 16;
+/// Length in bytes of a board label key, prefix included, and of a value
+/// (Kubernetes' own bound for a value and a key's name part).
+pub const MAX_LABEL_LEN: usize = 63;
+/// Score types one heartbeat's capabilities list (format version 3).
+pub const MAX_SCORE_TYPES: usize = 8;
+/// Format versions listed per capability (format version 3).
+pub const MAX_FORMAT_VERSIONS: usize = 4;
+/// Size in bytes of the largest heartbeat every bound above allows; the
+/// `device-heartbeat` bucket's `max_value_size` (a test checks the sum).
+pub const MAX_HEARTBEAT_SIZE: usize = 4096;
 /// Containers reported in one deployment status.
 pub const MAX_STATUS_CONTAINERS: usize = MAX_CONTAINERS;
 /// Size in bytes of one encoded value. The buckets are created with this as

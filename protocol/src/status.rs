@@ -1,14 +1,12 @@
-//! Values agents write back: per-deployment status and the device heartbeat.
+//! What agents write back for each deployment: its status.
 
 use serde::{Deserialize, Serialize};
 
 use crate::bounded::BoundedVec;
-use crate::limits::{
-    MAX_NAME_LEN, MAX_STATUS_CONTAINERS, MAX_STRING_LEN, MAX_WARNING_LEN, MAX_WARNINGS,
-};
+use crate::limits::{MAX_NAME_LEN, MAX_STATUS_CONTAINERS, MAX_STRING_LEN, MAX_WARNING_LEN};
 use crate::text::Text;
 use crate::validate::{FieldPath, Validate, ValidationError, check_len};
-use crate::wire::{self, DecodeError, FORMAT_VERSION, FORMAT_VERSION_2};
+use crate::wire;
 
 /// Where a deployment stands on a device.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -129,114 +127,6 @@ impl Validate for DeploymentStatus<'_> {
 impl wire::Encode for DeploymentStatus<'_> {}
 impl<'de: 'a, 'a> wire::Decode<'de> for DeploymentStatus<'a> {}
 
-/// The value of `device-heartbeat` key `<device_id>`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[cfg_attr(feature = "defmt", derive(defmt::Format))]
-#[serde(rename_all = "camelCase")]
-pub struct Heartbeat<'a> {
-    /// The agent's version.
-    #[serde(borrow)]
-    pub agent_version: Text<'a>,
-    /// CPU architecture, e.g. `aarch64`.
-    #[serde(borrow)]
-    pub arch: Text<'a>,
-    /// Operating system, e.g. `linux`.
-    #[serde(borrow)]
-    pub os: Text<'a>,
-    /// The container runtime's version; empty when it is unreachable.
-    #[serde(borrow)]
-    pub podman_version: Text<'a>,
-    /// Seconds since the agent started.
-    pub uptime_secs: u64,
-    /// Deployments the agent currently manages.
-    pub deployments: u32,
-    /// When the agent wrote it, milliseconds since the Unix epoch.
-    pub timestamp_ms: u64,
-    /// What the device wants its operator to know although its deployments
-    /// run, e.g. that it cannot cache their desired state; empty when
-    /// nothing. Format version 2: a heartbeat without warnings is written in
-    /// version 1, where this field does not exist (hence the skip, which
-    /// leaves exactly the version-1 bytes).
-    #[serde(borrow, default, skip_serializing_if = "no_warnings")]
-    pub warnings: BoundedVec<Text<'a>, MAX_WARNINGS>,
-}
-
-fn no_warnings(w: &BoundedVec<Text<'_>, MAX_WARNINGS>) -> bool {
-    w.is_empty()
-}
-
-/// A heartbeat in format version 1, the fields before `warnings`.
-#[derive(Deserialize)]
-struct HeartbeatV1<'a> {
-    #[serde(borrow)]
-    agent_version: Text<'a>,
-    #[serde(borrow)]
-    arch: Text<'a>,
-    #[serde(borrow)]
-    os: Text<'a>,
-    #[serde(borrow)]
-    podman_version: Text<'a>,
-    uptime_secs: u64,
-    deployments: u32,
-    timestamp_ms: u64,
-}
-
-/// Version 1 without warnings, version 2 with them.
-impl wire::Encode for Heartbeat<'_> {
-    fn format_version(&self) -> u8 {
-        if self.warnings.is_empty() {
-            FORMAT_VERSION
-        } else {
-            FORMAT_VERSION_2
-        }
-    }
-}
-
-/// Both versions: a version-1 heartbeat has no warnings.
-impl<'de: 'a, 'a> wire::Decode<'de> for Heartbeat<'a> {
-    fn take_body(version: u8, body: &'de [u8]) -> Result<(Self, &'de [u8]), DecodeError> {
-        match version {
-            FORMAT_VERSION => {
-                let (v1, rest) = wire::take::<HeartbeatV1<'a>>(body)?;
-                let h = Heartbeat {
-                    agent_version: v1.agent_version,
-                    arch: v1.arch,
-                    os: v1.os,
-                    podman_version: v1.podman_version,
-                    uptime_secs: v1.uptime_secs,
-                    deployments: v1.deployments,
-                    timestamp_ms: v1.timestamp_ms,
-                    warnings: BoundedVec::new(),
-                };
-                Ok((h, rest))
-            }
-            FORMAT_VERSION_2 => wire::take(body),
-            other => Err(DecodeError::UnsupportedVersion(other)),
-        }
-    }
-}
-
-impl Validate for Heartbeat<'_> {
-    fn validate(&self) -> Result<(), ValidationError> {
-        check_len(
-            FieldPath::top("agentVersion"),
-            &self.agent_version,
-            MAX_NAME_LEN,
-        )?;
-        check_len(FieldPath::top("arch"), &self.arch, MAX_NAME_LEN)?;
-        check_len(FieldPath::top("os"), &self.os, MAX_NAME_LEN)?;
-        check_len(
-            FieldPath::top("podmanVersion"),
-            &self.podman_version,
-            MAX_NAME_LEN,
-        )?;
-        for (i, w) in self.warnings.iter().enumerate() {
-            check_len(FieldPath::top("warnings").at(i, None), w, MAX_WARNING_LEN)?;
-        }
-        Ok(())
-    }
-}
-
 /// The longest prefix of `message` within [`MAX_STRING_LEN`] that ends on a
 /// character boundary, for messages from the runtime of unknown length.
 pub fn clip_message(message: &str) -> &str {
@@ -275,23 +165,6 @@ impl DeploymentStatus<'_> {
             }),
             message: self.message.into_owned(),
             timestamp_ms: self.timestamp_ms,
-        }
-    }
-}
-
-#[cfg(feature = "alloc")]
-impl Heartbeat<'_> {
-    /// A copy that owns its strings.
-    pub fn into_owned(self) -> Heartbeat<'static> {
-        Heartbeat {
-            agent_version: self.agent_version.into_owned(),
-            arch: self.arch.into_owned(),
-            os: self.os.into_owned(),
-            podman_version: self.podman_version.into_owned(),
-            uptime_secs: self.uptime_secs,
-            deployments: self.deployments,
-            timestamp_ms: self.timestamp_ms,
-            warnings: self.warnings.map(Text::into_owned),
         }
     }
 }

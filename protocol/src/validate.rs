@@ -107,6 +107,16 @@ pub enum Violation {
     /// A path that must be absolute is not.
     #[error("must be an absolute path (start with '/')")]
     NotAbsolute,
+    /// Not a Kubernetes label key.
+    #[error(
+        "must be a label key: an optional DNS-subdomain prefix and '/', then a name of letters, digits, '-', '_' or '.' that starts and ends with a letter or digit (e.g. site or example.com/board)"
+    )]
+    NotLabelKey,
+    /// Not a Kubernetes label value.
+    #[error(
+        "must be a label value: empty, or letters, digits, '-', '_' or '.' starting and ending with a letter or digit"
+    )]
+    NotLabelValue,
 }
 
 /// A value that breaks a wire rule, and where.

@@ -9,14 +9,16 @@ use serde::{Deserialize, Serialize};
 use crate::limits::MAX_VALUE_SIZE;
 use crate::validate::{Validate, ValidationError};
 
-/// The first byte of every encoded value but a heartbeat with warnings
-/// ([`FORMAT_VERSION_2`]). A decoder refuses versions its type never had.
+/// The first byte of every encoded value but heartbeats with more than the
+/// first release's fields ([`FORMAT_VERSION_2`], [`FORMAT_VERSION_3`]). A decoder refuses versions its type never had.
 pub const FORMAT_VERSION: u8 = 1;
 
 /// Format version 2: a [`Heartbeat`](crate::Heartbeat) with `warnings`.
-/// Only heartbeats are written in it, and only when they carry a warning, so
-/// an operator that reads only version 1 keeps reading healthy devices.
 pub const FORMAT_VERSION_2: u8 = 2;
+
+/// Format version 3: a [`Heartbeat`](crate::Heartbeat) with the board's
+/// kernel, boot id, labels and capabilities after the warnings.
+pub const FORMAT_VERSION_3: u8 = 3;
 
 /// A value as it is written: its wire rules and the format version it is
 /// written in.

@@ -181,31 +181,19 @@ fn deployment_status() {
     check(&s, STATUS);
 }
 
-/// The golden vectors' heartbeat, with `warnings`.
-fn heartbeat_with(
-    warnings: BoundedVec<Text<'static>, { protocol::limits::MAX_WARNINGS }>,
-) -> Heartbeat<'static> {
-    Heartbeat {
-        agent_version: Text::borrowed("0.1.0"),
-        arch: Text::borrowed("aarch64"),
-        os: Text::borrowed("linux"),
-        podman_version: Text::borrowed("4.3.1"),
-        uptime_secs: 3600,
-        deployments: 3,
-        timestamp_ms: 1_764_000_000_000,
-        warnings,
-    }
-}
-
 #[test]
 fn heartbeat() {
-    check(&heartbeat_with(BoundedVec::new()), HEARTBEAT);
+    check(&vectors::heartbeat(&[]), HEARTBEAT);
 }
 
 #[test]
 fn heartbeat_with_a_warning() {
-    let warnings = BoundedVec::try_from_iter([Text::borrowed("disk full")]).unwrap();
-    check(&heartbeat_with(warnings), HEARTBEAT_V2);
+    check(&vectors::heartbeat(&["disk full"]), HEARTBEAT_V2);
+}
+
+#[test]
+fn heartbeat_with_labels_and_capabilities() {
+    check(&heartbeat_v3(), HEARTBEAT_V3);
 }
 
 #[test]

@@ -115,34 +115,14 @@ fn deployment_status() {
 
 #[test]
 fn heartbeat() {
-    let h = Heartbeat {
-        agent_version: Text::borrowed("0.1.0"),
-        arch: Text::borrowed("aarch64"),
-        os: Text::borrowed("linux"),
-        podman_version: Text::borrowed("4.3.1"),
-        uptime_secs: 3600,
-        deployments: 3,
-        timestamp_ms: 1_764_000_000_000,
-        warnings: BoundedVec::new(),
-    };
     // Without warnings a heartbeat is written in version 1, byte for byte
     // what agents and operators of the first release write and read.
-    check_borrowed!(Heartbeat, h, HEARTBEAT);
+    check_borrowed!(Heartbeat, vectors::heartbeat(&[]), HEARTBEAT);
 }
 
 #[test]
 fn heartbeat_with_a_warning_is_format_version_2() {
-    let h = Heartbeat {
-        agent_version: Text::borrowed("0.1.0"),
-        arch: Text::borrowed("aarch64"),
-        os: Text::borrowed("linux"),
-        podman_version: Text::borrowed("4.3.1"),
-        uptime_secs: 3600,
-        deployments: 3,
-        timestamp_ms: 1_764_000_000_000,
-        warnings: BoundedVec::try_from_iter([Text::borrowed("disk full")]).unwrap(),
-    };
-    check_borrowed!(Heartbeat, h, HEARTBEAT_V2);
+    check_borrowed!(Heartbeat, vectors::heartbeat(&["disk full"]), HEARTBEAT_V2);
     // The version-1 fields are unchanged and first: only the version byte
     // and the trailing list differ.
     let (v1, v2) = (unhex(HEARTBEAT), unhex(HEARTBEAT_V2));
@@ -183,10 +163,14 @@ fn a_heartbeat_warning_is_bounded() {
         encode_to_vec(&h).unwrap_err(),
         EncodeError::Invalid(_)
     ));
-    // The largest heartbeat fits its bucket's values.
+    // The largest heartbeat every bound allows fits its bucket's values.
     let name = "n".repeat(limits::MAX_NAME_LEN);
     let warning = "w".repeat(limits::MAX_WARNING_LEN);
-    let largest = Heartbeat {
+    let keys: Vec<String> = (0..limits::MAX_DEVICE_LABELS)
+        .map(|i| format!("{i:k>63}"))
+        .collect();
+    let value = "v".repeat(limits::MAX_LABEL_LEN);
+    let mut largest = Heartbeat {
         agent_version: Text::borrowed(&name),
         arch: Text::borrowed(&name),
         os: Text::borrowed(&name),
@@ -198,12 +182,73 @@ fn a_heartbeat_warning_is_bounded() {
             (0..limits::MAX_WARNINGS).map(|_| Text::borrowed(warning.as_str())),
         )
         .unwrap(),
+        kernel: Text::borrowed(&name),
+        boot_id: Text::borrowed(&name),
+        ..Heartbeat::default()
+    };
+    for k in &keys {
+        largest
+            .labels
+            .insert(Text::borrowed(k), Text::borrowed(&value))
+            .unwrap();
+    }
+    let versions = BoundedVec::try_from_iter([1u8; limits::MAX_FORMAT_VERSIONS]).unwrap();
+    largest.capabilities = Capabilities {
+        desired_state_versions: versions.clone(),
+        score_types: BoundedVec::try_from_iter((0..limits::MAX_SCORE_TYPES).map(|_| {
+            ScoreTypeSupport {
+                type_name: Text::borrowed(&name),
+                versions: versions.clone(),
+            }
+        }))
+        .unwrap(),
     };
     let size = encode_to_vec(&largest).unwrap().len();
     assert!(
         size <= buckets::DEVICE_HEARTBEAT.max_value_size as usize,
         "{size} bytes"
     );
+    assert_eq!(
+        buckets::DEVICE_HEARTBEAT.max_value_size as usize,
+        limits::MAX_HEARTBEAT_SIZE
+    );
+}
+
+#[test]
+fn heartbeat_with_labels_and_capabilities_is_format_version_3() {
+    check_borrowed!(Heartbeat, heartbeat_v3(), HEARTBEAT_V3);
+    // Version 2's bytes are unchanged and first.
+    let (v2, v3) = (unhex(HEARTBEAT_V2), unhex(HEARTBEAT_V3));
+    assert_eq!(v3[0], wire::FORMAT_VERSION_3);
+    assert_eq!(v2[1..], v3[1..v2.len()]);
+    // Older versions read with the first release's capabilities.
+    let old: Heartbeat = decode(&v2).unwrap();
+    assert_eq!(old.capabilities, Capabilities::first_release());
+    assert!(old.labels.is_empty() && old.kernel.is_empty() && old.boot_id.is_empty());
+    assert!(old.capabilities.reads(1, "PodmanV0", 1));
+    assert!(!old.capabilities.runs("PodmanV1"));
+}
+
+#[test]
+fn a_heartbeat_label_must_be_a_kubernetes_label() {
+    let mut h = heartbeat_v3();
+    h.labels
+        .insert(Text::borrowed("-bad"), Text::borrowed("x"))
+        .unwrap();
+    let e = encode_to_vec(&h).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "invalid value: labels[2].key must be a label key: an optional DNS-subdomain prefix and '/', then a name of letters, digits, '-', '_' or '.' that starts and ends with a letter or digit (e.g. site or example.com/board)"
+    );
+    // A decoder refuses it too, and more labels than the bound.
+    let mut bytes = unhex(HEARTBEAT_V3);
+    let at = bytes.len() - 14 - 22;
+    assert_eq!(bytes[at], 2, "the label count");
+    bytes[at] = 200;
+    assert!(matches!(
+        decode::<Heartbeat>(&bytes).unwrap_err(),
+        DecodeError::Malformed(_)
+    ));
 }
 
 #[test]
@@ -268,18 +313,19 @@ fn enum_tags_are_frozen() {
 fn format_version_is_the_first_byte() {
     assert_eq!(FORMAT_VERSION, 1);
     assert_eq!(wire::FORMAT_VERSION_2, 2);
-    // Version 2 exists for heartbeats only.
+    assert_eq!(wire::FORMAT_VERSION_3, 3);
+    // Versions 2 and 3 exist for heartbeats only.
     let mut bytes = unhex(STATUS);
     bytes[0] = 2;
     assert_eq!(
         decode::<DeploymentStatus>(&bytes).unwrap_err(),
         DecodeError::UnsupportedVersion(2)
     );
-    let mut bytes = unhex(HEARTBEAT_V2);
-    bytes[0] = 3;
+    let mut bytes = unhex(HEARTBEAT_V3);
+    bytes[0] = 4;
     assert_eq!(
         decode::<Heartbeat>(&bytes).unwrap_err(),
-        DecodeError::UnsupportedVersion(3)
+        DecodeError::UnsupportedVersion(4)
     );
 }
 

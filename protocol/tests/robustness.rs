@@ -25,8 +25,12 @@ fn samples() -> Vec<Vec<u8>> {
         out.push(encode_to_vec(&s).unwrap());
         out.push(encode_to_vec(&common::desired(&s)).unwrap());
     }
-    // Both heartbeat format versions, so the version-2 path is fuzzed too.
-    for hex in [vectors::HEARTBEAT, vectors::HEARTBEAT_V2] {
+    // Every heartbeat format version, so each path is fuzzed.
+    for hex in [
+        vectors::HEARTBEAT,
+        vectors::HEARTBEAT_V2,
+        vectors::HEARTBEAT_V3,
+    ] {
         let digits: Vec<char> = hex.chars().filter(|c| !c.is_whitespace()).collect();
         out.push(
             digits

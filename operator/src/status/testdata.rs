@@ -39,6 +39,7 @@ fn heartbeat_with(warnings: BoundedVec<Text<'_>, { protocol::limits::MAX_WARNING
         deployments: 1,
         timestamp_ms: 0,
         warnings,
+        ..Heartbeat::default()
     })
     .unwrap()
 }

@@ -160,7 +160,7 @@ pub async fn put_heartbeat(client: &async_nats::Client, device: &str) {
         uptime_secs: 5,
         deployments: 1,
         timestamp_ms: 0,
-        warnings: protocol::BoundedVec::new(),
+        ..Heartbeat::default()
     })
     .unwrap();
     let js = jetstream::new(client.clone());

@@ -25,3 +25,39 @@ pub const HEARTBEAT: &str =
 /// fields, then the list of warnings.
 pub const HEARTBEAT_V2: &str = "0205302e312e300761617263683634056c696e757805342e332e31901c0380d0dfb4ab33\
                                 01096469736b2066756c6c";
+/// `Heartbeat` in format version 3: `HEARTBEAT_V2`'s fields, then kernel
+/// `6.6.51-v8`, a boot id, labels `board=rpi4` and `site=lyon`, and the
+/// first release's capabilities (`DesiredState` 1, `PodmanV0` 1).
+pub const HEARTBEAT_V3: &str = "0305302e312e300761617263683634056c696e757805342e332e31901c0380d0dfb4ab3301096469736b2066756c6c09362e362e35312d76382462306630613263342d313131312d323232322d333333332d3434343435353535363636360205626f61726404727069340473697465046c796f6e01010108506f646d616e56300101";
+
+use protocol::{BoundedVec, Capabilities, Heartbeat, Text};
+
+/// The heartbeat of `HEARTBEAT` (no warnings) and `HEARTBEAT_V2` (warnings).
+pub fn heartbeat(warnings: &[&'static str]) -> Heartbeat<'static> {
+    Heartbeat {
+        agent_version: Text::borrowed("0.1.0"),
+        arch: Text::borrowed("aarch64"),
+        os: Text::borrowed("linux"),
+        podman_version: Text::borrowed("4.3.1"),
+        uptime_secs: 3600,
+        deployments: 3,
+        timestamp_ms: 1_764_000_000_000,
+        warnings: BoundedVec::try_from_iter(warnings.iter().map(|w| Text::borrowed(w)))
+            .expect("at most MAX_WARNINGS"),
+        ..Heartbeat::default()
+    }
+}
+
+/// The heartbeat of `HEARTBEAT_V3`.
+pub fn heartbeat_v3() -> Heartbeat<'static> {
+    let mut h = heartbeat(&["disk full"]);
+    h.kernel = Text::borrowed("6.6.51-v8");
+    h.boot_id = Text::borrowed("b0f0a2c4-1111-2222-3333-444455556666");
+    for (k, v) in [("board", "rpi4"), ("site", "lyon")] {
+        h.labels
+            .insert(Text::borrowed(k), Text::borrowed(v))
+            .expect("within MAX_DEVICE_LABELS");
+    }
+    h.capabilities = Capabilities::first_release();
+    h
+}
