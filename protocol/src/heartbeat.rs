@@ -12,10 +12,9 @@
 use serde::{Deserialize, Serialize};
 
 use crate::bounded::{BoundedMap, BoundedVec};
-use crate::labels::{validate_label_key, validate_label_value};
 use crate::limits::{
-    MAX_DEVICE_LABELS, MAX_FORMAT_VERSIONS, MAX_NAME_LEN, MAX_SCORE_TYPES, MAX_TYPE_NAME_LEN,
-    MAX_WARNING_LEN, MAX_WARNINGS,
+    MAX_DEVICE_LABELS, MAX_FORMAT_VERSIONS, MAX_LABEL_LEN, MAX_NAME_LEN, MAX_SCORE_TYPES,
+    MAX_TYPE_NAME_LEN, MAX_WARNING_LEN, MAX_WARNINGS,
 };
 use crate::score::PODMAN_V0;
 use crate::text::Text;
@@ -62,7 +61,8 @@ pub struct Heartbeat<'a> {
     #[serde(borrow)]
     pub boot_id: Text<'a>,
     /// The labels the board declares (its agent configuration's `[labels]`).
-    /// Version 3.
+    /// Bounded in number and length here; their syntax is checked by whoever
+    /// uses them ([`crate::labels`]). Version 3.
     #[serde(borrow)]
     pub labels: DeviceLabels<'a>,
     /// What the agent can read. Version 3.
@@ -302,10 +302,13 @@ impl Validate for Heartbeat<'_> {
         }
         check_len(FieldPath::top("kernel"), &self.kernel, MAX_NAME_LEN)?;
         check_len(FieldPath::top("bootId"), &self.boot_id, MAX_NAME_LEN)?;
+        // Lengths only: the label syntax is the receiver's to check label by
+        // label (`crate::labels`), so that one bad label from a board costs
+        // that label, not the whole heartbeat.
         for (i, (k, v)) in self.labels.iter().enumerate() {
             let path = FieldPath::top("labels");
-            validate_label_key(k).or_else(|e| fail(path.at(i, Some("key")), e))?;
-            validate_label_value(v).or_else(|e| fail(path.at(i, Some("value")), e))?;
+            check_len(path.at(i, Some("key")), k, MAX_LABEL_LEN)?;
+            check_len(path.at(i, Some("value")), v, MAX_LABEL_LEN)?;
         }
         for (i, s) in self.capabilities.score_types.iter().enumerate() {
             let path = FieldPath::top("capabilities").at(i, Some("typeName"));
