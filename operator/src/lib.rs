@@ -26,6 +26,6 @@ pub mod testing;
 
 pub use apply::{ApplyOutcome, Plan, PlanError, apply, plan, remove};
 pub use controller::{Context, ControllerConfig, Error, error_policy, reconcile};
-pub use crd::{Deployment, DeploymentSpec, DeploymentStatus};
+pub use crd::{Deployment, DeploymentSpec, DeploymentStatus, Device};
 pub use nats::{Credentials, Nats, NatsConfig, NatsError, TlsConfig};
 pub use status::{Observed, StatusCache, fold_status};
