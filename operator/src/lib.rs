@@ -14,6 +14,7 @@
 //!   mock API server, for tests only.
 
 pub mod apply;
+pub mod capability_gate;
 pub mod cli;
 pub mod controller;
 pub mod crd;

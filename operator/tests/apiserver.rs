@@ -16,194 +16,25 @@
 
 mod common;
 
-use std::future::Future;
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use common::apiserver::*;
 
-use common::{desired, nats_env, podman, put_heartbeat, put_status};
-use k8s_openapi::api::core::v1::Namespace;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{desired, nats_env, put_heartbeat, put_status};
 use k8s_openapi::api::events::v1::Event;
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kube::api::{
-    Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams,
-    ValidationDirective,
-};
+use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams};
 use kube::core::{ApiResource, GroupVersionKind};
 use kube::discovery::Scope;
-use kube::runtime::wait::{await_condition, conditions};
 use kube::{Client, ResourceExt};
 use operator::crd::{
     DEVICE_RULE_MESSAGE, Deployment, FINALIZER, NAME_RULE_MESSAGE, SCORE_TYPE_RULE_MESSAGE,
 };
 use operator::{Context, ControllerConfig, StatusCache};
 use protocol::Phase;
-use serde::Deserialize;
 use serde_json::{Value, json};
 use testkit::kube::KubeApiServer;
-
-/// Longest wait for the controller to act on a change.
-const SETTLE: Duration = Duration::from_secs(30);
-const MANAGER: &str = "operator-tests";
-
-fn repo() -> &'static Path {
-    testkit::repo_root()
-}
-
-/// Every document of a multi-document YAML file (empty ones skipped).
-fn documents(path: &Path) -> Vec<Value> {
-    let text = std::fs::read_to_string(path).unwrap();
-    serde_yaml::Deserializer::from_str(&text)
-        .map(Value::deserialize)
-        .map(|doc| doc.unwrap_or_else(|e| panic!("{}: {e}", path.display())))
-        .filter(|doc| !doc.is_null())
-        .collect()
-}
-
-/// Installs `deploy/crd.yaml` (server-side apply) and waits until the
-/// server reports it Established.
-async fn install_crd(client: &Client) -> CustomResourceDefinition {
-    let crd: CustomResourceDefinition =
-        serde_yaml::from_str(&std::fs::read_to_string(repo().join("deploy/crd.yaml")).unwrap())
-            .unwrap();
-    let api: Api<CustomResourceDefinition> = Api::all(client.clone());
-    let name = crd.name_any();
-    api.patch(&name, &strict_apply(), &Patch::Apply(&crd))
-        .await
-        .unwrap_or_else(|e| panic!("the server refused deploy/crd.yaml: {e}"));
-    let established = tokio::time::timeout(
-        SETTLE,
-        await_condition(api, &name, conditions::is_crd_established()),
-    )
-    .await
-    .unwrap_or_else(|_| panic!("{name} was not Established within {SETTLE:?}"))
-    .unwrap();
-    established.unwrap()
-}
-
-/// Server-side apply as our field manager, refusing unknown fields.
-fn strict_apply() -> PatchParams {
-    PatchParams {
-        field_validation: Some(ValidationDirective::Strict),
-        ..PatchParams::apply(MANAGER).force()
-    }
-}
-
-async fn create_namespace(client: &Client, name: &str) {
-    let api: Api<Namespace> = Api::all(client.clone());
-    let ns: Namespace = serde_json::from_value(json!({"metadata": {"name": name}})).unwrap();
-    api.patch(name, &strict_apply(), &Patch::Apply(&ns))
-        .await
-        .unwrap();
-}
-
-/// Polls `probe` every 100 ms until it gives `Ok`, or panics after
-/// `SETTLE` with `what` and the last `Err` (what it saw instead).
-async fn eventually<T, F, Fut>(what: &str, mut probe: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Result<T, String>>,
-{
-    let start = Instant::now();
-    loop {
-        let last = match probe().await {
-            Ok(v) => return v,
-            Err(last) => last,
-        };
-        assert!(
-            start.elapsed() < SETTLE,
-            "{what}: not so within {SETTLE:?}; last seen: {last}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-/// The Deployment as JSON, once `pred` holds for it.
-async fn deployment_where(
-    api: &Api<Deployment>,
-    name: &str,
-    what: &str,
-    pred: impl Fn(&Value) -> bool,
-) -> Value {
-    eventually(what, || async {
-        let d = api.get(name).await.map_err(|e| e.to_string())?;
-        let mut v = serde_json::to_value(&d).unwrap();
-        if pred(&v) {
-            return Ok(v);
-        }
-        // What the failure message shows: the object without the noise.
-        v["metadata"]
-            .as_object_mut()
-            .unwrap()
-            .remove("managedFields");
-        Err(v.to_string())
-    })
-    .await
-}
-
-fn condition<'a>(d: &'a Value, type_: &str) -> Option<&'a Value> {
-    d["status"]["conditions"]
-        .as_array()?
-        .iter()
-        .find(|c| c["type"] == type_)
-}
-
-fn device_phases(d: &Value) -> Vec<(String, String)> {
-    d["status"]["devices"]
-        .as_array()
-        .map(|devices| {
-            devices
-                .iter()
-                .map(|e| {
-                    (
-                        e["device"].as_str().unwrap_or_default().to_string(),
-                        e["phase"].as_str().unwrap_or_default().to_string(),
-                    )
-                })
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-/// A live desired-state key (written, not deleted).
-async fn key_live(env: &common::Env, device: &str, name: &str) -> bool {
-    desired(&env.nats, device, name)
-        .await
-        .is_some_and(|r| !r.deleted)
-}
-
-fn deployment_json(ns: &str, name: &str, targets: Value, score_type: &str) -> Value {
-    json!({
-        "apiVersion": "iot.nationtech.io/v1alpha1",
-        "kind": "Deployment",
-        "metadata": {"name": name, "namespace": ns},
-        "spec": {
-            "targetDevices": targets,
-            "score": {"type": score_type, "data": podman("nginx:1")},
-        },
-    })
-}
-
-async fn create(api: &Api<DynamicObject>, body: Value) -> Result<DynamicObject, kube::Error> {
-    let obj: DynamicObject = serde_json::from_value(body).unwrap();
-    api.create(&PostParams::default(), &obj).await
-}
-
-/// Creating `body` fails with 422 and a message containing `message`.
-async fn refused(api: &Api<DynamicObject>, body: Value, message: &str) {
-    let what = body.to_string();
-    match create(api, body).await {
-        Err(kube::Error::Api(s)) => {
-            assert_eq!(s.code, 422, "{what}: {s:?}");
-            assert!(
-                s.message.contains(message),
-                "{what}: the server's message {:?} lacks {message:?}",
-                s.message
-            );
-        }
-        other => panic!("{what} was not refused: {other:?}"),
-    }
-}
 
 #[tokio::test]
 async fn the_generated_crd_is_accepted_and_established() {
@@ -211,7 +42,9 @@ async fn the_generated_crd_is_accepted_and_established() {
         return;
     };
     let client = server.client().await;
-    let crd = install_crd(&client).await;
+    let crds = install_crds(&client).await;
+    assert_eq!(crds.len(), 2, "Deployment and Device");
+    let crd = crds.into_iter().next().unwrap();
     let conds = crd.status.unwrap().conditions.unwrap_or_default();
     for type_ in ["NamesAccepted", "Established"] {
         assert!(
@@ -253,7 +86,7 @@ async fn the_server_refuses_what_the_cel_rules_refuse() {
         return;
     };
     let client = server.client().await;
-    install_crd(&client).await;
+    install_crds(&client).await;
     let ar = ApiResource::erase::<Deployment>(&());
     let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), "default", &ar);
 
@@ -323,7 +156,7 @@ async fn every_manifest_in_deploy_passes_a_server_side_dry_run() {
         return;
     };
     let client = server.client().await;
-    install_crd(&client).await;
+    install_crds(&client).await;
     let mut files = Vec::new();
     for dir in ["deploy", "deploy/nats", "deploy/examples"] {
         for entry in std::fs::read_dir(repo().join(dir)).unwrap() {
@@ -441,7 +274,7 @@ async fn the_controller_runs_against_a_real_api_server() {
         return;
     };
     let client = server.client().await;
-    install_crd(&client).await;
+    install_crds(&client).await;
     create_namespace(&client, "fleet").await;
     let operator_client = operator_identity(&server, &client).await;
 

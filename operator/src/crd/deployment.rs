@@ -217,7 +217,9 @@ pub struct Condition {
     /// InvalidSpec, TargetsFailed, TargetsUnreachable or Healthy;
     /// InvalidScore: ScoreRejected or ScoreValid; Conflict: KeyOwnedElsewhere
     /// or NoConflict; DeviceWarnings: DevicesWarn or NoDeviceWarnings;
-    /// UnknownScoreType: RoutedAsJson.
+    /// UnknownScoreType: RoutedAsJson. On a Device: Ready: HeartbeatReceived,
+    /// HeartbeatMissing or NeverSeen; Warnings: BoardWarns or
+    /// NoBoardWarnings; Unsupported: ScoreUnreadable or AllScoresReadable.
     pub reason: ConditionReason,
     /// Human-readable detail.
     pub message: String,
@@ -351,6 +353,23 @@ pub enum ConditionReason {
     DevicesWarn,
     /// DeviceWarnings is False.
     NoDeviceWarnings,
+    /// A Device's Ready is True: its heartbeats arrive.
+    HeartbeatReceived,
+    /// A Device's Ready is Unknown: no heartbeat for longer than the
+    /// configured silence.
+    HeartbeatMissing,
+    /// A Device's Ready is Unknown: created by an administrator, no
+    /// heartbeat yet.
+    NeverSeen,
+    /// A Device's Warnings is True: its heartbeat carries warnings.
+    BoardWarns,
+    /// A Device's Warnings is False.
+    NoBoardWarnings,
+    /// A Device's Unsupported is True: some Deployment targeting it is held
+    /// back because its agent cannot read that Deployment's score.
+    ScoreUnreadable,
+    /// A Device's Unsupported is False.
+    AllScoresReadable,
 }
 
 impl ConditionReason {
@@ -372,6 +391,13 @@ impl ConditionReason {
             ConditionReason::RoutedAsJson => "RoutedAsJson",
             ConditionReason::DevicesWarn => "DevicesWarn",
             ConditionReason::NoDeviceWarnings => "NoDeviceWarnings",
+            ConditionReason::HeartbeatReceived => "HeartbeatReceived",
+            ConditionReason::HeartbeatMissing => "HeartbeatMissing",
+            ConditionReason::NeverSeen => "NeverSeen",
+            ConditionReason::BoardWarns => "BoardWarns",
+            ConditionReason::NoBoardWarnings => "NoBoardWarnings",
+            ConditionReason::ScoreUnreadable => "ScoreUnreadable",
+            ConditionReason::AllScoresReadable => "AllScoresReadable",
         }
     }
 }

@@ -2,6 +2,8 @@
 //! agent-style reports.
 #![allow(dead_code, clippy::unwrap_used, missing_docs)]
 
+pub mod apiserver;
+
 use std::path::Path;
 use std::process::{Command, Output};
 use std::time::Duration;
