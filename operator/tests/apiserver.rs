@@ -42,7 +42,7 @@ async fn the_generated_crd_is_accepted_and_established() {
         return;
     };
     let client = server.client().await;
-    let crds = install_crds(&client).await;
+    let crds = install_crds(&server).await;
     assert_eq!(crds.len(), 2, "Deployment and Device");
     let crd = crds.into_iter().next().unwrap();
     let conds = crd.status.unwrap().conditions.unwrap_or_default();
@@ -86,7 +86,7 @@ async fn the_server_refuses_what_the_cel_rules_refuse() {
         return;
     };
     let client = server.client().await;
-    install_crds(&client).await;
+    install_crds(&server).await;
     let ar = ApiResource::erase::<Deployment>(&());
     let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), "default", &ar);
 
@@ -156,7 +156,7 @@ async fn every_manifest_in_deploy_passes_a_server_side_dry_run() {
         return;
     };
     let client = server.client().await;
-    install_crds(&client).await;
+    install_crds(&server).await;
     let mut files = Vec::new();
     for dir in ["deploy", "deploy/nats", "deploy/examples"] {
         for entry in std::fs::read_dir(repo().join(dir)).unwrap() {
@@ -274,7 +274,7 @@ async fn the_controller_runs_against_a_real_api_server() {
         return;
     };
     let client = server.client().await;
-    install_crds(&client).await;
+    install_crds(&server).await;
     create_namespace(&client, "fleet").await;
     let operator_client = operator_identity(&server, &client).await;
 

@@ -17,6 +17,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use ::kube::config::{KubeConfigOptions, Kubeconfig};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
     KeyUsagePurpose,
@@ -105,6 +106,57 @@ impl KubeApiServer {
         ::kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
             .await
             .expect("load the kubeconfig")
+    }
+
+    /// Creates every CustomResourceDefinition of the YAML file `path` (one
+    /// or more documents) and waits until the server reports each
+    /// Established; returns them as the server holds them, in file order.
+    pub async fn install_crds(&self, path: &Path) -> Vec<CustomResourceDefinition> {
+        use ::kube::api::{Api, Patch, PatchParams};
+        use serde::Deserialize as _;
+        let text = std::fs::read_to_string(path)
+            .unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+        let api: Api<CustomResourceDefinition> = Api::all(self.client().await);
+        let mut out = Vec::new();
+        for doc in serde_yaml::Deserializer::from_str(&text) {
+            let value = serde_json::Value::deserialize(doc)
+                .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            if value.is_null() {
+                continue;
+            }
+            let crd: CustomResourceDefinition = serde_json::from_value(value)
+                .unwrap_or_else(|e| panic!("{}: not a CRD: {e}", path.display()));
+            let name = crd.metadata.name.clone().unwrap_or_default();
+            let apply = PatchParams {
+                field_validation: Some(::kube::api::ValidationDirective::Strict),
+                ..PatchParams::apply("testkit").force()
+            };
+            api.patch(&name, &apply, &Patch::Apply(&crd))
+                .await
+                .unwrap_or_else(|e| panic!("the server refused {name} of {}: {e}", path.display()));
+            let start = Instant::now();
+            let established = loop {
+                let crd = api.get(&name).await.ok();
+                let is = crd
+                    .as_ref()
+                    .and_then(|c| c.status.as_ref())
+                    .and_then(|s| s.conditions.as_ref())
+                    .is_some_and(|c| {
+                        c.iter()
+                            .any(|c| c.type_ == "Established" && c.status == "True")
+                    });
+                if let (true, Some(crd)) = (is, crd) {
+                    break crd;
+                }
+                assert!(
+                    start.elapsed() < READY_TIMEOUT,
+                    "{name} was not Established within {READY_TIMEOUT:?}"
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            };
+            out.push(established);
+        }
+        out
     }
 
     /// The last lines of kube-apiserver's log, for failure messages.

@@ -8,14 +8,14 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::Client;
 use kube::api::{Api, DynamicObject, Patch, PatchParams, PostParams, ValidationDirective};
-use kube::runtime::wait::{await_condition, conditions};
-use kube::{Client, ResourceExt};
 use operator::crd::Deployment;
 
 use super::{desired, podman};
 use serde::Deserialize;
 use serde_json::{Value, json};
+use testkit::kube::KubeApiServer;
 
 /// Longest wait for the controller to act on a change.
 pub const SETTLE: Duration = Duration::from_secs(30);
@@ -35,27 +35,10 @@ pub fn documents(path: &Path) -> Vec<Value> {
         .collect()
 }
 
-/// Installs every CRD of `deploy/crd.yaml` (server-side apply) and waits
-/// until the server reports each Established; in file order.
-pub async fn install_crds(client: &Client) -> Vec<CustomResourceDefinition> {
-    let api: Api<CustomResourceDefinition> = Api::all(client.clone());
-    let mut out = Vec::new();
-    for doc in documents(&repo().join("deploy/crd.yaml")) {
-        let crd: CustomResourceDefinition = serde_json::from_value(doc).unwrap();
-        let name = crd.name_any();
-        api.patch(&name, &strict_apply(), &Patch::Apply(&crd))
-            .await
-            .unwrap_or_else(|e| panic!("the server refused {name} of deploy/crd.yaml: {e}"));
-        let established = tokio::time::timeout(
-            SETTLE,
-            await_condition(api.clone(), &name, conditions::is_crd_established()),
-        )
-        .await
-        .unwrap_or_else(|_| panic!("{name} was not Established within {SETTLE:?}"))
-        .unwrap();
-        out.push(established.unwrap());
-    }
-    out
+/// Installs every CRD of `deploy/crd.yaml` and waits until the server
+/// reports each Established; in file order.
+pub async fn install_crds(server: &KubeApiServer) -> Vec<CustomResourceDefinition> {
+    server.install_crds(&repo().join("deploy/crd.yaml")).await
 }
 
 /// Server-side apply as our field manager, refusing unknown fields.
