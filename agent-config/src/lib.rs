@@ -11,6 +11,7 @@
 //! `agent-linux/README.md` ("Configuration reference") documents the format.
 
 use std::cell::Cell;
+use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -99,6 +100,12 @@ pub struct Config {
     /// Limits on what scores may ask for.
     #[serde(default, skip_serializing_if = "is_default")]
     pub security: SecurityConfig,
+    /// `[labels]`: the labels this board declares in its heartbeat (at most
+    /// [`protocol::limits::MAX_DEVICE_LABELS`], Kubernetes label syntax),
+    /// e.g. `board = "rpi4"`. The operator merges them into the labels of
+    /// the board's `Device` object; a label an administrator set there wins.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub labels: BTreeMap<String, String>,
 }
 
 /// `CAP_NET_ADMIN`, `net_admin` -> `NET_ADMIN`: how a capability is
@@ -260,6 +267,7 @@ impl Config {
             },
             podman: PodmanConfig::default(),
             security: SecurityConfig::default(),
+            labels: BTreeMap::new(),
         }
     }
 
@@ -399,6 +407,31 @@ impl Config {
                 ));
             }
         }
+        self.validate_labels()
+    }
+
+    /// `[labels]`: within the heartbeat's bound, each key and value in the
+    /// syntax Kubernetes accepts, so that none is dropped by the operator.
+    fn validate_labels(&self) -> Result<(), ConfigError> {
+        use protocol::labels::{validate_label_key, validate_label_value};
+        use protocol::limits::MAX_DEVICE_LABELS;
+        if self.labels.len() > MAX_DEVICE_LABELS {
+            return Err(invalid(
+                "labels",
+                format!(
+                    "has {} labels; a board declares at most {MAX_DEVICE_LABELS} (set the others on its Device object instead)",
+                    self.labels.len()
+                ),
+            ));
+        }
+        for (key, value) in &self.labels {
+            // Quoted as TOML writes a dotted key that is not bare
+            // (`labels."example.com/board"`), and always, for one form.
+            let field = format!("labels.{key:?}");
+            validate_label_key(key).map_err(|e| invalid(&field, format!("key {e}")))?;
+            validate_label_value(value)
+                .map_err(|e| invalid(&field, format!("value {value:?} {e}")))?;
+        }
         Ok(())
     }
 
@@ -424,7 +457,7 @@ impl Config {
     /// (secrets included). `[podman]`'s `stop_timeout_secs` and
     /// `replace_order`, and each `[security]` setting, are written only
     /// when they differ from the default (the whole `[security]` table is
-    /// left out when none does).
+    /// left out when none does); `[labels]` only when it holds some.
     pub fn to_toml(&self) -> Result<String, ConfigError> {
         toml::to_string(self).map_err(|source| ConfigError::Render { source })
     }
@@ -437,7 +470,16 @@ impl Config {
         SHOW_DEFAULTS.set(true);
         let text = shown.to_toml();
         SHOW_DEFAULTS.set(false);
-        text.unwrap_or_else(|e| format!("# cannot display: {e}\n"))
+        match text {
+            // An empty table last (`[labels]`) comes without a line end.
+            Ok(mut text) => {
+                if !text.ends_with('\n') {
+                    text.push('\n');
+                }
+                text
+            }
+            Err(e) => format!("# cannot display: {e}\n"),
+        }
     }
 }
 
@@ -570,6 +612,7 @@ socket = "unix:///run/podman/podman.sock"
         assert_eq!(c.nats.urls.len(), 2);
         assert_eq!(c.security.allowed_host_paths, [PathBuf::from("/srv")]);
         assert!(c.nats.tls.is_some());
+        assert_eq!(c.labels.len(), 3);
 
         let xtask_image = r#"# iot-agent configuration for device pi-001, written by `cargo xtask image`.
 version = 1
@@ -623,11 +666,17 @@ socket = "unix:///run/podman/podman.sock"
         let mut c = Config::new("pi-001", "/var/lib/iot-agent", vec!["nats://a:4222".into()]);
         let text = c.to_toml().unwrap();
         let shown = c.to_display_toml();
-        for left_out in ["stop_timeout_secs", "replace_order", "[security]"] {
+        for left_out in [
+            "stop_timeout_secs",
+            "replace_order",
+            "[security]",
+            "[labels]",
+        ] {
             assert!(!text.contains(left_out), "{left_out} in\n{text}");
             // `check-config` shows the effective configuration.
             assert!(shown.contains(left_out), "{left_out} not in\n{shown}");
         }
+        assert!(shown.ends_with("\n[labels]\n"), "{shown}");
         assert_eq!(c.to_toml().unwrap(), text, "display left the flag set");
         // A table the user appends is not a duplicate.
         let appended = format!("{text}[security]\nallowed_host_paths = [\"/srv\"]\n");
@@ -650,6 +699,70 @@ socket = "unix:///run/podman/podman.sock"
         );
         assert!(!text.contains("allowed_devices"), "{text}");
         assert_eq!(Config::parse(&text).unwrap(), c);
+    }
+
+    #[test]
+    fn labels_are_read_from_their_table() {
+        let text = format!(
+            "{GOOD}[labels]\nboard = \"rpi4\"\nsite = \"lyon\"\n\"example.com/rack\" = \"\"\n"
+        );
+        let c = Config::parse(&text).unwrap();
+        assert_eq!(
+            c.labels,
+            BTreeMap::from([
+                ("board".to_string(), "rpi4".to_string()),
+                ("example.com/rack".to_string(), String::new()),
+                ("site".to_string(), "lyon".to_string()),
+            ])
+        );
+        assert_eq!(Config::parse(&c.to_toml().unwrap()).unwrap(), c);
+        assert_eq!(Config::parse(&c.to_display_toml()).unwrap(), c);
+        assert!(Config::parse(GOOD).unwrap().labels.is_empty());
+    }
+
+    #[test]
+    fn a_bad_label_is_refused_naming_it_and_the_rule() {
+        let with = |labels: &str| format!("{GOOD}[labels]\n{labels}\n");
+        let e = err(&with("\"-bad\" = \"x\""));
+        assert!(
+            e.starts_with("labels.\"-bad\": key must be a label key")
+                && e.contains("starts and ends with a letter or digit")
+                && e.contains("example.com/board"),
+            "{e}"
+        );
+        let e = err(&with("\"Example.com/x\" = \"x\""));
+        assert!(e.starts_with("labels.\"Example.com/x\": key"), "{e}");
+        let e = err(&with(&format!("{} = \"x\"", "k".repeat(64))));
+        assert!(e.contains("key is 64 bytes long; the limit is 63"), "{e}");
+        let e = err(&with("site = \"Lyon centre\""));
+        assert!(
+            e.starts_with("labels.\"site\": value \"Lyon centre\" must be a label value"),
+            "{e}"
+        );
+        let e = err(&with(&format!("site = \"{}\"", "v".repeat(64))));
+        assert!(e.starts_with("labels.\"site\": value"), "{e}");
+        let e = err(&with("site = 4"));
+        assert!(e.contains("site") && e.contains("string"), "{e}");
+    }
+
+    #[test]
+    fn at_most_the_heartbeats_labels() {
+        use protocol::limits::MAX_DEVICE_LABELS;
+        let labels = |n: usize| {
+            (0..n)
+                .map(|i| format!("l{i} = \"v\"\n"))
+                .collect::<String>()
+        };
+        let c = Config::parse(&format!("{GOOD}[labels]\n{}", labels(MAX_DEVICE_LABELS))).unwrap();
+        assert_eq!(c.labels.len(), MAX_DEVICE_LABELS);
+        let e = err(&format!(
+            "{GOOD}[labels]\n{}",
+            labels(MAX_DEVICE_LABELS + 1)
+        ));
+        assert!(
+            e.starts_with("labels: has 17 labels; a board declares at most 16"),
+            "{e}"
+        );
     }
 
     #[test]

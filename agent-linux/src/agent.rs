@@ -16,14 +16,57 @@ use tokio::sync::{mpsc, watch};
 use crate::backoff::Backoff;
 use crate::cache::{Cache, CacheHealth, CacheWriter};
 use crate::config::Config;
+use crate::host::HostInfo;
 use crate::log::Chain;
 use crate::nats::{Session, WatchEvent};
 use crate::podman::{Podman, Runtime, labels};
 use crate::reconcile::{self, Context, StatusReport, Target, now_ms};
-use protocol::{BoundedVec, DeploymentStatus, Heartbeat, Text};
+use protocol::{BoundedVec, Capabilities, DeploymentStatus, Heartbeat, Text};
 
 /// The agent's version, reported in the heartbeat.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// What this agent reads, reported in the heartbeat: the protocol's
+/// versions, but only the score types it runs (`PodmanV0`), so the operator
+/// never writes it a type its protocol crate decodes and it cannot run.
+pub fn capabilities() -> Capabilities<'static> {
+    let build = Capabilities::this_build();
+    let score_types = build
+        .score_types
+        .iter()
+        .filter(|s| s.type_name.as_str() == protocol::score::PODMAN_V0)
+        .cloned();
+    Capabilities {
+        score_types: BoundedVec::try_from_iter(score_types).unwrap_or_default(),
+        desired_state_versions: build.desired_state_versions,
+    }
+}
+
+/// The heartbeat's fields that stay as they are while the agent runs (who
+/// it is, what it reads, its board's labels); the heartbeat task fills in
+/// the rest each time.
+pub fn heartbeat_base(config: &Config, host: HostInfo) -> Heartbeat<'static> {
+    let mut labels = protocol::DeviceLabels::new();
+    for (k, v) in &config.labels {
+        // `Config::validate` bounds the table to what fits.
+        if labels
+            .insert(Text::owned(k.clone()), Text::owned(v.clone()))
+            .is_err()
+        {
+            crate::warn!("label {k} left out of the heartbeat: too many labels");
+        }
+    }
+    Heartbeat {
+        agent_version: Text::borrowed(VERSION),
+        arch: Text::borrowed(std::env::consts::ARCH),
+        os: Text::borrowed(std::env::consts::OS),
+        kernel: Text::owned(host.kernel),
+        boot_id: Text::owned(host.boot_id),
+        labels,
+        capabilities: capabilities(),
+        ..Heartbeat::default()
+    }
+}
 
 /// Deployments and their reconcilers.
 struct Deployments<R> {
@@ -113,7 +156,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let cache = CacheWriter::start(cache);
 
     let session = Session::connect(&config).await?;
-    let started = Instant::now();
+    let base = heartbeat_base(&config, HostInfo::read());
     let podman_version = Rc::new(VersionCache::default());
     tokio::task::spawn_local(status_writer_noting(
         session.clone(),
@@ -127,7 +170,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         deployments.clone(),
         cache.health(),
         config.heartbeat_interval(),
-        started,
+        base,
     ));
     tokio::task::spawn_local(events(
         runtime.clone(),
@@ -436,8 +479,10 @@ impl VersionCache {
     }
 }
 
-/// Publishes the heartbeat every `interval`, and at once when the cache's
-/// health changes (its warning appears or clears).
+/// Publishes the heartbeat (`hb`, from [`heartbeat_base`], with what
+/// changes filled in) every `interval`, and at once when the cache's health
+/// changes (its warning appears or clears). Uptime counts from the task's
+/// start, right after the NATS client is created.
 async fn heartbeat<R: Runtime>(
     session: Session,
     runtime: Rc<R>,
@@ -445,8 +490,9 @@ async fn heartbeat<R: Runtime>(
     deployments: Rc<Deployments<R>>,
     cache: watch::Receiver<CacheHealth>,
     interval: Duration,
-    started: Instant,
+    mut hb: Heartbeat<'static>,
 ) {
+    let started = Instant::now();
     let mut complaints = Complaints::default();
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -460,19 +506,12 @@ async fn heartbeat<R: Runtime>(
             .as_mut()
             .and_then(|c| c.borrow_and_update().warning())
             .map(|w| Text::owned(protocol::status::clip_warning(&w).to_string()));
-        let podman_version = podman_version.get(runtime.version()).await;
-        let hb = Heartbeat {
-            agent_version: Text::borrowed(VERSION),
-            arch: Text::borrowed(std::env::consts::ARCH),
-            os: Text::borrowed(std::env::consts::OS),
-            podman_version: Text::owned(podman_version),
-            uptime_secs: started.elapsed().as_secs(),
-            deployments: deployments.desired().len() as u32,
-            timestamp_ms: now_ms(),
-            // One warning, within the bound.
-            warnings: BoundedVec::try_from_iter(warnings).unwrap_or_default(),
-            ..Heartbeat::default()
-        };
+        hb.podman_version = Text::owned(podman_version.get(runtime.version()).await);
+        hb.uptime_secs = started.elapsed().as_secs();
+        hb.deployments = deployments.desired().len() as u32;
+        hb.timestamp_ms = now_ms();
+        // One warning, within the bound.
+        hb.warnings = BoundedVec::try_from_iter(warnings).unwrap_or_default();
         match protocol::wire::encode_to_vec(&hb) {
             Ok(v) => {
                 if let Err(e) = session.publish_heartbeat(v).await {
@@ -536,8 +575,94 @@ async fn events(
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
     use super::*;
+    use protocol::limits::{MAX_DEVICE_LABELS, MAX_HEARTBEAT_SIZE, MAX_LABEL_LEN, MAX_NAME_LEN};
+    use protocol::wire::FORMAT_VERSION_3;
     use std::cell::Cell;
+
+    fn config_with_labels(labels: &[(String, String)]) -> Config {
+        let mut c = Config::new("pi-001", "/var/lib/iot-agent", vec!["nats://a:4222".into()]);
+        c.labels = labels.iter().cloned().collect();
+        c.validate().unwrap();
+        c
+    }
+
+    #[test]
+    fn the_heartbeat_carries_the_board_and_what_it_reads() {
+        let config = config_with_labels(&[
+            ("site".into(), "lyon".into()),
+            ("board".into(), "rpi4".into()),
+        ]);
+        let host = HostInfo {
+            kernel: "6.1.0-rpi7-rpi-v8".into(),
+            boot_id: "31ab2887-278f-4524-b987-466b89d1510f".into(),
+        };
+        let mut hb = heartbeat_base(&config, host);
+        hb.podman_version = Text::borrowed("4.3.1");
+        hb.deployments = 2;
+        let bytes = protocol::wire::encode_to_vec(&hb).unwrap();
+        assert_eq!(bytes[0], FORMAT_VERSION_3);
+        let back = protocol::wire::decode::<Heartbeat<'_>>(&bytes).unwrap();
+        assert_eq!(back, hb);
+        assert_eq!(back.kernel.as_str(), "6.1.0-rpi7-rpi-v8");
+        assert_eq!(
+            back.boot_id.as_str(),
+            "31ab2887-278f-4524-b987-466b89d1510f"
+        );
+        let labels: Vec<_> = back
+            .labels
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        assert_eq!(labels, [("board", "rpi4"), ("site", "lyon")]);
+        assert!(back.capabilities.reads(1, protocol::score::PODMAN_V0, 1));
+        assert_eq!(back.agent_version.as_str(), VERSION);
+    }
+
+    /// The agent claims only what it runs: every score type it lists is
+    /// one `reconcile` handles, at the versions the protocol decodes.
+    #[test]
+    fn it_claims_to_run_podman_v0_only() {
+        let caps = capabilities();
+        let types: Vec<_> = caps
+            .score_types
+            .iter()
+            .map(|s| s.type_name.as_str())
+            .collect();
+        assert_eq!(types, [protocol::score::PODMAN_V0]);
+        let build = Capabilities::this_build();
+        assert_eq!(caps.desired_state_versions, build.desired_state_versions);
+        assert!(build.score_types.contains(&caps.score_types[0]));
+    }
+
+    /// The largest heartbeat this agent can send (every label at its
+    /// longest, the kernel and versions at theirs, a warning at its bound)
+    /// fits the heartbeat bucket's value size.
+    #[test]
+    fn the_largest_heartbeat_fits_the_bucket() {
+        let labels: Vec<(String, String)> = (0..MAX_DEVICE_LABELS)
+            .map(|i| {
+                let key = format!("example.com/{}", "k".repeat(MAX_LABEL_LEN - 14));
+                (format!("{key}{i:02}"), "v".repeat(MAX_LABEL_LEN))
+            })
+            .collect();
+        assert!(labels.iter().all(|(k, _)| k.len() == MAX_LABEL_LEN));
+        let host = HostInfo {
+            kernel: "k".repeat(MAX_NAME_LEN),
+            boot_id: "b".repeat(MAX_NAME_LEN),
+        };
+        let mut hb = heartbeat_base(&config_with_labels(&labels), host);
+        assert_eq!(hb.labels.len(), MAX_DEVICE_LABELS);
+        hb.podman_version = Text::owned("p".repeat(MAX_NAME_LEN));
+        hb.uptime_secs = u64::MAX;
+        hb.deployments = u32::MAX;
+        hb.timestamp_ms = u64::MAX;
+        let warning = "w".repeat(protocol::limits::MAX_WARNING_LEN);
+        hb.warnings = BoundedVec::try_from_iter([Text::owned(warning)]).unwrap();
+        let size = protocol::wire::encode_to_vec(&hb).unwrap().len();
+        assert!(size <= MAX_HEARTBEAT_SIZE, "{size} bytes");
+    }
 
     #[tokio::test]
     async fn the_podman_version_is_asked_once_until_forgotten() {

@@ -5,12 +5,14 @@
 //! [`podman`] (the runtime trait and its libpod client over [`http`]),
 //! [`reconcile`] (one deployment's reconciler), [`policy`] (what a score
 //! may ask of the device), [`cache`] (the on-disk
-//! desired state), [`agent`] (wiring), [`backoff`] and [`log`].
+//! desired state), [`host`] (the kernel and boot id the heartbeat reports),
+//! [`agent`] (wiring, the heartbeat), [`backoff`] and [`log`].
 
 pub mod agent;
 pub mod backoff;
 pub mod cache;
 pub mod config;
+pub mod host;
 pub mod http;
 pub mod log;
 pub mod nats;

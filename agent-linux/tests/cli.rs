@@ -20,6 +20,8 @@ ca = "/etc/iot-agent/ca.pem"
 socket = "unix:///run/podman/podman.sock"
 [security]
 allowed_host_paths = ["/srv"]
+[labels]
+board = "rpi4"
 "#;
 
 fn agents() -> Vec<Vec<String>> {
@@ -52,6 +54,8 @@ fn version_and_check_config() {
     .unwrap();
     let bad_id = dir.path().join("bad-id.toml");
     std::fs::write(&bad_id, GOOD.replace("pi-001", "pi>1")).unwrap();
+    let bad_label = dir.path().join("bad-label.toml");
+    std::fs::write(&bad_label, GOOD.replace("board =", "\"-board\" =")).unwrap();
 
     for agent in agents() {
         let out = run(&agent, &["--version"], None);
@@ -69,6 +73,7 @@ fn version_and_check_config() {
         let stdout = String::from_utf8_lossy(&out.stdout);
         assert!(out.status.success(), "{agent:?}: {out:?}");
         assert!(stdout.contains("device_id = \"pi-001\""), "{stdout}");
+        assert!(stdout.contains("[labels]\nboard = \"rpi4\""), "{stdout}");
         assert!(!stdout.contains("s3cret"), "secret printed: {stdout}");
 
         // IOT_AGENT_CONFIG is the default path.
@@ -96,6 +101,18 @@ fn version_and_check_config() {
         assert!(!out.status.success());
         assert!(
             stderr.contains("device_id") && stderr.contains("'>'"),
+            "{stderr}"
+        );
+
+        let out = run(
+            &agent,
+            &["check-config", "-c", bad_label.to_str().unwrap()],
+            None,
+        );
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success());
+        assert!(
+            stderr.contains("labels.\"-board\": key must be a label key"),
             "{stderr}"
         );
 

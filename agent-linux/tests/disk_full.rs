@@ -11,8 +11,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use common::*;
-use protocol::wire::{FORMAT_VERSION, FORMAT_VERSION_2};
-use protocol::{DeploymentStatus, Heartbeat, Phase};
+use protocol::wire::FORMAT_VERSION_3;
+use protocol::{DeploymentStatus, Phase};
 
 /// A tiny tmpfs mounted on a directory, unmounted on drop.
 struct Tmpfs {
@@ -69,38 +69,6 @@ impl Drop for Tmpfs {
     }
 }
 
-/// The device's heartbeat and its format byte, once one was written.
-async fn heartbeat(env: &Env) -> Option<(u8, Heartbeat<'static>)> {
-    let v = env.heartbeat.get(&env.device).await.ok()??;
-    let h = protocol::wire::decode::<Heartbeat<'_>>(&v)
-        .unwrap()
-        .into_owned();
-    Some((v[0], h))
-}
-
-/// Waits until the heartbeat satisfies `pred`; returns it.
-async fn wait_heartbeat(
-    env: &Env,
-    what: &str,
-    pred: impl Fn(u8, &Heartbeat<'static>) -> bool,
-) -> Heartbeat<'static> {
-    let deadline = std::time::Instant::now() + WAIT;
-    let mut last = None;
-    loop {
-        if let Some((version, h)) = heartbeat(env).await {
-            if pred(version, &h) {
-                return h;
-            }
-            last = Some((version, h));
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the heartbeat never became {what}; last: {last:?}"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
-    }
-}
-
 fn not_cached(s: &DeploymentStatus<'_>) -> bool {
     s.message.contains("not cached on the device")
         && s.message.contains("No space left on device")
@@ -130,16 +98,19 @@ async fn a_full_state_dir_is_reported_until_a_write_succeeds() {
         .await;
     eprintln!("status message: {}", s.message.as_str());
     env.wait_running(&[env.container_name("web", "main")]).await;
-    // And the heartbeat says so for the device, in format version 2.
-    let h = wait_heartbeat(&env, "a warning about the cache", |v, h| {
-        v == FORMAT_VERSION_2
-            && h.warnings.iter().any(|w| {
-                w.contains("desired-state cache")
-                    && w.contains("No space left on device")
-                    && w.contains("web")
-            })
-    })
-    .await;
+    // And the heartbeat says so for the device. Version 3, as every
+    // heartbeat of an agent that knows its kernel and boot id (version 2
+    // would do for the warnings alone).
+    let h = env
+        .wait_heartbeat("a warning about the cache", |v, h| {
+            v == FORMAT_VERSION_3
+                && h.warnings.iter().any(|w| {
+                    w.contains("desired-state cache")
+                        && w.contains("No space left on device")
+                        && w.contains("web")
+                })
+        })
+        .await;
     eprintln!("heartbeat warning: {}", h.warnings[0].as_str());
     assert!(!env.state_dir().join("desired/web").exists());
     assert_eq!(
@@ -159,10 +130,14 @@ async fn a_full_state_dir_is_reported_until_a_write_succeeds() {
         })
         .await;
     assert_eq!(s.message.as_str(), "", "no note left");
-    wait_heartbeat(&env, "without warnings, in format version 1", |v, h| {
-        v == FORMAT_VERSION && h.warnings.is_empty()
-    })
-    .await;
+    // Without warnings, the rest of the heartbeat as it was.
+    let cleared = env
+        .wait_heartbeat("without warnings", |v, h| {
+            v == FORMAT_VERSION_3 && h.warnings.is_empty()
+        })
+        .await;
+    assert_eq!((&cleared.kernel, &cleared.boot_id), (&h.kernel, &h.boot_id));
+    assert!(!cleared.boot_id.is_empty());
     let cached = std::fs::read(env.state_dir().join("desired/web")).unwrap();
     let desired = protocol::wire::decode::<protocol::DesiredState<'_>>(&cached).unwrap();
     assert_eq!(desired.revision, 2, "the cache holds the revision applied");

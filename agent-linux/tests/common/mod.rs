@@ -9,8 +9,8 @@ use std::time::Duration;
 use async_nats::jetstream;
 use async_nats_device as async_nats;
 use protocol::{
-    BoundedVec, Container, DeploymentStatus, DesiredState, EnvVar, IotScore, PayloadEncoding,
-    PodmanV0Score, Port, PortProtocol, ScorePayload, Text,
+    BoundedVec, Container, DeploymentStatus, DesiredState, EnvVar, Heartbeat, IotScore,
+    PayloadEncoding, PodmanV0Score, Port, PortProtocol, ScorePayload, Text,
 };
 use testkit::{NatsServer, PodmanService};
 
@@ -216,6 +216,39 @@ stop_timeout_secs = 1
                 }
                 Err(e) => panic!("delete {deployment}: {e}"),
             }
+        }
+    }
+
+    /// The device's heartbeat and its format byte, once one was written.
+    pub async fn latest_heartbeat(&self) -> Option<(u8, Heartbeat<'static>)> {
+        let v = self.heartbeat.get(&self.device).await.ok()??;
+        let h = protocol::wire::decode::<Heartbeat<'_>>(&v)
+            .unwrap()
+            .into_owned();
+        Some((v[0], h))
+    }
+
+    /// Waits until the heartbeat (format byte, value) satisfies `pred`;
+    /// returns it.
+    pub async fn wait_heartbeat(
+        &self,
+        what: &str,
+        pred: impl Fn(u8, &Heartbeat<'static>) -> bool,
+    ) -> Heartbeat<'static> {
+        let deadline = std::time::Instant::now() + WAIT;
+        let mut last = None;
+        loop {
+            if let Some((version, h)) = self.latest_heartbeat().await {
+                if pred(version, &h) {
+                    return h;
+                }
+                last = Some((version, h));
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the heartbeat never became {what}; last: {last:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(25)).await;
         }
     }
 
