@@ -23,6 +23,12 @@ pub struct Metrics {
     pub kv_scans: AtomicU64,
     /// Devices with a fresh heartbeat, as of the last scrape.
     pub devices_reporting: AtomicU64,
+    /// Device objects the inventory created (first heartbeats).
+    pub device_creates: AtomicU64,
+    /// Device status patches the inventory sent.
+    pub device_status_patches: AtomicU64,
+    /// Device metadata patches (labels, board-labels annotation) sent.
+    pub device_metadata_patches: AtomicU64,
     /// Set once the controller runs and NATS is connected.
     pub ready: AtomicBool,
 }
@@ -64,6 +70,24 @@ impl Metrics {
             "counter",
             "Reads of a Deployment's desired-state keys.",
             self.kv_scans.load(Ordering::Relaxed),
+        );
+        metric(
+            "iot_operator_device_creates_total",
+            "counter",
+            "Device objects created at a board's first heartbeat.",
+            self.device_creates.load(Ordering::Relaxed),
+        );
+        metric(
+            "iot_operator_device_status_patches_total",
+            "counter",
+            "Device status patches sent to the API server.",
+            self.device_status_patches.load(Ordering::Relaxed),
+        );
+        metric(
+            "iot_operator_device_metadata_patches_total",
+            "counter",
+            "Device label and annotation patches sent to the API server.",
+            self.device_metadata_patches.load(Ordering::Relaxed),
         );
         metric(
             "iot_operator_devices_reporting",

@@ -52,6 +52,9 @@ fn operator_yaml_has_least_privilege_rbac() {
             {"apiGroups": ["iot.nationtech.io"], "resources": ["deployments"], "verbs": ["get", "list", "watch", "patch"]},
             {"apiGroups": ["iot.nationtech.io"], "resources": ["deployments/status"], "verbs": ["get", "patch"]},
             {"apiGroups": ["iot.nationtech.io"], "resources": ["deployments/finalizers"], "verbs": ["update"]},
+            {"apiGroups": ["iot.nationtech.io"], "resources": ["devices"], "verbs": ["get", "list", "watch", "create", "patch"]},
+            {"apiGroups": ["iot.nationtech.io"], "resources": ["devices/status"], "verbs": ["get", "patch"]},
+            {"apiGroups": ["iot.nationtech.io"], "resources": ["devices/finalizers"], "verbs": ["update"]},
             {"apiGroups": ["events.k8s.io"], "resources": ["events"], "verbs": ["create", "patch"]}
         ])
     );

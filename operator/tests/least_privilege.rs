@@ -132,6 +132,65 @@ async fn operator_flow_under_its_own_identity() {
     let out = ok(&cli(&url, Some(&op_file), &["delete", "-f", file]));
     assert!(out.contains("removed from 1 device"), "{out}");
 
+    // Decommissioning (a deleted Device) as the operator: its desired
+    // state, status and heartbeat keys get delete markers ...
+    let done = operator::inventory::decommission(&nats, "demo-device")
+        .await
+        .unwrap();
+    assert_eq!((done.status, done.heartbeat), (2, true), "{done:?}");
+    for (bucket, filter) in [
+        ("device-status", "demo-device.>"),
+        ("device-heartbeat", "demo-device"),
+        ("desired-state", "demo-device.>"),
+    ] {
+        let recs = nats.scan(bucket, filter).await.unwrap();
+        assert!(recs.iter().all(|r| r.deleted), "{bucket}: {recs:?}");
+    }
+    // ... but purging those buckets or deleting their messages stays
+    // denied (the buckets also refuse it).
+    let errors = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let sink = errors.clone();
+    let watcher = async_nats::ConnectOptions::new()
+        .nkey(
+            std::fs::read_to_string(&op_file)
+                .unwrap()
+                .trim()
+                .to_string(),
+        )
+        .custom_inbox_prefix(OPERATOR_INBOX_PREFIX)
+        .request_timeout(Some(Duration::from_secs(2)))
+        .event_callback(move |e| {
+            let sink = sink.clone();
+            async move {
+                if let async_nats::Event::ServerError(e) = e {
+                    sink.lock().unwrap().push(e.to_string());
+                }
+            }
+        })
+        .connect(url.as_str())
+        .await
+        .unwrap();
+    for subject in [
+        "$JS.API.STREAM.PURGE.KV_device-status",
+        "$JS.API.STREAM.MSG.DELETE.KV_device-heartbeat",
+    ] {
+        let r = watcher.request(subject, "{}".into()).await;
+        assert!(r.is_err(), "{subject} was allowed: {r:?}");
+        let denied = testkit::wait_until_async(Duration::from_secs(10), || {
+            let hit =
+                errors.lock().unwrap().iter().any(|e| {
+                    e.to_lowercase().contains("permissions violation") && e.contains(subject)
+                });
+            async move { hit }
+        })
+        .await;
+        assert!(
+            denied,
+            "{subject}: no permissions violation: {:?}",
+            errors.lock().unwrap()
+        );
+    }
+
     // Over the bounds: the operator refuses a score with too many
     // containers and writes nothing ...
     let containers: Vec<String> = (0..=protocol::limits::MAX_CONTAINERS)

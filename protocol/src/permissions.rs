@@ -49,10 +49,18 @@ pub fn device_subscribe(device_id: &str) -> Vec<String> {
 }
 
 /// Subjects the operator may publish to: KV reads, watches and writes of
-/// desired state; reads and watches of status and heartbeats; no stream
-/// creation or purge.
+/// desired state; reads and watches of status and heartbeats, and the
+/// delete markers that decommission a board (deleting its Device removes
+/// its status and heartbeat keys); no stream creation, purge or message
+/// delete. A subject allow-list cannot tell a delete marker from a put on
+/// the same key: the operator could write status and heartbeat values too;
+/// it only ever deletes them.
 pub fn operator_publish() -> Vec<String> {
-    let mut out = std::vec![format!("$KV.{DESIRED_STATE_BUCKET}.>")];
+    let mut out = std::vec![
+        format!("$KV.{DESIRED_STATE_BUCKET}.>"),
+        format!("$KV.{DEVICE_STATUS_BUCKET}.>"),
+        format!("$KV.{DEVICE_HEARTBEAT_BUCKET}.>"),
+    ];
     for b in [
         DESIRED_STATE_BUCKET,
         DEVICE_STATUS_BUCKET,

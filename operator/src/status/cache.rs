@@ -2,7 +2,7 @@
 //! `device-status` and `device-heartbeat` buckets.
 
 use std::collections::HashMap;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -53,6 +53,25 @@ pub enum Change {
     Device(String),
 }
 
+/// What a device's deployment reports add up to (the inventory's
+/// `status.deployments`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DeviceSummary {
+    /// Deployments the device reports on, except those it reports Removed.
+    pub total: u64,
+    /// Of those, how many are neither Running nor Completed.
+    pub not_ready: u64,
+}
+
+/// Where the inventory wants to hear of devices whose Device object may
+/// have to change, and after how long a gap between two heartbeats a
+/// device counts as having been silent.
+#[derive(Debug)]
+struct DeviceSubscription {
+    tx: mpsc::UnboundedSender<String>,
+    silence: Duration,
+}
+
 #[derive(Debug, Default)]
 struct Inner {
     /// deployment name -> device -> report.
@@ -65,6 +84,7 @@ struct Inner {
 pub struct StatusCache {
     inner: RwLock<Inner>,
     changes: Option<mpsc::UnboundedSender<Change>>,
+    devices: Mutex<Option<DeviceSubscription>>,
     heartbeat_timeout: Duration,
 }
 
@@ -75,6 +95,7 @@ impl StatusCache {
         let cache = StatusCache {
             inner: RwLock::default(),
             changes: Some(tx),
+            devices: Mutex::default(),
             heartbeat_timeout,
         };
         (Arc::new(cache), rx)
@@ -85,6 +106,7 @@ impl StatusCache {
         Arc::new(StatusCache {
             inner: RwLock::default(),
             changes: None,
+            devices: Mutex::default(),
             heartbeat_timeout,
         })
     }
@@ -108,6 +130,35 @@ impl StatusCache {
         }
     }
 
+    /// Sends from now on the id of every device whose inventory may have
+    /// changed: its first heartbeat, one after a gap longer than `silence`,
+    /// a heartbeat that differs from the last in anything but uptime and
+    /// timestamp, a deleted heartbeat, and a deployment report that
+    /// appears, goes or changes readiness. Not sent for the steady stream
+    /// of unchanged heartbeats (the [`Change`] channel is the Deployment
+    /// controller's and keeps its meaning). A later call replaces the
+    /// earlier subscriber.
+    pub fn subscribe_devices(&self, silence: Duration) -> mpsc::UnboundedReceiver<String> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        *self.devices.lock().unwrap_or_else(|e| e.into_inner()) =
+            Some(DeviceSubscription { tx, silence });
+        rx
+    }
+
+    fn notify_device(&self, device: &str) {
+        if let Some(sub) = &*self.devices.lock().unwrap_or_else(|e| e.into_inner()) {
+            let _ = sub.tx.send(device.to_string());
+        }
+    }
+
+    fn device_silence(&self) -> Option<Duration> {
+        self.devices
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .map(|s| s.silence)
+    }
+
     /// Takes in one record of the status bucket. Undecodable values are
     /// dropped with a warning; keys that are not `<device>.<deployment>`
     /// are ignored.
@@ -120,10 +171,17 @@ impl StatusCache {
             return;
         };
         let (device, deployment) = (k.device_id().to_string(), k.deployment().to_string());
+        let before = self
+            .report(&device, &deployment)
+            .map(|r| summary_part(&r.status.phase));
         if deleted {
             let mut inner = self.write();
             if let Some(m) = inner.reports.get_mut(&deployment) {
                 m.remove(&device);
+            }
+            if before.is_some() {
+                drop(inner);
+                self.notify_device(&device);
             }
         } else {
             let status = match protocol::wire::decode::<protocol::DeploymentStatus<'_>>(value) {
@@ -133,17 +191,21 @@ impl StatusCache {
                     return;
                 }
             };
+            let inventory_changed = before != Some(summary_part(&status.phase));
             self.write()
                 .reports
                 .entry(deployment.clone())
                 .or_default()
                 .insert(
-                    device,
+                    device.clone(),
                     Report {
                         status,
                         stored_at_ns,
                     },
                 );
+            if inventory_changed {
+                self.notify_device(&device);
+            }
         }
         self.notify(Change::Deployment(deployment));
     }
@@ -155,7 +217,8 @@ impl StatusCache {
             return;
         }
         let now = now_ns();
-        let (was_fresh, warnings_before) = self.read().heartbeats.get(key).map_or_else(
+        let previous = self.heartbeat(key);
+        let (was_fresh, warnings_before) = previous.as_ref().map_or_else(
             || (false, Vec::new()),
             |h| {
                 (
@@ -165,7 +228,9 @@ impl StatusCache {
             },
         );
         if deleted {
-            self.write().heartbeats.remove(key);
+            if self.write().heartbeats.remove(key).is_some() {
+                self.notify_device(key);
+            }
             return;
         }
         let heartbeat = match protocol::wire::decode::<Heartbeat<'_>>(value) {
@@ -180,11 +245,26 @@ impl StatusCache {
             stored_at_ns,
         };
         // A warning that appears or clears matters as much as the device
-        // coming back.
-        let warnings_changed = seen.warnings() != warnings_before;
+        // coming back; so do new capabilities (an agent upgraded or
+        // downgraded): what may be written to it changed.
+        let warnings_changed = seen.warnings() != warnings_before
+            || previous
+                .as_ref()
+                .is_some_and(|p| p.heartbeat.capabilities != seen.heartbeat.capabilities);
+        let inventory_changed = match (&previous, self.device_silence()) {
+            (_, None) => false,
+            (None, Some(_)) => true,
+            (Some(p), Some(silence)) => {
+                !same_inventory(&p.heartbeat, &seen.heartbeat)
+                    || is_stale(p.stored_at_ns, seen.stored_at_ns, silence)
+            }
+        };
         self.write().heartbeats.insert(key.to_string(), seen);
         if !was_fresh || warnings_changed {
             self.notify(Change::Device(key.to_string()));
+        }
+        if inventory_changed {
+            self.notify_device(key);
         }
     }
 
@@ -216,6 +296,31 @@ impl StatusCache {
     /// The last heartbeat of `device`.
     pub fn heartbeat(&self, device: &str) -> Option<HeartbeatSeen> {
         self.read().heartbeats.get(device).cloned()
+    }
+
+    /// Every device with a heartbeat, sorted.
+    pub fn heartbeat_devices(&self) -> Vec<String> {
+        let mut v: Vec<String> = self.read().heartbeats.keys().cloned().collect();
+        v.sort();
+        v
+    }
+
+    /// What `device`'s deployment reports add up to.
+    pub fn device_summary(&self, device: &str) -> DeviceSummary {
+        let inner = self.read();
+        let mut summary = DeviceSummary::default();
+        for (present, ready) in inner
+            .reports
+            .values()
+            .filter_map(|m| m.get(device))
+            .map(|r| summary_part(&r.status.phase))
+        {
+            if present {
+                summary.total += 1;
+                summary.not_ready += u64::from(!ready);
+            }
+        }
+        summary
     }
 
     /// Devices whose heartbeat is fresh right now.
@@ -284,6 +389,30 @@ async fn watch_bucket(cache: Arc<StatusCache>, nats: Nats, bucket: &'static str)
     }
 }
 
+/// What one report adds to a [`DeviceSummary`]: (counted, ready).
+fn summary_part(phase: &protocol::Phase) -> (bool, bool) {
+    use protocol::Phase;
+    (
+        !matches!(phase, Phase::Removed),
+        matches!(phase, Phase::Running | Phase::Completed),
+    )
+}
+
+/// Whether two heartbeats say the same of the device, apart from what
+/// changes at every heartbeat (uptime, timestamp).
+fn same_inventory(a: &Heartbeat<'_>, b: &Heartbeat<'_>) -> bool {
+    a.agent_version == b.agent_version
+        && a.arch == b.arch
+        && a.os == b.os
+        && a.podman_version == b.podman_version
+        && a.deployments == b.deployments
+        && a.warnings == b.warnings
+        && a.kernel == b.kernel
+        && a.boot_id == b.boot_id
+        && a.labels == b.labels
+        && a.capabilities == b.capabilities
+}
+
 /// Nanoseconds since the Unix epoch, now.
 pub fn now_ns() -> i128 {
     Timestamp::now().as_nanosecond()
@@ -331,8 +460,84 @@ mod tests {
         cache.ingest_heartbeat("a", &heartbeat_bytes(), false, now_ns());
         assert_eq!(rx.try_recv().unwrap(), Change::Device("a".into()));
         assert!(cache.heartbeat("a").unwrap().warnings().is_empty());
+        // An agent that now reads another score type is a change.
+        let mut upgraded = protocol::wire::decode::<Heartbeat>(&heartbeat_bytes())
+            .unwrap()
+            .into_owned();
+        upgraded
+            .capabilities
+            .score_types
+            .push(protocol::ScoreTypeSupport {
+                type_name: protocol::Text::borrowed("PodmanV1"),
+                versions: upgraded.capabilities.desired_state_versions.clone(),
+            })
+            .unwrap();
+        let bytes = protocol::wire::encode_to_vec(&upgraded).unwrap();
+        cache.ingest_heartbeat("a", &bytes, false, now_ns());
+        assert_eq!(rx.try_recv().unwrap(), Change::Device("a".into()));
+        cache.ingest_heartbeat("a", &bytes, false, now_ns());
+        assert!(rx.try_recv().is_err(), "the same capabilities again");
         cache.ingest_status("not-a-key", b"x", false, 0);
         cache.ingest_status("a.web2", b"garbage", false, 0);
         assert!(rx.try_recv().is_err());
+    }
+
+    #[test]
+    fn the_inventory_hears_of_changes_not_of_every_heartbeat() {
+        let sec = 1_000_000_000i128;
+        let cache = StatusCache::detached(Duration::from_secs(60));
+        let mut rx = cache.subscribe_devices(Duration::from_secs(300));
+        let t0 = now_ns();
+        cache.ingest_heartbeat("a", &heartbeat_bytes(), false, t0);
+        assert_eq!(rx.try_recv().unwrap(), "a", "first heartbeat");
+        for n in 1..50 {
+            // Only the uptime and timestamp would differ: no news.
+            cache.ingest_heartbeat("a", &heartbeat_bytes(), false, t0 + n * 30 * sec);
+        }
+        assert!(rx.try_recv().is_err());
+        cache.ingest_heartbeat(
+            "a",
+            &heartbeat_warning_bytes("disk full"),
+            false,
+            t0 + 1500 * sec,
+        );
+        assert_eq!(rx.try_recv().unwrap(), "a", "a warning");
+        // Back after a silence longer than the inventory's.
+        cache.ingest_heartbeat(
+            "a",
+            &heartbeat_warning_bytes("disk full"),
+            false,
+            t0 + 1900 * sec,
+        );
+        assert_eq!(rx.try_recv().unwrap(), "a", "back from silence");
+        // Deployment reports: appearing, changing readiness, going.
+        cache.ingest_status("a.web", &status_bytes(1, Phase::Pulling), false, t0);
+        assert_eq!(rx.try_recv().unwrap(), "a");
+        assert_eq!(
+            cache.device_summary("a"),
+            DeviceSummary {
+                total: 1,
+                not_ready: 1
+            }
+        );
+        cache.ingest_status("a.web", &status_bytes(1, Phase::Starting), false, t0);
+        assert!(rx.try_recv().is_err(), "still not ready");
+        cache.ingest_status("a.web", &status_bytes(1, Phase::Running), false, t0);
+        assert_eq!(rx.try_recv().unwrap(), "a");
+        cache.ingest_status("a.db", &status_bytes(1, Phase::Removed), false, t0);
+        assert_eq!(
+            cache.device_summary("a"),
+            DeviceSummary {
+                total: 1,
+                not_ready: 0
+            }
+        );
+        assert_eq!(rx.try_recv().unwrap(), "a");
+        cache.ingest_status("a.web", b"", true, t0);
+        assert_eq!(rx.try_recv().unwrap(), "a");
+        assert_eq!(cache.device_summary("a"), DeviceSummary::default());
+        cache.ingest_heartbeat("a", b"", true, t0);
+        assert_eq!(rx.try_recv().unwrap(), "a", "heartbeat deleted");
+        assert!(cache.heartbeat_devices().is_empty());
     }
 }
