@@ -2,6 +2,11 @@
 //! ([`plan`]), then write what changed ([`apply`]) or remove everything the
 //! Deployment wrote ([`remove`]). The controller and the cluster-less CLI
 //! both call these, so they write exactly the same keys and values.
+//!
+//! A plan's targets start as `spec.targetDevices`; the controller adds the
+//! Devices `spec.targetSelector` selects ([`Plan::add_targets`], from
+//! [`crate::targeting`]) and marks the targets whose agent cannot read the
+//! value ([`Plan::held`]): [`apply`] neither writes nor removes their keys.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -13,6 +18,7 @@ use protocol::{DeploymentKey, DesiredState, Text};
 
 use crate::crd::{Deployment, MAX_TARGETS, revision_string};
 use crate::nats::{KvWrite, Nats, NatsError};
+use crate::targeting::{SelectorError, TargetSelector};
 
 /// A Deployment validated and encoded, ready to write.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -21,8 +27,14 @@ pub struct Plan {
     pub name: String,
     /// `<namespace>/<name>`, recorded with every key written.
     pub owner: OwnerBuf,
-    /// The target device ids, sorted, without duplicates.
+    /// The target device ids, sorted, without duplicates: `targetDevices`,
+    /// plus what [`Plan::add_targets`] added.
     pub targets: Vec<String>,
+    /// `spec.targetSelector`, checked; its Devices are added by the caller.
+    pub selector: Option<TargetSelector>,
+    /// Targets not to write (their key, if any, is left as it is), each
+    /// with the reason: their agent cannot read the value.
+    pub held: BTreeMap<String, String>,
     /// The revision: the content hash of the routed score.
     pub revision: u64,
     /// The encoded [`DesiredState`] every target receives.
@@ -94,9 +106,12 @@ pub enum PlanError {
     TooManyTargets(usize),
     /// The Deployment targets no device.
     #[error(
-        "spec.targetDevices is empty; name at least one device (to stop running the score everywhere, delete the Deployment)"
+        "spec.targetDevices is empty and spec.targetSelector is not set; name at least one device or select Devices by label (to stop running the score everywhere, delete the Deployment)"
     )]
     NoTargets,
+    /// `spec.targetSelector` is not a valid label selector.
+    #[error(transparent)]
+    InvalidSelector(SelectorError),
     /// The score's data does not fit its type, or is over a bound.
     #[error("spec.score.data{}: {reason}", if path.is_empty() { String::new() } else { format!(".{path}") })]
     InvalidScore {
@@ -129,7 +144,7 @@ pub fn plan(d: &Deployment) -> Result<Plan, PlanError> {
             }
         })?,
     );
-    if d.spec.target_devices.is_empty() {
+    if d.spec.target_devices.is_empty() && d.spec.target_selector.is_none() {
         return Err(PlanError::NoTargets);
     }
     if d.spec.target_devices.len() > MAX_TARGETS {
@@ -143,6 +158,13 @@ pub fn plan(d: &Deployment) -> Result<Plan, PlanError> {
         })?;
     }
     let targets: BTreeSet<String> = d.spec.target_devices.iter().cloned().collect();
+    let selector = d
+        .spec
+        .target_selector
+        .as_ref()
+        .map(TargetSelector::new)
+        .transpose()
+        .map_err(PlanError::InvalidSelector)?;
     let score = &d.spec.score;
     let score_error = |e: protocol::json::JsonScoreError| {
         if e.path == "type" {
@@ -181,11 +203,30 @@ pub fn plan(d: &Deployment) -> Result<Plan, PlanError> {
         owner,
         name,
         targets: targets.into_iter().collect(),
+        selector,
+        held: BTreeMap::new(),
         revision,
         value: Bytes::from(value),
         score_json,
         unknown_type,
     })
+}
+
+impl Plan {
+    /// Adds `devices` (e.g. those the selector selects) to the targets,
+    /// keeping them sorted and unique. Ids that are not key tokens are
+    /// skipped with a warning (a Device object name always is one).
+    pub fn add_targets(&mut self, devices: impl IntoIterator<Item = String>) {
+        let mut all: BTreeSet<String> = std::mem::take(&mut self.targets).into_iter().collect();
+        for device in devices {
+            if validate_device_id(&device).is_ok() {
+                all.insert(device);
+            } else {
+                tracing::warn!(owner = %self.owner, device, "selected Device name is not a device id; skipped");
+            }
+        }
+        self.targets = all.into_iter().collect();
+    }
 }
 
 fn token_reason(e: protocol::KeyError) -> String {
@@ -240,13 +281,17 @@ impl ApplyOutcome {
 /// Writes `plan` to NATS: reads the current keys of this deployment name
 /// once, then puts each target whose key differs, skips the ones that hold
 /// the value already, leaves keys owned by another namespace's Deployment
-/// alone (a [`Conflict`]), and deletes keys this Deployment wrote for
-/// devices it no longer targets.
+/// alone (a [`Conflict`]) and those of held-back targets as they are, and
+/// deletes keys this Deployment wrote for devices it no longer targets
+/// (devices dropped from `targetDevices`, or no longer selected).
 pub async fn apply(nats: &Nats, plan: &Plan) -> Result<ApplyOutcome, NatsError> {
     let current = current_keys(nats, &plan.name).await?;
     let mut outcome = ApplyOutcome::default();
     let mut writes = Vec::new();
     for device in &plan.targets {
+        if plan.held.contains_key(device) {
+            continue;
+        }
         let key = key_of(device, &plan.name)?;
         match current.get(device.as_str()) {
             Some(rec)
@@ -349,6 +394,12 @@ pub fn summary(plan: &Plan, outcome: &ApplyOutcome) -> String {
     if !outcome.conflicts.is_empty() {
         s.push_str(&format!(", {} in conflict", outcome.conflicts.len()));
     }
+    if !plan.held.is_empty() {
+        s.push_str(&format!(
+            ", {} held back (agent cannot read the score)",
+            plan.held.len()
+        ));
+    }
     s
 }
 
@@ -362,6 +413,7 @@ mod tests {
             name,
             DeploymentSpec {
                 target_devices: vec!["b".into(), "a".into(), "b".into()],
+                target_selector: None,
                 rollout: Rollout::default(),
                 score: Score {
                     type_name: ty.into(),
@@ -449,6 +501,45 @@ mod tests {
             e.to_string().starts_with("metadata.namespace `a/b`: "),
             "{e}"
         );
+    }
+
+    #[test]
+    fn a_selector_alone_is_a_target_and_bad_ones_name_the_field() {
+        let mut d = deployment("web", "PodmanV0", podman());
+        d.spec.target_devices.clear();
+        d.spec.target_selector = Some(
+            serde_json::from_value(serde_json::json!({"matchLabels": {"site": "lyon"}})).unwrap(),
+        );
+        let mut p = plan(&d).unwrap();
+        assert!(
+            p.targets.is_empty(),
+            "selected Devices are added by the caller"
+        );
+        assert_eq!(p.selector.as_ref().unwrap().to_string(), "site=lyon");
+        p.add_targets([
+            "pi-2".to_string(),
+            "pi-1".into(),
+            "pi-2".into(),
+            "bad.id".into(),
+        ]);
+        assert_eq!(p.targets, ["pi-1", "pi-2"]);
+        d.spec.target_selector = Some(
+            serde_json::from_value(serde_json::json!({"matchExpressions": [{"key": "site", "operator": "Equals", "values": ["lyon"]}]}))
+                .unwrap(),
+        );
+        let e = plan(&d).unwrap_err();
+        assert!(matches!(e, PlanError::InvalidSelector(_)), "{e:?}");
+        assert!(!e.is_score_error());
+        assert!(
+            e.to_string().starts_with(
+                "spec.targetSelector.matchExpressions[0].operator: \"Equals\" is not an operator"
+            ),
+            "{e}"
+        );
+        d.spec.target_selector = None;
+        let e = plan(&d).unwrap_err();
+        assert_eq!(e, PlanError::NoTargets);
+        assert!(e.to_string().contains("targetSelector"), "{e}");
     }
 
     #[test]

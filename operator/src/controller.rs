@@ -4,6 +4,13 @@
 //! [`reconcile`] and [`Context`] are public so that tests elsewhere (the
 //! end-to-end suite, the fleet bench) drive the real function through a
 //! mocked API server.
+//!
+//! The targets of a Deployment are its `targetDevices` and the Devices its
+//! `targetSelector` selects ([`crate::targeting`]); a Device whose labels
+//! change re-reconciles exactly the Deployments whose selection it changes.
+//! Targets whose agent cannot read the score are held back: not written,
+//! shown `Unsupported`, and recorded in the [`CapabilityGate`] for the
+//! Device inventory.
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
@@ -22,10 +29,12 @@ use protocol::kv::{Owner, OwnerBuf};
 use tokio::sync::mpsc;
 
 use crate::apply::{self, PlanError};
+use crate::capability_gate::CapabilityGate;
 use crate::crd::{Deployment, DeploymentStatus, FINALIZER};
 use crate::metrics::Metrics;
 use crate::nats::{Nats, NatsError};
 use crate::status::{Change, Observed, StatusCache, conditions, fold_status, now_ns};
+use crate::targeting::{self, DeploymentRef, TargetIndex};
 use error_report::Chain;
 
 /// Why a reconcile failed.
@@ -97,6 +106,11 @@ pub struct Context {
     pub metrics: Arc<Metrics>,
     /// Settings.
     pub config: ControllerConfig,
+    /// The Devices' labels and the Deployments' selectors; resolved only
+    /// once synced by the Device watch that [`run`] starts.
+    pub targets: Arc<TargetIndex>,
+    /// Where held-back targets are recorded for the Device inventory.
+    pub capability_gate: Arc<CapabilityGate>,
     reporter: Reporter,
     clock: Clock,
     failures: Mutex<HashMap<String, u32>>,
@@ -112,6 +126,7 @@ struct Applied {
     revision: u64,
     owner: OwnerBuf,
     targets: Vec<String>,
+    held: Vec<String>,
     conflicts: Vec<apply::Conflict>,
     at: std::time::Instant,
 }
@@ -134,11 +149,26 @@ impl Context {
             status,
             metrics: Arc::default(),
             config,
+            targets: Arc::new(TargetIndex::new()),
+            capability_gate: CapabilityGate::detached(),
             reporter,
             clock: Arc::new(now_ns),
             failures: Mutex::default(),
             applied: Mutex::default(),
         }
+    }
+
+    /// The same context recording held-back targets in `gate` (the one the
+    /// Device inventory reads).
+    pub fn with_capability_gate(mut self, gate: Arc<CapabilityGate>) -> Context {
+        self.capability_gate = gate;
+        self
+    }
+
+    /// The same context resolving selectors with `targets`.
+    pub fn with_target_index(mut self, targets: Arc<TargetIndex>) -> Context {
+        self.targets = targets;
+        self
     }
 
     /// The same context with another clock (nanoseconds since the epoch).
@@ -168,6 +198,7 @@ impl Context {
                 a.revision == plan.revision
                     && a.owner == plan.owner
                     && a.targets == plan.targets
+                    && a.held.iter().eq(plan.held.keys())
                     && a.at.elapsed() < self.config.resync
             })
             .cloned();
@@ -176,6 +207,7 @@ impl Context {
                 .targets
                 .iter()
                 .filter(|t| !a.conflicts.iter().any(|c| &c.device == *t))
+                .filter(|t| !plan.held.contains_key(*t))
                 .cloned()
                 .collect();
             return Ok(apply::ApplyOutcome {
@@ -193,6 +225,7 @@ impl Context {
                 revision: plan.revision,
                 owner: plan.owner.clone(),
                 targets: plan.targets.clone(),
+                held: plan.held.keys().cloned().collect(),
                 conflicts: outcome.conflicts.clone(),
                 at: std::time::Instant::now(),
             },
@@ -204,6 +237,15 @@ impl Context {
 fn object_key(d: &Deployment) -> String {
     format!("{}/{}", d.namespace_or_default(), d.name_str())
 }
+
+/// The reference the target index files `d` under.
+fn index_ref(d: &Deployment) -> DeploymentRef {
+    targeting::deployment_ref(d.namespace_or_default(), d.name_str())
+}
+
+/// How long a Deployment with a selector waits, at most, for the Device
+/// list before looking again (the list's arrival triggers it sooner).
+const SELECTOR_WAIT: Duration = Duration::from_secs(30);
 
 /// Reconciles one Deployment: adds the finalizer, writes the desired state
 /// and folds device status into `.status`; on deletion removes every key it
@@ -258,7 +300,18 @@ async fn apply_deployment(
     let prev = d.status.clone().unwrap_or_default();
     let mut events = Vec::new();
     let (observed, action) = match apply::plan(d) {
-        Ok(plan) => {
+        Ok(mut plan) => {
+            match ctx.targets.resolve(&index_ref(d), plan.selector.as_ref()) {
+                Some(selected) => plan.add_targets(selected),
+                None if plan.selector.is_some() => {
+                    tracing::info!(deployment = %object_key(d), "waiting for the list of Device objects to resolve targetSelector; nothing written yet");
+                    return Ok(Action::requeue(SELECTOR_WAIT));
+                }
+                None => {}
+            }
+            plan.held =
+                targeting::capabilities::held_back(&plan, |device| ctx.status.heartbeat(device));
+            ctx.capability_gate.set(plan.owner.as_str(), &plan.held);
             let outcome = ctx.apply_plan(&object_key(d), &plan).await?;
             Metrics::add(&ctx.metrics.kv_writes, outcome.writes() as u64);
             if outcome.writes() > 0 {
@@ -274,6 +327,7 @@ async fn apply_deployment(
                 score_json: Some(plan.score_json.clone()),
                 targets: plan.targets.clone(),
                 conflicts: outcome.conflicts.clone(),
+                held: plan.held.clone(),
                 invalid: None,
                 unknown_type: plan.unknown_type.clone(),
             };
@@ -281,6 +335,7 @@ async fn apply_deployment(
         }
         Err(e) => {
             ctx.applied().remove(&object_key(d));
+            ctx.capability_gate.remove_owner(&object_key(d));
             tracing::info!(deployment = %object_key(d), error = %Chain(&e), "spec rejected; nothing written");
             (invalid_observed(d, &prev, e), Action::await_change())
         }
@@ -333,6 +388,7 @@ fn invalid_observed(d: &Deployment, prev: &DeploymentStatus, e: PlanError) -> Ob
             .into_iter()
             .collect(),
         conflicts: Vec::new(),
+        held: Default::default(),
         invalid: Some(e),
         unknown_type: None,
     }
@@ -371,6 +427,8 @@ async fn cleanup(d: &Deployment, ctx: &Context) -> Result<Action, Error> {
     };
     ctx.applied().remove(&object_key(d));
     let removed = apply::remove(&ctx.nats, &owner.to_string(), owner.name()).await?;
+    ctx.targets.forget(&index_ref(d));
+    ctx.capability_gate.remove_owner(&owner.to_string());
     Metrics::add(&ctx.metrics.kv_writes, removed.len() as u64);
     tracing::info!(deployment = %owner, removed = removed.len(), "desired state removed");
     Ok(Action::await_change())
@@ -378,7 +436,7 @@ async fn cleanup(d: &Deployment, ctx: &Context) -> Result<Action, Error> {
 
 /// Runs the controller until a shutdown signal: watches Deployments in all
 /// namespaces and reconciles them, and also when a device report or
-/// heartbeat concerns one.
+/// heartbeat concerns one, or a Device's labels change its selection.
 pub async fn run(
     ctx: Arc<Context>,
     changes: mpsc::UnboundedReceiver<Change>,
@@ -392,7 +450,9 @@ pub async fn run(
     }
     let controller = Controller::new(api, watcher::Config::default().any_semantic());
     let store = controller.store();
-    let triggers = change_triggers(changes, store);
+    let triggers = change_triggers(changes, store, ctx.targets.clone());
+    let device_triggers = targeting::watch::watch(ctx.client.clone(), ctx.targets.clone());
+    let triggers = futures::stream::select(triggers, device_triggers);
     ctx.metrics.ready.store(true, Ordering::Relaxed);
     controller
         .reconcile_on(triggers)
@@ -410,25 +470,34 @@ pub async fn run(
 
 /// Maps device reports to the Deployments they concern: a status names the
 /// deployment (in any namespace); a device that comes back concerns every
-/// Deployment targeting it. Reports for unknown deployments are dropped.
+/// Deployment targeting it, by name or by selector. Reports for unknown
+/// deployments are dropped.
 fn change_triggers(
     changes: mpsc::UnboundedReceiver<Change>,
     store: Store<Deployment>,
+    targets: Arc<TargetIndex>,
 ) -> impl futures::Stream<Item = ObjectRef<Deployment>> + Send + 'static {
     futures::stream::unfold(
         changes,
         |mut rx| async move { rx.recv().await.map(|c| (c, rx)) },
     )
     .flat_map(move |change| {
-        let refs: Vec<ObjectRef<Deployment>> = store
+        let mut refs: Vec<ObjectRef<Deployment>> = store
             .state()
             .iter()
             .filter(|d| match &change {
                 Change::Deployment(name) => d.name_any() == *name,
                 Change::Device(dev) => d.spec.target_devices.iter().any(|t| t == dev),
             })
-            .map(|d| ObjectRef::from_obj(d.as_ref()))
+            .map(|d| index_ref(d))
             .collect();
+        if let Change::Device(dev) = &change {
+            for r in targets.selecting(dev) {
+                if !refs.contains(&r) {
+                    refs.push(r);
+                }
+            }
+        }
         if refs.is_empty() {
             tracing::debug!(?change, "report for no known Deployment ignored");
         }
@@ -447,6 +516,7 @@ mod tests {
             name,
             DeploymentSpec {
                 target_devices: targets.iter().map(|t| t.to_string()).collect(),
+                target_selector: None,
                 rollout: Rollout::default(),
                 score: Score {
                     type_name: "PodmanV0".into(),
@@ -469,7 +539,11 @@ mod tests {
             writer.apply_watcher_event(&watcher::Event::Apply(obj));
         }
         let (tx, rx) = mpsc::unbounded_channel();
-        let mut refs = Box::pin(change_triggers(rx, writer.as_reader()));
+        let mut refs = Box::pin(change_triggers(
+            rx,
+            writer.as_reader(),
+            Arc::new(TargetIndex::new()),
+        ));
         let mut next = async || {
             let r = refs.next().await.unwrap();
             let namespace = r.namespace.unwrap_or_default();
@@ -488,6 +562,37 @@ mod tests {
         let mut got = vec![next().await, next().await];
         got.sort();
         assert_eq!(got, ["a/db", "a/web"]);
+    }
+
+    #[tokio::test]
+    async fn a_device_back_triggers_the_deployments_selecting_it() {
+        let mut writer: Writer<Deployment> = Writer::default();
+        writer.apply_watcher_event(&watcher::Event::Apply(d("a", "named", &["pi-1"])));
+        let index = Arc::new(TargetIndex::new());
+        let labels = |v: &str| [("site".to_string(), v.to_string())].into_iter().collect();
+        index.replace_all(vec![
+            ("pi-1".into(), labels("lyon")),
+            ("pi-2".into(), labels("oslo")),
+        ]);
+        let selector = crate::targeting::TargetSelector::new(
+            &serde_json::from_value(serde_json::json!({"matchLabels": {"site": "lyon"}})).unwrap(),
+        )
+        .unwrap();
+        let lyon = ObjectRef::new("lyon").within("b");
+        index.resolve(&lyon, Some(&selector));
+        let (tx, rx) = mpsc::unbounded_channel();
+        let mut refs = Box::pin(change_triggers(rx, writer.as_reader(), index));
+        tx.send(Change::Device("pi-1".into())).unwrap();
+        let mut got = vec![refs.next().await.unwrap(), refs.next().await.unwrap()];
+        got.sort_by(|a, b| a.name.cmp(&b.name));
+        assert_eq!(got, [lyon, ObjectRef::new("named").within("a")]);
+        tx.send(Change::Device("pi-2".into())).unwrap();
+        tx.send(Change::Deployment("named".into())).unwrap();
+        assert_eq!(
+            refs.next().await.unwrap().name,
+            "named",
+            "pi-2 concerns nobody"
+        );
     }
 
     #[test]

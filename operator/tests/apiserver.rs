@@ -122,7 +122,7 @@ async fn the_server_refuses_what_the_cel_rules_refuse() {
     refused(
         &api,
         deployment_json("default", "e", json!([]), "PodmanV0"),
-        "spec.targetDevices: Invalid value",
+        operator::crd::TARGETS_RULE_MESSAGE,
     )
     .await;
     let mut no_targets = deployment_json("default", "n", json!([]), "PodmanV0");
@@ -130,7 +130,7 @@ async fn the_server_refuses_what_the_cel_rules_refuse() {
         .as_object_mut()
         .unwrap()
         .remove("targetDevices");
-    refused(&api, no_targets, "spec.targetDevices: Required value").await;
+    refused(&api, no_targets, operator::crd::TARGETS_RULE_MESSAGE).await;
 
     // The rules hold on updates too: a merge patch adding a bad device.
     let patch = json!({"spec": {"targetDevices": ["pi-1", "a.b"]}});

@@ -158,7 +158,23 @@ fn schema_shape() {
         spec["properties"]["rollout"]["properties"]["strategy"]["default"],
         "AllAtOnce"
     );
-    assert_eq!(spec["required"], json!(["score", "targetDevices"]));
+    assert_eq!(
+        spec["required"],
+        json!(["score"]),
+        "targetDevices may be absent"
+    );
+    let selector = &spec["properties"]["targetSelector"];
+    assert_eq!(
+        selector["properties"]["matchExpressions"]["items"]["properties"]["operator"]["enum"],
+        json!(["In", "NotIn", "Exists", "DoesNotExist"])
+    );
+    assert!(
+        selector["description"]
+            .as_str()
+            .unwrap()
+            .contains("union of the"),
+        "{selector}"
+    );
     let status = &s["properties"]["status"]["properties"];
     for f in [
         "observedGeneration",
@@ -191,7 +207,84 @@ fn schema_shape() {
         );
     }
     let paths: Vec<String> = rules().into_keys().collect();
-    assert_eq!(paths, ["", "spec.score.type", "spec.targetDevices[]"]);
+    assert_eq!(
+        paths,
+        [
+            "",
+            "spec",
+            "spec.score.type",
+            "spec.targetDevices[]",
+            "spec.targetSelector.matchExpressions[]",
+            "spec.targetSelector.matchExpressions[].key",
+            "spec.targetSelector.matchExpressions[].values[]",
+            "spec.targetSelector.matchLabels",
+        ]
+    );
+}
+
+#[test]
+fn targets_rule() {
+    let (rule, message) = only_rule("spec");
+    assert!(message.contains("targetDevices") && message.contains("targetSelector"));
+    let score = json!({"type": "PodmanV0", "data": {}});
+    assert!(eval(&rule, json!({"targetDevices": ["a"], "score": score})));
+    assert!(eval(&rule, json!({"targetSelector": {}, "score": score})));
+    assert!(eval(
+        &rule,
+        json!({"targetDevices": [], "targetSelector": {"matchLabels": {"site": "lyon"}}, "score": score})
+    ));
+    assert!(!eval(&rule, json!({"targetDevices": [], "score": score})));
+    assert!(!eval(&rule, json!({"score": score})));
+}
+
+#[test]
+fn selector_rules() {
+    let (values_rule, _) = only_rule("spec.targetSelector.matchExpressions[]");
+    let expr = |op: &str, values: Option<Json>| match values {
+        Some(v) => json!({"key": "site", "operator": op, "values": v}),
+        None => json!({"key": "site", "operator": op}),
+    };
+    assert!(eval(&values_rule, expr("In", Some(json!(["a"])))));
+    assert!(eval(&values_rule, expr("NotIn", Some(json!(["a", "b"])))));
+    assert!(eval(&values_rule, expr("Exists", None)));
+    assert!(eval(&values_rule, expr("DoesNotExist", Some(json!([])))));
+    assert!(!eval(&values_rule, expr("In", None)));
+    assert!(!eval(&values_rule, expr("In", Some(json!([])))));
+    assert!(!eval(&values_rule, expr("Exists", Some(json!(["a"])))));
+    let (key_rule, _) = only_rule("spec.targetSelector.matchExpressions[].key");
+    let (value_rule, _) = only_rule("spec.targetSelector.matchExpressions[].values[]");
+    let (keys_rule, _) = only_rule("spec.targetSelector.matchLabels");
+    for key in [
+        "site",
+        "example.com/site",
+        "a_b.c-d",
+        "Bad Key",
+        "-a",
+        "UP.com/x",
+        "a/b/c",
+        "x/",
+    ] {
+        let ours = operator::targeting::TargetSelector::new(
+            &serde_json::from_value(
+                json!({"matchExpressions": [{"key": key, "operator": "Exists"}]}),
+            )
+            .unwrap(),
+        )
+        .is_ok();
+        assert_eq!(eval(&key_rule, json!(key)), ours, "key {key:?}");
+        assert_eq!(
+            eval(&keys_rule, json!({key: "v"})),
+            ours,
+            "matchLabels key {key:?}"
+        );
+    }
+    for value in ["", "lyon", "a.b_c-d", "-no", "no-", "has space"] {
+        let ours = operator::targeting::TargetSelector::new(
+            &serde_json::from_value(json!({"matchLabels": {"site": value}})).unwrap(),
+        )
+        .is_ok();
+        assert_eq!(eval(&value_rule, json!(value)), ours, "value {value:?}");
+    }
 }
 
 /// The phases and reasons are enums in the schema, written as the same

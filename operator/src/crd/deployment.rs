@@ -1,8 +1,11 @@
 //! The `iot.nationtech.io/v1alpha1` `Deployment` custom resource.
 //!
 //! The schema carries the apiserver-side
-//! checks: key tokens for the name and the device ids, and the score type's
-//! identifier shape, each a CEL rule with a message that says what is allowed.
+//! checks: key tokens for the name and the device ids, the score type's
+//! identifier shape, the label selector's syntax, and that some target is
+//! given at all, each a CEL rule with a message that says what is allowed.
+//! [`crate::apply::plan`] checks the same again, exactly (the CRD cannot
+//! bound a label key's prefix, and the CLI reads manifests no server saw).
 
 use kube::CustomResource;
 use kube::core::crd::CustomResourceExt;
@@ -10,6 +13,7 @@ use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
 use serde::{Deserialize, Serialize};
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 
 /// API group of the resource.
 pub const GROUP: &str = "iot.nationtech.io";
@@ -32,6 +36,29 @@ pub const SCORE_TYPE_RULE: &str = "self.matches('^[A-Za-z_][A-Za-z0-9_]*$')";
 /// Message of [`SCORE_TYPE_RULE`].
 pub const SCORE_TYPE_RULE_MESSAGE: &str =
     "score.type must be a score variant name (a Rust identifier), e.g. PodmanV0";
+/// CEL rule on `spec`: something is targeted.
+pub const TARGETS_RULE: &str =
+    "has(self.targetSelector) || (has(self.targetDevices) && size(self.targetDevices) > 0)";
+/// Message of [`TARGETS_RULE`].
+pub const TARGETS_RULE_MESSAGE: &str = "spec needs targetDevices (device ids) or targetSelector (labels of Device objects), or both; to stop running the score everywhere, delete the Deployment";
+/// CEL rule on `spec.targetSelector.matchLabels`: every key is a label key.
+pub const SELECTOR_KEYS_RULE: &str = "self.all(k, k.matches('^([a-z0-9]([-a-z0-9]*[a-z0-9])?([.][a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$'))";
+/// CEL rule on a selector's label key.
+pub const SELECTOR_KEY_RULE: &str = "self.matches('^([a-z0-9]([-a-z0-9]*[a-z0-9])?([.][a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$')";
+/// Message of [`SELECTOR_KEYS_RULE`] and [`SELECTOR_KEY_RULE`].
+pub const SELECTOR_KEY_RULE_MESSAGE: &str = "label keys are [prefix/]name: name is 1 to 63 of A-Z, a-z, 0-9, '-', '_' or '.', starting and ending alphanumeric; the optional prefix is a DNS subdomain (lowercase), e.g. site or example.com/site";
+/// CEL rule on a selector's label value.
+pub const SELECTOR_VALUE_RULE: &str =
+    "self.matches('^([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?$')";
+/// Message of [`SELECTOR_VALUE_RULE`].
+pub const SELECTOR_VALUE_RULE_MESSAGE: &str = "label values are empty or 1 to 63 of A-Z, a-z, 0-9, '-', '_' or '.', starting and ending alphanumeric";
+/// CEL rule on each entry of `spec.targetSelector.matchExpressions`.
+pub const SELECTOR_VALUES_RULE: &str = "self.operator in ['In', 'NotIn'] ? (has(self.values) && size(self.values) > 0) : (!has(self.values) || size(self.values) == 0)";
+/// Message of [`SELECTOR_VALUES_RULE`].
+pub const SELECTOR_VALUES_RULE_MESSAGE: &str = "operators In and NotIn need at least one value in values; Exists and DoesNotExist take no values";
+/// Most `matchLabels` entries, `matchExpressions` entries, or values of
+/// one expression (bounds that keep the CEL rules' cost estimate low).
+pub const MAX_SELECTOR_TERMS: usize = 32;
 /// Most targets one Deployment may name.
 pub const MAX_TARGETS: usize = 10_000;
 /// Most entries in `.status.devices`. Ready devices are only counted, so a
@@ -63,10 +90,24 @@ pub const MAX_LISTED_DEVICES: usize = 100;
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[schemars(extend("x-kubernetes-validations" = [{"rule": TARGETS_RULE, "message": TARGETS_RULE_MESSAGE}]))]
 pub struct DeploymentSpec {
-    /// Device ids to run the score on.
+    /// Device ids to run the score on, whether or not a Device object exists
+    /// for them yet (boards flashed before their first heartbeat). May be
+    /// empty or absent when targetSelector is given.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(schema_with = "target_devices_schema")]
     pub target_devices: Vec<String>,
+    /// Device objects (kind Device, one per board) to run the score on, by
+    /// their labels: a standard Kubernetes label selector (matchLabels,
+    /// matchExpressions with In, NotIn, Exists, DoesNotExist; all must
+    /// hold; {} selects every Device). The targets are the union of the
+    /// selected Devices and targetDevices; a Device that stops matching, or
+    /// is deleted, loses the deployment (its key is removed, its workload
+    /// stopped).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "target_selector_schema")]
+    pub target_selector: Option<LabelSelector>,
     /// How a new revision reaches the targets.
     #[serde(default)]
     pub rollout: Rollout,
@@ -120,9 +161,7 @@ impl JsonSchema for Score {
 
 fn target_devices_schema(_: &mut SchemaGenerator) -> Schema {
     json_schema!({
-        "description": "Device ids to run the score on (at least one); each is one NATS key token.",
         "type": "array",
-        "minItems": 1,
         "maxItems": MAX_TARGETS,
         "x-kubernetes-list-type": "set",
         "items": {
@@ -132,6 +171,74 @@ fn target_devices_schema(_: &mut SchemaGenerator) -> Schema {
             "x-kubernetes-validations": [
                 {"rule": DEVICE_RULE, "message": DEVICE_RULE_MESSAGE}
             ]
+        }
+    })
+}
+
+// Hand-written: k8s-openapi's schemas are not generated here, and this one
+// carries the syntax checks the API server can make.
+fn target_selector_schema(_: &mut SchemaGenerator) -> Schema {
+    json_schema!({
+        "type": "object",
+        "x-kubernetes-map-type": "atomic",
+        "properties": {
+            "matchLabels": {
+                "description": "Labels a Device must have with exactly these values, e.g. {site: lyon}.",
+                "type": "object",
+                "maxProperties": MAX_SELECTOR_TERMS,
+                "additionalProperties": {
+                    "type": "string",
+                    "maxLength": 63,
+                    "x-kubernetes-validations": [
+                        {"rule": SELECTOR_VALUE_RULE, "message": SELECTOR_VALUE_RULE_MESSAGE}
+                    ]
+                },
+                "x-kubernetes-validations": [
+                    {"rule": SELECTOR_KEYS_RULE, "message": SELECTOR_KEY_RULE_MESSAGE}
+                ]
+            },
+            "matchExpressions": {
+                "description": "Requirements on a Device's labels: key In values, key NotIn values, key Exists, key DoesNotExist.",
+                "type": "array",
+                "maxItems": MAX_SELECTOR_TERMS,
+                "x-kubernetes-list-type": "atomic",
+                "items": {
+                    "type": "object",
+                    "required": ["key", "operator"],
+                    "properties": {
+                        "key": {
+                            "description": "The label key.",
+                            "type": "string",
+                            "minLength": 1,
+                            "maxLength": 317,
+                            "x-kubernetes-validations": [
+                                {"rule": SELECTOR_KEY_RULE, "message": SELECTOR_KEY_RULE_MESSAGE}
+                            ]
+                        },
+                        "operator": {
+                            "description": "In, NotIn, Exists or DoesNotExist.",
+                            "type": "string",
+                            "enum": ["In", "NotIn", "Exists", "DoesNotExist"]
+                        },
+                        "values": {
+                            "description": "The values for In and NotIn (at least one); none for Exists and DoesNotExist.",
+                            "type": "array",
+                            "maxItems": MAX_SELECTOR_TERMS,
+                            "x-kubernetes-list-type": "atomic",
+                            "items": {
+                                "type": "string",
+                                "maxLength": 63,
+                                "x-kubernetes-validations": [
+                                    {"rule": SELECTOR_VALUE_RULE, "message": SELECTOR_VALUE_RULE_MESSAGE}
+                                ]
+                            }
+                        }
+                    },
+                    "x-kubernetes-validations": [
+                        {"rule": SELECTOR_VALUES_RULE, "message": SELECTOR_VALUES_RULE_MESSAGE}
+                    ]
+                }
+            }
         }
     })
 }
@@ -185,7 +292,8 @@ pub struct DeploymentStatus {
     /// is always `devices` listed plus this.
     #[serde(default)]
     pub devices_omitted: i64,
-    /// Devices targeted.
+    /// Devices targeted: `targetDevices` and the Devices `targetSelector`
+    /// selects, each once.
     #[serde(default)]
     pub targeted: i64,
     /// Devices reporting the current revision.
@@ -194,7 +302,8 @@ pub struct DeploymentStatus {
     /// Devices running the current revision and reachable.
     #[serde(default)]
     pub ready: i64,
-    /// Devices reporting Failed or Unsupported for the current revision.
+    /// Devices reporting Failed or Unsupported for the current revision,
+    /// and devices held back because their agent cannot read the score.
     #[serde(default)]
     pub failed: i64,
 }
@@ -234,7 +343,8 @@ pub struct DeviceStatus {
     /// The agent's phase (Pending, Pulling, Starting, Running, Failed,
     /// Unsupported, Removed, Completed), or the operator's view: Unknown (no
     /// report yet), Unreachable (heartbeat stale), Conflict (another
-    /// Deployment of this name owns the device's key).
+    /// Deployment of this name owns the device's key), Unsupported (held
+    /// back: the agent's heartbeat says it cannot read the score).
     pub phase: DevicePhase,
     /// The revision the device reported, 16 hex digits.
     pub revision: Option<String>,
@@ -264,7 +374,8 @@ pub enum DevicePhase {
     Running,
     /// Something failed on the device; the message says what.
     Failed,
-    /// The score's type is unknown to the agent.
+    /// The score's type is unknown to the agent, or the operator holds the
+    /// score back because the agent's heartbeat says it cannot read it.
     Unsupported,
     /// The deployment was deleted and its containers removed.
     Removed,

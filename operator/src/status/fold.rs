@@ -2,6 +2,8 @@
 //! Deployment's `.status`: counts over every target, conditions, and entries
 //! for the (at most [`MAX_LISTED_DEVICES`]) targets that are not ready.
 
+use std::collections::BTreeMap;
+
 use protocol::{DeploymentKey, Phase};
 
 use super::cache::{Report, StatusCache, is_stale, rfc3339};
@@ -18,10 +20,13 @@ pub struct Observed {
     pub revision: Option<u64>,
     /// The JSON of the score with that revision.
     pub score_json: Option<String>,
-    /// The devices targeted.
+    /// The devices targeted: `targetDevices` and the selected Devices.
     pub targets: Vec<String>,
     /// Targets owned by another Deployment of the same name.
     pub conflicts: Vec<Conflict>,
+    /// Targets not written because their agent cannot read the score, with
+    /// the reason: shown `Unsupported` and counted as failed.
+    pub held: BTreeMap<String, String>,
     /// Why the spec could not be written, if it could not.
     pub invalid: Option<PlanError>,
     /// Set when the score type is not one this operator knows.
@@ -52,7 +57,7 @@ pub mod conditions {
 /// worst first.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum Attention {
-    /// Failed or Unsupported at the current revision.
+    /// Failed or Unsupported at the current revision, or held back.
     Failed,
     /// Another Deployment of this name owns the key; nothing was written.
     Conflict,
@@ -139,6 +144,15 @@ impl Tally {
                 tally
                     .not_ready
                     .push((Attention::Conflict, conflict_entry(name, c)));
+                continue;
+            }
+            if let Some(reason) = observed.held.get(device) {
+                tally.failed += 1;
+                tally.failing.push(device.clone());
+                tally.not_ready.push((
+                    Attention::Failed,
+                    held_entry(device, reason, reports.get(device)),
+                ));
                 continue;
             }
             let a = assess(
@@ -234,6 +248,19 @@ fn conflict_entry(name: &str, c: &Conflict) -> DeviceStatus {
         revision: None,
         message: Some(format!("the key {key} belongs to {}", c.owner)),
         last_report_time: None,
+        warnings: Vec::new(),
+    }
+}
+
+/// The entry of a target held back: `Unsupported` with the reason, and the
+/// revision it last reported (what it still runs), if any.
+fn held_entry(device: &str, reason: &str, report: Option<&Report>) -> DeviceStatus {
+    DeviceStatus {
+        device: device.to_string(),
+        phase: DevicePhase::Unsupported,
+        revision: report.map(|r| revision_string(r.status.revision)),
+        message: Some(reason.to_string()),
+        last_report_time: report.map(|r| rfc3339(r.stored_at_ns)),
         warnings: Vec::new(),
     }
 }
@@ -512,6 +539,7 @@ mod tests {
             "web",
             DeploymentSpec {
                 target_devices: vec!["a".into(), "b".into(), "c".into()],
+                target_selector: None,
                 rollout: Rollout::default(),
                 score: Score {
                     type_name: "PodmanV0".into(),
@@ -869,6 +897,27 @@ mod tests {
         assert_eq!(cond(&s, "DeviceWarnings").status, "False");
         let json = serde_json::to_value(&s).unwrap();
         assert!(json.to_string().contains("NoDeviceWarnings"));
+    }
+
+    #[test]
+    fn held_back_targets_show_unsupported_and_count_as_failed() {
+        let now = now_ns();
+        let (cache, mut observed) = healthy_fleet(3, now);
+        let reason = "held back: agent 0.1.0 reads ...; update the agent on this device";
+        observed.held.insert(device_id(1), reason.to_string());
+        let s = fold_status(&deployment(), &observed, &cache, now);
+        assert_eq!((s.targeted, s.ready, s.failed), (3, 2, 1));
+        assert_eq!(listed(&s), [("dev-00001", "Unsupported")]);
+        assert_eq!(s.devices[0].message.as_deref(), Some(reason));
+        // What it still runs: the revision it last reported.
+        assert_eq!(s.devices[0].revision.as_deref(), Some("0000000000000007"));
+        let degraded = s.conditions.iter().find(|c| c.type_ == "Degraded").unwrap();
+        assert_eq!(degraded.reason, ConditionReason::TargetsFailed);
+        assert!(
+            degraded.message.contains("failed: dev-00001"),
+            "{degraded:?}"
+        );
+        assert_accounts_for_all(&s);
     }
 
     #[test]

@@ -1,0 +1,210 @@
+//! Which targets not to write because their agent said, in its last
+//! heartbeat, that it cannot read the value: the operator never writes a
+//! device what it cannot decode. A device without a heartbeat yet is
+//! written to (boards flashed before their first boot get their key).
+
+use std::collections::BTreeMap;
+
+use protocol::wire::Encode;
+use protocol::{Capabilities, DesiredState, IotScore, PayloadEncoding};
+
+use crate::apply::Plan;
+use crate::status::HeartbeatSeen;
+
+/// What a plan's value asks of the agent that reads it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Requirement {
+    /// Format version of the `DesiredState`.
+    pub desired_version: u8,
+    /// The score type.
+    pub type_name: String,
+    /// Format version of the score's own encoding; `None` for a type routed
+    /// as JSON (what matters then is that the agent runs the type).
+    pub score_version: Option<u8>,
+}
+
+impl Requirement {
+    /// What `plan`'s value needs; `None` if it does not decode (it always
+    /// does: [`crate::apply::plan`] encoded it).
+    pub fn of(plan: &Plan) -> Option<Requirement> {
+        let desired: DesiredState<'_> = protocol::wire::decode(&plan.value).ok()?;
+        let score_version = match desired.score.encoding {
+            PayloadEncoding::Json => None,
+            PayloadEncoding::Postcard => match desired.score.decode().ok()? {
+                IotScore::PodmanV0(s) => Some(s.format_version()),
+            },
+        };
+        Some(Requirement {
+            desired_version: desired.format_version(),
+            type_name: desired.score.type_name.as_str().to_string(),
+            score_version,
+        })
+    }
+
+    /// Whether an agent with `caps` reads it.
+    pub fn readable_by(&self, caps: &Capabilities<'_>) -> bool {
+        match self.score_version {
+            Some(v) => caps.reads(self.desired_version, &self.type_name, v),
+            None => {
+                caps.desired_state_versions.contains(&self.desired_version)
+                    && caps.runs(&self.type_name)
+            }
+        }
+    }
+
+    fn describe(&self) -> String {
+        match self.score_version {
+            Some(v) => format!(
+                "{} format {v} in DesiredState format {}",
+                self.type_name, self.desired_version
+            ),
+            None => format!(
+                "{} (routed as JSON) in DesiredState format {}",
+                self.type_name, self.desired_version
+            ),
+        }
+    }
+
+    /// Why an agent whose heartbeat is `seen` cannot read it.
+    pub fn refusal(&self, seen: &HeartbeatSeen) -> String {
+        let hb = &seen.heartbeat;
+        let caps = &hb.capabilities;
+        let agent = if hb.agent_version.is_empty() {
+            "the agent".to_string()
+        } else {
+            format!("agent {}", hb.agent_version.as_str())
+        };
+        let versions = |v: &[u8]| v.iter().map(u8::to_string).collect::<Vec<_>>().join(", ");
+        let types = caps
+            .score_types
+            .iter()
+            .map(|s| {
+                format!(
+                    "{} (format {})",
+                    s.type_name.as_str(),
+                    versions(&s.versions)
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(", ");
+        format!(
+            "held back: {agent} reads DesiredState format {} and score types {}, not {}; update the agent on this device (its key is not written; what it ran before keeps running)",
+            versions(&caps.desired_state_versions),
+            if types.is_empty() {
+                "none".into()
+            } else {
+                types
+            },
+            self.describe()
+        )
+    }
+}
+
+/// The targets of `plan` whose last heartbeat says they cannot read its
+/// value, each with the reason.
+pub fn held_back(
+    plan: &Plan,
+    heartbeat: impl Fn(&str) -> Option<HeartbeatSeen>,
+) -> BTreeMap<String, String> {
+    let Some(req) = Requirement::of(plan) else {
+        return BTreeMap::new();
+    };
+    plan.targets
+        .iter()
+        .filter_map(|device| {
+            let seen = heartbeat(device)?;
+            (!req.readable_by(&seen.heartbeat.capabilities))
+                .then(|| (device.clone(), req.refusal(&seen)))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use protocol::{BoundedVec, Heartbeat, ScoreTypeSupport, Text};
+
+    fn seen(caps: Capabilities<'static>) -> HeartbeatSeen {
+        HeartbeatSeen {
+            heartbeat: Heartbeat {
+                agent_version: Text::borrowed("0.2.0"),
+                capabilities: caps,
+                ..Heartbeat::default()
+            },
+            stored_at_ns: 0,
+        }
+    }
+
+    fn caps(types: &[(&'static str, u8)]) -> Capabilities<'static> {
+        Capabilities {
+            desired_state_versions: BoundedVec::try_from_iter([1]).unwrap(),
+            score_types: BoundedVec::try_from_iter(types.iter().map(|(t, v)| ScoreTypeSupport {
+                type_name: Text::borrowed(t),
+                versions: BoundedVec::try_from_iter([*v]).unwrap(),
+            }))
+            .unwrap(),
+        }
+    }
+
+    fn plan_of(ty: &str, data: serde_json::Value) -> Plan {
+        let mut d = crate::crd::Deployment::new(
+            "web",
+            crate::crd::DeploymentSpec {
+                target_devices: vec!["new".into(), "old".into(), "none".into(), "silent".into()],
+                target_selector: None,
+                rollout: Default::default(),
+                score: crate::crd::Score {
+                    type_name: ty.into(),
+                    data,
+                },
+            },
+        );
+        d.metadata.namespace = Some("fleet".into());
+        crate::apply::plan(&d).unwrap()
+    }
+
+    #[test]
+    fn holds_back_what_the_heartbeat_cannot_read() {
+        let podman = plan_of(
+            "PodmanV0",
+            serde_json::json!({"containers": [{"name": "web", "image": "nginx:1"}]}),
+        );
+        let req = Requirement::of(&podman).unwrap();
+        assert_eq!((req.desired_version, req.score_version), (1, Some(1)));
+        let hb = |d: &str| match d {
+            "new" => Some(seen(Capabilities::this_build())),
+            // A version-1 heartbeat decodes to the first release's: PodmanV0.
+            "old" => Some(seen(Capabilities::first_release())),
+            "none" => Some(seen(caps(&[]))),
+            _ => None,
+        };
+        let held = held_back(&podman, hb);
+        assert_eq!(held.keys().collect::<Vec<_>>(), ["none"]);
+        assert_eq!(
+            held["none"],
+            "held back: agent 0.2.0 reads DesiredState format 1 and score types none, not PodmanV0 format 1 in DesiredState format 1; update the agent on this device (its key is not written; what it ran before keeps running)"
+        );
+        // A newer score format than the agent reads.
+        let newer = |d: &str| (d == "old").then(|| seen(caps(&[("PodmanV0", 7)])));
+        assert_eq!(
+            held_back(&podman, newer).keys().collect::<Vec<_>>(),
+            ["old"]
+        );
+
+        // Routed as JSON: the agent must run the type.
+        let json = plan_of("FancyV9", serde_json::json!({"x": 1}));
+        assert_eq!(Requirement::of(&json).unwrap().score_version, None);
+        let hb = |d: &str| match d {
+            "new" => Some(seen(caps(&[("FancyV9", 3)]))),
+            "old" => Some(seen(Capabilities::first_release())),
+            _ => None,
+        };
+        let held = held_back(&json, hb);
+        assert_eq!(held.keys().collect::<Vec<_>>(), ["old"]);
+        assert!(
+            held["old"].contains("PodmanV0 (format 1), not FancyV9 (routed as JSON)"),
+            "{}",
+            held["old"]
+        );
+    }
+}
