@@ -1,5 +1,6 @@
 //! The command line's shared parts: the NATS options of every subcommand
-//! that talks to NATS (here) and the `status` table ([`status_table`]).
+//! that talks to NATS (here), the `status` table ([`status_table`]), the
+//! `devices` table ([`devices_table`]) and its `-l` selector ([`selector`]).
 
 use std::path::PathBuf;
 
@@ -7,7 +8,11 @@ use clap::Args;
 
 use crate::nats::{Credentials, NatsConfig, TlsConfig};
 
+mod devices_table;
+pub mod selector;
 mod status_table;
+mod table;
+pub use devices_table::{DEFAULT_SILENCE_SECS, devices_table};
 pub use status_table::status_table;
 
 /// How to reach NATS: `--nats-url` and one credential option.

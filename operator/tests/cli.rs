@@ -1,4 +1,4 @@
-//! The cluster-less CLI (`init`, `apply -f`, `status`, `delete -f`) against
+//! The cluster-less CLI (`init`, `apply -f`, `status`, `devices`, `delete -f`) against
 //! a real nats-server, and its agreement with the controller.
 #![allow(clippy::unwrap_used, missing_docs)]
 
@@ -101,15 +101,17 @@ async fn apply_status_delete_round_trip() {
     assert!(lines[0].starts_with("DEPLOYMENT"), "{out}");
     let row: Vec<&str> = lines[1].split_whitespace().collect();
     assert_eq!(
-        row[..6],
+        row[..7],
         [
             "hello-web",
             "demo-device",
             hex.as_str(),
             "-",
             "Unknown",
+            "Unknown",
             "never"
-        ]
+        ],
+        "no heartbeat: phase Unknown, not online"
     );
 
     put_heartbeat(&env.client, "demo-device").await;
@@ -125,14 +127,16 @@ async fn apply_status_delete_round_trip() {
     let out = ok(&cli(&url, None, &["status", "hello-web"]));
     let row: Vec<&str> = out.lines().nth(1).unwrap().split_whitespace().collect();
     assert_eq!(
-        row[..5],
+        row[..6],
         [
             "hello-web",
             "demo-device",
             hex.as_str(),
             hex.as_str(),
-            "Running"
-        ]
+            "Running",
+            "True"
+        ],
+        "a fresh heartbeat: online"
     );
     assert_eq!(row[row.len() - 2..], ["all", "good"]);
     let out = ok(&cli(&url, None, &["status", "other"]));
@@ -290,6 +294,13 @@ async fn commands_are_quiet_unless_asked() {
         "",
         "status logs nothing"
     );
+    let out = cli(&url, None, &["devices"]);
+    assert_eq!(ok(&out).lines().count(), 1, "no device: only the header");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        "",
+        "devices logs nothing"
+    );
     let out = cli(&url, None, &["status", "-v"]);
     ok(&out);
     let err = String::from_utf8_lossy(&out.stderr);
@@ -309,6 +320,7 @@ async fn commands_on_a_server_without_buckets_say_to_run_init() {
         &["apply", "-f", file][..],
         &["delete", "-f", file][..],
         &["status"][..],
+        &["devices"][..],
     ] {
         let out = cli(&server.url(), None, args);
         assert!(!out.status.success(), "{args:?} succeeded");
@@ -318,5 +330,125 @@ async fn commands_on_a_server_without_buckets_say_to_run_init() {
                 && err.contains("run `iot-operator init`"),
             "{args:?}: {err}"
         );
+    }
+}
+
+/// The rows of a `devices` table after its header, as whitespace-split columns.
+fn device_rows(out: &str) -> Vec<Vec<String>> {
+    let mut lines = out.lines();
+    let header: Vec<&str> = lines.next().unwrap().split_whitespace().collect();
+    assert_eq!(
+        header,
+        [
+            "DEVICE",
+            "READY",
+            "AGENT",
+            "ARCH",
+            "LAST-SEEN",
+            "DEPLOYMENTS",
+            "NOT-READY",
+            "LABELS"
+        ]
+    );
+    lines
+        .map(|l| l.split_whitespace().map(String::from).collect())
+        .collect()
+}
+
+/// kubectl's ages: `5s`, `3m20s`, `2h`, `4d`.
+fn is_age(s: &str) -> bool {
+    let unit = |c: char| "smhdy".contains(c);
+    s.starts_with(|c: char| c.is_ascii_digit())
+        && s.ends_with(unit)
+        && s.chars().all(|c| c.is_ascii_digit() || unit(c))
+}
+
+#[tokio::test]
+async fn devices_lists_the_inventory_and_selects_by_board_label() {
+    let Some(env) = nats_env().await else { return };
+    let url = env.server.url();
+    put_heartbeat_with_labels(
+        &env.client,
+        "pi-lyon",
+        &[("site", "lyon"), ("board", "rpi4"), ("-bad", "x")],
+    )
+    .await;
+    put_heartbeat_with_labels(&env.client, "pi-paris", &[("site", "paris")]).await;
+    put_status(&env.client, "pi-lyon", "web", 1, Phase::Failed, "boom").await;
+    put_status(&env.client, "pi-lyon", "db", 1, Phase::Running, "").await;
+
+    let out = cli(&url, None, &["devices"]);
+    let rows = device_rows(&ok(&out));
+    assert_eq!(rows.len(), 2, "{rows:?}");
+    let (lyon, paris) = (&rows[0], &rows[1]);
+    assert_eq!(
+        [&lyon[..4], &lyon[5..]].concat(),
+        [
+            "pi-lyon",
+            "True",
+            "0.2.0",
+            "aarch64",
+            "1",
+            "1",
+            "board=rpi4,site=lyon"
+        ],
+        "sorted by id; the invalid board label is left out"
+    );
+    assert!(is_age(&lyon[4]), "LAST-SEEN {:?}", lyon[4]);
+    assert_eq!(
+        [&paris[..2], &paris[5..]].concat(),
+        ["pi-paris", "True", "1", "0", "site=paris"]
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("board label ignored") && err.contains("-bad"),
+        "the invalid label is reported: {err}"
+    );
+
+    let selected = |selector: &str| -> Vec<String> {
+        let out = cli(&url, None, &["devices", "-l", selector]);
+        device_rows(&ok(&out))
+            .into_iter()
+            .map(|r| r[0].clone())
+            .collect()
+    };
+    assert_eq!(selected("site=lyon"), ["pi-lyon"]);
+    assert_eq!(selected("site==paris"), ["pi-paris"]);
+    assert_eq!(
+        selected("site in (lyon, paris),!gpu"),
+        ["pi-lyon", "pi-paris"]
+    );
+    assert_eq!(selected("board"), ["pi-lyon"]);
+    assert_eq!(selected("site notin (lyon)"), ["pi-paris"]);
+    assert!(selected("site=nice").is_empty());
+
+    // A device silent for longer than the timeout (here any time at all)
+    // is Unknown, and still listed.
+    let out = cli(&url, None, &["devices", "--heartbeat-timeout-secs", "0"]);
+    let rows = device_rows(&ok(&out));
+    let ready: Vec<&str> = rows.iter().map(|r| r[1].as_str()).collect();
+    assert_eq!(ready, ["Unknown", "Unknown"]);
+}
+
+#[test]
+fn a_bad_selector_is_refused_with_where_and_what() {
+    // Refused before connecting: nothing listens on this port.
+    let url = format!("nats://127.0.0.1:{}", testkit::free_port());
+    for (selector, expect) in [
+        (
+            "site in lyon",
+            "expected '(' after 'in' at column 9, found `lyon`",
+        ),
+        (
+            "site=-x",
+            "label value `-x` at column 6 must be a label value",
+        ),
+        ("site ~ lyon", "after key `site` at column 6, found `~`"),
+    ] {
+        let out = cli(&url, None, &["devices", "-l", selector]);
+        assert!(!out.status.success(), "{selector}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(expect), "{selector}: {err}");
+        assert!(!err.contains("cannot connect"), "{err}");
     }
 }

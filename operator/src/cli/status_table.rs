@@ -5,15 +5,18 @@ use std::time::Duration;
 
 use protocol::DeploymentKey;
 
+use super::devices_table::online;
+use super::table::aligned;
 use crate::crd::{DevicePhase, revision_string};
 use crate::nats::{Nats, NatsError};
 use crate::status::cache::is_stale;
 use crate::status::{StatusCache, now_ns};
 
 /// The `iot-operator status [NAME]` table: one row per device and
-/// deployment with a desired-state key or a status report, read from NATS;
-/// then, when any of those devices warns in its heartbeat, one row per
-/// device and warning.
+/// deployment with a desired-state key or a status report, read from NATS,
+/// with the device's online state (`True` while its heartbeat is fresh, else
+/// `Unknown`, as its Device's Ready condition); then, when any of those
+/// devices warns in its heartbeat, one row per device and warning.
 pub async fn status_table(nats: &Nats, name: Option<&str>) -> Result<String, NatsError> {
     let filter = match name {
         Some(n) => {
@@ -59,6 +62,7 @@ pub async fn status_table(nats: &Nats, name: Option<&str>) -> Result<String, Nat
             "DESIRED",
             "REPORTED",
             "PHASE",
+            "ONLINE",
             "HEARTBEAT",
             "MESSAGE",
         ]
@@ -75,6 +79,11 @@ pub async fn status_table(nats: &Nats, name: Option<&str>) -> Result<String, Nat
         let stale = heartbeat
             .as_ref()
             .is_some_and(|h| is_stale(h.stored_at_ns, now, cache.heartbeat_timeout()));
+        let online = online(
+            heartbeat.as_ref().map(|h| h.stored_at_ns),
+            now,
+            cache.heartbeat_timeout(),
+        );
         table.push([
             dep,
             device,
@@ -87,6 +96,7 @@ pub async fn status_table(nats: &Nats, name: Option<&str>) -> Result<String, Nat
                 (Some(r), false) => r.status.phase.to_string(),
                 (None, false) => DevicePhase::Unknown.to_string(),
             },
+            online.to_string(),
             heartbeat.map_or("never".into(), |h| {
                 format!("{}s ago", ((now - h.stored_at_ns).max(0) / 1_000_000_000))
             }),
@@ -103,40 +113,4 @@ pub async fn status_table(nats: &Nats, name: Option<&str>) -> Result<String, Nat
         out.push_str(&aligned(&rows));
     }
     Ok(out)
-}
-
-/// `rows` as left-aligned columns two spaces apart.
-fn aligned<const N: usize>(rows: &[[String; N]]) -> String {
-    let widths: Vec<usize> = (0..N)
-        .map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0))
-        .collect();
-    let mut out = String::new();
-    for row in rows {
-        let line: Vec<String> = row
-            .iter()
-            .enumerate()
-            .map(|(i, c)| format!("{c:<w$}", w = widths[i]))
-            .collect();
-        out.push_str(line.join("  ").trim_end());
-        out.push('\n');
-    }
-    out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn columns_are_aligned() {
-        let rows = [
-            ["DEVICE", "WARNING"].map(String::from),
-            ["pi-001", "disk full"].map(String::from),
-            ["a", "x"].map(String::from),
-        ];
-        assert_eq!(
-            aligned(&rows),
-            "DEVICE  WARNING\npi-001  disk full\na       x\n"
-        );
-    }
 }
