@@ -62,6 +62,24 @@ struct Args {
     /// the server's per-put cost with N watches in place (0: skip).
     #[arg(long, default_value_t = 1000)]
     probe_puts: usize,
+    /// Measure the inventory instead (issue 15): N boards heartbeating at
+    /// `--heartbeat-secs`, the operator's inventory loop against a real
+    /// kube-apiserver (KUBEBUILDER_ASSETS), API writes per minute.
+    #[arg(long)]
+    inventory: bool,
+    /// Inventory: seconds between a board's heartbeats (the agent's default).
+    #[arg(long, default_value_t = agent_config::DEFAULT_HEARTBEAT_SECS)]
+    heartbeat_secs: u64,
+    /// Inventory: the operator's --device-status-refresh-secs.
+    #[arg(long, default_value_t = 300)]
+    device_status_refresh_secs: u64,
+    /// Inventory: the operator's --device-silence-secs.
+    #[arg(long, default_value_t = 300)]
+    device_silence_secs: u64,
+    /// Inventory: seconds of steady state measured (at least one refresh
+    /// interval, so that every Device's lastSeen is refreshed in it).
+    #[arg(long, default_value_t = 300)]
+    measure_secs: u64,
     /// Passed by `cargo bench`; ignored.
     #[arg(long, hide = true)]
     bench: bool,
@@ -399,6 +417,7 @@ fn the_deployment(n: usize) -> Deployment {
         "fleet-web",
         DeploymentSpec {
             target_devices: (0..n).map(device_id).collect(),
+            target_selector: None,
             rollout: Rollout::default(),
             score: Score {
                 type_name: "PodmanV0".into(),
@@ -458,6 +477,12 @@ fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     // The agent's reconcilers log each container start at info.
     agent_linux::log::init_from_env();
+    if args.inventory {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()?;
+        return rt.block_on(inventory::run(args));
+    }
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -785,4 +810,222 @@ async fn run(args: Args) -> anyhow::Result<()> {
         bail!("the no-op re-apply wrote to NATS");
     }
     Ok(())
+}
+
+// ---------------------------------------------------------------- inventory
+
+/// The inventory's API write rate (issue 15): N boards heartbeating at the
+/// agent's interval, the operator's inventory loop
+/// (`operator::inventory::run`, the real controller) against a real
+/// kube-apiserver and etcd (`testkit::kube`), writes counted by the
+/// operator's own metrics (`iot_operator_device_*_total`).
+mod inventory {
+    use std::path::PathBuf;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::time::{Duration, Instant};
+
+    use anyhow::{Context as _, bail};
+    use operator::capability_gate::CapabilityGate;
+    use operator::inventory::{Inventory, InventoryConfig};
+    use operator::metrics::Metrics;
+    use operator::nats::Nats;
+    use operator::status::StatusCache;
+    use protocol::keys::DEVICE_HEARTBEAT_BUCKET;
+    use protocol::{Capabilities, Heartbeat, Text};
+
+    use super::{Args, Server, device_id};
+
+    /// The inventory's API writes so far: creates, status patches,
+    /// metadata patches.
+    fn writes(m: &Metrics) -> [u64; 3] {
+        [
+            m.device_creates.load(Ordering::Relaxed),
+            m.device_status_patches.load(Ordering::Relaxed),
+            m.device_metadata_patches.load(Ordering::Relaxed),
+        ]
+    }
+
+    fn heartbeat_value(i: usize, uptime: u64) -> Vec<u8> {
+        let mut hb = Heartbeat {
+            agent_version: Text::borrowed("0.3.0"),
+            arch: Text::borrowed("aarch64"),
+            os: Text::borrowed("linux"),
+            podman_version: Text::borrowed("4.3.1"),
+            kernel: Text::borrowed("6.1.0"),
+            boot_id: Text::borrowed("boot"),
+            uptime_secs: uptime,
+            capabilities: Capabilities::this_build(),
+            ..Heartbeat::default()
+        };
+        let site = if i.is_multiple_of(2) { "lyon" } else { "paris" };
+        let _ = hb
+            .labels
+            .insert(Text::borrowed("site"), Text::borrowed(site));
+        let _ = hb
+            .labels
+            .insert(Text::borrowed("board"), Text::borrowed("rpi4"));
+        protocol::wire::encode_to_vec(&hb).unwrap_or_default()
+    }
+
+    /// Every board beats once per `interval`, spread evenly over it, until
+    /// the task is dropped; counts the heartbeats sent.
+    async fn beat(client: async_nats::Client, n: usize, interval: Duration, sent: Arc<AtomicU64>) {
+        let start = tokio::time::Instant::now();
+        for round in 0u64.. {
+            let round_start = start + interval * u32::try_from(round).unwrap_or(u32::MAX);
+            for i in 0..n {
+                if i.is_multiple_of(50) {
+                    let at = round_start + interval.mul_f64(i as f64 / n as f64);
+                    tokio::time::sleep_until(at).await;
+                }
+                let value = heartbeat_value(i, round * interval.as_secs());
+                let subject = format!("$KV.{DEVICE_HEARTBEAT_BUCKET}.{}", device_id(i));
+                // A core publish: the stream stores it; the board's ack
+                // wait is not what is measured here.
+                if client.publish(subject, value.into()).await.is_ok() {
+                    sent.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+    }
+
+    pub async fn run(args: Args) -> anyhow::Result<()> {
+        let n = args.devices.max(1);
+        let binary = args
+            .nats_server
+            .clone()
+            .or_else(|| std::env::var_os("NATS_SERVER_BIN").map(PathBuf::from))
+            .unwrap_or_else(|| PathBuf::from("nats-server"));
+        let server = Server::start(&binary)?;
+        let Some(kube) = testkit::kube::KubeApiServer::start().await else {
+            bail!(
+                "kube-apiserver and etcd not found: set KUBEBUILDER_ASSETS (scripts/kube-assets.sh)"
+            );
+        };
+        let client = kube.client().await;
+        kube.install_crds(&testkit::repo_root().join("deploy/crd.yaml"))
+            .await;
+        let nc = async_nats::ConnectOptions::new()
+            .name("fleet-operator")
+            .request_timeout(Some(Duration::from_secs(30)))
+            .connect(server.url.as_str())
+            .await?;
+        let nats = Nats::from_client(nc);
+        nats.ensure_buckets(true).await?;
+        let (cache, mut changes) = StatusCache::new(Duration::from_secs(90));
+        tokio::spawn(cache.clone().watch(nats.clone()));
+        tokio::spawn(async move { while changes.recv().await.is_some() {} });
+        let metrics = Arc::new(Metrics::default());
+        let (gate, gate_changes) = CapabilityGate::new();
+        let interval = Duration::from_secs(args.heartbeat_secs.max(1));
+        let refresh = Duration::from_secs(args.device_status_refresh_secs.max(1));
+        let silence = Duration::from_secs(args.device_silence_secs.max(1));
+        let inventory = Arc::new(Inventory::new(
+            client,
+            nats,
+            cache,
+            gate,
+            metrics.clone(),
+            InventoryConfig {
+                silence,
+                refresh,
+                ..InventoryConfig::default()
+            },
+        ));
+        tokio::spawn(async move {
+            if let Err(e) = operator::inventory::run(inventory, gate_changes).await {
+                eprintln!("inventory: {e:#}");
+            }
+        });
+        eprintln!(
+            "inventory: {} and kube-apiserver, {n} boards, a heartbeat every {}s each",
+            server.version,
+            interval.as_secs()
+        );
+
+        // First start: every board's first heartbeat creates its Device.
+        let sent = Arc::new(AtomicU64::new(0));
+        let boards = async_nats::ConnectOptions::new()
+            .name("fleet-boards")
+            .connect(server.url.as_str())
+            .await
+            .context("boards' connection")?;
+        let beating = tokio::spawn(beat(boards, n, interval, sent.clone()));
+        let t0 = Instant::now();
+        let deadline = t0 + Duration::from_secs(args.phase_timeout_secs);
+        loop {
+            let [creates, status, _] = writes(&metrics);
+            if creates as usize >= n && status as usize >= n {
+                break;
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "only {creates} Devices created and {status} status writes after {:?}",
+                    t0.elapsed()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        let first = t0.elapsed();
+        let w_first = writes(&metrics);
+        let hb_first = sent.load(Ordering::Relaxed);
+        // Let the first start's stragglers settle (one heartbeat round).
+        tokio::time::sleep(interval).await;
+
+        // Steady state.
+        let w0 = writes(&metrics);
+        let hb0 = sent.load(Ordering::Relaxed);
+        let t1 = Instant::now();
+        tokio::time::sleep(Duration::from_secs(args.measure_secs.max(1))).await;
+        let steady = t1.elapsed();
+        let w1 = writes(&metrics);
+        let hb1 = sent.load(Ordering::Relaxed);
+        beating.abort();
+
+        let per_min = |count: u64, d: Duration| count as f64 * 60.0 / d.as_secs_f64();
+        println!();
+        println!(
+            "inventory write rate: {n} boards, heartbeat every {}s, --device-status-refresh-secs {}, --device-silence-secs {}",
+            interval.as_secs(),
+            refresh.as_secs(),
+            silence.as_secs()
+        );
+        println!(
+            "API server: real kube-apiserver + etcd on loopback; writes counted by the operator's metrics"
+        );
+        println!();
+        println!(
+            "| phase | duration | heartbeats | creates | status patches | metadata patches | API writes/min | heartbeats/min |"
+        );
+        println!("|---|---|---|---|---|---|---|---|");
+        let row = |name: &str, d: Duration, hb: u64, w: [u64; 3]| {
+            let total: u64 = w.iter().sum();
+            println!(
+                "| {name} | {:.0} s | {hb} | {} | {} | {} | {:.0} | {:.0} |",
+                d.as_secs_f64(),
+                w[0],
+                w[1],
+                w[2],
+                per_min(total, d),
+                per_min(hb, d)
+            );
+        };
+        row(
+            "first start (all Devices created)",
+            first,
+            hb_first,
+            w_first,
+        );
+        let dw = [w1[0] - w0[0], w1[1] - w0[1], w1[2] - w0[2]];
+        row("steady state", steady, hb1 - hb0, dw);
+        println!();
+        println!(
+            "steady state: {:.2} API writes per heartbeat; expected at most one status patch per board per refresh: {:.0}/min",
+            (dw.iter().sum::<u64>()) as f64 / (hb1 - hb0).max(1) as f64,
+            n as f64 * 60.0 / refresh.as_secs_f64()
+        );
+        drop(kube);
+        Ok(())
+    }
 }

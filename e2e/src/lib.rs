@@ -8,6 +8,7 @@
 //! what needs both lives here. This library holds what its tests share.
 
 use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 
 use escargot::error::CargoError;
@@ -32,21 +33,81 @@ use escargot::error::CargoError;
 ///   is followed, instead of building a second copy in `target/debug`.
 pub fn agent_binary() -> Result<&'static Path, &'static CargoError> {
     static AGENT: OnceLock<Result<escargot::CargoRun, CargoError>> = OnceLock::new();
-    AGENT
-        .get_or_init(|| {
-            let build = escargot::CargoBuild::new()
-                .manifest_path(concat!(env!("CARGO_MANIFEST_DIR"), "/../Cargo.toml"))
-                .arg("--workspace")
-                .arg("--locked")
-                .bin("iot-agent");
-            match build_dirs() {
-                Some((target_dir, profile)) => build.target_dir(target_dir).profile(profile),
-                None => build.current_release(),
-            }
-            .run()
-        })
-        .as_ref()
-        .map(|run| run.path())
+    workspace_binary(&AGENT, "iot-agent")
+}
+
+/// The `iot-operator` binary, built as [`agent_binary`] builds the agent.
+pub fn operator_binary() -> Result<&'static Path, &'static CargoError> {
+    static OPERATOR: OnceLock<Result<escargot::CargoRun, CargoError>> = OnceLock::new();
+    workspace_binary(&OPERATOR, "iot-operator")
+}
+
+fn workspace_binary(
+    slot: &'static OnceLock<Result<escargot::CargoRun, CargoError>>,
+    bin: &str,
+) -> Result<&'static Path, &'static CargoError> {
+    slot.get_or_init(|| {
+        let build = escargot::CargoBuild::new()
+            .manifest_path(concat!(env!("CARGO_MANIFEST_DIR"), "/../Cargo.toml"))
+            .arg("--workspace")
+            .arg("--locked")
+            .bin(bin);
+        match build_dirs() {
+            Some((target_dir, profile)) => build.target_dir(target_dir).profile(profile),
+            None => build.current_release(),
+        }
+        .run()
+    })
+    .as_ref()
+    .map(|run| run.path())
+}
+
+/// What an agent process under test is given.
+pub struct AgentSpec<'a> {
+    /// The device id.
+    pub device: &'a str,
+    /// The nats-server's URL.
+    pub nats_url: &'a str,
+    /// Podman's API socket URI.
+    pub podman_uri: &'a str,
+    /// The `CONTAINERS_CONF` Podman needs on this machine.
+    pub containers_conf: &'a Path,
+    /// The board's `[labels]`.
+    pub labels: &'a [(&'a str, &'a str)],
+}
+
+/// Writes the agent's configuration (state under `dir`, heartbeat every
+/// second) and starts `agent` (a command line: the binary, or qemu and the
+/// binary) with it.
+pub fn spawn_agent(agent: &[String], dir: &Path, spec: &AgentSpec<'_>) -> std::io::Result<Child> {
+    let device = spec.device;
+    let state = dir.join(device);
+    let config = dir.join(format!("{device}.toml"));
+    let mut text = format!(
+        "version = 1\ndevice_id = \"{device}\"\nstate_dir = \"{}\"\nheartbeat_interval_secs = 1\n\
+         [nats]\nurls = [\"{}\"]\n[podman]\nsocket = \"{}\"\nstop_timeout_secs = 1\n",
+        state.display(),
+        spec.nats_url,
+        spec.podman_uri
+    );
+    if !spec.labels.is_empty() {
+        text.push_str("[labels]\n");
+        for (k, v) in spec.labels {
+            text.push_str(&format!("{k:?} = {v:?}\n"));
+        }
+    }
+    std::fs::write(&config, text)?;
+    let (program, args) = agent
+        .split_first()
+        .ok_or_else(|| std::io::Error::other("empty agent command line"))?;
+    Command::new(program)
+        .args(args)
+        .arg("--config")
+        .arg(&config)
+        .env("CONTAINERS_CONF", spec.containers_conf)
+        .env("IOT_AGENT_LOG", "info")
+        .stdin(Stdio::null())
+        .spawn()
 }
 
 /// The target directory and Cargo profile the running executable was built

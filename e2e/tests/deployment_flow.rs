@@ -6,7 +6,7 @@
 #![allow(clippy::unwrap_used, missing_docs)]
 
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -66,28 +66,14 @@ impl World {
     /// Starts the real agent for `device`: the x86_64 binary, or with
     /// `qemu` the static aarch64 build under qemu-aarch64-static.
     fn spawn_agent(&mut self, device: &str, agent: &[String]) {
-        let state = self.dir.path().join(device);
-        let config = self.dir.path().join(format!("{device}.toml"));
-        std::fs::write(
-            &config,
-            format!(
-                "version = 1\ndevice_id = \"{device}\"\nstate_dir = \"{}\"\nheartbeat_interval_secs = 1\n\
-                 [nats]\nurls = [\"{}\"]\n[podman]\nsocket = \"{}\"\nstop_timeout_secs = 1\n",
-                state.display(),
-                self.nats.url(),
-                self.podman.uri()
-            ),
-        )
-        .unwrap();
-        let child = Command::new(&agent[0])
-            .args(&agent[1..])
-            .arg("--config")
-            .arg(&config)
-            .env("CONTAINERS_CONF", PodmanService::containers_conf())
-            .env("IOT_AGENT_LOG", "info")
-            .stdin(Stdio::null())
-            .spawn()
-            .unwrap();
+        let spec = e2e::AgentSpec {
+            device,
+            nats_url: &self.nats.url(),
+            podman_uri: &self.podman.uri(),
+            containers_conf: &PodmanService::containers_conf(),
+            labels: &[],
+        };
+        let child = e2e::spawn_agent(agent, self.dir.path(), &spec).unwrap();
         self.agents.push((device.to_string(), child));
     }
 
@@ -131,6 +117,7 @@ impl World {
                     name,
                     DeploymentSpec {
                         target_devices: vec![],
+                        target_selector: None,
                         rollout: Rollout::default(),
                         score: Score {
                             type_name: "PodmanV0".into(),

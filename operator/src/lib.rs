@@ -9,7 +9,12 @@
 //!   controller and `iot-operator apply/delete` write to NATS;
 //! - [`status::StatusCache`] + [`status::fold_status`]: device reports folded
 //!   into a CR status;
+//! - [`targeting::TargetIndex`]: Device labels and Deployment selectors,
+//!   resolved into targets (fed by the controller's Device watch);
 //! - [`nats::Nats`]: the connection, bucket creation and KV access;
+//! - [`inventory::run`] with an [`inventory::Inventory`]: the Device
+//!   inventory's loop (one Device object per board, its status under a
+//!   bounded write rate, decommissioning); the fleet bench measures it;
 //! - `testing::MockApiServer` (feature `testing`): a kube `Client` over a
 //!   mock API server, for tests only.
 
@@ -18,10 +23,12 @@ pub mod capability_gate;
 pub mod cli;
 pub mod controller;
 pub mod crd;
+pub mod inventory;
 pub mod manifest;
 pub mod metrics;
 pub mod nats;
 pub mod status;
+pub mod targeting;
 #[cfg(feature = "testing")]
 pub mod testing;
 

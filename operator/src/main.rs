@@ -9,8 +9,10 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
 use error_report::Chain;
+use operator::capability_gate::CapabilityGate;
 use operator::cli::{NatsArgs, status_table};
 use operator::controller::{self, Context, ControllerConfig};
+use operator::inventory::{self, Inventory, InventoryConfig};
 use operator::metrics::Metrics;
 use operator::status::StatusCache;
 use operator::{Nats, apply, manifest};
@@ -70,6 +72,20 @@ enum Command {
         #[command(flatten)]
         nats: NatsArgs,
     },
+    /// List the devices read from NATS, as `kubectl get iotdev` would.
+    Devices {
+        /// Only devices whose board labels match this label selector, in
+        /// kubectl's syntax: `k=v`, `k!=v`, `k in (a,b)`, `k notin (a,b)`,
+        /// `k`, `!k`, comma-separated.
+        #[arg(short = 'l', long = "selector", value_parser = operator::cli::selector::parse)]
+        selector: Option<kube::core::Selector>,
+        /// Seconds without a heartbeat after which a device shows Unknown
+        /// (the controller's --device-silence-secs).
+        #[arg(long, default_value_t = operator::cli::DEFAULT_SILENCE_SECS)]
+        heartbeat_timeout_secs: u64,
+        #[command(flatten)]
+        nats: NatsArgs,
+    },
 }
 
 #[derive(Args, Clone)]
@@ -88,6 +104,15 @@ struct RunArgs {
     /// Do not try to create missing buckets (they must exist: `iot-operator init`).
     #[arg(long, env = "NO_CREATE_BUCKETS")]
     no_create_buckets: bool,
+    /// Seconds without a heartbeat after which a Device's Ready turns
+    /// Unknown (HeartbeatMissing).
+    #[arg(long, env = "DEVICE_SILENCE_SECS", default_value_t = operator::cli::DEFAULT_SILENCE_SECS)]
+    device_silence_secs: u64,
+    /// Longest time a Device's status.lastSeen may lag while nothing else
+    /// changes: each Device's status is written at most this often in
+    /// steady state (plus at every transition).
+    #[arg(long, env = "DEVICE_STATUS_REFRESH_SECS", default_value_t = 300)]
+    device_status_refresh_secs: u64,
 }
 
 #[tokio::main]
@@ -150,11 +175,28 @@ async fn run_command(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
                 plans.push(plan);
             }
             let nats = connect(&nats, false).await?;
+            // The same capability gate as the controller's, from the
+            // heartbeats in NATS.
+            let heartbeats = StatusCache::detached(Duration::from_secs(u64::from(u32::MAX)));
+            heartbeats.load(&nats).await?;
             let mut conflict = false;
-            for plan in &plans {
+            for plan in &mut plans {
                 if let Some(u) = &plan.unknown_type {
                     eprintln!("warning: {}: {}", plan.owner, u.message());
                 }
+                if let Some(selector) = &plan.selector {
+                    eprintln!(
+                        "warning: {}: spec.targetSelector ({selector}) selects Device objects, which only the controller in a cluster sees; without a cluster only spec.targetDevices are written",
+                        plan.owner
+                    );
+                }
+                plan.held = operator::targeting::capabilities::held_back(plan, |device| {
+                    heartbeats.heartbeat(device)
+                });
+                for (device, reason) in &plan.held {
+                    eprintln!("warning: {}: device {device}: {reason}", plan.owner);
+                }
+                let plan = &*plan;
                 let outcome = apply::apply(&nats, plan).await?;
                 println!("{}: {}", plan.owner, apply::summary(plan, &outcome));
                 for c in &outcome.conflicts {
@@ -189,6 +231,17 @@ async fn run_command(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             let nats = connect(&nats, false).await?;
             print!("{}", status_table(&nats, name.as_deref()).await?);
         }
+        Some(Command::Devices {
+            selector,
+            heartbeat_timeout_secs,
+            nats,
+        }) => {
+            let nats = connect(&nats, false).await?;
+            let silence = Duration::from_secs(heartbeat_timeout_secs);
+            let table =
+                operator::cli::devices_table(&nats, &selector.unwrap_or_default(), silence).await?;
+            print!("{table}");
+        }
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -209,8 +262,26 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         resync: Duration::from_secs(args.resync_secs),
         ..ControllerConfig::default()
     };
-    let ctx = Arc::new(Context::new(client, nats.clone(), cache.clone(), config));
+    // The Deployment controller records in the gate what it holds back
+    // from which device; the inventory shows it on the Device.
+    let (gate, gate_changes) = CapabilityGate::new();
+    let ctx = Arc::new(
+        Context::new(client.clone(), nats.clone(), cache.clone(), config)
+            .with_capability_gate(gate.clone()),
+    );
     let metrics: Arc<Metrics> = ctx.metrics.clone();
+    let inventory = Arc::new(Inventory::new(
+        client,
+        nats.clone(),
+        cache.clone(),
+        gate,
+        metrics.clone(),
+        InventoryConfig {
+            silence: Duration::from_secs(args.device_silence_secs),
+            refresh: Duration::from_secs(args.device_status_refresh_secs),
+            ..InventoryConfig::default()
+        },
+    ));
     let ready_metrics = metrics.clone();
     let ready_nats = nats.clone();
     let refresh_metrics = metrics.clone();
@@ -230,5 +301,9 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         }
     });
     tracing::info!("controller starting");
-    controller::run(ctx, changes).await
+    futures::try_join!(
+        controller::run(ctx, changes),
+        inventory::run(inventory, gate_changes)
+    )?;
+    Ok(())
 }

@@ -25,7 +25,8 @@ temporary store, a Podman API service (deploy/podman/containers.conf), the
 release agent as device `demo-device` (state under target/demo/), a locally
 built image (no registry), and deploy/examples/hello.yaml applied with
 `iot-operator apply`. Waits until the device reports Running at the applied
-revision, requests the published port, and prints `iot-operator status`.
+revision, requests the published port, and prints `iot-operator status` and
+`iot-operator devices`.
 
 Ctrl-C (or --once, which exits after the check) tears everything down: the
 deployment is deleted, the agent removes its container, and every process
@@ -289,6 +290,8 @@ impl Demo {
 
         step("iot-operator status");
         print!("{}", self.operator(&["status"])?);
+        step("iot-operator devices");
+        print!("{}", self.operator(&["devices"])?);
 
         if once {
             return Ok(());

@@ -61,6 +61,8 @@ fn mbr_image_for_rpi4_gets_agent_config_unit_cmdline_and_hostname() {
     assert_eq!(v["version"].as_integer(), Some(1));
     assert_eq!(v["device_id"].as_str(), Some("pi-001"));
     assert_eq!(v["state_dir"].as_str(), Some("/var/lib/iot-agent"));
+    // Labelled with its board, for Deployments' label selectors.
+    assert!(v["labels"]["board"].as_str().is_some(), "{cfg}");
     let urls: Vec<&str> = v["nats"]["urls"]
         .as_array()
         .unwrap()

@@ -60,6 +60,7 @@ pub fn deployment(
         name,
         DeploymentSpec {
             target_devices: targets.iter().map(|s| s.to_string()).collect(),
+            target_selector: None,
             rollout: Rollout::default(),
             score: Score {
                 type_name: score_type.into(),
@@ -162,6 +163,40 @@ pub async fn put_heartbeat(client: &async_nats::Client, device: &str) {
         uptime_secs: 5,
         deployments: 1,
         timestamp_ms: 0,
+        ..Heartbeat::default()
+    })
+    .unwrap();
+    let js = jetstream::new(client.clone());
+    js.publish(
+        format!("$KV.{DEVICE_HEARTBEAT_BUCKET}.{device}"),
+        value.into(),
+    )
+    .await
+    .unwrap()
+    .await
+    .unwrap();
+}
+
+/// Writes a heartbeat (format version 3) declaring the board `labels`, as
+/// the agent does; `labels` may break the label rules (the wire checks only
+/// their lengths).
+pub async fn put_heartbeat_with_labels(
+    client: &async_nats::Client,
+    device: &str,
+    labels: &[(&str, &str)],
+) {
+    let mut map = protocol::BoundedMap::new();
+    for (k, v) in labels {
+        map.insert(Text::borrowed(k), Text::borrowed(v)).unwrap();
+    }
+    let value = protocol::wire::encode_to_vec(&Heartbeat {
+        agent_version: Text::borrowed("0.2.0"),
+        arch: Text::borrowed("aarch64"),
+        os: Text::borrowed("linux"),
+        podman_version: Text::borrowed("4.3.1"),
+        uptime_secs: 5,
+        deployments: 1,
+        labels: map,
         ..Heartbeat::default()
     })
     .unwrap();

@@ -111,6 +111,7 @@ pub fn cmd(mut args: Args) -> Result<()> {
                     hostname: b.id.to_ascii_lowercase().replace('_', "-"),
                     nats_urls: vec![format!("nats://{GUEST_NATS}")],
                     credentials: opts.credentials.clone(),
+                    labels: [("board".to_string(), board.name.clone())].into(),
                 },
                 agent: Some(agent.clone()),
                 cross: false,

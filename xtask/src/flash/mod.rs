@@ -34,7 +34,8 @@ cargo xtask flash --board BOARD --base BASE.img[.xz|.gz] --device-id ID
     --yes     do not ask for confirmation (needed when stdin is not a terminal)
     --force   allow a disk that is not marked removable (never a mounted or
               system disk)
-    one-shot form: also --hostname NAME, --agent PATH (skip dist), --cross
+    one-shot form: also --hostname NAME, --label KEY=VALUE (repeatable;
+    board=BOARD is added unless given), --agent PATH (skip dist), --cross
 {}",
         payload::CREDENTIALS_HELP
     )

@@ -24,13 +24,15 @@ pub fn help() -> String {
         "\
 cargo xtask disk-image --board BOARD --base BASE.img[.xz|.gz] --device-id ID
                        --nats-url URL [--nats-url URL...] [credentials] -o OUT.img
-                       [--hostname NAME] [--agent PATH] [--cross]
+                       [--hostname NAME] [--label KEY=VALUE...] [--agent PATH] [--cross]
     (formerly `cargo xtask image`) Copy BASE, a board's disk image, into
     OUT and write into its root filesystem, without root or mounting: the
     agent ({}), its config ({}), credentials (0600),
     the systemd unit (enabled at boot) and the hostname; add the board's
     kernel parameters to its command line. Every file is read back and
     compared.
+    --label K=V    a board label for the agent's [labels] (repeatable);
+                   board=BOARD is added unless given
     --agent PATH   use this agent binary instead of running `cargo xtask dist`
 {}",
         payload::AGENT_BIN,
@@ -60,7 +62,8 @@ impl Request {
     pub fn from_args(args: &mut Args, out: Option<PathBuf>) -> Result<Request> {
         let board = boards::load(&args.required("--board", "NAME (see `cargo xtask boards`)")?)?;
         let base = PathBuf::from(args.required("--base", "BASE.img[.xz|.gz]")?);
-        let identity = Identity::from_args(args)?;
+        let mut identity = Identity::from_args(args)?;
+        identity.label_board(&board.name);
         let out = match out {
             Some(o) => o,
             None => PathBuf::from(args.required("-o", "OUT.img")?),

@@ -5,6 +5,7 @@
 
 use agent_config::Config;
 use anyhow::{Context, Result, bail};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use crate::flags::Args;
@@ -121,10 +122,14 @@ pub struct Identity {
     pub nats_urls: Vec<String>,
     /// NATS credentials.
     pub credentials: Credentials,
+    /// The board's `[labels]` (`--label KEY=VALUE`; `board` defaults to the
+    /// board's name).
+    pub labels: BTreeMap<String, String>,
 }
 
 impl Identity {
-    /// Takes `--device-id`, `--hostname`, `--nats-url` and credentials.
+    /// Takes `--device-id`, `--hostname`, `--nats-url`, `--label` and
+    /// credentials.
     pub fn from_args(args: &mut Args) -> Result<Identity> {
         let device_id = args.required("--device-id", "ID (e.g. pi-001)")?;
         protocol::keys::validate_device_id(&device_id)
@@ -144,12 +149,28 @@ impl Identity {
             validate_url(u)?;
         }
         let credentials = credentials_from_args(args)?;
+        let mut labels = BTreeMap::new();
+        for l in args.values("--label")? {
+            let (k, v) = l.split_once('=').with_context(|| {
+                format!("--label {l:?} must be KEY=VALUE, e.g. --label site=lyon")
+            })?;
+            labels.insert(k.to_string(), v.to_string());
+        }
         Ok(Identity {
             device_id,
             hostname,
             nats_urls,
             credentials,
+            labels,
         })
+    }
+
+    /// Labels the board by its name (`board=rpi4`) unless `--label board=...`
+    /// said otherwise: what Deployments most often select on.
+    pub fn label_board(&mut self, board: &str) {
+        self.labels
+            .entry("board".to_string())
+            .or_insert_with(|| board.to_string());
     }
 }
 
@@ -185,6 +206,7 @@ fn validate_url(u: &str) -> Result<()> {
 /// paths, checked with the agent's own validation.
 pub fn device_config(id: &Identity) -> Result<Config> {
     let mut config = Config::new(&id.device_id, STATE_DIR, id.nats_urls.clone());
+    config.labels = id.labels.clone();
     config.nats.credentials = match &id.credentials {
         Credentials::Nkey { .. } => Credentials::Nkey {
             seed_file: NKEY_FILE.into(),
@@ -303,7 +325,55 @@ mod tests {
             hostname: "pi-001".into(),
             nats_urls: vec!["nats://a:4222".into(), "nats://b:4222".into()],
             credentials: c,
+            labels: BTreeMap::new(),
         }
+    }
+
+    #[test]
+    fn labels_come_from_the_flags_and_the_board_and_are_checked() {
+        let mut a = Args::new(
+            "disk-image",
+            [
+                "--device-id",
+                "pi-001",
+                "--nats-url",
+                "nats://n:4222",
+                "--label",
+                "site=lyon",
+            ]
+            .map(String::from)
+            .to_vec(),
+        );
+        let mut id = Identity::from_args(&mut a).unwrap();
+        id.label_board("rpi4");
+        let t = config_toml(&id).unwrap();
+        assert!(
+            t.ends_with("[labels]\nboard = \"rpi4\"\nsite = \"lyon\"\n"),
+            "{t}"
+        );
+        // The user's own board label stays.
+        id.labels.insert("board".into(), "kiosk-v2".into());
+        id.label_board("rpi4");
+        assert_eq!(id.labels["board"], "kiosk-v2");
+        // The agent's own check refuses a bad one, naming it.
+        id.labels.insert("-bad".into(), "x".into());
+        let e = format!("{:#}", config_toml(&id).unwrap_err());
+        assert!(e.contains("labels.\"-bad\""), "{e}");
+        let mut a = Args::new(
+            "disk-image",
+            [
+                "--device-id",
+                "pi-001",
+                "--nats-url",
+                "nats://n:4222",
+                "--label",
+                "site",
+            ]
+            .map(String::from)
+            .to_vec(),
+        );
+        let e = Identity::from_args(&mut a).err().unwrap().to_string();
+        assert!(e.contains("KEY=VALUE"), "{e}");
     }
 
     /// The exact file: settings the agent defaults are not written, so a
