@@ -336,6 +336,8 @@ async fn apply_deployment(
         Err(e) => {
             ctx.applied().remove(&object_key(d));
             ctx.capability_gate.remove_owner(&object_key(d));
+            // Its old selector no longer stands for it.
+            ctx.targets.forget(&index_ref(d));
             tracing::info!(deployment = %object_key(d), error = %Chain(&e), "spec rejected; nothing written");
             (invalid_observed(d, &prev, e), Action::await_change())
         }

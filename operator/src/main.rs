@@ -184,11 +184,27 @@ async fn run_command(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
                 if let Some(u) = &plan.unknown_type {
                     eprintln!("warning: {}: {}", plan.owner, u.message());
                 }
+                // Without a cluster the only labels are the boards' own (as
+                // `iot-operator devices -l` shows them): the selector
+                // selects by those.
                 if let Some(selector) = &plan.selector {
+                    let selected: Vec<String> = heartbeats
+                        .heartbeat_devices()
+                        .into_iter()
+                        .filter(|d| {
+                            heartbeats.heartbeat(d).is_some_and(|seen| {
+                                let (labels, _) =
+                                    operator::inventory::labels::board_labels(&seen.heartbeat);
+                                selector.matches(&labels)
+                            })
+                        })
+                        .collect();
                     eprintln!(
-                        "warning: {}: spec.targetSelector ({selector}) selects Device objects, which only the controller in a cluster sees; without a cluster only spec.targetDevices are written",
-                        plan.owner
+                        "note: {}: spec.targetSelector selects {} device(s) by the labels their boards declare (without a cluster, Device labels set by an administrator are not seen)",
+                        plan.owner,
+                        selected.len()
                     );
+                    plan.add_targets(selected);
                 }
                 plan.held = operator::targeting::capabilities::held_back(plan, |device| {
                     heartbeats.heartbeat(device)

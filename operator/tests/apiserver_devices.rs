@@ -151,7 +151,9 @@ async fn devices_from_heartbeats_are_listed_selected_and_cheap() {
     let watch = tokio::spawn(cache.clone().watch(env.nats.clone()));
     let (gate, gate_changes) = CapabilityGate::new();
     let metrics = Arc::new(Metrics::default());
-    let (silence, refresh) = (Duration::from_secs(2), Duration::from_secs(3));
+    // Silence far above the 0.5 s beat, so that a stalled machine does not
+    // turn Ready (and add writes) during the count.
+    let (silence, refresh) = (Duration::from_secs(6), Duration::from_secs(3));
     let inventory = Arc::new(Inventory::new(
         operator_client,
         env.nats.clone(),
@@ -162,6 +164,7 @@ async fn devices_from_heartbeats_are_listed_selected_and_cheap() {
             silence,
             refresh,
             sweep: Duration::from_secs(1),
+            min_write_interval: Duration::from_millis(500),
             ..InventoryConfig::default()
         },
     ));

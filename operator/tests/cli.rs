@@ -452,3 +452,37 @@ fn a_bad_selector_is_refused_with_where_and_what() {
         assert!(!err.contains("cannot connect"), "{err}");
     }
 }
+
+/// Without a cluster, `apply` selects by the labels the boards declare (the
+/// only labels there are), and follows them on the next apply.
+#[tokio::test]
+async fn apply_selects_devices_by_their_board_labels() {
+    let Some(env) = nats_env().await else { return };
+    let url = env.server.url();
+    put_heartbeat_with_labels(&env.client, "pi-lyon", &[("site", "lyon")]).await;
+    put_heartbeat_with_labels(&env.client, "pi-nice", &[("site", "nice")]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("sel.yaml");
+    std::fs::write(
+        &file,
+        "apiVersion: iot.nationtech.io/v1alpha1\nkind: Deployment\n\
+         metadata: {name: sel, namespace: default}\n\
+         spec:\n  targetDevices: [pi-named]\n  targetSelector: {matchLabels: {site: lyon}}\n\
+         \x20 score: {type: PodmanV0, data: {containers: [{name: c, image: busybox}]}}\n",
+    )
+    .unwrap();
+    let out = cli(&url, None, &["apply", "-f", file.to_str().unwrap()]);
+    let stdout = ok(&out);
+    assert!(stdout.contains("2 written"), "{stdout}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("selects 1 device(s)"), "{stderr}");
+    for (device, live) in [("pi-lyon", true), ("pi-named", true), ("pi-nice", false)] {
+        let rec = desired(&env.nats, device, "sel").await;
+        assert_eq!(rec.is_some_and(|r| !r.deleted), live, "{device}");
+    }
+    // The board moves: the next apply follows.
+    put_heartbeat_with_labels(&env.client, "pi-lyon", &[("site", "nice")]).await;
+    let stdout = ok(&cli(&url, None, &["apply", "-f", file.to_str().unwrap()]));
+    assert!(stdout.contains("1 removed"), "{stdout}");
+    assert!(desired(&env.nats, "pi-lyon", "sel").await.unwrap().deleted);
+}

@@ -167,7 +167,13 @@ fn condition<'a>(v: &'a serde_json::Value, type_: &str) -> &'a serde_json::Value
 
 #[tokio::test]
 async fn first_heartbeat_creates_the_device_and_labels_merge() {
-    let Some(fleet) = start(InventoryConfig::default()).await else {
+    let Some(fleet) = start(InventoryConfig {
+        // Each step below is a board-driven change right after the last.
+        min_write_interval: Duration::from_millis(200),
+        ..InventoryConfig::default()
+    })
+    .await
+    else {
         return;
     };
     let c = &fleet.env.client;
@@ -212,7 +218,9 @@ async fn first_heartbeat_creates_the_device_and_labels_merge() {
     heartbeat(c, "pi-1", &board).await;
     let v = fleet
         .device_where("pi-1", "board label updated, admin label kept", |v| {
+            // Labels and status are two patches: wait for both.
             v["metadata"]["labels"]["board"] == "rpi5"
+                && v["status"]["boardLabels"]["board"] == "rpi5"
         })
         .await;
     assert_eq!(
@@ -240,6 +248,7 @@ async fn first_heartbeat_creates_the_device_and_labels_merge() {
     let v = fleet
         .device_where("pi-1", "board label removed", |v| {
             v["metadata"]["labels"].get("board").is_none()
+                && v["status"].get("boardLabels").is_none()
         })
         .await;
     assert_eq!(labels_of(&v), json!({"site": "paris", "team": "ops"}));
@@ -390,7 +399,9 @@ async fn a_deleted_device_loses_its_keys_and_a_live_board_reappears() {
 
 #[tokio::test]
 async fn a_steady_heartbeat_stream_costs_no_writes() {
-    let silence = Duration::from_secs(3);
+    // Far above the 2 s the 50 heartbeats take, so a stalled CI machine
+    // does not turn Ready Unknown midway.
+    let silence = Duration::from_secs(10);
     let Some(fleet) = start(InventoryConfig {
         silence,
         refresh: Duration::from_secs(600),
@@ -424,7 +435,7 @@ async fn a_steady_heartbeat_stream_costs_no_writes() {
     }
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert_eq!(fleet.writes(), before, "50 unchanged heartbeats wrote");
-    // A transition is written at once: a warning.
+    // A change is written: a warning (within the minimum write interval).
     heartbeat(
         c,
         "pi-4",
@@ -441,6 +452,24 @@ async fn a_steady_heartbeat_stream_costs_no_writes() {
         .await;
     let after = fleet.writes();
     assert_eq!(after.1, before.1 + 1, "{before:?} -> {after:?}");
+    // A board flipping its warning at every put buys no writes: at most one
+    // per `min_write_interval` (10 s), and none here, since the flips end
+    // where the written status is.
+    for n in 0..20 {
+        let warning = (n % 2 == 1).then_some("disk full");
+        heartbeat(
+            c,
+            "pi-4",
+            &Board {
+                warning,
+                ..board(61 + n)
+            },
+        )
+        .await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(fleet.writes(), after, "20 flipping heartbeats wrote");
     // Silence: Ready turns Unknown after `silence`, one write.
     let v = fleet
         .device_where("pi-4", "Ready Unknown after silence", |v| {

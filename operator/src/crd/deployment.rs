@@ -327,8 +327,8 @@ pub struct Condition {
     /// InvalidScore: ScoreRejected or ScoreValid; Conflict: KeyOwnedElsewhere
     /// or NoConflict; DeviceWarnings: DevicesWarn or NoDeviceWarnings;
     /// UnknownScoreType: RoutedAsJson. On a Device: Ready: HeartbeatReceived,
-    /// HeartbeatMissing or NeverSeen; Warnings: BoardWarns or
-    /// NoBoardWarnings; Unsupported: ScoreUnreadable or AllScoresReadable.
+    /// HeartbeatMissing or NeverSeen; Warnings: BoardWarns,
+    /// NoBoardWarnings or HeartbeatMissing (Unknown); Unsupported: ScoreUnreadable or AllScoresReadable.
     pub reason: ConditionReason,
     /// Human-readable detail.
     pub message: String,

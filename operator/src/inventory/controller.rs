@@ -55,6 +55,12 @@ pub struct InventoryConfig {
     pub create_concurrency: usize,
     /// Longest back-off after repeated transient failures.
     pub max_backoff: Duration,
+    /// Least time between two writes for one Device caused by what its
+    /// board reports (labels, versions, warnings, counts): a board that
+    /// changes its heartbeat at every put costs at most one write per
+    /// interval, not one per put. Ready turning and the first write are
+    /// not held back.
+    pub min_write_interval: Duration,
     /// The name events are reported under.
     pub reporter: String,
 }
@@ -67,6 +73,7 @@ impl Default for InventoryConfig {
             sweep: Duration::from_secs(30),
             create_concurrency: 16,
             max_backoff: Duration::from_secs(300),
+            min_write_interval: Duration::from_secs(10),
             reporter: "iot-operator".into(),
         }
     }
@@ -95,6 +102,9 @@ pub struct Inventory {
     written: Mutex<HashMap<String, DeviceState>>,
     /// Invalid board labels last reported, by device (reported once).
     invalid: Mutex<HashMap<String, Vec<InvalidLabel>>>,
+    /// When each Device was last written by this loop (nanoseconds, the
+    /// loop's clock), for `min_write_interval`.
+    last_write: Mutex<HashMap<String, i128>>,
     /// Devices whose id cannot name a Device (logged once).
     unnamed: Mutex<HashSet<String>>,
     /// Creations in flight.
@@ -131,6 +141,7 @@ impl Inventory {
             failures: Mutex::default(),
             written: Mutex::default(),
             invalid: Mutex::default(),
+            last_write: Mutex::default(),
             unnamed: Mutex::default(),
             creating: Mutex::default(),
         }
@@ -308,6 +319,10 @@ async fn reconcile_inner(device: &Device, ctx: &Inventory) -> Result<Action, Err
     if device.meta().deletion_timestamp.is_some() {
         if has_finalizer {
             let done = decommission(&ctx.nats, &name).await?;
+            // Forgotten now, not when the watch brings the delete: a sweep
+            // or notification in between would recreate the Device from
+            // the board's last heartbeat.
+            ctx.cache.forget_heartbeat(&name);
             Metrics::add(
                 &ctx.metrics.kv_writes,
                 (done.desired + done.status + usize::from(done.heartbeat)) as u64,
@@ -330,6 +345,7 @@ async fn reconcile_inner(device: &Device, ctx: &Inventory) -> Result<Action, Err
             lock(&ctx.written).remove(&uid);
         }
         lock(&ctx.invalid).remove(&name);
+        lock(&ctx.last_write).remove(&name);
         return Ok(Action::await_change());
     }
 
@@ -339,17 +355,13 @@ async fn reconcile_inner(device: &Device, ctx: &Inventory) -> Result<Action, Err
         .uid()
         .and_then(|uid| lock(&ctx.written).get(&uid).cloned());
     let prev = remembered.as_ref().or(device.status.as_ref());
-    let board = match &heartbeat {
-        Some(seen) => {
-            let (valid, invalid) = labels::board_labels(&seen.heartbeat);
-            ctx.report_invalid(device, invalid).await;
-            valid
-        }
-        None => prev.map(|p| p.board_labels.clone()).unwrap_or_default(),
+    let (board, invalid) = match &heartbeat {
+        Some(seen) => labels::board_labels(&seen.heartbeat),
+        None => (
+            prev.map(|p| p.board_labels.clone()).unwrap_or_default(),
+            Vec::new(),
+        ),
     };
-
-    patch_metadata(device, &api, ctx, &board, has_finalizer).await?;
-
     let held = ctx.gate.for_device(&name);
     let next = state::device_state(
         prev,
@@ -363,6 +375,25 @@ async fn reconcile_inner(device: &Device, ctx: &Inventory) -> Result<Action, Err
             now_ns: now,
         },
     );
+    // A board cannot buy writes by changing its heartbeat at every put.
+    let ready = |s: Option<&DeviceState>| {
+        s.and_then(|s| s.conditions.iter().find(|c| c.type_ == "Ready"))
+            .map(|c| c.status.clone())
+    };
+    let last = lock(&ctx.last_write).get(&name).copied();
+    if let Some(last) = last
+        && has_finalizer
+        && ready(prev) == ready(Some(&next))
+    {
+        let due = last + ctx.config.min_write_interval.as_nanos() as i128;
+        if now < due {
+            let wait = u64::try_from(due - now).unwrap_or(0);
+            return Ok(Action::requeue(Duration::from_nanos(wait)));
+        }
+    }
+    ctx.report_invalid(device, invalid).await;
+    let metadata_written = patch_metadata(device, &api, ctx, &board, has_finalizer).await?;
+
     let written = if policy::status_patch_needed(prev, &next, ctx.config.refresh, now) {
         let mut status = serde_json::to_value(&next).unwrap_or(Value::Null);
         // A merge patch merges maps: board labels the board dropped must
@@ -384,8 +415,12 @@ async fn reconcile_inner(device: &Device, ctx: &Inventory) -> Result<Action, Err
         if let Some(uid) = device.uid() {
             lock(&ctx.written).insert(uid, next.clone());
         }
+        lock(&ctx.last_write).insert(name.clone(), now);
         next
     } else {
+        if metadata_written {
+            lock(&ctx.last_write).insert(name.clone(), now);
+        }
         prev.cloned().unwrap_or_default()
     };
     Ok(Action::requeue(policy::next_check(
@@ -400,21 +435,22 @@ async fn reconcile_inner(device: &Device, ctx: &Inventory) -> Result<Action, Err
 /// Merges the board's labels into `metadata.labels` (see
 /// [`labels::merge`]), records them in the annotation and adds the
 /// finalizer, in one patch conditional on the object's resourceVersion
-/// (an administrator's concurrent edit makes it fail and retry).
+/// (an administrator's concurrent edit makes it fail and retry). Whether it
+/// wrote.
 async fn patch_metadata(
     device: &Device,
     api: &Api<Device>,
     ctx: &Inventory,
     board: &Labels,
     has_finalizer: bool,
-) -> Result<(), Error> {
+) -> Result<bool, Error> {
     let current: Labels = device.labels().clone();
     let annotation = device.annotations().get(BOARD_LABELS_ANNOTATION);
     let last = labels::recorded(annotation.map(String::as_str));
     let merged = labels::merge(&current, &last, board);
     let value = labels::annotation_value(&merged.owned);
     if merged.labels == current && annotation == Some(&value) && has_finalizer {
-        return Ok(());
+        return Ok(false);
     }
     let mut label_patch = serde_json::Map::new();
     for (k, v) in &merged.labels {
@@ -444,7 +480,7 @@ async fn patch_metadata(
     )
     .await?;
     Metrics::add(&ctx.metrics.device_metadata_patches, 1);
-    Ok(())
+    Ok(true)
 }
 
 /// After a failed reconcile: transient errors are retried with exponential

@@ -62,10 +62,10 @@ pub fn device_state(
         total: i64::try_from(i.deployments.total).unwrap_or(i64::MAX),
         not_ready: i64::try_from(i.deployments.not_ready).unwrap_or(i64::MAX),
     });
-    let warnings = i.heartbeat.map(HeartbeatSeen::warnings).unwrap_or_default();
+    let warnings = i.heartbeat.map(HeartbeatSeen::warnings);
     let verdicts = [
         ready(i.heartbeat, next.last_seen.as_deref(), i.silence, i.now_ns),
-        board_warnings(&warnings),
+        board_warnings(warnings.as_deref()),
         unsupported(i.held),
     ];
     next.conditions = verdicts
@@ -162,15 +162,20 @@ fn ready(
     }
 }
 
-fn board_warnings(warnings: &[String]) -> Verdict {
-    let (status, reason, message) = if warnings.is_empty() {
-        (
+/// `None`: no heartbeat to tell (never seen, or its heartbeat deleted).
+fn board_warnings(warnings: Option<&[String]>) -> Verdict {
+    let (status, reason, message) = match warnings {
+        None => (
+            "Unknown",
+            ConditionReason::HeartbeatMissing,
+            "no heartbeat from the board to tell".to_string(),
+        ),
+        Some([]) => (
             "False",
             ConditionReason::NoBoardWarnings,
             "the board reports no warnings".to_string(),
-        )
-    } else {
-        ("True", ConditionReason::BoardWarns, warnings.join("; "))
+        ),
+        Some(w) => ("True", ConditionReason::BoardWarns, w.join("; ")),
     };
     Verdict {
         type_: conditions::WARNINGS,

@@ -77,6 +77,10 @@ struct Inner {
     /// deployment name -> device -> report.
     reports: HashMap<String, HashMap<String, Report>>,
     heartbeats: HashMap<String, HeartbeatSeen>,
+    /// When each device's heartbeat was last deleted (or forgotten): a
+    /// heartbeat stored before that is a replay (the one-shot `load`
+    /// racing the watch) and is not taken in again.
+    heartbeat_deleted_at: HashMap<String, i128>,
 }
 
 /// The last reports of every device, shared by the watches and reconciles.
@@ -218,6 +222,25 @@ impl StatusCache {
         }
         let now = now_ns();
         let previous = self.heartbeat(key);
+        // Records can arrive out of order (the one-shot `load` racing the
+        // watch): a record no newer than the last delete is from before it,
+        // and must not bring a deleted (decommissioned) device back. An
+        // older put over a newer one costs only a stale `lastSeen` until
+        // the next heartbeat, so puts are not ordered among themselves.
+        // Nor may an old delete remove a newer heartbeat.
+        let (put_at, deleted_at) = {
+            let inner = self.read();
+            (
+                inner.heartbeats.get(key).map(|h| h.stored_at_ns),
+                inner.heartbeat_deleted_at.get(key).copied(),
+            )
+        };
+        if deleted_at.is_some_and(|d| stored_at_ns <= d)
+            || (deleted && put_at.is_some_and(|p| stored_at_ns < p))
+        {
+            tracing::debug!(key, "older heartbeat record ignored");
+            return;
+        }
         let (was_fresh, warnings_before) = previous.as_ref().map_or_else(
             || (false, Vec::new()),
             |h| {
@@ -228,7 +251,14 @@ impl StatusCache {
             },
         );
         if deleted {
-            if self.write().heartbeats.remove(key).is_some() {
+            let removed = {
+                let mut inner = self.write();
+                inner
+                    .heartbeat_deleted_at
+                    .insert(key.to_string(), stored_at_ns);
+                inner.heartbeats.remove(key).is_some()
+            };
+            if removed {
                 self.notify_device(key);
             }
             return;
@@ -265,6 +295,18 @@ impl StatusCache {
         }
         if inventory_changed {
             self.notify_device(key);
+        }
+    }
+
+    /// Forgets `device`'s heartbeat at once (it was just deleted from
+    /// NATS, and the watch will say so later): until the board writes a
+    /// newer one, the device is as if never heard of.
+    pub fn forget_heartbeat(&self, device: &str) {
+        let mut inner = self.write();
+        if let Some(h) = inner.heartbeats.remove(device) {
+            inner
+                .heartbeat_deleted_at
+                .insert(device.to_string(), h.stored_at_ns);
         }
     }
 
@@ -536,8 +578,20 @@ mod tests {
         cache.ingest_status("a.web", b"", true, t0);
         assert_eq!(rx.try_recv().unwrap(), "a");
         assert_eq!(cache.device_summary("a"), DeviceSummary::default());
-        cache.ingest_heartbeat("a", b"", true, t0);
+        cache.ingest_heartbeat("a", b"", true, t0 + 2000 * sec);
         assert_eq!(rx.try_recv().unwrap(), "a", "heartbeat deleted");
+        // The put before the delete, read again (a one-shot read racing the
+        // watch), does not bring it back.
+        cache.ingest_heartbeat("a", &heartbeat_bytes(), false, t0 + 1900 * sec);
+        assert!(cache.heartbeat("a").is_none());
+        cache.ingest_heartbeat("a", &heartbeat_bytes(), false, t0 + 2030 * sec);
+        assert!(cache.heartbeat("a").is_some(), "a newer put is taken in");
+        cache.forget_heartbeat("a");
+        cache.ingest_heartbeat("a", &heartbeat_bytes(), false, t0 + 2030 * sec);
+        assert!(
+            cache.heartbeat("a").is_none(),
+            "forgotten until a newer put"
+        );
         assert!(cache.heartbeat_devices().is_empty());
     }
 }

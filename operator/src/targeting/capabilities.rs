@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 
 use protocol::wire::Encode;
-use protocol::{Capabilities, DesiredState, IotScore, PayloadEncoding};
+use protocol::{Capabilities, DesiredState, PayloadEncoding};
 
 use crate::apply::Plan;
 use crate::status::HeartbeatSeen;
@@ -28,11 +28,12 @@ impl Requirement {
     /// does: [`crate::apply::plan`] encoded it).
     pub fn of(plan: &Plan) -> Option<Requirement> {
         let desired: DesiredState<'_> = protocol::wire::decode(&plan.value).ok()?;
+        // A known type's data is its own versioned encoding: the format
+        // byte is what the agent must read, whatever this build would
+        // write today.
         let score_version = match desired.score.encoding {
             PayloadEncoding::Json => None,
-            PayloadEncoding::Postcard => match desired.score.decode().ok()? {
-                IotScore::PodmanV0(s) => Some(s.format_version()),
-            },
+            PayloadEncoding::Postcard => Some(*desired.score.data.as_slice().first()?),
         };
         Some(Requirement {
             desired_version: desired.format_version(),
@@ -107,7 +108,19 @@ pub fn held_back(
     heartbeat: impl Fn(&str) -> Option<HeartbeatSeen>,
 ) -> BTreeMap<String, String> {
     let Some(req) = Requirement::of(plan) else {
-        return BTreeMap::new();
+        // Fail closed: what cannot be checked is not written to a device
+        // that said what it reads.
+        return plan
+            .targets
+            .iter()
+            .filter(|device| heartbeat(device).is_some())
+            .map(|device| {
+                (
+                    device.clone(),
+                    "held back: the operator cannot read back the value it encoded (a bug; please report it)".to_string(),
+                )
+            })
+            .collect();
     };
     plan.targets
         .iter()
