@@ -85,20 +85,8 @@ impl World {
 
     /// Running containers of `device`: (name, id).
     fn containers(&self, device: &str) -> Vec<(String, String)> {
-        let out = self.podman.run(&[
-            "ps",
-            "--filter",
-            &format!("label=io.nationtech.iot.device={device}"),
-            "--format",
-            "{{.Names}} {{.ID}}",
-        ]);
-        let mut v: Vec<(String, String)> = out
-            .lines()
-            .filter_map(|l| l.split_once(' '))
-            .map(|(n, i)| (n.to_string(), i.to_string()))
-            .collect();
-        v.sort();
-        v
+        self.podman
+            .running_labelled("io.nationtech.iot.device", device)
     }
 
     /// Polls `probe` until it gives `Ok`; panics after [`WAIT`] with what it

@@ -12,7 +12,6 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use async_nats::jetstream;
 use common::apiserver::{eventually, install_crds};
 use common::{Env, desired, nats_env, put_status};
 use kube::Client;
@@ -59,16 +58,7 @@ async fn heartbeat(client: &async_nats::Client, device: &str, b: &Board<'_>) {
     if let Some(w) = b.warning {
         hb.warnings.push(Text::borrowed(w)).unwrap();
     }
-    let value = protocol::wire::encode_to_vec(&hb).unwrap();
-    jetstream::new(client.clone())
-        .publish(
-            format!("$KV.{DEVICE_HEARTBEAT_BUCKET}.{device}"),
-            value.into(),
-        )
-        .await
-        .unwrap()
-        .await
-        .unwrap();
+    common::publish_heartbeat(client, device, &hb).await;
 }
 
 struct Fleet {

@@ -16,7 +16,8 @@ use crate::validate::Violation;
 const MAX_PREFIX_LEN: usize = 253;
 
 /// Checks a label key: `[prefix/]name`, as Kubernetes accepts it, at most
-/// [`MAX_LABEL_LEN`] bytes in all.
+/// [`MAX_LABEL_LEN`] bytes in all (a board's labels travel in its
+/// heartbeat, where every byte counts).
 pub fn validate_label_key(key: &str) -> Result<(), Violation> {
     if key.is_empty() {
         return Err(Violation::Empty);
@@ -27,6 +28,14 @@ pub fn validate_label_key(key: &str) -> Result<(), Violation> {
             actual: key.len(),
         });
     }
+    validate_qualified_name(key)
+}
+
+/// Checks a Kubernetes label key without this protocol's bound on its
+/// whole length (`IsQualifiedName`: a DNS-subdomain prefix of at most 253
+/// bytes, `/`, a name of at most 63): the keys an administrator may put on
+/// a Device and a selector may name.
+pub fn validate_qualified_name(key: &str) -> Result<(), Violation> {
     let (prefix, name) = match key.split_once('/') {
         Some((p, n)) => (Some(p), n),
         None => (None, key),
@@ -36,7 +45,7 @@ pub fn validate_label_key(key: &str) -> Result<(), Violation> {
     {
         return Err(Violation::NotLabelKey);
     }
-    if name.is_empty() || !is_name(name) {
+    if name.is_empty() || name.len() > MAX_LABEL_LEN || !is_name(name) {
         return Err(Violation::NotLabelKey);
     }
     Ok(())
@@ -107,6 +116,12 @@ mod tests {
             validate_label_key(&"k".repeat(64)),
             Err(Violation::TooLong { limit: 63, .. })
         ));
+        // Kubernetes itself allows a long prefix.
+        let long = "a-rather-long-subdomain-prefix.of-an-organisation.example.com/site";
+        assert!(validate_label_key(long).is_err());
+        assert_eq!(validate_qualified_name(long), Ok(()));
+        let name = "x/nnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnn";
+        assert!(validate_qualified_name(name).is_err(), "a 64-byte name");
     }
 
     #[test]

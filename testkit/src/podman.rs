@@ -118,6 +118,25 @@ impl PodmanService {
         assert!(tar_ok && status.success(), "podman import of {name} failed");
     }
 
+    /// The running containers carrying label `key=value`, as (name, id),
+    /// sorted by name.
+    pub fn running_labelled(&self, key: &str, value: &str) -> Vec<(String, String)> {
+        let out = self.run(&[
+            "ps",
+            "--filter",
+            &format!("label={key}={value}"),
+            "--format",
+            "{{.Names}} {{.ID}}",
+        ]);
+        let mut v: Vec<(String, String)> = out
+            .lines()
+            .filter_map(|l| l.split_once(' '))
+            .map(|(n, i)| (n.to_string(), i.to_string()))
+            .collect();
+        v.sort();
+        v
+    }
+
     /// Removes every container carrying label `key=value` (test cleanup).
     pub fn remove_labelled(&self, key: &str, value: &str) {
         let ids = self.run(&["ps", "-aq", "--filter", &format!("label={key}={value}")]);

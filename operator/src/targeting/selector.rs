@@ -11,8 +11,6 @@ use crate::crd::MAX_SELECTOR_TERMS;
 /// A Device's labels.
 pub type Labels = BTreeMap<String, String>;
 
-/// Longest DNS-subdomain prefix of a label key (Kubernetes' bound).
-const MAX_PREFIX_LEN: usize = 253;
 const OPERATORS: [&str; 4] = ["In", "NotIn", "Exists", "DoesNotExist"];
 
 /// Why a selector is refused: the field inside `spec.targetSelector` and
@@ -183,38 +181,11 @@ fn check(selector: &LabelSelector) -> Result<(), SelectorError> {
 
 /// A Kubernetes label key (`IsQualifiedName`): `[prefix/]name`.
 fn check_key(key: &str) -> Result<(), String> {
-    let (prefix, name) = match key.split_once('/') {
-        Some((p, n)) => (Some(p), n),
-        None => (None, key),
-    };
-    let bad = || protocol::validate::Violation::NotLabelKey.to_string();
-    if name.contains('/') {
-        return Err(bad());
-    }
-    protocol::labels::validate_label_key(name).map_err(|e| e.to_string())?;
-    if let Some(p) = prefix
-        && !is_dns_subdomain(p)
-    {
-        return Err(bad());
-    }
-    Ok(())
+    protocol::labels::validate_qualified_name(key).map_err(|e| e.to_string())
 }
 
 fn check_value(value: &str) -> Result<(), String> {
     protocol::labels::validate_label_value(value).map_err(|e| e.to_string())
-}
-
-/// RFC 1123 subdomain: dot-separated `[a-z0-9]([-a-z0-9]*[a-z0-9])?`.
-fn is_dns_subdomain(s: &str) -> bool {
-    let lower = |c: &u8| c.is_ascii_lowercase() || c.is_ascii_digit();
-    !s.is_empty()
-        && s.len() <= MAX_PREFIX_LEN
-        && s.split('.').all(|part| {
-            let b = part.as_bytes();
-            b.first().is_some_and(lower)
-                && b.last().is_some_and(lower)
-                && b.iter().all(|c| lower(c) || *c == b'-')
-        })
 }
 
 #[cfg(test)]

@@ -155,7 +155,7 @@ pub async fn put_status(
 
 /// Writes a heartbeat as the agent does.
 pub async fn put_heartbeat(client: &async_nats::Client, device: &str) {
-    let value = protocol::wire::encode_to_vec(&Heartbeat {
+    let hb = Heartbeat {
         agent_version: Text::borrowed("0.1.0"),
         arch: Text::borrowed("aarch64"),
         os: Text::borrowed("linux"),
@@ -164,17 +164,22 @@ pub async fn put_heartbeat(client: &async_nats::Client, device: &str) {
         deployments: 1,
         timestamp_ms: 0,
         ..Heartbeat::default()
-    })
-    .unwrap();
-    let js = jetstream::new(client.clone());
-    js.publish(
-        format!("$KV.{DEVICE_HEARTBEAT_BUCKET}.{device}"),
-        value.into(),
-    )
-    .await
-    .unwrap()
-    .await
-    .unwrap();
+    };
+    publish_heartbeat(client, device, &hb).await;
+}
+
+/// Stores `hb` as `device`'s heartbeat, encoded as the agent does.
+pub async fn publish_heartbeat(client: &async_nats::Client, device: &str, hb: &Heartbeat<'_>) {
+    let value = protocol::wire::encode_to_vec(hb).unwrap();
+    jetstream::new(client.clone())
+        .publish(
+            format!("$KV.{DEVICE_HEARTBEAT_BUCKET}.{device}"),
+            value.into(),
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
 }
 
 /// Writes a heartbeat (format version 3) declaring the board `labels`, as
@@ -189,7 +194,7 @@ pub async fn put_heartbeat_with_labels(
     for (k, v) in labels {
         map.insert(Text::borrowed(k), Text::borrowed(v)).unwrap();
     }
-    let value = protocol::wire::encode_to_vec(&Heartbeat {
+    let hb = Heartbeat {
         agent_version: Text::borrowed("0.2.0"),
         arch: Text::borrowed("aarch64"),
         os: Text::borrowed("linux"),
@@ -198,17 +203,8 @@ pub async fn put_heartbeat_with_labels(
         deployments: 1,
         labels: map,
         ..Heartbeat::default()
-    })
-    .unwrap();
-    let js = jetstream::new(client.clone());
-    js.publish(
-        format!("$KV.{DEVICE_HEARTBEAT_BUCKET}.{device}"),
-        value.into(),
-    )
-    .await
-    .unwrap()
-    .await
-    .unwrap();
+    };
+    publish_heartbeat(client, device, &hb).await;
 }
 
 /// Runs `iot-operator args` against `url`, as the nkey identity in `seed`
