@@ -181,16 +181,27 @@ impl Inventory {
             .iter()
             .map(|l| format!("{:?}={:?} ({})", l.key, l.value, l.reason))
             .collect();
+        self.warn(
+            device,
+            "InvalidBoardLabel",
+            "MergeLabels",
+            format!("board labels ignored: {}", list.join(", ")),
+        )
+        .await;
+    }
+
+    /// Records a Warning Event on the Device (logged when it cannot be).
+    async fn warn(&self, device: &Device, reason: &str, action: &str, note: String) {
         let event = Event {
             type_: EventType::Warning,
-            reason: "InvalidBoardLabel".into(),
-            note: Some(format!("board labels ignored: {}", list.join(", "))),
-            action: "MergeLabels".into(),
+            reason: reason.into(),
+            note: Some(note),
+            action: action.into(),
             secondary: None,
         };
         let recorder = Recorder::new(self.client.clone(), self.reporter.clone());
         if let Err(e) = recorder.publish(&event, &device.object_ref(&())).await {
-            tracing::warn!(device = %name, error = %Chain(&e), "cannot publish event");
+            tracing::warn!(device = %device.name_any(), error = %Chain(&e), "cannot publish event");
         }
     }
 
@@ -318,7 +329,20 @@ async fn reconcile_inner(device: &Device, ctx: &Inventory) -> Result<Action, Err
     let has_finalizer = device.finalizers().iter().any(|f| f == DEVICE_FINALIZER);
     if device.meta().deletion_timestamp.is_some() {
         if has_finalizer {
-            let done = decommission(&ctx.nats, &name).await?;
+            let done = match decommission(&ctx.nats, &name).await {
+                Ok(done) => done,
+                Err(e) => {
+                    // Else the object stays Terminating with only a log
+                    // line to say why.
+                    let note = format!(
+                        "cannot remove the board's keys from NATS, so the Device stays until they are: {}",
+                        Chain(&e)
+                    );
+                    ctx.warn(device, "DecommissionFailed", "Decommission", note)
+                        .await;
+                    return Err(e.into());
+                }
+            };
             // Forgotten now, not when the watch brings the delete: a sweep
             // or notification in between would recreate the Device from
             // the board's last heartbeat.
