@@ -72,11 +72,21 @@ pub fn heartbeat_base(config: &Config, host: HostInfo) -> Heartbeat<'static> {
 struct Deployments<R> {
     ctx: Rc<Context<R>>,
     workers: RefCell<BTreeMap<String, watch::Sender<Target>>>,
+    /// How many deployments are desired, for the heartbeat: the inventory
+    /// shows it, and a count that waits for the next beat (30 s by
+    /// default) would show a board idle that already runs its workload.
+    count: watch::Sender<u32>,
 }
 
 impl<R: Runtime> Deployments<R> {
     /// Sets a deployment's target, starting its reconciler when new.
     fn set(&self, deployment: &str, value: Option<Bytes>) {
+        self.set_target(deployment, value);
+        let count = self.desired().len() as u32;
+        self.count.send_if_modified(|c| std::mem::replace(c, count) != count);
+    }
+
+    fn set_target(&self, deployment: &str, value: Option<Bytes>) {
         let mut workers = self.workers.borrow_mut();
         if let Some(tx) = workers.get(deployment) {
             tx.send_if_modified(|t| {
@@ -141,6 +151,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let deployments = Rc::new(Deployments {
         ctx,
         workers: RefCell::new(BTreeMap::new()),
+        count: watch::Sender::new(0),
     });
 
     // Offline first: bring back what the cache says before any network.
@@ -479,9 +490,14 @@ impl VersionCache {
     }
 }
 
+/// How long a change in the number of deployments waits for more changes
+/// before the heartbeat that reports it.
+const COUNT_SETTLE: Duration = Duration::from_secs(1);
+
 /// Publishes the heartbeat (`hb`, from [`heartbeat_base`], with what
-/// changes filled in) every `interval`, and at once when the cache's health
-/// changes (its warning appears or clears). Uptime counts from the task's
+/// changes filled in) every `interval`, at once when the cache's health
+/// changes (its warning appears or clears), and a moment after the number
+/// of deployments changes. Uptime counts from the task's
 /// start, right after the NATS client is created.
 async fn heartbeat<R: Runtime>(
     session: Session,
@@ -497,10 +513,17 @@ async fn heartbeat<R: Runtime>(
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut cache = Some(cache);
+    let mut count = deployments.count.subscribe();
     loop {
         tokio::select! {
             _ = tick.tick() => {}
             () = health_changed(&mut cache) => {}
+            Ok(()) = count.changed() => {
+                // A burst of changes (a resync, a fleet-wide apply) makes
+                // one beat, and at most one extra beat per settle period.
+                tokio::time::sleep(COUNT_SETTLE).await;
+                count.borrow_and_update();
+            }
         }
         let warnings = cache
             .as_mut()

@@ -88,6 +88,30 @@ async fn the_heartbeat_reports_labels_kernel_boot_id_and_capabilities() {
     assert_eq!(again.labels.len(), 3);
 }
 
+/// The inventory's deployment count does not wait for the next beat: a
+/// change in the number of deployments is reported a moment later. The
+/// beat is an hour here, so only that change can bring the new count.
+#[tokio::test]
+async fn a_new_deployment_is_in_the_next_heartbeat_without_waiting_for_the_beat() {
+    let Some(env) = Env::start("hb-count").await else {
+        return;
+    };
+    let config = env.write_config();
+    let text = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace("heartbeat_interval_secs = 1", "heartbeat_interval_secs = 3600");
+    std::fs::write(&config, text).unwrap();
+    let _agent = env.spawn_agent_with_config();
+    env.wait_heartbeat("the first, with no deployment", |_, h| h.deployments == 0)
+        .await;
+    env.put("web", 1, vec![sleeper("main", "1")]).await;
+    env.wait_heartbeat("one deployment", |_, h| h.deployments == 1)
+        .await;
+    env.delete("web").await;
+    env.wait_heartbeat("no deployment again", |_, h| h.deployments == 0)
+        .await;
+}
+
 /// `check-config` shows the labels, and refuses a bad one naming it, the
 /// rule and an example; the agent does not start with it either.
 #[test]
