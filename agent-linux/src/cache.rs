@@ -715,6 +715,8 @@ mod tests {
             containers: protocol::BoundedVec::new(),
             message: Text::owned(message.to_string()),
             timestamp_ms: 0,
+            reason: protocol::Reason::None,
+            running_revision: None,
         }
     }
 

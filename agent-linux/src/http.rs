@@ -1,7 +1,11 @@
-//! A minimal HTTP/1.1 client over a unix socket, just enough for the libpod
-//! REST API: one connection per request (`Connection: close`), bodies
-//! delimited by `Content-Length`, chunked encoding or EOF, and streamed
-//! bodies read incrementally (events).
+//! A minimal HTTP/1.1 client over any byte stream: the unix socket of the
+//! libpod REST API, and TCP or TLS-over-TCP for the HTTP health checks.
+//! One connection per request (`Connection: close`), bodies delimited by
+//! `Content-Length`, chunked encoding or EOF, and streamed bodies read
+//! incrementally (events, an exec's output). Every read is bounded (a
+//! header line, a piece of body), so a peer that sends endless data cannot
+//! grow the agent's memory: a health check talks to a container, which the
+//! agent does not trust.
 //!
 //! Why not hyper (through podman-api): the agent's footprint goal is a
 //! 5 MiB binary and 3.5 MiB RSS, and this covers everything the agent sends
@@ -10,12 +14,21 @@
 use std::io;
 use std::path::Path;
 
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::UnixStream;
 
 /// Largest response body read into memory (Podman's answers are small;
 /// pull progress for big images is the largest).
 const MAX_BODY: usize = 8 * 1024 * 1024;
+
+/// Longest line of a response head or chunk header.
+const MAX_LINE: usize = 8 * 1024;
+
+/// Most header lines in a response head.
+const MAX_HEADERS: usize = 100;
+
+/// Largest piece of body [`StreamingResponse::next_chunk`] returns.
+const PIECE: usize = 16 * 1024;
 
 /// A complete response.
 #[derive(Debug)]
@@ -42,7 +55,22 @@ fn bad(msg: impl Into<String>) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, msg.into())
 }
 
-/// Sends one request and reads the whole response.
+/// One request: what [`send`] writes.
+#[derive(Debug, Clone, Copy)]
+pub struct Request<'a> {
+    /// `GET`, `POST`...
+    pub method: &'a str,
+    /// Path and query.
+    pub path: &'a str,
+    /// The `Host` header, unless `headers` has one.
+    pub host: &'a str,
+    /// More headers (name, value), sent as given.
+    pub headers: &'a [(&'a str, &'a str)],
+    /// A JSON body.
+    pub body: Option<&'a [u8]>,
+}
+
+/// Sends one request to the libpod socket and reads the whole response.
 pub async fn request(
     socket: &Path,
     method: &str,
@@ -63,22 +91,31 @@ pub async fn request(
     })
 }
 
-/// A response whose body is read as it arrives.
-pub struct StreamingResponse {
+/// A response whose body is read as it arrives, over stream `S` (by
+/// default the libpod unix socket).
+pub struct StreamingResponse<S = UnixStream> {
     /// Status code.
     pub status: u16,
-    reader: BufReader<UnixStream>,
+    reader: BufReader<S>,
     framing: Framing,
     pending: Vec<u8>,
 }
 
 enum Framing {
     Length(usize),
-    Chunked { done: bool },
-    UntilEof { done: bool },
+    /// `left`: bytes of the current chunk still to read (0: a chunk header
+    /// comes next).
+    Chunked {
+        left: usize,
+        done: bool,
+    },
+    UntilEof {
+        done: bool,
+    },
 }
 
-/// Sends a request and returns once the response head has arrived.
+/// Sends a request to the libpod socket and returns once the response head
+/// has arrived.
 pub async fn open(
     socket: &Path,
     method: &str,
@@ -86,36 +123,87 @@ pub async fn open(
     body: Option<&[u8]>,
 ) -> io::Result<StreamingResponse> {
     let stream = UnixStream::connect(socket).await?;
+    let json = [("Content-Type", "application/json")];
+    let request = Request {
+        method,
+        path,
+        host: "d",
+        headers: if body.is_some() { &json } else { &[] },
+        body,
+    };
+    send(stream, &request).await
+}
+
+/// Sends `request` on a connected `stream` and returns once the response
+/// head has arrived.
+pub async fn send<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: S,
+    request: &Request<'_>,
+) -> io::Result<StreamingResponse<S>> {
+    // A line break in any part would end the line early and let the rest
+    // pass for other headers: checks carry user-written paths and headers.
+    let parts = [request.method, request.path, request.host]
+        .into_iter()
+        .chain(request.headers.iter().flat_map(|(k, v)| [*k, *v]));
+    for part in parts {
+        if part.contains(['\r', '\n']) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("line break in the request: {part:?}"),
+            ));
+        }
+    }
     let mut reader = BufReader::new(stream);
-    let mut head = format!("{method} {path} HTTP/1.1\r\nHost: d\r\nConnection: close\r\n");
-    if let Some(b) = body {
-        head.push_str("Content-Type: application/json\r\n");
+    let mut head = format!("{} {} HTTP/1.1\r\n", request.method, request.path);
+    if !request
+        .headers
+        .iter()
+        .any(|(k, _)| k.eq_ignore_ascii_case("host"))
+    {
+        head.push_str(&format!("Host: {}\r\n", request.host));
+    }
+    for (k, v) in request.headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    head.push_str("Connection: close\r\n");
+    if let Some(b) = request.body {
         head.push_str(&format!("Content-Length: {}\r\n", b.len()));
     }
     head.push_str("\r\n");
     let mut msg = head.into_bytes();
-    if let Some(b) = body {
+    if let Some(b) = request.body {
         msg.extend_from_slice(b);
     }
     reader.get_mut().write_all(&msg).await?;
+    reader.get_mut().flush().await?;
 
-    let mut line = String::new();
-    reader.read_line(&mut line).await?;
-    let status = line
-        .split_whitespace()
-        .nth(1)
+    let mut line = Vec::new();
+    read_line(&mut reader, &mut line).await?;
+    let status = std::str::from_utf8(&line)
+        .ok()
+        .and_then(|l| l.split_whitespace().nth(1))
         .and_then(|s| s.parse::<u16>().ok())
-        .ok_or_else(|| bad(format!("bad status line {line:?}")))?;
+        .ok_or_else(|| {
+            bad(format!(
+                "bad status line {:?}",
+                String::from_utf8_lossy(&line)
+            ))
+        })?;
     let mut length = None;
     let mut chunked = false;
+    let mut headers = 0;
     loop {
-        line.clear();
-        if reader.read_line(&mut line).await? == 0 {
+        if read_line(&mut reader, &mut line).await? == 0 {
             return Err(bad("connection closed in the response head"));
         }
-        let l = line.trim_end();
+        let l = String::from_utf8_lossy(&line);
+        let l = l.trim_end();
         if l.is_empty() {
             break;
+        }
+        headers += 1;
+        if headers > MAX_HEADERS {
+            return Err(bad("too many response headers"));
         }
         if let Some((k, v)) = l.split_once(':') {
             let (k, v) = (k.trim(), v.trim());
@@ -129,7 +217,10 @@ pub async fn open(
         }
     }
     let framing = if chunked {
-        Framing::Chunked { done: false }
+        Framing::Chunked {
+            left: 0,
+            done: false,
+        }
     } else if let Some(n) = length {
         Framing::Length(n)
     } else if status == 204 || status == 304 {
@@ -145,13 +236,40 @@ pub async fn open(
     })
 }
 
-impl StreamingResponse {
-    /// The next piece of the body, `None` at its end.
+/// Reads one line (with its newline) into `line`, at most [`MAX_LINE`]
+/// bytes; returns the bytes read, 0 at EOF.
+async fn read_line<R: AsyncRead + Unpin>(
+    reader: &mut BufReader<R>,
+    line: &mut Vec<u8>,
+) -> io::Result<usize> {
+    line.clear();
+    loop {
+        let buf = reader.fill_buf().await?;
+        if buf.is_empty() {
+            return Ok(line.len());
+        }
+        let (take, end) = match buf.iter().position(|b| *b == b'\n') {
+            Some(i) => (i + 1, true),
+            None => (buf.len(), false),
+        };
+        if line.len() + take > MAX_LINE {
+            return Err(bad("line too long"));
+        }
+        line.extend_from_slice(&buf[..take]);
+        reader.consume(take);
+        if end {
+            return Ok(line.len());
+        }
+    }
+}
+
+impl<S: AsyncRead + Unpin> StreamingResponse<S> {
+    /// The next piece of the body (at most 16 KiB), `None` at its end.
     pub async fn next_chunk(&mut self) -> io::Result<Option<Vec<u8>>> {
         match &mut self.framing {
             Framing::Length(0) => Ok(None),
             Framing::Length(n) => {
-                let mut buf = vec![0; (*n).min(64 * 1024)];
+                let mut buf = vec![0; (*n).min(PIECE)];
                 let got = self.reader.read(&mut buf).await?;
                 if got == 0 {
                     return Err(bad("connection closed before the body ended"));
@@ -164,7 +282,7 @@ impl StreamingResponse {
                 if *done {
                     return Ok(None);
                 }
-                let mut buf = vec![0; 16 * 1024];
+                let mut buf = vec![0; PIECE];
                 let got = self.reader.read(&mut buf).await?;
                 if got == 0 {
                     *done = true;
@@ -173,27 +291,38 @@ impl StreamingResponse {
                 buf.truncate(got);
                 Ok(Some(buf))
             }
-            Framing::Chunked { done } => {
+            Framing::Chunked { left, done } => {
                 if *done {
                     return Ok(None);
                 }
-                let mut line = String::new();
-                if self.reader.read_line(&mut line).await? == 0 {
-                    return Err(bad("connection closed in a chunk header"));
+                if *left == 0 {
+                    let mut line = Vec::new();
+                    if read_line(&mut self.reader, &mut line).await? == 0 {
+                        return Err(bad("connection closed in a chunk header"));
+                    }
+                    let text = String::from_utf8_lossy(&line);
+                    let size_hex = text.trim().split(';').next().unwrap_or("");
+                    let size = usize::from_str_radix(size_hex, 16)
+                        .map_err(|_| bad(format!("bad chunk size {text:?}")))?;
+                    if size == 0 {
+                        *done = true;
+                        return Ok(None);
+                    }
+                    *left = size;
                 }
-                let size_hex = line.trim().split(';').next().unwrap_or("");
-                let size = usize::from_str_radix(size_hex, 16)
-                    .map_err(|_| bad(format!("bad chunk size {line:?}")))?;
-                if size > MAX_BODY {
-                    return Err(bad("chunk too large"));
+                // A chunk is read in pieces, so its announced size never
+                // decides how much the agent allocates.
+                let mut buf = vec![0; (*left).min(PIECE)];
+                let got = self.reader.read(&mut buf).await?;
+                if got == 0 {
+                    return Err(bad("connection closed in a chunk"));
                 }
-                if size == 0 {
-                    *done = true;
-                    return Ok(None);
+                *left -= got;
+                buf.truncate(got);
+                if *left == 0 {
+                    let mut crlf = [0u8; 2];
+                    self.reader.read_exact(&mut crlf).await?;
                 }
-                let mut buf = vec![0; size + 2];
-                self.reader.read_exact(&mut buf).await?;
-                buf.truncate(size);
                 Ok(Some(buf))
             }
         }
@@ -222,6 +351,19 @@ impl StreamingResponse {
                 None => return Ok(Some(std::mem::take(&mut self.pending))),
             }
         }
+    }
+
+    /// Up to `max` bytes of the body, the rest left unread (for a message).
+    pub async fn body_prefix(&mut self, max: usize) -> io::Result<Vec<u8>> {
+        let mut out = Vec::new();
+        while out.len() < max {
+            let Some(chunk) = self.next_chunk().await? else {
+                break;
+            };
+            let take = chunk.len().min(max - out.len());
+            out.extend_from_slice(&chunk[..take]);
+        }
+        Ok(out)
     }
 }
 
@@ -276,6 +418,75 @@ mod tests {
         let r = request(&p, "GET", "/x", Some(b"{}")).await.unwrap();
         assert_eq!((r.status, r.text().as_str()), (404, "nope!"));
         assert!(!r.is_success());
+    }
+
+    /// The request as written, and the answer read back, over an in-memory
+    /// stream: what a health check does over TCP or TLS.
+    #[tokio::test]
+    async fn any_stream_with_headers() {
+        let (client, mut server) = tokio::io::duplex(4096);
+        let peer = tokio::spawn(async move {
+            let mut got = Vec::new();
+            let mut buf = [0u8; 512];
+            while !got.ends_with(b"\r\n\r\n") {
+                let n = server.read(&mut buf).await.unwrap();
+                got.extend_from_slice(&buf[..n]);
+            }
+            server
+                .write_all(b"HTTP/1.1 503 Busy\r\n\r\nnot ready yet")
+                .await
+                .unwrap();
+            String::from_utf8(got).unwrap()
+        });
+        let request = Request {
+            method: "GET",
+            path: "/healthz",
+            host: "10.0.0.2:80",
+            headers: &[("X-Probe", "1")],
+            body: None,
+        };
+        let mut r = send(client, &request).await.unwrap();
+        assert_eq!(r.status, 503);
+        assert_eq!(r.body_prefix(3).await.unwrap(), b"not");
+        assert_eq!(
+            peer.await.unwrap(),
+            "GET /healthz HTTP/1.1\r\nHost: 10.0.0.2:80\r\nX-Probe: 1\r\nConnection: close\r\n\r\n"
+        );
+    }
+
+    /// A chunk announced bigger than any body is read in bounded pieces,
+    /// and a header line without end is refused, not buffered.
+    #[tokio::test]
+    async fn bounded_reads() {
+        let (client, mut server) = tokio::io::duplex(64 * 1024);
+        tokio::spawn(async move {
+            server
+                .write_all(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n7fffffff\r\n")
+                .await
+                .unwrap();
+            server.write_all(&[b'x'; 40 * 1024]).await.unwrap();
+            // Held open: the client must not wait for the rest.
+            std::future::pending::<()>().await;
+        });
+        let request = Request {
+            method: "GET",
+            path: "/",
+            host: "h",
+            headers: &[("Host", "mine")],
+            body: None,
+        };
+        let mut r = send(client, &request).await.unwrap();
+        let piece = r.next_chunk().await.unwrap().unwrap();
+        assert!(!piece.is_empty() && piece.len() <= PIECE);
+
+        let (client, mut server) = tokio::io::duplex(64 * 1024);
+        tokio::spawn(async move {
+            server.write_all(b"HTTP/1.1 200 OK\r\nX: ").await.unwrap();
+            server.write_all(&[b'y'; 2 * MAX_LINE]).await.unwrap();
+            std::future::pending::<()>().await;
+        });
+        let err = send(client, &request).await.err().unwrap();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData);
     }
 
     #[test]

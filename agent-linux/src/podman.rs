@@ -57,6 +57,9 @@ pub enum RuntimeError {
     /// An answer did not have the expected shape.
     #[error("unexpected answer from podman")]
     Protocol(#[source] serde_json::Error),
+    /// A bounded call (an exec) did not finish in time.
+    #[error("gave up after {0:?}")]
+    Timeout(std::time::Duration),
 }
 
 /// A published port.
@@ -167,7 +170,24 @@ pub struct ContainerInfo {
     pub error: String,
     /// Whether the kernel OOM-killed it.
     pub oom_killed: bool,
+    /// Its addresses on its Podman networks (none with host networking or
+    /// while it is not running), for health checks.
+    pub ip_addresses: Vec<std::net::IpAddr>,
 }
+
+/// How a command run in a container ([`Runtime::exec`]) ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExecOutcome {
+    /// The command's exit code (126/127: Podman could not run it).
+    pub exit_code: i32,
+    /// The last [`EXEC_OUTPUT_TAIL`] bytes of its stdout and stderr, in
+    /// the order written, for a failure message.
+    pub output_tail: Vec<u8>,
+}
+
+/// Bytes of an exec's output kept ([`ExecOutcome::output_tail`]); the rest
+/// is read and dropped, so a chatty command cannot grow the agent.
+pub const EXEC_OUTPUT_TAIL: usize = 512;
 
 /// A container event worth a status refresh.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -218,6 +238,14 @@ pub trait Runtime: 'static {
     /// Removes a container (force: a running one is stopped first, killed
     /// after `stop_timeout_secs`), in one call.
     async fn remove(&self, id: &str, stop_timeout_secs: u64) -> Result<(), RuntimeError>;
+    /// Runs `command` in the running container `id` and waits for it to
+    /// exit, for at most `timeout` (then [`RuntimeError::Timeout`]).
+    async fn exec(
+        &self,
+        id: &str,
+        command: &[String],
+        timeout: std::time::Duration,
+    ) -> Result<ExecOutcome, RuntimeError>;
 }
 
 /// The libpod REST API on a unix socket.
@@ -404,11 +432,29 @@ impl Runtime for Podman {
             oom_killed: bool,
         }
         #[derive(Deserialize)]
+        struct Network {
+            #[serde(rename = "IPAddress", default)]
+            ip: String,
+            #[serde(rename = "GlobalIPv6Address", default)]
+            ipv6: String,
+        }
+        #[derive(Deserialize, Default)]
+        struct NetworkSettings {
+            #[serde(rename = "IPAddress", default)]
+            ip: String,
+            #[serde(rename = "GlobalIPv6Address", default)]
+            ipv6: String,
+            #[serde(rename = "Networks", default)]
+            networks: Option<BTreeMap<String, Network>>,
+        }
+        #[derive(Deserialize)]
         struct Inspect {
             #[serde(rename = "State")]
             state: State,
             #[serde(rename = "RestartCount", default)]
             restart_count: u32,
+            #[serde(rename = "NetworkSettings", default)]
+            network: Option<NetworkSettings>,
         }
         let resp = self
             .call_ok(
@@ -418,12 +464,29 @@ impl Runtime for Podman {
             )
             .await?;
         let i: Inspect = parse(&resp)?;
+        // The default network's address, then each network's (by name),
+        // IPv4 before IPv6; empty strings are "none".
+        let mut ip_addresses = Vec::new();
+        let network = i.network.unwrap_or_default();
+        let networks = network.networks.iter().flat_map(|n| n.values());
+        let all = [&network.ip, &network.ipv6]
+            .into_iter()
+            .chain(networks.flat_map(|n| [&n.ip, &n.ipv6]));
+        for text in all {
+            if let Ok(ip) = text.parse::<std::net::IpAddr>()
+                && !ip_addresses.contains(&ip)
+            {
+                ip_addresses.push(ip);
+            }
+        }
+        ip_addresses.sort_by_key(std::net::IpAddr::is_ipv6);
         Ok(ContainerInfo {
             status: i.state.status,
             exit_code: i.state.exit_code,
             restart_count: i.restart_count,
             error: i.state.error,
             oom_killed: i.state.oom_killed,
+            ip_addresses,
         })
     }
 
@@ -532,6 +595,151 @@ impl Runtime for Podman {
         } else {
             Err(api_error(&resp))
         }
+    }
+
+    async fn exec(
+        &self,
+        id: &str,
+        command: &[String],
+        timeout: std::time::Duration,
+    ) -> Result<ExecOutcome, RuntimeError> {
+        // On timeout the connection is dropped, and that is all: Podman
+        // does not signal an exec'd process when its client goes away
+        // (neither does Docker, and libpod has no endpoint to kill an exec
+        // session), so a hung command keeps running in the container until
+        // it exits by itself or the container stops; Podman then reaps it.
+        // A check that hangs at every interval therefore piles up
+        // processes, which is the container's problem to show, and why a
+        // restart on failure is the default.
+        tokio::time::timeout(timeout, self.exec_unbounded(id, command))
+            .await
+            .map_err(|_| RuntimeError::Timeout(timeout))?
+    }
+}
+
+impl Podman {
+    /// [`Runtime::exec`] without its time bound: create the exec session,
+    /// start it attached, read its multiplexed output until Podman closes
+    /// the connection (the process exited), then read its exit code.
+    async fn exec_unbounded(
+        &self,
+        id: &str,
+        command: &[String],
+    ) -> Result<ExecOutcome, RuntimeError> {
+        #[derive(Deserialize)]
+        struct Created {
+            #[serde(rename = "Id")]
+            id: String,
+        }
+        #[derive(Deserialize)]
+        struct Inspect {
+            #[serde(rename = "ExitCode", default)]
+            exit_code: i32,
+            #[serde(rename = "Running", default)]
+            running: bool,
+        }
+        let create = json!({ "AttachStdout": true, "AttachStderr": true, "Cmd": command });
+        let resp = self
+            .call_ok(
+                "POST",
+                &format!("/containers/{}/exec", encode_query(id)),
+                Some(&create),
+            )
+            .await?;
+        let exec_id = parse::<Created>(&resp)?.id;
+        let start = json!({ "Detach": false, "Tty": false }).to_string();
+        let path = format!("{API}/exec/{}/start", encode_query(&exec_id));
+        // Podman answers `200` (`101` when asked to upgrade) with no length,
+        // then hijacks the connection: the output follows until the
+        // process exits and Podman closes it.
+        let mut stream = http::open(&self.socket, "POST", &path, Some(start.as_bytes())).await?;
+        if !(200..300).contains(&stream.status) && stream.status != 101 {
+            let body = stream.body_prefix(64 * 1024).await?;
+            return Err(api_error(&http::Response {
+                status: stream.status,
+                body,
+            }));
+        }
+        let mut output = ExecStream::default();
+        while let Some(chunk) = stream.next_chunk().await? {
+            output.feed(&chunk);
+        }
+        drop(stream);
+        // The exit code is recorded as the stream ends; a session still
+        // marked running is read again (the caller's timeout bounds this).
+        let mut pause = std::time::Duration::from_millis(5);
+        loop {
+            let resp = self
+                .call_ok(
+                    "GET",
+                    &format!("/exec/{}/json", encode_query(&exec_id)),
+                    None,
+                )
+                .await?;
+            let inspect: Inspect = parse(&resp)?;
+            if !inspect.running {
+                return Ok(ExecOutcome {
+                    exit_code: inspect.exit_code,
+                    output_tail: output.into_tail(),
+                });
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(std::time::Duration::from_millis(200));
+        }
+    }
+}
+
+/// Docker's multiplexed stream, as an attached exec without a TTY sends
+/// it: frames of an 8-byte header (stream type: 0 stdin, 1 stdout,
+/// 2 stderr; three zero bytes; the payload length, big-endian u32) and the
+/// payload. Fed the bytes as they arrive, split anywhere; keeps the last
+/// [`EXEC_OUTPUT_TAIL`] bytes of payload and drops the rest.
+#[derive(Debug, Default)]
+struct ExecStream {
+    header: Vec<u8>,
+    /// Payload bytes of the current frame still to come.
+    left: u32,
+    tail: std::collections::VecDeque<u8>,
+}
+
+impl ExecStream {
+    /// Takes the next bytes of the stream.
+    fn feed(&mut self, mut bytes: &[u8]) {
+        while !bytes.is_empty() {
+            if self.left == 0 {
+                let need = 8 - self.header.len();
+                let take = need.min(bytes.len());
+                self.header.extend_from_slice(&bytes[..take]);
+                bytes = &bytes[take..];
+                if self.header.len() == 8 {
+                    self.left = u32::from_be_bytes([
+                        self.header[4],
+                        self.header[5],
+                        self.header[6],
+                        self.header[7],
+                    ]);
+                    self.header.clear();
+                }
+                continue;
+            }
+            let take = (self.left as usize).min(bytes.len());
+            self.keep(&bytes[..take]);
+            self.left -= take as u32;
+            bytes = &bytes[take..];
+        }
+    }
+
+    fn keep(&mut self, payload: &[u8]) {
+        let payload = &payload[payload.len().saturating_sub(EXEC_OUTPUT_TAIL)..];
+        let over = (self.tail.len() + payload.len()).saturating_sub(EXEC_OUTPUT_TAIL);
+        self.tail.drain(..over);
+        self.tail.extend(payload);
+    }
+
+    /// The last output bytes kept; a frame cut short by an early close
+    /// counts with what arrived of it.
+    fn into_tail(self) -> Vec<u8> {
+        self.tail.into()
     }
 }
 
@@ -671,6 +879,72 @@ impl EventStream {
                 deployment: deployment.clone(),
             }));
         }
+    }
+}
+
+#[cfg(test)]
+mod exec_stream_tests {
+    use super::*;
+
+    fn frame(kind: u8, payload: &[u8]) -> Vec<u8> {
+        let mut f = vec![kind, 0, 0, 0];
+        f.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+        f.extend_from_slice(payload);
+        f
+    }
+
+    /// Split at every possible point, and one byte at a time, the frames
+    /// give the same output: headers and payloads may straddle reads.
+    #[test]
+    fn frames_split_anywhere() {
+        let mut bytes = frame(1, b"out\n");
+        bytes.extend(frame(2, b"err\n"));
+        bytes.extend(frame(1, b""));
+        bytes.extend(frame(1, b"end"));
+        for cut in 0..=bytes.len() {
+            let mut s = ExecStream::default();
+            s.feed(&bytes[..cut]);
+            s.feed(&bytes[cut..]);
+            assert_eq!(s.into_tail(), b"out\nerr\nend", "cut at {cut}");
+        }
+        let mut s = ExecStream::default();
+        for b in &bytes {
+            s.feed(std::slice::from_ref(b));
+        }
+        assert_eq!(s.into_tail(), b"out\nerr\nend");
+    }
+
+    /// Only the last bytes are kept, across frames and within one big one.
+    #[test]
+    fn keeps_only_the_tail() {
+        let mut s = ExecStream::default();
+        for i in 0..1000 {
+            s.feed(&frame(1, format!("line {i}\n").as_bytes()));
+        }
+        let tail = s.into_tail();
+        assert_eq!(tail.len(), EXEC_OUTPUT_TAIL);
+        assert!(tail.ends_with(b"line 999\n"));
+
+        let mut big = vec![b'a'; 3 * EXEC_OUTPUT_TAIL];
+        big.extend_from_slice(b"last");
+        let mut s = ExecStream::default();
+        s.feed(&frame(2, &big));
+        let tail = s.into_tail();
+        assert_eq!(tail.len(), EXEC_OUTPUT_TAIL);
+        assert!(tail.ends_with(b"alast"));
+    }
+
+    /// A stream closed inside a header or a payload keeps what arrived.
+    #[test]
+    fn early_close() {
+        let bytes = frame(1, b"partial payload");
+        let mut s = ExecStream::default();
+        s.feed(&bytes[..8 + 7]);
+        assert_eq!(s.into_tail(), b"partial");
+        let mut s = ExecStream::default();
+        s.feed(&frame(2, b"ok"));
+        s.feed(&bytes[..5]);
+        assert_eq!(s.into_tail(), b"ok");
     }
 }
 

@@ -4,7 +4,9 @@
 
 use std::cell::{Cell, RefCell};
 
-use crate::podman::{ContainerInfo, CreateSpec, ManagedContainer, Runtime, RuntimeError, labels};
+use crate::podman::{
+    ContainerInfo, CreateSpec, ExecOutcome, ManagedContainer, Runtime, RuntimeError, labels,
+};
 
 /// Containers in memory with instant operations. Like Podman it refuses a
 /// taken name and answers 404 for an unknown container; on request it
@@ -20,6 +22,9 @@ pub struct MemoryRuntime {
     pub fail_create: Cell<bool>,
     /// Makes `start` fail for containers labelled with this revision.
     pub fail_start_revision: Cell<Option<u64>>,
+    /// The exit code of every `exec` in a running container (0: a passing
+    /// exec health check).
+    pub exec_exit_code: Cell<i32>,
 }
 
 impl MemoryRuntime {
@@ -102,6 +107,7 @@ impl Runtime for MemoryRuntime {
             restart_count: 0,
             error: String::new(),
             oom_killed: false,
+            ip_addresses: Vec::new(),
         })
     }
     async fn image_exists(&self, _image: &str) -> Result<bool, RuntimeError> {
@@ -164,5 +170,24 @@ impl Runtime for MemoryRuntime {
         self.log("remove", id, "");
         self.containers.borrow_mut().retain(|c| c.id != id);
         Ok(())
+    }
+    async fn exec(
+        &self,
+        id: &str,
+        _command: &[String],
+        _timeout: std::time::Duration,
+    ) -> Result<ExecOutcome, RuntimeError> {
+        // Like Podman: an exec needs a running container.
+        match self.read(id, |c| c.state == "running") {
+            None => Err(no_such_container()),
+            Some(false) => Err(RuntimeError::Api {
+                status: 409,
+                message: "container is not running".into(),
+            }),
+            Some(true) => Ok(ExecOutcome {
+                exit_code: self.exec_exit_code.get(),
+                output_tail: Vec::new(),
+            }),
+        }
     }
 }

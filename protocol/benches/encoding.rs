@@ -52,11 +52,7 @@ fn main() {
 
         let pc_enc = time(iters, || {
             let payload = black_box(&iot).to_payload().expect("payload");
-            let d = DesiredState {
-                deployment: desired.deployment.clone(),
-                revision: desired.revision,
-                score: payload,
-            };
+            let d = DesiredState::new(desired.deployment.clone(), desired.revision, payload);
             black_box(encode_to_vec(&d).expect("encode"));
         });
         let json_enc = time(iters, || {

@@ -1,14 +1,23 @@
 //! The value of a `desired-state` key: which score a deployment runs on this
-//! device, at which revision.
+//! device, at which revision, and how the device rolls it out.
+//!
+//! Two format versions: version 1 (deployment, revision, score) and version
+//! 2 (then the [`RolloutPolicy`]). A value is written in version 1 when its
+//! policy is the default, which is what a version-1 value means, so
+//! deployments that do not set one reach every agent byte for byte as before.
 
 use serde::{Deserialize, Serialize};
 
 use crate::keys::validate_token;
-use crate::limits::{MAX_TYPE_NAME_LEN, MAX_VALUE_SIZE};
-use crate::score::{IotScore, KNOWN_SCORE_TYPES, PODMAN_V0, PodmanV0Score, ScoreError};
+use crate::limits::{MAX_ROLLOUT_SECONDS, MAX_TYPE_NAME_LEN, MAX_VALUE_SIZE};
+use crate::score::{
+    IotScore, KNOWN_SCORE_TYPES, PODMAN_V0, PODMAN_V1, PodmanV0Score, PodmanV1Score, ScoreError,
+};
 use crate::text::{Bytes, Text};
-use crate::validate::{FieldPath, Validate, ValidationError, Violation, check_len, fail};
-use crate::wire;
+use crate::validate::{
+    FieldPath, Validate, ValidationError, Violation, check_len, check_range, fail,
+};
+use crate::wire::{self, DecodeError, FORMAT_VERSION, FORMAT_VERSION_2};
 
 /// How a [`ScorePayload`]'s data is encoded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -57,6 +66,9 @@ impl<'a> ScorePayload<'a> {
             PODMAN_V0 => wire::decode::<PodmanV0Score<'a>>(&self.data)
                 .map(IotScore::PodmanV0)
                 .map_err(ScoreError::Decode),
+            PODMAN_V1 => wire::decode::<PodmanV1Score<'a>>(&self.data)
+                .map(IotScore::PodmanV1)
+                .map_err(ScoreError::Decode),
             _ => Err(ScoreError::Unsupported {
                 type_name: self.type_name.clone(),
             }),
@@ -90,6 +102,7 @@ impl IotScore<'_> {
     pub fn to_payload(&self) -> Result<ScorePayload<'static>, crate::wire::EncodeError> {
         let data = match self {
             IotScore::PodmanV0(s) => wire::encode_to_vec(s)?,
+            IotScore::PodmanV1(s) => wire::encode_to_vec(s)?,
         };
         Ok(ScorePayload {
             type_name: Text::borrowed(self.type_name()),
@@ -124,7 +137,10 @@ impl Validate for ScorePayload<'_> {
 }
 
 /// The value of `desired-state` key `<device_id>.<deployment>`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+///
+/// `Deserialize` reads the newest layout (version 2); [`wire::decode`]
+/// reads every version.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
 pub struct DesiredState<'a> {
     /// The deployment's name (the key's second token).
@@ -136,6 +152,45 @@ pub struct DesiredState<'a> {
     /// What to run.
     #[serde(borrow)]
     pub score: ScorePayload<'a>,
+    /// How the device rolls this revision out and back. Format version 2;
+    /// the default is what a version-1 value means.
+    #[serde(default)]
+    pub rollout: RolloutPolicy,
+}
+
+/// How a device takes a new revision: when it counts as healthy, how long
+/// it may take, and whether the device goes back to the last healthy
+/// revision by itself when it does not get there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+#[serde(rename_all = "camelCase")]
+pub struct RolloutPolicy {
+    /// Seconds every container must run with every check passing before
+    /// the deployment is `Healthy`, 0 to [`MAX_ROLLOUT_SECONDS`].
+    pub min_healthy_seconds: u32,
+    /// Seconds a new revision has to become `Healthy` before it counts as
+    /// failed, 1 to [`MAX_ROLLOUT_SECONDS`].
+    pub progress_deadline_seconds: u32,
+    /// Whether the device restores the last revision that was `Healthy` on
+    /// it when a new one fails.
+    pub auto_rollback: bool,
+}
+
+impl RolloutPolicy {
+    /// `progress_deadline_seconds` when nothing sets it (Kubernetes' own).
+    pub const DEFAULT_PROGRESS_DEADLINE_SECONDS: u32 = 600;
+}
+
+/// What a version-1 value means: healthy as soon as running, a 600 s
+/// deadline that nothing acts on, no rollback.
+impl Default for RolloutPolicy {
+    fn default() -> Self {
+        RolloutPolicy {
+            min_healthy_seconds: 0,
+            progress_deadline_seconds: Self::DEFAULT_PROGRESS_DEADLINE_SECONDS,
+            auto_rollback: false,
+        }
+    }
 }
 
 impl Validate for DesiredState<'_> {
@@ -143,13 +198,102 @@ impl Validate for DesiredState<'_> {
         if let Err(e) = validate_token(&self.deployment) {
             return fail(FieldPath::top("deployment"), Violation::Token(e));
         }
-        self.score.validate()
+        self.score.validate()?;
+        let max = MAX_ROLLOUT_SECONDS.into();
+        check_range(
+            FieldPath::top("rollout.minHealthySeconds"),
+            self.rollout.min_healthy_seconds.into(),
+            0,
+            max,
+            "s",
+        )?;
+        check_range(
+            FieldPath::top("rollout.progressDeadlineSeconds"),
+            self.rollout.progress_deadline_seconds.into(),
+            1,
+            max,
+            "s",
+        )
     }
 }
 
-/// Written and read in format version 1 only.
-impl wire::Encode for DesiredState<'_> {}
-impl<'de: 'a, 'a> wire::Decode<'de> for DesiredState<'a> {}
+impl<'a> DesiredState<'a> {
+    /// `score` for `deployment` at `revision`, with the default rollout
+    /// policy (written in format version 1).
+    pub fn new(deployment: Text<'a>, revision: u64, score: ScorePayload<'a>) -> Self {
+        DesiredState {
+            deployment,
+            revision,
+            score,
+            rollout: RolloutPolicy::default(),
+        }
+    }
+
+    /// The format version this value is written in: 1 when its rollout
+    /// policy is the default, else 2. The operator writes a device only a
+    /// version its capabilities list.
+    pub fn format_version(&self) -> u8 {
+        if self.rollout == RolloutPolicy::default() {
+            FORMAT_VERSION
+        } else {
+            FORMAT_VERSION_2
+        }
+    }
+}
+
+/// The oldest version that carries what the value holds.
+impl wire::Encode for DesiredState<'_> {
+    fn format_version(&self) -> u8 {
+        DesiredState::format_version(self)
+    }
+}
+
+/// Written by hand so that the fields stop where the format version says:
+/// version 1 is a prefix of version 2.
+impl Serialize for DesiredState<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let v2 = self.format_version() >= FORMAT_VERSION_2;
+        let mut t = s.serialize_struct("DesiredState", 3 + usize::from(v2))?;
+        t.serialize_field("deployment", &self.deployment)?;
+        t.serialize_field("revision", &self.revision)?;
+        t.serialize_field("score", &self.score)?;
+        if v2 {
+            t.serialize_field("rollout", &self.rollout)?;
+        }
+        t.end()
+    }
+}
+
+/// A desired state in format version 1.
+#[derive(Deserialize)]
+struct DesiredStateV1<'a> {
+    #[serde(borrow)]
+    deployment: Text<'a>,
+    revision: u64,
+    #[serde(borrow)]
+    score: ScorePayload<'a>,
+}
+
+/// Versions 1 and 2; version 1 reads with the default policy.
+impl<'de: 'a, 'a> wire::Decode<'de> for DesiredState<'a> {
+    fn take_body(version: u8, body: &'de [u8]) -> Result<(Self, &'de [u8]), DecodeError> {
+        match version {
+            FORMAT_VERSION => {
+                let (v1, rest) = wire::take::<DesiredStateV1<'a>>(body)?;
+                let d = DesiredState {
+                    deployment: v1.deployment,
+                    revision: v1.revision,
+                    score: v1.score,
+                    rollout: RolloutPolicy::default(),
+                };
+                Ok((d, rest))
+            }
+            FORMAT_VERSION_2 => wire::take(body),
+            other => Err(DecodeError::UnsupportedVersion(other)),
+        }
+    }
+}
 
 /// Written and read in format version 1 only.
 impl wire::Encode for ScorePayload<'_> {}
@@ -163,6 +307,7 @@ impl DesiredState<'_> {
             deployment: self.deployment.into_owned(),
             revision: self.revision,
             score: self.score.into_owned(),
+            rollout: self.rollout,
         }
     }
 }

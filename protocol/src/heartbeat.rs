@@ -16,7 +16,7 @@ use crate::limits::{
     MAX_DEVICE_LABELS, MAX_FORMAT_VERSIONS, MAX_LABEL_LEN, MAX_NAME_LEN, MAX_SCORE_TYPES,
     MAX_TYPE_NAME_LEN, MAX_WARNING_LEN, MAX_WARNINGS,
 };
-use crate::score::PODMAN_V0;
+use crate::score::{PODMAN_V0, PODMAN_V1};
 use crate::text::Text;
 use crate::validate::{FieldPath, Validate, ValidationError, Violation, check_len, fail};
 use crate::wire::{self, DecodeError, FORMAT_VERSION, FORMAT_VERSION_2, FORMAT_VERSION_3};
@@ -112,12 +112,21 @@ impl<'a> Capabilities<'a> {
         }
     }
 
-    /// What this build of the protocol decodes: an agent that runs every
-    /// type it knows reports this.
+    /// What this build of the protocol decodes: `DesiredState` 1 and 2,
+    /// `PodmanV0` 1 and `PodmanV1` 1. An agent lists only the score types it
+    /// runs.
     pub fn this_build() -> Self {
-        // Still the first release's set: new types and versions are added
-        // here as they are.
-        Self::first_release()
+        let versions = |v: &[u8]| BoundedVec::try_from_iter(v.iter().copied()).unwrap_or_default();
+        Capabilities {
+            desired_state_versions: versions(&[FORMAT_VERSION, FORMAT_VERSION_2]),
+            score_types: BoundedVec::try_from_iter([PODMAN_V0, PODMAN_V1].map(|t| {
+                ScoreTypeSupport {
+                    type_name: Text::borrowed(t),
+                    versions: versions(&[FORMAT_VERSION]),
+                }
+            }))
+            .unwrap_or_default(),
+        }
     }
 }
 

@@ -10,7 +10,9 @@ use std::format;
 use std::string::{String, ToString};
 
 use crate::desired::{PayloadEncoding, ScorePayload};
-use crate::score::{IotScore, KNOWN_SCORE_TYPES, PODMAN_V0, PodmanV0Score};
+use crate::score::{
+    IotScore, KNOWN_SCORE_TYPES, PODMAN_V0, PODMAN_V1, PodmanV0Score, PodmanV1Score,
+};
 use crate::text::{Bytes, Text};
 use crate::validate::Validate;
 use crate::wire::EncodeError;
@@ -37,14 +39,8 @@ pub fn parse_known(
     data: &serde_json::Value,
 ) -> Result<IotScore<'static>, JsonScoreError> {
     let score = match type_name {
-        PODMAN_V0 => {
-            let s: PodmanV0Score<'_> =
-                serde_path_to_error::deserialize(data).map_err(|e| JsonScoreError {
-                    path: e.path().to_string().trim_start_matches('.').to_string(),
-                    reason: e.into_inner().to_string(),
-                })?;
-            IotScore::PodmanV0(s.into_owned())
-        }
+        PODMAN_V0 => IotScore::PodmanV0(parse::<PodmanV0Score<'_>>(data)?.into_owned()),
+        PODMAN_V1 => IotScore::PodmanV1(parse::<PodmanV1Score<'_>>(data)?.into_owned()),
         other => {
             return Err(JsonScoreError {
                 path: "type".into(),
@@ -57,6 +53,17 @@ pub fn parse_known(
         reason: e.violation.to_string(),
     })?;
     Ok(score)
+}
+
+/// A score's data, strictly: unknown fields and wrong types are errors
+/// naming their path.
+fn parse<'de, T: serde::Deserialize<'de>>(
+    data: &'de serde_json::Value,
+) -> Result<T, JsonScoreError> {
+    serde_path_to_error::deserialize(data).map_err(|e| JsonScoreError {
+        path: e.path().to_string().trim_start_matches('.').to_string(),
+        reason: e.into_inner().to_string(),
+    })
 }
 
 /// Routes a score: known types are validated and postcard-encoded, unknown

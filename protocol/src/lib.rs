@@ -2,7 +2,7 @@
 //!
 //! Everything that crosses NATS is defined here: bucket names and the key
 //! layout and subjects ([`keys`]), the KV headers and the owner value
-//! ([`kv`]), the score types users write ([`score`]), the values
+//! ([`kv`]), the score types users write ([`score`], [`score_v1`]), the values
 //! stored in the buckets ([`desired`], [`status`]) and their encoding
 //! ([`wire`]): postcard behind a one-byte format version.
 //!
@@ -30,19 +30,25 @@ pub mod limits;
 #[cfg(feature = "std")]
 pub mod permissions;
 pub mod score;
+pub mod score_v1;
 pub mod status;
 pub mod text;
 pub mod validate;
 pub mod wire;
 
 pub use bounded::{BoundedMap, BoundedVec};
-pub use desired::{DesiredState, PayloadEncoding, ScorePayload};
+pub use desired::{DesiredState, PayloadEncoding, RolloutPolicy, ScorePayload};
 pub use heartbeat::{Capabilities, DeviceLabels, Heartbeat, ScoreTypeSupport};
 pub use keys::{DeploymentKey, KeyError, TokenError};
 pub use score::{
     Container, EnvVar, IotScore, PodmanV0Score, Port, PortProtocol, PullPolicy, RestartPolicy,
     ScoreError, Volume,
 };
-pub use status::{ContainerState, ContainerStatus, DeploymentStatus, Phase};
+pub use score_v1::{
+    ContainerV1, CpuQuantity, ExecCheck, HealthCheck, HealthCheckAction, HealthFailureAction,
+    HttpGetCheck, HttpHeader, HttpScheme, MemoryQuantity, PodmanV1Score, QuantityError, Resources,
+    TcpSocketCheck,
+};
+pub use status::{ContainerState, ContainerStatus, DeploymentStatus, Health, Phase, Reason};
 pub use text::{Bytes, Text};
 pub use wire::{DecodeError, EncodeError, FORMAT_VERSION};

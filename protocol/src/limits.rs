@@ -1,11 +1,12 @@
-//! Upper bounds on every list and string that travels on the wire.
+//! Upper bounds on every list and string that travels on the wire, and the
+//! ranges of its numbers.
 //!
 //! They are part of the contract: a value within them is decodable by every
 //! agent, including ones without an allocator, which size their buffers from
 //! these constants. Raising a bound is a wire change for devices built with
 //! the old value (see the stability statement in the crate README).
 
-/// Containers in one `PodmanV0` score.
+/// Containers in one `PodmanV0` or `PodmanV1` score.
 pub const MAX_CONTAINERS: usize = 8;
 /// Entries in a container's `command`, and separately in its `args`.
 pub const MAX_ARGS: usize = 32;
@@ -50,6 +51,28 @@ pub const MAX_FORMAT_VERSIONS: usize = 4;
 pub const MAX_HEARTBEAT_SIZE: usize = 4096;
 /// Containers reported in one deployment status.
 pub const MAX_STATUS_CONTAINERS: usize = MAX_CONTAINERS;
+/// Headers of one `PodmanV1` HTTP health check.
+pub const MAX_HTTP_HEADERS: usize = 8;
+/// Longest period in seconds of a `PodmanV1` health check (its interval,
+/// timeout and start period) and of a container's stop grace period.
+pub const MAX_PERIOD_SECONDS: u32 = 3600;
+/// Largest failure or success threshold of a `PodmanV1` health check.
+pub const MAX_THRESHOLD: u32 = 1000;
+/// Smallest memory limit in bytes: Podman refuses less (6 MiB).
+pub const MIN_MEMORY_BYTES: u64 = 6 * 1024 * 1024;
+/// Largest memory limit in bytes (1 TiB).
+pub const MAX_MEMORY_BYTES: u64 = 1 << 40;
+/// Smallest CPU limit, in millicores.
+pub const MIN_CPU_MILLIS: u32 = 10;
+/// Largest CPU limit, in millicores (1000 cores).
+pub const MAX_CPU_MILLIS: u32 = 1_000_000;
+/// Largest CPU weight (cgroup v2 `cpu.weight`, 1 to 10000).
+pub const MAX_CPU_WEIGHT: u16 = 10_000;
+/// Largest pids limit (the kernel's `pid_max` ceiling, 2^22).
+pub const MAX_PIDS_LIMIT: u32 = 4_194_304;
+/// Longest rollout period in seconds (`minHealthySeconds`,
+/// `progressDeadlineSeconds`): one day.
+pub const MAX_ROLLOUT_SECONDS: u32 = 86_400;
 /// Size in bytes of one encoded value. The buckets are created with this as
 /// `max_value_size`, so the server rejects anything larger as well.
 pub const MAX_VALUE_SIZE: usize = 64 * 1024;

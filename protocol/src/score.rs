@@ -3,7 +3,8 @@
 //! The JSON form is the one users write in the CRD, adjacently tagged:
 //! `{"type": "PodmanV0", "data": {"containers": [...]}}`, camelCase, with
 //! unknown fields rejected. Variants are frozen once released: a new shape is
-//! a new variant (`PodmanV1`), never a change to an old one.
+//! a new variant, never a change to an old one. `PodmanV0` is released and
+//! frozen; `PodmanV1` ([`crate::score_v1`]) is open to additions until it is.
 
 use serde::{Deserialize, Serialize};
 
@@ -18,8 +19,17 @@ use crate::validate::{
 /// Type name of [`IotScore::PodmanV0`].
 pub const PODMAN_V0: &str = "PodmanV0";
 
+/// Type name of [`IotScore::PodmanV1`].
+pub const PODMAN_V1: &str = "PodmanV1";
+
 /// Every score type name this build of the protocol knows.
-pub const KNOWN_SCORE_TYPES: &[&str] = &[PODMAN_V0];
+pub const KNOWN_SCORE_TYPES: &[&str] = &[PODMAN_V0, PODMAN_V1];
+
+pub use crate::score_v1::{
+    ContainerV1, CpuQuantity, ExecCheck, HealthCheck, HealthCheckAction, HealthFailureAction,
+    HttpGetCheck, HttpHeader, HttpScheme, MemoryQuantity, PodmanV1Score, QuantityError, Resources,
+    TcpSocketCheck,
+};
 
 /// A score of any variant this build knows.
 ///
@@ -29,9 +39,16 @@ pub const KNOWN_SCORE_TYPES: &[&str] = &[PODMAN_V0];
 #[cfg_attr(feature = "alloc", derive(Deserialize))]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
 #[serde(tag = "type", content = "data", deny_unknown_fields)]
+// Without `alloc` every list is inline, so the variants' sizes are their
+// bounds' and differ; there is no heap to box into, and a device holds one
+// score at a time.
+#[cfg_attr(not(feature = "alloc"), allow(clippy::large_enum_variant))]
 pub enum IotScore<'a> {
     /// Containers run by Podman, version 0.
     PodmanV0(#[serde(borrow)] PodmanV0Score<'a>),
+    /// Containers run by Podman, version 1: version 0 plus health checks,
+    /// resource limits and more `podman run` options.
+    PodmanV1(#[serde(borrow)] PodmanV1Score<'a>),
 }
 
 impl IotScore<'_> {
@@ -39,6 +56,7 @@ impl IotScore<'_> {
     pub fn type_name(&self) -> &'static str {
         match self {
             IotScore::PodmanV0(_) => PODMAN_V0,
+            IotScore::PodmanV1(_) => PODMAN_V1,
         }
     }
 
@@ -47,6 +65,7 @@ impl IotScore<'_> {
     pub fn into_owned(self) -> IotScore<'static> {
         match self {
             IotScore::PodmanV0(s) => IotScore::PodmanV0(s.into_owned()),
+            IotScore::PodmanV1(s) => IotScore::PodmanV1(s.into_owned()),
         }
     }
 }
@@ -55,6 +74,7 @@ impl Validate for IotScore<'_> {
     fn validate(&self) -> Result<(), ValidationError> {
         match self {
             IotScore::PodmanV0(s) => s.validate(),
+            IotScore::PodmanV1(s) => s.validate(),
         }
     }
 }
@@ -248,31 +268,78 @@ impl<'a> Container<'a> {
 
 impl Validate for PodmanV0Score<'_> {
     fn validate(&self) -> Result<(), ValidationError> {
-        if self.containers.is_empty() {
-            return fail(FieldPath::top("containers"), Violation::Empty);
-        }
-        for (c, container) in self.containers.iter().enumerate() {
-            container.validate_at(c)?;
-            if self.containers[..c]
-                .iter()
-                .any(|other| other.name == container.name)
-            {
-                return fail(FieldPath::container(c, "name"), Violation::Duplicate);
-            }
-        }
-        Ok(())
+        validate_containers(
+            &self.containers,
+            |c| &c.name,
+            |c, i| c.common().validate_at(i),
+        )
     }
 }
 
-impl Container<'_> {
-    fn validate_at(&self, c: usize) -> Result<(), ValidationError> {
+/// The rules of a score's container list: not empty, each container valid,
+/// names unique.
+pub(crate) fn validate_containers<'a, T: 'a>(
+    containers: &'a [T],
+    name: impl Fn(&'a T) -> &'a Text<'a>,
+    validate_at: impl Fn(&'a T, usize) -> Result<(), ValidationError>,
+) -> Result<(), ValidationError> {
+    if containers.is_empty() {
+        return fail(FieldPath::top("containers"), Violation::Empty);
+    }
+    for (c, container) in containers.iter().enumerate() {
+        validate_at(container, c)?;
+        if containers[..c]
+            .iter()
+            .any(|other| name(other) == name(container))
+        {
+            return fail(FieldPath::container(c, "name"), Violation::Duplicate);
+        }
+    }
+    Ok(())
+}
+
+/// The fields `PodmanV0` and `PodmanV1` containers share, borrowed, so that
+/// both are checked by the same rules.
+pub(crate) struct CommonFields<'r, 'a> {
+    pub(crate) name: &'r Text<'a>,
+    pub(crate) image: &'r Text<'a>,
+    pub(crate) command: &'r Option<BoundedVec<Text<'a>, MAX_ARGS>>,
+    pub(crate) args: &'r Option<BoundedVec<Text<'a>, MAX_ARGS>>,
+    pub(crate) env: &'r BoundedVec<EnvVar<'a>, MAX_ENV>,
+    pub(crate) ports: &'r BoundedVec<Port<'a>, MAX_PORTS>,
+    pub(crate) volumes: &'r BoundedVec<Volume<'a>, MAX_VOLUMES>,
+    pub(crate) labels: &'r BoundedMap<Text<'a>, Text<'a>, MAX_LABELS>,
+    pub(crate) cap_add: &'r BoundedVec<Text<'a>, MAX_CAPABILITIES>,
+    pub(crate) devices: &'r BoundedVec<Text<'a>, MAX_DEVICES>,
+}
+
+impl<'a> Container<'a> {
+    fn common(&self) -> CommonFields<'_, 'a> {
+        CommonFields {
+            name: &self.name,
+            image: &self.image,
+            command: &self.command,
+            args: &self.args,
+            env: &self.env,
+            ports: &self.ports,
+            volumes: &self.volumes,
+            labels: &self.labels,
+            cap_add: &self.cap_add,
+            devices: &self.devices,
+        }
+    }
+}
+
+impl CommonFields<'_, '_> {
+    /// Checks the shared fields of container `c`.
+    pub(crate) fn validate_at(&self, c: usize) -> Result<(), ValidationError> {
         let p = |field| FieldPath::container(c, field);
-        if let Err(e) = validate_token(&self.name) {
+        if let Err(e) = validate_token(self.name) {
             return fail(p("name"), Violation::Token(e));
         }
-        check_nonempty(p("image"), &self.image)?;
-        check_len(p("image"), &self.image, MAX_IMAGE_LEN)?;
-        for (field, list) in [("command", &self.command), ("args", &self.args)] {
+        check_nonempty(p("image"), self.image)?;
+        check_len(p("image"), self.image, MAX_IMAGE_LEN)?;
+        for (field, list) in [("command", self.command), ("args", self.args)] {
             for (i, a) in list.iter().flat_map(|l| l.iter()).enumerate() {
                 check_len(p(field).at(i, None), a, MAX_STRING_LEN)?;
             }
@@ -398,7 +465,7 @@ mod owned {
 pub enum ScoreError<'a> {
     /// The score's type is not one this build knows; the device should
     /// report `Unsupported` naming it and keep running everything else.
-    #[error("score type `{type_name}` is not supported by this agent (it knows: PodmanV0)")]
+    #[error("score type `{type_name}` is not supported by this agent (it knows: {KnownTypes})")]
     Unsupported {
         /// The type name as sent.
         type_name: Text<'a>,
@@ -412,4 +479,19 @@ pub enum ScoreError<'a> {
     /// The data could not be decoded or broke a wire rule.
     #[error("score data: {0}")]
     Decode(crate::wire::DecodeError),
+}
+
+/// [`KNOWN_SCORE_TYPES`] as a list for messages: `PodmanV0, PodmanV1`.
+struct KnownTypes;
+
+impl core::fmt::Display for KnownTypes {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        for (i, t) in KNOWN_SCORE_TYPES.iter().enumerate() {
+            if i > 0 {
+                f.write_str(", ")?;
+            }
+            f.write_str(t)?;
+        }
+        Ok(())
+    }
 }

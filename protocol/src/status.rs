@@ -1,4 +1,10 @@
 //! What agents write back for each deployment: its status.
+//!
+//! Two format versions: version 1 (phase, per-container state, message) and
+//! version 2, which adds health: the reason for a phase, the revision a
+//! device runs after a rollback, and each container's health and reason,
+//! after the version-1 fields. A status is written in version 1 when it
+//! holds nothing version 1 cannot say, byte for byte as before.
 
 use serde::{Deserialize, Serialize};
 
@@ -6,7 +12,7 @@ use crate::bounded::BoundedVec;
 use crate::limits::{MAX_NAME_LEN, MAX_STATUS_CONTAINERS, MAX_STRING_LEN, MAX_WARNING_LEN};
 use crate::text::Text;
 use crate::validate::{FieldPath, Validate, ValidationError, check_len};
-use crate::wire;
+use crate::wire::{self, DecodeError, FORMAT_VERSION, FORMAT_VERSION_2};
 
 /// Where a deployment stands on a device.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -28,6 +34,19 @@ pub enum Phase {
     Removed,
     /// Every container exited successfully and none will be restarted.
     Completed,
+    /// Every container runs and every check has passed for the rollout's
+    /// `minHealthySeconds` (containers without a check count while
+    /// running). Format version 2.
+    Healthy,
+    /// A container's check failed `failureThreshold` times in a row; the
+    /// reason is `HealthCheckFailed`. Format version 2.
+    Unhealthy,
+    /// A container keeps exiting; the agent waits before restarting it.
+    /// Format version 2.
+    CrashLoopBackOff,
+    /// `revision` failed (see the reason) and the device runs
+    /// `running_revision` again. Format version 2.
+    RolledBack,
 }
 
 impl Phase {
@@ -42,7 +61,16 @@ impl Phase {
             Phase::Unsupported => "Unsupported",
             Phase::Removed => "Removed",
             Phase::Completed => "Completed",
+            Phase::Healthy => "Healthy",
+            Phase::Unhealthy => "Unhealthy",
+            Phase::CrashLoopBackOff => "CrashLoopBackOff",
+            Phase::RolledBack => "RolledBack",
         }
+    }
+
+    /// Whether format version 1 has this phase.
+    const fn in_version_1(self) -> bool {
+        (self as u8) <= Phase::Completed as u8
     }
 }
 
@@ -72,6 +100,111 @@ pub enum ContainerState {
     Dead,
     /// A state this protocol version has no name for.
     Unknown,
+    /// Exited; the agent restarts it after a back-off (see the reason).
+    /// Format version 2.
+    Waiting,
+}
+
+impl ContainerState {
+    /// The name, as shown to users.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            ContainerState::Missing => "Missing",
+            ContainerState::Created => "Created",
+            ContainerState::Running => "Running",
+            ContainerState::Paused => "Paused",
+            ContainerState::Restarting => "Restarting",
+            ContainerState::Exited => "Exited",
+            ContainerState::Dead => "Dead",
+            ContainerState::Unknown => "Unknown",
+            ContainerState::Waiting => "Waiting",
+        }
+    }
+
+    /// Whether format version 1 has this state.
+    const fn in_version_1(self) -> bool {
+        (self as u8) <= ContainerState::Unknown as u8
+    }
+}
+
+impl core::fmt::Display for ContainerState {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Why a deployment or a container is in its phase or state, when that is
+/// not plain. Variants are only ever appended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub enum Reason {
+    /// Nothing to explain (what version 1 means).
+    #[default]
+    None,
+    /// A container keeps exiting; it is restarted after a growing delay.
+    CrashLoopBackOff,
+    /// A container went over its memory limit and was killed.
+    OOMKilled,
+    /// An image could not be pulled; the agent retries with a back-off.
+    ImagePullBackOff,
+    /// A health check failed `failureThreshold` times in a row.
+    HealthCheckFailed,
+    /// Anything else that failed; the message says what.
+    Error,
+    /// The revision did not become `Healthy` within the rollout's
+    /// `progressDeadlineSeconds`.
+    ProgressDeadlineExceeded,
+}
+
+impl Reason {
+    /// The name, as shown to users; empty for `None`.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Reason::None => "",
+            Reason::CrashLoopBackOff => "CrashLoopBackOff",
+            Reason::OOMKilled => "OOMKilled",
+            Reason::ImagePullBackOff => "ImagePullBackOff",
+            Reason::HealthCheckFailed => "HealthCheckFailed",
+            Reason::Error => "Error",
+            Reason::ProgressDeadlineExceeded => "ProgressDeadlineExceeded",
+        }
+    }
+}
+
+impl core::fmt::Display for Reason {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What a container's health check says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub enum Health {
+    /// Not yet passed `successThreshold` times (or still in its start
+    /// period).
+    Starting,
+    /// Passing.
+    Healthy,
+    /// Failed `failureThreshold` times in a row.
+    Unhealthy,
+}
+
+impl Health {
+    /// The name, as shown to users.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Health::Starting => "Starting",
+            Health::Healthy => "Healthy",
+            Health::Unhealthy => "Unhealthy",
+        }
+    }
+}
+
+impl core::fmt::Display for Health {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// Status of one container of a deployment.
@@ -84,30 +217,74 @@ pub struct ContainerStatus<'a> {
     pub name: Text<'a>,
     /// Its state.
     pub state: ContainerState,
-    /// Exit code of the last exit, when it has exited.
+    /// Exit code of its last exit, whenever known (also while it waits to
+    /// be restarted or runs again after a restart).
     pub exit_code: Option<i32>,
-    /// How often the runtime restarted it.
+    /// How often it was restarted (by the runtime or the agent).
     pub restart_count: u32,
+    /// Its health check's verdict; `None` when it has no check. Format
+    /// version 2.
+    #[serde(default)]
+    pub health: Option<Health>,
+    /// Why it is in its state (e.g. `OOMKilled`). Format version 2.
+    #[serde(default)]
+    pub reason: Reason,
+}
+
+impl<'a> ContainerStatus<'a> {
+    /// A container named `name` in `state`, every other field empty.
+    pub fn new(name: Text<'a>, state: ContainerState) -> Self {
+        ContainerStatus {
+            name,
+            state,
+            exit_code: None,
+            restart_count: 0,
+            health: None,
+            reason: Reason::None,
+        }
+    }
+
+    /// Whether it holds anything format version 1 cannot say.
+    fn needs_version_2(&self) -> bool {
+        !self.state.in_version_1() || self.health.is_some() || self.reason != Reason::None
+    }
 }
 
 /// The value of `device-status` key `<device_id>.<deployment>`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+///
+/// Its serde form is the wire layout of [`wire::Encode::format_version`]
+/// (version 2: the version-1 fields, then the health fields, the
+/// containers' after the deployment's); [`wire::decode`] reads both.
+#[derive(Debug, Clone, PartialEq, Eq)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
-#[serde(rename_all = "camelCase")]
 pub struct DeploymentStatus<'a> {
     /// The desired-state revision this status describes.
     pub revision: u64,
     /// Overall phase.
     pub phase: Phase,
     /// Per-container state.
-    #[serde(borrow)]
     pub containers: BoundedVec<ContainerStatus<'a>, MAX_STATUS_CONTAINERS>,
     /// A human-readable message, empty when there is nothing to say.
-    #[serde(borrow)]
     pub message: Text<'a>,
     /// When the agent wrote it, milliseconds since the Unix epoch (device
     /// clock, which may be wrong on boards without an RTC).
     pub timestamp_ms: u64,
+    /// Why the deployment is in its phase (for `RolledBack`, why
+    /// `revision` failed). Format version 2.
+    pub reason: Reason,
+    /// The revision the device runs when it is not `revision`: after a
+    /// rollback, the last healthy one. Format version 2.
+    pub running_revision: Option<u64>,
+}
+
+impl DeploymentStatus<'_> {
+    /// Whether it holds anything format version 1 cannot say.
+    fn needs_version_2(&self) -> bool {
+        !self.phase.in_version_1()
+            || self.reason != Reason::None
+            || self.running_revision.is_some()
+            || self.containers.iter().any(ContainerStatus::needs_version_2)
+    }
 }
 
 impl Validate for DeploymentStatus<'_> {
@@ -123,9 +300,170 @@ impl Validate for DeploymentStatus<'_> {
     }
 }
 
-/// Written and read in format version 1 only.
-impl wire::Encode for DeploymentStatus<'_> {}
-impl<'de: 'a, 'a> wire::Decode<'de> for DeploymentStatus<'a> {}
+/// The oldest version that carries what the status holds: an agent that
+/// sets nothing new writes what agents of the first release wrote.
+impl wire::Encode for DeploymentStatus<'_> {
+    fn format_version(&self) -> u8 {
+        if self.needs_version_2() {
+            FORMAT_VERSION_2
+        } else {
+            FORMAT_VERSION
+        }
+    }
+}
+
+/// A container's version-1 fields.
+struct StatusV1Fields<'r, 'a>(&'r ContainerStatus<'a>);
+
+impl Serialize for StatusV1Fields<'_, '_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let c = self.0;
+        let mut t = s.serialize_struct("ContainerStatus", 4)?;
+        t.serialize_field("name", &c.name)?;
+        t.serialize_field("state", &c.state)?;
+        t.serialize_field("exitCode", &c.exit_code)?;
+        t.serialize_field("restartCount", &c.restart_count)?;
+        t.end()
+    }
+}
+
+/// The containers' version-2 fields, in the same order as theirs.
+struct HealthV2Fields<'r, 'a>(&'r [ContainerStatus<'a>]);
+
+impl Serialize for HealthV2Fields<'_, '_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(self.0.iter().map(|c| (c.health, c.reason)))
+    }
+}
+
+/// Written by hand so that the fields stop where the format version says:
+/// version 1 is a prefix of version 2, and the containers' new fields come
+/// after everything of version 1.
+impl Serialize for DeploymentStatus<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        use wire::Encode;
+        let v2 = self.format_version() >= FORMAT_VERSION_2;
+        let mut t = s.serialize_struct("DeploymentStatus", if v2 { 8 } else { 5 })?;
+        t.serialize_field("revision", &self.revision)?;
+        t.serialize_field("phase", &self.phase)?;
+        t.serialize_field(
+            "containers",
+            &SeqOf(self.containers.iter().map(StatusV1Fields)),
+        )?;
+        t.serialize_field("message", &self.message)?;
+        t.serialize_field("timestampMs", &self.timestamp_ms)?;
+        if v2 {
+            t.serialize_field("reason", &self.reason)?;
+            t.serialize_field("runningRevision", &self.running_revision)?;
+            t.serialize_field("containerHealth", &HealthV2Fields(&self.containers))?;
+        }
+        t.end()
+    }
+}
+
+/// A sequence of what an iterator yields, serialized once.
+struct SeqOf<I>(I);
+
+impl<I: Iterator<Item = T> + Clone, T: Serialize> Serialize for SeqOf<I> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(self.0.clone())
+    }
+}
+
+/// A container status in format version 1.
+#[derive(Deserialize)]
+struct ContainerStatusV1<'a> {
+    #[serde(borrow)]
+    name: Text<'a>,
+    state: ContainerState,
+    exit_code: Option<i32>,
+    restart_count: u32,
+}
+
+/// A deployment status in format version 1.
+#[derive(Deserialize)]
+struct DeploymentStatusV1<'a> {
+    revision: u64,
+    phase: Phase,
+    #[serde(borrow)]
+    containers: BoundedVec<ContainerStatusV1<'a>, MAX_STATUS_CONTAINERS>,
+    #[serde(borrow)]
+    message: Text<'a>,
+    timestamp_ms: u64,
+}
+
+/// A deployment status in format version 2.
+#[derive(Deserialize)]
+struct DeploymentStatusV2<'a> {
+    #[serde(borrow)]
+    v1: DeploymentStatusV1<'a>,
+    reason: Reason,
+    running_revision: Option<u64>,
+    container_health: BoundedVec<(Option<Health>, Reason), MAX_STATUS_CONTAINERS>,
+}
+
+impl<'a> DeploymentStatusV1<'a> {
+    /// With version 2's fields: the deployment's, and the containers' in
+    /// their order (empty for those `health` runs out of).
+    fn upgrade(
+        self,
+        reason: Reason,
+        running_revision: Option<u64>,
+        health: &[(Option<Health>, Reason)],
+    ) -> DeploymentStatus<'a> {
+        let mut health = health.iter();
+        DeploymentStatus {
+            revision: self.revision,
+            phase: self.phase,
+            containers: self.containers.map(|c| {
+                let (health, reason) = health.next().copied().unwrap_or_default();
+                ContainerStatus {
+                    name: c.name,
+                    state: c.state,
+                    exit_code: c.exit_code,
+                    restart_count: c.restart_count,
+                    health,
+                    reason,
+                }
+            }),
+            message: self.message,
+            timestamp_ms: self.timestamp_ms,
+            reason,
+            running_revision,
+        }
+    }
+}
+
+/// The version-2 layout (what `Serialize` writes for a value that needs it).
+impl<'de: 'a, 'a> Deserialize<'de> for DeploymentStatus<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let v2 = DeploymentStatusV2::deserialize(d)?;
+        if v2.container_health.len() != v2.v1.containers.len() {
+            return Err(serde::de::Error::custom(
+                "the containers' health does not match the containers",
+            ));
+        }
+        Ok(v2
+            .v1
+            .upgrade(v2.reason, v2.running_revision, &v2.container_health))
+    }
+}
+
+/// Versions 1 and 2; version 1 reads with the health fields empty.
+impl<'de: 'a, 'a> wire::Decode<'de> for DeploymentStatus<'a> {
+    fn take_body(version: u8, body: &'de [u8]) -> Result<(Self, &'de [u8]), DecodeError> {
+        match version {
+            FORMAT_VERSION => {
+                let (v1, rest) = wire::take::<DeploymentStatusV1<'a>>(body)?;
+                Ok((v1.upgrade(Reason::None, None, &[]), rest))
+            }
+            FORMAT_VERSION_2 => wire::take(body),
+            other => Err(DecodeError::UnsupportedVersion(other)),
+        }
+    }
+}
 
 /// The longest prefix of `message` within [`MAX_STRING_LEN`] that ends on a
 /// character boundary, for messages from the runtime of unknown length.
@@ -162,9 +500,48 @@ impl DeploymentStatus<'_> {
                 state: c.state,
                 exit_code: c.exit_code,
                 restart_count: c.restart_count,
+                health: c.health,
+                reason: c.reason,
             }),
             message: self.message.into_owned(),
             timestamp_ms: self.timestamp_ms,
+            reason: self.reason,
+            running_revision: self.running_revision,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn version_1_has_the_first_eight_phases_and_states() {
+        assert!(Phase::Completed.in_version_1());
+        assert!(!Phase::Healthy.in_version_1());
+        assert!(!Phase::RolledBack.in_version_1());
+        assert!(ContainerState::Unknown.in_version_1());
+        assert!(!ContainerState::Waiting.in_version_1());
+    }
+
+    #[test]
+    fn names_as_users_see_them() {
+        assert_eq!(Phase::CrashLoopBackOff.as_str(), "CrashLoopBackOff");
+        assert_eq!(Reason::OOMKilled.as_str(), "OOMKilled");
+        assert_eq!(Reason::None.as_str(), "");
+        assert_eq!(Health::Unhealthy.as_str(), "Unhealthy");
+        assert_eq!(ContainerState::Waiting.as_str(), "Waiting");
+        assert_eq!(Reason::default(), Reason::None);
+    }
+
+    #[test]
+    fn a_new_container_status_is_version_1() {
+        let c = ContainerStatus::new(Text::borrowed("web"), ContainerState::Running);
+        assert!(!c.needs_version_2());
+        let c = ContainerStatus {
+            reason: Reason::Error,
+            ..c
+        };
+        assert!(c.needs_version_2());
     }
 }

@@ -11,7 +11,8 @@ use crate::keys::TokenError;
 pub struct FieldPath {
     /// Index of the container, for fields inside one.
     pub container: Option<usize>,
-    /// The field, in its JSON (camelCase) spelling.
+    /// The field, in its JSON (camelCase) spelling; a nested field is
+    /// dotted (`healthCheck.httpGet.port`).
     pub field: &'static str,
     /// Index within the field when it is a list.
     pub index: Option<usize>,
@@ -117,6 +118,55 @@ pub enum Violation {
         "must be a label value: empty, or letters, digits, '-', '_' or '.' starting and ending with a letter or digit"
     )]
     NotLabelValue,
+    /// A number outside its range; `unit` is appended to each number
+    /// (`s` for seconds, `m` for millicores, empty for counts).
+    #[error("is {actual}{unit}; it must be between {min}{unit} and {max}{unit}")]
+    OutOfRange {
+        /// The smallest value allowed.
+        min: u64,
+        /// The largest value allowed.
+        max: u64,
+        /// The value found.
+        actual: u64,
+        /// The unit the numbers are in.
+        unit: &'static str,
+    },
+    /// A memory limit below what Podman accepts.
+    #[error(
+        "is {actual} bytes; Podman refuses a memory limit under 6 MiB (6291456 bytes): raise it (e.g. 64Mi) or leave it unset"
+    )]
+    MemoryTooSmall {
+        /// The limit found, in bytes.
+        actual: u64,
+    },
+    /// None or several of alternatives of which exactly one must be set.
+    #[error("must set exactly one of {of}")]
+    OneOf {
+        /// The alternatives, as the user spells them.
+        of: &'static str,
+    },
+    /// A check's port that the container does not declare.
+    #[error(
+        "{port} is not a TCP `containerPort` of this container: add {{\"containerPort\": {port}}} to its `ports` (a `hostPort` is not needed), or set `hostNetwork`"
+    )]
+    NotAContainerPort {
+        /// The port the check names.
+        port: u16,
+    },
+    /// Whitespace or a control character where neither may appear.
+    #[error("must not contain whitespace or control characters")]
+    Whitespace,
+    /// A control character (CR, LF...) in a value sent as an HTTP header.
+    #[error("must not contain control characters (CR, LF, ...)")]
+    ControlCharacter,
+    /// Not an HTTP header name.
+    #[error("must be an HTTP header name: letters, digits and !#$%&'*+-.^_`|~ (e.g. X-Probe)")]
+    NotHeaderName,
+    /// Not a container user.
+    #[error(
+        "must be `uid`, `uid:gid`, `name` or `name:group` (e.g. 1000:1000 or nobody), without whitespace"
+    )]
+    NotUser,
 }
 
 /// A value that breaks a wire rule, and where.
@@ -156,6 +206,27 @@ pub(crate) fn check_nonempty(path: FieldPath, s: &str) -> Result<(), ValidationE
             path,
             violation: Violation::Empty,
         });
+    }
+    Ok(())
+}
+
+pub(crate) fn check_range(
+    path: FieldPath,
+    actual: u64,
+    min: u64,
+    max: u64,
+    unit: &'static str,
+) -> Result<(), ValidationError> {
+    if actual < min || actual > max {
+        return fail(
+            path,
+            Violation::OutOfRange {
+                min,
+                max,
+                actual,
+                unit,
+            },
+        );
     }
     Ok(())
 }

@@ -9,11 +9,14 @@ use serde::{Deserialize, Serialize};
 use crate::limits::MAX_VALUE_SIZE;
 use crate::validate::{Validate, ValidationError};
 
-/// The first byte of every encoded value but heartbeats with more than the
-/// first release's fields ([`FORMAT_VERSION_2`], [`FORMAT_VERSION_3`]). A decoder refuses versions its type never had.
+/// The first byte of every encoded value but those with more than the
+/// first release's fields ([`FORMAT_VERSION_2`], [`FORMAT_VERSION_3`]). A
+/// decoder refuses versions its type never had.
 pub const FORMAT_VERSION: u8 = 1;
 
-/// Format version 2: a [`Heartbeat`](crate::Heartbeat) with `warnings`.
+/// Format version 2: a [`Heartbeat`](crate::Heartbeat) with `warnings`; a
+/// [`DesiredState`](crate::DesiredState) with a rollout policy; a
+/// [`DeploymentStatus`](crate::DeploymentStatus) with health.
 pub const FORMAT_VERSION_2: u8 = 2;
 
 /// Format version 3: a [`Heartbeat`](crate::Heartbeat) with the board's

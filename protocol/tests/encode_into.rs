@@ -125,60 +125,80 @@ fn desired_state_with_known_variant() {
     // encode_into too.
     let mut data = [0u8; 256];
     let data = encode_into(&small(), &mut data).unwrap();
-    let d = DesiredState {
-        deployment: Text::borrowed("hello-web"),
-        revision: 0x2f41_0fb6_e2c0_527d,
-        score: ScorePayload {
+    let d = DesiredState::new(
+        Text::borrowed("hello-web"),
+        0x2f41_0fb6_e2c0_527d,
+        ScorePayload {
             type_name: Text::borrowed("PodmanV0"),
             encoding: PayloadEncoding::Postcard,
             data: Bytes::borrowed(data),
         },
-    };
+    );
     assert_eq!(d.score.content_hash(), d.revision, "content hash changed");
     check(&d, DESIRED);
 }
 
 #[test]
+fn desired_state_with_a_rollout_policy() {
+    let mut data = [0u8; 256];
+    let data = encode_into(&small(), &mut data).unwrap();
+    let mut d = DesiredState::new(
+        Text::borrowed("hello-web"),
+        0x2f41_0fb6_e2c0_527d,
+        ScorePayload {
+            type_name: Text::borrowed("PodmanV0"),
+            encoding: PayloadEncoding::Postcard,
+            data: Bytes::borrowed(data),
+        },
+    );
+    d.rollout = ROLLOUT;
+    check(&d, DESIRED_STATE_V2);
+}
+
+#[test]
+fn podman_v1_every_new_field() {
+    check(&podman_v1_score(), PODMAN_V1_SCORE);
+}
+
+#[test]
+fn desired_state_carrying_podman_v1() {
+    let mut data = [0u8; 512];
+    let data = encode_into(&podman_v1_score(), &mut data).unwrap();
+    let d = DesiredState::new(
+        Text::borrowed("hello-web"),
+        0x408f_b4db_3b4b_48c7,
+        ScorePayload {
+            type_name: Text::borrowed("PodmanV1"),
+            encoding: PayloadEncoding::Postcard,
+            data: Bytes::borrowed(data),
+        },
+    );
+    assert_eq!(d.score.content_hash(), d.revision, "content hash changed");
+    check(&d, DESIRED_PODMAN_V1);
+}
+
+#[test]
 fn desired_state_with_unknown_variant() {
-    let d = DesiredState {
-        deployment: Text::borrowed("smart-1"),
-        revision: 42,
-        score: ScorePayload {
+    let d = DesiredState::new(
+        Text::borrowed("smart-1"),
+        42,
+        ScorePayload {
             type_name: Text::borrowed("OkdApplyV0"),
             encoding: PayloadEncoding::Json,
             data: Bytes::borrowed(br#"{"x":1}"#),
         },
-    };
+    );
     check(&d, DESIRED_UNKNOWN);
 }
 
 #[test]
 fn deployment_status() {
-    let mut containers = BoundedVec::new();
-    containers
-        .push(ContainerStatus {
-            name: Text::borrowed("web"),
-            state: ContainerState::Running,
-            exit_code: None,
-            restart_count: 0,
-        })
-        .unwrap();
-    containers
-        .push(ContainerStatus {
-            name: Text::borrowed("log"),
-            state: ContainerState::Exited,
-            exit_code: Some(1),
-            restart_count: 2,
-        })
-        .unwrap();
-    let s = DeploymentStatus {
-        revision: 42,
-        phase: Phase::Running,
-        containers,
-        message: Text::borrowed("exited from 1234"),
-        timestamp_ms: 1_764_000_000_000,
-    };
-    check(&s, STATUS);
+    check(&status(), STATUS);
+}
+
+#[test]
+fn deployment_status_with_health() {
+    check(&status_v2(), STATUS_V2);
 }
 
 #[test]

@@ -15,6 +15,7 @@ fn decode_all(bytes: &[u8]) {
         let _ = d.score.decode();
     });
     let _ = decode::<PodmanV0Score>(bytes);
+    let _ = decode::<PodmanV1Score>(bytes);
     let _ = decode::<DeploymentStatus>(bytes);
     let _ = decode::<Heartbeat>(bytes);
 }
@@ -25,11 +26,19 @@ fn samples() -> Vec<Vec<u8>> {
         out.push(encode_to_vec(&s).unwrap());
         out.push(encode_to_vec(&common::desired(&s)).unwrap());
     }
-    // Every heartbeat format version, so each path is fuzzed.
+    for s in [common::podman_v1(), common::large_v1()] {
+        out.push(encode_to_vec(&s).unwrap());
+        out.push(encode_to_vec(&common::desired_v1(&s)).unwrap());
+    }
+    // Every format version of every value, so each path is fuzzed.
     for hex in [
         vectors::HEARTBEAT,
         vectors::HEARTBEAT_V2,
         vectors::HEARTBEAT_V3,
+        vectors::DESIRED_STATE_V2,
+        vectors::STATUS,
+        vectors::STATUS_V2,
+        vectors::PODMAN_V1_SCORE,
     ] {
         let digits: Vec<char> = hex.chars().filter(|c| !c.is_whitespace()).collect();
         out.push(
@@ -76,12 +85,31 @@ fn every_truncation_is_an_error() {
         for len in 0..bytes.len() {
             let cut = &bytes[..len];
             decode_all(cut);
-            assert!(decode::<DesiredState>(cut).is_err() || decode::<PodmanV0Score>(cut).is_err());
+            assert!(
+                decode::<DesiredState>(cut).is_err()
+                    || decode::<PodmanV0Score>(cut).is_err()
+                    || decode::<PodmanV1Score>(cut).is_err()
+            );
         }
     }
     let full = encode_to_vec(&common::desired(&common::typical())).unwrap();
     for len in 0..full.len() {
         assert!(decode::<DesiredState>(&full[..len]).is_err(), "len {len}");
+    }
+    // Also where a shorter version would end: a version-2 value cut after
+    // its version-1 fields is not a version-1 value.
+    let mut d = common::desired_v1(&common::large_v1());
+    d.rollout.auto_rollback = true;
+    let full = encode_to_vec(&d).unwrap();
+    for len in 0..full.len() {
+        assert!(decode::<DesiredState>(&full[..len]).is_err(), "len {len}");
+    }
+    let full = encode_to_vec(&vectors::status_v2()).unwrap();
+    for len in 0..full.len() {
+        assert!(
+            decode::<DeploymentStatus>(&full[..len]).is_err(),
+            "len {len}"
+        );
     }
 }
 

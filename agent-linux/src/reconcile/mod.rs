@@ -441,6 +441,7 @@ mod tests {
             deployment: Text::borrowed("web"),
             revision,
             score: score.to_payload().unwrap(),
+            rollout: protocol::RolloutPolicy::default(),
         })
         .unwrap()
     }

@@ -67,7 +67,15 @@ pub(super) fn score<'a>(
             key: deployment.to_string(),
         });
     }
-    let IotScore::PodmanV0(score) = desired.score.decode().map_err(SpecError::Score)?;
+    let score = match desired.score.decode().map_err(SpecError::Score)? {
+        IotScore::PodmanV0(score) => score,
+        // Not run by this agent yet (it does not advertise it either).
+        IotScore::PodmanV1(_) => {
+            return Err(SpecError::Score(ScoreError::Unsupported {
+                type_name: desired.score.type_name.clone(),
+            }));
+        }
+    };
     check_policy(policy, &score.containers).map_err(SpecError::Refused)?;
     Ok(score)
 }

@@ -5,8 +5,8 @@ use std::collections::BTreeMap;
 
 use protocol::status::clip_message;
 use protocol::{
-    BoundedVec, Container, ContainerState, ContainerStatus, DeploymentStatus, Phase, RestartPolicy,
-    Text,
+    BoundedVec, Container, ContainerState, ContainerStatus, DeploymentStatus, Phase, Reason,
+    RestartPolicy, Text,
 };
 
 use super::{Context, Outcome, now_ms};
@@ -30,6 +30,8 @@ pub(super) fn simple_status(
         containers: BoundedVec::new(),
         message: Text::owned(clip_message(message).to_string()),
         timestamp_ms: now_ms(),
+        reason: Reason::None,
+        running_revision: None,
     }
 }
 
@@ -104,6 +106,8 @@ pub(super) async fn of_pass<R: Runtime>(
         containers: statuses,
         message: Text::owned(clip_message(&message).to_string()),
         timestamp_ms: now_ms(),
+        reason: Reason::None,
+        running_revision: None,
     };
     (status, outcome)
 }
@@ -119,6 +123,8 @@ async fn inspect<R: Runtime>(
         state,
         exit_code,
         restart_count,
+        health: None,
+        reason: Reason::None,
     };
     let Some(id) = id else {
         return Inspected {

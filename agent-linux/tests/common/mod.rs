@@ -391,6 +391,7 @@ pub fn encode_desired(
         deployment: Text::owned(deployment.to_string()),
         revision,
         score: score.to_payload().unwrap(),
+        rollout: protocol::RolloutPolicy::default(),
     };
     protocol::wire::encode_to_vec(&desired).unwrap()
 }
@@ -404,6 +405,7 @@ pub fn encode_unknown_variant(deployment: &str, revision: u64) -> Vec<u8> {
             encoding: PayloadEncoding::Json,
             data: protocol::Bytes::owned(b"{\"containers\":[]}".to_vec()),
         },
+        rollout: protocol::RolloutPolicy::default(),
     };
     protocol::wire::encode_to_vec(&desired).unwrap()
 }

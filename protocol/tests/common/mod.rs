@@ -42,6 +42,7 @@ pub fn small() -> PodmanV0Score<'static> {
 pub fn typical() -> PodmanV0Score<'static> {
     match serde_json::from_str::<IotScore>(DESIGN_EXAMPLE_JSON).unwrap() {
         IotScore::PodmanV0(s) => s.into_owned(),
+        other => panic!("not PodmanV0: {other:?}"),
     }
 }
 
@@ -120,9 +121,77 @@ pub fn desired(score: &PodmanV0Score<'_>) -> DesiredState<'static> {
     let payload = IotScore::PodmanV0(score.clone().into_owned())
         .to_payload()
         .unwrap();
-    DesiredState {
-        deployment: Text::borrowed("hello-web"),
-        revision: payload.content_hash(),
-        score: payload,
+    DesiredState::new(Text::borrowed("hello-web"), payload.content_hash(), payload)
+}
+
+/// A `PodmanV1` score setting every field `PodmanV0` lacks (the README's
+/// example); the golden vector `PODMAN_V1_SCORE` is its encoding.
+pub const PODMAN_V1_JSON: &str = r#"{
+  "type": "PodmanV1",
+  "data": {
+    "containers": [
+      {
+        "name": "web",
+        "image": "docker.io/library/nginx:1.27",
+        "ports": [{"containerPort": 80, "hostPort": 8080}],
+        "healthCheck": {
+          "httpGet": {"path": "/healthz", "port": 80, "httpHeaders": [{"name": "X-Probe", "value": "iot"}]},
+          "intervalSeconds": 5,
+          "timeoutSeconds": 2,
+          "failureThreshold": 4,
+          "successThreshold": 2,
+          "startPeriodSeconds": 10,
+          "onFailure": "Restart"
+        },
+        "resources": {"memoryLimit": "128Mi", "cpuLimit": "500m", "cpuWeight": 200, "pidsLimit": 64},
+        "stopGracePeriodSeconds": 20,
+        "user": "1000:1000",
+        "workingDir": "/srv",
+        "readOnlyRootFilesystem": true,
+        "init": true
+      }
+    ]
+  }
+}"#;
+
+/// [`PODMAN_V1_JSON`]'s score.
+pub fn podman_v1() -> PodmanV1Score<'static> {
+    match serde_json::from_str::<IotScore>(PODMAN_V1_JSON).unwrap() {
+        IotScore::PodmanV1(s) => s.into_owned(),
+        other => panic!("not PodmanV1: {other:?}"),
     }
+}
+
+/// A large `PodmanV1` score: [`large`]'s containers, each with an exec
+/// check of [`protocol::limits::MAX_ARGS`] arguments and every limit.
+pub fn large_v1() -> PodmanV1Score<'static> {
+    let mut s = PodmanV1Score::from_v0(large());
+    let command = BoundedVec::try_from_iter(
+        (0..protocol::limits::MAX_ARGS).map(|a| Text::owned(format!("--check-{a}"))),
+    )
+    .unwrap();
+    let mut containers = BoundedVec::new();
+    for c in s.containers.iter() {
+        let mut c = c.clone();
+        c.health_check = Some(HealthCheck::exec(command.clone()));
+        c.resources = Resources {
+            memory_limit: Some(MemoryQuantity(512 << 20)),
+            cpu_limit: Some(CpuQuantity(1500)),
+            cpu_weight: Some(100),
+            pids_limit: Some(256),
+        };
+        c.user = Some(Text::borrowed("nobody:nogroup"));
+        c.working_dir = Some(Text::borrowed("/var/lib/app"));
+        containers.push(c).unwrap();
+    }
+    s.containers = containers;
+    s
+}
+
+/// A desired state carrying a `PodmanV1` `score`.
+pub fn desired_v1(score: &PodmanV1Score<'_>) -> DesiredState<'static> {
+    let payload = IotScore::PodmanV1(score.clone().into_owned())
+        .to_payload()
+        .unwrap();
+    DesiredState::new(Text::borrowed("hello-web"), payload.content_hash(), payload)
 }

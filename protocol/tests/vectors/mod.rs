@@ -30,7 +30,118 @@ pub const HEARTBEAT_V2: &str = "0205302e312e300761617263683634056c696e757805342e
 /// first release's capabilities (`DesiredState` 1, `PodmanV0` 1).
 pub const HEARTBEAT_V3: &str = "0305302e312e300761617263683634056c696e757805342e332e31901c0380d0dfb4ab3301096469736b2066756c6c09362e362e35312d76382462306630613263342d313131312d323232322d333333332d3434343435353535363636360205626f61726404727069340473697465046c796f6e01010108506f646d616e56300101";
 
-use protocol::{BoundedVec, Capabilities, Heartbeat, Text};
+/// `DesiredState` of `DESIRED` with the rollout policy [`ROLLOUT`]: format
+/// version 2, `DESIRED`'s fields, then the policy.
+pub const DESIRED_STATE_V2: &str = "020968656c6c6f2d776562fda48196eef6c3a02f08506f646d616e5630003901010263302572656769737472792e6578616d706c652e6e65742f7465616d2f6170702d303a312e322e3000000000000001000000000000001e7801";
+/// `DeploymentStatus` in format version 2 ([`status_v2`]): a rollback after
+/// an OOM kill, with health.
+pub const STATUS_V2: &str = "022a0b0203776562020000036c6f6708019202030e6c6f673a204f4f4d4b696c6c656480d0dfb4ab3301012902010100010202";
+/// `PodmanV1Score` ([`podman_v1_score`]): one container setting every field
+/// `PodmanV0` lacks.
+pub const PODMAN_V1_SCORE: &str = "0101037765621c646f636b65722e696f2f6c6962726172792f6e67696e783a312e3237000000015001903f000000000100000000000000010001082f6865616c74687a50000107582d50726f626503696f7400050204020a00018080804001f40301c801014001140109313030303a3130303001042f7372760101";
+/// `DesiredState` carrying `PODMAN_V1_SCORE` as `PodmanV1` (format version 1:
+/// a new score type needs no new envelope).
+pub const DESIRED_PODMAN_V1: &str = "010968656c6c6f2d776562c791addab39bedc74008506f646d616e5631007b0101037765621c646f636b65722e696f2f6c6962726172792f6e67696e783a312e3237000000015001903f000000000100000000000000010001082f6865616c74687a50000107582d50726f626503696f7400050204020a00018080804001f40301c801014001140109313030303a3130303001042f7372760101";
+
+use protocol::{
+    BoundedVec, Capabilities, ContainerState, ContainerStatus, ContainerV1, CpuQuantity,
+    DeploymentStatus, Health, HealthCheck, HealthFailureAction, Heartbeat, HttpHeader,
+    MemoryQuantity, Phase, PodmanV1Score, Port, PortProtocol, Reason, Resources, RolloutPolicy,
+    Text,
+};
+
+/// The rollout policy of `DESIRED_STATE_V2`.
+pub const ROLLOUT: RolloutPolicy = RolloutPolicy {
+    min_healthy_seconds: 30,
+    progress_deadline_seconds: 120,
+    auto_rollback: true,
+};
+
+/// The status of `STATUS` (version 1).
+pub fn status() -> DeploymentStatus<'static> {
+    let web = ContainerStatus::new(Text::borrowed("web"), ContainerState::Running);
+    let mut log = ContainerStatus::new(Text::borrowed("log"), ContainerState::Exited);
+    log.exit_code = Some(1);
+    log.restart_count = 2;
+    DeploymentStatus {
+        revision: 42,
+        phase: Phase::Running,
+        containers: BoundedVec::try_from_iter([web, log]).expect("two containers"),
+        message: Text::borrowed("exited from 1234"),
+        timestamp_ms: 1_764_000_000_000,
+        reason: Reason::None,
+        running_revision: None,
+    }
+}
+
+/// The status of `STATUS_V2`: revision 42 rolled back to 41 because `log`
+/// was OOM-killed and now waits for its restart; `web` is healthy.
+pub fn status_v2() -> DeploymentStatus<'static> {
+    let mut web = ContainerStatus::new(Text::borrowed("web"), ContainerState::Running);
+    web.health = Some(Health::Healthy);
+    let mut log = ContainerStatus::new(Text::borrowed("log"), ContainerState::Waiting);
+    log.exit_code = Some(137);
+    log.restart_count = 3;
+    log.health = Some(Health::Unhealthy);
+    log.reason = Reason::OOMKilled;
+    DeploymentStatus {
+        revision: 42,
+        phase: Phase::RolledBack,
+        containers: BoundedVec::try_from_iter([web, log]).expect("two containers"),
+        message: Text::borrowed("log: OOMKilled"),
+        timestamp_ms: 1_764_000_000_000,
+        reason: Reason::CrashLoopBackOff,
+        running_revision: Some(41),
+    }
+}
+
+/// The score of `PODMAN_V1_SCORE`, from borrowed strings only (it is also
+/// the JSON of the tests' `common::PODMAN_V1_JSON`).
+pub fn podman_v1_score() -> PodmanV1Score<'static> {
+    let mut c = ContainerV1::new(
+        Text::borrowed("web"),
+        Text::borrowed("docker.io/library/nginx:1.27"),
+    );
+    c.ports
+        .push(Port {
+            container_port: 80,
+            host_port: Some(8080),
+            protocol: PortProtocol::Tcp,
+            host_ip: None,
+        })
+        .expect("one port");
+    let mut check = HealthCheck::http_get(80);
+    if let Some(h) = &mut check.http_get {
+        h.path = Text::borrowed("/healthz");
+        h.http_headers
+            .push(HttpHeader {
+                name: Text::borrowed("X-Probe"),
+                value: Text::borrowed("iot"),
+            })
+            .expect("one header");
+    }
+    check.interval_seconds = 5;
+    check.timeout_seconds = 2;
+    check.failure_threshold = 4;
+    check.success_threshold = 2;
+    check.start_period_seconds = 10;
+    check.on_failure = HealthFailureAction::Restart;
+    c.health_check = Some(check);
+    c.resources = Resources {
+        memory_limit: Some(MemoryQuantity(128 << 20)),
+        cpu_limit: Some(CpuQuantity(500)),
+        cpu_weight: Some(200),
+        pids_limit: Some(64),
+    };
+    c.stop_grace_period_seconds = Some(20);
+    c.user = Some(Text::borrowed("1000:1000"));
+    c.working_dir = Some(Text::borrowed("/srv"));
+    c.read_only_root_filesystem = true;
+    c.init = true;
+    PodmanV1Score {
+        containers: BoundedVec::try_from_iter([c]).expect("one container"),
+    }
+}
 
 /// The heartbeat of `HEARTBEAT` (no warnings) and `HEARTBEAT_V2` (warnings).
 pub fn heartbeat(warnings: &[&'static str]) -> Heartbeat<'static> {
