@@ -764,6 +764,9 @@ impl ContainerV1<'_> {
             if !dir.starts_with('/') {
                 return fail(p("workingDir"), Violation::NotAbsolute);
             }
+            if dir.chars().any(char::is_control) {
+                return fail(p("workingDir"), Violation::ControlCharacter);
+            }
         }
         Ok(())
     }
@@ -795,11 +798,8 @@ impl ContainerV1<'_> {
                     return fail(path, Violation::NotAbsolute);
                 }
                 // It goes into the request line as it is.
-                if h.path
-                    .chars()
-                    .any(|ch| ch.is_whitespace() || ch.is_control())
-                {
-                    return fail(path, Violation::Whitespace);
+                if !h.path.bytes().all(|b| b.is_ascii_graphic()) {
+                    return fail(path, Violation::NotVisibleAscii);
                 }
                 self.check_port(p("healthCheck.httpGet.port"), h.port)?;
                 let headers = p("healthCheck.httpGet.httpHeaders");
@@ -809,6 +809,14 @@ impl ContainerV1<'_> {
                     check_len(name, &header.name, MAX_NAME_LEN)?;
                     if !header.name.bytes().all(is_token_byte) {
                         return fail(name, Violation::NotHeaderName);
+                    }
+                    // The client frames the request with these; a user's
+                    // copy would make the server wait for a body.
+                    if ["host", "content-length", "transfer-encoding", "connection"]
+                        .iter()
+                        .any(|r| header.name.eq_ignore_ascii_case(r))
+                    {
+                        return fail(name, Violation::ReservedHeader);
                     }
                     let value = headers.at(i, Some("value"));
                     check_len(value, &header.value, MAX_STRING_LEN)?;

@@ -437,8 +437,15 @@ impl<'a> DeploymentStatusV1<'a> {
 }
 
 /// The version-2 layout (what `Serialize` writes for a value that needs it).
+/// Only the wire encoding: in a human-readable format (JSON) the written
+/// form is flat, which this layout does not read, so it says so instead.
 impl<'de: 'a, 'a> Deserialize<'de> for DeploymentStatus<'a> {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        if d.is_human_readable() {
+            return Err(serde::de::Error::custom(
+                "a DeploymentStatus is read from its wire encoding only (protocol::wire::decode)",
+            ));
+        }
         let v2 = DeploymentStatusV2::deserialize(d)?;
         if v2.container_health.len() != v2.v1.containers.len() {
             return Err(serde::de::Error::custom(
@@ -457,6 +464,12 @@ impl<'de: 'a, 'a> wire::Decode<'de> for DeploymentStatus<'a> {
         match version {
             FORMAT_VERSION => {
                 let (v1, rest) = wire::take::<DeploymentStatusV1<'a>>(body)?;
+                // What version 1 cannot say is refused in it, as a decoder
+                // of the first release refuses it.
+                if !v1.phase.in_version_1() || v1.containers.iter().any(|c| !c.state.in_version_1())
+                {
+                    return Err(DecodeError::Malformed(wire::PostcardError::BadTag));
+                }
                 Ok((v1.upgrade(Reason::None, None, &[]), rest))
             }
             FORMAT_VERSION_2 => wire::take(body),

@@ -159,6 +159,12 @@ pub enum Violation {
     /// A control character (CR, LF...) in a value sent as an HTTP header.
     #[error("must not contain control characters (CR, LF, ...)")]
     ControlCharacter,
+    /// Not visible ASCII where a value goes into an HTTP request line.
+    #[error("must be visible ASCII (percent-encode anything else, e.g. /caf%C3%A9)")]
+    NotVisibleAscii,
+    /// A header the health check's HTTP client sets itself.
+    #[error("is set by the agent's HTTP client itself (Host, Content-Length, Transfer-Encoding, Connection); remove it")]
+    ReservedHeader,
     /// Not an HTTP header name.
     #[error("must be an HTTP header name: letters, digits and !#$%&'*+-.^_`|~ (e.g. X-Probe)")]
     NotHeaderName,

@@ -600,6 +600,17 @@ fn a_status_v2_must_say_every_containers_health() {
     let mut bytes = unhex(STATUS_V2);
     bytes[0] = FORMAT_VERSION;
     assert!(decode::<DeploymentStatus>(&bytes).is_err());
+    // A version-1 value with a phase only version 2 has is refused, as a
+    // decoder of the first release refuses it (Healthy is phase 8).
+    let mut bytes = unhex(STATUS);
+    let phase = 1 + 1; // the format byte, then the revision (one varint byte)
+    assert_eq!(decode::<DeploymentStatus>(&bytes).unwrap().phase, Phase::Running);
+    assert_eq!(bytes[phase], Phase::Running as u8);
+    bytes[phase] = Phase::Healthy as u8;
+    assert_eq!(
+        decode::<DeploymentStatus>(&bytes).unwrap_err(),
+        DecodeError::Malformed(wire::PostcardError::BadTag)
+    );
     // Nor is a version-2 value without them.
     let mut bytes = unhex(STATUS);
     bytes[0] = wire::FORMAT_VERSION_2;

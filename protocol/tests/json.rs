@@ -630,7 +630,23 @@ fn podman_v1_rules_name_the_field_and_the_fix() {
         (
             web(json!({"healthCheck": {"httpGet": {"port": 8080, "path": "/a b"}}})),
             "containers[0].healthCheck.httpGet.path",
-            Violation::Whitespace,
+            Violation::NotVisibleAscii,
+        ),
+        (
+            web(json!({"healthCheck": {"httpGet": {"port": 8080, "path": "/café"}}})),
+            "containers[0].healthCheck.httpGet.path",
+            Violation::NotVisibleAscii,
+        ),
+        (
+            web(json!({"healthCheck": {"httpGet": {"port": 8080,
+                "httpHeaders": [{"name": "Content-Length", "value": "5"}]}}})),
+            "containers[0].healthCheck.httpGet.httpHeaders[0].name",
+            Violation::ReservedHeader,
+        ),
+        (
+            web(json!({"workingDir": "/a\u{0}b"})),
+            "containers[0].workingDir",
+            Violation::ControlCharacter,
         ),
         (
             web(json!({"healthCheck": {"httpGet": {"port": 8080,
