@@ -160,6 +160,7 @@ async fn device(
         status: status_tx,
         retry_base: Duration::from_millis(500),
         retry_cap: Duration::from_secs(60),
+        restart_backoff: Default::default(),
     });
     let mut workers: BTreeMap<String, watch::Sender<Target>> = BTreeMap::new();
     while let Some(event) = watch.next().await {

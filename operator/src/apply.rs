@@ -16,7 +16,7 @@ use protocol::kv::{Owner, OwnerBuf, OwnerError};
 use protocol::score::KNOWN_SCORE_TYPES;
 use protocol::{DeploymentKey, DesiredState, Text};
 
-use crate::crd::{Deployment, MAX_TARGETS, revision_string};
+use crate::crd::{Deployment, MAX_ROLLOUT_SECONDS, MAX_TARGETS, Rollout, revision_string};
 use crate::nats::{KvWrite, Nats, NatsError};
 use crate::targeting::{SelectorError, TargetSelector};
 
@@ -112,6 +112,19 @@ pub enum PlanError {
     /// `spec.targetSelector` is not a valid label selector.
     #[error(transparent)]
     InvalidSelector(SelectorError),
+    /// A `spec.rollout` field is out of its bounds (the CRD's schema
+    /// refuses the same; the CLI reads manifests no server saw).
+    #[error("spec.rollout.{field}: {value} is out of range; allowed {min} to {max}")]
+    InvalidRollout {
+        /// The field's name, e.g. `progressDeadlineSeconds`.
+        field: &'static str,
+        /// The value given.
+        value: u32,
+        /// The smallest allowed.
+        min: u32,
+        /// The largest allowed.
+        max: u32,
+    },
     /// The score's data does not fit its type, or is over a bound.
     #[error("spec.score.data{}: {reason}", if path.is_empty() { String::new() } else { format!(".{path}") })]
     InvalidScore {
@@ -165,6 +178,7 @@ pub fn plan(d: &Deployment) -> Result<Plan, PlanError> {
         .map(TargetSelector::new)
         .transpose()
         .map_err(PlanError::InvalidSelector)?;
+    check_rollout(&d.spec.rollout)?;
     let score = &d.spec.score;
     let score_error = |e: protocol::json::JsonScoreError| {
         if e.path == "type" {
@@ -186,6 +200,7 @@ pub fn plan(d: &Deployment) -> Result<Plan, PlanError> {
         deployment: Text::borrowed(&name),
         revision,
         score: payload,
+        rollout: d.spec.rollout.device_policy(),
     };
     let value = protocol::wire::encode_to_vec(&desired).map_err(|e| PlanError::InvalidScore {
         path: String::new(),
@@ -229,6 +244,24 @@ impl Plan {
     }
 }
 
+/// The bounds the CRD's schema puts on `spec.rollout`, checked again.
+fn check_rollout(r: &Rollout) -> Result<(), PlanError> {
+    for (field, value, min) in [
+        ("progressDeadlineSeconds", r.progress_deadline_seconds, 1),
+        ("minHealthySeconds", r.min_healthy_seconds, 0),
+    ] {
+        if !(min..=MAX_ROLLOUT_SECONDS).contains(&value) {
+            return Err(PlanError::InvalidRollout {
+                field,
+                value,
+                min,
+                max: MAX_ROLLOUT_SECONDS,
+            });
+        }
+    }
+    Ok(())
+}
+
 fn token_reason(e: protocol::KeyError) -> String {
     match e {
         protocol::KeyError::DeviceId(t) | protocol::KeyError::Deployment(t) => t.to_string(),
@@ -237,15 +270,20 @@ fn token_reason(e: protocol::KeyError) -> String {
 }
 
 /// The known score type closest to `type_name`, when it is close enough to
-/// be a typo (`PdomanV0` -> `PodmanV0`).
+/// be a typo (`PdomanV0` -> `PodmanV0`); between equally close ones the
+/// newest (`PodmanV2` -> `PodmanV1`), what someone guessing a version wants.
 pub fn nearest_known_type(type_name: &str) -> Option<&'static str> {
     let lower = type_name.to_ascii_lowercase();
     KNOWN_SCORE_TYPES
         .iter()
-        .map(|k| (strsim::osa_distance(&lower, &k.to_ascii_lowercase()), *k))
-        .filter(|(d, k)| *d <= (k.len() / 3).max(2))
+        .enumerate()
+        .map(|(i, k)| {
+            let d = strsim::osa_distance(&lower, &k.to_ascii_lowercase());
+            (d, std::cmp::Reverse(i), *k)
+        })
+        .filter(|(d, _, k)| *d <= (k.len() / 3).max(2))
         .min()
-        .map(|(_, k)| k)
+        .map(|(_, _, k)| k)
 }
 
 /// A target whose key belongs to another Deployment of the same name (in
@@ -396,7 +434,7 @@ pub fn summary(plan: &Plan, outcome: &ApplyOutcome) -> String {
     }
     if !plan.held.is_empty() {
         s.push_str(&format!(
-            ", {} held back (agent cannot read the score)",
+            ", {} held back (their agent cannot read the value; update it)",
             plan.held.len()
         ));
     }
@@ -473,6 +511,179 @@ mod tests {
         let unknown_field = serde_json::json!({"containers": [{"name": "web", "image": "x", "imagePullPolicy": "Always"}]});
         let e = plan(&deployment("web", "PodmanV0", unknown_field)).unwrap_err();
         assert!(e.to_string().contains("imagePullPolicy"), "{e}");
+    }
+
+    /// The golden `DESIRED` and `DESIRED_STATE_V2` vectors of
+    /// `protocol/tests/vectors`: what agents of the first release read, and
+    /// the same with the rollout policy {30, 120, true}.
+    const GOLDEN_DESIRED: &str = "010968656c6c6f2d776562fda48196eef6c3a02f08506f646d616e5630003901010263302572656769737472792e6578616d706c652e6e65742f7465616d2f6170702d303a312e322e300000000000000100000000000000";
+    const GOLDEN_DESIRED_V2: &str = "020968656c6c6f2d776562fda48196eef6c3a02f08506f646d616e5630003901010263302572656769737472792e6578616d706c652e6e65742f7465616d2f6170702d303a312e322e3000000000000001000000000000001e7801";
+
+    fn hex(bytes: &[u8]) -> String {
+        bytes.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    #[test]
+    fn the_rollout_policy_needs_desired_state_version_2_only_when_set() {
+        let golden = serde_json::json!({"containers": [{"name": "c0", "image": "registry.example.net/team/app-0:1.2.0"}]});
+        let mut d = deployment("hello-web", "PodmanV0", golden);
+        // Nothing set, or the defaults written out: version 1, byte for
+        // byte what the first release wrote.
+        let p = plan(&d).unwrap();
+        assert_eq!(hex(&p.value), GOLDEN_DESIRED);
+        d.spec.rollout = serde_json::from_value(serde_json::json!({
+            "strategy": "AllAtOnce", "autoRollback": false,
+            "progressDeadlineSeconds": 600, "minHealthySeconds": 0
+        }))
+        .unwrap();
+        assert_eq!(hex(&plan(&d).unwrap().value), GOLDEN_DESIRED);
+        // A policy: version 2, the same revision (it is the score's hash).
+        d.spec.rollout.auto_rollback = true;
+        d.spec.rollout.progress_deadline_seconds = 120;
+        d.spec.rollout.min_healthy_seconds = 30;
+        let p2 = plan(&d).unwrap();
+        assert_eq!(hex(&p2.value), GOLDEN_DESIRED_V2);
+        assert_eq!(p2.revision, p.revision);
+        let decoded: DesiredState<'_> = protocol::wire::decode(&p2.value).unwrap();
+        assert_eq!(decoded.format_version(), 2);
+        assert_eq!(
+            decoded.rollout,
+            protocol::desired::RolloutPolicy {
+                min_healthy_seconds: 30,
+                progress_deadline_seconds: 120,
+                auto_rollback: true,
+            }
+        );
+        // Any one field off its default is enough.
+        for f in [
+            |r: &mut Rollout| r.auto_rollback = true,
+            |r: &mut Rollout| r.progress_deadline_seconds = 599,
+            |r: &mut Rollout| r.min_healthy_seconds = 1,
+        ] {
+            let mut d = d.clone();
+            d.spec.rollout = Rollout::default();
+            f(&mut d.spec.rollout);
+            assert_eq!(plan(&d).unwrap().value[0], 2, "{:?}", d.spec.rollout);
+        }
+    }
+
+    #[test]
+    fn rollout_bounds_name_the_field() {
+        let mut d = deployment("web", "PodmanV0", podman());
+        for (deadline, healthy, refused) in [
+            (
+                0,
+                0,
+                Some("spec.rollout.progressDeadlineSeconds: 0 is out of range; allowed 1 to 86400"),
+            ),
+            (
+                86_401,
+                0,
+                Some(
+                    "spec.rollout.progressDeadlineSeconds: 86401 is out of range; allowed 1 to 86400",
+                ),
+            ),
+            (
+                600,
+                86_401,
+                Some("spec.rollout.minHealthySeconds: 86401 is out of range; allowed 0 to 86400"),
+            ),
+            (1, 0, None),
+            (86_400, 86_400, None),
+        ] {
+            d.spec.rollout.progress_deadline_seconds = deadline;
+            d.spec.rollout.min_healthy_seconds = healthy;
+            match (plan(&d), refused) {
+                (Err(e), Some(msg)) => {
+                    assert_eq!(e.to_string(), msg);
+                    assert!(!e.is_score_error(), "the spec's fault, not the score's");
+                }
+                (Ok(_), None) => {}
+                (got, want) => panic!("{deadline}/{healthy}: {got:?}, want {want:?}"),
+            }
+        }
+        // Absent fields are the defaults, as the CRD's schema fills them in.
+        let r: Rollout = serde_json::from_value(serde_json::json!({})).unwrap();
+        assert_eq!(r, Rollout::default());
+        assert_eq!(r.progress_deadline_seconds, 600);
+        assert!(
+            serde_json::from_value::<Rollout>(serde_json::json!({"autoRollBack": true})).is_err(),
+            "a misspelt field is refused, not ignored"
+        );
+    }
+
+    #[test]
+    fn plans_a_podman_v1_score_and_names_the_path_of_a_bad_one() {
+        let v1 = serde_json::json!({"containers": [{
+            "name": "web", "image": "nginx:1.27",
+            "ports": [{"containerPort": 80, "hostPort": 8080}],
+            "healthCheck": {"httpGet": {"path": "/", "port": 80}, "intervalSeconds": 5},
+            "resources": {"memoryLimit": "64Mi", "cpuLimit": "500m"}
+        }]});
+        let p = plan(&deployment("web", "PodmanV1", v1.clone())).unwrap();
+        assert!(p.unknown_type.is_none(), "PodmanV1 is a known type");
+        let decoded: DesiredState<'_> = protocol::wire::decode(&p.value).unwrap();
+        assert_eq!(decoded.score.type_name.as_str(), "PodmanV1");
+        assert_eq!(decoded.score.encoding, protocol::PayloadEncoding::Postcard);
+        assert!(matches!(
+            decoded.score.decode(),
+            Ok(protocol::IotScore::PodmanV1(_))
+        ));
+        // The same containers as PodmanV0 are another score: another revision.
+        let v0 = serde_json::json!({"containers": [{"name": "web", "image": "nginx:1.27", "ports": [{"containerPort": 80, "hostPort": 8080}]}]});
+        assert_ne!(
+            plan(&deployment("web", "PodmanV0", v0)).unwrap().revision,
+            p.revision
+        );
+
+        // A check on a port the container does not expose.
+        let mut bad = v1.clone();
+        bad["containers"][0]["healthCheck"]["httpGet"]["port"] = 81.into();
+        let e = plan(&deployment("web", "PodmanV1", bad)).unwrap_err();
+        assert!(e.is_score_error(), "{e:?}");
+        let PlanError::InvalidScore { path, reason } = &e else {
+            panic!("{e:?}")
+        };
+        assert!(
+            path.starts_with("containers[0].healthCheck"),
+            "{path}: {reason}"
+        );
+        assert!(reason.contains("81"), "{reason}");
+        assert!(
+            e.to_string()
+                .starts_with("spec.score.data.containers[0].healthCheck"),
+            "{e}"
+        );
+        // What `kubectl describe` shows: the InvalidScore condition.
+        let d = deployment("web", "PodmanV1", serde_json::json!({}));
+        let observed = crate::status::Observed {
+            targets: d.spec.target_devices.clone(),
+            invalid: Some(e.clone()),
+            ..Default::default()
+        };
+        let cache = crate::status::StatusCache::detached(std::time::Duration::from_secs(60));
+        let status = crate::status::fold_status(&d, &observed, &cache, 0);
+        let invalid = status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == crate::status::conditions::INVALID_SCORE)
+            .unwrap();
+        assert_eq!(
+            (invalid.status.as_str(), invalid.reason),
+            ("True", crate::crd::ConditionReason::ScoreRejected)
+        );
+        assert_eq!(invalid.message, e.to_string());
+        // An absurd interval, and a field PodmanV0 has not.
+        let mut bad = v1.clone();
+        bad["containers"][0]["healthCheck"]["intervalSeconds"] = 0.into();
+        let e = plan(&deployment("web", "PodmanV1", bad)).unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("spec.score.data.containers[0].healthCheck.intervalSeconds: "),
+            "{e}"
+        );
+        let e = plan(&deployment("web", "PodmanV0", v1)).unwrap_err();
+        assert!(e.to_string().contains("healthCheck"), "{e}");
     }
 
     #[test]
@@ -556,5 +767,18 @@ mod tests {
         assert_eq!(decoded.score.encoding, protocol::PayloadEncoding::Json);
         assert_eq!(nearest_known_type("OkdApplyV0"), None);
         assert_eq!(nearest_known_type("podmanv0"), Some("PodmanV0"));
+        assert_eq!(nearest_known_type("PodmnV1"), Some("PodmanV1"));
+        assert_eq!(nearest_known_type("PodmanV2"), Some("PodmanV1"));
+        assert_eq!(nearest_known_type("Podman"), Some("PodmanV1"));
+        let u = plan(&deployment("web", "PodmanV2", podman()))
+            .unwrap()
+            .unknown_type
+            .unwrap();
+        assert!(
+            u.message().contains("did you mean `PodmanV1`?")
+                && u.message().ends_with("(known: PodmanV0, PodmanV1)"),
+            "{}",
+            u.message()
+        );
     }
 }

@@ -49,7 +49,9 @@ enum Command {
         nats: NatsArgs,
     },
     /// Validate Deployment manifests and write their desired state to NATS,
-    /// exactly as the controller would (no Kubernetes needed).
+    /// exactly as the controller would (no Kubernetes needed): PodmanV0 and
+    /// PodmanV1 scores are checked field by field, other types forwarded
+    /// as JSON; the rollout policy goes only to agents that read it.
     Apply {
         /// Manifest file (YAML, one or more Deployments).
         #[arg(short = 'f', long = "filename")]

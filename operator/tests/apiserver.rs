@@ -96,6 +96,45 @@ async fn the_server_refuses_what_the_cel_rules_refuse() {
     )
     .await;
     assert!(ok.is_ok(), "a valid Deployment: {ok:?}");
+    // The server fills in the rollout policy's defaults, the ones the
+    // operator reads for an absent field.
+    let stored = ok.unwrap();
+    assert_eq!(
+        stored.data["spec"]["rollout"],
+        json!({"strategy": "AllAtOnce", "autoRollback": false, "progressDeadlineSeconds": 600, "minHealthySeconds": 0})
+    );
+    let stored: Deployment =
+        serde_json::from_value(serde_json::to_value(&stored).unwrap()).unwrap();
+    assert_eq!(stored.spec.rollout, operator::crd::Rollout::default());
+
+    // The rollout policy's bounds, each refused naming the field.
+    for (field, value, message) in [
+        (
+            "progressDeadlineSeconds",
+            0,
+            "should be greater than or equal to 1",
+        ),
+        (
+            "progressDeadlineSeconds",
+            86_401,
+            "should be less than or equal to 86400",
+        ),
+        (
+            "minHealthySeconds",
+            86_401,
+            "should be less than or equal to 86400",
+        ),
+        (
+            "minHealthySeconds",
+            -1,
+            "should be greater than or equal to 0",
+        ),
+    ] {
+        let mut d = deployment_json("default", "r", json!(["pi-1"]), "PodmanV0");
+        d["spec"]["rollout"] = json!({ field: value });
+        refused(&api, d.clone(), &format!("spec.rollout.{field}")).await;
+        refused(&api, d, message).await;
+    }
 
     for bad_type in ["has space", "Podman.V0"] {
         refused(

@@ -101,17 +101,19 @@ async fn apply_status_delete_round_trip() {
     assert!(lines[0].starts_with("DEPLOYMENT"), "{out}");
     let row: Vec<&str> = lines[1].split_whitespace().collect();
     assert_eq!(
-        row[..7],
+        row[..9],
         [
             "hello-web",
             "demo-device",
             hex.as_str(),
             "-",
             "Unknown",
+            "-",
+            "-",
             "Unknown",
             "never"
         ],
-        "no heartbeat: phase Unknown, not online"
+        "no heartbeat: phase Unknown, no health or restarts, not online"
     );
 
     put_heartbeat(&env.client, "demo-device").await;
@@ -127,13 +129,15 @@ async fn apply_status_delete_round_trip() {
     let out = ok(&cli(&url, None, &["status", "hello-web"]));
     let row: Vec<&str> = out.lines().nth(1).unwrap().split_whitespace().collect();
     assert_eq!(
-        row[..6],
+        row[..8],
         [
             "hello-web",
             "demo-device",
             hex.as_str(),
             hex.as_str(),
             "Running",
+            "-",
+            "-",
             "True"
         ],
         "a fresh heartbeat: online"
@@ -183,11 +187,31 @@ async fn bad_manifests_write_nothing_and_say_why() {
             "{head}metadata: {{name: web}}\nspec:\n  targetDevices: ['pi*']\n  score: {{type: PodmanV0, data: {{}}}}\n"
         ),
     );
+    let bad_check = write(
+        "check.yaml",
+        &format!(
+            "{head}metadata: {{name: web}}\nspec:\n  targetDevices: [a]\n  score:\n    type: PodmanV1\n    data: {{containers: [{{name: web, image: x, healthCheck: {{tcpSocket: {{port: 8080}}}}}}]}}\n"
+        ),
+    );
+    let bad_deadline = write(
+        "deadline.yaml",
+        &format!(
+            "{head}metadata: {{name: web}}\nspec:\n  targetDevices: [a]\n  rollout: {{progressDeadlineSeconds: 0}}\n  score: {{type: PodmanV0, data: {{containers: [{{name: web, image: x}}]}}}}\n"
+        ),
+    );
     let seq = desired_seq(&env.client).await;
     for (file, expect) in [
         (
             &bad_port,
             "spec.score.data.containers[0].ports[0].containerPort",
+        ),
+        (
+            &bad_check,
+            "spec.score.data.containers[0].healthCheck.tcpSocket.port: 8080 is not a TCP `containerPort`",
+        ),
+        (
+            &bad_deadline,
+            "spec.rollout.progressDeadlineSeconds: 0 is out of range; allowed 1 to 86400",
         ),
         (&dotted, "metadata.name `web.v1`"),
         (&star, "spec.targetDevices[0] `pi*`"),
@@ -485,4 +509,176 @@ async fn apply_selects_devices_by_their_board_labels() {
     let stdout = ok(&cli(&url, None, &["apply", "-f", file.to_str().unwrap()]));
     assert!(stdout.contains("1 removed"), "{stdout}");
     assert!(desired(&env.nats, "pi-lyon", "sel").await.unwrap().deleted);
+}
+
+/// The rows of an aligned table by its header's column starts, so that
+/// cells with spaces (`CrashLoopBackOff (OOMKilled)`) stay whole.
+fn table_rows(out: &str) -> Vec<std::collections::BTreeMap<String, String>> {
+    let mut lines = out.lines();
+    let header = lines.next().unwrap();
+    let mut starts: Vec<(usize, &str)> = Vec::new();
+    let mut at = 0;
+    for name in header.split_whitespace() {
+        let i = at + header[at..].find(name).unwrap();
+        starts.push((i, name));
+        at = i + name.len();
+    }
+    lines
+        .take_while(|l| !l.is_empty())
+        .map(|line| {
+            starts
+                .iter()
+                .enumerate()
+                .map(|(k, (i, name))| {
+                    let end = starts.get(k + 1).map_or(line.len(), |(j, _)| *j);
+                    let cell = line.get(*i..end.min(line.len())).unwrap_or("").trim();
+                    (name.to_string(), cell.to_string())
+                })
+                .collect()
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn status_shows_phase_reason_health_and_restarts() {
+    use protocol::{ContainerState, Health, Reason};
+    let Some(env) = nats_env().await else { return };
+    let url = env.server.url();
+    for dev in ["pi-1", "pi-2", "pi-3", "pi-4"] {
+        put_heartbeat(&env.client, dev).await;
+    }
+    let reports = [
+        (
+            "pi-1",
+            health_status(
+                7,
+                Phase::CrashLoopBackOff,
+                Reason::OOMKilled,
+                None,
+                ContainerState::Waiting,
+                None,
+                4,
+            ),
+        ),
+        (
+            "pi-2",
+            health_status(
+                7,
+                Phase::Healthy,
+                Reason::None,
+                None,
+                ContainerState::Running,
+                Some(Health::Healthy),
+                1,
+            ),
+        ),
+        (
+            "pi-3",
+            health_status(
+                7,
+                Phase::RolledBack,
+                Reason::HealthCheckFailed,
+                Some(6),
+                ContainerState::Running,
+                Some(Health::Healthy),
+                0,
+            ),
+        ),
+        (
+            "pi-4",
+            health_status(
+                7,
+                Phase::Unhealthy,
+                Reason::HealthCheckFailed,
+                None,
+                ContainerState::Running,
+                Some(Health::Unhealthy),
+                2,
+            ),
+        ),
+    ];
+    for (dev, s) in &reports {
+        publish_status(&env.client, dev, "web", s).await;
+    }
+    let out = ok(&cli(&url, None, &["status", "web"]));
+    let rows = table_rows(&out);
+    let cells = |k: &str| rows.iter().map(|r| r[k].as_str()).collect::<Vec<_>>();
+    assert_eq!(cells("DEVICE"), ["pi-1", "pi-2", "pi-3", "pi-4"], "{out}");
+    assert_eq!(
+        cells("PHASE"),
+        [
+            "CrashLoopBackOff (OOMKilled)",
+            "Healthy",
+            "RolledBack to 0000000000000006 (HealthCheckFailed)",
+            "Unhealthy (HealthCheckFailed)"
+        ],
+        "{out}"
+    );
+    assert_eq!(
+        cells("HEALTH"),
+        ["-", "Healthy", "Healthy", "Unhealthy 0/1"],
+        "{out}"
+    );
+    assert_eq!(cells("RESTARTS"), ["4", "1", "0", "2"], "{out}");
+    assert_eq!(cells("REPORTED"), ["0000000000000007"; 4], "{out}");
+    assert_eq!(cells("ONLINE"), ["True"; 4], "{out}");
+}
+
+/// The PodmanV1 example with its rollout policy, applied without a
+/// cluster: written to the board that reads it, held back from the one
+/// whose agent reads only DesiredState 1, saying why.
+#[tokio::test]
+async fn apply_holds_a_rollout_policy_back_from_agents_that_cannot_read_it() {
+    let Some(env) = nats_env().await else { return };
+    let url = env.server.url();
+    let example = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../deploy/examples/health-checked.yaml"
+    );
+    let mut before = protocol::Capabilities::this_build();
+    before.desired_state_versions = protocol::BoundedVec::try_from_iter([1]).unwrap();
+    for (dev, caps) in [
+        ("pi-new", protocol::Capabilities::this_build()),
+        ("pi-old", before),
+    ] {
+        let mut labels = protocol::BoundedMap::new();
+        labels
+            .insert(
+                protocol::Text::borrowed("site"),
+                protocol::Text::borrowed("lyon"),
+            )
+            .unwrap();
+        let hb = protocol::Heartbeat {
+            agent_version: protocol::Text::borrowed("0.3.0"),
+            arch: protocol::Text::borrowed("aarch64"),
+            os: protocol::Text::borrowed("linux"),
+            labels,
+            capabilities: caps,
+            ..protocol::Heartbeat::default()
+        };
+        publish_heartbeat(&env.client, dev, &hb).await;
+    }
+    let out = cli(&url, None, &["apply", "-f", example]);
+    let stdout = ok(&out);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stdout.contains("1 written") && stdout.contains("1 held back"),
+        "{stdout}"
+    );
+    assert!(
+        stderr.contains("device pi-old: held back: agent 0.3.0 reads DesiredState format 1 and cannot receive the rollout policy"),
+        "{stderr}"
+    );
+    let written = desired(&env.nats, "pi-new", "health-web").await.unwrap();
+    let d: protocol::DesiredState<'_> = protocol::wire::decode(&written.value).unwrap();
+    assert_eq!(d.score.type_name.as_str(), "PodmanV1");
+    assert_eq!(
+        (
+            d.rollout.auto_rollback,
+            d.rollout.progress_deadline_seconds,
+            d.rollout.min_healthy_seconds
+        ),
+        (true, 300, 30)
+    );
+    assert!(desired(&env.nats, "pi-old", "health-web").await.is_none());
 }

@@ -110,14 +110,14 @@ async fn create_adds_the_finalizer_then_writes_and_patches_status() {
             "conditions": [
                 c("Ready", "False", "TargetsNotReady", "0/2 targets run the current revision"),
                 c("Progressing", "True", "RollingOut", "0/2 targets report the current revision"),
-                c("Degraded", "False", "Healthy", "no target failed or unreachable"),
+                c("Degraded", "False", "Healthy", "no target failed, unhealthy or unreachable"),
                 c("InvalidScore", "False", "ScoreValid", "the score is valid"),
                 c("Conflict", "False", "NoConflict", "no other Deployment of this name targets these devices"),
                 c("DeviceWarnings", "False", "NoDeviceWarnings", "no target reports a warning"),
             ],
             "devices": [unknown("pi-1"), unknown("pi-2")],
             "devicesOmitted": 0,
-            "targeted": 2, "upToDate": 0, "ready": 0, "failed": 0
+            "targeted": 2, "upToDate": 0, "ready": 0, "healthy": 0, "failed": 0
         }})
     );
     let ev = &reqs[1].body;

@@ -123,7 +123,7 @@ fn names_scope_and_columns() {
         .iter()
         .map(|c| c["name"].as_str().unwrap())
         .collect();
-    for c in ["Type", "Targets", "Ready", "Up-to-date", "Age"] {
+    for c in ["Type", "Targets", "Ready", "Healthy", "Up-to-date", "Age"] {
         assert!(columns.contains(&c), "{columns:?}");
     }
 }
@@ -158,6 +158,43 @@ fn schema_shape() {
         spec["properties"]["rollout"]["properties"]["strategy"]["default"],
         "AllAtOnce"
     );
+    // The rollout policy the devices apply: bounded and documented here,
+    // checked again by `plan`.
+    let rollout = &spec["properties"]["rollout"]["properties"];
+    for (field, default, min) in [
+        ("progressDeadlineSeconds", 600, 1),
+        ("minHealthySeconds", 0, 0),
+    ] {
+        let f = &rollout[field];
+        assert_eq!(f["type"], "integer", "{field}");
+        assert_eq!(f["default"], default, "{field}");
+        assert_eq!(f["minimum"].as_f64(), Some(f64::from(min)), "{field}");
+        assert_eq!(
+            f["maximum"].as_f64(),
+            Some(f64::from(operator::crd::MAX_ROLLOUT_SECONDS)),
+            "{field}"
+        );
+        assert!(
+            f["description"].as_str().unwrap().contains("Healthy"),
+            "{field}: {f}"
+        );
+    }
+    assert_eq!(rollout["autoRollback"]["type"], "boolean");
+    assert_eq!(rollout["autoRollback"]["default"], false);
+    assert!(
+        rollout["autoRollback"]["description"]
+            .as_str()
+            .unwrap()
+            .contains("RolledBack")
+    );
+    assert_eq!(
+        serde_json::from_value::<operator::crd::Rollout>(
+            spec["properties"]["rollout"]["default"].clone()
+        )
+        .unwrap(),
+        operator::crd::Rollout::default(),
+        "the schema's default is the operator's"
+    );
     assert_eq!(
         spec["required"],
         json!(["score"]),
@@ -186,6 +223,7 @@ fn schema_shape() {
         "targeted",
         "upToDate",
         "ready",
+        "healthy",
         "failed",
     ] {
         assert!(status.get(f).is_some(), "status.{f} missing");
@@ -295,24 +333,61 @@ fn phases_and_reasons_are_documented_enums() {
     let s = schema();
     let status = &s["properties"]["status"]["properties"];
     let phases = &status["devices"]["items"]["properties"]["phase"]["enum"];
-    for p in ["Running", "Failed", "Conflict", "Unknown", "Unreachable"] {
+    for p in [
+        "Running",
+        "Failed",
+        "Conflict",
+        "Unknown",
+        "Unreachable",
+        "Healthy",
+        "Unhealthy",
+        "CrashLoopBackOff",
+        "RolledBack",
+    ] {
         assert!(
             phases.as_array().unwrap().contains(&json!(p)),
             "{p}: {phases}"
         );
     }
     let reasons = &status["conditions"]["items"]["properties"]["reason"]["enum"];
-    for r in ["AllTargetsReady", "KeyOwnedElsewhere", "RoutedAsJson"] {
+    for r in [
+        "AllTargetsReady",
+        "KeyOwnedElsewhere",
+        "RoutedAsJson",
+        "TargetsUnhealthy",
+    ] {
         assert!(
             reasons.as_array().unwrap().contains(&json!(r)),
             "{r}: {reasons}"
         );
     }
     assert_eq!(json!(DevicePhase::Unreachable), json!("Unreachable"));
-    assert_eq!(
-        json!(DevicePhase::from(protocol::Phase::Completed)),
-        json!(protocol::Phase::Completed.as_str())
-    );
+    // Every agent phase is written under the agent's own name.
+    for p in [
+        protocol::Phase::Pending,
+        protocol::Phase::Pulling,
+        protocol::Phase::Starting,
+        protocol::Phase::Running,
+        protocol::Phase::Failed,
+        protocol::Phase::Unsupported,
+        protocol::Phase::Removed,
+        protocol::Phase::Completed,
+        protocol::Phase::Healthy,
+        protocol::Phase::Unhealthy,
+        protocol::Phase::CrashLoopBackOff,
+        protocol::Phase::RolledBack,
+    ] {
+        assert_eq!(json!(DevicePhase::from(p)), json!(p.as_str()));
+        assert!(
+            phases.as_array().unwrap().contains(&json!(p.as_str())),
+            "{p}"
+        );
+    }
+    let device = &status["devices"]["items"]["properties"];
+    for f in ["reason", "runningRevision"] {
+        assert!(device[f]["description"].is_string(), "devices[].{f}");
+    }
+    assert_eq!(status["healthy"]["type"], "integer");
     assert_eq!(
         json!(ConditionReason::TargetsFailed),
         json!("TargetsFailed")

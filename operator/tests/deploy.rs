@@ -150,6 +150,34 @@ fn example_passes_the_crd_rules() {
     }
 }
 
+/// Every example Deployment is one the operator writes: it plans, and
+/// only the one with a rollout policy needs DesiredState format 2.
+#[test]
+fn every_example_plans() {
+    let mut planned = Vec::new();
+    for entry in std::fs::read_dir(repo("deploy/examples")).unwrap() {
+        let path = entry.unwrap().path();
+        for d in operator::manifest::read(&path).unwrap() {
+            let plan = operator::plan(&d).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            assert!(plan.unknown_type.is_none(), "{}", path.display());
+            planned.push((
+                d.name_str().to_string(),
+                d.spec.score.type_name.clone(),
+                plan.value[0],
+            ));
+        }
+    }
+    planned.sort();
+    assert_eq!(
+        planned,
+        [
+            ("health-web".into(), "PodmanV1".into(), 2),
+            ("hello-web".into(), "PodmanV0".into(), 1),
+            ("sensor-reader".into(), "PodmanV0".into(), 1),
+        ]
+    );
+}
+
 #[tokio::test]
 async fn nats_config_example_serves_the_operator() {
     // Ports come from the test (flags override the file); the store is the

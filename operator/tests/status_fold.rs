@@ -213,6 +213,8 @@ async fn watches_survive_a_nats_restart() {
             containers: protocol::BoundedVec::new(),
             message: protocol::Text::borrowed(""),
             timestamp_ms: 0,
+            reason: protocol::Reason::None,
+            running_revision: None,
         })
         .unwrap();
         match js.publish("$KV.device-status.a.web", value.into()).await {
@@ -229,5 +231,242 @@ async fn watches_survive_a_nats_restart() {
     })
     .await;
     assert!(seen, "the status watch did not come back after the restart");
+    watch.abort();
+}
+
+/// An agent's heartbeat listing `caps` (what it reads).
+async fn put_heartbeat_reading(
+    client: &async_nats::Client,
+    device: &str,
+    caps: protocol::Capabilities<'static>,
+) {
+    let hb = protocol::Heartbeat {
+        agent_version: protocol::Text::borrowed("0.3.0"),
+        arch: protocol::Text::borrowed("aarch64"),
+        os: protocol::Text::borrowed("linux"),
+        podman_version: protocol::Text::borrowed("4.3.1"),
+        uptime_secs: 5,
+        deployments: 1,
+        capabilities: caps,
+        ..protocol::Heartbeat::default()
+    };
+    publish_heartbeat(client, device, &hb).await;
+}
+
+/// Health reports (DeploymentStatus format version 2, as an agent with
+/// health checks writes them) fold into the status patch: phases, reasons,
+/// the rolled-back revision, the healthy count and the conditions'
+/// messages; an agent that cannot read the rollout policy is held back.
+#[tokio::test]
+async fn health_reports_in_nats_fold_into_the_status_patch() {
+    use protocol::{ContainerState, Health, Reason};
+    let Some(env) = nats_env().await else { return };
+    let (client, api) = MockApiServer::start();
+    let (cache, _changes) = StatusCache::new(Duration::from_secs(90));
+    let watch = tokio::spawn(cache.clone().watch(env.nats.clone()));
+    let ctx = Arc::new(Context::new(
+        client.clone(),
+        env.nats.clone(),
+        cache.clone(),
+        ControllerConfig::default(),
+    ));
+    let data = serde_json::json!({"containers": [{
+        "name": "web", "image": "nginx:1.27",
+        "ports": [{"containerPort": 80}],
+        "healthCheck": {"httpGet": {"port": 80}},
+        "resources": {"memoryLimit": "64Mi"}
+    }]});
+    let mut d = with_finalizer(deployment(
+        "default",
+        "web",
+        &["a", "b", "c", "d", "e", "old"],
+        "PodmanV1",
+        data,
+    ));
+    d.spec.rollout.auto_rollback = true;
+    d.spec.rollout.min_healthy_seconds = 30;
+    let rev = operator::plan(&d).unwrap().revision;
+    for dev in ["a", "b", "c", "d", "e"] {
+        put_heartbeat_reading(&env.client, dev, protocol::Capabilities::this_build()).await;
+    }
+    // The release before the rollout policy: PodmanV1, DesiredState 1.
+    let mut before = protocol::Capabilities::this_build();
+    before.desired_state_versions = protocol::BoundedVec::try_from_iter([1]).unwrap();
+    put_heartbeat_reading(&env.client, "old", before).await;
+    assert!(
+        testkit::wait_until_async(Duration::from_secs(10), || async {
+            ["a", "b", "c", "d", "e", "old"]
+                .iter()
+                .all(|dev| cache.heartbeat(dev).is_some())
+        })
+        .await
+    );
+    api.insert(&d);
+    reconcile(Arc::new(d), ctx.clone()).await.unwrap();
+    api.take();
+    let written = desired(&env.nats, "a", "web").await.unwrap();
+    assert_eq!(written.value[0], 2, "the policy needs DesiredState 2");
+    assert!(
+        desired(&env.nats, "old", "web").await.is_none(),
+        "never written what it cannot read"
+    );
+
+    let old_rev = 0x00c0_ffee;
+    let reports = [
+        (
+            "a",
+            health_status(
+                rev,
+                Phase::Healthy,
+                Reason::None,
+                None,
+                ContainerState::Running,
+                Some(Health::Healthy),
+                0,
+            ),
+        ),
+        (
+            "b",
+            health_status(
+                rev,
+                Phase::CrashLoopBackOff,
+                Reason::OOMKilled,
+                None,
+                ContainerState::Waiting,
+                None,
+                3,
+            ),
+        ),
+        (
+            "c",
+            health_status(
+                rev,
+                Phase::Unhealthy,
+                Reason::HealthCheckFailed,
+                None,
+                ContainerState::Running,
+                Some(Health::Unhealthy),
+                1,
+            ),
+        ),
+        (
+            "d",
+            health_status(
+                rev,
+                Phase::RolledBack,
+                Reason::HealthCheckFailed,
+                Some(old_rev),
+                ContainerState::Running,
+                Some(Health::Healthy),
+                0,
+            ),
+        ),
+        (
+            "e",
+            health_status(
+                rev,
+                Phase::Running,
+                Reason::None,
+                None,
+                ContainerState::Running,
+                Some(Health::Starting),
+                0,
+            ),
+        ),
+    ];
+    for (dev, status) in &reports {
+        publish_status(&env.client, dev, "web", status).await;
+    }
+    let seen = testkit::wait_until_async(Duration::from_secs(10), || async {
+        reports
+            .iter()
+            .all(|(dev, s)| cache.report(dev, "web").is_some_and(|r| r.status == *s))
+    })
+    .await;
+    assert!(seen, "the watch did not deliver the reports as written");
+
+    let d = api.get("default", "web").unwrap();
+    reconcile(Arc::new(d), ctx.clone()).await.unwrap();
+    let reqs = api.take();
+    let patch = reqs
+        .iter()
+        .find(|r| r.line().ends_with("/status"))
+        .expect("a status patch");
+    let status = &patch.body["status"];
+    let counts = ["targeted", "upToDate", "ready", "healthy", "failed"].map(|k| &status[k]);
+    assert_eq!(
+        counts,
+        [6, 5, 2, 1, 2].map(serde_json::Value::from).each_ref(),
+        "{status}"
+    );
+    assert_eq!(listed(status), ["d", "old", "b", "c"]);
+    let rolled = device(status, "d");
+    assert_eq!(rolled["phase"], "RolledBack");
+    assert_eq!(rolled["reason"], "HealthCheckFailed");
+    assert_eq!(rolled["revision"], revision_string(rev));
+    assert_eq!(rolled["runningRevision"], revision_string(old_rev));
+    let old = device(status, "old");
+    assert_eq!(old["phase"], "Unsupported");
+    assert!(
+        old["message"]
+            .as_str()
+            .unwrap()
+            .contains("cannot receive the rollout policy"),
+        "{old}"
+    );
+    assert_eq!(device(status, "b")["phase"], "CrashLoopBackOff");
+    assert_eq!(device(status, "b")["reason"], "OOMKilled");
+    assert_eq!(device(status, "c")["phase"], "Unhealthy");
+    assert_eq!(device(status, "c")["reason"], "HealthCheckFailed");
+    assert_eq!(
+        cond(status, "Ready")["message"],
+        "2/6 targets run the current revision (1 Healthy); 1 device CrashLoopBackOff (OOMKilled), 1 device RolledBack (HealthCheckFailed), 1 device Unhealthy (HealthCheckFailed), 1 device Unsupported"
+    );
+    let degraded = cond(status, "Degraded");
+    assert_eq!(degraded["reason"], "TargetsFailed");
+    assert_eq!(
+        degraded["message"],
+        "failed: d, old; unhealthy: b, c; 1 device CrashLoopBackOff (OOMKilled), 1 device RolledBack (HealthCheckFailed), 1 device Unhealthy (HealthCheckFailed), 1 device Unsupported"
+    );
+
+    // The crash loop and the check recover; the rolled-back device gets
+    // nothing new, so it stays RolledBack.
+    for dev in ["b", "c", "e"] {
+        let s = health_status(
+            rev,
+            Phase::Healthy,
+            Reason::None,
+            None,
+            ContainerState::Running,
+            Some(Health::Healthy),
+            3,
+        );
+        publish_status(&env.client, dev, "web", &s).await;
+    }
+    assert!(
+        testkit::wait_until_async(Duration::from_secs(10), || async {
+            ["b", "c", "e"].iter().all(|dev| {
+                cache
+                    .report(dev, "web")
+                    .is_some_and(|r| r.status.phase == Phase::Healthy)
+            })
+        })
+        .await
+    );
+    let d = api.get("default", "web").unwrap();
+    reconcile(Arc::new(d), ctx.clone()).await.unwrap();
+    let reqs = api.take();
+    let patch = reqs
+        .iter()
+        .find(|r| r.line().ends_with("/status"))
+        .expect("a status patch");
+    let status = &patch.body["status"];
+    let counts = ["ready", "healthy", "failed"].map(|k| &status[k]);
+    assert_eq!(counts, [4, 4, 2].map(serde_json::Value::from).each_ref());
+    assert_eq!(listed(status), ["d", "old"]);
+    assert_eq!(
+        cond(status, "Degraded")["message"],
+        "failed: d, old; 1 device RolledBack (HealthCheckFailed), 1 device Unsupported"
+    );
     watch.abort();
 }

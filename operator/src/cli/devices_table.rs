@@ -62,7 +62,7 @@ struct DeviceRow {
     last_seen_ns: i128,
     /// Deployments its agent manages, from the heartbeat.
     deployments: u32,
-    /// Of its status reports, those neither Running nor Completed
+    /// Of its status reports, those neither Running, Healthy nor Completed
     /// ([`StatusCache::device_summary`]).
     not_ready: u64,
     /// Its valid board labels: what `-l` matches.

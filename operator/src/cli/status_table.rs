@@ -3,18 +3,20 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use protocol::DeploymentKey;
+use protocol::status::Health;
+use protocol::{DeploymentKey, DeploymentStatus};
 
 use super::devices_table::online;
 use super::table::aligned;
 use crate::crd::{DevicePhase, revision_string};
 use crate::nats::{Nats, NatsError};
 use crate::status::cache::is_stale;
-use crate::status::{StatusCache, now_ns};
+use crate::status::{StatusCache, device_reason, now_ns};
 
 /// The `iot-operator status [NAME]` table: one row per device and
-/// deployment with a desired-state key or a status report, read from NATS,
-/// with the device's online state (`True` while its heartbeat is fresh, else
+/// deployment with a desired-state key or a status report, read from NATS:
+/// its phase with the agent's reason (`CrashLoopBackOff (OOMKilled)`), its
+/// health checks and restarts, and the device's online state (`True` while its heartbeat is fresh, else
 /// `Unknown`, as its Device's Ready condition); then, when any of those
 /// devices warns in its heartbeat, one row per device and warning.
 pub async fn status_table(nats: &Nats, name: Option<&str>) -> Result<String, NatsError> {
@@ -62,6 +64,8 @@ pub async fn status_table(nats: &Nats, name: Option<&str>) -> Result<String, Nat
             "DESIRED",
             "REPORTED",
             "PHASE",
+            "HEALTH",
+            "RESTARTS",
             "ONLINE",
             "HEARTBEAT",
             "MESSAGE",
@@ -84,18 +88,19 @@ pub async fn status_table(nats: &Nats, name: Option<&str>) -> Result<String, Nat
             now,
             cache.heartbeat_timeout(),
         );
+        let status = report.as_ref().map(|r| &r.status);
         table.push([
             dep,
             device,
             desired.map_or("-".into(), revision_string),
-            report
-                .as_ref()
-                .map_or("-".into(), |r| revision_string(r.status.revision)),
-            match (&report, stale) {
+            status.map_or("-".into(), |s| revision_string(s.revision)),
+            match (status, stale) {
                 (_, true) => DevicePhase::Unreachable.to_string(),
-                (Some(r), false) => r.status.phase.to_string(),
+                (Some(s), false) => phase_cell(s),
                 (None, false) => DevicePhase::Unknown.to_string(),
             },
+            status.map_or("-".into(), health_cell),
+            status.map_or("-".into(), restarts_cell),
             online.to_string(),
             heartbeat.map_or("never".into(), |h| {
                 format!("{}s ago", ((now - h.stored_at_ns).max(0) / 1_000_000_000))
@@ -113,4 +118,141 @@ pub async fn status_table(nats: &Nats, name: Option<&str>) -> Result<String, Nat
         out.push_str(&aligned(&rows));
     }
     Ok(out)
+}
+
+/// The PHASE cell: the phase, the revision a rolled-back device runs again,
+/// and the reason when it says more than the phase
+/// (`CrashLoopBackOff (OOMKilled)`, `RolledBack to 00000000000000a1
+/// (HealthCheckFailed)`).
+fn phase_cell(s: &DeploymentStatus<'_>) -> String {
+    let mut cell = s.phase.to_string();
+    if let Some(running) = s.running_revision {
+        cell.push_str(&format!(" to {}", revision_string(running)));
+    }
+    if let Some(reason) = device_reason(s).filter(|r| *r != s.phase.as_str()) {
+        cell.push_str(&format!(" ({reason})"));
+    }
+    cell
+}
+
+/// The HEALTH cell, over the containers with a health check: `Healthy`
+/// when every check passes, else the worst state with how many pass
+/// (`Unhealthy 1/2`, `Starting 0/1`); `-` when no container has a check.
+fn health_cell(s: &DeploymentStatus<'_>) -> String {
+    let checked: Vec<Health> = s.containers.iter().filter_map(|c| c.health).collect();
+    if checked.is_empty() {
+        return "-".into();
+    }
+    let healthy = checked.iter().filter(|h| **h == Health::Healthy).count();
+    let worst = if checked.contains(&Health::Unhealthy) {
+        "Unhealthy"
+    } else if healthy < checked.len() {
+        "Starting"
+    } else {
+        return "Healthy".into();
+    };
+    format!("{worst} {healthy}/{}", checked.len())
+}
+
+/// The RESTARTS cell: restarts of every container together, as kubectl's
+/// RESTARTS column counts a pod's.
+fn restarts_cell(s: &DeploymentStatus<'_>) -> String {
+    if s.containers.is_empty() {
+        return "-".into();
+    }
+    s.containers
+        .iter()
+        .map(|c| u64::from(c.restart_count))
+        .sum::<u64>()
+        .to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use protocol::status::Reason;
+    use protocol::{BoundedVec, ContainerState, ContainerStatus, Phase, Text};
+
+    fn status(
+        phase: Phase,
+        reason: Reason,
+        containers: &[(Option<Health>, u32)],
+    ) -> DeploymentStatus<'static> {
+        DeploymentStatus {
+            revision: 2,
+            phase,
+            containers: BoundedVec::try_from_iter(containers.iter().map(|(health, restarts)| {
+                let mut c = ContainerStatus::new(Text::borrowed("c"), ContainerState::Running);
+                c.health = *health;
+                c.restart_count = *restarts;
+                c
+            }))
+            .unwrap(),
+            message: Text::borrowed(""),
+            timestamp_ms: 0,
+            reason,
+            running_revision: None,
+        }
+    }
+
+    #[test]
+    fn phase_shows_the_reason_when_it_says_more() {
+        let s = status(Phase::Running, Reason::None, &[]);
+        assert_eq!(phase_cell(&s), "Running");
+        let s = status(Phase::CrashLoopBackOff, Reason::OOMKilled, &[]);
+        assert_eq!(phase_cell(&s), "CrashLoopBackOff (OOMKilled)");
+        let s = status(Phase::CrashLoopBackOff, Reason::CrashLoopBackOff, &[]);
+        assert_eq!(phase_cell(&s), "CrashLoopBackOff");
+        let mut s = status(Phase::RolledBack, Reason::HealthCheckFailed, &[]);
+        s.running_revision = Some(1);
+        assert_eq!(
+            phase_cell(&s),
+            "RolledBack to 0000000000000001 (HealthCheckFailed)"
+        );
+        // A container's reason explains when the deployment's is not set.
+        let mut c = ContainerStatus::new(Text::borrowed("c"), ContainerState::Exited);
+        c.reason = Reason::ImagePullBackOff;
+        let mut s = status(Phase::Failed, Reason::None, &[]);
+        s.containers = BoundedVec::try_from_iter([c]).unwrap();
+        assert_eq!(phase_cell(&s), "Failed (ImagePullBackOff)");
+    }
+
+    #[test]
+    fn health_and_restarts_over_the_containers() {
+        let none = status(Phase::Running, Reason::None, &[]);
+        assert_eq!(
+            (health_cell(&none), restarts_cell(&none)),
+            ("-".into(), "-".into())
+        );
+        let unchecked = status(Phase::Running, Reason::None, &[(None, 0), (None, 3)]);
+        assert_eq!(
+            (health_cell(&unchecked), restarts_cell(&unchecked)),
+            ("-".into(), "3".into())
+        );
+        let healthy = status(
+            Phase::Healthy,
+            Reason::None,
+            &[
+                (Some(Health::Healthy), 1),
+                (None, 0),
+                (Some(Health::Healthy), 1),
+            ],
+        );
+        assert_eq!(
+            (health_cell(&healthy), restarts_cell(&healthy)),
+            ("Healthy".into(), "2".into())
+        );
+        let starting = status(
+            Phase::Running,
+            Reason::None,
+            &[(Some(Health::Healthy), 0), (Some(Health::Starting), 0)],
+        );
+        assert_eq!(health_cell(&starting), "Starting 1/2");
+        let unhealthy = status(
+            Phase::Unhealthy,
+            Reason::HealthCheckFailed,
+            &[(Some(Health::Starting), 0), (Some(Health::Unhealthy), 5)],
+        );
+        assert_eq!(health_cell(&unhealthy), "Unhealthy 0/2");
+    }
 }

@@ -35,7 +35,7 @@ pub const DEVICE_RULE_MESSAGE: &str =
 pub const SCORE_TYPE_RULE: &str = "self.matches('^[A-Za-z_][A-Za-z0-9_]*$')";
 /// Message of [`SCORE_TYPE_RULE`].
 pub const SCORE_TYPE_RULE_MESSAGE: &str =
-    "score.type must be a score variant name (a Rust identifier), e.g. PodmanV0";
+    "score.type must be a score variant name (a Rust identifier), e.g. PodmanV0 or PodmanV1";
 /// CEL rule on `spec`: something is targeted.
 pub const TARGETS_RULE: &str =
     "has(self.targetSelector) || (has(self.targetDevices) && size(self.targetDevices) > 0)";
@@ -85,6 +85,7 @@ pub const MAX_LISTED_DEVICES: usize = 100;
     printcolumn = r#"{"name":"Type","type":"string","jsonPath":".spec.score.type"}"#,
     printcolumn = r#"{"name":"Targets","type":"integer","jsonPath":".status.targeted"}"#,
     printcolumn = r#"{"name":"Ready","type":"integer","jsonPath":".status.ready"}"#,
+    printcolumn = r#"{"name":"Healthy","type":"integer","jsonPath":".status.healthy"}"#,
     printcolumn = r#"{"name":"Up-to-date","type":"integer","jsonPath":".status.upToDate"}"#,
     printcolumn = r#"{"name":"Revision","type":"string","jsonPath":".status.revision","priority":1}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
@@ -108,7 +109,12 @@ pub struct DeploymentSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "target_selector_schema")]
     pub target_selector: Option<LabelSelector>,
-    /// How a new revision reaches the targets.
+    /// How a new revision reaches the targets, and what each device does
+    /// when it does not come up healthy. progressDeadlineSeconds,
+    /// minHealthySeconds and autoRollback are applied by the devices
+    /// themselves; set to anything but their defaults they reach only
+    /// agents that read them (newer than the rollout policy), and a target
+    /// whose agent is older is held back (Unsupported, "update the agent").
     #[serde(default)]
     pub rollout: Rollout,
     /// What to run.
@@ -119,7 +125,7 @@ pub struct DeploymentSpec {
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct Score {
-    /// The score variant, e.g. `PodmanV0`.
+    /// The score variant, e.g. `PodmanV0` or `PodmanV1`.
     #[serde(rename = "type")]
     pub type_name: String,
     /// The variant's data; checked by the operator against the variant.
@@ -141,7 +147,7 @@ impl JsonSchema for Score {
             "required": ["type", "data"],
             "properties": {
                 "type": {
-                    "description": "The score variant, e.g. PodmanV0.",
+                    "description": "The score variant: PodmanV0 (containers; frozen) or PodmanV1 (PodmanV0's fields plus per-container healthCheck, resources, stopGracePeriodSeconds, user, workingDir, readOnlyRootFilesystem, init). The operator checks the data of the variants it knows and refuses bad data naming the field; another name is forwarded as JSON (condition UnknownScoreType) and devices that do not know it report Unsupported.",
                     "type": "string",
                     "minLength": 1,
                     "maxLength": 63,
@@ -150,7 +156,7 @@ impl JsonSchema for Score {
                     ]
                 },
                 "data": {
-                    "description": "The variant's data, e.g. {containers: [...]} for PodmanV0.",
+                    "description": "The variant's data, e.g. {containers: [...]} for PodmanV0 and PodmanV1.",
                     "type": "object",
                     "x-kubernetes-preserve-unknown-fields": true
                 }
@@ -243,13 +249,81 @@ fn target_selector_schema(_: &mut SchemaGenerator) -> Schema {
     })
 }
 
-/// How a new revision reaches the targets.
-#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+/// How a new revision reaches the targets, and what each device does when
+/// it does not come up healthy.
+///
+/// The device-side fields travel to each device in its desired state
+/// (`protocol::RolloutPolicy`); at their defaults the value is written as
+/// before (DesiredState format 1), so agents of every release read it.
+/// Otherwise only agents that read DesiredState format 2 get it: older
+/// ones are held back (`Unsupported`, "update the agent").
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Rollout {
     /// The strategy; only `AllAtOnce` for now.
     #[serde(default)]
     pub strategy: RolloutStrategy,
+    /// Seconds a device gives a new revision to become Healthy (every
+    /// container running and every health check passing for
+    /// minHealthySeconds) before it counts the revision as failed, like a
+    /// Kubernetes Deployment's progressDeadlineSeconds but measured on each
+    /// device, offline too. With autoRollback the device then goes back to
+    /// its last healthy revision; without it, it keeps the revision and
+    /// reports the failure. 1 to 86400; default 600.
+    #[serde(default = "default_progress_deadline_seconds")]
+    #[schemars(range(min = 1, max = MAX_ROLLOUT_SECONDS))]
+    pub progress_deadline_seconds: u32,
+    /// Seconds every container must run with every health check passing
+    /// before the device reports Healthy (and, with autoRollback, keeps the
+    /// revision as its last healthy one), like minReadySeconds. 0 to 86400;
+    /// default 0: Healthy as soon as every check passes.
+    #[serde(default)]
+    #[schemars(range(min = 0, max = MAX_ROLLOUT_SECONDS))]
+    pub min_healthy_seconds: u32,
+    /// Whether a device undoes a failed revision by itself: when a new
+    /// revision crash-loops, cannot be pulled or started, or does not
+    /// become Healthy within progressDeadlineSeconds, the device restores
+    /// the last revision that was Healthy there (from its own cache, so it
+    /// works without the network) and reports RolledBack with the reason.
+    /// The failed revision is not retried until a newer one arrives.
+    /// Default false: the device keeps the failed revision and reports it.
+    #[serde(default)]
+    pub auto_rollback: bool,
+}
+
+/// What a version-1 desired state means, and Kubernetes' own default.
+pub const DEFAULT_PROGRESS_DEADLINE_SECONDS: u32 =
+    protocol::desired::RolloutPolicy::DEFAULT_PROGRESS_DEADLINE_SECONDS;
+/// Bound of `progressDeadlineSeconds` and `minHealthySeconds`: the wire's.
+pub const MAX_ROLLOUT_SECONDS: u32 = protocol::limits::MAX_ROLLOUT_SECONDS;
+
+fn default_progress_deadline_seconds() -> u32 {
+    DEFAULT_PROGRESS_DEADLINE_SECONDS
+}
+
+impl Rollout {
+    /// What the devices are told: the policy each applies to a new revision.
+    pub fn device_policy(&self) -> protocol::desired::RolloutPolicy {
+        protocol::desired::RolloutPolicy {
+            min_healthy_seconds: self.min_healthy_seconds,
+            progress_deadline_seconds: self.progress_deadline_seconds,
+            auto_rollback: self.auto_rollback,
+        }
+    }
+}
+
+/// The defaults are the device's: [`Rollout::device_policy`] of the default
+/// is `RolloutPolicy::default()`, so a Deployment that sets nothing is
+/// written in DesiredState format 1, as before.
+impl Default for Rollout {
+    fn default() -> Self {
+        Rollout {
+            strategy: RolloutStrategy::default(),
+            progress_deadline_seconds: DEFAULT_PROGRESS_DEADLINE_SECONDS,
+            min_healthy_seconds: 0,
+            auto_rollback: false,
+        }
+    }
 }
 
 /// Rollout strategies. New ones (e.g. a rolling update with a batch size
@@ -278,9 +352,11 @@ pub struct DeploymentStatus {
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,
     /// The target devices that are not ready at the current revision, worst
-    /// first (failed, conflict, unreachable, no report yet, older revision,
-    /// still rolling out), then by device id; at most 100 entries. Ready
-    /// devices are counted, not listed (`iot-operator status NAME` shows all).
+    /// first (failed: Failed, Unsupported, RolledBack or held back; then
+    /// unhealthy: CrashLoopBackOff or Unhealthy; conflict; unreachable; no
+    /// report yet; older revision; still rolling out), then by device id;
+    /// at most 100 entries. Ready devices (Running, Healthy, Completed) are
+    /// counted, not listed (`iot-operator status NAME` shows all).
     #[serde(default)]
     #[schemars(extend(
         "maxItems" = MAX_LISTED_DEVICES,
@@ -296,14 +372,22 @@ pub struct DeploymentStatus {
     /// selects, each once.
     #[serde(default)]
     pub targeted: i64,
-    /// Devices reporting the current revision.
+    /// Devices reporting the current revision (running it, or done with it:
+    /// failed, or rolled back from it).
     #[serde(default)]
     pub up_to_date: i64,
-    /// Devices running the current revision and reachable.
+    /// Devices running the current revision and reachable: reporting
+    /// Running, Healthy or Completed (not Unhealthy, CrashLoopBackOff or
+    /// RolledBack).
     #[serde(default)]
     pub ready: i64,
-    /// Devices reporting Failed or Unsupported for the current revision,
-    /// and devices held back because their agent cannot read the score.
+    /// Of the ready devices, those reporting Healthy: every container runs
+    /// and every health check has passed for minHealthySeconds.
+    #[serde(default)]
+    pub healthy: i64,
+    /// Devices reporting Failed, Unsupported or RolledBack for the current
+    /// revision, and devices held back because their agent cannot read the
+    /// score or the rollout policy.
     #[serde(default)]
     pub failed: i64,
 }
@@ -323,7 +407,8 @@ pub struct Condition {
     pub observed_generation: Option<i64>,
     /// Machine-readable reason, by type: Ready: AllTargetsReady or
     /// TargetsNotReady; Progressing: RollingOut or RolloutComplete; Degraded:
-    /// InvalidSpec, TargetsFailed, TargetsUnreachable or Healthy;
+    /// InvalidSpec, TargetsFailed, TargetsUnhealthy, TargetsUnreachable or
+    /// Healthy;
     /// InvalidScore: ScoreRejected or ScoreValid; Conflict: KeyOwnedElsewhere
     /// or NoConflict; DeviceWarnings: DevicesWarn or NoDeviceWarnings;
     /// UnknownScoreType: RoutedAsJson. On a Device: Ready: HeartbeatReceived,
@@ -340,14 +425,26 @@ pub struct Condition {
 pub struct DeviceStatus {
     /// The device id.
     pub device: String,
-    /// The agent's phase (Pending, Pulling, Starting, Running, Failed,
-    /// Unsupported, Removed, Completed), or the operator's view: Unknown (no
-    /// report yet), Unreachable (heartbeat stale), Conflict (another
-    /// Deployment of this name owns the device's key), Unsupported (held
-    /// back: the agent's heartbeat says it cannot read the score).
+    /// The agent's phase (Pending, Pulling, Starting, Running, Healthy,
+    /// Unhealthy, CrashLoopBackOff, RolledBack, Failed, Unsupported,
+    /// Removed, Completed), or the operator's view: Unknown (no report
+    /// yet), Unreachable (heartbeat stale), Conflict (another Deployment of
+    /// this name owns the device's key), Unsupported (held back: the agent's
+    /// heartbeat says it cannot read the score or the rollout policy).
     pub phase: DevicePhase,
+    /// Why the device is in its phase, as its agent says: CrashLoopBackOff,
+    /// OOMKilled, ImagePullBackOff, HealthCheckFailed, Error or
+    /// ProgressDeadlineExceeded (for RolledBack: why the revision failed);
+    /// absent when it gives none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
     /// The revision the device reported, 16 hex digits.
     pub revision: Option<String>,
+    /// For RolledBack: the revision the device runs again (the last one
+    /// that was healthy there), 16 hex digits; `revision` is the one that
+    /// failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub running_revision: Option<String>,
     /// The agent's message, or the operator's explanation.
     pub message: Option<String>,
     /// When the device's status was last written (server time, RFC 3339).
@@ -387,6 +484,20 @@ pub enum DevicePhase {
     Unreachable,
     /// Another Deployment of this name owns the device's key.
     Conflict,
+    /// Every container runs and every health check has passed for the
+    /// rollout's minHealthySeconds (containers without a check count while
+    /// running).
+    Healthy,
+    /// A container's health check failed failureThreshold times in a row
+    /// (reason HealthCheckFailed); with onFailure Restart it is restarted.
+    Unhealthy,
+    /// A container keeps exiting (the reason says how, e.g. OOMKilled); the
+    /// agent restarts it after a delay that doubles from 10 s to 5 min.
+    CrashLoopBackOff,
+    /// The revision in `revision` failed on the device (the reason says
+    /// why) and it runs `runningRevision`, its last healthy one, again; it
+    /// does not retry the failed revision until a newer one arrives.
+    RolledBack,
 }
 
 impl DevicePhase {
@@ -404,6 +515,10 @@ impl DevicePhase {
             DevicePhase::Unknown => "Unknown",
             DevicePhase::Unreachable => "Unreachable",
             DevicePhase::Conflict => "Conflict",
+            DevicePhase::Healthy => "Healthy",
+            DevicePhase::Unhealthy => "Unhealthy",
+            DevicePhase::CrashLoopBackOff => "CrashLoopBackOff",
+            DevicePhase::RolledBack => "RolledBack",
         }
     }
 }
@@ -420,6 +535,10 @@ impl From<protocol::Phase> for DevicePhase {
             Phase::Unsupported => DevicePhase::Unsupported,
             Phase::Removed => DevicePhase::Removed,
             Phase::Completed => DevicePhase::Completed,
+            Phase::Healthy => DevicePhase::Healthy,
+            Phase::Unhealthy => DevicePhase::Unhealthy,
+            Phase::CrashLoopBackOff => DevicePhase::CrashLoopBackOff,
+            Phase::RolledBack => DevicePhase::RolledBack,
         }
     }
 }
@@ -448,6 +567,9 @@ pub enum ConditionReason {
     TargetsFailed,
     /// Degraded is True: some targets' heartbeats are stale.
     TargetsUnreachable,
+    /// Degraded is True: some targets report CrashLoopBackOff or Unhealthy
+    /// at the current revision (none failed).
+    TargetsUnhealthy,
     /// Degraded is False.
     Healthy,
     /// InvalidScore is True: the score does not fit its type.
@@ -494,6 +616,7 @@ impl ConditionReason {
             ConditionReason::InvalidSpec => "InvalidSpec",
             ConditionReason::TargetsFailed => "TargetsFailed",
             ConditionReason::TargetsUnreachable => "TargetsUnreachable",
+            ConditionReason::TargetsUnhealthy => "TargetsUnhealthy",
             ConditionReason::Healthy => "Healthy",
             ConditionReason::ScoreRejected => "ScoreRejected",
             ConditionReason::ScoreValid => "ScoreValid",

@@ -59,7 +59,8 @@ pub enum Change {
 pub struct DeviceSummary {
     /// Deployments the device reports on, except those it reports Removed.
     pub total: u64,
-    /// Of those, how many are neither Running nor Completed.
+    /// Of those, how many are neither Running, Healthy nor Completed
+    /// ([`super::phase_is_ready`]).
     pub not_ready: u64,
 }
 
@@ -436,7 +437,7 @@ fn summary_part(phase: &protocol::Phase) -> (bool, bool) {
     use protocol::Phase;
     (
         !matches!(phase, Phase::Removed),
-        matches!(phase, Phase::Running | Phase::Completed),
+        super::phase_is_ready(*phase),
     )
 }
 
@@ -566,6 +567,14 @@ mod tests {
         assert!(rx.try_recv().is_err(), "still not ready");
         cache.ingest_status("a.web", &status_bytes(1, Phase::Running), false, t0);
         assert_eq!(rx.try_recv().unwrap(), "a");
+        cache.ingest_status("a.web", &status_bytes(1, Phase::Healthy), false, t0);
+        assert!(rx.try_recv().is_err(), "Healthy is as ready as Running");
+        for phase in [Phase::CrashLoopBackOff, Phase::Unhealthy, Phase::RolledBack] {
+            cache.ingest_status("a.web", &status_bytes(1, phase), false, t0);
+            assert_eq!(cache.device_summary("a").not_ready, 1, "{phase}");
+            cache.ingest_status("a.web", &status_bytes(1, Phase::Healthy), false, t0);
+        }
+        while rx.try_recv().is_ok() {}
         cache.ingest_status("a.db", &status_bytes(1, Phase::Removed), false, t0);
         assert_eq!(
             cache.device_summary("a"),

@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use protocol::{DeploymentKey, Phase};
 
 use super::cache::{Report, StatusCache, is_stale, rfc3339};
+use super::{device_reason, phase_is_ready};
 use crate::apply::{Conflict, PlanError, UnknownType};
 use crate::crd::{
     Condition, ConditionReason, Deployment, DeploymentStatus, DevicePhase, DeviceStatus,
@@ -57,8 +58,12 @@ pub mod conditions {
 /// worst first.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum Attention {
-    /// Failed or Unsupported at the current revision, or held back.
+    /// Failed, Unsupported or RolledBack at the current revision, or held
+    /// back: done with the revision, and it does not run.
     Failed,
+    /// CrashLoopBackOff or Unhealthy at the current revision: the device
+    /// keeps trying, and it does not run well.
+    Unhealthy,
     /// Another Deployment of this name owns the key; nothing was written.
     Conflict,
     /// The heartbeat is stale.
@@ -67,7 +72,7 @@ enum Attention {
     NoReport,
     /// Reports another revision than the current one.
     Outdated,
-    /// At the current revision but not (yet) Running or Completed.
+    /// At the current revision but not (yet) Running, Healthy or Completed.
     RollingOut,
 }
 
@@ -101,6 +106,7 @@ pub fn fold_status(
         targeted,
         up_to_date: tally.up_to_date,
         ready: tally.ready,
+        healthy: tally.healthy,
         failed: tally.failed,
     }
 }
@@ -112,9 +118,17 @@ struct Tally {
     not_ready: Vec<(Attention, DeviceStatus)>,
     up_to_date: i64,
     ready: i64,
+    healthy: i64,
     failed: i64,
     /// Targets failed at the current revision, in target order.
     failing: Vec<String>,
+    /// Targets CrashLoopBackOff or Unhealthy at the current revision, in
+    /// target order.
+    unhealthy: Vec<String>,
+    /// Of the targets not ready at the current revision that said why
+    /// (their report, or held back): rank and label
+    /// (`CrashLoopBackOff (OOMKilled)`), for the conditions' messages.
+    labels: Vec<(Attention, String)>,
     /// Targets whose heartbeat is stale, in target order.
     unreachable: Vec<String>,
     /// Targets whose heartbeat carries warnings, with the first one, in
@@ -127,8 +141,11 @@ struct Assessment<'a> {
     report: Option<&'a Report>,
     /// Reports the current revision.
     current: bool,
-    /// Failed or Unsupported at the current revision.
+    /// Failed, Unsupported or RolledBack at the current revision.
     failed: bool,
+    /// CrashLoopBackOff or Unhealthy at the current revision, and not
+    /// silent since.
+    unhealthy: bool,
     /// When the stale heartbeat was stored; `None` when fresh or absent.
     stale_since: Option<i128>,
     /// What the last heartbeat warns of.
@@ -149,10 +166,9 @@ impl Tally {
             if let Some(reason) = observed.held.get(device) {
                 tally.failed += 1;
                 tally.failing.push(device.clone());
-                tally.not_ready.push((
-                    Attention::Failed,
-                    held_entry(device, reason, reports.get(device)),
-                ));
+                let entry = held_entry(device, reason, reports.get(device));
+                tally.labels.push((Attention::Failed, label(&entry)));
+                tally.not_ready.push((Attention::Failed, entry));
                 continue;
             }
             let a = assess(
@@ -165,7 +181,11 @@ impl Tally {
             let attention = attention(&a);
             tally.count(device, &a, attention.is_none());
             if let Some(attention) = attention {
-                tally.not_ready.push((attention, device_entry(device, &a)));
+                let entry = device_entry(device, &a);
+                if a.current && a.stale_since.is_none() {
+                    tally.labels.push((attention, label(&entry)));
+                }
+                tally.not_ready.push((attention, entry));
             }
         }
         tally
@@ -179,6 +199,9 @@ impl Tally {
             self.failed += 1;
             self.failing.push(device.to_string());
         }
+        if a.unhealthy {
+            self.unhealthy.push(device.to_string());
+        }
         if a.stale_since.is_some() {
             self.unreachable.push(device.to_string());
         }
@@ -187,6 +210,9 @@ impl Tally {
         }
         if ready {
             self.ready += 1;
+            if a.report.is_some_and(|r| r.status.phase == Phase::Healthy) {
+                self.healthy += 1;
+            }
         }
     }
 }
@@ -199,19 +225,27 @@ fn assess<'a>(
     now_ns: i128,
 ) -> Assessment<'a> {
     let current = report.is_some_and(|r| Some(r.status.revision) == revision);
-    let failed = current
-        && report.is_some_and(|r| matches!(r.status.phase, Phase::Failed | Phase::Unsupported));
+    let phase = report.map(|r| r.status.phase).filter(|_| current);
+    let failed = matches!(
+        phase,
+        Some(Phase::Failed | Phase::Unsupported | Phase::RolledBack)
+    );
     let heartbeat = cache.heartbeat(device);
     let stale_since = heartbeat
         .as_ref()
         .filter(|h| is_stale(h.stored_at_ns, now_ns, cache.heartbeat_timeout()))
         .map(|h| h.stored_at_ns);
+    // Unlike a failure, which stays until a new revision, a crash loop or
+    // a failing check may have passed since a silent device last said so.
+    let unhealthy =
+        stale_since.is_none() && matches!(phase, Some(Phase::CrashLoopBackOff | Phase::Unhealthy));
     // A stale heartbeat's warnings still hold: nothing said they cleared.
     let warnings = heartbeat.map(|h| h.warnings()).unwrap_or_default();
     Assessment {
         report,
         current,
         failed,
+        unhealthy,
         stale_since,
         warnings,
     }
@@ -232,7 +266,9 @@ fn attention(a: &Assessment<'_>) -> Option<Attention> {
         Some(Attention::Unreachable)
     } else if !a.current {
         Some(Attention::Outdated)
-    } else if matches!(report.status.phase, Phase::Running | Phase::Completed) {
+    } else if a.unhealthy {
+        Some(Attention::Unhealthy)
+    } else if phase_is_ready(report.status.phase) {
         None
     } else {
         Some(Attention::RollingOut)
@@ -245,7 +281,9 @@ fn conflict_entry(name: &str, c: &Conflict) -> DeviceStatus {
     DeviceStatus {
         device: c.device.clone(),
         phase: DevicePhase::Conflict,
+        reason: None,
         revision: None,
+        running_revision: None,
         message: Some(format!("the key {key} belongs to {}", c.owner)),
         last_report_time: None,
         warnings: Vec::new(),
@@ -258,7 +296,9 @@ fn held_entry(device: &str, reason: &str, report: Option<&Report>) -> DeviceStat
     DeviceStatus {
         device: device.to_string(),
         phase: DevicePhase::Unsupported,
+        reason: None,
         revision: report.map(|r| revision_string(r.status.revision)),
+        running_revision: None,
         message: Some(reason.to_string()),
         last_report_time: report.map(|r| rfc3339(r.stored_at_ns)),
         warnings: Vec::new(),
@@ -272,7 +312,9 @@ fn device_entry(device: &str, a: &Assessment<'_>) -> DeviceStatus {
         Some(r) => DeviceStatus {
             device: device.to_string(),
             phase: r.status.phase.into(),
+            reason: device_reason(&r.status).map(String::from),
             revision: Some(revision_string(r.status.revision)),
+            running_revision: r.status.running_revision.map(revision_string),
             message: (!r.status.message.is_empty()).then(|| r.status.message.to_string()),
             last_report_time: Some(rfc3339(r.stored_at_ns)),
             warnings: a.warnings.clone(),
@@ -280,21 +322,63 @@ fn device_entry(device: &str, a: &Assessment<'_>) -> DeviceStatus {
         None => DeviceStatus {
             device: device.to_string(),
             phase: DevicePhase::Unknown,
+            reason: None,
             revision: None,
+            running_revision: None,
             message: Some("no status reported yet".into()),
             last_report_time: None,
             warnings: a.warnings.clone(),
         },
     };
     if let Some(seen) = a.stale_since {
-        let last = a.report.map(|r| r.status.phase.as_str()).unwrap_or("none");
+        // The reason explained the last phase, not this one: it goes into
+        // the message with that phase.
+        let last = if a.report.is_some() {
+            label(&entry)
+        } else {
+            "none".into()
+        };
         entry.message = Some(format!(
             "unreachable: last heartbeat at {} (last phase: {last})",
             rfc3339(seen)
         ));
         entry.phase = DevicePhase::Unreachable;
+        entry.reason = None;
     }
     entry
+}
+
+/// The entry's phase with its reason when that says more
+/// (`CrashLoopBackOff (OOMKilled)`, not `CrashLoopBackOff (CrashLoopBackOff)`).
+fn label(entry: &DeviceStatus) -> String {
+    match entry.reason.as_deref() {
+        Some(reason) if reason != entry.phase.as_str() => {
+            format!("{} ({reason})", entry.phase)
+        }
+        _ => entry.phase.to_string(),
+    }
+}
+
+/// `labels` counted, most frequent first: `2 devices CrashLoopBackOff
+/// (OOMKilled), 1 device RolledBack (HealthCheckFailed)`.
+fn breakdown<'a>(labels: impl Iterator<Item = &'a str>) -> String {
+    const SHOWN: usize = 5;
+    let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
+    for l in labels {
+        *counts.entry(l).or_default() += 1;
+    }
+    let mut counts: Vec<(&str, usize)> = counts.into_iter().collect();
+    counts.sort_by(|(a, m), (b, n)| n.cmp(m).then_with(|| a.cmp(b)));
+    let mut s = counts
+        .iter()
+        .take(SHOWN)
+        .map(|(l, n)| format!("{n} device{} {l}", if *n == 1 { "" } else { "s" }))
+        .collect::<Vec<_>>()
+        .join(", ");
+    if counts.len() > SHOWN {
+        s.push_str(&format!(" and {} more", counts.len() - SHOWN));
+    }
+    s
 }
 
 /// The first [`MAX_LISTED_DEVICES`] entries by rank, then device id, and
@@ -372,11 +456,26 @@ fn ready(observed: &Observed, tally: &Tally, targeted: i64) -> Verdict {
         } else {
             ConditionReason::TargetsNotReady
         },
-        message: format!(
-            "{}/{targeted} targets run the current revision",
-            tally.ready
-        ),
+        message: ready_message(tally, targeted),
     }
+}
+
+/// `3/5 targets run the current revision (2 Healthy); 1 device
+/// CrashLoopBackOff (OOMKilled), 1 device Pulling`: the counts, then why
+/// the targets at the current revision that do not run it say so.
+fn ready_message(tally: &Tally, targeted: i64) -> String {
+    let mut message = format!(
+        "{}/{targeted} targets run the current revision",
+        tally.ready
+    );
+    if tally.healthy > 0 {
+        message.push_str(&format!(" ({} Healthy)", tally.healthy));
+    }
+    if !tally.labels.is_empty() {
+        message.push_str("; ");
+        message.push_str(&breakdown(tally.labels.iter().map(|(_, l)| l.as_str())));
+    }
+    message
 }
 
 fn progressing(tally: &Tally, targeted: i64) -> Verdict {
@@ -400,24 +499,39 @@ fn degraded(observed: &Observed, tally: &Tally) -> Verdict {
     let spec_broken = observed.invalid.as_ref().filter(|e| !e.is_score_error());
     let (reason, message) = if let Some(e) = spec_broken {
         (ConditionReason::InvalidSpec, e.to_string())
-    } else if tally.failed > 0 || !tally.unreachable.is_empty() {
+    } else if tally.failed > 0 || !tally.unhealthy.is_empty() || !tally.unreachable.is_empty() {
         let mut parts = Vec::new();
         if !tally.failing.is_empty() {
             parts.push(format!("failed: {}", short_list(&tally.failing)));
         }
+        if !tally.unhealthy.is_empty() {
+            parts.push(format!("unhealthy: {}", short_list(&tally.unhealthy)));
+        }
         if !tally.unreachable.is_empty() {
             parts.push(format!("unreachable: {}", short_list(&tally.unreachable)));
         }
-        let reason = if tally.failing.is_empty() {
-            ConditionReason::TargetsUnreachable
-        } else {
+        // How they fail, unless that is only "Failed" again.
+        let why: Vec<&str> = tally
+            .labels
+            .iter()
+            .filter(|(a, _)| matches!(a, Attention::Failed | Attention::Unhealthy))
+            .map(|(_, l)| l.as_str())
+            .collect();
+        if why.iter().any(|l| *l != DevicePhase::Failed.as_str()) {
+            parts.push(breakdown(why.into_iter()));
+        }
+        let reason = if !tally.failing.is_empty() {
             ConditionReason::TargetsFailed
+        } else if !tally.unhealthy.is_empty() {
+            ConditionReason::TargetsUnhealthy
+        } else {
+            ConditionReason::TargetsUnreachable
         };
         (reason, parts.join("; "))
     } else {
         (
             ConditionReason::Healthy,
-            "no target failed or unreachable".into(),
+            "no target failed, unhealthy or unreachable".into(),
         )
     };
     Verdict {
@@ -523,7 +637,8 @@ mod tests {
     use crate::crd::{DeploymentSpec, Rollout, Score};
     use crate::status::cache::now_ns;
     use crate::status::testdata::{
-        heartbeat_bytes, heartbeat_warning_bytes, status_bytes, status_bytes_msg,
+        health_status_bytes, heartbeat_bytes, heartbeat_warning_bytes, status_bytes,
+        status_bytes_msg,
     };
 
     /// `(device, phase)` of each device the status lists, in order.
@@ -897,6 +1012,147 @@ mod tests {
         assert_eq!(cond(&s, "DeviceWarnings").status, "False");
         let json = serde_json::to_value(&s).unwrap();
         assert!(json.to_string().contains("NoDeviceWarnings"));
+    }
+
+    #[test]
+    fn health_phases_and_reasons_fold_into_counts_entries_and_messages() {
+        use protocol::status::{Health, Reason};
+        let now = now_ns();
+        let (cache, observed) = healthy_fleet(9, now);
+        let set = |i: usize, phase, reason, running, health| {
+            cache.ingest_status(
+                &format!("{}.web", device_id(i)),
+                &health_status_bytes(7, phase, reason, running, health, 4),
+                false,
+                now,
+            );
+        };
+        set(0, Phase::Healthy, Reason::None, None, Some(Health::Healthy));
+        set(1, Phase::Healthy, Reason::None, None, None);
+        // 2 stays Running: ready, not Healthy.
+        set(3, Phase::CrashLoopBackOff, Reason::OOMKilled, None, None);
+        set(4, Phase::CrashLoopBackOff, Reason::OOMKilled, None, None);
+        set(
+            5,
+            Phase::Unhealthy,
+            Reason::HealthCheckFailed,
+            None,
+            Some(Health::Unhealthy),
+        );
+        set(
+            6,
+            Phase::RolledBack,
+            Reason::ProgressDeadlineExceeded,
+            Some(6),
+            None,
+        );
+        set(7, Phase::Pulling, Reason::None, None, None);
+        set(8, Phase::Failed, Reason::None, None, None);
+        assert_eq!(
+            health_status_bytes(7, Phase::Healthy, Reason::None, None, None, 0)[0],
+            2,
+            "what only format version 2 says"
+        );
+        let s = fold_status(&deployment(), &observed, &cache, now);
+        assert_eq!(
+            (s.targeted, s.up_to_date, s.ready, s.healthy, s.failed),
+            (9, 9, 3, 2, 2)
+        );
+        assert_eq!(
+            listed(&s),
+            [
+                ("dev-00006", "RolledBack"),
+                ("dev-00008", "Failed"),
+                ("dev-00003", "CrashLoopBackOff"),
+                ("dev-00004", "CrashLoopBackOff"),
+                ("dev-00005", "Unhealthy"),
+                ("dev-00007", "Pulling"),
+            ]
+        );
+        assert_accounts_for_all(&s);
+        let rolled = &s.devices[0];
+        assert_eq!(rolled.reason.as_deref(), Some("ProgressDeadlineExceeded"));
+        assert_eq!(rolled.revision.as_deref(), Some("0000000000000007"));
+        assert_eq!(rolled.running_revision.as_deref(), Some("0000000000000006"));
+        assert_eq!(s.devices[2].reason.as_deref(), Some("OOMKilled"));
+        assert_eq!(s.devices[4].reason.as_deref(), Some("HealthCheckFailed"));
+        assert_eq!(s.devices[1].reason, None);
+        let json = serde_json::to_value(&s).unwrap();
+        assert_eq!(json["healthy"], 2);
+        assert_eq!(json["devices"][0]["runningRevision"], "0000000000000006");
+        assert_eq!(json["devices"][0]["reason"], "ProgressDeadlineExceeded");
+        assert!(
+            json["devices"][1].get("reason").is_none()
+                && json["devices"][1].get("runningRevision").is_none(),
+            "absent when the agent gives none: {}",
+            json["devices"][1]
+        );
+        let cond = |s: &DeploymentStatus, t: &str| {
+            s.conditions.iter().find(|c| c.type_ == t).unwrap().clone()
+        };
+        assert_eq!(
+            cond(&s, "Ready").message,
+            "3/9 targets run the current revision (2 Healthy); 2 devices CrashLoopBackOff (OOMKilled), 1 device Failed, 1 device Pulling, 1 device RolledBack (ProgressDeadlineExceeded), 1 device Unhealthy (HealthCheckFailed)"
+        );
+        let degraded = cond(&s, "Degraded");
+        assert_eq!(degraded.reason, ConditionReason::TargetsFailed);
+        assert_eq!(
+            degraded.message,
+            "failed: dev-00006, dev-00008; unhealthy: dev-00003, dev-00004, dev-00005; 2 devices CrashLoopBackOff (OOMKilled), 1 device Failed, 1 device RolledBack (ProgressDeadlineExceeded), 1 device Unhealthy (HealthCheckFailed)"
+        );
+
+        // Only the crash loops and the failing check are left: Degraded
+        // for being unhealthy, not failed.
+        for i in [6, 7, 8] {
+            set(i, Phase::Healthy, Reason::None, None, None);
+        }
+        let s = fold_status(&deployment(), &observed, &cache, now);
+        assert_eq!((s.ready, s.healthy, s.failed), (6, 5, 0));
+        let degraded = cond(&s, "Degraded");
+        assert_eq!(
+            (degraded.status.as_str(), degraded.reason),
+            ("True", ConditionReason::TargetsUnhealthy)
+        );
+        assert_eq!(
+            degraded.message,
+            "unhealthy: dev-00003, dev-00004, dev-00005; 2 devices CrashLoopBackOff (OOMKilled), 1 device Unhealthy (HealthCheckFailed)"
+        );
+        assert_eq!(
+            cond(&s, "Progressing").status,
+            "False",
+            "every target reported"
+        );
+
+        // Silent since: Unreachable, the reason kept with the last phase.
+        let minute = 60_000_000_000i128;
+        cache.ingest_heartbeat(&device_id(3), &heartbeat_bytes(), false, now - 5 * minute);
+        let s = fold_status(&deployment(), &observed, &cache, now);
+        let e = s.devices.iter().find(|d| d.device == "dev-00003").unwrap();
+        assert_eq!(
+            (e.phase, e.reason.as_deref()),
+            (DevicePhase::Unreachable, None)
+        );
+        assert!(
+            e.message
+                .as_deref()
+                .unwrap()
+                .ends_with("(last phase: CrashLoopBackOff (OOMKilled))"),
+            "{e:?}"
+        );
+        assert_eq!(
+            cond(&s, "Degraded").message,
+            "unhealthy: dev-00004, dev-00005; unreachable: dev-00003; 1 device CrashLoopBackOff (OOMKilled), 1 device Unhealthy (HealthCheckFailed)"
+        );
+    }
+
+    #[test]
+    fn breakdown_counts_most_frequent_first_and_caps() {
+        let labels = ["b", "a", "b", "c", "d", "e", "f", "g"];
+        assert_eq!(
+            breakdown(labels.into_iter()),
+            "2 devices b, 1 device a, 1 device c, 1 device d, 1 device e and 2 more"
+        );
+        assert_eq!(breakdown(std::iter::empty()), "");
     }
 
     #[test]

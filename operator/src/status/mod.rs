@@ -17,3 +17,23 @@ mod testdata;
 
 pub use cache::{Change, HeartbeatSeen, Report, StatusCache, now_ns, rfc3339};
 pub use fold::{Observed, conditions, fold_status};
+
+use protocol::{DeploymentStatus, Phase};
+
+/// Whether a device reporting `phase` at a revision runs it: Running,
+/// Healthy (running with every check passing) or Completed. Unhealthy,
+/// CrashLoopBackOff and RolledBack do not.
+pub fn phase_is_ready(phase: Phase) -> bool {
+    matches!(phase, Phase::Running | Phase::Healthy | Phase::Completed)
+}
+
+/// The agent's reason for the phase it reports: the deployment's, else the
+/// first container's (an agent sets both; a container's alone still
+/// explains); `None` when it gives none.
+pub fn device_reason(s: &DeploymentStatus<'_>) -> Option<&'static str> {
+    use protocol::status::Reason;
+    std::iter::once(s.reason)
+        .chain(s.containers.iter().map(|c| c.reason))
+        .find(|r| *r != Reason::None)
+        .map(Reason::as_str)
+}

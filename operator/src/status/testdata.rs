@@ -1,6 +1,7 @@
 //! Encoded device reports for the status tests.
 
-use protocol::{BoundedVec, Heartbeat, Phase, Text};
+use protocol::status::{Health, Reason};
+use protocol::{BoundedVec, ContainerState, ContainerStatus, Heartbeat, Phase, Text};
 
 /// A status report at `revision` in `phase`, without a message.
 pub(crate) fn status_bytes(revision: u64, phase: Phase) -> Vec<u8> {
@@ -15,8 +16,37 @@ pub(crate) fn status_bytes_msg(revision: u64, phase: Phase, message: &str) -> Ve
         containers: BoundedVec::new(),
         message: Text::borrowed(message),
         timestamp_ms: 0,
+        reason: protocol::Reason::None,
+        running_revision: None,
     })
     .unwrap()
+}
+
+/// A status report as an agent with health writes it (format version 2
+/// when anything new is set): `phase` for `reason`, running `running` when rolled back, one
+/// container `web` with `health` and `restarts`.
+pub(crate) fn health_status_bytes(
+    revision: u64,
+    phase: Phase,
+    reason: Reason,
+    running: Option<u64>,
+    health: Option<Health>,
+    restarts: u32,
+) -> Vec<u8> {
+    let mut web = ContainerStatus::new(Text::borrowed("web"), ContainerState::Running);
+    web.health = health;
+    web.restart_count = restarts;
+    web.reason = reason;
+    let status = protocol::DeploymentStatus {
+        revision,
+        phase,
+        containers: BoundedVec::try_from_iter([web]).unwrap(),
+        message: Text::borrowed(""),
+        timestamp_ms: 0,
+        reason,
+        running_revision: running,
+    };
+    protocol::wire::encode_to_vec(&status).unwrap()
 }
 
 /// A heartbeat.

@@ -5,7 +5,6 @@
 
 use std::collections::BTreeMap;
 
-use protocol::wire::Encode;
 use protocol::{Capabilities, DesiredState, PayloadEncoding};
 
 use crate::apply::Plan;
@@ -66,6 +65,18 @@ impl Requirement {
         }
     }
 
+    /// Whether an agent with `caps` reads the score itself (its type and
+    /// format), whatever DesiredState format carries it.
+    fn score_readable_by(&self, caps: &Capabilities<'_>) -> bool {
+        match self.score_version {
+            Some(v) => caps
+                .score_types
+                .iter()
+                .any(|s| s.type_name.as_str() == self.type_name && s.versions.contains(&v)),
+            None => caps.runs(&self.type_name),
+        }
+    }
+
     /// Why an agent whose heartbeat is `seen` cannot read it.
     pub fn refusal(&self, seen: &HeartbeatSeen) -> String {
         let hb = &seen.heartbeat;
@@ -76,6 +87,18 @@ impl Requirement {
             format!("agent {}", hb.agent_version.as_str())
         };
         let versions = |v: &[u8]| v.iter().map(u8::to_string).collect::<Vec<_>>().join(", ");
+        // The score alone would do: say what in the spec needs the newer
+        // format, and the two ways out.
+        if self.score_readable_by(caps)
+            && !caps.desired_state_versions.contains(&self.desired_version)
+            && let Some(what) = carried_from(self.desired_version)
+        {
+            return format!(
+                "held back: {agent} reads DesiredState format {} and cannot receive {what}, which needs format {}; update the agent on this device, or set spec.rollout's fields to their defaults (its key is not written; what it ran before keeps running)",
+                versions(&caps.desired_state_versions),
+                self.desired_version
+            );
+        }
         let types = caps
             .score_types
             .iter()
@@ -98,6 +121,16 @@ impl Requirement {
             },
             self.describe()
         )
+    }
+}
+
+/// What the spec holds that only DesiredState format `version` carries.
+fn carried_from(version: u8) -> Option<&'static str> {
+    match version {
+        2 => Some(
+            "the rollout policy (spec.rollout autoRollback, progressDeadlineSeconds, minHealthySeconds not at their defaults false, 600, 0)",
+        ),
+        _ => None,
     }
 }
 
@@ -160,12 +193,16 @@ mod tests {
     }
 
     fn plan_of(ty: &str, data: serde_json::Value) -> Plan {
+        plan_with(ty, data, Default::default())
+    }
+
+    fn plan_with(ty: &str, data: serde_json::Value, rollout: crate::crd::Rollout) -> Plan {
         let mut d = crate::crd::Deployment::new(
             "web",
             crate::crd::DeploymentSpec {
                 target_devices: vec!["new".into(), "old".into(), "none".into(), "silent".into()],
                 target_selector: None,
-                rollout: Default::default(),
+                rollout,
                 score: crate::crd::Score {
                     type_name: ty.into(),
                     data,
@@ -218,6 +255,58 @@ mod tests {
             held["old"].contains("PodmanV0 (format 1), not FancyV9 (routed as JSON)"),
             "{}",
             held["old"]
+        );
+    }
+
+    /// An agent of the release before the rollout policy: its heartbeat
+    /// lists DesiredState 1 and both score types.
+    fn before_rollout() -> Capabilities<'static> {
+        let mut caps = Capabilities::this_build();
+        caps.desired_state_versions = BoundedVec::try_from_iter([1]).unwrap();
+        caps
+    }
+
+    #[test]
+    fn a_rollout_policy_goes_only_to_agents_that_read_it() {
+        let data = serde_json::json!({"containers": [{"name": "web", "image": "nginx:1"}]});
+        let policy = crate::crd::Rollout {
+            auto_rollback: true,
+            ..Default::default()
+        };
+        let hb = |d: &str| match d {
+            "new" => Some(seen(Capabilities::this_build())),
+            "old" => Some(seen(before_rollout())),
+            "none" => Some(seen(Capabilities::first_release())),
+            _ => None,
+        };
+        for ty in ["PodmanV0", "PodmanV1"] {
+            // The default policy is DesiredState 1: every agent that runs
+            // the type reads it.
+            let plain = plan_of(ty, data.clone());
+            assert_eq!(Requirement::of(&plain).unwrap().desired_version, 1);
+            let held = held_back(&plain, hb);
+            let expect: &[&str] = if ty == "PodmanV0" { &[] } else { &["none"] };
+            assert_eq!(held.keys().collect::<Vec<_>>(), expect, "{ty}");
+
+            let with_policy = plan_with(ty, data.clone(), policy.clone());
+            let req = Requirement::of(&with_policy).unwrap();
+            assert_eq!(req.desired_version, 2);
+            let held = held_back(&with_policy, hb);
+            assert_eq!(held.keys().collect::<Vec<_>>(), ["none", "old"], "{ty}");
+            // It reads the score: the message says what it cannot read
+            // and the two ways out.
+            assert_eq!(
+                held["old"],
+                "held back: agent 0.2.0 reads DesiredState format 1 and cannot receive the rollout policy (spec.rollout autoRollback, progressDeadlineSeconds, minHealthySeconds not at their defaults false, 600, 0), which needs format 2; update the agent on this device, or set spec.rollout's fields to their defaults (its key is not written; what it ran before keeps running)"
+            );
+        }
+        // Neither the score nor the format: the full account.
+        let with_policy = plan_with("PodmanV1", data, policy);
+        let held = held_back(&with_policy, hb);
+        assert!(
+            held["none"].contains("not PodmanV1 format 1 in DesiredState format 2"),
+            "{}",
+            held["none"]
         );
     }
 }

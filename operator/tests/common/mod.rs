@@ -134,14 +134,28 @@ pub async fn put_status(
     phase: Phase,
     message: &str,
 ) {
-    let value = protocol::wire::encode_to_vec(&protocol::DeploymentStatus {
+    let status = protocol::DeploymentStatus {
         revision,
         phase,
         containers: BoundedVec::new(),
         message: Text::borrowed(message),
         timestamp_ms: 0,
-    })
-    .unwrap();
+        reason: protocol::Reason::None,
+        running_revision: None,
+    };
+    publish_status(client, device, name, &status).await;
+}
+
+/// Stores `status` as `device`'s report on deployment `name`, encoded as
+/// the agent does (format version 2 when it says anything version 1
+/// cannot: health, a reason, a rollback).
+pub async fn publish_status(
+    client: &async_nats::Client,
+    device: &str,
+    name: &str,
+    status: &protocol::DeploymentStatus<'_>,
+) {
+    let value = protocol::wire::encode_to_vec(status).unwrap();
     let js = jetstream::new(client.clone());
     js.publish(
         format!("$KV.{DEVICE_STATUS_BUCKET}.{device}.{name}"),
@@ -151,6 +165,34 @@ pub async fn put_status(
     .unwrap()
     .await
     .unwrap();
+}
+
+/// What an agent with health checks reports: `phase` for `reason`,
+/// running `running` after a rollback, one container `web` in `state` with
+/// `health` and `restarts`.
+pub fn health_status(
+    revision: u64,
+    phase: Phase,
+    reason: protocol::Reason,
+    running: Option<u64>,
+    state: protocol::ContainerState,
+    health: Option<protocol::Health>,
+    restarts: u32,
+) -> protocol::DeploymentStatus<'static> {
+    let mut web = protocol::ContainerStatus::new(Text::borrowed("web"), state);
+    web.health = health;
+    web.reason = reason;
+    web.restart_count = restarts;
+    web.exit_code = (restarts > 0).then_some(137);
+    protocol::DeploymentStatus {
+        revision,
+        phase,
+        containers: BoundedVec::try_from_iter([web]).unwrap(),
+        message: Text::borrowed(""),
+        timestamp_ms: 0,
+        reason,
+        running_revision: running,
+    }
 }
 
 /// Writes a heartbeat as the agent does.
