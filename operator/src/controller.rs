@@ -123,12 +123,21 @@ pub struct Context {
 /// behind the operator's back).
 #[derive(Debug, Clone)]
 struct Applied {
-    revision: u64,
+    /// The value written (its hash): the revision is the score's alone, and
+    /// a change of `spec.rollout` must reach the devices at once too.
+    value: u64,
     owner: OwnerBuf,
     targets: Vec<String>,
     held: Vec<String>,
     conflicts: Vec<apply::Conflict>,
     at: std::time::Instant,
+}
+
+/// What tells two written values apart in [`Applied`].
+fn value_hash(value: &[u8]) -> u64 {
+    let mut h = protocol::wire::Fnv1a64::new();
+    h.write(value);
+    h.finish()
 }
 
 impl Context {
@@ -195,7 +204,7 @@ impl Context {
             .applied()
             .get(key)
             .filter(|a| {
-                a.revision == plan.revision
+                a.value == value_hash(&plan.value)
                     && a.owner == plan.owner
                     && a.targets == plan.targets
                     && a.held.iter().eq(plan.held.keys())
@@ -222,7 +231,7 @@ impl Context {
         self.applied().insert(
             key.to_string(),
             Applied {
-                revision: plan.revision,
+                value: value_hash(&plan.value),
                 owner: plan.owner.clone(),
                 targets: plan.targets.clone(),
                 held: plan.held.keys().cloned().collect(),

@@ -222,6 +222,25 @@ async fn updated_score_writes_a_new_revision() {
     assert_eq!(value.revision, r2);
 }
 
+/// The revision is the score's hash; a change of `spec.rollout` alone keeps
+/// it, yet reaches the devices at once, not at the next resync.
+#[tokio::test]
+async fn a_rollout_policy_change_alone_is_written_at_once() {
+    let Some(env) = nats_env().await else { return };
+    let (api, ctx) = controller(&env);
+    let d1 = web(&["a"], "nginx:1");
+    applied(&api, &ctx, &d1).await;
+    let mut d2 = api.get("default", "web").unwrap();
+    d2.spec.rollout.auto_rollback = true;
+    d2.metadata.generation = Some(2);
+    assert_eq!(revision_of(&d1), revision_of(&d2));
+    step(&api, &ctx, &d2).await.unwrap();
+    let rec = desired(&env.nats, "a", "web").await.unwrap();
+    let value: DesiredState<'_> = protocol::wire::decode(&rec.value).unwrap();
+    assert!(value.rollout.auto_rollback, "the new policy was not written");
+    assert_eq!(rec.value[0], protocol::wire::FORMAT_VERSION_2);
+}
+
 #[tokio::test]
 async fn removed_target_loses_its_key_only() {
     let Some(env) = nats_env().await else { return };
