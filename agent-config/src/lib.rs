@@ -27,6 +27,11 @@ pub const DEFAULT_CONFIG_PATH: &str = "/etc/iot-agent/config.toml";
 pub const DEFAULT_HEARTBEAT_SECS: u64 = 30;
 /// Stop timeout when the file does not set one (Podman's own default).
 pub const DEFAULT_STOP_TIMEOUT_SECS: u64 = 10;
+/// First restart back-off of a crashing `PodmanV1` container when the file
+/// does not set one (Kubernetes' CrashLoopBackOff).
+pub const DEFAULT_RESTART_BACKOFF_INITIAL_SECS: u64 = 10;
+/// Largest restart back-off when the file does not set one (Kubernetes').
+pub const DEFAULT_RESTART_BACKOFF_MAX_SECS: u64 = 300;
 /// Podman socket when the file does not set one.
 pub const DEFAULT_PODMAN_SOCKET: &str = "unix:///run/podman/podman.sock";
 
@@ -166,6 +171,21 @@ pub struct PodmanConfig {
     /// stops (`start-first`, the default) or after (`stop-first`).
     #[serde(default, skip_serializing_if = "is_default")]
     pub replace_order: ReplaceOrder,
+    /// Seconds the agent waits before the second restart of a `PodmanV1`
+    /// container that keeps exiting (the first is at once); each further
+    /// restart waits twice as long, up to `restart_backoff_max_secs`.
+    #[serde(
+        default = "default_backoff_initial",
+        skip_serializing_if = "is_default_backoff_initial"
+    )]
+    pub restart_backoff_initial_secs: u64,
+    /// Longest wait between two restarts; a container that ran twice this
+    /// long before exiting starts over at once.
+    #[serde(
+        default = "default_backoff_max",
+        skip_serializing_if = "is_default_backoff_max"
+    )]
+    pub restart_backoff_max_secs: u64,
 }
 
 /// `podman.replace_order`: how a container whose spec changed is replaced.
@@ -196,6 +216,22 @@ fn default_stop_timeout() -> u64 {
     DEFAULT_STOP_TIMEOUT_SECS
 }
 
+fn default_backoff_initial() -> u64 {
+    DEFAULT_RESTART_BACKOFF_INITIAL_SECS
+}
+
+fn default_backoff_max() -> u64 {
+    DEFAULT_RESTART_BACKOFF_MAX_SECS
+}
+
+fn is_default_backoff_initial(secs: &u64) -> bool {
+    !SHOW_DEFAULTS.get() && *secs == DEFAULT_RESTART_BACKOFF_INITIAL_SECS
+}
+
+fn is_default_backoff_max(secs: &u64) -> bool {
+    !SHOW_DEFAULTS.get() && *secs == DEFAULT_RESTART_BACKOFF_MAX_SECS
+}
+
 thread_local! {
     /// Set while [`Config::to_display_toml`] renders: the effective
     /// configuration shows the settings at their default too. A flag rather
@@ -221,6 +257,8 @@ impl Default for PodmanConfig {
             socket: default_socket(),
             stop_timeout_secs: DEFAULT_STOP_TIMEOUT_SECS,
             replace_order: ReplaceOrder::default(),
+            restart_backoff_initial_secs: DEFAULT_RESTART_BACKOFF_INITIAL_SECS,
+            restart_backoff_max_secs: DEFAULT_RESTART_BACKOFF_MAX_SECS,
         }
     }
 }
@@ -379,6 +417,24 @@ impl Config {
             return Err(invalid(
                 "podman.stop_timeout_secs",
                 "must be at most 600 seconds",
+            ));
+        }
+        let (initial, max) = (
+            self.podman.restart_backoff_initial_secs,
+            self.podman.restart_backoff_max_secs,
+        );
+        if !(1..=3600).contains(&initial) {
+            return Err(invalid(
+                "podman.restart_backoff_initial_secs",
+                "must be between 1 and 3600 seconds (default 10)",
+            ));
+        }
+        if !(initial..=86_400).contains(&max) {
+            return Err(invalid(
+                "podman.restart_backoff_max_secs",
+                format!(
+                    "must be between restart_backoff_initial_secs ({initial}) and 86400 seconds (default 300)"
+                ),
             ));
         }
         for (i, p) in self.security.allowed_host_paths.iter().enumerate() {
@@ -586,6 +642,39 @@ socket = "unix:///run/podman/podman.sock"
     }
 
     #[test]
+    fn restart_backoff_is_bounded() {
+        let c = Config::parse(GOOD).unwrap();
+        assert_eq!(
+            (
+                c.podman.restart_backoff_initial_secs,
+                c.podman.restart_backoff_max_secs
+            ),
+            (10, 300)
+        );
+        let c = Config::parse(&format!(
+            "{GOOD}restart_backoff_initial_secs = 1\nrestart_backoff_max_secs = 4\n"
+        ))
+        .unwrap();
+        assert_eq!(
+            (
+                c.podman.restart_backoff_initial_secs,
+                c.podman.restart_backoff_max_secs
+            ),
+            (1, 4)
+        );
+        assert_eq!(Config::parse(&c.to_toml().unwrap()).unwrap(), c);
+        let e = err(&format!("{GOOD}restart_backoff_initial_secs = 0\n"));
+        assert!(e.starts_with("podman.restart_backoff_initial_secs:"), "{e}");
+        let e = err(&format!(
+            "{GOOD}restart_backoff_initial_secs = 20\nrestart_backoff_max_secs = 10\n"
+        ));
+        assert!(
+            e.starts_with("podman.restart_backoff_max_secs:") && e.contains("(20)"),
+            "{e}"
+        );
+    }
+
+    #[test]
     fn replace_order_defaults_to_start_first() {
         assert_eq!(
             Config::parse(GOOD).unwrap().podman.replace_order,
@@ -669,6 +758,8 @@ socket = "unix:///run/podman/podman.sock"
         for left_out in [
             "stop_timeout_secs",
             "replace_order",
+            "restart_backoff_initial_secs",
+            "restart_backoff_max_secs",
             "[security]",
             "[labels]",
         ] {

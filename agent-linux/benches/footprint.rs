@@ -170,8 +170,8 @@ async fn bench() {
         names.push(env.container_name(&d, "c"));
     }
     for i in 0..deployments {
-        env.wait_status(&format!("d{i:02}"), "Running", |s| {
-            s.phase == Phase::Running
+        env.wait_status(&format!("d{i:02}"), "Healthy", |s| {
+            s.phase == Phase::Healthy
         })
         .await;
     }

@@ -21,20 +21,25 @@ use crate::log::Chain;
 use crate::nats::{Session, WatchEvent};
 use crate::podman::{Podman, Runtime, labels};
 use crate::reconcile::{self, Context, StatusReport, Target, now_ms};
+use crate::rollback::Rollback;
 use protocol::{BoundedVec, Capabilities, DeploymentStatus, Heartbeat, Text};
 
 /// The agent's version, reported in the heartbeat.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
+/// The score types `reconcile` runs.
+const RUNS: [&str; 2] = [protocol::score::PODMAN_V0, protocol::score::PODMAN_V1];
+
 /// What this agent reads, reported in the heartbeat: the protocol's
-/// versions, but only the score types it runs (`PodmanV0`), so the operator
-/// never writes it a type its protocol crate decodes and it cannot run.
+/// versions, but only the score types it runs (`PodmanV0`, `PodmanV1`), so
+/// the operator never writes it a type its protocol crate decodes and it
+/// cannot run.
 pub fn capabilities() -> Capabilities<'static> {
     let build = Capabilities::this_build();
     let score_types = build
         .score_types
         .iter()
-        .filter(|s| s.type_name.as_str() == protocol::score::PODMAN_V0)
+        .filter(|s| RUNS.contains(&s.type_name.as_str()))
         .cloned();
     Capabilities {
         score_types: BoundedVec::try_from_iter(score_types).unwrap_or_default(),
@@ -76,14 +81,19 @@ struct Deployments<R> {
     /// shows it, and a count that waits for the next beat (30 s by
     /// default) would show a board idle that already runs its workload.
     count: watch::Sender<u32>,
+    /// Chooses what each reconciler runs: the desired value, or the last
+    /// healthy one after a rollback.
+    rollback: Rc<Rollback>,
 }
 
 impl<R: Runtime> Deployments<R> {
     /// Sets a deployment's target, starting its reconciler when new.
     fn set(&self, deployment: &str, value: Option<Bytes>) {
+        let value = self.rollback.arrived(deployment, value);
         self.set_target(deployment, value);
         let count = self.desired().len() as u32;
-        self.count.send_if_modified(|c| std::mem::replace(c, count) != count);
+        self.count
+            .send_if_modified(|c| std::mem::replace(c, count) != count);
     }
 
     fn set_target(&self, deployment: &str, value: Option<Bytes>) {
@@ -147,12 +157,31 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         status: status_tx,
         retry_base: Duration::from_millis(500),
         retry_cap: Duration::from_secs(60),
+        restart_backoff: reconcile::RestartBackoff {
+            initial: Duration::from_secs(config.podman.restart_backoff_initial_secs),
+            max: Duration::from_secs(config.podman.restart_backoff_max_secs),
+        },
     });
+    let rollback = Rc::new(Rollback::open(&config.state_dir).with_context(|| {
+        format!(
+            "cannot open the rollback stores under state_dir {} (check the directory is writable)",
+            config.state_dir.display()
+        )
+    })?);
     let deployments = Rc::new(Deployments {
         ctx,
         workers: RefCell::new(BTreeMap::new()),
         count: watch::Sender::new(0),
+        rollback: rollback.clone(),
     });
+    // The reconcilers' reports reach the status writer through the
+    // rollback's relay, which also rolls back.
+    let (checked_tx, checked_rx) = mpsc::unbounded_channel();
+    let retarget = {
+        let deployments = deployments.clone();
+        move |d: &str, value: Bytes| deployments.set_target(d, Some(value))
+    };
+    tokio::task::spawn_local(rollback.clone().relay(status_rx, checked_tx, retarget));
 
     // Offline first: bring back what the cache says before any network.
     match cache.load_all() {
@@ -161,6 +190,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             for (name, value) in cached {
                 deployments.set(&name, Some(Bytes::from(value)));
             }
+            rollback.prune();
         }
         Err(e) => crate::error!("cannot read the cache: {}; waiting for NATS", Chain(&e)),
     }
@@ -171,7 +201,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let podman_version = Rc::new(VersionCache::default());
     tokio::task::spawn_local(status_writer_noting(
         session.clone(),
-        status_rx,
+        checked_rx,
         Some(cache.health()),
     ));
     tokio::task::spawn_local(heartbeat(
@@ -201,6 +231,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     // Whatever the watch queued must be on disk before the process ends, or
     // a reboot without network would restore an older desired state.
     cache.close();
+    rollback.close();
     Ok(())
 }
 
@@ -308,7 +339,8 @@ async fn sweep<R: Runtime>(deployments: &Deployments<R>, desired: &BTreeSet<Stri
             continue;
         }
         crate::info!("removing {} (deployment {dep} is not desired)", c.name);
-        if let Err(e) = ctx.runtime.remove(&c.id, ctx.stop_timeout_secs).await {
+        let stop_timeout = reconcile::spec::stop_timeout_of(ctx, &c);
+        if let Err(e) = ctx.runtime.remove(&c.id, stop_timeout).await {
             crate::warn!("cannot remove {}: {}", c.name, Chain(&e));
         }
     }
@@ -344,6 +376,8 @@ pub async fn status_writer_noting(
             && a.phase == b.phase
             && a.containers == b.containers
             && a.message == b.message
+            && a.reason == b.reason
+            && a.running_revision == b.running_revision
     };
     loop {
         if pending.is_empty() {
@@ -646,17 +680,24 @@ mod tests {
     /// The agent claims only what it runs: every score type it lists is
     /// one `reconcile` handles, at the versions the protocol decodes.
     #[test]
-    fn it_claims_to_run_podman_v0_only() {
+    fn it_claims_to_run_podman_v0_and_v1() {
         let caps = capabilities();
         let types: Vec<_> = caps
             .score_types
             .iter()
             .map(|s| s.type_name.as_str())
             .collect();
-        assert_eq!(types, [protocol::score::PODMAN_V0]);
+        assert_eq!(
+            types,
+            [protocol::score::PODMAN_V0, protocol::score::PODMAN_V1]
+        );
         let build = Capabilities::this_build();
         assert_eq!(caps.desired_state_versions, build.desired_state_versions);
-        assert!(build.score_types.contains(&caps.score_types[0]));
+        assert_eq!(caps.desired_state_versions[..], [1, 2]);
+        for s in caps.score_types.iter() {
+            assert!(build.score_types.contains(s));
+            assert!(caps.reads(2, s.type_name.as_str(), 1), "{s:?}");
+        }
     }
 
     /// The largest heartbeat this agent can send (every label at its

@@ -34,14 +34,35 @@ use tokio::sync::watch;
 #[derive(Debug, Clone)]
 pub struct Cache {
     dir: PathBuf,
+    /// What a store other than the desired-state cache holds, for its log
+    /// lines (`None`: the desired state, whose messages users know).
+    holds: Option<&'static str>,
 }
 
 impl Cache {
     /// Opens (creating) `<state_dir>/desired`.
     pub fn open(state_dir: &Path) -> io::Result<Cache> {
-        let dir = state_dir.join("desired");
+        Self::open_store(state_dir, "desired", None)
+    }
+
+    /// Opens (creating) `<state_dir>/healthy`: per deployment the last
+    /// value that was `Healthy` on this device (see [`crate::rollback`]).
+    pub fn open_healthy(state_dir: &Path) -> io::Result<Cache> {
+        Self::open_store(state_dir, "healthy", Some("last healthy value"))
+    }
+
+    /// Opens (creating) `<state_dir>/failed`: per deployment the revision
+    /// that failed and was rolled back (see [`crate::rollback`]).
+    pub fn open_failed(state_dir: &Path) -> io::Result<Cache> {
+        Self::open_store(state_dir, "failed", Some("failed-revision marker"))
+    }
+
+    /// One file per deployment under `<state_dir>/<name>`, with the same
+    /// atomic writes.
+    fn open_store(state_dir: &Path, name: &str, holds: Option<&'static str>) -> io::Result<Cache> {
+        let dir = state_dir.join(name);
         std::fs::create_dir_all(&dir)?;
-        Ok(Cache { dir })
+        Ok(Cache { dir, holds })
     }
 
     /// Every cached deployment and its raw value. Files that are not valid
@@ -535,12 +556,18 @@ fn write_all(shared: &Shared, batch: BTreeMap<String, Op>) -> BTreeMap<String, O
         let changed = shared
             .health
             .send_if_modified(|h| h.record(&deployment, result));
-        match failure {
-            Some(f) if changed => crate::error!(
+        match (failure, cache.holds) {
+            (Some(f), None) if changed => crate::error!(
                 "{deployment}: {f}; retrying every {}s",
                 shared.retry_after.as_secs()
             ),
-            None if changed => crate::info!("{deployment}: cached again"),
+            (None, None) if changed => crate::info!("{deployment}: cached again"),
+            (Some(f), Some(what)) if changed => crate::error!(
+                "{deployment}: cannot write its {what} under state_dir: {}; retrying every {}s",
+                f.error(),
+                shared.retry_after.as_secs()
+            ),
+            (None, Some(what)) if changed => crate::info!("{deployment}: {what} written"),
             _ => {}
         }
     }

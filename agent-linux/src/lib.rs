@@ -20,6 +20,7 @@ pub mod nats;
 pub mod podman;
 pub mod policy;
 pub mod reconcile;
+pub mod rollback;
 /// An in-memory runtime for tests and the fleet bench (`e2e/benches/fleet.rs`).
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;

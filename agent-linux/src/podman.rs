@@ -30,6 +30,9 @@ pub mod labels {
     pub const SPEC_HASH: &str = "io.nationtech.iot.spec-hash";
     /// The container's name in the score.
     pub const CONTAINER: &str = "io.nationtech.iot.container";
+    /// Seconds between SIGTERM and SIGKILL when the agent stops or removes
+    /// it, when the score set its own (`stopGracePeriodSeconds`).
+    pub const STOP_TIMEOUT: &str = "io.nationtech.iot.stop-timeout";
 }
 
 /// A runtime failure, with the runtime's own message.
@@ -133,6 +136,46 @@ pub struct CreateSpec {
     pub cap_add: Vec<String>,
     /// Host device paths to pass in.
     pub devices: Vec<String>,
+    /// Resource limits and process options (`PodmanV1`).
+    pub run: RunOptions,
+}
+
+/// Resource limits and process options of a container; the default sets
+/// none (the image's and Podman's own).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RunOptions {
+    /// Memory limit in bytes; no swap beyond it (`--memory-swap` equal to
+    /// `--memory`), so the limit is what the container gets.
+    pub memory_limit: Option<u64>,
+    /// CPU limit in millicores, as a CFS quota per 100 ms period (`--cpus`).
+    pub cpu_millis: Option<u32>,
+    /// Relative CPU weight, cgroup v2 `cpu.weight` (1 to 10000), sent as
+    /// the cgroup v1 shares the OCI runtimes convert back ([`cpu_shares`]).
+    pub cpu_weight: Option<u16>,
+    /// Most processes and threads.
+    pub pids_limit: Option<u32>,
+    /// `uid[:gid]` or `name[:group]`.
+    pub user: Option<String>,
+    /// Working directory.
+    pub work_dir: Option<String>,
+    /// Read-only image, with tmpfs on `/tmp`, `/run` and `/var/tmp`.
+    pub read_only_root: bool,
+    /// An init process as PID 1 (catatonit).
+    pub init: bool,
+}
+
+/// The CFS period a CPU limit is a quota of, in microseconds (Podman's
+/// `--cpus` uses the same).
+pub const CPU_PERIOD_US: u64 = 100_000;
+
+/// The cgroup v1 `cpu.shares` (2 to 262144) that crun and runc turn into
+/// cgroup v2 `cpu.weight` `weight` (1 to 10000): they compute
+/// `1 + ((shares - 2) * 9999) / 262142`, so this is the smallest shares
+/// that gives back exactly `weight`. Shares rather than libpod's `unified`
+/// `cpu.weight` because shares work on cgroup v1 boards too.
+pub fn cpu_shares(weight: u16) -> u64 {
+    let w = u64::from(weight.clamp(1, 10_000));
+    2 + ((w - 1) * 262_142).div_ceil(9_999)
 }
 
 /// A container the agent manages, as listed.
@@ -841,7 +884,62 @@ fn spec_generator(spec: &CreateSpec) -> Value {
         let devices: Vec<Value> = spec.devices.iter().map(|d| json!({ "path": d })).collect();
         v["devices"] = json!(devices);
     }
+    run_options(&spec.run, &mut v);
     v
+}
+
+/// [`RunOptions`] into a SpecGenerator; nothing for what is unset.
+fn run_options(run: &RunOptions, v: &mut Value) {
+    let mut limits = serde_json::Map::new();
+    if let Some(bytes) = run.memory_limit {
+        // OCI's `swap` is memory plus swap: equal to the limit, no swap.
+        limits.insert("memory".into(), json!({ "limit": bytes, "swap": bytes }));
+    }
+    let mut cpu = serde_json::Map::new();
+    if let Some(millis) = run.cpu_millis {
+        cpu.insert(
+            "quota".into(),
+            json!(u64::from(millis) * CPU_PERIOD_US / 1000),
+        );
+        cpu.insert("period".into(), json!(CPU_PERIOD_US));
+    }
+    if let Some(weight) = run.cpu_weight {
+        cpu.insert("shares".into(), json!(cpu_shares(weight)));
+    }
+    if !cpu.is_empty() {
+        limits.insert("cpu".into(), Value::Object(cpu));
+    }
+    if let Some(pids) = run.pids_limit {
+        limits.insert("pids".into(), json!({ "limit": pids }));
+    }
+    if !limits.is_empty() {
+        v["resource_limits"] = Value::Object(limits);
+    }
+    if let Some(user) = &run.user {
+        v["user"] = json!(user);
+    }
+    if let Some(dir) = &run.work_dir {
+        v["work_dir"] = json!(dir);
+    }
+    if run.read_only_root {
+        v["read_only_filesystem"] = json!(true);
+        // `podman run --read-only` keeps these writable, but Podman 4.3's
+        // API ignores `read_write_tmpfs` (the CLI mounts them itself), so
+        // they are asked for as mounts: what the CLI sends. Newer Podman
+        // skips its own for a destination already mounted.
+        v["read_write_tmpfs"] = json!(true);
+        if let Some(Value::Array(mounts)) = v.get_mut("mounts") {
+            for dest in ["/tmp", "/var/tmp", "/run"] {
+                mounts.push(json!({
+                    "type": "tmpfs", "source": "tmpfs", "destination": dest,
+                    "options": ["rw", "rprivate", "nosuid", "nodev", "tmpcopyup"],
+                }));
+            }
+        }
+    }
+    if run.init {
+        v["init"] = json!(true);
+    }
 }
 
 /// Podman's container events for one device, as they happen.
@@ -987,6 +1085,7 @@ mod tests {
             host_ipc: false,
             cap_add: Vec::new(),
             devices: Vec::new(),
+            run: RunOptions::default(),
         };
         let v = spec_generator(&spec);
         for key in [
@@ -996,6 +1095,11 @@ mod tests {
             "ipcns",
             "cap_add",
             "devices",
+            "resource_limits",
+            "user",
+            "work_dir",
+            "read_only_filesystem",
+            "init",
         ] {
             assert!(v.get(key).is_none(), "{key} set by default");
         }
@@ -1018,5 +1122,17 @@ mod tests {
         assert!(v.get("pidns").is_none());
         assert_eq!(v["cap_add"], json!(["NET_ADMIN"]));
         assert_eq!(v["devices"], json!([{"path": "/dev/ttyUSB0"}]));
+    }
+
+    /// What crun and runc compute from the shares gives the weight back,
+    /// over the whole range.
+    #[test]
+    fn cpu_weight_survives_the_shares_conversion() {
+        for weight in 1..=10_000u16 {
+            let shares = cpu_shares(weight);
+            assert!((2..=262_144).contains(&shares), "{weight}: {shares}");
+            assert_eq!(1 + ((shares - 2) * 9999) / 262_142, u64::from(weight));
+        }
+        assert_eq!(cpu_shares(100), 2598);
     }
 }

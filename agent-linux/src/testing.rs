@@ -25,6 +25,8 @@ pub struct MemoryRuntime {
     /// The exit code of every `exec` in a running container (0: a passing
     /// exec health check).
     pub exec_exit_code: Cell<i32>,
+    /// What `inspect` says of `OOMKilled` for an exited container.
+    pub oom_killed: Cell<bool>,
 }
 
 impl MemoryRuntime {
@@ -74,6 +76,16 @@ impl MemoryRuntime {
         }
     }
 
+    /// Makes the container `id` exit with `code`, as if by itself.
+    pub fn exit(&self, id: &str, code: i32) {
+        self.set_state(id, "exited");
+        for c in self.containers.borrow_mut().iter_mut() {
+            if c.id == id {
+                c.exit_code = code;
+            }
+        }
+    }
+
     fn set_state(&self, id: &str, state: &str) {
         for c in self.containers.borrow_mut().iter_mut() {
             if c.id == id {
@@ -98,15 +110,15 @@ impl Runtime for MemoryRuntime {
         Ok(self.containers.borrow().clone())
     }
     async fn inspect(&self, id: &str) -> Result<ContainerInfo, RuntimeError> {
-        let status = self
-            .read(id, |c| c.state.clone())
+        let (status, exit_code) = self
+            .read(id, |c| (c.state.clone(), c.exit_code))
             .ok_or_else(no_such_container)?;
         Ok(ContainerInfo {
+            oom_killed: status == "exited" && self.oom_killed.get(),
             status,
-            exit_code: 0,
+            exit_code,
             restart_count: 0,
             error: String::new(),
-            oom_killed: false,
             ip_addresses: Vec::new(),
         })
     }

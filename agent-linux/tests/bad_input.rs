@@ -72,18 +72,18 @@ async fn bad_input_is_reported_and_isolated() {
     );
 
     // The good deployment runs regardless.
-    env.wait_status("good", "Running", |s| s.phase == Phase::Running)
+    env.wait_status("good", "Healthy", |s| s.phase == Phase::Healthy)
         .await;
 
     // A newer revision interrupts the pull retries.
     env.put("nopull", 6, vec![sleeper("img", "2")]).await;
     env.wait_status("nopull", "Running at 6", |s| {
-        s.phase == Phase::Running && s.revision == 6
+        s.phase == Phase::Healthy && s.revision == 6
     })
     .await;
     // Freeing the port lets the retry succeed.
     drop(taken);
-    env.wait_status("portclash", "Running", |s| s.phase == Phase::Running)
+    env.wait_status("portclash", "Healthy", |s| s.phase == Phase::Healthy)
         .await;
     env.wait_running(&[
         env.container_name("good", "ok"),

@@ -93,7 +93,7 @@ async fn a_full_state_dir_is_reported_until_a_write_succeeds() {
     env.put("web", 1, vec![sleeper("main", "1")]).await;
     let s = env
         .wait_status("web", "Running at 1, not cached", |s| {
-            s.phase == Phase::Running && s.revision == 1 && not_cached(s)
+            s.phase == Phase::Healthy && s.revision == 1 && not_cached(s)
         })
         .await;
     eprintln!("status message: {}", s.message.as_str());
@@ -126,7 +126,7 @@ async fn a_full_state_dir_is_reported_until_a_write_succeeds() {
     env.put("web", 2, vec![sleeper("main", "2")]).await;
     let s = env
         .wait_status("web", "Running at 2, cached", |s| {
-            s.phase == Phase::Running && s.revision == 2 && !not_cached(s)
+            s.phase == Phase::Healthy && s.revision == 2 && !not_cached(s)
         })
         .await;
     assert_eq!(s.message.as_str(), "", "no note left");

@@ -7,7 +7,7 @@
 mod common;
 
 use common::*;
-use protocol::score::PODMAN_V0;
+use protocol::score::{PODMAN_V0, PODMAN_V1};
 use protocol::wire::{FORMAT_VERSION, FORMAT_VERSION_3};
 
 fn proc_line(path: &str) -> String {
@@ -49,25 +49,28 @@ async fn the_heartbeat_reports_labels_kernel_boot_id_and_capabilities() {
     assert_eq!(hb.agent_version.as_str(), env!("CARGO_PKG_VERSION"));
     let size = env.heartbeat.get(&env.device).await.unwrap().unwrap().len();
     eprintln!("heartbeat: {size} bytes");
-    // It claims PodmanV0 (the one type it runs) in the first format version,
-    // and desired states in the first format version: what it decodes.
+    // It claims PodmanV0 and PodmanV1 (the types it runs) in their first
+    // format version, and desired states in versions 1 and 2: what it
+    // decodes and runs.
     let types: Vec<&str> = hb
         .capabilities
         .score_types
         .iter()
         .map(|s| s.type_name.as_str())
         .collect();
-    assert_eq!(types, [PODMAN_V0]);
-    assert_eq!(hb.capabilities.desired_state_versions[..], [FORMAT_VERSION]);
+    assert_eq!(types, [PODMAN_V0, PODMAN_V1]);
     assert_eq!(
-        hb.capabilities.score_types[0].versions[..],
-        [FORMAT_VERSION]
+        hb.capabilities.desired_state_versions[..],
+        [FORMAT_VERSION, protocol::wire::FORMAT_VERSION_2]
     );
+    for t in hb.capabilities.score_types.iter() {
+        assert_eq!(t.versions[..], [FORMAT_VERSION], "{t:?}");
+    }
 
     // What it claims to read, it runs.
     env.put("web", 1, vec![sleeper("main", "1")]).await;
     env.wait_status("web", "Running at 1", |s| {
-        s.phase == protocol::Phase::Running && s.revision == 1
+        s.phase == protocol::Phase::Healthy && s.revision == 1
     })
     .await;
 
@@ -97,9 +100,10 @@ async fn a_new_deployment_is_in_the_next_heartbeat_without_waiting_for_the_beat(
         return;
     };
     let config = env.write_config();
-    let text = std::fs::read_to_string(&config)
-        .unwrap()
-        .replace("heartbeat_interval_secs = 1", "heartbeat_interval_secs = 3600");
+    let text = std::fs::read_to_string(&config).unwrap().replace(
+        "heartbeat_interval_secs = 1",
+        "heartbeat_interval_secs = 3600",
+    );
     std::fs::write(&config, text).unwrap();
     let _agent = env.spawn_agent_with_config();
     env.wait_heartbeat("the first, with no deployment", |_, h| h.deployments == 0)

@@ -29,7 +29,7 @@ async fn hostile_scores_are_refused_by_rule_and_change_nothing() {
     let _agent = env.spawn_agent_with_config();
 
     env.put("good", 1, vec![sleeper("ok", "1")]).await;
-    env.wait_status("good", "Running", |s| s.phase == Phase::Running)
+    env.wait_status("good", "Healthy", |s| s.phase == Phase::Healthy)
         .await;
     let before = env.wait_running(&[env.container_name("good", "ok")]).await;
     let inspect_caps = || {
@@ -134,7 +134,7 @@ async fn hostile_scores_are_refused_by_rule_and_change_nothing() {
     .unwrap();
     env.put("good", 3, vec![c]).await;
     env.wait_status("good", "Running at 3", |s| {
-        s.phase == Phase::Running && s.revision == 3
+        s.phase == Phase::Healthy && s.revision == 3
     })
     .await;
     let caps = inspect_caps();

@@ -19,7 +19,7 @@ async fn create_update_noop_delete() {
     env.put("web", 100, vec![web("httpd", port)]).await;
     let s = env
         .wait_status("web", "Running at 100", |s| {
-            s.phase == Phase::Running && s.revision == 100
+            s.phase == Phase::Healthy && s.revision == 100
         })
         .await;
     assert_eq!(s.containers[0].state, ContainerState::Running);
@@ -60,7 +60,7 @@ async fn create_update_noop_delete() {
     env.put("web", 101, vec![web("httpd", port), sleeper("side", "a")])
         .await;
     env.wait_status("web", "Running at 101", |s| {
-        s.phase == Phase::Running && s.revision == 101 && s.containers.len() == 2
+        s.phase == Phase::Healthy && s.revision == 101 && s.containers.len() == 2
     })
     .await;
     let side = env.container_name("web", "side");
@@ -75,7 +75,7 @@ async fn create_update_noop_delete() {
     env.put("web", 102, vec![web("httpd", port), sleeper("side", "b")])
         .await;
     env.wait_status("web", "Running at 102", |s| {
-        s.phase == Phase::Running && s.revision == 102
+        s.phase == Phase::Healthy && s.revision == 102
     })
     .await;
     let after = env.wait_running(&[name.clone(), side.clone()]).await;
@@ -143,7 +143,7 @@ async fn agent_killed_and_restarted_creates_no_duplicates() {
     for round in 0..3 {
         agent.kill();
         agent = env.spawn_agent();
-        env.wait_status("b", "Running", |s| s.phase == Phase::Running)
+        env.wait_status("b", "Healthy", |s| s.phase == Phase::Healthy)
             .await;
         // Give a duplicate every chance to appear: one more update round trip.
         env.put("c", round, vec![sleeper("four", &round.to_string())])

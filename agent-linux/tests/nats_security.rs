@@ -175,7 +175,7 @@ async fn apply_as_a_then_matrix(
     agent_config(env, &cfg_a, a, credentials, "state-a");
     let agent = env.spawn_agent_logged(&cfg_a, &env.dir.path().join("a.log"));
     env.put("web", 1, vec![sleeper("c", "1")]).await;
-    env.wait_status("web", "Running", |s| s.phase == Phase::Running)
+    env.wait_status("web", "Healthy", |s| s.phase == Phase::Healthy)
         .await;
     let b_key = format!("{b}.web");
     env.desired
@@ -207,7 +207,7 @@ async fn shut_out_then_a_carries_on(
     drop(a_opts.connect(url.as_str()).await.unwrap());
     env.put("web", 2, vec![sleeper("c", "2")]).await;
     env.wait_status("web", "Running at 2", |s| {
-        s.phase == Phase::Running && s.revision == 2
+        s.phase == Phase::Healthy && s.revision == 2
     })
     .await;
 }

@@ -57,7 +57,7 @@ async fn run_confined(
     let _agent = env.spawn_agent_with_config();
 
     env.put("web", 1, vec![sleeper("c", "1")]).await;
-    env.wait_status("web", "Running", |s| s.phase == Phase::Running)
+    env.wait_status("web", "Healthy", |s| s.phase == Phase::Healthy)
         .await;
     assert!(
         testkit::wait_until_async(WAIT, || async {

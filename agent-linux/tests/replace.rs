@@ -40,7 +40,7 @@ async fn replace_survives_failures(
     let name = env.container_name("app", "c");
     env.put("app", 1, vec![make("1")]).await;
     env.wait_status("app", "Running at 1", |s| {
-        s.phase == Phase::Running && s.revision == 1
+        s.phase == Phase::Healthy && s.revision == 1
     })
     .await;
     let first = env.wait_running(std::slice::from_ref(&name)).await;
@@ -74,7 +74,7 @@ async fn replace_survives_failures(
     // A good revision replaces it: one container, the new revision.
     env.put("app", 4, vec![make("4")]).await;
     env.wait_status("app", "Running at 4", |s| {
-        s.phase == Phase::Running && s.revision == 4
+        s.phase == Phase::Healthy && s.revision == 4
     })
     .await;
     let last = wait_revision(env, &name, "4").await;

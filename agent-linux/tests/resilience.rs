@@ -15,7 +15,7 @@ async fn nats_restart_with_store_then_update_is_applied() {
     let _agent = env.spawn_agent();
     env.put("svc", 1, vec![sleeper("main", "v1")]).await;
     env.wait_status("svc", "Running at 1", |s| {
-        s.phase == Phase::Running && s.revision == 1
+        s.phase == Phase::Healthy && s.revision == 1
     })
     .await;
     let name = env.container_name("svc", "main");
@@ -26,7 +26,7 @@ async fn nats_restart_with_store_then_update_is_applied() {
     // made after the restart reaches the agent.
     env.put("svc", 2, vec![sleeper("main", "v2")]).await;
     env.wait_status("svc", "Running at 2", |s| {
-        s.phase == Phase::Running && s.revision == 2
+        s.phase == Phase::Healthy && s.revision == 2
     })
     .await;
     let after = env.wait_running(std::slice::from_ref(&name)).await;
@@ -49,7 +49,7 @@ async fn agent_started_without_nats_restores_from_cache() {
     let mut agent = env.spawn_agent();
     env.put("app", 5, vec![sleeper("a", "1"), sleeper("b", "1")])
         .await;
-    env.wait_status("app", "Running", |s| s.phase == Phase::Running)
+    env.wait_status("app", "Healthy", |s| s.phase == Phase::Healthy)
         .await;
     let names = [
         env.container_name("app", "a"),
@@ -85,7 +85,7 @@ async fn agent_started_without_nats_restores_from_cache() {
     // And once NATS is back the status catches up.
     env.nats.restart();
     env.wait_status("app", "Running at 5", |s| {
-        s.phase == Phase::Running && s.revision == 5
+        s.phase == Phase::Healthy && s.revision == 5
     })
     .await;
 }
@@ -138,7 +138,7 @@ async fn writes_made_while_the_agent_is_cut_off_are_applied_on_reconnect() {
     env.put("b", 1, vec![sleeper("main", "v1")]).await;
     for d in ["a", "b"] {
         env.wait_status(d, "Running at 1", |s| {
-            s.phase == Phase::Running && s.revision == 1
+            s.phase == Phase::Healthy && s.revision == 1
         })
         .await;
     }
@@ -170,7 +170,7 @@ async fn writes_made_while_the_agent_is_cut_off_are_applied_on_reconnect() {
     proxy.restore();
 
     env.wait_status("a", "Running at 2", |s| {
-        s.phase == Phase::Running && s.revision == 2
+        s.phase == Phase::Healthy && s.revision == 2
     })
     .await;
     env.wait_status("b", "Removed", |s| s.phase == Phase::Removed)
@@ -190,7 +190,7 @@ async fn writes_made_while_the_agent_is_cut_off_are_applied_on_reconnect() {
     );
     proxy.restore();
     env.wait_status("c", "Running at 1", |s| {
-        s.phase == Phase::Running && s.revision == 1
+        s.phase == Phase::Healthy && s.revision == 1
     })
     .await;
     let c = env.container_name("c", "main");

@@ -101,7 +101,7 @@ async fn each_score_field_means_on_podman_what_the_contract_says() {
     c.labels = labels;
     env.put("fields", 1, vec![c]).await;
     env.wait_status("fields", "Running at 1", |s| {
-        s.phase == Phase::Running && s.revision == 1
+        s.phase == Phase::Healthy && s.revision == 1
     })
     .await;
 

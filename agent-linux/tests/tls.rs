@@ -28,7 +28,7 @@ async fn run_over_tls(name: &str, mutual: bool) {
     );
     let _agent = env.spawn_agent_with_config();
     env.put("web", 1, vec![sleeper("c", "1")]).await;
-    env.wait_status("web", "Running", |s| s.phase == Phase::Running)
+    env.wait_status("web", "Healthy", |s| s.phase == Phase::Healthy)
         .await;
     env.delete("web").await;
     env.wait_status("web", "Removed", |s| s.phase == Phase::Removed)

@@ -649,7 +649,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
         cache
             .reports_for("fleet-web")
             .values()
-            .filter(|r| r.status.revision == revision && r.status.phase == Phase::Running)
+            .filter(|r| {
+                r.status.revision == revision
+                    && matches!(r.status.phase, Phase::Running | Phase::Healthy)
+            })
             .count()
     };
     let mut folded = running();

@@ -288,7 +288,7 @@ async fn full_flow(agent: Vec<String>, tag: &str) {
         .await
         .unwrap();
     assert_eq!(stored.len(), 1, "the operator wrote {key}");
-    w.wait_phase(&device, "hello", Some(rev1), Phase::Running)
+    w.wait_phase(&device, "hello", Some(rev1), Phase::Healthy)
         .await;
     let first = w
         .wait_containers(&device, &[&format!("{device}_hello_web")])
@@ -320,7 +320,7 @@ async fn full_flow(agent: Vec<String>, tag: &str) {
         .await;
     let rev2 = revision(&d);
     assert_ne!(rev1, rev2);
-    w.wait_phase(&device, "hello", Some(rev2), Phase::Running)
+    w.wait_phase(&device, "hello", Some(rev2), Phase::Healthy)
         .await;
     let second = w
         .wait_containers(&device, &[&format!("{device}_hello_web")])
@@ -392,8 +392,8 @@ async fn removing_a_target_removes_the_container_on_that_device_only() {
         .apply("fleet", "shared", &[&a, &b], web(0, "x").pipe(no_ports))
         .await;
     let rev = revision(&d);
-    w.wait_phase(&a, "shared", Some(rev), Phase::Running).await;
-    w.wait_phase(&b, "shared", Some(rev), Phase::Running).await;
+    w.wait_phase(&a, "shared", Some(rev), Phase::Healthy).await;
+    w.wait_phase(&b, "shared", Some(rev), Phase::Healthy).await;
     let on_a = w.wait_containers(&a, &[&format!("{a}_shared_web")]).await;
     w.wait_containers(&b, &[&format!("{b}_shared_web")]).await;
 
@@ -422,9 +422,9 @@ async fn two_agents_run_only_their_own_deployments() {
     let db = w
         .apply("fleet", "only-b", &[&b], web(0, "b").pipe(no_ports))
         .await;
-    w.wait_phase(&a, "only-a", Some(revision(&da)), Phase::Running)
+    w.wait_phase(&a, "only-a", Some(revision(&da)), Phase::Healthy)
         .await;
-    w.wait_phase(&b, "only-b", Some(revision(&db)), Phase::Running)
+    w.wait_phase(&b, "only-b", Some(revision(&db)), Phase::Healthy)
         .await;
     w.wait_containers(&a, &[&format!("{a}_only-a_web")]).await;
     w.wait_containers(&b, &[&format!("{b}_only-b_web")]).await;

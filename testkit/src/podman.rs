@@ -32,6 +32,10 @@ impl PodmanService {
             .command()
             .args(["system", "service", "--time=0"])
             .arg(svc.uri())
+            // Podman 4's conmon leaves an `oom` file in the service's working
+            // directory after an out-of-memory kill (podman #13102): keep it
+            // out of the source tree.
+            .current_dir(svc.dir.path())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())

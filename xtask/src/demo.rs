@@ -24,7 +24,7 @@ Runs the platform locally, on loopback only: a JetStream nats-server with a
 temporary store, a Podman API service (deploy/podman/containers.conf), the
 release agent as device `demo-device` (state under target/demo/), a locally
 built image (no registry), and deploy/examples/hello.yaml applied with
-`iot-operator apply`. Waits until the device reports Running at the applied
+`iot-operator apply`. Waits until the device reports Healthy at the applied
 revision, requests the published port, and prints `iot-operator status` and
 `iot-operator devices`.
 
@@ -254,9 +254,9 @@ impl Demo {
         self.applied = true;
         print!("{out}");
 
-        step("waiting for the device to report Running at the applied revision");
+        step("waiting for the device to report Healthy at the applied revision");
         let mut last = String::new();
-        wait_for("status Running", Duration::from_secs(120), stop, || {
+        wait_for("status Healthy", Duration::from_secs(120), stop, || {
             let table = self.operator(&["status", DEPLOYMENT])?;
             let row = table
                 .lines()
@@ -268,7 +268,8 @@ impl Demo {
                     println!("    {DEVICE}: {now}");
                     last = now;
                 }
-                return Ok(f[4] == "Running" && f[2] == f[3] && f[2] != "-");
+                // A PodmanV0 deployment without checks is Healthy once it runs.
+                return Ok(f[4] == "Healthy" && f[2] == f[3] && f[2] != "-");
             }
             Ok(false)
         })?;

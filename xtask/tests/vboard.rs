@@ -446,7 +446,7 @@ fn virtual_board_joins_the_fleet_and_runs_offline_from_its_cache() {
     let manifest = work.join("web.yaml");
     write_manifest(&manifest, "hello-1");
     operator(&op, &nats_url, &["apply", "-f", manifest.to_str().unwrap()]);
-    let rev1 = wait_phase(&op, &nats_url, "Running", STEP).expect("Running after apply");
+    let rev1 = wait_phase(&op, &nats_url, "Healthy", STEP).expect("Healthy after apply");
     assert!(
         wait_for(STEP, || http_get(http_port)
             .is_some_and(|b| b.contains("hello-1"))),
@@ -457,7 +457,7 @@ fn virtual_board_joins_the_fleet_and_runs_offline_from_its_cache() {
     // Update -> the container is replaced (new revision, new page).
     write_manifest(&manifest, "hello-2");
     operator(&op, &nats_url, &["apply", "-f", manifest.to_str().unwrap()]);
-    let rev2 = wait_phase(&op, &nats_url, "Running", STEP).expect("Running after update");
+    let rev2 = wait_phase(&op, &nats_url, "Healthy", STEP).expect("Healthy after update");
     assert_ne!(rev1, rev2, "the update must change the revision");
     assert!(
         wait_for(STEP, || http_get(http_port)
@@ -488,7 +488,7 @@ fn virtual_board_joins_the_fleet_and_runs_offline_from_its_cache() {
     // Apply again, then power off cleanly.
     write_manifest(&manifest, "hello-3");
     operator(&op, &nats_url, &["apply", "-f", manifest.to_str().unwrap()]);
-    let rev3 = wait_phase(&op, &nats_url, "Running", STEP).expect("Running after re-apply");
+    let rev3 = wait_phase(&op, &nats_url, "Healthy", STEP).expect("Healthy after re-apply");
     assert!(
         wait_for(STEP, || http_get(http_port)
             .is_some_and(|b| b.contains("hello-3"))),
@@ -531,7 +531,7 @@ fn virtual_board_joins_the_fleet_and_runs_offline_from_its_cache() {
 
     // NATS back: the agent reconnects and reports the same revision Running.
     nats.restart();
-    let rev = wait_phase(&op, &nats_url, "Running", BOOT).expect("Running after NATS returns");
+    let rev = wait_phase(&op, &nats_url, "Healthy", BOOT).expect("Healthy after NATS returns");
     assert_eq!(rev, rev3);
     logs.timings.done("NATS back -> Running reported");
     assert!(

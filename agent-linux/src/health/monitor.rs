@@ -455,6 +455,7 @@ mod tests {
             host_ipc: false,
             cap_add: Vec::new(),
             devices: Vec::new(),
+            run: Default::default(),
         }
     }
 }

@@ -8,15 +8,21 @@
 //!
 //! Here: the pass loop, `apply` and `remove`. [`spec`]: the desired state
 //! decoded and checked, and each container's runtime spec. [`replace`]:
-//! one container brought to its spec, replacing an older one. [`status`]:
+//! one container brought to its spec, replacing an older one. `observe`:
+//! each container after that, restarted by the agent with back-off
+//! ([`restart`], `PodmanV1`) and health-checked (`checks`). `status`:
 //! what a pass reports.
+//!
+//! Besides the desired state and runtime events, a pass runs when a
+//! health check changes its verdict and when something it scheduled is
+//! due (a restart after its back-off, the end of `minHealthySeconds`).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use protocol::{DeploymentStatus, Phase, PodmanV0Score};
+use protocol::{DeploymentStatus, Phase, Reason};
 use tokio::sync::{mpsc, watch};
 
 use crate::backoff::Backoff;
@@ -25,12 +31,17 @@ use crate::log::Chain;
 use crate::podman::{ManagedContainer, Runtime, labels};
 use crate::policy::Allowances;
 
+mod checks;
+mod observe;
 pub mod replace;
+pub mod restart;
 pub mod spec;
 mod status;
 
 pub use replace::{NotRestarted, ReplaceError};
+pub use restart::RestartBackoff;
 pub use spec::SpecError;
+use spec::{Wanted, stop_timeout_of};
 use status::{report, simple_status};
 
 /// What a deployment's reconciler is asked to reach.
@@ -64,6 +75,8 @@ pub struct Context<R> {
     pub retry_base: Duration,
     /// Largest retry delay.
     pub retry_cap: Duration,
+    /// The back-off of restarts by the agent (`PodmanV1` containers).
+    pub restart_backoff: RestartBackoff,
 }
 
 /// Milliseconds since the Unix epoch (device clock).
@@ -83,7 +96,7 @@ enum Outcome {
 }
 
 /// What a reconciler remembers from one pass to the next.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Memory {
     /// The revision of the last desired state decoded. A removal reports
     /// it: a container's label keeps the revision that created it, which
@@ -94,6 +107,27 @@ struct Memory {
     /// The removal's own runtime events nudge the reconciler again, and
     /// those passes find nothing left and have nothing new to say.
     removed: bool,
+    /// Its containers' restarts and health checks.
+    containers: observe::Containers,
+    /// Since when every container runs and passes its check.
+    healthy_since: Option<Instant>,
+    /// When the last pass wants another (a restart, `minHealthySeconds`).
+    wake_at: Option<Instant>,
+}
+
+impl Memory {
+    fn new(checks: mpsc::UnboundedSender<(checks::Key, crate::health::Change)>) -> Memory {
+        Memory {
+            revision: 0,
+            removed: false,
+            containers: observe::Containers {
+                restarts: BTreeMap::new(),
+                checks: checks::Checks::new(checks),
+            },
+            healthy_since: None,
+            wake_at: None,
+        }
+    }
 }
 
 /// Runs one deployment's reconciler until the target channel closes.
@@ -104,7 +138,8 @@ pub async fn run<R: Runtime>(
 ) {
     let mut backoff = Backoff::new(ctx.retry_base, ctx.retry_cap);
     let mut last_value: Option<Bytes> = None;
-    let mut memory = Memory::default();
+    let (checks_tx, mut checks_rx) = mpsc::unbounded_channel();
+    let mut memory = Memory::new(checks_tx);
     loop {
         let target = rx.borrow_and_update().clone();
         if target.value != last_value {
@@ -115,20 +150,28 @@ pub async fn run<R: Runtime>(
             Some(value) => apply(&ctx, &deployment, value, &mut memory).await,
             None => remove(&ctx, &deployment, &mut memory).await,
         };
-        match outcome {
-            Outcome::Settled => {
-                if rx.changed().await.is_err() {
-                    return;
+        let mut wake = memory.wake_at.map(tokio::time::Instant::from_std);
+        if let Outcome::Retry = outcome {
+            let delay = backoff.next_delay();
+            crate::debug!("{deployment}: retrying in {delay:?}");
+            let retry = tokio::time::Instant::now() + delay;
+            wake = Some(wake.map_or(retry, |w| w.min(retry)));
+        }
+        let due = async {
+            match wake {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            changed = rx.changed() => if changed.is_err() { return },
+            Some((key, change)) = checks_rx.recv() => {
+                crate::debug!("{deployment}: {} is {:?}", key.0, change.health);
+                if memory.containers.checks.changed(&key, change) == Some(true) {
+                    memory.containers.restart_for_health(&key.0);
                 }
             }
-            Outcome::Retry => {
-                let delay = backoff.next_delay();
-                crate::debug!("{deployment}: retrying in {delay:?}");
-                tokio::select! {
-                    changed = rx.changed() => if changed.is_err() { return },
-                    () = tokio::time::sleep(delay) => {}
-                }
-            }
+            () = due => {}
         }
     }
 }
@@ -146,6 +189,9 @@ async fn remove<R: Runtime>(ctx: &Context<R>, deployment: &str, memory: &mut Mem
             return Outcome::Retry;
         }
     };
+    memory.containers.retain(&BTreeMap::new());
+    memory.healthy_since = None;
+    memory.wake_at = None;
     if existing.is_empty() && memory.removed {
         return Outcome::Settled;
     }
@@ -157,7 +203,7 @@ async fn remove<R: Runtime>(ctx: &Context<R>, deployment: &str, memory: &mut Mem
         .fold(memory.revision, u64::max);
     memory.revision = revision;
     for c in &existing {
-        if let Err(e) = ctx.runtime.remove(&c.id, ctx.stop_timeout_secs).await {
+        if let Err(e) = ctx.runtime.remove(&c.id, stop_timeout_of(ctx, c)).await {
             crate::warn!("{deployment}: cannot remove {}: {}", c.name, Chain(&e));
             report(
                 ctx,
@@ -196,11 +242,16 @@ async fn apply<R: Runtime>(
     memory: &mut Memory,
 ) -> Outcome {
     memory.removed = false;
+    memory.wake_at = None;
     let desired = match spec::decode(value) {
         Ok(d) => d,
         Err(e) => return reject(ctx, deployment, 0, &e),
     };
     let revision = desired.revision;
+    if revision != memory.revision {
+        // A revision is Healthy once it held for its own minHealthySeconds.
+        memory.healthy_since = None;
+    }
     memory.revision = revision;
     let score = match spec::score(deployment, &desired, &ctx.policy) {
         Ok(s) => s,
@@ -226,9 +277,26 @@ async fn apply<R: Runtime>(
     let mut pass = bring_up(ctx, deployment, revision, &score, &existing).await;
     remove_dropped(ctx, deployment, &score, &existing, &mut pass.failure).await;
     let up = t.elapsed();
-    let (status, outcome) =
-        status::of_pass(ctx, revision, &score.containers, &pass.ids, pass.failure).await;
-    report(ctx, deployment, status);
+    memory.containers.retain(&pass.ids);
+    let now = Instant::now();
+    let mut observed = Vec::with_capacity(score.len());
+    for w in &score {
+        let id = pass.ids.get(w.c.name.as_str());
+        observed
+            .push(observe::container(ctx, deployment, w, id, &mut memory.containers, now).await);
+    }
+    let min_healthy = Duration::from_secs(u64::from(desired.rollout.min_healthy_seconds));
+    let pass_status = status::of_pass(
+        revision,
+        observed,
+        pass.failure,
+        &mut memory.healthy_since,
+        min_healthy,
+        now,
+    );
+    memory.wake_at = pass_status.wake_at;
+    let outcome = pass_status.outcome;
+    report(ctx, deployment, pass_status.status);
     // Where an apply's time goes (docs/performance.md, "apply latency").
     crate::debug!(
         "{deployment}: pass at revision {revision}: listed in {} ms, up in {} ms, reported in {} ms",
@@ -274,8 +342,8 @@ struct BroughtUp {
     ids: BTreeMap<String, String>,
     /// The replaced containers to remove after the report.
     leftovers: Vec<replace::Leftover>,
-    /// The first failure, as the status message.
-    failure: Option<String>,
+    /// The first failure: the status message and reason.
+    failure: Option<(String, Reason)>,
 }
 
 /// Brings every container of the score to its spec.
@@ -283,7 +351,7 @@ async fn bring_up<R: Runtime>(
     ctx: &Context<R>,
     deployment: &str,
     revision: u64,
-    score: &PodmanV0Score<'_>,
+    score: &[Wanted<'_>],
     existing: &[ManagedContainer],
 ) -> BroughtUp {
     // The containers of a score are independent (distinct names, and host
@@ -291,9 +359,8 @@ async fn bring_up<R: Runtime>(
     // rather than one Podman round trip chain after the other.
     let results = futures::future::join_all(
         score
-            .containers
             .iter()
-            .map(|c| replace::ensure_container(ctx, deployment, revision, c, existing)),
+            .map(|w| replace::ensure_container(ctx, deployment, revision, w, existing)),
     )
     .await;
     let mut up = BroughtUp {
@@ -301,16 +368,17 @@ async fn bring_up<R: Runtime>(
         leftovers: Vec::new(),
         failure: None,
     };
-    for (c, result) in score.containers.iter().zip(results) {
+    for (w, result) in score.iter().zip(results) {
+        let name = w.c.name.as_str();
         match result {
             Ok((id, leftover)) => {
-                up.ids.insert(c.name.to_string(), id);
+                up.ids.insert(name.to_string(), id);
                 up.leftovers.extend(leftover);
             }
             Err(e) => {
-                crate::warn!("{deployment}: container {}: {}", c.name.as_str(), Chain(&e));
+                crate::warn!("{deployment}: container {name}: {}", Chain(&e));
                 up.failure
-                    .get_or_insert(format!("container {}: {}", c.name.as_str(), Chain(&e)));
+                    .get_or_insert((format!("container {name}: {}", Chain(&e)), e.reason()));
             }
         }
     }
@@ -322,20 +390,23 @@ async fn bring_up<R: Runtime>(
 async fn remove_dropped<R: Runtime>(
     ctx: &Context<R>,
     deployment: &str,
-    score: &PodmanV0Score<'_>,
+    score: &[Wanted<'_>],
     existing: &[ManagedContainer],
-    failure: &mut Option<String>,
+    failure: &mut Option<(String, Reason)>,
 ) {
-    let wanted: BTreeSet<&str> = score.containers.iter().map(|c| c.name.as_str()).collect();
+    let wanted: BTreeSet<&str> = score.iter().map(|w| w.c.name.as_str()).collect();
     for old in existing {
         if !wanted.contains(old.label(labels::CONTAINER)) {
-            match ctx.runtime.remove(&old.id, ctx.stop_timeout_secs).await {
+            match ctx.runtime.remove(&old.id, stop_timeout_of(ctx, old)).await {
                 Ok(()) => crate::info!(
                     "{deployment}: removed {} (no longer in the score)",
                     old.name
                 ),
                 Err(e) => {
-                    failure.get_or_insert(format!("removing {}: {}", old.name, Chain(&e)));
+                    failure.get_or_insert((
+                        format!("removing {}: {}", old.name, Chain(&e)),
+                        Reason::Error,
+                    ));
                 }
             }
         }
@@ -406,6 +477,7 @@ mod tests {
             status: tx,
             retry_base: Duration::from_millis(1),
             retry_cap: Duration::from_millis(1),
+            restart_backoff: RestartBackoff::default(),
         };
         (Rc::new(ctx), rx)
     }
@@ -453,7 +525,13 @@ mod tests {
         revision: u64,
         c: Container<'static>,
     ) -> DeploymentStatus<'static> {
-        let _ = apply(ctx, "web", &value(revision, c), &mut Memory::default()).await;
+        let _ = apply(
+            ctx,
+            "web",
+            &value(revision, c),
+            &mut Memory::new(mpsc::unbounded_channel().0),
+        )
+        .await;
         let mut last = None;
         while let Ok((_, s)) = rx.try_recv() {
             last = Some(s);
@@ -497,7 +575,7 @@ mod tests {
         async fn new(order: ReplaceOrder, first: Container<'static>) -> Self {
             let (ctx, mut rx) = context(order);
             let s = apply_rev(&ctx, &mut rx, 1, first).await;
-            assert_eq!((s.phase, s.revision), (Phase::Running, 1), "{order:?}");
+            assert_eq!((s.phase, s.revision), (Phase::Healthy, 1), "{order:?}");
             assert_eq!(
                 ctx.runtime.take_calls(),
                 [format!("create {NAME}"), format!("start {NAME}")],
@@ -559,7 +637,7 @@ mod tests {
         );
         assert!(strict.runtime.snapshot().is_empty());
         let s = apply_rev(&loose, &mut loose_rx, 1, c).await;
-        assert_eq!(s.phase, Phase::Running);
+        assert_eq!(s.phase, Phase::Healthy);
         assert_eq!(loose.runtime.snapshot().len(), 1);
     }
 
@@ -567,7 +645,7 @@ mod tests {
     async fn replacement_starts_before_the_old_container_stops() {
         let mut r = Replacing::new(ReplaceOrder::StartFirst, sleeper("1")).await;
         let s = r.apply(sleeper("2")).await;
-        assert_eq!((s.phase, s.revision), (Phase::Running, 2));
+        assert_eq!((s.phase, s.revision), (Phase::Healthy, 2));
         let temp = temp_name(&sleeper("2"));
         let started = vec![format!("create {temp}"), format!("start {temp}")];
         assert_eq!(r.calls(), [started, handover_calls(&temp)].concat());
@@ -585,7 +663,7 @@ mod tests {
         ] {
             let mut r = Replacing::new(order, make("1")).await;
             let s = r.apply(make("2")).await;
-            assert_eq!((s.phase, s.revision), (Phase::Running, 2), "{order:?}");
+            assert_eq!((s.phase, s.revision), (Phase::Healthy, 2), "{order:?}");
             let temp = temp_name(&make("2"));
             let started = vec![
                 format!("create {temp}"),
@@ -644,7 +722,7 @@ mod tests {
             // Once the cause is gone, the retry replaces it.
             r.ctx.runtime.fail_start_revision.set(None);
             let s = r.apply(make("2")).await;
-            assert_eq!((s.phase, s.revision), (Phase::Running, 2), "{order:?}");
+            assert_eq!((s.phase, s.revision), (Phase::Healthy, 2), "{order:?}");
             r.assert_replaced();
         }
     }
@@ -655,19 +733,17 @@ mod tests {
         // As if the agent died after starting the replacement: both run,
         // the new one under its temporary name.
         let temp = temp_name(&sleeper("2"));
-        let spec = create_spec(
-            &r.ctx,
-            "web",
-            2,
-            &sleeper("2"),
-            temp.clone(),
-            hash(&sleeper("2")),
-        );
+        let wanted = Wanted {
+            c: protocol::ContainerV1::from_v0(sleeper("2")),
+            hash: hash(&sleeper("2")),
+            agent_restarts: false,
+        };
+        let spec = create_spec(&r.ctx, "web", 2, &wanted, temp.clone());
         let id = r.ctx.runtime.create(&spec).await.unwrap();
         r.ctx.runtime.start(&id).await.unwrap();
         r.calls();
         let s = r.apply(sleeper("2")).await;
-        assert_eq!((s.phase, s.revision), (Phase::Running, 2));
+        assert_eq!((s.phase, s.revision), (Phase::Healthy, 2));
         assert_eq!(r.calls(), handover_calls(&temp));
         r.assert_replaced();
     }
@@ -692,9 +768,9 @@ mod tests {
             nudge: 0,
         });
         let driver = async {
-            assert_eq!(next_status(&mut rx).await, (Phase::Running, 1));
+            assert_eq!(next_status(&mut rx).await, (Phase::Healthy, 1));
             tx.send_modify(|t| t.value = at(2));
-            assert_eq!(next_status(&mut rx).await, (Phase::Running, 2));
+            assert_eq!(next_status(&mut rx).await, (Phase::Healthy, 2));
             tx.send_modify(|t| t.value = None);
             assert_eq!(next_status(&mut rx).await, (Phase::Removed, 2));
             // Podman's events for the removal nudge the reconciler; closing
@@ -709,6 +785,153 @@ mod tests {
         }
         assert_eq!(after, [], "reported again after Removed");
         assert!(ctx.runtime.snapshot().is_empty());
+    }
+
+    fn value_v1(revision: u64, c: protocol::ContainerV1<'static>) -> Vec<u8> {
+        let score = IotScore::PodmanV1(protocol::PodmanV1Score {
+            containers: BoundedVec::try_from_iter([c]).unwrap(),
+        });
+        protocol::wire::encode_to_vec(&DesiredState {
+            deployment: Text::borrowed("web"),
+            revision,
+            score: score.to_payload().unwrap(),
+            rollout: protocol::RolloutPolicy::default(),
+        })
+        .unwrap()
+    }
+
+    /// The agent restarts a `PodmanV1` container: at once after its first
+    /// exit, after the back-off after the next, reporting the wait.
+    #[tokio::test]
+    async fn podman_v1_exits_are_restarted_with_back_off() {
+        let (ctx, mut rx) = context(ReplaceOrder::StartFirst);
+        let value = value_v1(1, protocol::ContainerV1::from_v0(sleeper("1")));
+        let mut memory = Memory::new(mpsc::unbounded_channel().0);
+        let mut pass = async |memory: &mut Memory| {
+            let outcome = apply(&ctx, "web", &value, memory).await;
+            assert!(matches!(outcome, Outcome::Settled));
+            let mut last = None;
+            while let Ok((_, s)) = rx.try_recv() {
+                last = Some(s);
+            }
+            last.unwrap()
+        };
+        let s = pass(&mut memory).await;
+        assert_eq!(s.phase, Phase::Healthy);
+        let id = ctx.runtime.list_managed("dev").await.unwrap()[0].id.clone();
+        ctx.runtime.take_calls();
+        // Podman restarts nothing: the agent does, at once the first time.
+        ctx.runtime.oom_killed.set(true);
+        ctx.runtime.exit(&id, 137);
+        let s = pass(&mut memory).await;
+        assert_eq!(ctx.runtime.take_calls(), [format!("start {NAME}")]);
+        let c = &s.containers[0];
+        assert_eq!(s.phase, Phase::Healthy);
+        assert_eq!(
+            (c.state, c.restart_count, c.exit_code),
+            (ContainerState::Running, 1, Some(137))
+        );
+        assert_eq!(memory.wake_at, None);
+        // Then after 10 s.
+        ctx.runtime.exit(&id, 137);
+        let before = Instant::now();
+        let s = pass(&mut memory).await;
+        assert_eq!(ctx.runtime.take_calls(), Vec::<String>::new());
+        let c = &s.containers[0];
+        assert_eq!(
+            (s.phase, s.reason),
+            (Phase::CrashLoopBackOff, Reason::OOMKilled)
+        );
+        assert_eq!(
+            (c.state, c.restart_count, c.exit_code, c.reason),
+            (ContainerState::Waiting, 1, Some(137), Reason::OOMKilled)
+        );
+        assert!(s.message.contains("back-off 10s"), "{}", s.message.as_str());
+        let wake = memory.wake_at.unwrap();
+        assert!(wake >= before + Duration::from_secs(10), "{wake:?}");
+        // A pass before the deadline changes nothing.
+        let s = pass(&mut memory).await;
+        assert_eq!(s.phase, Phase::CrashLoopBackOff);
+        assert_eq!(memory.wake_at, Some(wake));
+        assert_eq!(ctx.runtime.snapshot()[0].1, "exited");
+    }
+
+    /// A `PodmanV0` status with nothing new to say (Completed, Removed, a
+    /// refused value) is written in format version 1, byte for byte what
+    /// an older agent wrote; a Healthy one, or one with a reason, is 2.
+    #[tokio::test]
+    async fn podman_v0_statuses_with_nothing_new_stay_version_1() {
+        let version = |s: &DeploymentStatus<'_>| protocol::wire::encode_to_vec(s).unwrap()[0];
+        let (ctx, mut rx) = context(ReplaceOrder::StartFirst);
+        let s = apply_rev(&ctx, &mut rx, 1, sleeper("1")).await;
+        assert_eq!((s.phase, version(&s)), (Phase::Healthy, 2));
+        let mut done = sleeper("1");
+        done.restart_policy = protocol::RestartPolicy::Never;
+        let s = apply_rev(&ctx, &mut rx, 2, done.clone()).await;
+        let id = ctx.runtime.list_managed("dev").await.unwrap()[0].id.clone();
+        ctx.runtime.exit(&id, 0);
+        let s2 = apply_rev(&ctx, &mut rx, 2, done.clone()).await;
+        assert_eq!(
+            (s.phase, s2.phase, version(&s2)),
+            (Phase::Healthy, Phase::Completed, 1)
+        );
+        ctx.runtime.exit(&id, 3);
+        let s = apply_rev(&ctx, &mut rx, 2, done).await;
+        assert_eq!(
+            (s.phase, s.reason, version(&s)),
+            (Phase::Failed, Reason::Error, 2)
+        );
+        let _ = apply(
+            &ctx,
+            "web",
+            b"\xff",
+            &mut Memory::new(mpsc::unbounded_channel().0),
+        )
+        .await;
+        let (_, s) = rx.try_recv().unwrap();
+        assert_eq!((s.phase, version(&s)), (Phase::Failed, 1));
+        let _ = remove(&ctx, "web", &mut Memory::new(mpsc::unbounded_channel().0)).await;
+        let (_, s) = rx.try_recv().unwrap();
+        assert_eq!((s.phase, version(&s)), (Phase::Removed, 1));
+    }
+
+    /// With `minHealthySeconds`, a deployment that runs is Running until
+    /// that long has passed, and the pass asks to run again then.
+    #[tokio::test]
+    async fn healthy_once_it_held_min_healthy_seconds() {
+        let (ctx, mut rx) = context(ReplaceOrder::StartFirst);
+        let score = IotScore::PodmanV0(protocol::PodmanV0Score {
+            containers: BoundedVec::try_from_iter([sleeper("1")]).unwrap(),
+        });
+        let value = protocol::wire::encode_to_vec(&DesiredState {
+            deployment: Text::borrowed("web"),
+            revision: 1,
+            score: score.to_payload().unwrap(),
+            rollout: protocol::RolloutPolicy {
+                min_healthy_seconds: 30,
+                ..protocol::RolloutPolicy::default()
+            },
+        })
+        .unwrap();
+        let mut memory = Memory::new(mpsc::unbounded_channel().0);
+        let before = Instant::now();
+        let _ = apply(&ctx, "web", &value, &mut memory).await;
+        let (_, s) = rx.try_recv().unwrap();
+        assert_eq!(s.phase, Phase::Running);
+        let since = memory.healthy_since.unwrap();
+        assert!(since >= before);
+        assert_eq!(memory.wake_at, Some(since + Duration::from_secs(30)));
+        // Another pass before then: still Running, the same deadline.
+        let _ = apply(&ctx, "web", &value, &mut memory).await;
+        let (_, s) = rx.try_recv().unwrap();
+        assert_eq!(s.phase, Phase::Running);
+        assert_eq!(memory.healthy_since, Some(since));
+        // Once it held 30 s (as if `since` were earlier): Healthy.
+        memory.healthy_since = Instant::now().checked_sub(Duration::from_secs(31));
+        let _ = apply(&ctx, "web", &value, &mut memory).await;
+        let (_, s) = rx.try_recv().unwrap();
+        assert_eq!(s.phase, Phase::Healthy);
+        assert_eq!(memory.wake_at, None);
     }
 
     #[test]

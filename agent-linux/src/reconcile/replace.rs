@@ -5,10 +5,10 @@
 use std::collections::BTreeMap;
 use std::time::Instant;
 
-use protocol::{Container, ContainerState, Phase, PullPolicy, RestartPolicy};
+use protocol::{ContainerState, ContainerV1, Phase, PullPolicy, Reason, RestartPolicy};
 
 use super::Context;
-use super::spec::{create_spec, spec_hash};
+use super::spec::{Wanted, create_spec, stop_timeout_of};
 use super::status::{map_state, report, simple_status};
 use crate::config::ReplaceOrder;
 use crate::log::Chain;
@@ -76,6 +76,17 @@ pub enum ReplaceError {
     },
 }
 
+impl ReplaceError {
+    /// The status reason: `ImagePullBackOff` when the image cannot be had
+    /// (retried with back-off), else `Error`.
+    pub fn reason(&self) -> Reason {
+        match self {
+            ReplaceError::Pull(_) | ReplaceError::ImageMissing { .. } => Reason::ImagePullBackOff,
+            _ => Reason::Error,
+        }
+    }
+}
+
 /// Old containers stopped for a replacement that failed and that did not
 /// start again: (name, error). Shown after the error as "; the previous
 /// container NAME could not be started again: ERROR" each.
@@ -101,8 +112,8 @@ impl std::fmt::Display for NotRestarted {
 /// the report.
 #[derive(Debug)]
 pub(super) struct Leftover {
-    /// Old containers to remove: (id, name).
-    old: Vec<(String, String)>,
+    /// Old containers to remove: (id, name, stop timeout).
+    old: Vec<(String, String, u64)>,
 }
 
 /// Where the container a hand-over brings up comes from.
@@ -127,7 +138,7 @@ impl Successor {
 /// One hand-over: `new` (a `kind` container) takes over from `old` under
 /// `name`.
 struct HandOver<'a> {
-    container: &'a Container<'a>,
+    container: &'a Wanted<'a>,
     new: &'a ManagedContainer,
     kind: Successor,
     name: &'a str,
@@ -138,7 +149,7 @@ struct HandOver<'a> {
 /// a host port, the host's namespaces, privileged mode, a device or a
 /// writable volume. Such a container's old instance is stopped before its
 /// replacement starts.
-fn claims_host_resources(c: &Container<'_>) -> bool {
+fn claims_host_resources(c: &ContainerV1<'_>) -> bool {
     c.ports.iter().any(|p| p.host_port.is_some())
         || c.host_network
         || c.host_pid
@@ -165,10 +176,11 @@ pub(super) async fn ensure_container<R: Runtime>(
     ctx: &Context<R>,
     deployment: &str,
     revision: u64,
-    c: &Container<'_>,
+    w: &Wanted<'_>,
     existing: &[ManagedContainer],
 ) -> Result<(String, Option<Leftover>), ReplaceError> {
-    let hash = spec_hash(c);
+    let c = &w.c;
+    let hash = w.hash.clone();
     let name = format!("{}_{}_{}", ctx.device_id, deployment, c.name.as_str());
     let mine: Vec<&ManagedContainer> = existing
         .iter()
@@ -183,7 +195,7 @@ pub(super) async fn ensure_container<R: Runtime>(
         .filter(|e| e.label(labels::SPEC_HASH) == hash)
         .min_by_key(|e| e.name != name);
     if let Some(current) = current {
-        return keep_current(ctx, deployment, c, current, &name, &mine).await;
+        return keep_current(ctx, deployment, w, current, &name, &mine).await;
     }
     // IfNotPresent, the common case: skip the existence check on the fast
     // path; a create that fails for want of the image pulls and retries.
@@ -197,12 +209,12 @@ pub(super) async fn ensure_container<R: Runtime>(
     } else {
         name.clone()
     };
-    let new = create(ctx, deployment, revision, c, create_name, hash).await?;
+    let new = create(ctx, deployment, revision, w, create_name).await?;
     let leftover = hand_over(
         ctx,
         deployment,
         HandOver {
-            container: c,
+            container: w,
             new: &new,
             kind: Successor::Created,
             name: &name,
@@ -219,10 +231,12 @@ pub(super) async fn ensure_container<R: Runtime>(
 /// between create and start), or exited where its restart policy says it
 /// runs again (after a reboot Podman does not restart containers by itself
 /// unless podman-restart.service is enabled). Its other containers go.
+/// A container the agent restarts itself is started here only when it
+/// never ran: an exited one is the back-off's (`restart`).
 async fn keep_current<R: Runtime>(
     ctx: &Context<R>,
     deployment: &str,
-    c: &Container<'_>,
+    w: &Wanted<'_>,
     current: &ManagedContainer,
     name: &str,
     mine: &[&ManagedContainer],
@@ -234,7 +248,8 @@ async fn keep_current<R: Runtime>(
         .collect();
     let should_start = match map_state(&current.state) {
         ContainerState::Created => true,
-        ContainerState::Exited => match c.restart_policy {
+        ContainerState::Exited if w.agent_restarts => false,
+        ContainerState::Exited => match w.c.restart_policy {
             RestartPolicy::Always => true,
             RestartPolicy::OnFailure => current.exit_code != 0,
             RestartPolicy::Never => false,
@@ -250,7 +265,7 @@ async fn keep_current<R: Runtime>(
         ctx,
         deployment,
         HandOver {
-            container: c,
+            container: w,
             new: current,
             kind,
             name,
@@ -270,11 +285,11 @@ async fn create<R: Runtime>(
     ctx: &Context<R>,
     deployment: &str,
     revision: u64,
-    c: &Container<'_>,
+    w: &Wanted<'_>,
     name: String,
-    hash: String,
 ) -> Result<ManagedContainer, ReplaceError> {
-    let spec = create_spec(ctx, deployment, revision, c, name, hash);
+    let c = &w.c;
+    let spec = create_spec(ctx, deployment, revision, w, name);
     let t = Instant::now();
     let id = match ctx.runtime.create(&spec).await {
         Err(e)
@@ -314,7 +329,7 @@ async fn hand_over<R: Runtime>(
     if h.kind.starts() {
         start(ctx, deployment, &h).await?;
     }
-    let mut retired: Vec<(String, String)> = Vec::new();
+    let mut retired: Vec<(String, String, u64)> = Vec::new();
     let mut old_first: Vec<&ManagedContainer> = Vec::new();
     let name = h.name;
     for o in h.old {
@@ -326,14 +341,14 @@ async fn hand_over<R: Runtime>(
                 old_first.push(o);
                 continue;
             }
-            retired.push((o.id.clone(), aside));
+            retired.push((o.id.clone(), aside, stop_timeout_of(ctx, o)));
         } else {
-            retired.push((o.id.clone(), o.name.clone()));
+            retired.push((o.id.clone(), o.name.clone(), stop_timeout_of(ctx, o)));
         }
     }
     for o in old_first {
         ctx.runtime
-            .remove(&o.id, ctx.stop_timeout_secs)
+            .remove(&o.id, stop_timeout_of(ctx, o))
             .await
             .map_err(|source| ReplaceError::RemoveOld {
                 name: o.name.clone(),
@@ -368,7 +383,7 @@ async fn start<R: Runtime>(
         }
     };
     let stop_first =
-        ctx.replace_order == ReplaceOrder::StopFirst || claims_host_resources(h.container);
+        ctx.replace_order == ReplaceOrder::StopFirst || claims_host_resources(&h.container.c);
     let mut stopped: Vec<&ManagedContainer> = Vec::new();
     if stop_first {
         for o in h
@@ -378,7 +393,7 @@ async fn start<R: Runtime>(
             .filter(|o| map_state(&o.state) == ContainerState::Running)
         {
             let t = Instant::now();
-            if let Err(error) = ctx.runtime.stop(&o.id, ctx.stop_timeout_secs).await {
+            if let Err(error) = ctx.runtime.stop(&o.id, stop_timeout_of(ctx, o)).await {
                 discard_new().await;
                 return Err(ReplaceError::StopOld {
                     name: o.name.clone(),
@@ -438,10 +453,10 @@ pub(super) async fn retire<R: Runtime>(
     deployment: &str,
     leftover: &Leftover,
 ) -> Result<(), ReplaceError> {
-    for (id, name) in &leftover.old {
+    for (id, name, stop_timeout) in &leftover.old {
         let t = Instant::now();
         ctx.runtime
-            .remove(id, ctx.stop_timeout_secs)
+            .remove(id, *stop_timeout)
             .await
             .map_err(|source| ReplaceError::RemoveOld {
                 name: name.clone(),
@@ -456,7 +471,7 @@ async fn ensure_image<R: Runtime>(
     ctx: &Context<R>,
     deployment: &str,
     revision: u64,
-    c: &Container<'_>,
+    c: &ContainerV1<'_>,
 ) -> Result<(), ReplaceError> {
     let image = c.image.as_str();
     let present = || async {

@@ -5,12 +5,12 @@
 use std::collections::BTreeMap;
 
 use protocol::{
-    BoundedVec, Container, DesiredState, IotScore, Phase, PodmanV0Score, PortProtocol,
-    RestartPolicy, ScoreError, Text,
+    BoundedVec, Container, ContainerV1, DesiredState, IotScore, Phase, PortProtocol, RestartPolicy,
+    ScoreError, Text,
 };
 
 use super::Context;
-use crate::podman::{CreateSpec, MountSpec, PortSpec, labels};
+use crate::podman::{CreateSpec, ManagedContainer, MountSpec, PortSpec, RunOptions, labels};
 use crate::policy::{Allowances, PolicyError};
 
 /// Why a desired state is not applied. Reported once as the deployment's
@@ -53,31 +53,82 @@ pub(super) fn decode(value: &[u8]) -> Result<DesiredState<'_>, SpecError<'static
     protocol::wire::decode::<DesiredState<'_>>(value).map_err(SpecError::Undecodable)
 }
 
-/// The score of `desired`, stored under `deployment`'s key, when the value
-/// names that deployment, this agent knows the score's type and the
+/// One container of the desired score, as the reconciler runs it: every
+/// score type's container as a [`ContainerV1`] (a `PodmanV0` one with the
+/// new fields at their defaults), with the spec hash of the container as
+/// it was sent.
+#[derive(Debug, Clone)]
+pub(super) struct Wanted<'a> {
+    /// The container.
+    pub c: ContainerV1<'a>,
+    /// Its spec hash label: of the score's own container type, so that an
+    /// agent that runs `PodmanV1` does not replace the containers an older
+    /// agent created for `PodmanV0` (their hash is of the `Container`).
+    pub hash: String,
+    /// The agent restarts it with back-off (`PodmanV1`); else Podman's
+    /// restart policy does, as before (`PodmanV0`).
+    pub agent_restarts: bool,
+}
+
+/// The containers of `desired`, stored under `deployment`'s key, when the
+/// value names that deployment, this agent knows the score's type and the
 /// device's policy allows every container.
 pub(super) fn score<'a>(
     deployment: &str,
     desired: &'a DesiredState<'_>,
     policy: &Allowances,
-) -> Result<PodmanV0Score<'a>, SpecError<'a>> {
+) -> Result<Vec<Wanted<'a>>, SpecError<'a>> {
     if desired.deployment.as_str() != deployment {
         return Err(SpecError::WrongKey {
             named: desired.deployment.as_str().to_string(),
             key: deployment.to_string(),
         });
     }
-    let score = match desired.score.decode().map_err(SpecError::Score)? {
-        IotScore::PodmanV0(score) => score,
-        // Not run by this agent yet (it does not advertise it either).
-        IotScore::PodmanV1(_) => {
-            return Err(SpecError::Score(ScoreError::Unsupported {
-                type_name: desired.score.type_name.clone(),
-            }));
-        }
+    let wanted: Vec<Wanted<'a>> = match desired.score.decode().map_err(SpecError::Score)? {
+        IotScore::PodmanV0(score) => score
+            .containers
+            .map(|c| Wanted {
+                hash: spec_hash(&c),
+                c: ContainerV1::from_v0(c),
+                agent_restarts: false,
+            })
+            .to_vec(),
+        IotScore::PodmanV1(score) => score
+            .containers
+            .map(|c| Wanted {
+                hash: format!("{:016x}", protocol::wire::hash_of(&c)),
+                c,
+                agent_restarts: true,
+            })
+            .to_vec(),
     };
-    check_policy(policy, &score.containers).map_err(SpecError::Refused)?;
-    Ok(score)
+    let common: Vec<Container<'_>> = wanted.iter().map(|w| common_fields(&w.c)).collect();
+    check_policy(policy, &common).map_err(SpecError::Refused)?;
+    Ok(wanted)
+}
+
+/// The fields `PodmanV0` and `PodmanV1` share, as a `Container`: what the
+/// device's policy rules on (none of the new fields asks anything of the
+/// host).
+fn common_fields<'a>(c: &ContainerV1<'a>) -> Container<'a> {
+    Container {
+        name: c.name.clone(),
+        image: c.image.clone(),
+        command: c.command.clone(),
+        args: c.args.clone(),
+        env: c.env.clone(),
+        ports: c.ports.clone(),
+        volumes: c.volumes.clone(),
+        restart_policy: c.restart_policy,
+        pull_policy: c.pull_policy,
+        labels: c.labels.clone(),
+        privileged: c.privileged,
+        host_network: c.host_network,
+        host_pid: c.host_pid,
+        host_ipc: c.host_ipc,
+        cap_add: c.cap_add.clone(),
+        devices: c.devices.clone(),
+    }
 }
 
 /// Refuses what the device's security settings do not allow (see
@@ -92,21 +143,52 @@ pub(super) fn check_policy(
     Ok(())
 }
 
-/// The spec hash a container's label carries: a container whose hash is
-/// unchanged is never touched.
+/// The spec hash a `PodmanV0` container's label carries: a container whose
+/// hash is unchanged is never touched.
 pub(super) fn spec_hash(c: &Container<'_>) -> String {
     format!("{:016x}", protocol::wire::hash_of(c))
 }
 
-/// The runtime's spec for `c`, created as `name`, with the agent's labels.
+/// Seconds between SIGTERM and SIGKILL for `c`: its
+/// `stopGracePeriodSeconds`, else the agent's `stop_timeout_secs`.
+pub(super) fn stop_timeout<R>(ctx: &Context<R>, c: &ContainerV1<'_>) -> u64 {
+    c.stop_grace_period_seconds
+        .map_or(ctx.stop_timeout_secs, u64::from)
+}
+
+/// The stop timeout of a container the agent created: the one its label
+/// records, else the agent's.
+pub fn stop_timeout_of<R>(ctx: &Context<R>, m: &ManagedContainer) -> u64 {
+    m.label(labels::STOP_TIMEOUT)
+        .parse()
+        .unwrap_or(ctx.stop_timeout_secs)
+}
+
+/// The ports of `c` as the runtime publishes them.
+pub(super) fn port_specs(c: &ContainerV1<'_>) -> Vec<PortSpec> {
+    c.ports
+        .iter()
+        .map(|p| PortSpec {
+            container_port: p.container_port,
+            host_port: p.host_port,
+            protocol: match p.protocol {
+                PortProtocol::Tcp => "tcp",
+                PortProtocol::Udp => "udp",
+            },
+            host_ip: p.host_ip.as_ref().map(|s| s.as_str().to_string()),
+        })
+        .collect()
+}
+
+/// The runtime's spec for `w`, created as `name`, with the agent's labels.
 pub(super) fn create_spec<R>(
     ctx: &Context<R>,
     deployment: &str,
     revision: u64,
-    c: &Container<'_>,
+    w: &Wanted<'_>,
     name: String,
-    hash: String,
 ) -> CreateSpec {
+    let c = &w.c;
     let list = |l: &Option<BoundedVec<Text<'_>, { protocol::limits::MAX_ARGS }>>| {
         l.as_ref()
             .map(|v| v.iter().map(|s| s.as_str().to_string()).collect::<Vec<_>>())
@@ -122,11 +204,15 @@ pub(super) fn create_spec<R>(
         (labels::DEVICE, ctx.device_id.clone()),
         (labels::DEPLOYMENT, deployment.to_string()),
         (labels::REVISION, revision.to_string()),
-        (labels::SPEC_HASH, hash),
+        (labels::SPEC_HASH, w.hash.clone()),
         (labels::CONTAINER, c.name.as_str().to_string()),
     ] {
         labels_map.insert(k.to_string(), v);
     }
+    if let Some(secs) = c.stop_grace_period_seconds {
+        labels_map.insert(labels::STOP_TIMEOUT.to_string(), secs.to_string());
+    }
+    let r = &c.resources;
     CreateSpec {
         name,
         image: c.image.as_str().to_string(),
@@ -137,19 +223,7 @@ pub(super) fn create_spec<R>(
             .iter()
             .map(|e| (e.name.as_str().to_string(), e.value.as_str().to_string()))
             .collect(),
-        ports: c
-            .ports
-            .iter()
-            .map(|p| PortSpec {
-                container_port: p.container_port,
-                host_port: p.host_port,
-                protocol: match p.protocol {
-                    PortProtocol::Tcp => "tcp",
-                    PortProtocol::Udp => "udp",
-                },
-                host_ip: p.host_ip.as_ref().map(|s| s.as_str().to_string()),
-            })
-            .collect(),
+        ports: port_specs(c),
         mounts: c
             .volumes
             .iter()
@@ -170,13 +244,16 @@ pub(super) fn create_spec<R>(
                 }
             })
             .collect(),
-        restart_policy: match c.restart_policy {
-            RestartPolicy::Always => "always",
-            RestartPolicy::OnFailure => "on-failure",
-            RestartPolicy::Never => "no",
+        // Podman restarts at once, with no delay, and an agent's `start`
+        // resets its count: the agent restarts `PodmanV1` containers
+        // itself, with back-off (see `restart`).
+        restart_policy: match (w.agent_restarts, c.restart_policy) {
+            (true, _) | (false, RestartPolicy::Never) => "no",
+            (false, RestartPolicy::Always) => "always",
+            (false, RestartPolicy::OnFailure) => "on-failure",
         },
         labels: labels_map,
-        stop_timeout_secs: ctx.stop_timeout_secs,
+        stop_timeout_secs: stop_timeout(ctx, c),
         // Only reach Podman when the policy allowed them.
         privileged: c.privileged,
         host_network: c.host_network,
@@ -188,5 +265,15 @@ pub(super) fn create_spec<R>(
             .map(|s| crate::policy::normalize_capability(s.as_str()))
             .collect(),
         devices: c.devices.iter().map(|s| s.as_str().to_string()).collect(),
+        run: RunOptions {
+            memory_limit: r.memory_limit.map(|m| m.bytes()),
+            cpu_millis: r.cpu_limit.map(|q| q.millicores()),
+            cpu_weight: r.cpu_weight,
+            pids_limit: r.pids_limit,
+            user: c.user.as_ref().map(|u| u.as_str().to_string()),
+            work_dir: c.working_dir.as_ref().map(|d| d.as_str().to_string()),
+            read_only_root: c.read_only_root_filesystem,
+            init: c.init,
+        },
     }
 }

@@ -1,17 +1,14 @@
-//! What a reconciler reports: the status of a pass, from the state of each
-//! of the score's containers.
+//! What a reconciler reports: the status of a pass, from what it observed
+//! of each of the score's containers ([`super::observe`]).
 
-use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
 
 use protocol::status::clip_message;
 use protocol::{
-    BoundedVec, Container, ContainerState, ContainerStatus, DeploymentStatus, Phase, Reason,
-    RestartPolicy, Text,
+    BoundedVec, ContainerState, ContainerStatus, DeploymentStatus, Health, Phase, Reason, Text,
 };
 
 use super::{Context, Outcome, now_ms};
-use crate::log::Chain;
-use crate::podman::Runtime;
 
 /// Sends a status report for `deployment`.
 pub(super) fn report<R>(ctx: &Context<R>, deployment: &str, status: DeploymentStatus<'static>) {
@@ -48,130 +45,135 @@ pub(super) fn map_state(s: &str) -> ContainerState {
     }
 }
 
-/// One container as inspected after a pass.
-struct Inspected {
-    status: ContainerStatus<'static>,
-    /// Why the container counts as crashed: it exited with an error where
-    /// it is not restarted, or is dead.
-    crashed: Option<String>,
-    /// Why it could not be inspected.
-    failure: Option<String>,
+/// One container as a pass left it.
+#[derive(Debug)]
+pub(super) struct Observed {
+    /// Its status.
+    pub status: ContainerStatus<'static>,
+    /// It exited with an error and is not restarted, or is dead: why.
+    pub crashed: Option<(String, Reason)>,
+    /// It could not be inspected or restarted: why.
+    pub failure: Option<(String, Reason)>,
+    /// Its restart is due then; with the status message.
+    pub waiting: Option<(Instant, String)>,
+    /// Its check says it is unhealthy: the status message.
+    pub unhealthy: Option<String>,
+    /// It exited 0 and does not run again.
+    pub completed: bool,
+    /// The pass wants another then.
+    pub wake_at: Option<Instant>,
 }
 
-/// The status of a pass at `revision` over the score's `containers` (with
-/// the ids this pass brought up), and whether to retry. `failure` is the
-/// first error of the pass, if any; it makes the status Failed and the
-/// pass retry.
-pub(super) async fn of_pass<R: Runtime>(
-    ctx: &Context<R>,
-    revision: u64,
-    containers: &[Container<'_>],
-    ids: &BTreeMap<String, String>,
-    mut failure: Option<String>,
-) -> (DeploymentStatus<'static>, Outcome) {
-    let mut statuses = BoundedVec::new();
-    let mut all_running = true;
-    let mut all_completed = true;
-    let mut crashed: Option<String> = None;
-    for c in containers {
-        let inspected = inspect(ctx, c, ids.get(c.name.as_str())).await;
-        if let Some(msg) = inspected.failure {
-            failure.get_or_insert(msg);
-        }
-        if let Some(msg) = inspected.crashed {
-            crashed.get_or_insert(msg);
-        }
-        let s = inspected.status;
-        all_running &= s.state == ContainerState::Running;
-        all_completed &= s.state == ContainerState::Exited
-            && s.exit_code == Some(0)
-            && c.restart_policy != RestartPolicy::Always;
-        let _ = statuses.push(s);
-    }
-    let (phase, message, outcome) = if let Some(msg) = failure {
-        (Phase::Failed, msg, Outcome::Retry)
-    } else if let Some(msg) = crashed {
-        (Phase::Failed, msg, Outcome::Settled)
-    } else if all_running {
-        (Phase::Running, String::new(), Outcome::Settled)
-    } else if all_completed {
-        (Phase::Completed, String::new(), Outcome::Settled)
-    } else {
-        // Restarting or just exited: the next runtime event brings news.
-        (Phase::Starting, String::new(), Outcome::Settled)
-    };
-    let status = DeploymentStatus {
-        revision,
-        phase,
-        containers: statuses,
-        message: Text::owned(clip_message(&message).to_string()),
-        timestamp_ms: now_ms(),
-        reason: Reason::None,
-        running_revision: None,
-    };
-    (status, outcome)
-}
-
-/// The state of `c`, running as `id` when this pass brought it up.
-async fn inspect<R: Runtime>(
-    ctx: &Context<R>,
-    c: &Container<'_>,
-    id: Option<&String>,
-) -> Inspected {
-    let status = |state, exit_code, restart_count| ContainerStatus {
-        name: c.name.clone().into_owned(),
-        state,
-        exit_code,
-        restart_count,
-        health: None,
-        reason: Reason::None,
-    };
-    let Some(id) = id else {
-        return Inspected {
-            status: status(ContainerState::Missing, None, 0),
+impl Observed {
+    /// A container seen in `state`, nothing more to say.
+    pub fn plain(status: ContainerStatus<'static>) -> Observed {
+        Observed {
+            status,
             crashed: None,
             failure: None,
-        };
-    };
-    let info = match ctx.runtime.inspect(id).await {
-        Ok(info) => info,
-        Err(e) => {
-            return Inspected {
-                status: status(ContainerState::Unknown, None, 0),
-                crashed: None,
-                failure: Some(format!("inspecting {}: {}", c.name.as_str(), Chain(&e))),
-            };
+            waiting: None,
+            unhealthy: None,
+            completed: false,
+            wake_at: None,
         }
-    };
-    let state = map_state(&info.status);
-    let exit =
-        matches!(state, ContainerState::Exited | ContainerState::Dead).then_some(info.exit_code);
-    let crashed = if state == ContainerState::Exited
-        && info.exit_code != 0
-        && c.restart_policy != RestartPolicy::Always
-    {
-        Some(format!(
-            "container {} exited with code {}{}",
-            c.name.as_str(),
-            info.exit_code,
-            if info.oom_killed {
-                " (out of memory)"
-            } else {
-                ""
-            }
-        ))
-    } else if state == ContainerState::Dead {
-        Some(format!(
-            "container {} is dead: {}",
-            c.name.as_str(),
-            info.error
-        ))
+    }
+}
+
+/// What a pass reports, and when it wants to run again.
+pub(super) struct PassStatus {
+    /// The status.
+    pub status: DeploymentStatus<'static>,
+    /// Settled, or retry after the reconciler's back-off.
+    pub outcome: Outcome,
+    /// A restart or the end of `minHealthySeconds` is due then.
+    pub wake_at: Option<Instant>,
+}
+
+/// The status of a pass at `revision` over its containers. `failure` is
+/// the first error of the pass, if any; it makes the status Failed and the
+/// pass retry. `healthy_since` is when every container last became
+/// healthy (kept across passes); `Healthy` once that held `min_healthy`.
+pub(super) fn of_pass(
+    revision: u64,
+    observed: Vec<Observed>,
+    mut failure: Option<(String, Reason)>,
+    healthy_since: &mut Option<Instant>,
+    min_healthy: Duration,
+    now: Instant,
+) -> PassStatus {
+    let mut statuses = BoundedVec::new();
+    let mut all_running = !observed.is_empty();
+    let mut all_healthy = true;
+    let mut all_completed = true;
+    let mut crashed = None;
+    let mut waiting: Option<(String, Reason)> = None;
+    let mut unhealthy = None;
+    let mut wake_at: Option<Instant> = None;
+    for o in observed {
+        if let Some(f) = o.failure {
+            failure.get_or_insert(f);
+        }
+        if let Some(c) = o.crashed {
+            crashed.get_or_insert(c);
+        }
+        if let Some((until, message)) = o.waiting {
+            wake_at = Some(wake_at.map_or(until, |w| w.min(until)));
+            waiting.get_or_insert((message, o.status.reason));
+        }
+        if let Some(u) = o.unhealthy {
+            unhealthy.get_or_insert(u);
+        }
+        if let Some(at) = o.wake_at {
+            wake_at = Some(wake_at.map_or(at, |w| w.min(at)));
+        }
+        let s = o.status;
+        all_running &= s.state == ContainerState::Running;
+        all_healthy &= matches!(s.health, None | Some(Health::Healthy));
+        all_completed &= o.completed;
+        let _ = statuses.push(s);
+    }
+    let mut outcome = Outcome::Settled;
+    let healthy = failure.is_none() && all_running && all_healthy;
+    if !healthy {
+        *healthy_since = None;
+    }
+    let (phase, (message, reason)) = if let Some(f) = failure {
+        outcome = Outcome::Retry;
+        (Phase::Failed, f)
+    } else if let Some(w) = waiting {
+        (Phase::CrashLoopBackOff, w)
+    } else if let Some(c) = crashed {
+        (Phase::Failed, c)
+    } else if let Some(u) = unhealthy {
+        (Phase::Unhealthy, (u, Reason::HealthCheckFailed))
+    } else if healthy {
+        let since = *healthy_since.get_or_insert(now);
+        let until = since + min_healthy;
+        if now >= until {
+            (Phase::Healthy, (String::new(), Reason::None))
+        } else {
+            wake_at = Some(wake_at.map_or(until, |w| w.min(until)));
+            (Phase::Running, (String::new(), Reason::None))
+        }
+    } else if all_running {
+        (Phase::Running, (String::new(), Reason::None))
+    } else if all_completed {
+        (Phase::Completed, (String::new(), Reason::None))
     } else {
-        None
+        // Restarting or just exited: the next runtime event brings news.
+        (Phase::Starting, (String::new(), Reason::None))
     };
-    Inspected {
-        status: status(state, exit, info.restart_count),
-        crashed,
-        failure: None,
+    PassStatus {
+        status: DeploymentStatus {
+            revision,
+            phase,
+            containers: statuses,
+            message: Text::owned(clip_message(&message).to_string()),
+            timestamp_ms: now_ms(),
+            reason,
+            running_revision: None,
+        },
+        outcome,
+        wake_at,
     }
 }

@@ -205,6 +205,36 @@ stop_timeout_secs = 1
             .await;
     }
 
+    pub async fn put_v1(
+        &self,
+        deployment: &str,
+        revision: u64,
+        containers: Vec<protocol::ContainerV1<'static>>,
+    ) {
+        self.put_raw(
+            deployment,
+            encode_desired_v1(deployment, revision, containers),
+        )
+        .await;
+    }
+
+    /// Appends `toml` to the `[podman]` table of the agent's configuration
+    /// (the last table written).
+    pub fn write_config_with_podman(&self, toml: &str) -> PathBuf {
+        let path = self.write_config();
+        let mut text = std::fs::read_to_string(&path).unwrap();
+        text.push_str(toml);
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    /// `podman inspect` of a container, as JSON.
+    pub fn inspect(&self, name: &str) -> serde_json::Value {
+        let out = self.podman.run(&["inspect", name]);
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        v[0].clone()
+    }
+
     pub async fn delete(&self, deployment: &str) {
         let deadline = std::time::Instant::now() + WAIT;
         loop {
@@ -385,6 +415,24 @@ pub fn encode_desired(
     containers: Vec<Container<'static>>,
 ) -> Vec<u8> {
     let score = IotScore::PodmanV0(PodmanV0Score {
+        containers: BoundedVec::try_from_iter(containers).unwrap(),
+    });
+    let desired = DesiredState {
+        deployment: Text::owned(deployment.to_string()),
+        revision,
+        score: score.to_payload().unwrap(),
+        rollout: protocol::RolloutPolicy::default(),
+    };
+    protocol::wire::encode_to_vec(&desired).unwrap()
+}
+
+/// A `PodmanV1` desired state with the default rollout policy.
+pub fn encode_desired_v1(
+    deployment: &str,
+    revision: u64,
+    containers: Vec<protocol::ContainerV1<'static>>,
+) -> Vec<u8> {
+    let score = IotScore::PodmanV1(protocol::PodmanV1Score {
         containers: BoundedVec::try_from_iter(containers).unwrap(),
     });
     let desired = DesiredState {
