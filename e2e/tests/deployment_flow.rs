@@ -107,6 +107,18 @@ impl World {
         targets: &[&str],
         data: serde_json::Value,
     ) -> Deployment {
+        self.apply_typed(ns, name, targets, "PodmanV0", data).await
+    }
+
+    /// [`World::apply`] with a score of type `type_name`.
+    async fn apply_typed(
+        &self,
+        ns: &str,
+        name: &str,
+        targets: &[&str],
+        type_name: &str,
+        data: serde_json::Value,
+    ) -> Deployment {
         let mut d = match self.api.get(ns, name) {
             Some(mut old) => {
                 old.metadata.generation = old.metadata.generation.map(|g| g + 1);
@@ -132,6 +144,7 @@ impl World {
             }
         };
         d.spec.target_devices = targets.iter().map(|s| s.to_string()).collect();
+        d.spec.score.type_name = type_name.into();
         d.spec.score.data = data;
         self.api.insert(&d);
         self.reconcile(ns, name).await
@@ -443,3 +456,47 @@ trait Pipe: Sized {
     }
 }
 impl<T> Pipe for T {}
+
+/// A PodmanV1 container that exits 1 at once: the agent restarts it with
+/// back-off, and the CR status shows the device CrashLoopBackOff with its
+/// reason, neither ready nor healthy, and says so in the Degraded message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_loop_on_the_device_shows_in_the_cr_status() {
+    let Some(mut w) = World::start().await else {
+        return;
+    };
+    let device = unique("e2e-crash");
+    w.spawn_agent(&device, &native_agent());
+    let data = json!({"containers": [{
+        "name": "crash",
+        "image": IMAGE,
+        "command": ["sh", "-c", "exit 1"],
+        "pullPolicy": "Never"
+    }]});
+    let d = w
+        .apply_typed("fleet", "crasher", &[&device], "PodmanV1", data)
+        .await;
+    let rev = revision(&d);
+    w.wait_phase(&device, "crasher", Some(rev), Phase::CrashLoopBackOff)
+        .await;
+    let status = w.device_status(&device, "crasher").await.unwrap();
+    assert_eq!(status.reason, protocol::Reason::CrashLoopBackOff);
+    let c = &status.containers[0];
+    assert_eq!(c.exit_code, Some(1));
+    assert!(c.restart_count >= 1, "{c:?}");
+    w.wait_cr("fleet", "crasher", "CrashLoopBackOff", |s| {
+        s.ready == 0
+            && s.healthy == 0
+            && s.devices.iter().any(|e| {
+                e.device == device
+                    && e.phase == operator::crd::DevicePhase::CrashLoopBackOff
+                    && e.reason.as_deref() == Some("CrashLoopBackOff")
+            })
+            && s.conditions.iter().any(|c| {
+                c.type_ == "Degraded"
+                    && c.status == "True"
+                    && c.message.contains("CrashLoopBackOff")
+            })
+    })
+    .await;
+}
