@@ -237,7 +237,10 @@ async fn a_rollout_policy_change_alone_is_written_at_once() {
     step(&api, &ctx, &d2).await.unwrap();
     let rec = desired(&env.nats, "a", "web").await.unwrap();
     let value: DesiredState<'_> = protocol::wire::decode(&rec.value).unwrap();
-    assert!(value.rollout.auto_rollback, "the new policy was not written");
+    assert!(
+        value.rollout.auto_rollback,
+        "the new policy was not written"
+    );
     assert_eq!(rec.value[0], protocol::wire::FORMAT_VERSION_2);
 }
 

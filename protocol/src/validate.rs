@@ -163,7 +163,9 @@ pub enum Violation {
     #[error("must be visible ASCII (percent-encode anything else, e.g. /caf%C3%A9)")]
     NotVisibleAscii,
     /// A header the health check's HTTP client sets itself.
-    #[error("is set by the agent's HTTP client itself (Host, Content-Length, Transfer-Encoding, Connection); remove it")]
+    #[error(
+        "is set by the agent's HTTP client itself (Host, Content-Length, Transfer-Encoding, Connection); remove it"
+    )]
     ReservedHeader,
     /// Not an HTTP header name.
     #[error("must be an HTTP header name: letters, digits and !#$%&'*+-.^_`|~ (e.g. X-Probe)")]

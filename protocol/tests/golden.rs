@@ -604,7 +604,10 @@ fn a_status_v2_must_say_every_containers_health() {
     // decoder of the first release refuses it (Healthy is phase 8).
     let mut bytes = unhex(STATUS);
     let phase = 1 + 1; // the format byte, then the revision (one varint byte)
-    assert_eq!(decode::<DeploymentStatus>(&bytes).unwrap().phase, Phase::Running);
+    assert_eq!(
+        decode::<DeploymentStatus>(&bytes).unwrap().phase,
+        Phase::Running
+    );
     assert_eq!(bytes[phase], Phase::Running as u8);
     bytes[phase] = Phase::Healthy as u8;
     assert_eq!(
