@@ -92,3 +92,53 @@ async fn bad_input_is_reported_and_isolated() {
     ])
     .await;
 }
+
+/// A `PodmanV1` health check on a port the container does not declare, which
+/// the operator refuses, is refused by the agent too when it arrives anyway
+/// (here: a valid value with the declared port changed in its bytes), with
+/// the field and the fix in the status; the agent creates nothing for it.
+#[tokio::test]
+async fn a_bad_health_check_that_arrives_anyway_is_refused_naming_the_field() {
+    let Some(env) = Env::start("bad-check").await else {
+        return;
+    };
+    let _agent = env.spawn_agent();
+    let mut c = protocol::ContainerV1::new(
+        protocol::Text::borrowed("web"),
+        protocol::Text::borrowed("localhost/iot-agent-test:does-not-matter"),
+    );
+    c.ports = protocol::BoundedVec::try_from_iter([protocol::Port {
+        container_port: 8080,
+        host_port: None,
+        protocol: protocol::PortProtocol::Tcp,
+        host_ip: None,
+    }])
+    .unwrap();
+    c.health_check = Some(protocol::HealthCheck::http_get(8080));
+    let mut value = encode_desired_v1("checked", 7, vec![c]);
+    // 8080 is the varint 0x90 0x3f; its first occurrence is the declared
+    // port, which becomes 8081: the check's port is then undeclared.
+    let at = value
+        .windows(2)
+        .position(|w| w == [0x90, 0x3f])
+        .expect("the declared port in the encoding");
+    value[at] = 0x91;
+    env.put_raw("checked", value).await;
+    let s = env
+        .wait_status("checked", "Failed", |s| s.phase == Phase::Failed)
+        .await;
+    assert_eq!(s.revision, 7);
+    for part in [
+        "containers[0].healthCheck.httpGet.port",
+        "8080",
+        "containerPort",
+    ] {
+        assert!(s.message.contains(part), "{part}: {}", s.message.as_str());
+    }
+    assert!(
+        env.containers()
+            .iter()
+            .all(|(name, ..)| !name.contains("checked")),
+        "a container was created for a refused score"
+    );
+}
