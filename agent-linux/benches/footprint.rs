@@ -6,7 +6,7 @@
 //! `BENCH_RSS_SECS` (30: RSS/PSS read after this long idle),
 //! `BENCH_PODMAN_IDLE_SECS` (65: the Podman service alone, before the
 //! agent starts; 0 skips it), `BENCH_EMPTY_IDLE_SECS` (65: idle CPU with no
-//! deployments), `BENCH_IDLE_SECS` (65: idle CPU with the deployments), each
+//! deployments; 0 skips it), `BENCH_IDLE_SECS` (65: idle CPU with the deployments), each
 //! window counting the agent plus the Podman service and conmon work it
 //! causes (65 s: at least two 30 s heartbeats and one NATS ping),
 //! `BENCH_BASELINE_RUNS` (20 `podman run -d`; 20 more run one after each
@@ -16,6 +16,19 @@
 //! static musl one); for profiling an apply, `BENCH_AGENT_LOG` (the
 //! agent's `IOT_AGENT_LOG`, default `warn`) and `BENCH_TRACE=1` (each
 //! sample's put and start times, in ns since the epoch, on stderr).
+//!
+//! What the idle deployments run, `BENCH_CHECKS` (issue 16): unset or `0`,
+//! a `sleep` container in a PodmanV0 score; `1` or `http`, busybox httpd in
+//! a PodmanV1 score with an `httpGet` check (timeout 1 s) that the agent
+//! runs over the container's bridge address (the port is declared, not
+//! published); `exec`, the same httpd checked by an `exec` of `wget` in the
+//! container (timeout 5 s: a libpod exec on a loaded machine can take more
+//! than 1 s); a list (`http,exec,none`, `none` being the sleepers)
+//! measures each in turn, the deployments replaced between windows, each
+//! window starting once every deployment reports Healthy with every check
+//! passing. `BENCH_CHECK_SECS` (10) is the
+//! checks' interval. httpd logs each request (`-v`), so the table also says
+//! how many checks the containers answered during the window.
 #![allow(clippy::unwrap_used, missing_docs)]
 
 #[path = "../tests/common/mod.rs"]
@@ -27,7 +40,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use futures::StreamExt;
-use protocol::Phase;
+use protocol::{BoundedVec, ContainerV1, HealthCheck, Phase, Text};
 
 fn env_num(name: &str, default: u64) -> u64 {
     std::env::var(name)
@@ -156,41 +169,72 @@ async fn bench() {
         assert!(started.elapsed() < first, "no heartbeat within {first:?}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let empty = {
+    let empty = if empty_idle > 0 {
         let w = Window::begin(Some(pid), &service, &[], &heartbeats);
         tokio::time::sleep(Duration::from_secs(empty_idle)).await;
-        w.end(Some(pid), &service, &[], &heartbeats)
+        Some(w.end(Some(pid), &service, &[], &heartbeats))
+    } else {
+        None
     };
 
-    // --- idle footprint with N deployments
-    let mut names = Vec::new();
-    for i in 0..deployments {
-        let d = format!("d{i:02}");
-        env.put(&d, 1, vec![sleeper("c", "1")]).await;
-        names.push(env.container_name(&d, "c"));
-    }
-    for i in 0..deployments {
-        env.wait_status(&format!("d{i:02}"), "Healthy", |s| {
-            s.phase == Phase::Healthy
-        })
-        .await;
-    }
-    env.wait_running(&names).await;
-    let conmons: Vec<u32> = pids_matching("conmon")
-        .into_iter()
-        .filter(|p| cmdline(*p).contains(&env.device))
+    // --- idle footprint with N deployments, once per workload
+    let names: Vec<String> = (0..deployments)
+        .map(|i| env.container_name(&format!("d{i:02}"), "c"))
         .collect();
-    let window = Window::begin(Some(pid), &service, &conmons, &heartbeats);
-    let idle_start = Instant::now();
-    tokio::time::sleep(Duration::from_secs(rss_after)).await;
-    let rss = proc_kib(pid, "status", "VmRSS:").unwrap_or(0);
-    let hwm = proc_kib(pid, "status", "VmHWM:").unwrap_or(0);
-    let pss = proc_kib(pid, "smaps_rollup", "Pss:").unwrap_or(0);
-    let anon = proc_kib(pid, "status", "RssAnon:").unwrap_or(0);
-    let file = proc_kib(pid, "status", "RssFile:").unwrap_or(0);
-    let threads = proc_kib(pid, "status", "Threads:").unwrap_or(0);
-    tokio::time::sleep(Duration::from_secs(idle).saturating_sub(idle_start.elapsed())).await;
-    let busy = window.end(Some(pid), &service, &conmons, &heartbeats);
+    let mut measured = Vec::new();
+    for (revision, workload) in (1u64..).zip(workloads()) {
+        for i in 0..deployments {
+            workload.put(&env, &format!("d{i:02}"), revision).await;
+        }
+        for i in 0..deployments {
+            env.wait_status(&format!("d{i:02}"), "Healthy, every check passing", |s| {
+                s.revision == revision
+                    && s.phase == Phase::Healthy
+                    && s.containers.iter().all(|c| {
+                        workload == Workload::Sleepers
+                            || c.health == Some(protocol::Health::Healthy)
+                    })
+            })
+            .await;
+        }
+        env.wait_running(&names).await;
+        let conmons: Vec<u32> = pids_matching("conmon")
+            .into_iter()
+            .filter(|p| cmdline(*p).contains(&env.device))
+            .collect();
+        // Read from the log files, not through Podman: not to add its work.
+        let logs: Vec<String> = if workload == Workload::Sleepers {
+            Vec::new()
+        } else {
+            names
+                .iter()
+                .filter_map(|n| {
+                    let v = env.inspect(n);
+                    // Podman 4.3 names the k8s-file log under HostConfig only.
+                    [&v["LogPath"], &v["HostConfig"]["LogConfig"]["Path"]]
+                        .into_iter()
+                        .find_map(|p| p.as_str().filter(|p| !p.is_empty()))
+                        .map(String::from)
+                })
+                .collect()
+        };
+        let answered_before = answered(&logs);
+        let window = Window::begin(Some(pid), &service, &conmons, &heartbeats);
+        let idle_start = Instant::now();
+        tokio::time::sleep(Duration::from_secs(rss_after)).await;
+        let memory = Memory::of(pid);
+        tokio::time::sleep(Duration::from_secs(idle).saturating_sub(idle_start.elapsed())).await;
+        let busy = window.end(Some(pid), &service, &conmons, &heartbeats);
+        let checks = (logs.len() == names.len() && !logs.is_empty())
+            .then(|| answered(&logs).saturating_sub(answered_before));
+        measured.push(Measured {
+            workload,
+            memory,
+            idle: busy,
+            conmons: conmons.len(),
+            checks,
+        });
+    }
 
     // --- apply latency: KV put -> Podman "start" event of the new container
     let lat = env.container_name("lat", "c");
@@ -291,15 +335,6 @@ async fn bench() {
     println!("|---|---|");
     println!("| agent binary | {bin} |");
     println!("| deployments | {deployments} |");
-    println!(
-        "| VmRSS after {rss_after} s idle | {rss} KiB ({:.2} MiB) |",
-        rss as f64 / 1024.0
-    );
-    println!("| of which anonymous / file-backed | {anon} KiB / {file} KiB |");
-    println!("| VmHWM (peak RSS) | {hwm} KiB |");
-    println!("| Pss | {pss} KiB |");
-    println!("| threads | {threads} |");
-    println!("| Pss / VmRSS read after | {rss_after} s idle with {deployments} deployments |");
     if let Some(alone) = &alone {
         println!(
             "| Podman API service alone, no client ({} process(es), incl. reaped children), {:.0} s | {} |",
@@ -308,30 +343,38 @@ async fn bench() {
             alone.cpu(alone.service, hz)
         );
     }
-    for (label, w, n) in [
-        ("no deployments", &empty, 0),
-        ("with the deployments", &busy, conmons.len()),
-    ] {
+    if let Some(empty) = &empty {
+        print_idle("no deployments", empty, 0, hz);
+    }
+    for m in &measured {
+        let label = format!("with the deployments{}", m.workload.describe(check_secs()));
+        let Memory {
+            rss,
+            hwm,
+            pss,
+            anon,
+            file,
+            threads,
+        } = m.memory;
         println!(
-            "| idle {label}, {:.0} s ({} heartbeat(s)): agent CPU | {} |",
-            w.wall,
-            w.heartbeats,
-            w.cpu(w.agent, hz)
+            "| {label}: VmRSS after {rss_after} s idle | {rss} KiB ({:.2} MiB) |",
+            rss as f64 / 1024.0
         );
+        println!("| {label}: of which anonymous / file-backed | {anon} KiB / {file} KiB |");
         println!(
-            "| idle {label}: Podman API service CPU meanwhile, incl. reaped children | {} |",
-            w.cpu(w.service, hz)
+            "| {label}: VmHWM (peak RSS since the agent started) | {hwm} KiB ({:.2} MiB) |",
+            hwm as f64 / 1024.0
         );
-        if n > 0 {
+        println!("| {label}: Pss after {rss_after} s idle | {pss} KiB |");
+        println!("| {label}: threads | {threads} |");
+        if let Some(n) = m.checks {
             println!(
-                "| idle {label}: conmon CPU meanwhile ({n} process(es), one per container) | {} |",
-                w.cpu(w.conmon, hz)
+                "| {label}: checks the containers answered during the window | {n} (one per container every {} s: ~{:.0}) |",
+                check_secs(),
+                deployments as f64 * m.idle.wall / check_secs() as f64
             );
         }
-        println!(
-            "| idle {label}: total, agent + Podman service + conmon | {} |",
-            w.cpu(w.agent + w.service + w.conmon, hz)
-        );
+        print_idle(&label, &m.idle, m.conmons, hz);
     }
     println!(
         "| KV put -> container start (Podman event time), {} updates (replace) | p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms |",
@@ -373,6 +416,152 @@ async fn bench() {
         baseline.len(),
         p50(&fresh) / p50(&paired),
         p50(&samples) / p50(&baseline)
+    );
+}
+
+/// What the idle deployments run (`BENCH_CHECKS`, see the header).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Workload {
+    Sleepers,
+    HttpChecked,
+    ExecChecked,
+}
+
+fn workloads() -> Vec<Workload> {
+    let spec = std::env::var("BENCH_CHECKS").unwrap_or_default();
+    if spec.is_empty() || spec == "0" {
+        return vec![Workload::Sleepers];
+    }
+    spec.split(',')
+        .map(|w| match w.trim() {
+            "none" => Workload::Sleepers,
+            "1" | "http" => Workload::HttpChecked,
+            "exec" => Workload::ExecChecked,
+            other => panic!("BENCH_CHECKS: {other:?} is none of 0, 1, none, http, exec"),
+        })
+        .collect()
+}
+
+fn check_secs() -> u32 {
+    env_num("BENCH_CHECK_SECS", 10) as u32
+}
+
+fn texts(v: &[&'static str]) -> BoundedVec<Text<'static>, { protocol::limits::MAX_ARGS }> {
+    BoundedVec::try_from_iter(v.iter().map(|s| Text::borrowed(s))).unwrap()
+}
+
+impl Workload {
+    async fn put(self, env: &Env, deployment: &str, revision: u64) {
+        let check = match self {
+            Workload::Sleepers => {
+                env.put(deployment, revision, vec![sleeper("c", "1")]).await;
+                return;
+            }
+            Workload::HttpChecked => HealthCheck::http_get(80),
+            Workload::ExecChecked => {
+                let mut check = HealthCheck::exec(texts(&[
+                    "wget",
+                    "-q",
+                    "-O",
+                    "/dev/null",
+                    "http://127.0.0.1/",
+                ]));
+                check.timeout_seconds = 5;
+                check
+            }
+        };
+        // busybox httpd on port 80, declared and not published: the agent
+        // checks it at the container's bridge address. `-v` logs requests.
+        let mut c = ContainerV1::from_v0(web("c", 0));
+        c.args = Some(texts(&["-f", "-v", "-p", "80", "-h", "/www"]));
+        c.ports = BoundedVec::try_from_iter([protocol::Port {
+            container_port: 80,
+            host_port: None,
+            protocol: protocol::PortProtocol::Tcp,
+            host_ip: None,
+        }])
+        .unwrap();
+        let mut check = check;
+        check.interval_seconds = check_secs();
+        c.health_check = Some(check);
+        env.put_v1(deployment, revision, vec![c]).await;
+    }
+
+    fn describe(self, every: u32) -> String {
+        match self {
+            Workload::Sleepers => String::new(),
+            Workload::HttpChecked => format!(" (httpGet check every {every} s, bridge IP)"),
+            Workload::ExecChecked => format!(" (exec check every {every} s)"),
+        }
+    }
+}
+
+/// Requests httpd logged (`-v`: one `response:` line each) in `logs`.
+fn answered(logs: &[String]) -> u64 {
+    logs.iter()
+        .map(|p| {
+            std::fs::read_to_string(p)
+                .unwrap_or_default()
+                .matches("response:")
+                .count() as u64
+        })
+        .sum()
+}
+
+/// The agent's memory, in KiB (threads: a count).
+#[derive(Clone, Copy)]
+struct Memory {
+    rss: u64,
+    hwm: u64,
+    pss: u64,
+    anon: u64,
+    file: u64,
+    threads: u64,
+}
+
+impl Memory {
+    fn of(pid: u32) -> Memory {
+        Memory {
+            rss: proc_kib(pid, "status", "VmRSS:").unwrap_or(0),
+            hwm: proc_kib(pid, "status", "VmHWM:").unwrap_or(0),
+            pss: proc_kib(pid, "smaps_rollup", "Pss:").unwrap_or(0),
+            anon: proc_kib(pid, "status", "RssAnon:").unwrap_or(0),
+            file: proc_kib(pid, "status", "RssFile:").unwrap_or(0),
+            threads: proc_kib(pid, "status", "Threads:").unwrap_or(0),
+        }
+    }
+}
+
+/// One idle window with the deployments of one workload.
+struct Measured {
+    workload: Workload,
+    memory: Memory,
+    idle: Idle,
+    conmons: usize,
+    /// `None` when the workload has no check (or its logs were not found).
+    checks: Option<u64>,
+}
+
+fn print_idle(label: &str, w: &Idle, conmons: usize, hz: f64) {
+    println!(
+        "| idle {label}, {:.0} s ({} heartbeat(s)): agent CPU | {} |",
+        w.wall,
+        w.heartbeats,
+        w.cpu(w.agent, hz)
+    );
+    println!(
+        "| idle {label}: Podman API service CPU meanwhile, incl. reaped children | {} |",
+        w.cpu(w.service, hz)
+    );
+    if conmons > 0 {
+        println!(
+            "| idle {label}: conmon CPU meanwhile ({conmons} process(es), one per container) | {} |",
+            w.cpu(w.conmon, hz)
+        );
+    }
+    println!(
+        "| idle {label}: total, agent + Podman service + conmon | {} |",
+        w.cpu(w.agent + w.service + w.conmon, hz)
     );
 }
 
