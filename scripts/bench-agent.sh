@@ -15,7 +15,10 @@
 # BENCH_PODMAN_IDLE_SECS (65, 0 skips), BENCH_EMPTY_IDLE_SECS (65),
 # BENCH_IDLE_SECS (65), BENCH_BASELINE_RUNS (20), BENCH_PORT_UPDATES (20
 # updates of a container publishing a host port, replaced stop-first),
-# BENCH_GNU=1 also measures the dynamically linked x86_64-gnu build.
+# BENCH_GNU=1 also measures the dynamically linked x86_64-gnu build,
+# BENCH_CHECKS (unset: today's deployments; `http`, `exec`, `none` or a list
+# like `http,exec,none`: PodmanV1 deployments with that health check every
+# BENCH_CHECK_SECS (10), measured one after another).
 # Needs: rustup targets aarch64-unknown-linux-musl and x86_64-unknown-linux-musl,
 # gcc and gcc-aarch64-linux-gnu (ring's C code), podman, nats-server, bc, file.
 set -euo pipefail
