@@ -162,7 +162,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             max: Duration::from_secs(config.podman.restart_backoff_max_secs),
         },
     });
-    let rollback = Rc::new(Rollback::open(&config.state_dir).with_context(|| {
+    let policy = ctx.policy.clone();
+    let rollback = Rc::new(Rollback::open(&config.state_dir, policy).with_context(|| {
         format!(
             "cannot open the rollback stores under state_dir {} (check the directory is writable)",
             config.state_dir.display()

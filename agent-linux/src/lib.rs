@@ -17,6 +17,7 @@ pub mod host;
 pub mod http;
 pub mod log;
 pub mod nats;
+pub mod oom;
 pub mod podman;
 pub mod policy;
 pub mod reconcile;

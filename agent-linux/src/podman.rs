@@ -211,8 +211,15 @@ pub struct ContainerInfo {
     pub restart_count: u32,
     /// Podman's error for the last start, if any.
     pub error: String,
-    /// Whether the kernel OOM-killed it.
+    /// Whether the kernel OOM-killed it (never set by Podman 4: see
+    /// [`crate::oom`]).
     pub oom_killed: bool,
+    /// When its last run ended (Podman's `FinishedAt`, as given): one
+    /// death from the next.
+    pub finished_at: String,
+    /// When its current (or last) run started (Podman's `StartedAt`, as
+    /// given): one run from the next, whoever started it.
+    pub started_at: String,
     /// Its addresses on its Podman networks (none with host networking or
     /// while it is not running), for health checks.
     pub ip_addresses: Vec<std::net::IpAddr>,
@@ -473,6 +480,10 @@ impl Runtime for Podman {
             error: String,
             #[serde(rename = "OOMKilled", default)]
             oom_killed: bool,
+            #[serde(rename = "FinishedAt", default)]
+            finished_at: String,
+            #[serde(rename = "StartedAt", default)]
+            started_at: String,
         }
         #[derive(Deserialize)]
         struct Network {
@@ -529,6 +540,8 @@ impl Runtime for Podman {
             restart_count: i.restart_count,
             error: i.state.error,
             oom_killed: i.state.oom_killed,
+            finished_at: i.state.finished_at,
+            started_at: i.state.started_at,
             ip_addresses,
         })
     }

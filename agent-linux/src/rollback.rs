@@ -1,5 +1,5 @@
 //! Rollback on the device: when a new revision of a deployment fails, the
-//! agent goes back by itself (offline too) to the last revision that was
+//! agent goes back by itself (offline too) to the last revision proven
 //! `Healthy` on this board, and says so.
 //!
 //! A supervisor sits between the desired state (the NATS watch and the
@@ -10,33 +10,50 @@
 //!
 //! # What it remembers
 //!
-//! - `<state_dir>/healthy/<deployment>`: the last value (raw, as it came
-//!   from NATS) that reported `Healthy` at its revision.
+//! - `<state_dir>/healthy/<deployment>`: the last proven value (raw, as
+//!   it came from NATS; see below).
 //! - `<state_dir>/failed/<deployment>`: the failed-revision marker: the
 //!   revision that failed, a hash of its whole value, and why.
 //!
 //! Both are stores of [`crate::cache`] (one file per deployment, atomic
 //! writes: temp file, fsync, rename, fsync of the directory).
 //!
+//! # When a revision is proven
+//!
+//! A revision is kept as the one to go back to (stored as last healthy)
+//! only once it is proven: `Healthy` when its `progressDeadlineSeconds`
+//! pass, counted from its arrival on this device (an agent restart starts
+//! the count again). Being `Healthy` earlier proves nothing: with
+//! `minHealthySeconds` 0 a container is `Healthy` as soon as it runs,
+//! also between the crashes of a crash loop. A revision without
+//! `autoRollback` is proven the same way, so that it can be gone back to
+//! later. The restored last-healthy value, and a value of the same
+//! revision (same score, another rollout policy), are proven already.
+//!
 //! # When it rolls back
 //!
-//! Only when the current value's `rollout.autoRollback` is set and a
-//! last-healthy value of an older revision exists, and the current
-//! revision reports `CrashLoopBackOff`, or `Failed` with reason
-//! `ImagePullBackOff` or `Error`, or is not `Healthy` within
-//! `progressDeadlineSeconds` of its arrival on this device (an `Unhealthy`
-//! revision waits for the deadline: its checks may still recover). Then it
-//! writes the marker, and only then gives the reconciler the last-healthy
-//! value. Without one, nothing is rolled back; at the deadline the
-//! revision's status becomes `Failed` with reason
-//! `ProgressDeadlineExceeded` until it gets `Healthy`.
+//! Only when the current value's `rollout.autoRollback` is set, a proven
+//! value of another revision exists, and the agent would still apply it
+//! (it decodes, names this deployment, and the device's policy allows it:
+//! else the failure is only reported). Until the current revision is
+//! proven, it rolls back at once when the revision reports
+//! `CrashLoopBackOff`, or `Failed` with reason `ImagePullBackOff`,
+//! `OOMKilled` or `Error`, and at the deadline when it is not `Healthy`
+//! then (an `Unhealthy` revision waits for the deadline: its checks may
+//! still recover). So a failed revision is detected in at most the
+//! deadline; a crash loop as soon as its first back-off starts. It writes
+//! the marker, and only then gives the reconciler the last-healthy value.
+//! Without a value to go back to, nothing is rolled back; at the deadline
+//! the revision's status becomes `Failed` with reason
+//! `ProgressDeadlineExceeded` (but for its `Healthy` reports), and it is
+//! never proven. Once proven, a revision's failures are only reported.
 //!
 //! While rolled back, each report of the restored revision is published as
 //! `RolledBack` at the failed revision, with `running_revision` the
 //! restored one. The failed revision is not tried again until a newer
-//! value arrives (a higher revision, or any other value): a resync or a
-//! restart delivering the same value again keeps the rollback, and at boot
-//! the marker is honoured before any network.
+//! value arrives (another revision, or the same one with other content):
+//! a resync or a restart delivering the same value again keeps the
+//! rollback, and at boot the marker is honoured before any network.
 //!
 //! # Power cuts
 //!
@@ -74,6 +91,7 @@ use tokio::sync::{Notify, mpsc};
 
 use crate::cache::{Cache, CacheWriter};
 use crate::log::Chain;
+use crate::policy::Allowances;
 use crate::reconcile::{StatusReport, now_ms};
 
 /// A revision that failed and was rolled back, as stored in
@@ -204,15 +222,19 @@ pub enum Effect {
     Forget(String),
 }
 
-/// How the current value is progressing towards `Healthy`.
+/// How the current value is progressing towards being proven.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Progress {
-    /// Not yet `Healthy`; judged at the deadline.
+    /// Not proven yet; judged when this deadline passes.
     Until(Instant),
-    /// `Healthy` (or `Completed`), or nothing to judge (no `autoRollback`).
+    /// Proven: it is the last healthy value.
+    Proven,
+    /// Judged and not proven (`Completed`, or not `Healthy` at the
+    /// deadline without `autoRollback`): only reported.
     Settled,
-    /// Not `Healthy` by the deadline and nothing to roll back to: reported
-    /// as `Failed`, `ProgressDeadlineExceeded`, until it gets `Healthy`.
+    /// Not `Healthy` by the deadline with `autoRollback` and nothing to
+    /// roll back to: reported as `Failed`, `ProgressDeadlineExceeded`,
+    /// but when `Healthy`.
     Exceeded,
 }
 
@@ -231,6 +253,9 @@ struct Tracked {
     progress: Option<Progress>,
     /// The current revision's last report, for the deadline's status.
     last: Option<DeploymentStatus<'static>>,
+    /// The hash of a last-healthy value the agent would not apply, said
+    /// once.
+    refused: Option<u64>,
 }
 
 impl Tracked {
@@ -238,11 +263,30 @@ impl Tracked {
         self.current.as_ref()?.1.as_ref()
     }
 
-    /// The last-healthy value a failure of the current value goes back to.
-    fn fallback(&self) -> Option<&Value> {
+    /// The last-healthy value a failure of the current value goes back to:
+    /// with `autoRollback`, of another revision (revisions are content
+    /// hashes, not counters: any other one is older on this device), and
+    /// one the agent would apply under `policy` today.
+    fn fallback(&mut self, deployment: &str, policy: &Allowances) -> Option<Value> {
         let current = self.current()?;
         let healthy = self.healthy.as_ref()?;
-        (current.rollout.auto_rollback && healthy.revision < current.revision).then_some(healthy)
+        if !current.rollout.auto_rollback
+            || healthy.revision == current.revision
+            || healthy.hash == current.hash
+        {
+            return None;
+        }
+        if let Some(why) = crate::reconcile::spec::refusal(deployment, &healthy.bytes, policy) {
+            if self.refused != Some(healthy.hash) {
+                crate::warn!(
+                    "{deployment}: cannot roll back to revision {}: the agent would not apply it now: {why}",
+                    healthy.revision
+                );
+                self.refused = Some(healthy.hash);
+            }
+            return None;
+        }
+        Some(healthy.clone())
     }
 
     /// What the reconciler runs.
@@ -259,12 +303,20 @@ impl Tracked {
 #[derive(Debug, Default)]
 pub struct Supervisor {
     deployments: BTreeMap<String, Tracked>,
+    /// The device's security policy: a last-healthy value it refuses now
+    /// is not gone back to.
+    policy: Allowances,
 }
 
 impl Supervisor {
     /// A supervisor that knows the stores' contents: the last healthy
-    /// values and the markers, by deployment.
-    pub fn new(healthy: BTreeMap<String, Bytes>, failed: BTreeMap<String, Marker>) -> Self {
+    /// values and the markers, by deployment; it rolls back only to values
+    /// `policy` allows.
+    pub fn new(
+        healthy: BTreeMap<String, Bytes>,
+        failed: BTreeMap<String, Marker>,
+        policy: Allowances,
+    ) -> Self {
         let mut deployments: BTreeMap<String, Tracked> = BTreeMap::new();
         for (d, bytes) in healthy {
             match Value::read(bytes) {
@@ -275,7 +327,10 @@ impl Supervisor {
         for (d, m) in failed {
             deployments.entry(d).or_default().failed = Some(m);
         }
-        Supervisor { deployments }
+        Supervisor {
+            deployments,
+            policy,
+        }
     }
 
     /// `deployment`'s desired value arrived (`None`: it was deleted) at
@@ -295,6 +350,7 @@ impl Supervisor {
             };
             return (None, effects);
         };
+        let policy = &self.policy;
         let t = self.deployments.entry(deployment.to_string()).or_default();
         if t.current.as_ref().is_some_and(|(b, _)| *b == bytes) {
             // A resync, or a restart's restore then the watch's snapshot:
@@ -306,21 +362,36 @@ impl Supervisor {
         t.last = None;
         t.rolled_back = false;
         t.progress = None;
-        if let Some(v) = t.current() {
-            let failed_before = t.failed.as_ref().is_some_and(|m| m.matches(v));
-            if failed_before && t.fallback().is_some() {
+        let mut effects = Vec::new();
+        if let Some(v) = t.current().cloned() {
+            let failed_before = t.failed.as_ref().is_some_and(|m| m.matches(&v));
+            let proven = t.healthy.as_ref().map(|h| (h.revision, h.hash));
+            if failed_before && let Some(back) = t.fallback(deployment, policy) {
                 crate::info!(
                     "{deployment}: revision {} failed before; running revision {} again",
                     v.revision,
-                    t.healthy.as_ref().map_or(0, |h| h.revision)
+                    back.revision
                 );
                 t.rolled_back = true;
-            } else if v.rollout.auto_rollback {
+            } else if let Some((revision, hash)) = proven
+                && revision == v.revision
+            {
+                // The proven score, maybe with another rollout policy:
+                // keep the newest value of it.
+                t.progress = Some(Progress::Proven);
+                if hash != v.hash {
+                    effects.push(Effect::StoreHealthy(
+                        deployment.to_string(),
+                        v.bytes.clone(),
+                    ));
+                    t.healthy = Some(v);
+                }
+            } else {
                 let secs = u64::from(v.rollout.progress_deadline_seconds);
                 t.progress = Some(Progress::Until(now + Duration::from_secs(secs)));
             }
         }
-        (t.target(), Vec::new())
+        (t.target(), effects)
     }
 
     /// A reconciler's report for `deployment`.
@@ -350,35 +421,27 @@ impl Supervisor {
         let failure = match (status.phase, status.reason) {
             (Phase::CrashLoopBackOff, Reason::None) => Some(Reason::CrashLoopBackOff),
             (Phase::CrashLoopBackOff, r) => Some(r),
-            (Phase::Failed, r @ (Reason::ImagePullBackOff | Reason::Error)) => Some(r),
+            (Phase::Failed, r @ (Reason::ImagePullBackOff | Reason::Error | Reason::OOMKilled)) => {
+                Some(r)
+            }
             _ => None,
         };
-        match status.phase {
-            Phase::Healthy => {
-                t.progress = Some(Progress::Settled);
-                let mut effects = Vec::new();
-                if t.healthy.as_ref().is_none_or(|h| h.bytes != current.bytes) {
-                    effects.push(Effect::StoreHealthy(
-                        deployment.to_string(),
-                        current.bytes.clone(),
-                    ));
-                    t.healthy = Some(current);
+        match t.progress {
+            Some(Progress::Until(_)) => {
+                if status.phase == Phase::Completed {
+                    t.progress = Some(Progress::Settled);
+                } else if let Some(reason) = failure
+                    && let Some(back) = t.fallback(deployment, &self.policy)
+                {
+                    return roll_back(deployment, t, back, reason, status.message.to_string());
                 }
-                effects.push(Effect::Publish((deployment.to_string(), status)));
-                return effects;
+                publish(status)
             }
-            Phase::Completed => t.progress = Some(Progress::Settled),
-            _ => {}
+            Some(Progress::Exceeded) if status.phase != Phase::Healthy => {
+                publish(exceeded(&current, status))
+            }
+            _ => publish(status),
         }
-        if let Some(reason) = failure
-            && t.fallback().is_some()
-        {
-            return roll_back(deployment, t, reason, status.message.to_string());
-        }
-        if t.progress == Some(Progress::Exceeded) {
-            return publish(exceeded(&current, status));
-        }
-        publish(status)
     }
 
     /// Judges every deadline that passed by `now`.
@@ -404,9 +467,31 @@ impl Supervisor {
                 reason: Reason::None,
                 running_revision: None,
             });
-            if t.fallback().is_some() {
+            if last.phase == Phase::Healthy {
+                crate::info!(
+                    "{d}: revision {} is Healthy {secs}s after it arrived: the one to go back to from now on",
+                    current.revision
+                );
+                t.progress = Some(Progress::Proven);
+                if t.healthy.as_ref().is_none_or(|h| h.bytes != current.bytes) {
+                    effects.push(Effect::StoreHealthy(d.clone(), current.bytes.clone()));
+                    t.healthy = Some(current);
+                }
+            } else if let Some(back) = t.fallback(d, &self.policy) {
                 let detail = format!("not Healthy within {secs}s ({})", describe(&last));
-                effects.extend(roll_back(d, t, Reason::ProgressDeadlineExceeded, detail));
+                effects.extend(roll_back(
+                    d,
+                    t,
+                    back,
+                    Reason::ProgressDeadlineExceeded,
+                    detail,
+                ));
+            } else if !current.rollout.auto_rollback {
+                crate::info!(
+                    "{d}: revision {} not Healthy {secs}s after it arrived: not one to go back to",
+                    current.revision
+                );
+                t.progress = Some(Progress::Settled);
             } else {
                 crate::warn!(
                     "{d}: revision {} not Healthy within {secs}s, and no older Healthy revision to go back to",
@@ -451,9 +536,15 @@ impl Supervisor {
     }
 }
 
-/// Starts a rollback of `t`'s current value to its fallback.
-fn roll_back(deployment: &str, t: &mut Tracked, reason: Reason, detail: String) -> Vec<Effect> {
-    let (Some(current), Some(healthy)) = (t.current(), t.fallback()) else {
+/// Starts a rollback of `t`'s current value to `healthy`, its fallback.
+fn roll_back(
+    deployment: &str,
+    t: &mut Tracked,
+    healthy: Value,
+    reason: Reason,
+    detail: String,
+) -> Vec<Effect> {
+    let Some(current) = t.current() else {
         return Vec::new();
     };
     let marker = Marker {
@@ -467,7 +558,7 @@ fn roll_back(deployment: &str, t: &mut Tracked, reason: Reason, detail: String) 
         current.revision,
         healthy.revision
     );
-    let back = healthy.bytes.clone();
+    let back = healthy.bytes;
     t.failed = Some(marker.clone());
     t.rolled_back = true;
     t.progress = Some(Progress::Settled);
@@ -539,8 +630,9 @@ pub struct Rollback {
 }
 
 impl Rollback {
-    /// Opens the stores under `state_dir` and reads them.
-    pub fn open(state_dir: &Path) -> std::io::Result<Rollback> {
+    /// Opens the stores under `state_dir` and reads them; rolls back only
+    /// to values the device's `policy` allows.
+    pub fn open(state_dir: &Path, policy: Allowances) -> std::io::Result<Rollback> {
         let healthy = Cache::open_healthy(state_dir)?;
         let failed = Cache::open_failed(state_dir)?;
         let values = healthy
@@ -558,7 +650,7 @@ impl Rollback {
             }
         }
         Ok(Rollback {
-            supervisor: RefCell::new(Supervisor::new(values, markers)),
+            supervisor: RefCell::new(Supervisor::new(values, markers, policy)),
             healthy: CacheWriter::start(healthy),
             failed,
             wake: Notify::new(),
@@ -668,21 +760,41 @@ mod tests {
     use super::*;
     use protocol::{BoundedVec, Container, IotScore, PodmanV0Score};
 
+    /// Revisions as the operator makes them: content hashes, in no order
+    /// (each one here is numerically lower than the one before).
+    const R1: u64 = 0xf3a9_1c2e_77d0_4b15;
+    const R2: u64 = 0x0b7e_52a1_9c3d_e860;
+    const R3: u64 = 0x05d2_1e0f_438a_bc97;
+
+    const SECS: fn(u64) -> Duration = Duration::from_secs;
+
     /// A desired-state value of deployment `web` at `revision`, its
     /// container tagged `tag` (another tag: another value), with a policy.
     fn value(revision: u64, tag: &str, auto_rollback: bool, deadline: u32) -> Bytes {
+        value_of("web", revision, tag, false, auto_rollback, deadline)
+    }
+
+    fn value_of(
+        deployment: &str,
+        revision: u64,
+        tag: &str,
+        privileged: bool,
+        auto_rollback: bool,
+        deadline: u32,
+    ) -> Bytes {
         let mut c = Container::new(Text::borrowed("c"), Text::borrowed("localhost/x:1"));
         c.env = BoundedVec::try_from_iter([protocol::EnvVar {
             name: Text::borrowed("TAG"),
             value: Text::owned(tag.to_string()),
         }])
         .unwrap();
+        c.privileged = privileged;
         let score = IotScore::PodmanV0(PodmanV0Score {
             containers: BoundedVec::try_from_iter([c]).unwrap(),
         });
         Bytes::from(
             protocol::wire::encode_to_vec(&DesiredState {
-                deployment: Text::borrowed("web"),
+                deployment: Text::owned(deployment.to_string()),
                 revision,
                 score: score.to_payload().unwrap(),
                 rollout: RolloutPolicy {
@@ -695,6 +807,7 @@ mod tests {
         )
     }
 
+    /// A revision proven 600 s after it arrives, that does not roll back.
     fn good(revision: u64) -> Bytes {
         value(revision, "good", false, 600)
     }
@@ -725,6 +838,15 @@ mod tests {
         }
     }
 
+    fn crash(revision: u64, message: &str) -> DeploymentStatus<'static> {
+        status(
+            revision,
+            Phase::CrashLoopBackOff,
+            Reason::CrashLoopBackOff,
+            message,
+        )
+    }
+
     fn publish(s: DeploymentStatus<'static>) -> Vec<Effect> {
         vec![Effect::Publish(("web".into(), s))]
     }
@@ -737,22 +859,26 @@ mod tests {
         }
     }
 
-    /// Revision 1 became Healthy at `t0`; returns the supervisor.
+    fn rolls_back(effects: &[Effect]) -> bool {
+        effects.iter().any(|e| matches!(e, Effect::Retarget(..)))
+    }
+
+    /// Revision R1 arrived at `t0` and was proven at its deadline; returns
+    /// the supervisor, at `t0 + 600 s`.
     fn healthy_at_1(t0: Instant) -> Supervisor {
         let mut s = Supervisor::default();
-        assert_eq!(s.arrived("web", Some(good(1)), t0).0, Some(good(1)));
-        assert_eq!(s.next_deadline(), None, "no autoRollback, no deadline");
-        let healthy = status(1, Phase::Healthy, Reason::None, "");
-        let e = s.report("web", healthy.clone());
+        assert_eq!(s.arrived("web", Some(good(R1)), t0).0, Some(good(R1)));
+        assert_eq!(s.next_deadline(), Some(t0 + SECS(600)));
+        // Healthy before the deadline proves nothing yet.
+        let healthy = status(R1, Phase::Healthy, Reason::None, "");
+        assert_eq!(s.report("web", healthy.clone()), publish(healthy.clone()));
+        assert_eq!(s.tick(t0 + SECS(599)), []);
+        // Healthy when it passes: proven, stored.
         assert_eq!(
-            e,
-            [
-                vec![Effect::StoreHealthy("web".into(), good(1))],
-                publish(healthy.clone())
-            ]
-            .concat()
+            s.tick(t0 + SECS(600)),
+            [Effect::StoreHealthy("web".into(), good(R1))]
         );
-        // Healthy again: nothing more to store.
+        assert_eq!(s.next_deadline(), None);
         assert_eq!(s.report("web", healthy.clone()), publish(healthy));
         s
     }
@@ -761,193 +887,260 @@ mod tests {
     fn a_crash_loop_writes_the_marker_then_goes_back_to_the_last_healthy_value() {
         let t0 = Instant::now();
         let mut s = healthy_at_1(t0);
-        assert_eq!(s.arrived("web", Some(guarded(2)), t0).0, Some(guarded(2)));
-        assert_eq!(s.next_deadline(), Some(t0 + Duration::from_secs(60)));
-        let starting = status(2, Phase::Starting, Reason::None, "");
-        assert_eq!(s.report("web", starting.clone()), publish(starting));
-        let crash = status(
-            2,
-            Phase::CrashLoopBackOff,
-            Reason::CrashLoopBackOff,
-            "container c exited with code 1",
-        );
+        assert_eq!(s.arrived("web", Some(guarded(R2)), t0).0, Some(guarded(R2)));
+        assert_eq!(s.next_deadline(), Some(t0 + SECS(60)));
+        // Healthy between two crashes (minHealthySeconds 0): not proven.
+        for phase in [Phase::Starting, Phase::Healthy] {
+            let st = status(R2, phase, Reason::None, "");
+            assert_eq!(s.report("web", st.clone()), publish(st));
+        }
         let marker = Marker {
-            revision: 2,
-            hash: value_hash(&guarded(2)),
+            revision: R2,
+            hash: value_hash(&guarded(R2)),
             reason: Reason::CrashLoopBackOff,
             detail: "container c exited with code 1".into(),
         };
         assert_eq!(
-            s.report("web", crash),
+            s.report("web", crash(R2, "container c exited with code 1")),
             [
                 Effect::MarkFailed("web".into(), marker),
-                Effect::Retarget("web".into(), good(1)),
+                Effect::Retarget("web".into(), good(R1)),
             ],
             "the marker first, then the old value"
         );
         assert_eq!(s.next_deadline(), None);
         // The failed revision's pass under way says nothing more.
-        let late = status(2, Phase::CrashLoopBackOff, Reason::CrashLoopBackOff, "x");
-        assert_eq!(s.report("web", late), []);
+        assert_eq!(s.report("web", crash(R2, "x")), []);
         // The restored revision's reports are the failed one's RolledBack.
-        let e = s.report("web", status(1, Phase::Starting, Reason::None, ""));
+        let e = s.report("web", status(R1, Phase::Starting, Reason::None, ""));
         let rb = published(&e);
         assert_eq!(
             (rb.revision, rb.phase, rb.reason, rb.running_revision),
-            (2, Phase::RolledBack, Reason::CrashLoopBackOff, Some(1))
+            (R2, Phase::RolledBack, Reason::CrashLoopBackOff, Some(R1))
         );
         assert_eq!(
             rb.message.as_str(),
-            "revision 2 failed (CrashLoopBackOff): container c exited with code 1; running revision 1 again (last Starting)"
+            format!(
+                "revision {R2} failed (CrashLoopBackOff): container c exited with code 1; running revision {R1} again (last Starting)"
+            )
         );
         assert_eq!(rb.containers.len(), 1, "the running containers' states");
-        let e = s.report("web", status(1, Phase::Healthy, Reason::None, ""));
+        let e = s.report("web", status(R1, Phase::Healthy, Reason::None, ""));
         assert_eq!(
             published(&e).message.as_str(),
-            "revision 2 failed (CrashLoopBackOff): container c exited with code 1; running revision 1 again"
+            format!(
+                "revision {R2} failed (CrashLoopBackOff): container c exited with code 1; running revision {R1} again"
+            )
         );
     }
 
     #[test]
-    fn pull_and_start_errors_roll_back_other_failures_wait_for_the_deadline() {
+    fn pull_start_and_oom_failures_roll_back_other_failures_wait_for_the_deadline() {
         let t0 = Instant::now();
-        for (reason, rolls_back) in [
-            (Reason::ImagePullBackOff, true),
-            (Reason::Error, true),
-            (Reason::None, false),
-            (Reason::HealthCheckFailed, false),
+        for (phase, reason, rolls) in [
+            (Phase::Failed, Reason::ImagePullBackOff, true),
+            (Phase::Failed, Reason::Error, true),
+            (Phase::Failed, Reason::OOMKilled, true),
+            (Phase::CrashLoopBackOff, Reason::OOMKilled, true),
+            (Phase::CrashLoopBackOff, Reason::None, true),
+            (Phase::Failed, Reason::None, false),
+            (Phase::Failed, Reason::HealthCheckFailed, false),
+            (Phase::Unhealthy, Reason::HealthCheckFailed, false),
         ] {
             let mut s = healthy_at_1(t0);
-            s.arrived("web", Some(guarded(2)), t0);
-            let e = s.report("web", status(2, Phase::Failed, reason, "boom"));
-            let retargeted = e.iter().any(|e| matches!(e, Effect::Retarget(..)));
-            assert_eq!(retargeted, rolls_back, "{reason:?}: {e:?}");
+            s.arrived("web", Some(guarded(R2)), t0);
+            let e = s.report("web", status(R2, phase, reason, "boom"));
+            assert_eq!(rolls_back(&e), rolls, "{phase:?} {reason:?}: {e:?}");
         }
         // Unhealthy waits for the deadline, then rolls back.
         let mut s = healthy_at_1(t0);
-        s.arrived("web", Some(guarded(2)), t0);
+        s.arrived("web", Some(guarded(R2)), t0);
         let unhealthy = status(
-            2,
+            R2,
             Phase::Unhealthy,
             Reason::HealthCheckFailed,
             "check failed",
         );
         assert_eq!(s.report("web", unhealthy.clone()), publish(unhealthy));
-        assert_eq!(s.tick(t0 + Duration::from_secs(59)), []);
-        let e = s.tick(t0 + Duration::from_secs(60));
+        assert_eq!(s.tick(t0 + SECS(59)), []);
+        let e = s.tick(t0 + SECS(60));
         let [Effect::MarkFailed(_, marker), Effect::Retarget(_, back)] = &e[..] else {
             panic!("{e:?}");
         };
-        assert_eq!(back, &good(1));
+        assert_eq!(back, &good(R1));
         assert_eq!(marker.reason, Reason::ProgressDeadlineExceeded);
         assert_eq!(
             marker.detail,
             "not Healthy within 60s (last Unhealthy: check failed)"
         );
-        assert_eq!(s.tick(t0 + Duration::from_secs(120)), [], "judged once");
+        assert_eq!(s.tick(t0 + SECS(120)), [], "judged once");
+    }
+
+    /// Healthy at its deadline, a revision is proven: it is gone back to
+    /// from then on, and its own failures are only reported.
+    #[test]
+    fn a_revision_healthy_at_its_deadline_is_proven() {
+        let t0 = Instant::now();
+        let mut s = healthy_at_1(t0);
+        let t1 = t0 + SECS(600);
+        s.arrived("web", Some(guarded(R2)), t1);
+        s.report("web", status(R2, Phase::Healthy, Reason::None, ""));
+        assert_eq!(
+            s.tick(t1 + SECS(60)),
+            [Effect::StoreHealthy("web".into(), guarded(R2))]
+        );
+        assert_eq!(
+            s.report("web", crash(R2, "late")),
+            publish(crash(R2, "late"))
+        );
+        // R3 fails: back to R2, not R1.
+        s.arrived("web", Some(guarded(R3)), t1 + SECS(100));
+        let e = s.report("web", crash(R3, "boom"));
+        assert_eq!(e[1], Effect::Retarget("web".into(), guarded(R2)));
     }
 
     #[test]
-    fn without_auto_rollback_or_an_older_healthy_value_nothing_is_rolled_back() {
+    fn without_auto_rollback_or_a_healthy_value_nothing_is_rolled_back() {
         let t0 = Instant::now();
-        let crash = status(
-            2,
-            Phase::CrashLoopBackOff,
-            Reason::CrashLoopBackOff,
-            "exit 1",
-        );
-        // autoRollback off: reported as it is, no deadline.
+        // autoRollback off: reported as it is; at its deadline, not
+        // Healthy, it is not one to go back to.
         let mut s = healthy_at_1(t0);
-        s.arrived("web", Some(value(2, "off", false, 1)), t0);
+        s.arrived("web", Some(value(R2, "off", false, 1)), t0);
+        assert_eq!(s.report("web", crash(R2, "x")), publish(crash(R2, "x")));
+        assert_eq!(s.tick(t0 + SECS(1)), []);
         assert_eq!(s.next_deadline(), None);
-        assert_eq!(s.report("web", crash.clone()), publish(crash.clone()));
+        s.arrived("web", Some(guarded(R3)), t0);
+        let e = s.report("web", crash(R3, "y"));
+        assert_eq!(e[1], Effect::Retarget("web".into(), good(R1)));
         // Nothing healthy before: the failure shows, and at the deadline
         // the revision is Failed, ProgressDeadlineExceeded.
         let mut s = Supervisor::default();
-        s.arrived("web", Some(guarded(2)), t0);
-        assert_eq!(s.report("web", crash.clone()), publish(crash.clone()));
-        let e = s.tick(t0 + Duration::from_secs(60));
+        s.arrived("web", Some(guarded(R2)), t0);
+        let c = crash(R2, "exit 1");
+        assert_eq!(s.report("web", c.clone()), publish(c.clone()));
+        let e = s.tick(t0 + SECS(60));
         let failed = published(&e);
         assert_eq!(
             (failed.revision, failed.phase, failed.reason),
-            (2, Phase::Failed, Reason::ProgressDeadlineExceeded)
+            (R2, Phase::Failed, Reason::ProgressDeadlineExceeded)
         );
         assert_eq!(
             failed.message.as_str(),
             "not Healthy within 60s (last CrashLoopBackOff: exit 1)"
         );
-        // ...until it gets Healthy after all, which makes it the one to go
-        // back to.
-        let e = s.report("web", crash);
+        let e = s.report("web", c);
         assert_eq!(published(&e).reason, Reason::ProgressDeadlineExceeded);
-        let healthy = status(2, Phase::Healthy, Reason::None, "");
+        // Healthy later is said as it is, but proves nothing.
+        let healthy = status(R2, Phase::Healthy, Reason::None, "");
+        assert_eq!(s.report("web", healthy.clone()), publish(healthy));
+        assert_eq!(s.tick(t0 + SECS(6000)), []);
+    }
+
+    /// A stored value the agent would not apply now (the device's policy
+    /// tightened, or it names another deployment) is not gone back to: the
+    /// failure is reported as it is.
+    #[test]
+    fn a_last_healthy_value_the_agent_would_refuse_is_not_gone_back_to() {
+        let t0 = Instant::now();
+        for stored in [
+            value_of("web", R1, "priv", true, false, 600),
+            value_of("other", R1, "good", false, false, 600),
+        ] {
+            let mut s = Supervisor::new(
+                BTreeMap::from([("web".to_string(), stored)]),
+                BTreeMap::new(),
+                Allowances::default(),
+            );
+            s.arrived("web", Some(guarded(R2)), t0);
+            let c = crash(R2, "exit 1");
+            assert_eq!(s.report("web", c.clone()), publish(c));
+        }
+        // The same value with the policy that allows it: rolled back.
+        let allow = Allowances {
+            privileged: true,
+            ..Allowances::default()
+        };
+        let mut s = Supervisor::new(
+            BTreeMap::from([(
+                "web".to_string(),
+                value_of("web", R1, "priv", true, false, 600),
+            )]),
+            BTreeMap::new(),
+            allow,
+        );
+        s.arrived("web", Some(guarded(R2)), t0);
+        assert!(rolls_back(&s.report("web", crash(R2, "exit 1"))));
+    }
+
+    /// The proven score again with another rollout policy (the operator
+    /// writes it under the same revision) is proven at once, and kept.
+    #[test]
+    fn the_proven_revision_with_another_policy_is_proven_at_once() {
+        let t0 = Instant::now();
+        let mut s = healthy_at_1(t0);
+        let again = value(R1, "good", true, 60);
         assert_eq!(
-            s.report("web", healthy.clone()),
-            [
-                vec![Effect::StoreHealthy("web".into(), guarded(2))],
-                publish(healthy)
-            ]
-            .concat()
+            s.arrived("web", Some(again.clone()), t0),
+            (
+                Some(again.clone()),
+                vec![Effect::StoreHealthy("web".into(), again)]
+            )
         );
-        // A healthy value is not older than itself: a later failure of the
-        // same revision is only reported.
-        let crash = status(
-            2,
-            Phase::CrashLoopBackOff,
-            Reason::CrashLoopBackOff,
-            "again",
-        );
-        assert_eq!(s.report("web", crash.clone()), publish(crash));
+        assert_eq!(s.next_deadline(), None);
+        // Its own crash has nothing else to go back to.
+        assert_eq!(s.report("web", crash(R1, "x")), publish(crash(R1, "x")));
     }
 
     #[test]
     fn the_failed_value_is_not_retried_until_a_newer_one_arrives() {
         let t0 = Instant::now();
         let mut s = healthy_at_1(t0);
-        s.arrived("web", Some(guarded(2)), t0);
-        let crash = status(
-            2,
-            Phase::CrashLoopBackOff,
-            Reason::CrashLoopBackOff,
-            "exit 1",
-        );
-        let e = s.report("web", crash);
+        s.arrived("web", Some(guarded(R2)), t0);
+        let e = s.report("web", crash(R2, "exit 1"));
         let Effect::MarkFailed(_, marker) = e[0].clone() else {
             panic!("{e:?}")
         };
         // A resync delivers it again: still rolled back.
-        assert_eq!(s.arrived("web", Some(guarded(2)), t0).0, Some(good(1)));
+        assert_eq!(s.arrived("web", Some(guarded(R2)), t0).0, Some(good(R1)));
         assert_eq!(s.next_deadline(), None);
         // A restart: the stores, then the cache's value, then NATS's.
         let stores = || {
             (
-                BTreeMap::from([("web".to_string(), good(1))]),
+                BTreeMap::from([("web".to_string(), good(R1))]),
                 BTreeMap::from([("web".to_string(), marker.clone())]),
             )
         };
         let (healthy, failed) = stores();
-        let mut s = Supervisor::new(healthy, failed);
-        assert_eq!(s.arrived("web", Some(guarded(2)), t0).0, Some(good(1)));
+        let mut s = Supervisor::new(healthy, failed, Allowances::default());
+        assert_eq!(s.arrived("web", Some(guarded(R2)), t0).0, Some(good(R1)));
         assert_eq!(s.prune(), [], "the cache holds it");
-        assert_eq!(s.arrived("web", Some(guarded(2)), t0).0, Some(good(1)));
-        let e = s.report("web", status(1, Phase::Running, Reason::None, ""));
+        assert_eq!(s.arrived("web", Some(guarded(R2)), t0).0, Some(good(R1)));
+        let e = s.report("web", status(R1, Phase::Running, Reason::None, ""));
         assert_eq!(published(&e).phase, Phase::RolledBack);
         // The same revision with other content is a new value: tried.
-        let other = value(2, "fixed", true, 60);
+        let other = value(R2, "fixed", true, 60);
         assert_eq!(s.arrived("web", Some(other.clone()), t0).0, Some(other));
-        // So is a newer revision, which may fail and go back to 1 too.
-        assert_eq!(s.arrived("web", Some(guarded(3)), t0).0, Some(guarded(3)));
-        let ok = status(3, Phase::Healthy, Reason::None, "");
-        assert_eq!(s.report("web", ok).len(), 2, "stored and published");
+        // So is a newer revision, which may fail and go back to R1 too.
+        assert_eq!(s.arrived("web", Some(guarded(R3)), t0).0, Some(guarded(R3)));
+        s.report("web", status(R3, Phase::Healthy, Reason::None, ""));
+        assert_eq!(s.tick(t0 + SECS(60)).len(), 1, "proven and stored");
         // A report of the revision before, late, is dropped.
         assert_eq!(
-            s.report("web", status(1, Phase::Running, Reason::None, "")),
+            s.report("web", status(R1, Phase::Running, Reason::None, "")),
             []
         );
-        // At boot, a marker for another value than the cached one is stale.
+        // At boot, a marker for another value than the cached one is stale;
+        // the restored last-healthy value is proven already.
         let (healthy, failed) = stores();
-        let mut s = Supervisor::new(healthy, failed);
-        assert_eq!(s.arrived("web", Some(guarded(3)), t0).0, Some(guarded(3)));
+        let mut s = Supervisor::new(healthy, failed, Allowances::default());
+        assert_eq!(s.arrived("web", Some(guarded(R3)), t0).0, Some(guarded(R3)));
+        let (healthy, failed) = stores();
+        let mut s = Supervisor::new(healthy, failed, Allowances::default());
+        assert_eq!(
+            s.arrived("web", Some(good(R1)), t0),
+            (Some(good(R1)), vec![])
+        );
+        assert_eq!(s.next_deadline(), None);
     }
 
     #[test]
@@ -961,10 +1154,14 @@ mod tests {
         assert_eq!(s.arrived("web", None, t0), (None, vec![]));
         // Leftovers of an interrupted delete go at boot.
         let mut s = Supervisor::new(
-            BTreeMap::from([("gone".to_string(), good(1)), ("web".to_string(), good(1))]),
+            BTreeMap::from([
+                ("gone".to_string(), good(R1)),
+                ("web".to_string(), good(R1)),
+            ]),
             BTreeMap::new(),
+            Allowances::default(),
         );
-        s.arrived("web", Some(good(1)), t0);
+        s.arrived("web", Some(good(R1)), t0);
         assert_eq!(s.prune(), [Effect::Forget("gone".into())]);
         // A deployment never seen reports as it is.
         let x = status(4, Phase::Running, Reason::None, "");
@@ -1012,8 +1209,13 @@ mod tests {
     #[tokio::test]
     async fn the_marker_is_durable_before_the_retarget() {
         let dir = tempfile::tempdir().unwrap();
-        let rollback = Rc::new(Rollback::open(dir.path()).unwrap());
-        assert_eq!(rollback.arrived("web", Some(good(1))), Some(good(1)));
+        // R1 was proven before (the store holds it).
+        Cache::open_healthy(dir.path())
+            .unwrap()
+            .store("web", &good(R1))
+            .unwrap();
+        let rollback = Rc::new(Rollback::open(dir.path(), Allowances::default()).unwrap());
+        assert_eq!(rollback.arrived("web", Some(good(R1))), Some(good(R1)));
         let (tx, rx) = mpsc::unbounded_channel();
         let (out_tx, mut out) = mpsc::unbounded_channel::<StatusReport>();
         let marker_path = dir.path().join("failed/web");
@@ -1025,23 +1227,20 @@ mod tests {
             retargets.borrow_mut().push((d.to_string(), v, on_disk));
         };
         let driver = async {
-            tx.send(("web".into(), status(1, Phase::Healthy, Reason::None, "")))
+            tx.send(("web".into(), status(R1, Phase::Healthy, Reason::None, "")))
                 .unwrap();
             assert_eq!(out.recv().await.unwrap().1.phase, Phase::Healthy);
-            assert_eq!(rollback.arrived("web", Some(guarded(2))), Some(guarded(2)));
-            let crash = status(
-                2,
-                Phase::CrashLoopBackOff,
-                Reason::CrashLoopBackOff,
-                "exit 1",
+            assert_eq!(
+                rollback.arrived("web", Some(guarded(R2))),
+                Some(guarded(R2))
             );
-            tx.send(("web".into(), crash)).unwrap();
-            tx.send(("web".into(), status(1, Phase::Running, Reason::None, "")))
+            tx.send(("web".into(), crash(R2, "exit 1"))).unwrap();
+            tx.send(("web".into(), status(R1, Phase::Running, Reason::None, "")))
                 .unwrap();
             let (_, s) = out.recv().await.unwrap();
             assert_eq!(
                 (s.phase, s.revision, s.running_revision),
-                (Phase::RolledBack, 2, Some(1))
+                (Phase::RolledBack, R2, Some(R1))
             );
             drop(tx);
         };
@@ -1050,16 +1249,19 @@ mod tests {
         let [(d, v, Some(marker))] = &retargets[..] else {
             panic!("{retargets:?}");
         };
-        assert_eq!((d.as_str(), v), ("web", &good(1)));
-        assert_eq!((marker.revision, marker.hash), (2, value_hash(&guarded(2))));
+        assert_eq!((d.as_str(), v), ("web", &good(R1)));
+        assert_eq!(
+            (marker.revision, marker.hash),
+            (R2, value_hash(&guarded(R2)))
+        );
         rollback.close();
         assert_eq!(
             std::fs::read(dir.path().join("healthy/web")).unwrap(),
-            good(1)
+            good(R1)
         );
         // A restart honours both.
-        let again = Rollback::open(dir.path()).unwrap();
-        assert_eq!(again.arrived("web", Some(guarded(2))), Some(good(1)));
+        let again = Rollback::open(dir.path(), Allowances::default()).unwrap();
+        assert_eq!(again.arrived("web", Some(guarded(R2))), Some(good(R1)));
         // A delete drops both.
         assert_eq!(again.arrived("web", None), None);
         again.close();

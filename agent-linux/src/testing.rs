@@ -119,6 +119,8 @@ impl Runtime for MemoryRuntime {
             exit_code,
             restart_count: 0,
             error: String::new(),
+            finished_at: String::new(),
+            started_at: String::new(),
             ip_addresses: Vec::new(),
         })
     }

@@ -175,3 +175,46 @@ async fn http_and_tcp_checks_make_it_healthy() {
     let health: Vec<_> = s.containers.iter().map(|c| c.health).collect();
     assert_eq!(health, [Some(protocol::Health::Healthy); 2], "{s:?}");
 }
+
+/// An HTTP check of a container on the host's network reaches it at
+/// 127.0.0.1 and the check's port (no `ports` needed); the device's
+/// policy must allow host namespaces for it to run at all.
+#[tokio::test]
+async fn an_http_check_reaches_a_host_network_container() {
+    let Some(env) = Env::start("v1-hostnet").await else {
+        return;
+    };
+    env.write_config_with_podman("\n[security]\nallow_host_namespaces = true\n");
+    let _agent = env.spawn_agent_with_config();
+    let port = testkit::free_port();
+    let mut c = ContainerV1::from_v0(common::web("host", port));
+    c.ports = protocol::BoundedVec::new();
+    c.host_network = true;
+    c.args = Some(
+        protocol::BoundedVec::try_from_iter([
+            Text::borrowed("-f"),
+            Text::borrowed("-p"),
+            Text::owned(format!("127.0.0.1:{port}")),
+            Text::borrowed("-h"),
+            Text::borrowed("/www"),
+        ])
+        .unwrap(),
+    );
+    let mut check = protocol::HealthCheck::http_get(port);
+    check.interval_seconds = 1;
+    c.health_check = Some(check);
+    env.put_v1("dep", 1, vec![c]).await;
+    let s = env
+        .wait_status("dep", "healthy", |s| s.phase == Phase::Healthy)
+        .await;
+    assert_eq!(s.containers[0].health, Some(protocol::Health::Healthy));
+    let i = env.inspect(&env.container_name("dep", "host"));
+    assert_eq!(
+        i["HostConfig"]["NetworkMode"], "host",
+        "{}",
+        i["HostConfig"]
+    );
+    // The check is what says so: the server answers on the host.
+    let answer = std::net::TcpStream::connect(("127.0.0.1", port));
+    assert!(answer.is_ok(), "nothing listens on 127.0.0.1:{port}");
+}

@@ -30,19 +30,23 @@ fn desired(
     .unwrap()
 }
 
-/// Rolls back on failure; `Healthy` once every container ran (and every
-/// check passed) for `min_healthy` seconds.
-fn guarded(min_healthy: u32) -> RolloutPolicy {
+/// Rolls back on failure, with the default `minHealthySeconds` (0: a
+/// crash-looping revision is `Healthy` between its crashes, which proves
+/// nothing before its deadline).
+fn guarded() -> RolloutPolicy {
     RolloutPolicy {
-        min_healthy_seconds: min_healthy,
         // Long: the crash loop is what triggers the rollback here.
         progress_deadline_seconds: 600,
         auto_rollback: true,
+        ..RolloutPolicy::default()
     }
 }
 
-/// A crashing revision's policy: not `Healthy` before its first crash.
-const SLOW_HEALTHY: u32 = 120;
+/// Revisions as the operator makes them, content hashes: each one here is
+/// numerically lower than the one before.
+const R1: u64 = 0xf3a9_1c2e_77d0_4b15;
+const R2: u64 = 0x0b7e_52a1_9c3d_e860;
+const R3: u64 = 0x05d2_1e0f_438a_bc97;
 
 /// Two sleepers tagged `tag`: every revision replaces both.
 fn good(tag: &str) -> Vec<ContainerV1<'static>> {
@@ -94,17 +98,51 @@ async fn wait_revision_running(env: &Env, revision: &str) {
     );
 }
 
-/// Revision 1 is Healthy on the device.
-async fn healthy_at_1(env: &Env) {
-    env.put_raw(APP, desired(1, good("v1"), RolloutPolicy::default()))
-        .await;
-    env.wait_status(APP, "Healthy at 1", |s| {
-        s.phase == Phase::Healthy && s.revision == 1
+/// `revision` of [`good`] `v1` is proven on the device: `Healthy` at its
+/// progress deadline (1 s), stored as the one to go back to.
+async fn healthy_at(env: &Env, revision: u64) {
+    let value = desired(
+        revision,
+        good("v1"),
+        RolloutPolicy {
+            progress_deadline_seconds: 1,
+            ..RolloutPolicy::default()
+        },
+    );
+    env.put_raw(APP, value.clone()).await;
+    env.wait_status(APP, "Healthy", |s| {
+        s.phase == Phase::Healthy && s.revision == revision
     })
     .await;
-    wait_revision_running(env, "1").await;
+    wait_revision_running(env, &revision.to_string()).await;
+    let stored = env.state_dir().join("healthy").join(APP);
+    assert!(
+        testkit::wait_until(WAIT, || std::fs::read(&stored).is_ok_and(|v| v == value)),
+        "revision {revision} was never stored as the last healthy one"
+    );
 }
 
+async fn healthy_at_1(env: &Env) {
+    healthy_at(env, 1).await;
+}
+
+/// `main` runs until the test puts `/crash` in it, then exits 1; again at
+/// once after each restart (the file stays in its writable layer).
+fn crashing_on_demand(tag: &str) -> Vec<ContainerV1<'static>> {
+    let mut c = crashing(0, tag);
+    c[0].args = Some(
+        BoundedVec::try_from_iter([
+            Text::borrowed("-c"),
+            Text::borrowed("while [ ! -e /crash ]; do sleep 0.2; done; exit 1"),
+        ])
+        .unwrap(),
+    );
+    c
+}
+
+/// With revisions that are content hashes, the later one numerically
+/// lower: the device goes back by itself, NATS cut, from a revision that
+/// was `Healthy` (minHealthySeconds 0) until it crashed.
 #[tokio::test]
 async fn a_crash_looping_revision_is_rolled_back_offline_and_a_newer_one_applies() {
     let Some(env) = Env::start("rollback").await else {
@@ -112,23 +150,29 @@ async fn a_crash_looping_revision_is_rolled_back_offline_and_a_newer_one_applies
     };
     let proxy = testkit::proxy::TcpProxy::to_port(env.nats.port());
     let _agent = env.spawn_agent_via(&proxy.url());
-    healthy_at_1(&env).await;
+    healthy_at(&env, R1).await;
     let marker = env.state_dir().join("failed").join(APP);
 
-    // Revision 2 starts, then crashes after a few seconds: time to cut the
-    // device off first.
-    env.put_raw(APP, desired(2, crashing(8, "v2"), guarded(SLOW_HEALTHY)))
+    // R2 runs and is Healthy (not yet proven), until the test makes it
+    // crash, with the device cut off.
+    env.put_raw(APP, desired(R2, crashing_on_demand("v2"), guarded()))
         .await;
-    wait_revision_running(&env, "2").await;
+    env.wait_status(APP, "Healthy at R2", |s| {
+        s.phase == Phase::Healthy && s.revision == R2
+    })
+    .await;
+    wait_revision_running(&env, &R2.to_string()).await;
     let refused = proxy.refused();
     proxy.cut();
-    assert!(
-        !marker.exists(),
-        "rolled back before the cut: too slow here"
-    );
+    // Copied in, not `exec`ed: Podman 4 with the file event logger may
+    // lose an exec's died event and fail the exec that worked.
+    let trigger = env.state_dir().join("crash");
+    std::fs::write(&trigger, b"").unwrap();
+    let into = format!("{}:/crash", env.container_name(APP, "main"));
+    env.podman.run(&["cp", trigger.to_str().unwrap(), &into]);
 
-    // Cut off, the device goes back to revision 1 by itself.
-    wait_revision_running(&env, "1").await;
+    // Cut off, the device goes back to R1 by itself.
+    wait_revision_running(&env, &R1.to_string()).await;
     assert!(marker.exists(), "no failed-revision marker");
     assert!(
         testkit::wait_until_async(WAIT, || async { proxy.refused() > refused }).await,
@@ -136,22 +180,22 @@ async fn a_crash_looping_revision_is_rolled_back_offline_and_a_newer_one_applies
     );
     proxy.restore();
     let s = env
-        .wait_status(APP, "RolledBack from 2 to 1", |s| {
-            s.phase == Phase::RolledBack && s.revision == 2
+        .wait_status(APP, "RolledBack from R2 to R1", |s| {
+            s.phase == Phase::RolledBack && s.revision == R2
         })
         .await;
-    assert_eq!(s.running_revision, Some(1));
+    assert_eq!(s.running_revision, Some(R1));
     assert_eq!(s.reason, Reason::CrashLoopBackOff, "{}", s.message.as_str());
     assert!(
         s.message
-            .starts_with("revision 2 failed (CrashLoopBackOff): ")
-            && s.message.contains("running revision 1 again"),
+            .starts_with(&format!("revision {R2} failed (CrashLoopBackOff): "))
+            && s.message.contains(&format!("running revision {R1} again")),
         "{}",
         s.message.as_str()
     );
-    // Back in sync (the watch's snapshot, delivering revision 2 again, is
-    // done once a deployment put after it runs), the failed revision is
-    // not tried again: revision 1's containers are the same.
+    // Back in sync (the watch's snapshot, delivering R2 again, is done
+    // once a deployment put after it runs), the failed revision is not
+    // tried again: R1's containers are the same.
     let before = env.containers();
     env.put("probe", 1, vec![sleeper("p", "1")]).await;
     env.wait_status("probe", "Running", |s| {
@@ -163,17 +207,17 @@ async fn a_crash_looping_revision_is_rolled_back_offline_and_a_newer_one_applies
         .into_iter()
         .filter(|c| c.0 != env.container_name("probe", "p"))
         .collect();
-    assert_eq!(after, before, "revision 2 was tried again");
+    assert_eq!(after, before, "R2 was tried again");
 
     // A newer revision applies.
-    env.put_raw(APP, desired(3, good("v3"), guarded(0))).await;
+    env.put_raw(APP, desired(R3, good("v3"), guarded())).await;
     let s = env
-        .wait_status(APP, "Healthy at 3", |s| {
-            s.phase == Phase::Healthy && s.revision == 3
+        .wait_status(APP, "Healthy at R3", |s| {
+            s.phase == Phase::Healthy && s.revision == R3
         })
         .await;
     assert_eq!(s.running_revision, None);
-    wait_revision_running(&env, "3").await;
+    wait_revision_running(&env, &R3.to_string()).await;
 }
 
 #[tokio::test]
@@ -185,7 +229,7 @@ async fn an_agent_killed_as_the_rollback_starts_comes_back_offline_on_one_revisi
     healthy_at_1(&env).await;
     let marker = env.state_dir().join("failed").join(APP);
 
-    env.put_raw(APP, desired(2, crashing(1, "v2"), guarded(SLOW_HEALTHY)))
+    env.put_raw(APP, desired(2, crashing(1, "v2"), guarded()))
         .await;
     // SIGKILL the moment the marker is on disk: the reconciler has just
     // been given revision 1 back, and replaces revision 2's containers.
@@ -220,7 +264,7 @@ async fn an_agent_killed_mid_update_comes_back_offline_on_one_revision() {
     let mut agent = env.spawn_agent();
     healthy_at_1(&env).await;
 
-    env.put_raw(APP, desired(2, crashing(1, "v2"), guarded(SLOW_HEALTHY)))
+    env.put_raw(APP, desired(2, crashing(1, "v2"), guarded()))
         .await;
     // SIGKILL as soon as revision 2 has a container: revision 1 still runs
     // beside it, or was just stopped for it.
@@ -264,15 +308,20 @@ async fn a_revision_whose_check_never_passes_is_rolled_back_at_its_deadline_offl
         progress_deadline_seconds: 10,
         auto_rollback: true,
     };
-    env.put_raw(APP, desired(2, containers, deadline)).await;
-    wait_revision_running(&env, "2").await;
-    proxy.cut();
+    let value = desired(2, containers, deadline);
+    env.put_raw(APP, value.clone()).await;
+    // Cut the moment the device has it (its desired-state cache holds
+    // it): the deadline runs out offline.
+    let cached = env.state_dir().join("desired").join(APP);
     assert!(
-        !marker.exists(),
-        "rolled back before the cut: too slow here"
+        testkit::wait_until(WAIT, || std::fs::read(&cached).is_ok_and(|v| v == value)),
+        "revision 2 never reached the device"
     );
+    proxy.cut();
+    wait_revision_running(&env, "2").await;
 
     wait_revision_running(&env, "1").await;
+    assert!(marker.exists(), "no failed-revision marker");
     proxy.restore();
     let s = env
         .wait_status(APP, "RolledBack from 2 to 1", |s| {

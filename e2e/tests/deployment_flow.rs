@@ -119,6 +119,20 @@ impl World {
         type_name: &str,
         data: serde_json::Value,
     ) -> Deployment {
+        self.apply_rollout(ns, name, targets, type_name, data, Rollout::default())
+            .await
+    }
+
+    /// [`World::apply_typed`] with a rollout policy.
+    async fn apply_rollout(
+        &self,
+        ns: &str,
+        name: &str,
+        targets: &[&str],
+        type_name: &str,
+        data: serde_json::Value,
+        rollout: Rollout,
+    ) -> Deployment {
         let mut d = match self.api.get(ns, name) {
             Some(mut old) => {
                 old.metadata.generation = old.metadata.generation.map(|g| g + 1);
@@ -144,6 +158,7 @@ impl World {
             }
         };
         d.spec.target_devices = targets.iter().map(|s| s.to_string()).collect();
+        d.spec.rollout = rollout;
         d.spec.score.type_name = type_name.into();
         d.spec.score.data = data;
         self.api.insert(&d);
@@ -375,20 +390,22 @@ async fn deployment_to_running_container_to_ready_and_back() {
 /// 5. The same flow with the static aarch64 agent under qemu-aarch64-static.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_same_flow_with_the_aarch64_agent_under_qemu() {
+    let Some(agent) = qemu_agent() else { return };
+    full_flow(agent, "e2e-arm").await;
+}
+
+/// The static aarch64 agent under qemu-aarch64-static, as a command line;
+/// `None` (a skip outside CI) when either is missing.
+fn qemu_agent() -> Option<Vec<String>> {
     let Some(bin) = std::env::var_os("IOT_AGENT_AARCH64_BIN").map(PathBuf::from) else {
         return testkit::missing(
             "IOT_AGENT_AARCH64_BIN is not set (build with `cargo xtask dist --board rpi4` and point it at target/dist/rpi4/iot-agent)",
-        )
-        .unwrap_or(());
+        );
     };
-    let Some(qemu) = testkit::find_binary("QEMU_AARCH64", "qemu-aarch64-static") else {
-        return testkit::missing("qemu-aarch64-static is not installed").unwrap_or(());
-    };
-    full_flow(
-        vec![qemu.display().to_string(), bin.display().to_string()],
-        "e2e-arm",
-    )
-    .await;
+    let qemu = testkit::find_binary("QEMU_AARCH64", "qemu-aarch64-static").or_else(|| {
+        testkit::missing::<std::path::PathBuf>("qemu-aarch64-static is not installed")
+    })?;
+    Some(vec![qemu.display().to_string(), bin.display().to_string()])
 }
 
 /// 3. A device removed from the targets loses the container; the other
@@ -499,4 +516,109 @@ async fn a_crash_loop_on_the_device_shows_in_the_cr_status() {
             })
     })
     .await;
+}
+
+/// A PodmanV1 sleeper whose environment tags the revision.
+fn sleeper_v1(tag: &str) -> serde_json::Value {
+    json!({"containers": [{
+        "name": "app",
+        "image": IMAGE,
+        "command": ["sleep", "3600"],
+        "env": [{"name": "TAG", "value": tag}],
+        "pullPolicy": "Never"
+    }]})
+}
+
+/// Rollback on the device, through the whole system: revision 1 proves
+/// healthy (its progress deadline passes while it is Healthy), revision 2
+/// crash-loops, the device runs revision 1 again by itself and the CR
+/// shows the device RolledBack to it; revision 3 then applies.
+async fn rollback_flow(agent: Vec<String>, tag: &str) {
+    let Some(mut w) = World::start().await else {
+        return;
+    };
+    let device = unique(tag);
+    w.spawn_agent(&device, &agent);
+    let rollout = Rollout {
+        auto_rollback: true,
+        progress_deadline_seconds: 3,
+        ..Rollout::default()
+    };
+    let targets = [device.as_str()];
+    let apply = |data| {
+        w.apply_rollout(
+            "fleet",
+            "rollme",
+            &targets,
+            "PodmanV1",
+            data,
+            rollout.clone(),
+        )
+    };
+    let rev1 = revision(&apply(sleeper_v1("one")).await);
+    w.wait_phase(&device, "rollme", Some(rev1), Phase::Healthy)
+        .await;
+    // Proven: the agent keeps it as the revision to go back to.
+    let proven = w.dir.path().join(&device).join("healthy").join("rollme");
+    assert!(
+        testkit::wait_until_async(WAIT, || {
+            let ok = proven.exists();
+            async move { ok }
+        })
+        .await,
+        "revision 1 never proved healthy ({} missing)",
+        proven.display()
+    );
+    let name = format!("{device}_rollme_app");
+    let first = w.wait_containers(&device, &[&name]).await;
+
+    let crash = json!({"containers": [{
+        "name": "app",
+        "image": IMAGE,
+        "command": ["sh", "-c", "exit 1"],
+        "pullPolicy": "Never"
+    }]});
+    let rev2 = revision(&apply(crash).await);
+    assert_ne!(rev1, rev2);
+    w.wait_phase(&device, "rollme", Some(rev2), Phase::RolledBack)
+        .await;
+    let status = w.device_status(&device, "rollme").await.unwrap();
+    assert_eq!(status.running_revision, Some(rev1), "{status:?}");
+    assert_eq!(status.reason, protocol::Reason::CrashLoopBackOff);
+    w.wait_cr("fleet", "rollme", "RolledBack to revision 1", |s| {
+        s.failed == 1
+            && s.devices.iter().any(|e| {
+                e.device == device
+                    && e.phase == operator::crd::DevicePhase::RolledBack
+                    && e.running_revision.as_deref() == Some(revision_string(rev1).as_str())
+            })
+    })
+    .await;
+    // Revision 1's container runs again, under its name.
+    let again = w.wait_containers(&device, &[&name]).await;
+    assert_eq!(again.len(), first.len());
+    let label = w.podman.run(&[
+        "inspect",
+        "--format",
+        "{{index .Config.Labels \"io.nationtech.iot.revision\"}}",
+        &name,
+    ]);
+    assert_eq!(label.trim(), rev1.to_string(), "the running revision");
+
+    // A good revision 3 applies.
+    let rev3 = revision(&apply(sleeper_v1("three")).await);
+    w.wait_phase(&device, "rollme", Some(rev3), Phase::Healthy)
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_revision_is_rolled_back_on_the_device() {
+    rollback_flow(native_agent(), "e2e-rb").await;
+}
+
+/// The rollback with the static aarch64 agent under qemu-aarch64-static.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_rollback_with_the_aarch64_agent_under_qemu() {
+    let Some(agent) = qemu_agent() else { return };
+    rollback_flow(agent, "e2e-rb-arm").await;
 }

@@ -28,8 +28,10 @@ pub(super) struct Checks {
 /// The check of one run of a container.
 #[derive(Debug)]
 struct Checked {
-    id: String,
-    since: Instant,
+    /// The run: container id and Podman's `StartedAt`, so that a restart
+    /// the agent did not make (`podman restart`) gets a new watch, at the
+    /// run's new address.
+    run: Run,
     generation: u64,
     /// `None` when the check has nowhere to go (its reason says why).
     _watch: Option<Watch>,
@@ -48,8 +50,9 @@ impl Checks {
         }
     }
 
-    /// Makes sure the run of `w` as `id` that started at `since` is
-    /// checked, when `w` has a check; `info` is a fresh inspection.
+    /// Makes sure the run of `w` as `id` that `info` (a fresh inspection)
+    /// shows is checked, when `w` has a check; `since` tells runs apart
+    /// when Podman gives no `StartedAt`.
     pub fn ensure<R: Runtime>(
         &mut self,
         ctx: &Context<R>,
@@ -63,11 +66,8 @@ impl Checks {
             self.by_name.remove(name);
             return;
         };
-        if self
-            .by_name
-            .get(name)
-            .is_some_and(|c| c.id == id && c.since == since)
-        {
+        let run = Run::of(id, info, since);
+        if self.by_name.get(name).is_some_and(|c| c.run == run) {
             return;
         }
         let probe = match check.action() {
@@ -134,8 +134,7 @@ impl Checks {
         self.by_name.insert(
             name.to_string(),
             Checked {
-                id: id.to_string(),
-                since,
+                run,
                 generation,
                 _watch: watch,
                 health,
@@ -172,6 +171,25 @@ impl Checks {
         checked.health = change.health;
         checked.reason = change.reason;
         Some(checked.restart_on_failure && change.health == Health::Unhealthy)
+    }
+}
+
+/// One run of a container.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Run {
+    /// Its id and Podman's `StartedAt`.
+    Started(String, String),
+    /// Its id and when the agent saw it start (no `StartedAt`).
+    Seen(String, Instant),
+}
+
+impl Run {
+    fn of(id: &str, info: &ContainerInfo, since: Instant) -> Run {
+        if info.started_at.is_empty() {
+            Run::Seen(id.to_string(), since)
+        } else {
+            Run::Started(id.to_string(), info.started_at.clone())
+        }
     }
 }
 

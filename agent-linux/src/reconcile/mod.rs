@@ -15,7 +15,8 @@
 //!
 //! Besides the desired state and runtime events, a pass runs when a
 //! health check changes its verdict and when something it scheduled is
-//! due (a restart after its back-off, the end of `minHealthySeconds`).
+//! due (a restart after its back-off, the end of `minHealthySeconds`, the
+//! end of the moment after a restart that is never `Healthy`).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::rc::Rc;
@@ -109,8 +110,15 @@ struct Memory {
     removed: bool,
     /// Its containers' restarts and health checks.
     containers: observe::Containers,
-    /// Since when every container runs and passes its check.
+    /// Since when every container runs and passes its check, without a
+    /// restart.
     healthy_since: Option<Instant>,
+    /// Each container's id and restart count at the last pass (the
+    /// agent's count, or Podman's for `PodmanV0`): a change is a restart,
+    /// which starts the Healthy hold over.
+    restart_counts: BTreeMap<String, (String, u32)>,
+    /// Not `Healthy` before then: a moment after the last restart.
+    not_healthy_before: Option<Instant>,
     /// When the last pass wants another (a restart, `minHealthySeconds`).
     wake_at: Option<Instant>,
 }
@@ -123,10 +131,34 @@ impl Memory {
             containers: observe::Containers {
                 restarts: BTreeMap::new(),
                 checks: checks::Checks::new(checks),
+                oom: crate::oom::OomKills::new(crate::oom::KernelLog::device()),
+                born: Instant::now(),
             },
             healthy_since: None,
+            restart_counts: BTreeMap::new(),
+            not_healthy_before: None,
             wake_at: None,
         }
+    }
+
+    /// Notes this pass's restart counts; whether any container restarted
+    /// since the last pass (one seen for the first time, or replaced, did
+    /// if it has a count: restarted in this very pass, or by Podman).
+    fn restarted(&mut self, ids: &BTreeMap<String, String>, observed: &[status::Observed]) -> bool {
+        let mut restarted = false;
+        let mut counts = BTreeMap::new();
+        for o in observed {
+            let name = o.status.name.as_str();
+            let Some(id) = ids.get(name) else { continue };
+            let count = o.status.restart_count;
+            restarted |= match self.restart_counts.get(name) {
+                Some((was, n)) if was == id => *n != count,
+                _ => count > 0,
+            };
+            counts.insert(name.to_string(), (id.clone(), count));
+        }
+        self.restart_counts = counts;
+        restarted
     }
 }
 
@@ -191,16 +223,23 @@ async fn remove<R: Runtime>(ctx: &Context<R>, deployment: &str, memory: &mut Mem
     };
     memory.containers.retain(&BTreeMap::new());
     memory.healthy_since = None;
+    memory.restart_counts.clear();
     memory.wake_at = None;
     if existing.is_empty() && memory.removed {
         return Outcome::Settled;
     }
     // A reconciler started after the delete (an agent restart) knows only
-    // the labels.
-    let revision = existing
-        .iter()
-        .filter_map(|c| c.label(labels::REVISION).parse::<u64>().ok())
-        .fold(memory.revision, u64::max);
+    // the labels. Revisions are content hashes, not counters: which of
+    // two is later cannot be told, so any container's will do (they
+    // differ only for a deployment whose update was cut short).
+    let revision = if memory.revision != 0 {
+        memory.revision
+    } else {
+        existing
+            .iter()
+            .find_map(|c| c.label(labels::REVISION).parse::<u64>().ok())
+            .unwrap_or(0)
+    };
     memory.revision = revision;
     for c in &existing {
         if let Err(e) = ctx.runtime.remove(&c.id, stop_timeout_of(ctx, c)).await {
@@ -286,12 +325,17 @@ async fn apply<R: Runtime>(
             .push(observe::container(ctx, deployment, w, id, &mut memory.containers, now).await);
     }
     let min_healthy = Duration::from_secs(u64::from(desired.rollout.min_healthy_seconds));
+    let restarted = memory.restarted(&pass.ids, &observed);
     let pass_status = status::of_pass(
         revision,
         observed,
         pass.failure,
-        &mut memory.healthy_since,
-        min_healthy,
+        status::Hold {
+            since: &mut memory.healthy_since,
+            min: min_healthy,
+            restarted,
+            not_before: &mut memory.not_healthy_before,
+        },
         now,
     );
     memory.wake_at = pass_status.wake_at;
@@ -823,13 +867,32 @@ mod tests {
         // Podman restarts nothing: the agent does, at once the first time.
         ctx.runtime.oom_killed.set(true);
         ctx.runtime.exit(&id, 137);
+        let before = Instant::now();
         let s = pass(&mut memory).await;
         assert_eq!(ctx.runtime.take_calls(), [format!("start {NAME}")]);
         let c = &s.containers[0];
-        assert_eq!(s.phase, Phase::Healthy);
+        // Not Healthy in the pass that restarted it, even without
+        // minHealthySeconds; the pass looks again a moment later.
+        assert_eq!(s.phase, Phase::Running);
+        // The hold starts over at the restart.
+        assert!(memory.healthy_since.is_some_and(|t| t >= before));
         assert_eq!(
             (c.state, c.restart_count, c.exit_code),
             (ContainerState::Running, 1, Some(137))
+        );
+        let wake = memory.wake_at.unwrap();
+        assert!(wake >= before + Duration::from_secs(1), "{wake:?}");
+        // Not even a moment later (Podman may say a process that exits at
+        // once runs for a while).
+        let s = pass(&mut memory).await;
+        assert_eq!(s.phase, Phase::Running);
+        assert_eq!(memory.wake_at, Some(wake));
+        // Still running then, without another restart: Healthy.
+        memory.not_healthy_before = Some(Instant::now());
+        let s = pass(&mut memory).await;
+        assert_eq!(
+            (s.phase, s.containers[0].restart_count),
+            (Phase::Healthy, 1)
         );
         assert_eq!(memory.wake_at, None);
         // Then after 10 s.

@@ -12,10 +12,11 @@ use protocol::{ContainerState, ContainerStatus, Health, Reason, RestartPolicy};
 
 use super::Context;
 use super::checks::{Checks, wire_health};
-use super::restart::{LastExit, Restarts, Step};
+use super::restart::{LastExit, Restarts, Step, since_finished};
 use super::spec::{Wanted, stop_timeout};
 use super::status::{Observed, map_state};
 use crate::log::Chain;
+use crate::oom::OomKills;
 use crate::podman::{ContainerInfo, Runtime};
 
 /// What the reconciler keeps of its containers between passes.
@@ -25,6 +26,11 @@ pub(super) struct Containers {
     pub restarts: BTreeMap<String, Restarts>,
     /// The running health checks.
     pub checks: Checks,
+    /// The kernel's word on `SIGKILL` deaths (Podman 4 never says OOM).
+    pub oom: OomKills,
+    /// When the reconciler started: a container that exited before was
+    /// not seen run by it (an agent restart).
+    pub born: Instant,
 }
 
 impl Containers {
@@ -33,6 +39,7 @@ impl Containers {
         self.restarts
             .retain(|name, r| keep.get(name).is_some_and(|id| *id == r.id));
         self.checks.retain(|name| keep.contains_key(name));
+        self.oom.retain(|id| keep.values().any(|k| k == id));
     }
 
     /// A failed check asks for `name` to be restarted.
@@ -65,7 +72,7 @@ pub(super) async fn container<R: Runtime>(
         mem.checks.stop(name);
         return Observed::plain(status(ContainerState::Missing, None, 0));
     };
-    let info = match ctx.runtime.inspect(id).await {
+    let mut info = match ctx.runtime.inspect(id).await {
         Ok(info) => info,
         Err(e) => {
             let mut o = Observed::plain(status(ContainerState::Unknown, None, 0));
@@ -73,17 +80,44 @@ pub(super) async fn container<R: Runtime>(
             return o;
         }
     };
+    // Killed by SIGKILL and Podman does not say OOM: Podman 4 never does
+    // (podman #13102); the kernel's log tells, once per death.
+    if map_state(&info.status) == ContainerState::Exited
+        && info.exit_code == 137
+        && !info.oom_killed
+    {
+        info.oom_killed = mem.oom.killed(id, &info.finished_at);
+    }
     if !w.agent_restarts {
         return podman_restarted(w, &info, status);
     }
-    let entry = mem
-        .restarts
-        .entry(name.to_string())
-        .or_insert_with(|| Restarts::new(id, now));
-    if entry.id != *id {
-        *entry = Restarts::new(id, now);
+    if mem.restarts.get(name).is_none_or(|r| r.id != *id) {
+        mem.restarts
+            .insert(name.to_string(), first_seen(ctx, id, &info, mem.born, now));
     }
+    let Some(entry) = mem.restarts.get_mut(name) else {
+        return Observed::plain(status(ContainerState::Unknown, None, 0));
+    };
     agent_restarted(ctx, deployment, w, id, info, entry, &mut mem.checks, now).await
+}
+
+/// The restarts of container `id`, first seen at `now` as `info` says.
+/// One that exited before the reconciler started (`born`) waits its
+/// back-off from its exit: an agent restart does not restart it at once.
+fn first_seen<R>(
+    ctx: &Context<R>,
+    id: &str,
+    info: &ContainerInfo,
+    born: Instant,
+    now: Instant,
+) -> Restarts {
+    if map_state(&info.status) == ContainerState::Exited
+        && let Some(ago) = since_finished(&info.finished_at)
+        && ago >= now.saturating_duration_since(born)
+    {
+        return Restarts::seen_exited(id, now, Some(ago), &ctx.restart_backoff);
+    }
+    Restarts::new(id, now)
 }
 
 /// A container Podman restarts (`PodmanV0`): its state as Podman says.
@@ -172,6 +206,9 @@ async fn agent_restarted<R: Runtime>(
     }
     let mut state = map_state(&info.status);
     let mut waiting = None;
+    // Started in this pass: an exit seen right after is the next pass's
+    // (its `died` event runs it), not a crash.
+    let mut just_started = false;
     let code = info.exit_code;
     match state {
         ContainerState::Running => entry.running(now),
@@ -198,6 +235,7 @@ async fn agent_restarted<R: Runtime>(
                                 "{deployment}: restarted {name} (restart {})",
                                 entry.count
                             );
+                            just_started = true;
                             if let Ok(i) = ctx.runtime.inspect(id).await {
                                 info = i;
                                 state = map_state(&info.status);
@@ -253,6 +291,8 @@ async fn agent_restarted<R: Runtime>(
                 reason.as_str()
             ),
         ));
+    } else if state == ContainerState::Exited && just_started {
+        // Reported as it is; the phase says Starting until the next pass.
     } else if state == ContainerState::Exited {
         if code != 0 {
             let crash = exit_message(name, &info);

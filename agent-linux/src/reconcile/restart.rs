@@ -9,7 +9,10 @@
 //! `max`; a container that ran for `2 × max` before it exited starts over
 //! at once. A restart `start`s the same exited container (its logs stay).
 //! The count and the back-off live in memory, per container: an agent
-//! restart starts them over.
+//! restart starts the count over, but not the wait: a container a new
+//! reconciler first sees exited waits `initial` from when it exited
+//! (Podman's `FinishedAt`) before its restart, so an agent that restarts
+//! again and again cannot restart its containers in a tight loop.
 //!
 //! [`Restarts`] is the rule, pure: it is given the instants, and the pass
 //! (`observe`) does what it says.
@@ -99,10 +102,27 @@ impl Restarts {
         }
     }
 
+    /// A container first seen exited at `now`, by a reconciler that did
+    /// not see it run: it exited `ago` before (from Podman's `FinishedAt`;
+    /// `None`: unknown, counted as just now). Its restart waits what is
+    /// left of `initial`, then the back-off goes on from there.
+    pub fn seen_exited(
+        id: &str,
+        now: Instant,
+        ago: Option<Duration>,
+        b: &RestartBackoff,
+    ) -> Restarts {
+        let mut r = Restarts::new(id, now);
+        r.backoff = Some(b.initial);
+        r.waiting = Some(now + b.initial.saturating_sub(ago.unwrap_or_default()));
+        r
+    }
+
     /// The container is seen exited at `now` (with `exit`) and is to run
     /// again: when.
     pub fn exited(&mut self, now: Instant, exit: LastExit, b: &RestartBackoff) -> Step {
         if let Some(until) = self.waiting {
+            self.last_exit.get_or_insert(exit);
             return if now >= until {
                 Step::Start
             } else {
@@ -153,6 +173,22 @@ impl Restarts {
             self.since = now;
         }
     }
+}
+
+/// How long ago Podman's `finished_at` (RFC 3339, as inspect gives it)
+/// was, by the device clock; `None` when it is not a time (never exited)
+/// or in the future.
+pub(super) fn since_finished(finished_at: &str) -> Option<Duration> {
+    let at =
+        time::OffsetDateTime::parse(finished_at, &time::format_description::well_known::Rfc3339)
+            .ok()?;
+    // Podman's zero time: the container never exited.
+    if at.year() < 1970 {
+        return None;
+    }
+    std::time::SystemTime::now()
+        .duration_since(std::time::SystemTime::from(at))
+        .ok()
 }
 
 #[cfg(test)]
@@ -211,6 +247,44 @@ mod tests {
         // Ran 8 s (2 × max): at once again.
         let t = t + 9 * S;
         assert_eq!(r.exited(t, crash(), &b), Step::Start);
+    }
+
+    /// An agent restart does not skip the back-off: a container first
+    /// seen exited waits what is left of `initial` since it exited, then
+    /// the waits go on doubling.
+    #[test]
+    fn a_container_first_seen_exited_waits_from_its_exit() {
+        let b = RestartBackoff::default();
+        let t0 = Instant::now();
+        let mut r = Restarts::seen_exited("id", t0, Some(3 * S), &b);
+        assert_eq!(r.exited(t0, crash(), &b), Step::WaitUntil(t0 + 7 * S));
+        assert_eq!(r.last_exit, Some(crash()));
+        assert_eq!(r.exited(t0 + 7 * S, crash(), &b), Step::Start);
+        r.started(t0 + 7 * S, &b);
+        assert_eq!(
+            r.exited(t0 + 8 * S, crash(), &b),
+            Step::WaitUntil(t0 + 28 * S)
+        );
+        // Long gone: at once; unknown: the whole wait.
+        let mut r = Restarts::seen_exited("id", t0, Some(60 * S), &b);
+        assert_eq!(r.exited(t0, crash(), &b), Step::Start);
+        let mut r = Restarts::seen_exited("id", t0, None, &b);
+        assert_eq!(r.exited(t0, crash(), &b), Step::WaitUntil(t0 + 10 * S));
+    }
+
+    #[test]
+    fn podmans_finished_at_is_read_in_any_offset() {
+        let local = since_finished("2024-05-01T10:00:00.123456789+02:00").unwrap();
+        let utc = since_finished("2024-05-01T08:00:00.123456789Z").unwrap();
+        assert!(local.abs_diff(utc) < S, "{local:?} {utc:?}");
+        assert!(utc > 86400 * S);
+        assert_eq!(since_finished("0001-01-01T00:00:00Z"), None);
+        assert_eq!(since_finished(""), None);
+        assert_eq!(
+            since_finished("9999-01-01T00:00:00Z"),
+            None,
+            "in the future"
+        );
     }
 
     #[test]

@@ -107,6 +107,20 @@ pub(super) fn score<'a>(
     Ok(wanted)
 }
 
+/// Why the reconciler of `deployment` would not apply `value` on a device
+/// with `policy` (the message it would report), or `None` if it would.
+/// For a value kept to be applied later (the rollback's last healthy
+/// one): the policy, or the agent, may have changed since it ran.
+pub fn refusal(deployment: &str, value: &[u8], policy: &Allowances) -> Option<String> {
+    let desired = match decode(value) {
+        Ok(d) => d,
+        Err(e) => return Some(crate::log::Chain(&e).to_string()),
+    };
+    score(deployment, &desired, policy)
+        .err()
+        .map(|e| crate::log::Chain(&e).to_string())
+}
+
 /// The fields `PodmanV0` and `PodmanV1` share, as a `Container`: what the
 /// device's policy rules on (none of the new fields asks anything of the
 /// host).

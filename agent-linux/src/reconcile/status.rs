@@ -89,18 +89,47 @@ pub(super) struct PassStatus {
     pub wake_at: Option<Instant>,
 }
 
+/// How long a deployment has been healthy, across passes.
+pub(super) struct Hold<'a> {
+    /// Since when every container runs, passes its check and did not
+    /// restart (kept across passes).
+    pub since: &'a mut Option<Instant>,
+    /// How long that must hold: `minHealthySeconds`.
+    pub min: Duration,
+    /// A container restarted since the last pass: the hold starts over,
+    /// and this pass is not `Healthy` whatever `min` is.
+    pub restarted: bool,
+    /// Not `Healthy` before then, whatever `min` is: [`AFTER_RESTART`]
+    /// after the last restart (kept across passes).
+    pub not_before: &'a mut Option<Instant>,
+}
+
+/// How long after a restart the deployment is not `Healthy`, even with
+/// `minHealthySeconds` 0: Podman may say a process that exits at once
+/// runs for a moment after its start, and a pass then would call a crash
+/// loop healthy.
+const AFTER_RESTART: Duration = Duration::from_secs(1);
+
 /// The status of a pass at `revision` over its containers. `failure` is
 /// the first error of the pass, if any; it makes the status Failed and the
-/// pass retry. `healthy_since` is when every container last became
-/// healthy (kept across passes); `Healthy` once that held `min_healthy`.
+/// pass retry. `Healthy` once every container is and `hold` says that
+/// held long enough.
 pub(super) fn of_pass(
     revision: u64,
     observed: Vec<Observed>,
     mut failure: Option<(String, Reason)>,
-    healthy_since: &mut Option<Instant>,
-    min_healthy: Duration,
+    hold: Hold<'_>,
     now: Instant,
 ) -> PassStatus {
+    let Hold {
+        since: healthy_since,
+        min: min_healthy,
+        restarted,
+        not_before,
+    } = hold;
+    if restarted {
+        *not_before = Some(now + AFTER_RESTART);
+    }
     let mut statuses = BoundedVec::new();
     let mut all_running = !observed.is_empty();
     let mut all_healthy = true;
@@ -134,7 +163,7 @@ pub(super) fn of_pass(
     }
     let mut outcome = Outcome::Settled;
     let healthy = failure.is_none() && all_running && all_healthy;
-    if !healthy {
+    if !healthy || restarted {
         *healthy_since = None;
     }
     let (phase, (message, reason)) = if let Some(f) = failure {
@@ -148,7 +177,7 @@ pub(super) fn of_pass(
         (Phase::Unhealthy, (u, Reason::HealthCheckFailed))
     } else if healthy {
         let since = *healthy_since.get_or_insert(now);
-        let until = since + min_healthy;
+        let until = (since + min_healthy).max(not_before.unwrap_or(since));
         if now >= until {
             (Phase::Healthy, (String::new(), Reason::None))
         } else {
