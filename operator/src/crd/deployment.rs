@@ -274,17 +274,19 @@ pub struct Rollout {
     #[schemars(range(min = 1, max = MAX_ROLLOUT_SECONDS))]
     pub progress_deadline_seconds: u32,
     /// Seconds every container must run with every health check passing
-    /// before the device reports Healthy (and, with autoRollback, keeps the
-    /// revision as its last healthy one), like minReadySeconds. 0 to 86400;
+    /// (and no restart) before the device reports Healthy, like
+    /// minReadySeconds. 0 to 86400;
     /// default 0: Healthy as soon as every check passes.
     #[serde(default)]
     #[schemars(range(min = 0, max = MAX_ROLLOUT_SECONDS))]
     pub min_healthy_seconds: u32,
     /// Whether a device undoes a failed revision by itself: when a new
-    /// revision crash-loops, cannot be pulled or started, or does not
-    /// become Healthy within progressDeadlineSeconds, the device restores
-    /// the last revision that was Healthy there (from its own cache, so it
-    /// works without the network) and reports RolledBack with the reason.
+    /// revision crash-loops, cannot be pulled or started, or is not
+    /// Healthy when progressDeadlineSeconds pass, the device restores the
+    /// last revision that proved itself there (Healthy when its own
+    /// deadline passed; from the device's own store, so it works without
+    /// the network) and reports RolledBack with the reason. A crash loop
+    /// is acted on at once, anything else at the deadline.
     /// The failed revision is not retried until a newer one arrives.
     /// Default false: the device keeps the failed revision and reports it.
     #[serde(default)]
