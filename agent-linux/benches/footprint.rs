@@ -96,9 +96,14 @@ fn clock_ticks() -> f64 {
         .unwrap_or(100.0)
 }
 
+/// The `p` percentile of `sorted`; zero for no samples (a run with
+/// `BENCH_UPDATES=0` measures the footprint only).
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[idx.min(sorted.len() - 1)]
+    let Some(last) = sorted.len().checked_sub(1) else {
+        return Duration::ZERO;
+    };
+    let idx = (last as f64 * p).round() as usize;
+    sorted[idx.min(last)]
 }
 
 fn main() {

@@ -30,6 +30,9 @@ const MAX_HEADERS: usize = 100;
 /// Largest piece of body [`StreamingResponse::next_chunk`] returns.
 const PIECE: usize = 16 * 1024;
 
+/// Read buffer of a connection made by [`send`] (tokio's default).
+const READ_BUFFER: usize = 8 * 1024;
+
 /// A complete response.
 #[derive(Debug)]
 pub struct Response {
@@ -140,6 +143,16 @@ pub async fn send<S: AsyncRead + AsyncWrite + Unpin>(
     stream: S,
     request: &Request<'_>,
 ) -> io::Result<StreamingResponse<S>> {
+    send_buffered(stream, request, READ_BUFFER).await
+}
+
+/// [`send`], reading the response through a buffer of `capacity` bytes
+/// (lines longer than it are still read whole, up to the line limit).
+pub async fn send_buffered<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: S,
+    request: &Request<'_>,
+    capacity: usize,
+) -> io::Result<StreamingResponse<S>> {
     // A line break in any part would end the line early and let the rest
     // pass for other headers: checks carry user-written paths and headers.
     let parts = [request.method, request.path, request.host]
@@ -153,7 +166,7 @@ pub async fn send<S: AsyncRead + AsyncWrite + Unpin>(
             ));
         }
     }
-    let mut reader = BufReader::new(stream);
+    let mut reader = BufReader::with_capacity(capacity, stream);
     let mut head = format!("{} {} HTTP/1.1\r\n", request.method, request.path);
     if !request
         .headers
@@ -266,10 +279,17 @@ async fn read_line<R: AsyncRead + Unpin>(
 impl<S: AsyncRead + Unpin> StreamingResponse<S> {
     /// The next piece of the body (at most 16 KiB), `None` at its end.
     pub async fn next_chunk(&mut self) -> io::Result<Option<Vec<u8>>> {
+        self.next_chunk_max(PIECE).await
+    }
+
+    /// The next piece of the body, at most `max` bytes (and 16 KiB),
+    /// `None` at its end.
+    pub async fn next_chunk_max(&mut self, max: usize) -> io::Result<Option<Vec<u8>>> {
+        let max = max.clamp(1, PIECE);
         match &mut self.framing {
             Framing::Length(0) => Ok(None),
             Framing::Length(n) => {
-                let mut buf = vec![0; (*n).min(PIECE)];
+                let mut buf = vec![0; (*n).min(max)];
                 let got = self.reader.read(&mut buf).await?;
                 if got == 0 {
                     return Err(bad("connection closed before the body ended"));
@@ -282,7 +302,7 @@ impl<S: AsyncRead + Unpin> StreamingResponse<S> {
                 if *done {
                     return Ok(None);
                 }
-                let mut buf = vec![0; PIECE];
+                let mut buf = vec![0; max];
                 let got = self.reader.read(&mut buf).await?;
                 if got == 0 {
                     *done = true;
@@ -312,7 +332,7 @@ impl<S: AsyncRead + Unpin> StreamingResponse<S> {
                 }
                 // A chunk is read in pieces, so its announced size never
                 // decides how much the agent allocates.
-                let mut buf = vec![0; (*left).min(PIECE)];
+                let mut buf = vec![0; (*left).min(max)];
                 let got = self.reader.read(&mut buf).await?;
                 if got == 0 {
                     return Err(bad("connection closed in a chunk"));
@@ -487,6 +507,37 @@ mod tests {
         });
         let err = send(client, &request).await.err().unwrap();
         assert_eq!(err.kind(), io::ErrorKind::InvalidData);
+    }
+
+    /// A read buffer smaller than a header line still reads the head
+    /// whole, and a body piece is cut to the size asked for.
+    #[tokio::test]
+    async fn small_buffer() {
+        let (client, mut server) = tokio::io::duplex(4096);
+        tokio::spawn(async move {
+            let long = "v".repeat(300);
+            let reply =
+                format!("HTTP/1.1 500 Oops\r\nX-Long: {long}\r\nContent-Length: 40\r\n\r\n");
+            server.write_all(reply.as_bytes()).await.unwrap();
+            server.write_all(&[b'b'; 40]).await.unwrap();
+            std::future::pending::<()>().await;
+        });
+        let request = Request {
+            method: "GET",
+            path: "/",
+            host: "h",
+            headers: &[],
+            body: None,
+        };
+        let mut r = send_buffered(client, &request, 16).await.unwrap();
+        assert_eq!(r.status, 500);
+        // A piece is what one read gives: here the buffer's rest.
+        let piece = r.next_chunk_max(8).await.unwrap().unwrap();
+        assert!(!piece.is_empty() && piece.len() <= 8, "{piece:?}");
+        let rest = r.body_prefix(100).await.unwrap();
+        assert_eq!(piece.len() + rest.len(), 40);
+        assert!(rest.iter().all(|b| *b == b'b'));
+        assert_eq!(r.next_chunk_max(8).await.unwrap(), None);
     }
 
     #[test]

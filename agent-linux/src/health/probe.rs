@@ -30,6 +30,12 @@ pub const MAX_REASON: usize = 200;
 /// Bytes of a failing HTTP answer's body read for its reason.
 const BODY_IN_REASON: usize = 128;
 
+/// Read buffer of a check's connection: the status line and headers are
+/// read line by line through it (a longer line still fits, in several
+/// reads) and the body only for its first [`BODY_IN_REASON`] bytes, so the
+/// libpod client's 8 KiB would be mostly unused, for each check in flight.
+const CHECK_READ_BUFFER: usize = 1024;
+
 /// `http` or `https`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Scheme {
@@ -201,7 +207,13 @@ pub async fn run<R: Runtime>(
                 ..
             },
             Target::Socket(addr),
-        ) => http_check(*scheme, path, headers, *addr, deadline, timeout).await,
+        ) => match scheme {
+            // Each kind's state is boxed for the check's length only: a
+            // checker's task then holds none of it between checks, and a
+            // plain HTTP check does not carry the size of a TLS session.
+            Scheme::Http => Box::pin(http_check(path, headers, *addr, deadline, timeout)).await,
+            Scheme::Https => Box::pin(https_check(path, headers, *addr, deadline, timeout)).await,
+        },
         (Probe::Tcp { .. }, Target::Socket(addr)) => {
             match tokio::time::timeout_at(deadline, TcpStream::connect(addr)).await {
                 Ok(Ok(_)) => Outcome::Pass,
@@ -210,7 +222,8 @@ pub async fn run<R: Runtime>(
             }
         }
         (Probe::Exec { command }, Target::Container(id)) => {
-            tokio::time::timeout_at(deadline, exec_check(runtime, id, command, timeout))
+            let exec = Box::pin(exec_check(runtime, id, command, timeout));
+            tokio::time::timeout_at(deadline, exec)
                 .await
                 .unwrap_or_else(|_| timed_out(timeout))
         }
@@ -223,37 +236,55 @@ fn timed_out(timeout: Duration) -> Outcome {
 }
 
 async fn http_check(
-    scheme: Scheme,
     path: &str,
     headers: &[(String, String)],
     addr: SocketAddr,
     deadline: Instant,
     timeout: Duration,
 ) -> Outcome {
-    let url = match scheme {
-        Scheme::Http => format!("http://{addr}{path}"),
-        Scheme::Https => format!("https://{addr}{path}"),
-    };
     let answer = async {
         let tcp = within(deadline, TcpStream::connect(addr)).await?;
-        match scheme {
-            Scheme::Http => http_exchange(tcp, addr, path, headers, deadline).await,
-            Scheme::Https => {
-                let connector = tls_connector().map_err(io::Error::other)?;
-                let name = rustls::pki_types::ServerName::IpAddress(addr.ip().into());
-                let tls = within(deadline, connector.connect(name, tcp)).await?;
-                http_exchange(tls, addr, path, headers, deadline).await
-            }
-        }
+        http_exchange(tcp, addr, path, headers, deadline).await
     };
-    match answer.await {
+    verdict(answer.await, "http", addr, path, timeout)
+}
+
+async fn https_check(
+    path: &str,
+    headers: &[(String, String)],
+    addr: SocketAddr,
+    deadline: Instant,
+    timeout: Duration,
+) -> Outcome {
+    let answer = async {
+        let tcp = within(deadline, TcpStream::connect(addr)).await?;
+        let connector = tls_connector().map_err(io::Error::other)?;
+        let name = rustls::pki_types::ServerName::IpAddress(addr.ip().into());
+        let tls = within(deadline, connector.connect(name, tcp)).await?;
+        http_exchange(tls, addr, path, headers, deadline).await
+    };
+    verdict(answer.await, "https", addr, path, timeout)
+}
+
+/// The outcome of a `GET {scheme}://{addr}{path}` that ended in `answer`.
+fn verdict(
+    answer: io::Result<(u16, Vec<u8>)>,
+    scheme: &str,
+    addr: SocketAddr,
+    path: &str,
+    timeout: Duration,
+) -> Outcome {
+    match answer {
         Ok((status, _)) if (200..400).contains(&status) => Outcome::Pass,
         Ok((status, body)) => {
             let body = String::from_utf8_lossy(&body);
-            fail(format!("GET {url}: HTTP {status} {}", body.trim()))
+            fail(format!(
+                "GET {scheme}://{addr}{path}: HTTP {status} {}",
+                body.trim()
+            ))
         }
         Err(e) if e.kind() == io::ErrorKind::TimedOut => timed_out(timeout),
-        Err(e) => fail(format!("GET {url}: {}", Chain(&e))),
+        Err(e) => fail(format!("GET {scheme}://{addr}{path}: {}", Chain(&e))),
     }
 }
 
@@ -295,19 +326,23 @@ where
         headers: &all,
         body: None,
     };
-    let mut response = within(deadline, http::send(stream, &request)).await?;
+    let mut response = within(
+        deadline,
+        http::send_buffered(stream, &request, CHECK_READ_BUFFER),
+    )
+    .await?;
     let status = response.status;
     if (200..400).contains(&status) {
         return Ok((status, Vec::new()));
     }
     // One read: a small error body comes with the head, and the body only
-    // explains, so a broken or late one does not change the verdict.
-    let mut body = within(deadline, response.next_chunk())
+    // explains, so a broken or late one does not change the verdict (and
+    // after a head of nearly CHECK_READ_BUFFER bytes, it may be cut short).
+    let body = within(deadline, response.next_chunk_max(BODY_IN_REASON))
         .await
         .ok()
         .flatten()
         .unwrap_or_default();
-    body.truncate(BODY_IN_REASON);
     Ok((status, body))
 }
 
