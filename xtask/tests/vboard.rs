@@ -452,7 +452,7 @@ fn virtual_board_joins_the_fleet_and_runs_offline_from_its_cache() {
             .is_some_and(|b| b.contains("hello-1"))),
         "the guest does not serve hello-1 on 127.0.0.1:{http_port}"
     );
-    logs.timings.done("apply -> Running and serving");
+    logs.timings.done("apply -> Healthy and serving");
 
     // Update -> the container is replaced (new revision, new page).
     write_manifest(&manifest, "hello-2");
@@ -494,7 +494,7 @@ fn virtual_board_joins_the_fleet_and_runs_offline_from_its_cache() {
             .is_some_and(|b| b.contains("hello-3"))),
         "the guest does not serve hello-3"
     );
-    logs.timings.done("apply again -> Running");
+    logs.timings.done("apply again -> Healthy");
     assert!(
         sim.power_off(Duration::from_secs(180)),
         "board-sim did not power the board off cleanly"
@@ -533,7 +533,7 @@ fn virtual_board_joins_the_fleet_and_runs_offline_from_its_cache() {
     nats.restart();
     let rev = wait_phase(&op, &nats_url, "Healthy", BOOT).expect("Healthy after NATS returns");
     assert_eq!(rev, rev3);
-    logs.timings.done("NATS back -> Running reported");
+    logs.timings.done("NATS back -> Healthy reported");
     assert!(
         sim.power_off(Duration::from_secs(180)),
         "board-sim did not power the board off cleanly"
