@@ -165,9 +165,12 @@ async fn boards_appear_with_their_labels_and_a_selector_follows_a_relabel() {
             .list(&ListParams::default().labels("site=lyon"))
             .await
             .map_err(|e| e.to_string())?;
+        // The object is created at the first heartbeat and its status
+        // patched after it: wait for both, as what follows reads both.
         let mut names: Vec<String> = list
             .items
             .iter()
+            .filter(|d| d.status.as_ref().is_some_and(|s| s.system_info.is_some()))
             .filter_map(|d| d.metadata.name.clone())
             .collect();
         names.sort();
