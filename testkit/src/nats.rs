@@ -6,6 +6,19 @@ use std::time::Duration;
 
 use crate::{find_binary, free_port, missing, wait_until};
 
+/// Whether `dir` holds the ports file ending in `suffix` (the process's
+/// pid) and it lists the client port `port`.
+fn ports_file_names(dir: &Path, suffix: &str, port: u16) -> bool {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return false;
+    };
+    entries.flatten().any(|e| {
+        e.file_name().to_string_lossy().ends_with(suffix)
+            && std::fs::read_to_string(e.path())
+                .is_ok_and(|text| text.contains(&format!("127.0.0.1:{port}\"")))
+    })
+}
+
 /// How to start a server.
 #[derive(Debug, Default, Clone)]
 pub struct NatsOptions {
@@ -25,6 +38,12 @@ pub struct NatsServer {
     store: tempfile::TempDir,
     opts: NatsOptions,
     child: Option<Child>,
+    /// Where the server writes `<name>_<pid>.ports` once it listens: proof
+    /// that *this* process is ready, which a bare TCP connect is not (the
+    /// port may have been taken by another test's server between
+    /// [`free_port`] and the bind, and a connect to a closed ephemeral port
+    /// can even succeed against itself).
+    ports_dir: tempfile::TempDir,
     /// JetStream set up in a wrapper configuration instead of by flags.
     reloadable: bool,
     /// Holds the configuration [`Self::start_with_config`] wrote.
@@ -90,14 +109,26 @@ impl NatsServer {
             store: tempfile::tempdir().expect("temp dir"),
             opts,
             child: None,
+            ports_dir: tempfile::tempdir().expect("temp dir"),
             reloadable,
             _config_dir: config_dir,
         };
-        server.spawn();
-        Some(server)
+        // A port taken between `free_port` and the bind makes the server
+        // exit at once; a fresh port then is as good as the first.
+        for _ in 0..5 {
+            if server.spawn() {
+                return Some(server);
+            }
+            server.port = free_port();
+        }
+        panic!(
+            "nats-server exited at start five times (ports taken?); run with NATS_TEST_LOG=1 to see why"
+        );
     }
 
-    fn spawn(&mut self) {
+    /// Starts the process and waits until it reports its ports; `false`
+    /// when it exited instead (e.g. the port was in use).
+    fn spawn(&mut self) -> bool {
         let mut cmd = Command::new(&self.binary);
         match (&self.opts.config_file, self.reloadable) {
             (Some(conf), true) => {
@@ -126,6 +157,8 @@ impl NatsServer {
         }
         cmd.args(["-a", "127.0.0.1", "-p"])
             .arg(self.port.to_string())
+            .arg("--ports_file_dir")
+            .arg(self.ports_dir.path())
             .args(&self.opts.extra_args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -134,16 +167,27 @@ impl NatsServer {
             } else {
                 Stdio::null()
             });
-        let child = cmd.spawn().expect("spawn nats-server");
-        self.child = Some(child);
+        let mut child = cmd.spawn().expect("spawn nats-server");
+        let suffix = format!("_{}.ports", child.id());
         let port = self.port;
+        let dir = self.ports_dir.path().to_path_buf();
+        let mut exited = false;
         let up = wait_until(Duration::from_secs(15), || {
-            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+            if matches!(child.try_wait(), Ok(Some(_))) {
+                exited = true;
+                return true;
+            }
+            ports_file_names(&dir, &suffix, port)
         });
+        if exited {
+            return false;
+        }
+        self.child = Some(child);
         assert!(
             up,
             "nats-server did not listen on 127.0.0.1:{port} within 15 s"
         );
+        true
     }
 
     /// `nats://127.0.0.1:<port>` (or `tls://` when configured).
@@ -176,7 +220,11 @@ impl NatsServer {
     /// Starts the server again on the same port with the same store.
     pub fn restart(&mut self) {
         self.stop();
-        self.spawn();
+        assert!(
+            self.spawn(),
+            "nats-server exited at restart on port {} (taken meanwhile?); run with NATS_TEST_LOG=1 to see why",
+            self.port
+        );
     }
 
     /// The server's process id while it runs.
