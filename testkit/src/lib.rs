@@ -1,7 +1,7 @@
 //! Test helpers that start real services: a JetStream `nats-server`, a
 //! Podman API service and (feature `kube`) etcd + `kube-apiserver`, each on
 //! its own free loopback port or socket with a temporary store, stopped and
-//! cleaned up on `Drop`.
+//! cleaned up on `Drop`; and (feature `kube`) the real `kubectl` against it.
 //!
 //! Outside CI a missing binary skips the test with a message; under
 //! `CI=true` it fails the test, so CI never passes by skipping.
@@ -10,6 +10,8 @@
 
 #[cfg(feature = "kube")]
 pub mod kube;
+#[cfg(feature = "kube")]
+pub mod kubectl;
 pub mod least_privilege;
 mod nats;
 mod podman;
