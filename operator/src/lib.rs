@@ -12,6 +12,8 @@
 //! - [`targeting::TargetIndex`]: Device labels and Deployment selectors,
 //!   resolved into targets (fed by the controller's Device watch);
 //! - [`nats::Nats`]: the connection, bucket creation and KV access;
+//! - [`history::History`]: a Deployment's revisions as ControllerRevision
+//!   objects, the scores a rollback writes back;
 //! - [`inventory::run`] with an [`inventory::Inventory`]: the Device
 //!   inventory's loop (one Device object per board, its status under a
 //!   bounded write rate, decommissioning); the fleet bench measures it;
@@ -23,10 +25,12 @@ pub mod capability_gate;
 pub mod cli;
 pub mod controller;
 pub mod crd;
+pub mod history;
 pub mod inventory;
 pub mod manifest;
 pub mod metrics;
 pub mod nats;
+pub mod rollout;
 pub mod status;
 pub mod targeting;
 #[cfg(feature = "testing")]

@@ -4,7 +4,8 @@
 //! over a `tower-test` service whose other end records every request and
 //! answers it the way the API server would for the few calls the operator
 //! makes (lists and watches of Deployments, finalizer patches, status
-//! patches, events). Watches stay open without events.
+//! patches, events; create, get, list by label and delete of the history's
+//! ControllerRevisions). Watches stay open without events.
 //!
 //! Tests then assert the exact list of requests with [`MockApiServer::take`].
 
@@ -83,7 +84,7 @@ impl MockApiServer {
                     open_watches.push(send);
                     continue;
                 }
-                let (status, answer) = answer(&req, &objs);
+                let (status, answer) = answer(&req, query, &objs);
                 reqs.lock().unwrap_or_else(|e| e.into_inner()).push(req);
                 let response = Response::builder()
                     .status(status)
@@ -146,8 +147,11 @@ fn not_found(req: &ApiRequest) -> (StatusCode, Value) {
     )
 }
 
-fn answer(req: &ApiRequest, objects: &Objects) -> (StatusCode, Value) {
+fn answer(req: &ApiRequest, query: &str, objects: &Objects) -> (StatusCode, Value) {
     let mut objects = objects.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(rest) = req.path.strip_prefix(APPS_NAMESPACES) {
+        return controller_revisions(req, rest, query, &mut objects);
+    }
     if req.method == "POST" && req.path.ends_with("/events") {
         return (StatusCode::CREATED, req.body.clone());
     }
@@ -213,6 +217,7 @@ fn get(req: &ApiRequest, objects: &HashMap<String, Value>) -> (StatusCode, Value
     };
     let mut items: Vec<(&String, &Value)> = objects
         .iter()
+        .filter(|(_, v)| v["kind"] == "Deployment")
         .filter(|(_, v)| namespace.is_none_or(|ns| v["metadata"]["namespace"] == ns))
         .collect();
     items.sort_by_key(|(k, _)| k.as_str());
@@ -222,6 +227,144 @@ fn get(req: &ApiRequest, objects: &HashMap<String, Value>) -> (StatusCode, Value
         json!({"apiVersion": "iot.nationtech.io/v1alpha1", "kind": "DeploymentList",
                "metadata": {"resourceVersion": "1"}, "items": items}),
     )
+}
+
+/// Where namespaced apps/v1 objects live.
+const APPS_NAMESPACES: &str = "/apis/apps/v1/namespaces/";
+
+/// The history's ControllerRevisions (`crate::history`): `rest` is the path
+/// after [`APPS_NAMESPACES`].
+fn controller_revisions(
+    req: &ApiRequest,
+    rest: &str,
+    query: &str,
+    objects: &mut HashMap<String, Value>,
+) -> (StatusCode, Value) {
+    let parts: Vec<&str> = rest.split('/').collect();
+    match (req.method.as_str(), &parts[..]) {
+        ("POST", &[ns, "controllerrevisions"]) => {
+            let Some(name) = req.body["metadata"]["name"].as_str() else {
+                return failure(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "Invalid",
+                    "metadata.name: Required value",
+                );
+            };
+            let path = format!("{}/{name}", req.path);
+            if objects.contains_key(&path) {
+                return failure(
+                    StatusCode::CONFLICT,
+                    "AlreadyExists",
+                    &format!("controllerrevisions.apps \"{name}\" already exists"),
+                );
+            }
+            let mut obj = req.body.clone();
+            obj["metadata"]["namespace"] = json!(ns);
+            obj["metadata"]["uid"] = json!(format!("uid-{ns}-{name}"));
+            obj["metadata"]["resourceVersion"] = json!("1");
+            objects.insert(path, obj.clone());
+            (StatusCode::CREATED, obj)
+        }
+        ("GET", &[ns, "controllerrevisions"]) => {
+            let mut selector = Vec::new();
+            for pair in query.split('&') {
+                if let Some(s) = pair.strip_prefix("labelSelector=") {
+                    match parse_selector(&percent_decode(s)) {
+                        Some(terms) => selector = terms,
+                        None => {
+                            return failure(
+                                StatusCode::BAD_REQUEST,
+                                "BadRequest",
+                                "the mock API server knows only key=value and key!=value selectors",
+                            );
+                        }
+                    }
+                }
+            }
+            let mut items: Vec<(&String, &Value)> = objects
+                .iter()
+                .filter(|(_, v)| v["kind"] == "ControllerRevision")
+                .filter(|(_, v)| v["metadata"]["namespace"] == ns)
+                .filter(|(_, v)| {
+                    selector.iter().all(|(key, value, equal)| {
+                        (v["metadata"]["labels"][key].as_str() == Some(value)) == *equal
+                    })
+                })
+                .collect();
+            items.sort_by_key(|(k, _)| k.as_str());
+            let items: Vec<Value> = items.into_iter().map(|(_, v)| v.clone()).collect();
+            (
+                StatusCode::OK,
+                json!({"apiVersion": "apps/v1", "kind": "ControllerRevisionList",
+                       "metadata": {"resourceVersion": "1"}, "items": items}),
+            )
+        }
+        ("GET", &[_, "controllerrevisions", _]) => match objects.get(&req.path) {
+            Some(obj) => (StatusCode::OK, obj.clone()),
+            None => not_found(req),
+        },
+        ("DELETE", &[_, "controllerrevisions", _]) => match objects.remove(&req.path) {
+            Some(obj) => (StatusCode::OK, obj),
+            None => not_found(req),
+        },
+        _ => not_found(req),
+    }
+}
+
+/// A `Status` answer that kube turns into `kube::Error::Api`.
+fn failure(code: StatusCode, reason: &str, message: &str) -> (StatusCode, Value) {
+    (
+        code,
+        json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+               "message": message, "reason": reason, "code": code.as_u16()}),
+    )
+}
+
+/// `key=value,key!=value` as (key, value, equal); `None` for the forms the
+/// mock does not know (set-based selectors), so that no test passes by a
+/// selector the mock ignored.
+fn parse_selector(selector: &str) -> Option<Vec<(String, String, bool)>> {
+    selector
+        .split(',')
+        .filter(|term| !term.is_empty())
+        .map(|term| {
+            if let Some((k, v)) = term.split_once("!=") {
+                Some((k.to_string(), v.to_string(), false))
+            } else {
+                let (k, v) = term.split_once("==").or_else(|| term.split_once('='))?;
+                Some((k.to_string(), v.to_string(), true))
+            }
+        })
+        .collect()
+}
+
+/// A query value's `%XX` escapes and `+` undone (how kube encodes a label
+/// selector); the mock's only use of it does not warrant a dependency.
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'+' => out.push(b' '),
+            b'%' => match (hex(bytes.get(i + 1)), hex(bytes.get(i + 2))) {
+                (Some(high), Some(low)) => {
+                    out.push(high << 4 | low);
+                    i += 2;
+                }
+                _ => out.push(b'%'),
+            },
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn hex(digit: Option<&u8>) -> Option<u8> {
+    char::from(*digit?)
+        .to_digit(16)
+        .and_then(|d| u8::try_from(d).ok())
 }
 
 /// JSON merge patch (RFC 7386).

@@ -55,7 +55,8 @@ fn operator_yaml_has_least_privilege_rbac() {
             {"apiGroups": ["iot.nationtech.io"], "resources": ["devices"], "verbs": ["get", "list", "watch", "create", "patch"]},
             {"apiGroups": ["iot.nationtech.io"], "resources": ["devices/status"], "verbs": ["get", "patch"]},
             {"apiGroups": ["iot.nationtech.io"], "resources": ["devices/finalizers"], "verbs": ["update"]},
-            {"apiGroups": ["events.k8s.io"], "resources": ["events"], "verbs": ["create", "patch"]}
+            {"apiGroups": ["events.k8s.io"], "resources": ["events"], "verbs": ["create", "patch"]},
+            {"apiGroups": ["apps"], "resources": ["controllerrevisions"], "verbs": ["get", "list", "create", "delete"]}
         ])
     );
     let binding = find(&d, "ClusterRoleBinding");
