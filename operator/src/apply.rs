@@ -16,8 +16,11 @@ use protocol::kv::{Owner, OwnerBuf, OwnerError};
 use protocol::score::KNOWN_SCORE_TYPES;
 use protocol::{DeploymentKey, DesiredState, Text};
 
-use crate::crd::{Deployment, MAX_ROLLOUT_SECONDS, MAX_TARGETS, Rollout, revision_string};
+use crate::crd::{
+    Deployment, MAX_ROLLOUT_SECONDS, MAX_TARGETS, Rollout, RolloutStrategy, revision_string,
+};
 use crate::nats::{KvWrite, Nats, NatsError};
+use crate::rollout::RolloutSpec;
 use crate::targeting::{SelectorError, TargetSelector};
 
 /// A Deployment validated and encoded, ready to write.
@@ -44,6 +47,8 @@ pub struct Plan {
     /// Set when the score type is not one this build knows: it is routed as
     /// the user's JSON, and devices that do not know it report Unsupported.
     pub unknown_type: Option<UnknownType>,
+    /// With strategy BatchSequence: its batches and limits, checked.
+    pub batch_sequence: Option<RolloutSpec>,
 }
 
 /// A score type this build does not know.
@@ -125,6 +130,14 @@ pub enum PlanError {
         /// The largest allowed.
         max: u32,
     },
+    /// A BatchSequence field of `spec.rollout` is wrong.
+    #[error("spec.rollout.{field}: {reason}")]
+    InvalidRolloutField {
+        /// Where, e.g. `batches[1].limit`.
+        field: String,
+        /// What is wrong and what is allowed.
+        reason: String,
+    },
     /// The score's data does not fit its type, or is over a bound.
     #[error("spec.score.data{}: {reason}", if path.is_empty() { String::new() } else { format!(".{path}") })]
     InvalidScore {
@@ -179,6 +192,11 @@ pub fn plan(d: &Deployment) -> Result<Plan, PlanError> {
         .transpose()
         .map_err(PlanError::InvalidSelector)?;
     check_rollout(&d.spec.rollout)?;
+    // Checked whatever the strategy, so that switching to BatchSequence
+    // cannot meet a field that was accepted unread.
+    let rollout_spec = RolloutSpec::new(&d.spec.rollout)?;
+    let batch_sequence =
+        (d.spec.rollout.strategy == RolloutStrategy::BatchSequence).then_some(rollout_spec);
     let score = &d.spec.score;
     let score_error = |e: protocol::json::JsonScoreError| {
         if e.path == "type" {
@@ -224,6 +242,7 @@ pub fn plan(d: &Deployment) -> Result<Plan, PlanError> {
         value: Bytes::from(value),
         score_json,
         unknown_type,
+        batch_sequence,
     })
 }
 
@@ -392,18 +411,18 @@ pub async fn remove(nats: &Nats, owner: &str, name: &str) -> Result<Vec<String>,
     Ok(removed)
 }
 
-fn owned_by(rec: &crate::nats::KvRecord, owner: &str) -> bool {
+pub(crate) fn owned_by(rec: &crate::nats::KvRecord, owner: &str) -> bool {
     !rec.deleted && rec.owner.as_deref() == Some(owner)
 }
 
-fn key_of(device: &str, name: &str) -> Result<String, NatsError> {
+pub(crate) fn key_of(device: &str, name: &str) -> Result<String, NatsError> {
     DeploymentKey::new(device, name)
         .map(|k| k.to_string())
         .map_err(|source| NatsError::InvalidKey { source })
 }
 
 /// The last record of every `<device>.<name>` key, by device.
-async fn current_keys(
+pub(crate) async fn current_keys(
     nats: &Nats,
     name: &str,
 ) -> Result<BTreeMap<String, crate::nats::KvRecord>, NatsError> {

@@ -31,9 +31,13 @@ use tokio::sync::mpsc;
 use crate::apply::{self, PlanError};
 use crate::capability_gate::CapabilityGate;
 use crate::crd::{Deployment, DeploymentStatus, FINALIZER};
+use crate::history::History;
 use crate::metrics::Metrics;
 use crate::nats::{Nats, NatsError};
-use crate::status::{Change, Observed, StatusCache, conditions, fold_status, now_ns};
+use crate::rollout::{RolloutSpec, step};
+use crate::status::{
+    Change, Observed, StatusCache, conditions, fold_status, now_ns, set_condition,
+};
 use crate::targeting::{self, DeploymentRef, TargetIndex};
 use error_report::Chain;
 
@@ -43,6 +47,9 @@ pub enum Error {
     /// NATS could not be read or written; retried with back-off.
     #[error("NATS")]
     Nats(#[from] NatsError),
+    /// A BatchSequence rollout step failed (NATS, or the revision history).
+    #[error("rollout")]
+    Rollout(#[from] step::StepError),
     /// The Kubernetes API refused or failed a request; retried.
     #[error("Kubernetes API")]
     Kube(#[from] kube::Error),
@@ -59,6 +66,8 @@ impl Error {
         use kube::runtime::finalizer::Error as F;
         match self {
             Error::Nats(e) => !e.is_permanent(),
+            Error::Rollout(step::StepError::Nats(e)) => !e.is_permanent(),
+            Error::Rollout(_) => true,
             Error::Kube(_) => true,
             Error::Finalizer(f) => match f.as_ref() {
                 F::ApplyFailed(e) | F::CleanupFailed(e) => e.is_transient(),
@@ -321,6 +330,9 @@ async fn apply_deployment(
             plan.held =
                 targeting::capabilities::held_back(&plan, |device| ctx.status.heartbeat(device));
             ctx.capability_gate.set(plan.owner.as_str(), &plan.held);
+            if let Some(spec) = plan.batch_sequence.clone() {
+                return rollout_step(d, api, ctx, &plan, &spec, &prev).await;
+            }
             let outcome = ctx.apply_plan(&object_key(d), &plan).await?;
             Metrics::add(&ctx.metrics.kv_writes, outcome.writes() as u64);
             if outcome.writes() > 0 {
@@ -352,18 +364,36 @@ async fn apply_deployment(
         }
     };
     let status = fold_status(d, &observed, &ctx.status, (ctx.clock)());
+    finish(d, api, ctx, &prev, status, events).await?;
+    Ok(action)
+}
+
+/// Publishes the events the reconcile gathered, and patches the status when
+/// it changed (after the warning events its conditions call for).
+async fn finish(
+    d: &Deployment,
+    api: &Api<Deployment>,
+    ctx: &Context,
+    prev: &DeploymentStatus,
+    status: DeploymentStatus,
+    mut events: Vec<Event>,
+) -> Result<(), Error> {
     for (type_, reason) in [
         (conditions::INVALID_SCORE, "InvalidScore"),
         (conditions::UNKNOWN_SCORE_TYPE, "UnknownScoreType"),
         (conditions::CONFLICT, "Conflict"),
         (conditions::DEGRADED, "Degraded"),
     ] {
-        if let Some(note) = newly_true(&prev, &status, type_) {
+        if let Some(note) = newly_true(prev, &status, type_) {
             events.push(event(EventType::Warning, reason, "Reconcile", note));
         }
     }
     if d.status.as_ref() != Some(&status) {
-        let patch = serde_json::json!({ "status": status });
+        let mut patch = serde_json::json!({ "status": status });
+        if prev.rollout.is_some() && status.rollout.is_none() {
+            // Back to AllAtOnce: a merge patch removes only what is null.
+            patch["status"]["rollout"] = serde_json::Value::Null;
+        }
         api.patch_status(d.name_str(), &PatchParams::default(), &Patch::Merge(&patch))
             .await?;
     }
@@ -377,7 +407,97 @@ async fn apply_deployment(
             tracing::warn!(deployment = %object_key(d), error = %Chain(&e), "cannot publish event");
         }
     }
-    Ok(action)
+    Ok(())
+}
+
+/// How long after a device's deadline the rollout looks again, so that a
+/// device that never reports is counted timed out soon after it.
+const DEADLINE_SLACK: Duration = Duration::from_millis(500);
+
+/// A reconcile of a BatchSequence Deployment: one [`rollout::step::step`],
+/// its decision folded into the status (`status.rollout`, and Ready,
+/// Progressing, Degraded and Paused stated by the rollout).
+async fn rollout_step(
+    d: &Deployment,
+    api: &Api<Deployment>,
+    ctx: &Context,
+    plan: &apply::Plan,
+    spec: &RolloutSpec,
+    prev: &DeploymentStatus,
+) -> Result<Action, Error> {
+    // The AllAtOnce cache must not vouch for keys this path rewrites.
+    ctx.applied().remove(&object_key(d));
+    // A batch's selector resolved before the Device list arrived would
+    // take nothing, and its devices would go with the last batch.
+    if spec.batches.iter().any(|b| b.selector.is_some()) && !ctx.targets.is_synced() {
+        tracing::info!(deployment = %object_key(d), "waiting for the list of Device objects to resolve the batches' selectors; nothing written yet");
+        return Ok(Action::requeue(SELECTOR_WAIT));
+    }
+    let now = (ctx.clock)();
+    let history = History::new(ctx.client.clone());
+    let io = step::Io {
+        nats: &ctx.nats,
+        history: &history,
+        cache: &ctx.status,
+    };
+    let outcome = step::step(
+        io,
+        d,
+        plan,
+        spec,
+        |selector| ctx.targets.select(selector),
+        now,
+    )
+    .await?;
+    Metrics::add(&ctx.metrics.kv_scans, 1);
+    Metrics::add(&ctx.metrics.kv_writes, outcome.writes as u64);
+    let decision = outcome.decision;
+    let mut events: Vec<Event> = decision
+        .notes
+        .iter()
+        .map(|n| {
+            let type_ = if n.warning {
+                EventType::Warning
+            } else {
+                EventType::Normal
+            };
+            event(type_, n.reason, "Rollout", n.message.clone())
+        })
+        .collect();
+    for w in &outcome.warnings {
+        if !prev
+            .conditions
+            .iter()
+            .any(|c| c.message.contains(w.as_str()))
+        {
+            events.push(event(EventType::Warning, "BatchSpec", "Rollout", w.clone()));
+        }
+    }
+    let observed = Observed {
+        revision: Some(plan.revision),
+        score_json: Some(plan.score_json.clone()),
+        targets: plan.targets.clone(),
+        conflicts: outcome.conflicts,
+        held: plan.held.clone(),
+        invalid: None,
+        unknown_type: plan.unknown_type.clone(),
+    };
+    let mut status = fold_status(d, &observed, &ctx.status, now);
+    for v in decision.verdicts {
+        set_condition(
+            &mut status,
+            prev,
+            now,
+            (v.type_, v.status, v.reason, v.message),
+        );
+    }
+    status.rollout = Some(decision.status);
+    finish(d, api, ctx, prev, status, events).await?;
+    let next = decision
+        .next_deadline_ns
+        .map(|at| Duration::from_nanos(at.saturating_sub(now).max(0) as u64) + DEADLINE_SLACK)
+        .filter(|d| *d < ctx.config.resync);
+    Ok(Action::requeue(next.unwrap_or(ctx.config.resync)))
 }
 
 /// What the status shows when the spec cannot be written: the last revision

@@ -136,6 +136,36 @@ async fn the_server_refuses_what_the_cel_rules_refuse() {
         refused(&api, d, message).await;
     }
 
+    // BatchSequence counts: at least 1, or 1% to 100%.
+    for (rollout, field) in [
+        (json!({"maxUnavailable": 0}), "spec.rollout.maxUnavailable"),
+        (
+            json!({"maxUnavailable": "150%"}),
+            "spec.rollout.maxUnavailable",
+        ),
+        (
+            json!({"batches": [{"limit": "0%"}]}),
+            "spec.rollout.batches[0].limit",
+        ),
+        (
+            json!({"batches": [{"limit": -2}]}),
+            "spec.rollout.batches[0].limit",
+        ),
+    ] {
+        let mut d = deployment_json("default", "b", json!(["pi-1"]), "PodmanV0");
+        d["spec"]["rollout"] = rollout;
+        refused(&api, d.clone(), field).await;
+        refused(&api, d, operator::crd::COUNT_OR_PERCENT_RULE_MESSAGE).await;
+    }
+    let mut d = deployment_json("default", "b", json!(["pi-1"]), "PodmanV0");
+    d["spec"]["rollout"] = json!({"batches": [{"successThreshold": 101}]});
+    refused(&api, d, "spec.rollout.batches[0].successThreshold").await;
+    let mut d = deployment_json("default", "b", json!(["pi-1"]), "PodmanV0");
+    d["spec"]["rollout"] = json!({"strategy": "BatchSequence", "maxUnavailable": "25%",
+        "batches": [{"selector": {"matchLabels": {"stage": "canary"}}, "limit": 5}, {"limit": "50%"}]});
+    let ok = create(&api, d).await;
+    assert!(ok.is_ok(), "a valid BatchSequence: {ok:?}");
+
     for bad_type in ["has space", "Podman.V0"] {
         refused(
             &api,

@@ -152,7 +152,7 @@ fn schema_shape() {
     );
     assert_eq!(
         spec["properties"]["rollout"]["properties"]["strategy"]["enum"],
-        json!(["AllAtOnce"])
+        json!(["AllAtOnce", "BatchSequence"])
     );
     assert_eq!(
         spec["properties"]["rollout"]["properties"]["strategy"]["default"],
@@ -250,6 +250,12 @@ fn schema_shape() {
         [
             "",
             "spec",
+            "spec.rollout.batches[].limit",
+            "spec.rollout.batches[].selector.matchExpressions[]",
+            "spec.rollout.batches[].selector.matchExpressions[].key",
+            "spec.rollout.batches[].selector.matchExpressions[].values[]",
+            "spec.rollout.batches[].selector.matchLabels",
+            "spec.rollout.maxUnavailable",
             "spec.score.type",
             "spec.targetDevices[]",
             "spec.targetSelector.matchExpressions[]",

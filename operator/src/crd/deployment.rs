@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+pub use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 /// API group of the resource.
 pub const GROUP: &str = "iot.nationtech.io";
@@ -84,9 +85,11 @@ pub const MAX_LISTED_DEVICES: usize = 100;
     doc = "A score (containers and their settings) to run on a set of IoT devices over NATS",
     printcolumn = r#"{"name":"Type","type":"string","jsonPath":".spec.score.type"}"#,
     printcolumn = r#"{"name":"Targets","type":"integer","jsonPath":".status.targeted"}"#,
-    printcolumn = r#"{"name":"Ready","type":"integer","jsonPath":".status.ready"}"#,
-    printcolumn = r#"{"name":"Healthy","type":"integer","jsonPath":".status.healthy"}"#,
     printcolumn = r#"{"name":"Up-to-date","type":"integer","jsonPath":".status.upToDate"}"#,
+    printcolumn = r#"{"name":"Healthy","type":"integer","jsonPath":".status.healthy"}"#,
+    printcolumn = r#"{"name":"Batch","type":"integer","jsonPath":".status.rollout.currentBatch"}"#,
+    printcolumn = r#"{"name":"Phase","type":"string","jsonPath":".status.rollout.phase"}"#,
+    printcolumn = r#"{"name":"Ready","type":"integer","jsonPath":".status.ready","priority":1}"#,
     printcolumn = r#"{"name":"Revision","type":"string","jsonPath":".status.revision","priority":1}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
@@ -260,9 +263,50 @@ fn target_selector_schema(_: &mut SchemaGenerator) -> Schema {
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Rollout {
-    /// The strategy; only `AllAtOnce` for now.
+    /// How a new revision reaches the targets: AllAtOnce (default) writes
+    /// it to every target at once; BatchSequence writes it batch by batch
+    /// (batches), each batch gated on its devices reporting Healthy, and
+    /// halts (with autoRollback: writes the stable revision back) when a
+    /// batch falls below its successThreshold.
     #[serde(default)]
     pub strategy: RolloutStrategy,
+    /// BatchSequence only: the batches, in order. Each takes, from the
+    /// targets no earlier batch took, those its selector matches (all when
+    /// it has none), by device id, at most limit of them. An implicit last
+    /// batch takes every target left. Empty: one batch of all targets.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = MAX_BATCHES))]
+    pub batches: Vec<Batch>,
+    /// BatchSequence only: the percentage (1 to 100) of a batch's devices
+    /// that must report Healthy within progressDeadlineSeconds for the
+    /// rollout to go on to the next batch; a batch may override it.
+    /// Default 100.
+    #[serde(
+        default = "default_success_threshold",
+        skip_serializing_if = "is_default_success_threshold"
+    )]
+    #[schemars(range(min = 1, max = 100))]
+    pub success_threshold: u32,
+    /// BatchSequence only: at most this many targets are between "new
+    /// revision written" and "Healthy" at any moment: a count (at least 1)
+    /// or a percentage of the targets ("25%", rounded down, at least 1).
+    /// Unset: a whole batch at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "max_unavailable_schema")]
+    pub max_unavailable: Option<IntOrString>,
+    /// BatchSequence only: while true, no further device gets the new
+    /// revision (devices already written keep it); set false to resume.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub paused: bool,
+    /// BatchSequence only: how many revisions are kept (ControllerRevision
+    /// objects named <deployment>-<revision>) for rolling back to; the
+    /// current and the stable one are never pruned. 1 to 100; default 10.
+    #[serde(
+        default = "default_revision_history_limit",
+        skip_serializing_if = "is_default_revision_history_limit"
+    )]
+    #[schemars(range(min = 1, max = 100))]
+    pub revision_history_limit: u32,
     /// Seconds a device gives a new revision to become Healthy (every
     /// container running and every health check passing for
     /// minHealthySeconds) before it counts the revision as failed, like a
@@ -321,6 +365,11 @@ impl Default for Rollout {
     fn default() -> Self {
         Rollout {
             strategy: RolloutStrategy::default(),
+            batches: Vec::new(),
+            success_threshold: DEFAULT_SUCCESS_THRESHOLD,
+            max_unavailable: None,
+            paused: false,
+            revision_history_limit: DEFAULT_REVISION_HISTORY_LIMIT,
             progress_deadline_seconds: DEFAULT_PROGRESS_DEADLINE_SECONDS,
             min_healthy_seconds: 0,
             auto_rollback: false,
@@ -328,13 +377,90 @@ impl Default for Rollout {
     }
 }
 
-/// Rollout strategies. New ones (e.g. a rolling update with a batch size
-/// beside it in [`Rollout`]) are added as variants.
+/// Rollout strategies. New ones are added as variants.
 #[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
 pub enum RolloutStrategy {
     /// Write the new revision to every target at once.
     #[default]
     AllAtOnce,
+    /// Write the new revision batch by batch, each gated on device health.
+    BatchSequence,
+}
+
+/// Most entries in `spec.rollout.batches`.
+pub const MAX_BATCHES: usize = 20;
+/// Default of `successThreshold`: every device of a batch must be Healthy.
+pub const DEFAULT_SUCCESS_THRESHOLD: u32 = 100;
+/// Default of `revisionHistoryLimit`, as apps/v1 Deployments.
+pub const DEFAULT_REVISION_HISTORY_LIMIT: u32 = 10;
+/// CEL rule on `maxUnavailable` and a batch's `limit`: a positive count or
+/// a percentage from 1% to 100%.
+pub const COUNT_OR_PERCENT_RULE: &str =
+    "type(self) == int ? self >= 1 : self.matches('^([1-9][0-9]?|100)%$')";
+/// Message of [`COUNT_OR_PERCENT_RULE`].
+pub const COUNT_OR_PERCENT_RULE_MESSAGE: &str =
+    "must be a count of at least 1 (e.g. 2) or a percentage from 1% to 100% (e.g. \"25%\")";
+
+fn default_success_threshold() -> u32 {
+    DEFAULT_SUCCESS_THRESHOLD
+}
+
+fn is_default_success_threshold(v: &u32) -> bool {
+    *v == DEFAULT_SUCCESS_THRESHOLD
+}
+
+fn default_revision_history_limit() -> u32 {
+    DEFAULT_REVISION_HISTORY_LIMIT
+}
+
+fn is_default_revision_history_limit(v: &u32) -> bool {
+    *v == DEFAULT_REVISION_HISTORY_LIMIT
+}
+
+fn count_or_percent_schema(description: &str) -> Schema {
+    json_schema!({
+        "description": description,
+        "x-kubernetes-int-or-string": true,
+        // Bounds the CEL rule's cost estimate ("100%" is the longest).
+        "maxLength": 4,
+        "x-kubernetes-validations": [
+            {"rule": COUNT_OR_PERCENT_RULE, "message": COUNT_OR_PERCENT_RULE_MESSAGE}
+        ]
+    })
+}
+
+fn max_unavailable_schema(_: &mut SchemaGenerator) -> Schema {
+    count_or_percent_schema(
+        "BatchSequence only: at most this many targets are between \"new revision written\" and \"Healthy\" at any moment: a count (at least 1) or a percentage of the targets (\"25%\", rounded down, at least 1). Unset: a whole batch at once.",
+    )
+}
+
+fn batch_limit_schema(_: &mut SchemaGenerator) -> Schema {
+    count_or_percent_schema(
+        "At most this many of the targets the selector matches: a count (at least 1) or a percentage of all targets (\"10%\", rounded up). Unset: every matching target.",
+    )
+}
+
+/// One step of a BatchSequence rollout.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Batch {
+    /// Which of the remaining targets this batch may take, by the labels
+    /// of their Device objects (e.g. {matchLabels: {stage: canary}}); a
+    /// target without a Device object matches only when this is unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "target_selector_schema")]
+    pub selector: Option<LabelSelector>,
+    /// At most this many of the matching targets, by device id: a count,
+    /// or a percentage of all targets ("10%", rounded up). Unset: all.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "batch_limit_schema")]
+    pub limit: Option<IntOrString>,
+    /// This batch's successThreshold (percent, 1 to 100), overriding the
+    /// rollout's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 100))]
+    pub success_threshold: Option<u32>,
 }
 
 /// What the operator observed, folded from the devices' reports.
@@ -349,7 +475,7 @@ pub struct DeploymentStatus {
     pub revision: Option<String>,
     /// Standard Kubernetes conditions: Ready, Progressing, Degraded,
     /// InvalidScore, Conflict, DeviceWarnings (and UnknownScoreType when it
-    /// applies).
+    /// applies; Paused with strategy BatchSequence).
     #[serde(default)]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,
@@ -392,6 +518,96 @@ pub struct DeploymentStatus {
     /// score or the rollout policy.
     #[serde(default)]
     pub failed: i64,
+    /// The BatchSequence rollout's progress (absent with AllAtOnce).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<RolloutStatus>,
+}
+
+/// Where a BatchSequence rollout stands. The operator keeps its state here
+/// (and in the keys it wrote), so that a restart resumes at the same batch.
+/// Unset fields are written as null: the status is a merge patch, where an
+/// absent field would keep its old value.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RolloutStatus {
+    /// The revision being rolled out (the spec's), 16 hex digits.
+    pub revision: String,
+    /// The last revision rolled out to every batch, 16 hex digits; what a
+    /// failed batch goes back to. Absent before the first.
+    #[serde(default)]
+    pub stable_revision: Option<String>,
+    /// Progressing, Paused, Healthy (every batch passed) or Degraded (a
+    /// batch failed; the rollout is halted).
+    pub phase: RolloutPhase,
+    /// The batch being rolled out, from 0; equal to `batches` once every
+    /// batch passed.
+    pub current_batch: i64,
+    /// How many batches the rollout has, the implicit last one included.
+    pub batches: i64,
+    /// Targets.
+    pub targeted: i64,
+    /// Targets whose key holds the revision.
+    pub updated: i64,
+    /// Of those, the ones reporting Healthy at the revision.
+    pub healthy: i64,
+    /// Updated targets not Healthy yet, within their deadline.
+    pub waiting: i64,
+    /// Updated targets that report a failure at the revision (Failed,
+    /// Unsupported, RolledBack, CrashLoopBackOff).
+    pub failed: i64,
+    /// Updated targets not Healthy progressDeadlineSeconds after their key
+    /// was written.
+    pub timed_out: i64,
+    /// Targets whose heartbeat is stale (their key is written all the same;
+    /// they time out like any other).
+    pub offline: i64,
+    /// The last batch decided.
+    #[serde(default)]
+    pub last_batch: Option<BatchReport>,
+    /// Set when a batch of this revision failed: the rollout is halted and
+    /// does not go on until the spec changes or the retry annotation
+    /// (iot.nationtech.io/retry-rollout) gets a new value.
+    #[serde(default)]
+    pub failed_revision: Option<String>,
+    /// The value of the retry annotation last acted on.
+    #[serde(default)]
+    pub retry: Option<String>,
+}
+
+/// A BatchSequence rollout's phase.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum RolloutPhase {
+    /// Batches are being rolled out.
+    #[default]
+    Progressing,
+    /// spec.rollout.paused is true.
+    Paused,
+    /// Every batch passed.
+    Healthy,
+    /// A batch fell below its successThreshold; the rollout is halted.
+    Degraded,
+}
+
+/// How a decided batch went.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BatchReport {
+    /// The batch's index, from 0.
+    pub batch: i64,
+    /// Its devices.
+    pub devices: i64,
+    /// Healthy at the revision.
+    pub healthy: i64,
+    /// Reporting a failure.
+    pub failed: i64,
+    /// Past their deadline.
+    pub timed_out: i64,
+    /// Healthy devices needed to pass.
+    pub needed: i64,
+    /// Succeeded or Failed.
+    pub result: String,
+    /// When it was decided (RFC 3339).
+    pub finished_at: String,
 }
 
 /// A condition in the standard Kubernetes shape.
@@ -410,7 +626,11 @@ pub struct Condition {
     /// Machine-readable reason, by type: Ready: AllTargetsReady or
     /// TargetsNotReady; Progressing: RollingOut or RolloutComplete; Degraded:
     /// InvalidSpec, TargetsFailed, TargetsUnhealthy, TargetsUnreachable or
-    /// Healthy;
+    /// Healthy; with strategy BatchSequence, Ready: RolloutComplete,
+    /// BatchInProgress, BatchFailed or RolloutPaused; Progressing:
+    /// BatchInProgress, BatchFailed, ProgressDeadlineExceeded,
+    /// RolloutComplete or RolloutPaused; Degraded also RolledBack or
+    /// BatchFailed; Paused: RolloutPaused or RolloutResumed;
     /// InvalidScore: ScoreRejected or ScoreValid; Conflict: KeyOwnedElsewhere
     /// or NoConflict; DeviceWarnings: DevicesWarn or NoDeviceWarnings;
     /// UnknownScoreType: RoutedAsJson. On a Device: Ready: HeartbeatReceived,
@@ -605,6 +825,21 @@ pub enum ConditionReason {
     ScoreUnreadable,
     /// A Device's Unsupported is False.
     AllScoresReadable,
+    /// Progressing is True, Ready False: a batch is being rolled out.
+    BatchInProgress,
+    /// Progressing is False, Ready False, Degraded True (autoRollback
+    /// off): a batch fell below its successThreshold through failures.
+    BatchFailed,
+    /// Progressing is False: a batch fell below its successThreshold
+    /// because devices were not Healthy by progressDeadlineSeconds.
+    ProgressDeadlineExceeded,
+    /// Degraded is True: a batch failed and the stable revision was written
+    /// back to the devices already updated.
+    RolledBack,
+    /// Paused is True (and Progressing False, Ready False): spec.rollout.paused.
+    RolloutPaused,
+    /// Paused is False.
+    RolloutResumed,
 }
 
 impl ConditionReason {
@@ -634,6 +869,12 @@ impl ConditionReason {
             ConditionReason::NoBoardWarnings => "NoBoardWarnings",
             ConditionReason::ScoreUnreadable => "ScoreUnreadable",
             ConditionReason::AllScoresReadable => "AllScoresReadable",
+            ConditionReason::BatchInProgress => "BatchInProgress",
+            ConditionReason::BatchFailed => "BatchFailed",
+            ConditionReason::ProgressDeadlineExceeded => "ProgressDeadlineExceeded",
+            ConditionReason::RolledBack => "RolledBack",
+            ConditionReason::RolloutPaused => "RolloutPaused",
+            ConditionReason::RolloutResumed => "RolloutResumed",
         }
     }
 }

@@ -52,6 +52,8 @@ pub mod conditions {
     /// cache its desired state). Independent of Ready: such a device may run
     /// everything.
     pub const DEVICE_WARNINGS: &str = "DeviceWarnings";
+    /// With strategy BatchSequence: `spec.rollout.paused` holds the rollout.
+    pub const PAUSED: &str = "Paused";
 }
 
 /// Why a target is listed in `.status.devices`; the order is the list's,
@@ -108,6 +110,7 @@ pub fn fold_status(
         ready: tally.ready,
         healthy: tally.healthy,
         failed: tally.failed,
+        rollout: None,
     }
 }
 
@@ -429,6 +432,29 @@ impl Verdict {
             reason: self.reason,
             message: self.message,
         }
+    }
+}
+
+/// Sets condition `type_` of `status` (replacing the fold's, or appended),
+/// keeping `prev`'s transition time while its status holds: how a
+/// BatchSequence rollout states Ready, Progressing, Degraded and Paused.
+pub fn set_condition(
+    status: &mut DeploymentStatus,
+    prev: &DeploymentStatus,
+    now_ns: i128,
+    (type_, value, reason, message): (&'static str, bool, ConditionReason, String),
+) {
+    let generation = status.observed_generation;
+    let c = Verdict {
+        type_,
+        status: value,
+        reason,
+        message,
+    }
+    .into_condition(prev, generation, now_ns);
+    match status.conditions.iter_mut().find(|x| x.type_ == type_) {
+        Some(x) => *x = c,
+        None => status.conditions.push(c),
     }
 }
 

@@ -16,7 +16,7 @@ pub mod fold;
 mod testdata;
 
 pub use cache::{Change, HeartbeatSeen, Report, StatusCache, now_ns, rfc3339};
-pub use fold::{Observed, conditions, fold_status};
+pub use fold::{Observed, conditions, fold_status, set_condition};
 
 use protocol::{DeploymentStatus, Phase};
 

@@ -1,0 +1,537 @@
+//! The decision of one BatchSequence reconcile, without I/O: from the
+//! batches, what each target's key holds and what each device reports,
+//! which devices get the new revision now, which get the stable one back,
+//! and the rollout's status, conditions and events.
+//!
+//! The state that must outlive the operator is in the Deployment's
+//! `status.rollout` (the batch reached, a halted revision, the stable one)
+//! and in the keys themselves (which hold the new revision, and since
+//! when): given the same inputs a restarted operator decides the same and
+//! rewrites nothing that is already right.
+
+use std::collections::HashMap;
+
+use protocol::Phase;
+
+use super::batches::RolloutSpec;
+use crate::crd::{BatchReport, ConditionReason, RolloutPhase, RolloutStatus, revision_string};
+use crate::status::rfc3339;
+
+/// One target, as its key and its reports show it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DeviceState {
+    /// Its key holds the new revision (written by this Deployment).
+    pub updated: bool,
+    /// When its key was last written, nanoseconds since the epoch.
+    pub written_ns: Option<i128>,
+    /// Its phase, when it reports the new revision.
+    pub phase: Option<Phase>,
+    /// Its heartbeat is stale.
+    pub offline: bool,
+    /// It cannot be written (its agent cannot read the value, or another
+    /// Deployment owns its key): it counts as failed.
+    pub blocked: bool,
+}
+
+/// How one target stands in the rollout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Standing {
+    /// Not written yet.
+    Pending,
+    /// Written, undecided, within its deadline.
+    Waiting,
+    /// Healthy at the new revision.
+    Healthy,
+    /// Reports a failure at the new revision, or cannot be written.
+    Failed,
+    /// Written longer than the deadline ago and not Healthy.
+    TimedOut,
+}
+
+impl DeviceState {
+    fn standing(&self, now_ns: i128, deadline_ns: i128) -> Standing {
+        if self.blocked {
+            return Standing::Failed;
+        }
+        if !self.updated {
+            return Standing::Pending;
+        }
+        match self.phase {
+            Some(Phase::Healthy) => Standing::Healthy,
+            Some(
+                Phase::Failed | Phase::Unsupported | Phase::RolledBack | Phase::CrashLoopBackOff,
+            ) => Standing::Failed,
+            _ if self
+                .written_ns
+                .is_some_and(|w| now_ns.saturating_sub(w) > deadline_ns) =>
+            {
+                Standing::TimedOut
+            }
+            _ => Standing::Waiting,
+        }
+    }
+}
+
+/// Everything one decision reads.
+#[derive(Debug)]
+pub struct Input<'a> {
+    /// The revision being rolled out.
+    pub revision: u64,
+    /// The batches' settings.
+    pub spec: &'a RolloutSpec,
+    /// The targets split into batches ([`RolloutSpec::split`]).
+    pub batches: Vec<Vec<String>>,
+    /// Every target's state.
+    pub devices: &'a HashMap<String, DeviceState>,
+    /// The status of the previous reconcile.
+    pub prev: Option<&'a RolloutStatus>,
+    /// The stable revision when `prev` does not know one (e.g. the last
+    /// revision an AllAtOnce rollout completed).
+    pub stable_fallback: Option<u64>,
+    /// `spec.rollout.paused`.
+    pub paused: bool,
+    /// `spec.rollout.autoRollback`.
+    pub auto_rollback: bool,
+    /// `spec.rollout.progressDeadlineSeconds`, in nanoseconds.
+    pub deadline_ns: i128,
+    /// The retry annotation's value.
+    pub retry: Option<&'a str>,
+    /// Now, nanoseconds since the epoch.
+    pub now_ns: i128,
+}
+
+/// An event to publish.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Note {
+    /// Warning rather than Normal.
+    pub warning: bool,
+    /// The event's reason.
+    pub reason: &'static str,
+    /// Its message.
+    pub message: String,
+}
+
+/// A condition the rollout sets, replacing the fold's of the same type.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verdict {
+    /// Ready, Progressing, Degraded or Paused.
+    pub type_: &'static str,
+    /// True or False.
+    pub status: bool,
+    /// Why.
+    pub reason: ConditionReason,
+    /// Detail.
+    pub message: String,
+}
+
+/// What to do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decision {
+    /// Devices to write the new revision to now, in id order.
+    pub write: Vec<String>,
+    /// Devices whose key holds the new revision and must get the stable
+    /// one back (or lose the key when there is no stable revision).
+    pub roll_back: Vec<String>,
+    /// The stable revision, when known.
+    pub stable: Option<u64>,
+    /// The new `status.rollout`.
+    pub status: RolloutStatus,
+    /// Conditions to set (Degraded only when the rollout has something to say).
+    pub verdicts: Vec<Verdict>,
+    /// Events.
+    pub notes: Vec<Note>,
+    /// The earliest moment a waiting device's deadline passes.
+    pub next_deadline_ns: Option<i128>,
+}
+
+/// Counts of one set of targets.
+#[derive(Debug, Default, Clone, Copy)]
+struct Tally {
+    pending: i64,
+    waiting: i64,
+    healthy: i64,
+    failed: i64,
+    timed_out: i64,
+}
+
+impl Tally {
+    fn add(&mut self, s: Standing) {
+        match s {
+            Standing::Pending => self.pending += 1,
+            Standing::Waiting => self.waiting += 1,
+            Standing::Healthy => self.healthy += 1,
+            Standing::Failed => self.failed += 1,
+            Standing::TimedOut => self.timed_out += 1,
+        }
+    }
+}
+
+fn parse_revision(s: &str) -> Option<u64> {
+    u64::from_str_radix(s, 16).ok()
+}
+
+/// Decides one reconcile of a BatchSequence rollout.
+pub fn decide(input: Input<'_>) -> Decision {
+    let Input {
+        revision,
+        spec,
+        mut batches,
+        devices,
+        prev,
+        stable_fallback,
+        paused,
+        auto_rollback,
+        deadline_ns,
+        retry,
+        now_ns,
+    } = input;
+    let rev = revision_string(revision);
+    let same = prev.filter(|p| p.revision == rev);
+    // A new revision starts at batch 0; the previous one is stable if it
+    // got through every batch.
+    let stable = match (prev, same) {
+        (_, Some(p)) => p.stable_revision.as_deref().and_then(parse_revision),
+        (Some(p), None) if p.phase == RolloutPhase::Healthy && p.failed_revision.is_none() => {
+            parse_revision(&p.revision)
+        }
+        (Some(p), None) => p.stable_revision.as_deref().and_then(parse_revision),
+        (None, None) => None,
+    }
+    .or(stable_fallback)
+    .filter(|s| *s != revision);
+    let mut notes = Vec::new();
+    let mut current = same.map_or(0, |p| p.current_batch.max(0) as usize);
+    let mut failed_revision = same.and_then(|p| p.failed_revision.clone());
+    let mut last_batch = same.and_then(|p| p.last_batch.clone());
+    let prev_retry = prev.and_then(|p| p.retry.as_deref());
+    if let Some(r) = retry
+        && prev_retry != Some(r)
+        && failed_revision.is_some()
+    {
+        failed_revision = None;
+        current = 0;
+        last_batch = None;
+        notes.push(Note {
+            warning: false,
+            reason: "RolloutRetried",
+            message: format!("retrying revision {rev} from batch 0 (annotation {r:?})"),
+        });
+    }
+    let n = batches.len();
+    current = current.min(n);
+    let standing = |d: &str| {
+        devices
+            .get(d)
+            .map_or(Standing::Pending, |s| s.standing(now_ns, deadline_ns))
+    };
+    // Members of passed batches that do not hold the revision (new
+    // targets, relabelled Devices) go with the last batch.
+    let late: Vec<String> = batches[..current.min(n - 1)]
+        .iter()
+        .flatten()
+        .filter(|d| standing(d) == Standing::Pending)
+        .cloned()
+        .collect();
+    batches[n - 1].extend(late);
+    batches[n - 1].sort();
+
+    let mut all = Tally::default();
+    let mut inflight = 0i64;
+    let mut offline = 0i64;
+    let mut next_deadline_ns: Option<i128> = None;
+    for s in devices.values() {
+        let st = s.standing(now_ns, deadline_ns);
+        all.add(st);
+        if st == Standing::Waiting {
+            inflight += 1;
+            if let Some(w) = s.written_ns {
+                let due = w + deadline_ns + 1;
+                next_deadline_ns = Some(next_deadline_ns.map_or(due, |n| n.min(due)));
+            }
+        }
+        if s.offline {
+            offline += 1;
+        }
+    }
+    let targeted = devices.len() as i64;
+
+    let mut write = Vec::new();
+    let mut roll_back = Vec::new();
+    let mut halted = failed_revision.as_deref() == Some(rev.as_str());
+    let mut in_progress = None;
+    while !halted && current < n {
+        let members = &batches[current];
+        let mut t = Tally::default();
+        for d in members {
+            t.add(standing(d));
+        }
+        let size = members.len() as i64;
+        if size == 0 {
+            current += 1;
+            continue;
+        }
+        let needed = (i64::from(spec.threshold(current)) * size + 99) / 100;
+        let report = |result: &str| BatchReport {
+            batch: current as i64,
+            devices: size,
+            healthy: t.healthy,
+            failed: t.failed,
+            timed_out: t.timed_out,
+            needed,
+            result: result.into(),
+            finished_at: rfc3339(now_ns),
+        };
+        if t.healthy >= needed && t.waiting + t.pending == 0 {
+            notes.push(Note {
+                warning: false,
+                reason: "BatchSucceeded",
+                message: format!(
+                    "batch {}/{n} of revision {rev}: {}/{size} Healthy (needed {needed})",
+                    current + 1,
+                    t.healthy
+                ),
+            });
+            last_batch = Some(report("Succeeded"));
+            current += 1;
+            continue;
+        }
+        if t.healthy + t.waiting + t.pending < needed {
+            notes.push(Note {
+                warning: true,
+                reason: "BatchFailed",
+                message: format!(
+                    "batch {}/{n} of revision {rev}: {}/{size} Healthy, {} failed, {} timed out; needed {needed}: rollout halted",
+                    current + 1,
+                    t.healthy,
+                    t.failed,
+                    t.timed_out
+                ),
+            });
+            last_batch = Some(report("Failed"));
+            failed_revision = Some(rev.clone());
+            halted = true;
+            break;
+        }
+        if !paused {
+            let room = spec.max_unavailable.map_or(usize::MAX, |m| {
+                (m.of(devices.len(), false) as i64 - inflight).max(0) as usize
+            });
+            write = members
+                .iter()
+                .filter(|d| standing(d) == Standing::Pending)
+                .take(room)
+                .cloned()
+                .collect();
+            if !write.is_empty() && t.pending == size {
+                notes.push(Note {
+                    warning: false,
+                    reason: "BatchStarted",
+                    message: format!(
+                        "batch {}/{n} of revision {rev}: writing {size} devices",
+                        current + 1
+                    ),
+                });
+            }
+        }
+        in_progress = Some((t, size, needed));
+        break;
+    }
+    let complete = !halted && current == n;
+    if complete {
+        if prev.is_none_or(|p| p.revision != rev || p.phase != RolloutPhase::Healthy) {
+            notes.push(Note {
+                warning: false,
+                reason: "RolloutComplete",
+                message: format!("revision {rev} passed all {n} batches"),
+            });
+        }
+        // Targets that came after the last batch passed catch up at once.
+        if !paused {
+            write = batches
+                .iter()
+                .flatten()
+                .filter(|d| standing(d) == Standing::Pending)
+                .cloned()
+                .collect();
+            write.sort();
+        }
+    }
+    if halted {
+        if auto_rollback {
+            roll_back = devices
+                .iter()
+                .filter(|(_, s)| s.updated)
+                .map(|(d, _)| d.clone())
+                .collect();
+            roll_back.sort();
+            if !roll_back.is_empty() {
+                notes.push(Note {
+                    warning: true,
+                    reason: "RolledBack",
+                    message: match stable {
+                        Some(s) => format!(
+                            "revision {rev} halted: {} devices get the stable revision {} back",
+                            roll_back.len(),
+                            revision_string(s)
+                        ),
+                        None => format!(
+                            "revision {rev} halted: no revision was stable before it, so its key is removed from {} devices",
+                            roll_back.len()
+                        ),
+                    },
+                });
+            }
+        }
+        write.clear();
+    }
+    let phase = if halted {
+        RolloutPhase::Degraded
+    } else if complete {
+        RolloutPhase::Healthy
+    } else if paused {
+        RolloutPhase::Paused
+    } else {
+        RolloutPhase::Progressing
+    };
+    let stable_after = if complete { Some(revision) } else { stable };
+    let status = RolloutStatus {
+        revision: rev.clone(),
+        stable_revision: stable_after.map(revision_string),
+        phase,
+        current_batch: current as i64,
+        batches: n as i64,
+        targeted,
+        updated: devices.values().filter(|s| s.updated).count() as i64,
+        healthy: all.healthy,
+        waiting: all.waiting,
+        failed: all.failed,
+        timed_out: all.timed_out,
+        offline,
+        last_batch: last_batch.clone(),
+        failed_revision,
+        retry: retry.map(str::to_string).or(prev_retry.map(str::to_string)),
+    };
+    let verdicts = verdicts(&status, in_progress, auto_rollback, paused);
+    Decision {
+        write,
+        roll_back,
+        stable,
+        status,
+        verdicts,
+        notes,
+        next_deadline_ns: next_deadline_ns.filter(|_| !halted),
+    }
+}
+
+fn verdicts(
+    s: &RolloutStatus,
+    in_progress: Option<(Tally, i64, i64)>,
+    auto_rollback: bool,
+    paused: bool,
+) -> Vec<Verdict> {
+    use crate::status::conditions::{DEGRADED, PAUSED, PROGRESSING, READY};
+    let v = |type_, status, reason, message: String| Verdict {
+        type_,
+        status,
+        reason,
+        message,
+    };
+    let batch = format!(
+        "batch {}/{}",
+        (s.current_batch + 1).min(s.batches),
+        s.batches
+    );
+    let mut out = Vec::new();
+    match s.phase {
+        RolloutPhase::Healthy => {
+            let m = format!(
+                "revision {} rolled out through all {} batches; {}/{} targets Healthy",
+                s.revision, s.batches, s.healthy, s.targeted
+            );
+            out.push(v(READY, true, ConditionReason::RolloutComplete, m.clone()));
+            out.push(v(PROGRESSING, false, ConditionReason::RolloutComplete, m));
+        }
+        RolloutPhase::Degraded => {
+            let why = s.last_batch.as_ref().map_or_else(String::new, |b| {
+                format!(
+                    "batch {}/{} had {}/{} Healthy ({} failed, {} timed out), needed {}",
+                    b.batch + 1,
+                    s.batches,
+                    b.healthy,
+                    b.devices,
+                    b.failed,
+                    b.timed_out,
+                    b.needed
+                )
+            });
+            let deadline = s
+                .last_batch
+                .as_ref()
+                .is_some_and(|b| b.failed == 0 && b.timed_out > 0);
+            let progressing_reason = if deadline {
+                ConditionReason::ProgressDeadlineExceeded
+            } else {
+                ConditionReason::BatchFailed
+            };
+            let halted = format!(
+                "revision {} halted: {why}; change the spec, or set annotation iot.nationtech.io/retry-rollout to a new value to retry",
+                s.revision
+            );
+            out.push(v(
+                READY,
+                false,
+                ConditionReason::BatchFailed,
+                halted.clone(),
+            ));
+            out.push(v(PROGRESSING, false, progressing_reason, halted.clone()));
+            let (reason, m) = if auto_rollback {
+                let back = match &s.stable_revision {
+                    Some(st) => format!("the devices it reached run the stable revision {st} again"),
+                    None => "no revision was stable before it: its key was removed from the devices it reached".into(),
+                };
+                (ConditionReason::RolledBack, format!("{halted}; {back}"))
+            } else {
+                (
+                    ConditionReason::BatchFailed,
+                    format!("{halted}; autoRollback is off: the devices it reached keep it"),
+                )
+            };
+            out.push(v(DEGRADED, true, reason, m));
+        }
+        RolloutPhase::Paused => {
+            let m = format!(
+                "paused at {batch} of revision {}: {}/{} targets updated; set spec.rollout.paused to false to resume",
+                s.revision, s.updated, s.targeted
+            );
+            out.push(v(READY, false, ConditionReason::RolloutPaused, m.clone()));
+            out.push(v(PROGRESSING, false, ConditionReason::RolloutPaused, m));
+        }
+        RolloutPhase::Progressing => {
+            let detail = in_progress.map_or_else(String::new, |(t, size, needed)| {
+                format!(
+                    ": {}/{size} Healthy, {} waiting, {} not written yet, {} failed, {} timed out; needs {needed}",
+                    t.healthy, t.waiting, t.pending, t.failed, t.timed_out
+                )
+            });
+            let m = format!("revision {} at {batch}{detail}", s.revision);
+            out.push(v(READY, false, ConditionReason::BatchInProgress, m.clone()));
+            out.push(v(PROGRESSING, true, ConditionReason::BatchInProgress, m));
+        }
+    }
+    out.push(if paused {
+        v(
+            PAUSED,
+            true,
+            ConditionReason::RolloutPaused,
+            "spec.rollout.paused is true: no further device gets the new revision".into(),
+        )
+    } else {
+        v(
+            PAUSED,
+            false,
+            ConditionReason::RolloutResumed,
+            "spec.rollout.paused is false".into(),
+        )
+    });
+    out
+}

@@ -1,0 +1,272 @@
+//! One BatchSequence reconcile against NATS and the API server: read the
+//! keys and the reports, record the revision in the history, let
+//! [`super::engine::decide`] choose, write what it chose.
+
+use std::collections::{BTreeMap, HashMap};
+
+use bytes::Bytes;
+use protocol::keys::DESIRED_STATE_BUCKET;
+
+use super::engine::{self, DeviceState, Input};
+use super::{RETRY_ANNOTATION, RolloutSpec};
+use crate::apply::{self, Conflict, Plan};
+use crate::crd::{Deployment, Score};
+use crate::history::{History, HistoryError};
+use crate::nats::{KvWrite, Nats, NatsError};
+use crate::status::StatusCache;
+use crate::status::cache::is_stale;
+
+/// Why a rollout step failed; all are retried.
+#[derive(Debug, thiserror::Error)]
+pub enum StepError {
+    /// NATS could not be read or written.
+    #[error("NATS")]
+    Nats(#[from] NatsError),
+    /// The revision history could not be read or written.
+    #[error("revision history")]
+    History(#[from] HistoryError),
+    /// The stable revision recorded in the history no longer plans (e.g.
+    /// an operator upgrade tightened a check); it cannot be written back.
+    #[error("the stable revision {revision} from the history cannot be written back")]
+    StableUnusable {
+        /// The revision.
+        revision: String,
+        /// Why.
+        #[source]
+        source: apply::PlanError,
+    },
+}
+
+/// What the step did, for the status and the events.
+#[derive(Debug)]
+pub struct StepOutcome {
+    /// The engine's decision.
+    pub decision: engine::Decision,
+    /// Keys put or deleted.
+    pub writes: usize,
+    /// Targets whose key another Deployment of this name owns.
+    pub conflicts: Vec<Conflict>,
+    /// Warnings about the batches (a batch that takes nothing...).
+    pub warnings: Vec<String>,
+}
+
+/// Where a step reads and writes.
+pub struct Io<'a> {
+    /// The desired-state keys.
+    pub nats: &'a Nats,
+    /// The revision history.
+    pub history: &'a History,
+    /// The devices' reports and heartbeats.
+    pub cache: &'a StatusCache,
+}
+
+/// Runs one step of `d`'s rollout of `plan` (its targets resolved, its
+/// held-back targets marked). `select` resolves a batch's selector.
+pub async fn step(
+    Io {
+        nats,
+        history,
+        cache,
+    }: Io<'_>,
+    d: &Deployment,
+    plan: &Plan,
+    spec: &RolloutSpec,
+    select: impl Fn(&crate::targeting::TargetSelector) -> Vec<String>,
+    now_ns: i128,
+) -> Result<StepOutcome, StepError> {
+    let current = apply::current_keys(nats, &plan.name).await?;
+    let reports = cache.reports_for(&plan.name);
+    let mut conflicts = Vec::new();
+    let mut devices = HashMap::with_capacity(plan.targets.len());
+    for t in &plan.targets {
+        let rec = current.get(t).filter(|r| !r.deleted);
+        let foreign = rec
+            .and_then(|r| r.owner.as_deref())
+            .filter(|o| *o != plan.owner.as_str());
+        if let Some(owner) = foreign {
+            conflicts.push(Conflict {
+                device: t.clone(),
+                owner: owner.to_string(),
+            });
+        }
+        let mine = rec.filter(|r| apply::owned_by(r, plan.owner.as_str()));
+        let updated = mine.is_some_and(|r| r.value == plan.value);
+        // A report older than the key's last write answers an earlier
+        // attempt (before a rollback and a retry), not this one.
+        let phase = reports
+            .get(t)
+            .filter(|r| r.status.revision == plan.revision)
+            .filter(|r| mine.is_none_or(|m| r.stored_at_ns >= m.stored_at_ns))
+            .map(|r| r.status.phase);
+        let offline = cache
+            .heartbeat(t)
+            .is_some_and(|h| is_stale(h.stored_at_ns, now_ns, cache.heartbeat_timeout()));
+        devices.insert(
+            t.clone(),
+            DeviceState {
+                updated,
+                written_ns: mine.map(|r| r.stored_at_ns),
+                phase,
+                offline,
+                blocked: foreign.is_some() || plan.held.contains_key(t),
+            },
+        );
+    }
+    let prev = d.status.as_ref().and_then(|s| s.rollout.as_ref());
+    let score = serde_json::to_value(&d.spec.score).unwrap_or_default();
+    let limit = d.spec.rollout.revision_history_limit;
+    let mut stable_fallback = None;
+    let starting = prev.is_none_or(|p| p.revision != crate::crd::revision_string(plan.revision));
+    if starting {
+        if prev.is_none() {
+            stable_fallback = record_all_at_once(history, d, plan.revision, limit).await?;
+        }
+        let keep: Vec<u64> = [Some(plan.revision), stable_fallback]
+            .into_iter()
+            .flatten()
+            .chain(
+                prev.and_then(|p| p.stable_revision.as_deref())
+                    .and_then(|s| u64::from_str_radix(s, 16).ok()),
+            )
+            .chain(
+                prev.filter(|p| p.phase == crate::crd::RolloutPhase::Healthy)
+                    .and_then(|p| u64::from_str_radix(&p.revision, 16).ok()),
+            )
+            .collect();
+        history
+            .record(d, plan.revision, &score, limit, &keep)
+            .await?;
+    }
+    let (batches, warnings) = spec.split(&plan.targets, select);
+    let decision = engine::decide(Input {
+        revision: plan.revision,
+        spec,
+        batches,
+        devices: &devices,
+        prev,
+        stable_fallback,
+        paused: d.spec.rollout.paused,
+        auto_rollback: d.spec.rollout.auto_rollback,
+        deadline_ns: i128::from(d.spec.rollout.progress_deadline_seconds) * 1_000_000_000,
+        retry: d
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(RETRY_ANNOTATION))
+            .map(String::as_str),
+        now_ns,
+    });
+    let mut writes = Vec::new();
+    for t in &decision.write {
+        writes.push(KvWrite::Put {
+            key: apply::key_of(t, &plan.name)?,
+            value: plan.value.clone(),
+            owner: plan.owner.to_string(),
+        });
+    }
+    if !decision.roll_back.is_empty() {
+        let stable_value = match decision.stable {
+            Some(s) => stable_value(history, d, s).await?,
+            None => None,
+        };
+        for t in &decision.roll_back {
+            let key = apply::key_of(t, &plan.name)?;
+            writes.push(match &stable_value {
+                Some(value) => KvWrite::Put {
+                    key,
+                    value: value.clone(),
+                    owner: plan.owner.to_string(),
+                },
+                None => KvWrite::Delete { key },
+            });
+        }
+    }
+    // Keys of devices no longer targeted go, as with AllAtOnce.
+    let targets: std::collections::BTreeSet<&str> =
+        plan.targets.iter().map(String::as_str).collect();
+    for (device, rec) in &current {
+        if !targets.contains(device.as_str()) && apply::owned_by(rec, plan.owner.as_str()) {
+            writes.push(KvWrite::Delete {
+                key: apply::key_of(device, &plan.name)?,
+            });
+        }
+    }
+    let n = writes.len();
+    nats.write(DESIRED_STATE_BUCKET, writes).await?;
+    Ok(StepOutcome {
+        decision,
+        writes: n,
+        conflicts,
+        warnings,
+    })
+}
+
+/// When a Deployment turns to BatchSequence after an AllAtOnce rollout
+/// that reached every target, that revision is the stable one: its score
+/// (from `status.observedScoreString`) goes into the history.
+async fn record_all_at_once(
+    history: &History,
+    d: &Deployment,
+    revision: u64,
+    limit: u32,
+) -> Result<Option<u64>, StepError> {
+    let Some(s) = d.status.as_ref() else {
+        return Ok(None);
+    };
+    let Some(prev) = s
+        .revision
+        .as_deref()
+        .and_then(|r| u64::from_str_radix(r, 16).ok())
+        .filter(|r| *r != revision)
+    else {
+        return Ok(None);
+    };
+    let done = s.targeted > 0 && s.up_to_date == s.targeted && s.ready == s.targeted;
+    let score = s
+        .observed_score_string
+        .as_deref()
+        .and_then(|j| serde_json::from_str::<serde_json::Value>(j).ok());
+    match score {
+        Some(score) if done => {
+            history.record(d, prev, &score, limit, &[prev]).await?;
+            Ok(Some(prev))
+        }
+        _ => Ok(None),
+    }
+}
+
+/// The value the stable revision was written as: its score from the
+/// history, planned with the Deployment's current name and rollout policy.
+async fn stable_value(
+    history: &History,
+    d: &Deployment,
+    revision: u64,
+) -> Result<Option<Bytes>, StepError> {
+    let Some(score) = history.score(d, revision).await? else {
+        tracing::warn!(deployment = %d.name_str(), revision = %crate::crd::revision_string(revision), "stable revision missing from the history; its keys are removed instead");
+        return Ok(None);
+    };
+    let unusable = |source| StepError::StableUnusable {
+        revision: crate::crd::revision_string(revision),
+        source,
+    };
+    let score: Score = serde_json::from_value(score).map_err(|e| {
+        unusable(apply::PlanError::InvalidScore {
+            path: String::new(),
+            reason: e.to_string(),
+        })
+    })?;
+    let mut old = d.clone();
+    old.spec.score = score;
+    let plan = apply::plan(&old).map_err(unusable)?;
+    Ok(Some(plan.value))
+}
+
+/// The targets each batch took, for the CLI.
+pub fn batch_of(batches: &[Vec<String>]) -> BTreeMap<&str, usize> {
+    batches
+        .iter()
+        .enumerate()
+        .flat_map(|(i, b)| b.iter().map(move |d| (d.as_str(), i)))
+        .collect()
+}
