@@ -174,6 +174,14 @@ async fn run_command(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
                         d.name_str()
                     )
                 })?;
+                // Gating needs the controller's loop (it waits for reports
+                // and writes batch after batch); writing every target at
+                // once instead would be the opposite of what was asked.
+                anyhow::ensure!(
+                    plan.batch_sequence.is_none(),
+                    "{}: spec.rollout.strategy BatchSequence is carried out by the controller (`iot-operator run` against a cluster), which writes batch after batch as devices report Healthy; `apply` without a cluster cannot wait for them. Set spec.rollout.strategy to AllAtOnce to write every target now, or apply the manifest with kubectl; nothing was written",
+                    plan.owner
+                );
                 plans.push(plan);
             }
             let nats = connect(&nats, false).await?;

@@ -199,8 +199,25 @@ async fn bad_manifests_write_nothing_and_say_why() {
             "{head}metadata: {{name: web}}\nspec:\n  targetDevices: [a]\n  rollout: {{progressDeadlineSeconds: 0}}\n  score: {{type: PodmanV0, data: {{containers: [{{name: web, image: x}}]}}}}\n"
         ),
     );
+    let batches = write(
+        "batches.yaml",
+        &format!(
+            "{head}metadata: {{name: web}}\nspec:\n  targetDevices: [a]\n  rollout: {{strategy: BatchSequence}}\n  score: {{type: PodmanV0, data: {{containers: [{{name: web, image: x}}]}}}}\n"
+        ),
+    );
+    let zero = write(
+        "zero.yaml",
+        &format!(
+            "{head}metadata: {{name: web}}\nspec:\n  targetDevices: [a]\n  rollout: {{maxUnavailable: 0}}\n  score: {{type: PodmanV0, data: {{containers: [{{name: web, image: x}}]}}}}\n"
+        ),
+    );
     let seq = desired_seq(&env.client).await;
     for (file, expect) in [
+        (
+            &batches,
+            "spec.rollout.strategy BatchSequence is carried out by the controller",
+        ),
+        (&zero, "spec.rollout.maxUnavailable: 0 is not allowed"),
         (
             &bad_port,
             "spec.score.data.containers[0].ports[0].containerPort",

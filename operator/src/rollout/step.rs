@@ -2,7 +2,7 @@
 //! keys and the reports, record the revision in the history, let
 //! [`super::engine::decide`] choose, write what it chose.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 
 use bytes::Bytes;
 use protocol::keys::DESIRED_STATE_BUCKET;
@@ -260,13 +260,4 @@ async fn stable_value(
     old.spec.score = score;
     let plan = apply::plan(&old).map_err(unusable)?;
     Ok(Some(plan.value))
-}
-
-/// The targets each batch took, for the CLI.
-pub fn batch_of(batches: &[Vec<String>]) -> BTreeMap<&str, usize> {
-    batches
-        .iter()
-        .enumerate()
-        .flat_map(|(i, b)| b.iter().map(move |d| (d.as_str(), i)))
-        .collect()
 }
