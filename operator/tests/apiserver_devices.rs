@@ -15,12 +15,10 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use async_nats::jetstream;
-use common::apiserver::{documents, eventually, install_crds, repo, strict_apply};
+use common::apiserver::{eventually, install_crds, operator_identity};
 use common::nats_env;
 use k8s_openapi::api::events::v1::Event;
-use kube::api::{Api, DynamicObject, ListParams, Patch};
-use kube::core::GroupVersionKind;
-use kube::discovery::Scope;
+use kube::api::{Api, ListParams};
 use kube::{Client, ResourceExt};
 use operator::capability_gate::CapabilityGate;
 use operator::crd::Device;
@@ -64,41 +62,6 @@ async fn heartbeat(
         .unwrap()
         .await
         .unwrap();
-}
-
-/// Creates the operator's Namespace, ServiceAccount, ClusterRole and
-/// ClusterRoleBinding from `deploy/operator.yaml`, and returns a client
-/// acting as that service account.
-async fn operator_identity(server: &KubeApiServer, client: &Client) -> Client {
-    let docs = documents(&repo().join("deploy/operator.yaml"));
-    for kind in [
-        "Namespace",
-        "ServiceAccount",
-        "ClusterRole",
-        "ClusterRoleBinding",
-    ] {
-        let doc = docs.iter().find(|d| d["kind"] == kind).unwrap();
-        let obj: DynamicObject = serde_json::from_value(doc.clone()).unwrap();
-        let gvk = GroupVersionKind::try_from(obj.types.as_ref().unwrap()).unwrap();
-        let (ar, caps) = kube::discovery::pinned_kind(client, &gvk).await.unwrap();
-        let api: Api<DynamicObject> = match (caps.scope, obj.namespace()) {
-            (Scope::Namespaced, Some(ns)) => Api::namespaced_with(client.clone(), &ns, &ar),
-            _ => Api::all_with(client.clone(), &ar),
-        };
-        api.patch(&obj.name_any(), &strict_apply(), &Patch::Apply(&obj))
-            .await
-            .unwrap();
-    }
-    server
-        .client_as(
-            "system:serviceaccount:iot-system:iot-operator",
-            &[
-                "system:serviceaccounts",
-                "system:serviceaccounts:iot-system",
-                "system:authenticated",
-            ],
-        )
-        .await
 }
 
 /// `kubectl get iotdev -l SELECTOR`: the server's table (printer columns).

@@ -14,49 +14,13 @@ mod common;
 use common::apiserver::*;
 
 use k8s_openapi::api::apps::v1::ControllerRevision;
-use kube::api::{Api, DynamicObject, ListParams, Patch};
-use kube::core::{ApiResource, GroupVersionKind};
-use kube::discovery::Scope;
+use kube::api::{Api, DynamicObject, ListParams};
+use kube::core::ApiResource;
 use kube::{Client, ResourceExt};
 use operator::crd::Deployment;
 use operator::history::{DEPLOYMENT_LABEL, History};
 use serde_json::{Value, json};
 use testkit::kube::KubeApiServer;
-
-/// Creates the operator's Namespace, ServiceAccount, ClusterRole and
-/// ClusterRoleBinding from `deploy/operator.yaml`, and returns a client
-/// acting as that service account.
-async fn operator_identity(server: &KubeApiServer, client: &Client) -> Client {
-    let docs = documents(&repo().join("deploy/operator.yaml"));
-    for kind in [
-        "Namespace",
-        "ServiceAccount",
-        "ClusterRole",
-        "ClusterRoleBinding",
-    ] {
-        let doc = docs.iter().find(|d| d["kind"] == kind).unwrap();
-        let obj: DynamicObject = serde_json::from_value(doc.clone()).unwrap();
-        let gvk = GroupVersionKind::try_from(obj.types.as_ref().unwrap()).unwrap();
-        let (ar, caps) = kube::discovery::pinned_kind(client, &gvk).await.unwrap();
-        let api: Api<DynamicObject> = match (caps.scope, obj.namespace()) {
-            (Scope::Namespaced, Some(ns)) => Api::namespaced_with(client.clone(), &ns, &ar),
-            _ => Api::all_with(client.clone(), &ar),
-        };
-        api.patch(&obj.name_any(), &strict_apply(), &Patch::Apply(&obj))
-            .await
-            .unwrap();
-    }
-    server
-        .client_as(
-            "system:serviceaccount:iot-system:iot-operator",
-            &[
-                "system:serviceaccounts",
-                "system:serviceaccounts:iot-system",
-                "system:authenticated",
-            ],
-        )
-        .await
-}
 
 /// A Deployment as the server stored it (with its uid).
 async fn stored_deployment(client: &Client, name: &str) -> Deployment {

@@ -8,8 +8,10 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kube::Client;
 use kube::api::{Api, DynamicObject, Patch, PatchParams, PostParams, ValidationDirective};
+use kube::core::GroupVersionKind;
+use kube::discovery::Scope;
+use kube::{Client, ResourceExt};
 use operator::crd::Deployment;
 
 use super::{desired, podman};
@@ -163,4 +165,39 @@ pub async fn refused(api: &Api<DynamicObject>, body: Value, message: &str) {
         }
         other => panic!("{what} was not refused: {other:?}"),
     }
+}
+
+/// Creates the operator's Namespace, ServiceAccount, ClusterRole and
+/// ClusterRoleBinding from `deploy/operator.yaml`, and returns a client
+/// acting as that service account.
+pub async fn operator_identity(server: &KubeApiServer, client: &Client) -> Client {
+    let docs = documents(&repo().join("deploy/operator.yaml"));
+    for kind in [
+        "Namespace",
+        "ServiceAccount",
+        "ClusterRole",
+        "ClusterRoleBinding",
+    ] {
+        let doc = docs.iter().find(|d| d["kind"] == kind).unwrap();
+        let obj: DynamicObject = serde_json::from_value(doc.clone()).unwrap();
+        let gvk = GroupVersionKind::try_from(obj.types.as_ref().unwrap()).unwrap();
+        let (ar, caps) = kube::discovery::pinned_kind(client, &gvk).await.unwrap();
+        let api: Api<DynamicObject> = match (caps.scope, obj.namespace()) {
+            (Scope::Namespaced, Some(ns)) => Api::namespaced_with(client.clone(), &ns, &ar),
+            _ => Api::all_with(client.clone(), &ar),
+        };
+        api.patch(&obj.name_any(), &strict_apply(), &Patch::Apply(&obj))
+            .await
+            .unwrap();
+    }
+    server
+        .client_as(
+            "system:serviceaccount:iot-system:iot-operator",
+            &[
+                "system:serviceaccounts",
+                "system:serviceaccounts:iot-system",
+                "system:authenticated",
+            ],
+        )
+        .await
 }
