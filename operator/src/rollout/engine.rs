@@ -535,3 +535,142 @@ fn verdicts(
     });
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crd::Rollout;
+
+    const S: i128 = 1_000_000_000;
+
+    fn spec(max_unavailable: Option<u32>) -> RolloutSpec {
+        RolloutSpec::new(&Rollout {
+            batches: vec![crate::crd::Batch {
+                limit: Some(crate::crd::IntOrString::Int(1)),
+                ..Default::default()
+            }],
+            max_unavailable: max_unavailable.map(|n| crate::crd::IntOrString::Int(n as i32)),
+            ..Rollout::default()
+        })
+        .unwrap()
+    }
+
+    fn ids(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| s.to_string()).collect()
+    }
+
+    fn input<'a>(
+        spec: &'a RolloutSpec,
+        batches: Vec<Vec<String>>,
+        devices: &'a HashMap<String, DeviceState>,
+        prev: Option<&'a RolloutStatus>,
+    ) -> Input<'a> {
+        Input {
+            revision: 7,
+            spec,
+            batches,
+            devices,
+            prev,
+            stable_fallback: Some(3),
+            paused: false,
+            auto_rollback: true,
+            deadline_ns: 60 * S,
+            retry: None,
+            now_ns: 1000 * S,
+        }
+    }
+
+    fn healthy() -> DeviceState {
+        DeviceState {
+            updated: true,
+            written_ns: Some(990 * S),
+            phase: Some(Phase::Healthy),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_target_added_to_a_passed_batch_waits_for_the_last_one() {
+        let spec = spec(None);
+        // Batch 0 (a) passed; b is in progress in the last batch; z, new,
+        // would sort into batch 0 now but waits for the last batch.
+        let devices: HashMap<String, DeviceState> = [
+            ("a".to_string(), healthy()),
+            ("b".to_string(), DeviceState::default()),
+            ("z".to_string(), DeviceState::default()),
+        ]
+        .into_iter()
+        .collect();
+        let prev = RolloutStatus {
+            revision: revision_string(7),
+            current_batch: 1,
+            batches: 2,
+            ..Default::default()
+        };
+        let d = decide(input(
+            &spec,
+            vec![ids(&["z"]), ids(&["a", "b"])],
+            &devices,
+            Some(&prev),
+        ));
+        assert_eq!(d.write, ids(&["b", "z"]));
+        assert_eq!(d.status.current_batch, 1);
+        assert_eq!(d.status.phase, RolloutPhase::Progressing);
+    }
+
+    #[test]
+    fn an_offline_device_is_written_counted_and_times_out() {
+        let spec = spec(None);
+        let offline = DeviceState {
+            updated: true,
+            written_ns: Some(900 * S),
+            offline: true,
+            ..Default::default()
+        };
+        let devices: HashMap<String, DeviceState> =
+            [("a".to_string(), offline)].into_iter().collect();
+        let d = decide(input(&spec, vec![ids(&["a"]), vec![]], &devices, None));
+        assert_eq!(d.status.offline, 1);
+        assert_eq!(d.status.timed_out, 1);
+        assert_eq!(d.status.phase, RolloutPhase::Degraded);
+        assert_eq!(d.roll_back, ids(&["a"]));
+        assert_eq!(d.stable, Some(3));
+        let reasons: Vec<_> = d.verdicts.iter().map(|v| (v.type_, v.reason)).collect();
+        assert!(
+            reasons.contains(&("Progressing", ConditionReason::ProgressDeadlineExceeded)),
+            "{reasons:?}"
+        );
+    }
+
+    #[test]
+    fn max_unavailable_counts_devices_in_flight_anywhere() {
+        let spec = spec(Some(2));
+        let waiting = DeviceState {
+            updated: true,
+            written_ns: Some(999 * S),
+            ..Default::default()
+        };
+        let devices: HashMap<String, DeviceState> = [
+            ("a".to_string(), healthy()),
+            ("b".to_string(), waiting),
+            ("c".to_string(), DeviceState::default()),
+            ("d".to_string(), DeviceState::default()),
+        ]
+        .into_iter()
+        .collect();
+        let prev = RolloutStatus {
+            revision: revision_string(7),
+            current_batch: 1,
+            batches: 2,
+            ..Default::default()
+        };
+        let d = decide(input(
+            &spec,
+            vec![ids(&["a"]), ids(&["b", "c", "d"])],
+            &devices,
+            Some(&prev),
+        ));
+        assert_eq!(d.write, ids(&["c"]), "b is in flight: room for one more");
+        assert_eq!(d.next_deadline_ns, Some(1059 * S + 1));
+    }
+}
