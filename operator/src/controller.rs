@@ -30,7 +30,7 @@ use tokio::sync::mpsc;
 
 use crate::apply::{self, PlanError};
 use crate::capability_gate::CapabilityGate;
-use crate::crd::{Deployment, DeploymentStatus, FINALIZER};
+use crate::crd::{ConditionReason, Deployment, DeploymentStatus, FINALIZER};
 use crate::history::History;
 use crate::metrics::Metrics;
 use crate::nats::{Nats, NatsError};
@@ -470,7 +470,12 @@ async fn rollout_step(
             .iter()
             .any(|c| c.message.contains(w.as_str()))
         {
-            events.push(event(EventType::Warning, "BatchSpec", "Rollout", w.clone()));
+            events.push(event(
+                EventType::Warning,
+                "BatchesMismatchTargets",
+                "Rollout",
+                w.clone(),
+            ));
         }
     }
     let observed = Observed {
@@ -491,6 +496,21 @@ async fn rollout_step(
             (v.type_, v.status, v.reason, v.message),
         );
     }
+    let (warn, reason, message) = if outcome.warnings.is_empty() {
+        (
+            false,
+            ConditionReason::BatchesFitTargets,
+            "every batch takes targets within its limit".to_string(),
+        )
+    } else {
+        (
+            true,
+            ConditionReason::BatchesMismatchTargets,
+            outcome.warnings.join("; "),
+        )
+    };
+    let batch_warnings = (conditions::BATCH_WARNINGS, warn, reason, message);
+    set_condition(&mut status, prev, now, batch_warnings);
     status.rollout = Some(decision.status);
     finish(d, api, ctx, prev, status, events).await?;
     let next = decision

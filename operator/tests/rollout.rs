@@ -517,3 +517,31 @@ async fn pause_resume_retry_new_spec_and_restart() {
     assert_eq!(rollout(&s)["stableRevision"], revision_string(rev3));
     assert!(f.keys().await.values().all(|r| *r == Some(rev3)));
 }
+
+/// A batch that takes nothing is skipped, and a condition names it.
+#[tokio::test]
+async fn a_batch_that_matches_nothing_is_named_and_skipped() {
+    let devices = [("q1", "prod"), ("q2", "prod")];
+    let Some(mut f) = Fleet::new("ui", &devices).await else {
+        return;
+    };
+    let mut d = batch_deployment("ui", &["q1", "q2"], "ui:1");
+    d.spec.rollout.batches = vec![canary_batch(1)];
+    f.api.insert(&d);
+    f.until(5, phase_is("Healthy")).await;
+    let s = f.status();
+    assert_eq!(
+        cond(&s, "BatchWarnings"),
+        ("True", "BatchesMismatchTargets")
+    );
+    let message = s["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == "BatchWarnings")
+        .unwrap()["message"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(message.contains("spec.rollout.batches[0]"), "{message}");
+}

@@ -475,7 +475,7 @@ pub struct DeploymentStatus {
     pub revision: Option<String>,
     /// Standard Kubernetes conditions: Ready, Progressing, Degraded,
     /// InvalidScore, Conflict, DeviceWarnings (and UnknownScoreType when it
-    /// applies; Paused with strategy BatchSequence).
+    /// applies; Paused and BatchWarnings with strategy BatchSequence).
     #[serde(default)]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,
@@ -630,7 +630,8 @@ pub struct Condition {
     /// BatchInProgress, BatchFailed or RolloutPaused; Progressing:
     /// BatchInProgress, BatchFailed, ProgressDeadlineExceeded,
     /// RolloutComplete or RolloutPaused; Degraded also RolledBack or
-    /// BatchFailed; Paused: RolloutPaused or RolloutResumed;
+    /// BatchFailed; Paused: RolloutPaused or RolloutResumed; BatchWarnings:
+    /// BatchesMismatchTargets or BatchesFitTargets;
     /// InvalidScore: ScoreRejected or ScoreValid; Conflict: KeyOwnedElsewhere
     /// or NoConflict; DeviceWarnings: DevicesWarn or NoDeviceWarnings;
     /// UnknownScoreType: RoutedAsJson. On a Device: Ready: HeartbeatReceived,
@@ -840,6 +841,11 @@ pub enum ConditionReason {
     RolloutPaused,
     /// Paused is False.
     RolloutResumed,
+    /// BatchWarnings is True: a batch takes no target, or its limit is
+    /// more than it can take.
+    BatchesMismatchTargets,
+    /// BatchWarnings is False.
+    BatchesFitTargets,
 }
 
 impl ConditionReason {
@@ -875,6 +881,8 @@ impl ConditionReason {
             ConditionReason::RolledBack => "RolledBack",
             ConditionReason::RolloutPaused => "RolloutPaused",
             ConditionReason::RolloutResumed => "RolloutResumed",
+            ConditionReason::BatchesMismatchTargets => "BatchesMismatchTargets",
+            ConditionReason::BatchesFitTargets => "BatchesFitTargets",
         }
     }
 }

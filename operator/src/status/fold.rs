@@ -54,6 +54,9 @@ pub mod conditions {
     pub const DEVICE_WARNINGS: &str = "DeviceWarnings";
     /// With strategy BatchSequence: `spec.rollout.paused` holds the rollout.
     pub const PAUSED: &str = "Paused";
+    /// With strategy BatchSequence: some batch takes no target, or its
+    /// limit is more than it can take (the message names the field).
+    pub const BATCH_WARNINGS: &str = "BatchWarnings";
 }
 
 /// Why a target is listed in `.status.devices`; the order is the list's,
