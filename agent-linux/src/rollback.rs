@@ -802,6 +802,7 @@ mod tests {
                     progress_deadline_seconds: deadline,
                     auto_rollback,
                 },
+                attempt: 0,
             })
             .unwrap(),
         )
@@ -1117,7 +1118,13 @@ mod tests {
         assert_eq!(s.arrived("web", Some(guarded(R2)), t0).0, Some(good(R1)));
         let e = s.report("web", status(R1, Phase::Running, Reason::None, ""));
         assert_eq!(published(&e).phase, Phase::RolledBack);
-        // The same revision with other content is a new value: tried.
+        // The same revision with other content is a new value: tried. So
+        // is the operator's retry of it (the same value but its attempt).
+        let failed_value = guarded(R2);
+        let mut retried: DesiredState<'_> = protocol::wire::decode(&failed_value).unwrap();
+        retried.attempt = 1;
+        let retry = Bytes::from(protocol::wire::encode_to_vec(&retried).unwrap());
+        assert_eq!(s.arrived("web", Some(retry.clone()), t0).0, Some(retry));
         let other = value(R2, "fixed", true, 60);
         assert_eq!(s.arrived("web", Some(other.clone()), t0).0, Some(other));
         // So is a newer revision, which may fail and go back to R1 too.

@@ -26,6 +26,7 @@ fn desired(
         revision,
         score: score.to_payload().unwrap(),
         rollout,
+        attempt: 0,
     })
     .unwrap()
 }

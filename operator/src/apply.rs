@@ -219,6 +219,7 @@ pub fn plan(d: &Deployment) -> Result<Plan, PlanError> {
         revision,
         score: payload,
         rollout: d.spec.rollout.device_policy(),
+        attempt: 0,
     };
     let value = protocol::wire::encode_to_vec(&desired).map_err(|e| PlanError::InvalidScore {
         path: String::new(),
@@ -247,6 +248,25 @@ pub fn plan(d: &Deployment) -> Result<Plan, PlanError> {
 }
 
 impl Plan {
+    /// Makes the value a retry: the same revision with `attempt` (format
+    /// version 3 when above 0), which a device that rolled the revision
+    /// back tries again. The revision does not change.
+    pub fn set_attempt(&mut self, attempt: u32) -> Result<(), PlanError> {
+        let reencode = |e: String| PlanError::InvalidScore {
+            path: String::new(),
+            reason: e,
+        };
+        let mut desired: DesiredState<'_> =
+            protocol::wire::decode(&self.value).map_err(|e| reencode(e.to_string()))?;
+        if desired.attempt == attempt {
+            return Ok(());
+        }
+        desired.attempt = attempt;
+        let value = protocol::wire::encode_to_vec(&desired).map_err(|e| reencode(e.to_string()))?;
+        self.value = Bytes::from(value);
+        Ok(())
+    }
+
     /// Adds `devices` (e.g. those the selector selects) to the targets,
     /// keeping them sorted and unique. Ids that are not key tokens are
     /// skipped with a warning (a Device object name always is one).

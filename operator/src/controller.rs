@@ -34,7 +34,7 @@ use crate::crd::{ConditionReason, Deployment, DeploymentStatus, FINALIZER};
 use crate::history::History;
 use crate::metrics::Metrics;
 use crate::nats::{Nats, NatsError};
-use crate::rollout::{RolloutSpec, step};
+use crate::rollout::{self, RolloutSpec, step};
 use crate::status::{
     Change, Observed, StatusCache, conditions, fold_status, now_ns, set_condition,
 };
@@ -326,6 +326,11 @@ async fn apply_deployment(
                     return Ok(Action::requeue(SELECTOR_WAIT));
                 }
                 None => {}
+            }
+            if plan.batch_sequence.is_some()
+                && let Err(e) = plan.set_attempt(rollout::attempt(d, plan.revision))
+            {
+                tracing::warn!(deployment = %object_key(d), error = %Chain(&e), "cannot mark the value as a retry; written as the first attempt");
             }
             plan.held =
                 targeting::capabilities::held_back(&plan, |device| ctx.status.heartbeat(device));

@@ -514,6 +514,12 @@ async fn pause_resume_retry_new_spec_and_restart() {
     f.until(10, phase_is("Healthy")).await;
     let s = f.status();
     assert_eq!(rollout(&s)["retry"], "1");
+    // The retry is a new value (attempt 1) of the same revision, which a
+    // device that rolled the revision back tries again.
+    assert_eq!(rollout(&s)["attempt"], 1);
+    let rec = desired(&f.env.nats, "c2", "cam").await.unwrap();
+    let value: DesiredState<'_> = protocol::wire::decode(&rec.value).unwrap();
+    assert_eq!((value.revision, value.attempt), (rev3, 1));
     assert_eq!(rollout(&s)["stableRevision"], revision_string(rev3));
     assert!(f.keys().await.values().all(|r| *r == Some(rev3)));
 }

@@ -1,10 +1,12 @@
 //! The value of a `desired-state` key: which score a deployment runs on this
 //! device, at which revision, and how the device rolls it out.
 //!
-//! Two format versions: version 1 (deployment, revision, score) and version
-//! 2 (then the [`RolloutPolicy`]). A value is written in version 1 when its
-//! policy is the default, which is what a version-1 value means, so
-//! deployments that do not set one reach every agent byte for byte as before.
+//! Three format versions: version 1 (deployment, revision, score), version
+//! 2 (then the [`RolloutPolicy`]) and version 3 (then the `attempt`). A
+//! value is written in the oldest version that carries what it holds: in
+//! version 1 when its policy is the default and it is the first attempt,
+//! which is what a version-1 value means, so deployments that set neither
+//! reach every agent byte for byte as before.
 
 use serde::{Deserialize, Serialize};
 
@@ -17,7 +19,7 @@ use crate::text::{Bytes, Text};
 use crate::validate::{
     FieldPath, Validate, ValidationError, Violation, check_len, check_range, fail,
 };
-use crate::wire::{self, DecodeError, FORMAT_VERSION, FORMAT_VERSION_2};
+use crate::wire::{self, DecodeError, FORMAT_VERSION, FORMAT_VERSION_2, FORMAT_VERSION_3};
 
 /// How a [`ScorePayload`]'s data is encoded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -138,7 +140,7 @@ impl Validate for ScorePayload<'_> {
 
 /// The value of `desired-state` key `<device_id>.<deployment>`.
 ///
-/// `Deserialize` reads the newest layout (version 2); [`wire::decode`]
+/// `Deserialize` reads the newest layout (version 3); [`wire::decode`]
 /// reads every version.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
@@ -156,6 +158,13 @@ pub struct DesiredState<'a> {
     /// the default is what a version-1 value means.
     #[serde(default)]
     pub rollout: RolloutPolicy,
+    /// How many times the operator asked to try this revision again after
+    /// it failed (its retry annotation). Format version 3; 0, the first
+    /// attempt, is what older versions mean. A device that rolled this
+    /// revision back does not retry the value it failed with, and a new
+    /// attempt is a new value: that is the retry.
+    #[serde(default)]
+    pub attempt: u32,
 }
 
 /// How a device takes a new revision: when it counts as healthy, how long
@@ -226,14 +235,18 @@ impl<'a> DesiredState<'a> {
             revision,
             score,
             rollout: RolloutPolicy::default(),
+            attempt: 0,
         }
     }
 
-    /// The format version this value is written in: 1 when its rollout
-    /// policy is the default, else 2. The operator writes a device only a
-    /// version its capabilities list.
+    /// The format version this value is written in: 3 when it is a retry
+    /// (`attempt` above 0), else 1 when its rollout policy is the default,
+    /// else 2. The operator writes a device only a version its
+    /// capabilities list.
     pub fn format_version(&self) -> u8 {
-        if self.rollout == RolloutPolicy::default() {
+        if self.attempt > 0 {
+            FORMAT_VERSION_3
+        } else if self.rollout == RolloutPolicy::default() {
             FORMAT_VERSION
         } else {
             FORMAT_VERSION_2
@@ -249,17 +262,22 @@ impl wire::Encode for DesiredState<'_> {
 }
 
 /// Written by hand so that the fields stop where the format version says:
-/// version 1 is a prefix of version 2.
+/// version 1 is a prefix of version 2, which is a prefix of version 3.
 impl Serialize for DesiredState<'_> {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         use serde::ser::SerializeStruct;
-        let v2 = self.format_version() >= FORMAT_VERSION_2;
-        let mut t = s.serialize_struct("DesiredState", 3 + usize::from(v2))?;
+        let version = self.format_version();
+        let v2 = version >= FORMAT_VERSION_2;
+        let v3 = version >= FORMAT_VERSION_3;
+        let mut t = s.serialize_struct("DesiredState", 3 + usize::from(v2) + usize::from(v3))?;
         t.serialize_field("deployment", &self.deployment)?;
         t.serialize_field("revision", &self.revision)?;
         t.serialize_field("score", &self.score)?;
         if v2 {
             t.serialize_field("rollout", &self.rollout)?;
+        }
+        if v3 {
+            t.serialize_field("attempt", &self.attempt)?;
         }
         t.end()
     }
@@ -275,7 +293,19 @@ struct DesiredStateV1<'a> {
     score: ScorePayload<'a>,
 }
 
-/// Versions 1 and 2; version 1 reads with the default policy.
+/// A desired state in format version 2.
+#[derive(Deserialize)]
+struct DesiredStateV2<'a> {
+    #[serde(borrow)]
+    deployment: Text<'a>,
+    revision: u64,
+    #[serde(borrow)]
+    score: ScorePayload<'a>,
+    rollout: RolloutPolicy,
+}
+
+/// Versions 1 to 3; version 1 reads with the default policy, versions 1
+/// and 2 as the first attempt.
 impl<'de: 'a, 'a> wire::Decode<'de> for DesiredState<'a> {
     fn take_body(version: u8, body: &'de [u8]) -> Result<(Self, &'de [u8]), DecodeError> {
         match version {
@@ -286,10 +316,22 @@ impl<'de: 'a, 'a> wire::Decode<'de> for DesiredState<'a> {
                     revision: v1.revision,
                     score: v1.score,
                     rollout: RolloutPolicy::default(),
+                    attempt: 0,
                 };
                 Ok((d, rest))
             }
-            FORMAT_VERSION_2 => wire::take(body),
+            FORMAT_VERSION_2 => {
+                let (v2, rest) = wire::take::<DesiredStateV2<'a>>(body)?;
+                let d = DesiredState {
+                    deployment: v2.deployment,
+                    revision: v2.revision,
+                    score: v2.score,
+                    rollout: v2.rollout,
+                    attempt: 0,
+                };
+                Ok((d, rest))
+            }
+            FORMAT_VERSION_3 => wire::take(body),
             other => Err(DecodeError::UnsupportedVersion(other)),
         }
     }
@@ -308,6 +350,7 @@ impl DesiredState<'_> {
             revision: self.revision,
             score: self.score.into_owned(),
             rollout: self.rollout,
+            attempt: self.attempt,
         }
     }
 }

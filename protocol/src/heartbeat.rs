@@ -112,13 +112,13 @@ impl<'a> Capabilities<'a> {
         }
     }
 
-    /// What this build of the protocol decodes: `DesiredState` 1 and 2,
+    /// What this build of the protocol decodes: `DesiredState` 1 to 3,
     /// `PodmanV0` 1 and `PodmanV1` 1. An agent lists only the score types it
     /// runs.
     pub fn this_build() -> Self {
         let versions = |v: &[u8]| BoundedVec::try_from_iter(v.iter().copied()).unwrap_or_default();
         Capabilities {
-            desired_state_versions: versions(&[FORMAT_VERSION, FORMAT_VERSION_2]),
+            desired_state_versions: versions(&[FORMAT_VERSION, FORMAT_VERSION_2, FORMAT_VERSION_3]),
             score_types: BoundedVec::try_from_iter([PODMAN_V0, PODMAN_V1].map(|t| {
                 ScoreTypeSupport {
                     type_name: Text::borrowed(t),

@@ -153,6 +153,8 @@ fn desired_state_with_a_rollout_policy() {
     );
     d.rollout = ROLLOUT;
     check(&d, DESIRED_STATE_V2);
+    d.attempt = 2;
+    check(&d, DESIRED_STATE_V3);
 }
 
 #[test]

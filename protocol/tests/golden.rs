@@ -343,18 +343,18 @@ fn format_version_is_the_first_byte() {
     assert_eq!(FORMAT_VERSION, 1);
     assert_eq!(wire::FORMAT_VERSION_2, 2);
     assert_eq!(wire::FORMAT_VERSION_3, 3);
-    // Version 3 exists for heartbeats only.
+    // Version 3 exists for heartbeats and desired states only.
     let mut bytes = unhex(STATUS_V2);
     bytes[0] = 3;
     assert_eq!(
         decode::<DeploymentStatus>(&bytes).unwrap_err(),
         DecodeError::UnsupportedVersion(3)
     );
-    let mut bytes = unhex(DESIRED_STATE_V2);
-    bytes[0] = 3;
+    let mut bytes = unhex(DESIRED_STATE_V3);
+    bytes[0] = 4;
     assert_eq!(
         decode::<DesiredState>(&bytes).unwrap_err(),
-        DecodeError::UnsupportedVersion(3)
+        DecodeError::UnsupportedVersion(4)
     );
     // A score's own encoding has version 1 only.
     let mut bytes = unhex(PODMAN_V1_SCORE);
@@ -487,6 +487,41 @@ fn desired_state_v2_carries_the_rollout_policy() {
         decode::<DesiredState>(&bytes).unwrap_err(),
         DecodeError::Malformed(_)
     ));
+}
+
+#[test]
+fn desired_state_v3_carries_the_attempt() {
+    let mut d = common::desired(&common::small());
+    d.rollout = ROLLOUT;
+    d.attempt = 2;
+    assert_eq!(d.format_version(), wire::FORMAT_VERSION_3);
+    check_borrowed!(DesiredState, d, DESIRED_STATE_V3);
+    // Version 2's fields are unchanged and first; the attempt follows.
+    let (v2, v3) = (unhex(DESIRED_STATE_V2), unhex(DESIRED_STATE_V3));
+    assert_eq!(v3[0], wire::FORMAT_VERSION_3);
+    assert_eq!(v2[1..], v3[1..v2.len()]);
+    assert_eq!(v3[v2.len()..], [2]);
+    // Versions 1 and 2 read as the first attempt, which writes them.
+    let old: DesiredState = decode(&v2).unwrap();
+    assert_eq!(old.attempt, 0);
+    assert_eq!(encode_to_vec(&old).unwrap(), v2);
+    let v1 = unhex(DESIRED);
+    let first: DesiredState = decode(&v1).unwrap();
+    assert_eq!(first.attempt, 0);
+    // A retry needs version 3 even with the default policy, which it then
+    // carries.
+    let mut retry = first.clone();
+    retry.attempt = 1;
+    let bytes = encode_to_vec(&retry).unwrap();
+    assert_eq!(bytes[0], wire::FORMAT_VERSION_3);
+    assert_eq!(decode::<DesiredState>(&bytes).unwrap(), retry);
+    // A version-2 value with an attempt is not version 2.
+    let mut bytes = v3.clone();
+    bytes[0] = wire::FORMAT_VERSION_2;
+    assert_eq!(
+        decode::<DesiredState>(&bytes).unwrap_err(),
+        DecodeError::TrailingBytes(1)
+    );
 }
 
 #[test]
@@ -624,12 +659,13 @@ fn a_status_v2_must_say_every_containers_health() {
 }
 
 #[test]
-fn this_build_reads_desired_state_2_and_runs_podman_v1() {
+fn this_build_reads_desired_state_3_and_runs_podman_v1() {
     let caps = Capabilities::this_build();
-    assert_eq!(caps.desired_state_versions[..], [1, 2]);
+    assert_eq!(caps.desired_state_versions[..], [1, 2, 3]);
     assert!(caps.reads(2, "PodmanV0", 1));
     assert!(caps.reads(2, "PodmanV1", 1));
-    assert!(!caps.reads(3, "PodmanV1", 1));
+    assert!(caps.reads(3, "PodmanV1", 1));
+    assert!(!caps.reads(4, "PodmanV1", 1));
     let first = Capabilities::first_release();
     assert!(!first.reads(2, "PodmanV0", 1));
     assert!(!first.runs("PodmanV1"));

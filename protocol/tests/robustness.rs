@@ -36,6 +36,7 @@ fn samples() -> Vec<Vec<u8>> {
         vectors::HEARTBEAT_V2,
         vectors::HEARTBEAT_V3,
         vectors::DESIRED_STATE_V2,
+        vectors::DESIRED_STATE_V3,
         vectors::STATUS,
         vectors::STATUS_V2,
         vectors::PODMAN_V1_SCORE,

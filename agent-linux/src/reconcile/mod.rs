@@ -558,6 +558,7 @@ mod tests {
             revision,
             score: score.to_payload().unwrap(),
             rollout: protocol::RolloutPolicy::default(),
+            attempt: 0,
         })
         .unwrap()
     }
@@ -840,6 +841,7 @@ mod tests {
             revision,
             score: score.to_payload().unwrap(),
             rollout: protocol::RolloutPolicy::default(),
+            attempt: 0,
         })
         .unwrap()
     }
@@ -974,6 +976,7 @@ mod tests {
                 min_healthy_seconds: 30,
                 ..protocol::RolloutPolicy::default()
             },
+            attempt: 0,
         })
         .unwrap();
         let mut memory = Memory::new(mpsc::unbounded_channel().0);

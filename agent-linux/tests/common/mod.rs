@@ -422,6 +422,7 @@ pub fn encode_desired(
         revision,
         score: score.to_payload().unwrap(),
         rollout: protocol::RolloutPolicy::default(),
+        attempt: 0,
     };
     protocol::wire::encode_to_vec(&desired).unwrap()
 }
@@ -440,6 +441,7 @@ pub fn encode_desired_v1(
         revision,
         score: score.to_payload().unwrap(),
         rollout: protocol::RolloutPolicy::default(),
+        attempt: 0,
     };
     protocol::wire::encode_to_vec(&desired).unwrap()
 }
@@ -454,6 +456,7 @@ pub fn encode_unknown_variant(deployment: &str, revision: u64) -> Vec<u8> {
             data: protocol::Bytes::owned(b"{\"containers\":[]}".to_vec()),
         },
         rollout: protocol::RolloutPolicy::default(),
+        attempt: 0,
     };
     protocol::wire::encode_to_vec(&desired).unwrap()
 }

@@ -572,6 +572,10 @@ pub struct RolloutStatus {
     /// The value of the retry annotation last acted on.
     #[serde(default)]
     pub retry: Option<String>,
+    /// How many times this revision was retried; the devices get it with
+    /// the revision, so one that rolled the revision back tries it again.
+    #[serde(default)]
+    pub attempt: i64,
 }
 
 /// A BatchSequence rollout's phase.

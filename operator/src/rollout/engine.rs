@@ -96,6 +96,8 @@ pub struct Input<'a> {
     pub deadline_ns: i128,
     /// The retry annotation's value.
     pub retry: Option<&'a str>,
+    /// The attempt the keys are written with ([`attempt`]).
+    pub attempt: u32,
     /// Now, nanoseconds since the epoch.
     pub now_ns: i128,
 }
@@ -166,6 +168,27 @@ impl Tally {
     }
 }
 
+/// Whether the retry annotation asks to try `revision` (16 hex digits)
+/// again: it has a value `prev` has not acted on, and `prev` halted it.
+pub fn retry_requested(prev: Option<&RolloutStatus>, revision: &str, retry: Option<&str>) -> bool {
+    let Some(p) = prev.filter(|p| p.revision == revision) else {
+        return false;
+    };
+    retry.is_some_and(|r| p.retry.as_deref() != Some(r))
+        && p.failed_revision.as_deref() == Some(revision)
+}
+
+/// The attempt `revision` is written with: the previous status's, plus one
+/// when a retry is asked for; 0 for a new revision.
+pub fn attempt(prev: Option<&RolloutStatus>, revision: u64, retry: Option<&str>) -> u32 {
+    let rev = revision_string(revision);
+    let Some(p) = prev.filter(|p| p.revision == rev) else {
+        return 0;
+    };
+    let base = u32::try_from(p.attempt).unwrap_or(0);
+    base.saturating_add(u32::from(retry_requested(prev, &rev, retry)))
+}
+
 fn parse_revision(s: &str) -> Option<u64> {
     u64::from_str_radix(s, 16).ok()
 }
@@ -183,6 +206,7 @@ pub fn decide(input: Input<'_>) -> Decision {
         auto_rollback,
         deadline_ns,
         retry,
+        attempt,
         now_ns,
     } = input;
     let rev = revision_string(revision);
@@ -205,8 +229,7 @@ pub fn decide(input: Input<'_>) -> Decision {
     let mut last_batch = same.and_then(|p| p.last_batch.clone());
     let prev_retry = prev.and_then(|p| p.retry.as_deref());
     if let Some(r) = retry
-        && prev_retry != Some(r)
-        && failed_revision.is_some()
+        && retry_requested(prev, &rev, retry)
     {
         failed_revision = None;
         current = 0;
@@ -214,7 +237,9 @@ pub fn decide(input: Input<'_>) -> Decision {
         notes.push(Note {
             warning: false,
             reason: "RolloutRetried",
-            message: format!("retrying revision {rev} from batch 0 (annotation {r:?})"),
+            message: format!(
+                "retrying revision {rev} from batch 0 (annotation {r:?}; attempt {attempt})"
+            ),
         });
     }
     let n = batches.len();
@@ -410,6 +435,7 @@ pub fn decide(input: Input<'_>) -> Decision {
         last_batch: last_batch.clone(),
         failed_revision,
         retry: retry.map(str::to_string).or(prev_retry.map(str::to_string)),
+        attempt: i64::from(attempt),
     };
     let verdicts = verdicts(&status, in_progress, auto_rollback, paused);
     Decision {
@@ -576,6 +602,7 @@ mod tests {
             auto_rollback: true,
             deadline_ns: 60 * S,
             retry: None,
+            attempt: 0,
             now_ns: 1000 * S,
         }
     }

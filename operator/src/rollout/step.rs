@@ -7,8 +7,8 @@ use std::collections::HashMap;
 use bytes::Bytes;
 use protocol::keys::DESIRED_STATE_BUCKET;
 
+use super::RolloutSpec;
 use super::engine::{self, DeviceState, Input};
-use super::{RETRY_ANNOTATION, RolloutSpec};
 use crate::apply::{self, Conflict, Plan};
 use crate::crd::{Deployment, Score};
 use crate::history::{History, HistoryError};
@@ -148,12 +148,8 @@ pub async fn step(
         paused: d.spec.rollout.paused,
         auto_rollback: d.spec.rollout.auto_rollback,
         deadline_ns: i128::from(d.spec.rollout.progress_deadline_seconds) * 1_000_000_000,
-        retry: d
-            .metadata
-            .annotations
-            .as_ref()
-            .and_then(|a| a.get(RETRY_ANNOTATION))
-            .map(String::as_str),
+        retry: super::retry_annotation(d),
+        attempt: engine::attempt(prev, plan.revision, super::retry_annotation(d)),
         now_ns,
     });
     let mut writes = Vec::new();

@@ -91,10 +91,10 @@ impl Requirement {
         // format, and the two ways out.
         if self.score_readable_by(caps)
             && !caps.desired_state_versions.contains(&self.desired_version)
-            && let Some(what) = carried_from(self.desired_version)
+            && let Some((what, instead)) = carried_from(self.desired_version)
         {
             return format!(
-                "held back: {agent} reads DesiredState format {} and cannot receive {what}, which needs format {}; update the agent on this device, or set spec.rollout's fields to their defaults (its key is not written; what it ran before keeps running)",
+                "held back: {agent} reads DesiredState format {} and cannot receive {what}, which needs format {}; update the agent on this device, or {instead} (its key is not written; what it ran before keeps running)",
                 versions(&caps.desired_state_versions),
                 self.desired_version
             );
@@ -125,11 +125,17 @@ impl Requirement {
 }
 
 /// What the spec holds that only DesiredState format `version` carries.
-fn carried_from(version: u8) -> Option<&'static str> {
+/// and the other way out besides updating the agent.
+fn carried_from(version: u8) -> Option<(&'static str, &'static str)> {
     match version {
-        2 => Some(
+        2 => Some((
             "the rollout policy (spec.rollout autoRollback, progressDeadlineSeconds, minHealthySeconds not at their defaults false, 600, 0)",
-        ),
+            "set spec.rollout's fields to their defaults",
+        )),
+        3 => Some((
+            "a retry of a failed revision (annotation iot.nationtech.io/retry-rollout)",
+            "change the spec (a new revision) instead of retrying",
+        )),
         _ => None,
     }
 }
@@ -307,6 +313,31 @@ mod tests {
             held["none"].contains("not PodmanV1 format 1 in DesiredState format 2"),
             "{}",
             held["none"]
+        );
+    }
+
+    /// A retry (DesiredState 3) goes only to agents that read it; an agent
+    /// of the release before (DesiredState 1 and 2) keeps what it runs.
+    #[test]
+    fn a_retry_goes_only_to_agents_that_read_it() {
+        let data = serde_json::json!({"containers": [{"name": "web", "image": "nginx:1"}]});
+        let mut retry = plan_of("PodmanV1", data);
+        retry.set_attempt(1).unwrap();
+        assert_eq!(Requirement::of(&retry).unwrap().desired_version, 3);
+        let hb = |d: &str| match d {
+            "new" => Some(seen(Capabilities::this_build())),
+            "old" => Some(seen({
+                let mut caps = Capabilities::this_build();
+                caps.desired_state_versions = BoundedVec::try_from_iter([1, 2]).unwrap();
+                caps
+            })),
+            _ => None,
+        };
+        let held = held_back(&retry, hb);
+        assert_eq!(held.keys().collect::<Vec<_>>(), ["old"]);
+        assert_eq!(
+            held["old"],
+            "held back: agent 0.2.0 reads DesiredState format 1, 2 and cannot receive a retry of a failed revision (annotation iot.nationtech.io/retry-rollout), which needs format 3; update the agent on this device, or change the spec (a new revision) instead of retrying (its key is not written; what it ran before keeps running)"
         );
     }
 }
