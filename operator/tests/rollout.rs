@@ -551,3 +551,34 @@ async fn a_batch_that_matches_nothing_is_named_and_skipped() {
         .to_string();
     assert!(message.contains("spec.rollout.batches[0]"), "{message}");
 }
+
+/// A rollout policy change rewrites the keys at the same revision; the
+/// agents, which report only what changes, say nothing new, and their
+/// Healthy still counts.
+#[tokio::test]
+async fn a_policy_change_at_the_same_revision_keeps_healthy_devices_healthy() {
+    let devices = [("h1", "canary"), ("h2", "prod")];
+    let Some(mut f) = Fleet::new("tv", &devices).await else {
+        return;
+    };
+    let mut d = batch_deployment("tv", &["h1", "h2"], "tv:1");
+    d.spec.rollout.batches = vec![canary_batch(1)];
+    d.spec.rollout.progress_deadline_seconds = 1;
+    f.api.insert(&d);
+    f.until(5, phase_is("Healthy")).await;
+    let seq = desired_seq(&f.env.client).await;
+    f.update(|d| d.spec.rollout.min_healthy_seconds = 5);
+    f.round().await;
+    assert_eq!(
+        desired_seq(&f.env.client).await,
+        seq + 2,
+        "both keys rewritten: {}",
+        f.status()
+    );
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    f.round().await;
+    let s = f.status();
+    assert_eq!(rollout(&s)["phase"], "Healthy", "{s}");
+    assert_eq!(rollout(&s)["healthy"], 2, "{s}");
+    assert_eq!(rollout(&s)["timedOut"], 0, "{s}");
+}

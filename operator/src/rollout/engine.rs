@@ -58,9 +58,7 @@ impl DeviceState {
         }
         match self.phase {
             Some(Phase::Healthy) => Standing::Healthy,
-            Some(
-                Phase::Failed | Phase::Unsupported | Phase::RolledBack | Phase::CrashLoopBackOff,
-            ) => Standing::Failed,
+            Some(p) if is_failure(p) => Standing::Failed,
             _ if self
                 .written_ns
                 .is_some_and(|w| now_ns.saturating_sub(w) > deadline_ns) =>
@@ -70,6 +68,14 @@ impl DeviceState {
             _ => Standing::Waiting,
         }
     }
+}
+
+/// Whether a device reporting `phase` at the revision failed it.
+pub fn is_failure(phase: Phase) -> bool {
+    matches!(
+        phase,
+        Phase::Failed | Phase::Unsupported | Phase::RolledBack | Phase::CrashLoopBackOff
+    )
 }
 
 /// Everything one decision reads.
@@ -251,12 +257,16 @@ pub fn decide(input: Input<'_>) -> Decision {
     };
     // Members of passed batches that do not hold the revision (new
     // targets, relabelled Devices) go with the last batch.
-    let late: Vec<String> = batches[..current.min(n - 1)]
-        .iter()
-        .flatten()
-        .filter(|d| standing(d) == Standing::Pending)
-        .cloned()
-        .collect();
+    let mut late = Vec::new();
+    for batch in &mut batches[..current.min(n - 1)] {
+        batch.retain(|d| {
+            let pending = standing(d) == Standing::Pending;
+            if pending {
+                late.push(d.clone());
+            }
+            !pending
+        });
+    }
     batches[n - 1].extend(late);
     batches[n - 1].sort();
 

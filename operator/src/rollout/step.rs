@@ -91,12 +91,18 @@ pub async fn step(
         }
         let mine = rec.filter(|r| apply::owned_by(r, plan.owner.as_str()));
         let updated = mine.is_some_and(|r| r.value == plan.value);
-        // A report older than the key's last write answers an earlier
-        // attempt (before a rollback and a retry), not this one.
+        // A failure reported before the key's last write is the previous
+        // attempt's (a retry rewrites the key); the device reports anew as
+        // it tries again. Anything else still holds: an agent reports only
+        // what changes, and a rewrite of the same workload (a new attempt,
+        // a new rollout policy) may change nothing it reports.
         let phase = reports
             .get(t)
             .filter(|r| r.status.revision == plan.revision)
-            .filter(|r| mine.is_none_or(|m| r.stored_at_ns >= m.stored_at_ns))
+            .filter(|r| {
+                !engine::is_failure(r.status.phase)
+                    || mine.is_none_or(|m| r.stored_at_ns >= m.stored_at_ns)
+            })
             .map(|r| r.status.phase);
         let offline = cache
             .heartbeat(t)
