@@ -434,7 +434,9 @@ async fn rollout_step(
     ctx.applied().remove(&object_key(d));
     // A batch's selector resolved before the Device list arrived would
     // take nothing, and its devices would go with the last batch.
-    if spec.batches.iter().any(|b| b.selector.is_some()) && !ctx.targets.is_synced() {
+    if spec.batches.iter().any(|b| b.selector.is_some())
+        && !ctx.targets.synced_or_wait(&index_ref(d))
+    {
         tracing::info!(deployment = %object_key(d), "waiting for the list of Device objects to resolve the batches' selectors; nothing written yet");
         return Ok(Action::requeue(SELECTOR_WAIT));
     }

@@ -152,7 +152,7 @@ fn example_passes_the_crd_rules() {
 }
 
 /// Every example Deployment is one the operator writes: it plans, and
-/// only the one with a rollout policy needs DesiredState format 2.
+/// only the ones with a rollout policy need DesiredState format 2.
 #[test]
 fn every_example_plans() {
     let mut planned = Vec::new();
@@ -172,6 +172,7 @@ fn every_example_plans() {
     assert_eq!(
         planned,
         [
+            ("canary-web".into(), "PodmanV1".into(), 2),
             ("health-web".into(), "PodmanV1".into(), 2),
             ("hello-web".into(), "PodmanV0".into(), 1),
             ("sensor-reader".into(), "PodmanV0".into(), 1),

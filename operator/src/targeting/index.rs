@@ -38,6 +38,9 @@ struct Inner {
     unanchored: HashSet<DeploymentRef>,
     /// The first full list of Devices has been taken in.
     synced: bool,
+    /// Deployments that wait for the first list for another reason than a
+    /// target selector (a BatchSequence batch's selector).
+    awaiting_sync: HashSet<DeploymentRef>,
 }
 
 fn add<T: std::hash::Hash + Eq>(map: &mut ByLabel<T>, key: &str, value: &str, member: T) {
@@ -251,7 +254,20 @@ impl TargetIndex {
 
     /// Forgets `d` (deleted).
     pub fn forget(&self, d: &DeploymentRef) {
-        self.write().unregister(d);
+        let mut inner = self.write();
+        inner.unregister(d);
+        inner.awaiting_sync.remove(d);
+    }
+
+    /// Whether the index is synced; when not, `d` is returned by the first
+    /// [`Self::replace_all`], so that its reconcile runs as soon as the
+    /// Device list is in (rather than at its next resync).
+    pub fn synced_or_wait(&self, d: &DeploymentRef) -> bool {
+        let mut inner = self.write();
+        if !inner.synced {
+            inner.awaiting_sync.insert(d.clone());
+        }
+        inner.synced
     }
 
     /// The Devices `selector` selects now, sorted.
@@ -325,6 +341,7 @@ impl TargetIndex {
         }
         if first {
             note(inner.selectors.keys().cloned().collect());
+            note(inner.awaiting_sync.drain().collect());
         }
         affected
             .into_iter()
@@ -377,6 +394,19 @@ mod tests {
     fn names(mut refs: Vec<DeploymentRef>) -> Vec<String> {
         refs.sort_by(|a, b| a.name.cmp(&b.name));
         refs.into_iter().map(|r| r.name).collect()
+    }
+
+    #[test]
+    fn a_deployment_waiting_for_the_first_list_is_triggered_by_it() {
+        let index = TargetIndex::new();
+        assert!(!index.synced_or_wait(&dref("batches")));
+        // Named targets only: nothing registered as a selector.
+        assert_eq!(index.resolve(&dref("batches"), None), None);
+        let first = index.replace_all(vec![("pi-1".into(), labels(&[("stage", "canary")]))]);
+        assert_eq!(names(first), ["batches"]);
+        assert!(index.synced_or_wait(&dref("batches")));
+        let again = index.replace_all(vec![("pi-1".into(), labels(&[("stage", "canary")]))]);
+        assert!(again.is_empty(), "only the first list wakes it");
     }
 
     #[test]
