@@ -10,8 +10,17 @@
 //! Devices are multiplexed over a few NATS connections (each still with its
 //! own subscription and snapshot consumer), so no fd limit is raised.
 //!
+//! With `--strategy all-at-once|batch-sequence|both` it then rolls a new
+//! revision out to every device through the controller's loop (a
+//! reconcile per burst of device reports, as `operator::run`): time from
+//! the spec change to Ready, reconciles, key scans, desired-state writes,
+//! status patches and the operator thread's CPU (issue 17: the cost of
+//! health-gated batches beside AllAtOnce).
+//!
 //! Run: `cargo xtask bench fleet --devices 1000 [--nats-server BIN]`
-//! (or `cargo bench -p e2e --bench fleet -- --devices 1000`).
+//! (or `cargo bench -p e2e --bench fleet -- --devices 1000`), e.g.
+//! `NATS_SERVER_BIN=/usr/sbin/nats-server cargo bench -p e2e --bench fleet --
+//! --devices 10000 --idle-secs 3 --strategy both`.
 #![allow(missing_docs)]
 
 use std::collections::BTreeMap;
@@ -24,12 +33,13 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 use clap::Parser;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use tokio::sync::{Semaphore, mpsc, watch};
 
 use agent_linux::nats::{Session, WatchEvent};
 use agent_linux::reconcile::{self, Target};
 use agent_linux::testing::MemoryRuntime;
-use operator::crd::{Deployment, DeploymentSpec, Rollout, Score};
+use operator::crd::{Batch, Deployment, DeploymentSpec, Rollout, RolloutStrategy, Score};
 use operator::nats::Nats;
 use operator::status::StatusCache;
 use operator::testing::MockApiServer;
@@ -80,9 +90,44 @@ struct Args {
     /// interval, so that every Device's lastSeen is refreshed in it).
     #[arg(long, default_value_t = 300)]
     measure_secs: u64,
+    /// Then roll a new revision out to every device through the controller's
+    /// loop (a reconcile on every device report, as `operator::run` does),
+    /// with this strategy: `all-at-once`, `batch-sequence` (`--batches`,
+    /// minHealthySeconds 0), or `both`, one after the other; measured from
+    /// the spec change to Ready True at the new generation. The devices
+    /// then heartbeat every `--heartbeat-secs`.
+    #[arg(long, value_enum)]
+    strategy: Option<StrategyArg>,
+    /// Rollouts: reconcile on device reports only, not also after each of
+    /// the controller's own status patches (which `operator::run`, watching
+    /// its Deployments without a generation filter, does).
+    #[arg(long)]
+    no_status_echo: bool,
+    /// BatchSequence: batches, the implicit last one included; each explicit
+    /// batch takes 100/B % of the targets.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=20))]
+    batches: u32,
     /// Passed by `cargo bench`; ignored.
     #[arg(long, hide = true)]
     bench: bool,
+}
+
+/// The rollouts `--strategy` measures.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum StrategyArg {
+    AllAtOnce,
+    BatchSequence,
+    Both,
+}
+
+impl StrategyArg {
+    fn strategies(self) -> Vec<RolloutStrategy> {
+        match self {
+            StrategyArg::AllAtOnce => vec![RolloutStrategy::AllAtOnce],
+            StrategyArg::BatchSequence => vec![RolloutStrategy::BatchSequence],
+            StrategyArg::Both => vec![RolloutStrategy::AllAtOnce, RolloutStrategy::BatchSequence],
+        }
+    }
 }
 
 /// What the device thread tells the measuring side.
@@ -101,12 +146,29 @@ fn device_id(i: usize) -> String {
     format!("sim-{i:05}")
 }
 
+/// A simulated device's heartbeat, encoded.
+fn device_heartbeat(uptime_secs: u64) -> Option<Vec<u8>> {
+    let hb = Heartbeat {
+        agent_version: Text::borrowed(agent_linux::agent::VERSION),
+        arch: Text::borrowed(std::env::consts::ARCH),
+        os: Text::borrowed(std::env::consts::OS),
+        podman_version: Text::borrowed("in-memory"),
+        uptime_secs,
+        deployments: 0,
+        timestamp_ms: reconcile::now_ms(),
+        ..Heartbeat::default()
+    };
+    protocol::wire::encode_to_vec(&hb).ok()
+}
+
 /// One simulated device: the agent's watch, reconciler and status writer.
+/// `heartbeats`: (interval, first one after) for periodic heartbeats.
 async fn device(
     idx: usize,
     client: async_nats::Client,
     gate: Rc<Semaphore>,
     events: mpsc::UnboundedSender<DevEvent>,
+    heartbeats: Option<(Duration, Duration)>,
 ) {
     let id = device_id(idx);
     let session = Session::from_client(client.clone(), &id);
@@ -133,18 +195,24 @@ async fn device(
     };
     let mut watch = watch;
     // One heartbeat, as the agent sends at start.
-    let hb = Heartbeat {
-        agent_version: Text::borrowed(agent_linux::agent::VERSION),
-        arch: Text::borrowed(std::env::consts::ARCH),
-        os: Text::borrowed(std::env::consts::OS),
-        podman_version: Text::borrowed("in-memory"),
-        uptime_secs: 0,
-        deployments: 0,
-        timestamp_ms: reconcile::now_ms(),
-        ..Heartbeat::default()
-    };
-    if let Ok(v) = protocol::wire::encode_to_vec(&hb) {
+    if let Some(v) = device_heartbeat(0) {
         let _ = session.publish_heartbeat(v).await;
+    }
+    // Then one per interval, as the agent does, when the run outlasts the
+    // operator's heartbeat timeout (the rollouts of `--strategy`).
+    if let Some((every, offset)) = heartbeats {
+        let session = session.clone();
+        tokio::task::spawn_local(async move {
+            let start = tokio::time::Instant::now() + offset;
+            let mut tick = tokio::time::interval_at(start, every);
+            loop {
+                let at = tick.tick().await;
+                let uptime = at.duration_since(start).as_secs();
+                if let Some(v) = device_heartbeat(uptime) {
+                    let _ = session.publish_heartbeat(v).await;
+                }
+            }
+        });
     }
     let (status_tx, status_rx) = mpsc::unbounded_channel();
     tokio::task::spawn_local(agent_linux::agent::status_writer(
@@ -192,6 +260,7 @@ fn spawn_devices(
     n: usize,
     conns: usize,
     concurrency: usize,
+    heartbeat_every: Option<Duration>,
     events: mpsc::UnboundedSender<DevEvent>,
     stop: tokio::sync::oneshot::Receiver<()>,
 ) -> std::thread::JoinHandle<anyhow::Result<()>> {
@@ -214,7 +283,17 @@ fn spawn_devices(
             let gate = Rc::new(Semaphore::new(concurrency.max(1)));
             for i in 0..n {
                 let client = clients[i % conns].clone();
-                tokio::task::spawn_local(device(i, client, gate.clone(), events.clone()));
+                // Spread evenly over the interval, as boards booted at
+                // different times are.
+                let heartbeats =
+                    heartbeat_every.map(|every| (every, every.mul_f64(i as f64 / n as f64)));
+                tokio::task::spawn_local(device(
+                    i,
+                    client,
+                    gate.clone(),
+                    events.clone(),
+                    heartbeats,
+                ));
             }
             let _ = stop.await;
             anyhow::Ok(())
@@ -516,9 +595,16 @@ async fn run(args: Args) -> anyhow::Result<()> {
         .await?;
     let nats = Nats::from_client(client);
     nats.ensure_buckets(true).await?;
-    let (cache, mut changes) = StatusCache::new(Duration::from_secs(90));
+    let (cache, changes) = StatusCache::new(Duration::from_secs(90));
     tokio::spawn(cache.clone().watch(nats.clone()));
-    tokio::spawn(async move { while changes.recv().await.is_some() {} });
+    // The rollouts drive the controller's loop on these; otherwise nobody
+    // reads them.
+    let mut changes = Some(changes);
+    if args.strategy.is_none()
+        && let Some(mut changes) = changes.take()
+    {
+        tokio::spawn(async move { while changes.recv().await.is_some() {} });
+    }
 
     // Devices boot: every one creates its filtered watch.
     let (ev_tx, mut ev_rx) = mpsc::unbounded_channel();
@@ -529,6 +615,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
         n,
         conns,
         args.create_concurrency,
+        args.strategy
+            .map(|_| Duration::from_secs(args.heartbeat_secs.max(1))),
         ev_tx,
         stop_rx,
     );
@@ -703,6 +791,36 @@ async fn run(args: Args) -> anyhow::Result<()> {
     // Idle: N consumers, nothing changes.
     tokio::time::sleep(Duration::from_secs(args.idle_secs)).await;
     let t_idle = Instant::now();
+
+    // Rollouts of a new revision through the controller's loop.
+    let mut rollouts = Vec::new();
+    if let Some(strategy) = args.strategy
+        && let Some(changes) = changes.as_mut()
+    {
+        let mut env = Loop {
+            api: &api,
+            ctx: ctx.clone(),
+            nats: &nats,
+            changes,
+            events: &mut ev_rx,
+            deadline: phase,
+            tck,
+            status_echo: !args.no_status_echo,
+        };
+        for (i, s) in strategy.strategies().into_iter().enumerate() {
+            let r = env.rollout(s, args.batches, &format!("rollout-{i}")).await;
+            match r {
+                Ok(r) => {
+                    eprintln!("fleet: {:?} rollout Ready in {}", r.strategy, ms(r.ready));
+                    rollouts.push(r);
+                }
+                Err(e) => {
+                    let _ = stop_tx.send(());
+                    return Err(e.context(format!("the {s:?} rollout")));
+                }
+            }
+        }
+    }
     let _ = stop_tx.send(());
     let _ = tokio::task::spawn_blocking(move || devices.join()).await;
 
@@ -807,6 +925,15 @@ async fn run(args: Args) -> anyhow::Result<()> {
         peak_mib(me_rss)
     );
     println!();
+    if !rollouts.is_empty() {
+        print_rollouts(
+            n,
+            &server.version,
+            args.batches,
+            !args.no_status_echo,
+            &rollouts,
+        );
+    }
     if !all_received || folded < n || ready as usize != n {
         bail!("the fleet did not converge within {phase:?}");
     }
@@ -814,6 +941,272 @@ async fn run(args: Args) -> anyhow::Result<()> {
         bail!("the no-op re-apply wrote to NATS");
     }
     Ok(())
+}
+
+// ---------------------------------------------------------------- rollouts
+
+/// CPU ticks the operator's thread used so far: the bench's main thread,
+/// where its runtime runs the reconciles, the status cache's watch, the
+/// operator's NATS client and the mock API server (the devices have their
+/// own thread).
+fn operator_thread_ticks() -> Option<u64> {
+    let pid = std::process::id();
+    let stat = std::fs::read_to_string(format!("/proc/self/task/{pid}/stat")).ok()?;
+    let f: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
+}
+
+/// The controller's loop over the bench's Deployment, as `operator::run`
+/// drives it: a reconcile when the spec changes, then one whenever device
+/// reports arrived (those that arrive during a reconcile make one more
+/// after it, as kube-runtime's scheduler does) or the last reconcile
+/// patched the status (its watch event comes back).
+struct Loop<'a> {
+    api: &'a MockApiServer,
+    ctx: Arc<Context>,
+    nats: &'a Nats,
+    changes: &'a mut mpsc::UnboundedReceiver<operator::status::Change>,
+    events: &'a mut mpsc::UnboundedReceiver<DevEvent>,
+    deadline: Duration,
+    tck: f64,
+    /// Whether a status patch triggers a reconcile (see `--no-status-echo`).
+    status_echo: bool,
+}
+
+/// One measured rollout.
+struct RolloutRun {
+    strategy: RolloutStrategy,
+    /// Spec change to Ready True at the new generation (the status patch
+    /// returned).
+    ready: Duration,
+    /// Spec change to the last key received by a device.
+    last_key: Duration,
+    reconciles: u64,
+    scans: u64,
+    kv_writes: u64,
+    stream_puts: u64,
+    status_patches: usize,
+    events: usize,
+    operator_cpu_secs: f64,
+    /// When each batch started (its first reconcile at that currentBatch).
+    batch_starts: Vec<Duration>,
+    status_bytes: usize,
+}
+
+/// Ready True for `generation` in the status.
+fn is_ready(d: &Deployment, generation: i64) -> bool {
+    d.status.as_ref().is_some_and(|s| {
+        s.conditions.iter().any(|c| {
+            c.type_ == operator::status::conditions::READY
+                && c.status == "True"
+                && c.observed_generation == Some(generation)
+        })
+    })
+}
+
+impl Loop<'_> {
+    fn get(&self) -> anyhow::Result<Deployment> {
+        self.api
+            .get("fleet", "fleet-web")
+            .context("the mock API server lost the Deployment")
+    }
+
+    /// Changes the score (a new revision for every device) and the rollout
+    /// strategy, then runs the controller's loop until Ready.
+    async fn rollout(
+        &mut self,
+        strategy: RolloutStrategy,
+        batches: u32,
+        greeting: &str,
+    ) -> anyhow::Result<RolloutRun> {
+        let mut d = self.get()?;
+        let generation = d.metadata.generation.unwrap_or(1) + 1;
+        d.metadata.generation = Some(generation);
+        d.spec.score.data["containers"][0]["env"][0]["value"] = serde_json::json!(greeting);
+        d.spec.rollout.strategy = strategy;
+        d.spec.rollout.min_healthy_seconds = 0;
+        d.spec.rollout.batches = match strategy {
+            RolloutStrategy::AllAtOnce => Vec::new(),
+            RolloutStrategy::BatchSequence => (1..batches)
+                .map(|_| Batch {
+                    selector: None,
+                    limit: Some(IntOrString::String(format!("{}%", 100 / batches))),
+                    success_threshold: None,
+                })
+                .collect(),
+        };
+        let n = d.spec.target_devices.len();
+        self.api.insert(&d);
+        // What came before is not this rollout's.
+        while self.changes.try_recv().is_ok() {}
+        while self.events.try_recv().is_ok() {}
+        let _ = self.api.take();
+        let m = &self.ctx.metrics;
+        let counters = || {
+            [
+                m.reconciles.load(Ordering::Relaxed),
+                m.kv_scans.load(Ordering::Relaxed),
+                m.kv_writes.load(Ordering::Relaxed),
+            ]
+        };
+        let c0 = counters();
+        let seq0 = last_seq(self.nats).await?;
+        let cpu0 = operator_thread_ticks();
+        let t0 = Instant::now();
+        let deadline = t0 + self.deadline;
+        let mut batch_starts = Vec::new();
+        let mut last_batch = None;
+        let mut requests = Vec::new();
+        let ready = loop {
+            if let Err(e) = operator::reconcile(Arc::new(d), self.ctx.clone()).await {
+                // The controller's error policy retries transient errors
+                // after 1 s.
+                eprintln!("fleet: reconcile failed (retried in 1 s): {e}");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            let sent = self.api.take();
+            // The controller watches its Deployments without a generation
+            // filter: its own status patch comes back as a watch event and
+            // triggers one more reconcile.
+            let echo = self.status_echo
+                && sent
+                    .iter()
+                    .any(|r| r.method == "PATCH" && r.path.ends_with("/status"));
+            requests.extend(sent);
+            d = self.get()?;
+            if is_ready(&d, generation) {
+                break t0.elapsed();
+            }
+            let batch = d
+                .status
+                .as_ref()
+                .and_then(|s| s.rollout.as_ref())
+                .map(|r| r.current_batch);
+            if batch.is_some() && batch != last_batch {
+                batch_starts.push(t0.elapsed());
+                last_batch = batch;
+            }
+            // Wait for a report, then take every one queued since: one
+            // reconcile for all of them.
+            if !echo && self.changes.try_recv().is_err() {
+                match tokio::time::timeout_at(deadline.into(), self.changes.recv()).await {
+                    Ok(Some(_)) => {}
+                    Ok(None) => bail!("the status cache stopped"),
+                    Err(_) => bail!(
+                        "not Ready within {:?}: {:?}",
+                        self.deadline,
+                        d.status.as_ref().map(|s| (&s.conditions, &s.rollout))
+                    ),
+                }
+            }
+            while self.changes.try_recv().is_ok() {}
+        };
+        let cpu1 = operator_thread_ticks();
+        let c1 = counters();
+        let seq1 = last_seq(self.nats).await?;
+        let mut last_key = Duration::ZERO;
+        let mut keys = vec![false; n];
+        while let Ok(ev) = self.events.try_recv() {
+            if let DevEvent::Received(i, at) = ev {
+                keys[i] = true;
+                last_key = last_key.max(at.saturating_duration_since(t0));
+            }
+        }
+        let received = keys.iter().filter(|k| **k).count();
+        if received < n {
+            bail!("only {received} of {n} devices received the new revision");
+        }
+        let status_patches = requests
+            .iter()
+            .filter(|r| r.method == "PATCH" && r.path.ends_with("/status"))
+            .count();
+        let events = requests
+            .iter()
+            .filter(|r| r.method == "POST" && r.path.ends_with("/events"))
+            .count();
+        let status_bytes = d
+            .status
+            .as_ref()
+            .and_then(|s| serde_json::to_vec(s).ok())
+            .map_or(0, |v| v.len());
+        Ok(RolloutRun {
+            strategy,
+            ready,
+            last_key,
+            reconciles: c1[0] - c0[0],
+            scans: c1[1] - c0[1],
+            kv_writes: c1[2] - c0[2],
+            stream_puts: seq1 - seq0,
+            status_patches,
+            events,
+            operator_cpu_secs: match (cpu0, cpu1) {
+                (Some(a), Some(b)) => (b - a) as f64 / self.tck,
+                _ => f64::NAN,
+            },
+            batch_starts,
+            status_bytes,
+        })
+    }
+}
+
+fn print_rollouts(n: usize, version: &str, batches: u32, echo: bool, runs: &[RolloutRun]) {
+    println!(
+        "## rollouts: {n} devices, {version}; a new revision for every device, the controller's loop (a reconcile per burst of reports{}); BatchSequence: {batches} batches ({} x limit \"{}%\" + the rest), minHealthySeconds 0",
+        if echo {
+            " and after each status patch"
+        } else {
+            ""
+        },
+        batches - 1,
+        100 / batches
+    );
+    println!();
+    println!(
+        "| strategy | apply -> Ready True | last key received | reconciles | key scans | desired-state writes (stream +) | status patches (per s / per min) | events | operator thread CPU | status JSON |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|---|");
+    for r in runs {
+        let secs = r.ready.as_secs_f64().max(1e-3);
+        println!(
+            "| {:?} | {} | {} | {} | {} | {} (+{}) | {} ({:.1} / {:.0}) | {} | {:.2} s ({:.0} % of a core) | {:.1} KiB |",
+            r.strategy,
+            ms(r.ready),
+            ms(r.last_key),
+            r.reconciles,
+            r.scans,
+            r.kv_writes,
+            r.stream_puts,
+            r.status_patches,
+            r.status_patches as f64 / secs,
+            r.status_patches as f64 * 60.0 / secs,
+            r.events,
+            r.operator_cpu_secs,
+            r.operator_cpu_secs / secs * 100.0,
+            r.status_bytes as f64 / 1024.0
+        );
+    }
+    for r in runs.iter().filter(|r| !r.batch_starts.is_empty()) {
+        println!();
+        println!(
+            "{:?} batch starts (from apply): {}",
+            r.strategy,
+            r.batch_starts
+                .iter()
+                .map(|d| ms(*d))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    if let [a, b] = runs {
+        println!();
+        println!(
+            "{:?} - {:?}: {} to Ready",
+            b.strategy,
+            a.strategy,
+            ms(b.ready.saturating_sub(a.ready))
+        );
+    }
+    println!();
 }
 
 // ---------------------------------------------------------------- inventory

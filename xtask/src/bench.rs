@@ -10,14 +10,21 @@ use crate::util::{cargo, project_root, run};
 pub const HELP: &str = "\
 cargo xtask bench fleet [--devices N] [--nats-server BIN] [--connections K]
                         [--create-concurrency C] [--idle-secs S] [--phase-timeout-secs T]
-                        [--probe-puts P]
+                        [--probe-puts P] [--strategy all-at-once|batch-sequence|both]
+                        [--batches B] [--heartbeat-secs H] [--no-status-echo]
     N simulated devices (the agent's watch, reconciler and status writer over
     an in-memory runtime) against a real nats-server on loopback; one
     Deployment targeting all of them applied through the operator's
     reconcile; prints fan-out, status fold-back, KV writes, no-op re-apply
     and nats-server RSS/CPU. Defaults: 1000 devices, NATS_SERVER_BIN or
     nats-server on PATH, one connection per 100 devices. --probe-puts times
-    P puts to unwatched keys before the apply.
+    P puts to unwatched keys before the apply. --strategy then rolls a new
+    revision out through the controller's loop (a reconcile per burst of
+    device reports) with that strategy (both: one after the other;
+    BatchSequence in B batches, default 10) and prints the time to Ready,
+    reconciles, writes, status patches and the operator thread's CPU.
+    A status patch triggers one more reconcile, as the controller's watch
+    of its own write does; --no-status-echo reconciles on reports only.
 cargo xtask bench agent [ARGS]
     scripts/bench-agent.sh: agent footprint, idle CPU and apply latency
     against Podman (see docs/performance.md).";
