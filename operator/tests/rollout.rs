@@ -330,6 +330,7 @@ async fn a_failing_canary_halts_the_rollout_and_rolls_the_canaries_back() {
         "BatchSucceeded",
         "RolloutComplete",
         "BatchFailed",
+        "RolloutHalted",
         "RolledBack",
     ] {
         assert!(

@@ -342,6 +342,15 @@ pub fn decide(input: Input<'_>) -> Decision {
                     t.timed_out
                 ),
             });
+            notes.push(Note {
+                warning: true,
+                reason: "RolloutHalted",
+                message: format!(
+                    "revision {rev} halted at batch {}/{n}: later batches are not written; change the spec, or set annotation {} to a new value to retry",
+                    current + 1,
+                    super::RETRY_ANNOTATION
+                ),
+            });
             last_batch = Some(report("Failed"));
             failed_revision = Some(rev.clone());
             halted = true;
