@@ -61,7 +61,11 @@ async fn the_heartbeat_reports_labels_kernel_boot_id_and_capabilities() {
     assert_eq!(types, [PODMAN_V0, PODMAN_V1]);
     assert_eq!(
         hb.capabilities.desired_state_versions[..],
-        [FORMAT_VERSION, protocol::wire::FORMAT_VERSION_2]
+        [
+            FORMAT_VERSION,
+            protocol::wire::FORMAT_VERSION_2,
+            protocol::wire::FORMAT_VERSION_3
+        ]
     );
     for t in hb.capabilities.score_types.iter() {
         assert_eq!(t.versions[..], [FORMAT_VERSION], "{t:?}");

@@ -368,7 +368,12 @@ async fn apply_deployment(
             (invalid_observed(d, &prev, e), Action::await_change())
         }
     };
-    let status = fold_status(d, &observed, &ctx.status, (ctx.clock)());
+    let mut status = fold_status(d, &observed, &ctx.status, (ctx.clock)());
+    if observed.invalid.is_some() {
+        // A rejected edit writes nothing; the rollout's state (the stable
+        // revision, a halt, the batch reached) waits for a valid spec.
+        status.rollout = prev.rollout.clone();
+    }
     finish(d, api, ctx, &prev, status, events).await?;
     Ok(action)
 }
@@ -520,6 +525,14 @@ async fn rollout_step(
     set_condition(&mut status, prev, now, batch_warnings);
     status.rollout = Some(decision.status);
     finish(d, api, ctx, prev, status, events).await?;
+    // Only now that the status records the halt (see step::step).
+    if !outcome.roll_back.is_empty() {
+        let n = outcome.roll_back.len();
+        ctx.nats
+            .write(protocol::keys::DESIRED_STATE_BUCKET, outcome.roll_back)
+            .await?;
+        Metrics::add(&ctx.metrics.kv_writes, n as u64);
+    }
     let next = decision
         .next_deadline_ns
         .map(|at| Duration::from_nanos(at.saturating_sub(now).max(0) as u64) + DEADLINE_SLACK)

@@ -583,3 +583,57 @@ async fn a_policy_change_at_the_same_revision_keeps_healthy_devices_healthy() {
     assert_eq!(rollout(&s)["healthy"], 2, "{s}");
     assert_eq!(rollout(&s)["timedOut"], 0, "{s}");
 }
+
+/// Switching to BatchSequence at the revision that runs: a canary that
+/// fails it halts the rollout, and since no other revision was stable,
+/// nothing is written back and no key is removed. A rejected spec edit
+/// afterwards keeps the rollout's state.
+#[tokio::test]
+async fn a_halt_without_another_stable_revision_removes_nothing() {
+    let Some(mut f) = Fleet::new("gw", &ten()).await else {
+        return;
+    };
+    let mut d = with_finalizer(deployment(
+        "fleet",
+        "gw",
+        &all_ten(),
+        "PodmanV0",
+        podman("gw:1"),
+    ));
+    d.spec.rollout.auto_rollback = true;
+    f.api.insert(&d);
+    f.round().await;
+    let rev = operator::plan(&f.get()).unwrap().revision;
+    assert!(f.keys().await.values().all(|r| *r == Some(rev)));
+    // c3 crash-loops now; then the strategy changes, not the score.
+    let value = protocol::wire::encode_to_vec(&common::health_status(
+        rev,
+        Phase::CrashLoopBackOff,
+        protocol::Reason::CrashLoopBackOff,
+        None,
+        protocol::ContainerState::Waiting,
+        None,
+        3,
+    ))
+    .unwrap();
+    f.cache.ingest_status("c3.gw", &value, false, now_ns());
+    f.update(|d| {
+        d.spec.rollout.strategy = RolloutStrategy::BatchSequence;
+        d.spec.rollout.batches = vec![canary_batch(5)];
+    });
+    f.until(3, phase_is("Degraded")).await;
+    let s = f.status();
+    assert_eq!(cond(&s, "Degraded"), ("True", "BatchFailed"), "{s}");
+    assert!(
+        f.keys().await.values().all(|r| *r == Some(rev)),
+        "every key still holds the running revision: {:?}",
+        f.keys().await
+    );
+    // A rejected edit: nothing written, the halt and its state kept.
+    f.update(|d| d.spec.score.data = json!({"containers": [{"name": "web"}]}));
+    f.round().await;
+    let s = f.status();
+    assert_eq!(cond(&s, "InvalidScore").0, "True", "{s}");
+    assert_eq!(rollout(&s)["failedRevision"], revision_string(rev), "{s}");
+    assert!(f.keys().await.values().all(|r| *r == Some(rev)));
+}

@@ -166,17 +166,20 @@ impl RolloutSpec {
     /// selector matches (`select` gives the Devices a selector matches), in
     /// id order, at most its limit; the last takes the rest. Also returns
     /// warnings naming the field, for batches that take nothing or whose
-    /// limit is more than they could take.
+    /// limit is more than they could take. Within a batch's matching
+    /// targets, those `first` says (the ones written already) come before
+    /// the others, so that a newcomer does not push them out of it.
     pub fn split(
         &self,
         targets: &[String],
         select: impl Fn(&TargetSelector) -> Vec<String>,
+        first: impl Fn(&str) -> bool,
     ) -> (Vec<Vec<String>>, Vec<String>) {
         let mut left: BTreeSet<&str> = targets.iter().map(String::as_str).collect();
         let mut out = Vec::with_capacity(self.len());
         let mut warnings = Vec::new();
         for (i, b) in self.batches.iter().enumerate() {
-            let matching: Vec<&str> = match &b.selector {
+            let mut matching: Vec<&str> = match &b.selector {
                 Some(s) => {
                     let selected: BTreeSet<String> = select(s).into_iter().collect();
                     left.iter()
@@ -186,6 +189,8 @@ impl RolloutSpec {
                 }
                 None => left.iter().copied().collect(),
             };
+            // Stable: id order within each group.
+            matching.sort_by_key(|t| !first(t));
             let limit = b.limit.map(|l| l.of(targets.len(), true));
             if matching.is_empty() {
                 warnings.push(format!(
@@ -271,7 +276,7 @@ mod tests {
         let spec = RolloutSpec::new(&rollout).unwrap();
         let targets = ids(&["a", "b", "c", "d", "e", "f", "g", "h", "i", "j"]);
         let canaries = ids(&["c", "e", "g", "zz"]);
-        let (batches, warnings) = spec.split(&targets, |_| canaries.clone());
+        let (batches, warnings) = spec.split(&targets, |_| canaries.clone(), |_| false);
         assert_eq!(
             batches,
             vec![
@@ -284,9 +289,25 @@ mod tests {
         assert_eq!(spec.threshold(0), 50);
         assert_eq!(spec.threshold(1), 100);
         assert_eq!(spec.threshold(2), 100);
-        let (_, warnings) = spec.split(&targets, |_| Vec::new());
+        let (_, warnings) = spec.split(&targets, |_| Vec::new(), |_| false);
         assert_eq!(warnings.len(), 1, "{warnings:?}");
         assert!(warnings[0].contains("batches[0]"), "{warnings:?}");
+    }
+
+    #[test]
+    fn devices_written_already_keep_their_batch() {
+        let rollout = Rollout {
+            batches: vec![Batch {
+                limit: Some(IntOrString::Int(2)),
+                ..Batch::default()
+            }],
+            ..Rollout::default()
+        };
+        let spec = RolloutSpec::new(&rollout).unwrap();
+        // c1 joined after c2 and c3 were written.
+        let targets = ids(&["c1", "c2", "c3", "c4"]);
+        let (batches, _) = spec.split(&targets, |_| Vec::new(), |t| t == "c2" || t == "c3");
+        assert_eq!(batches, vec![ids(&["c2", "c3"]), ids(&["c1", "c4"])]);
     }
 
     #[test]

@@ -227,8 +227,7 @@ pub fn decide(input: Input<'_>) -> Decision {
         (Some(p), None) => p.stable_revision.as_deref().and_then(parse_revision),
         (None, None) => None,
     }
-    .or(stable_fallback)
-    .filter(|s| *s != revision);
+    .or(stable_fallback);
     let mut notes = Vec::new();
     let mut current = same.map_or(0, |p| p.current_batch.max(0) as usize);
     let mut failed_revision = same.and_then(|p| p.failed_revision.clone());
@@ -249,7 +248,14 @@ pub fn decide(input: Input<'_>) -> Decision {
         });
     }
     let n = batches.len();
-    current = current.min(n);
+    // Batches removed from the spec mid-rollout must not count as passed:
+    // the rollout goes on with the last batch, gated as ever.
+    let reshaped = same.is_some_and(|p| p.batches != n as i64 && p.phase != RolloutPhase::Healthy);
+    current = if reshaped {
+        current.min(n - 1)
+    } else {
+        current.min(n)
+    };
     let standing = |d: &str| {
         devices
             .get(d)
@@ -272,6 +278,11 @@ pub fn decide(input: Input<'_>) -> Decision {
 
     let mut all = Tally::default();
     let mut inflight = 0i64;
+    let room = |inflight: i64| {
+        spec.max_unavailable.map_or(usize::MAX, |m| {
+            (m.of(devices.len(), false) as i64 - inflight).max(0) as usize
+        })
+    };
     let mut offline = 0i64;
     let mut next_deadline_ns: Option<i128> = None;
     for s in devices.values() {
@@ -357,13 +368,10 @@ pub fn decide(input: Input<'_>) -> Decision {
             break;
         }
         if !paused {
-            let room = spec.max_unavailable.map_or(usize::MAX, |m| {
-                (m.of(devices.len(), false) as i64 - inflight).max(0) as usize
-            });
             write = members
                 .iter()
                 .filter(|d| standing(d) == Standing::Pending)
-                .take(room)
+                .take(room(inflight))
                 .cloned()
                 .collect();
             if !write.is_empty() && t.pending == size {
@@ -389,7 +397,8 @@ pub fn decide(input: Input<'_>) -> Decision {
                 message: format!("revision {rev} passed all {n} batches"),
             });
         }
-        // Targets that came after the last batch passed catch up at once.
+        // Targets that came after the last batch passed catch up, still
+        // within maxUnavailable.
         if !paused {
             write = batches
                 .iter()
@@ -398,10 +407,14 @@ pub fn decide(input: Input<'_>) -> Decision {
                 .cloned()
                 .collect();
             write.sort();
+            write.truncate(room(inflight));
         }
     }
+    // Only a revision other than this one can be written back; without
+    // one the devices keep what they have (nothing is ever deleted).
+    let back_to = stable.filter(|s| *s != revision);
     if halted {
-        if auto_rollback {
+        if auto_rollback && back_to.is_some() {
             roll_back = devices
                 .iter()
                 .filter(|(_, s)| s.updated)
@@ -412,17 +425,11 @@ pub fn decide(input: Input<'_>) -> Decision {
                 notes.push(Note {
                     warning: true,
                     reason: "RolledBack",
-                    message: match stable {
-                        Some(s) => format!(
-                            "revision {rev} halted: {} devices get the stable revision {} back",
-                            roll_back.len(),
-                            revision_string(s)
-                        ),
-                        None => format!(
-                            "revision {rev} halted: no revision was stable before it, so its key is removed from {} devices",
-                            roll_back.len()
-                        ),
-                    },
+                    message: format!(
+                        "revision {rev} halted: {} devices get the stable revision {} back",
+                        roll_back.len(),
+                        back_to.map(revision_string).unwrap_or_default()
+                    ),
                 });
             }
         }
@@ -456,11 +463,16 @@ pub fn decide(input: Input<'_>) -> Decision {
         retry: retry.map(str::to_string).or(prev_retry.map(str::to_string)),
         attempt: i64::from(attempt),
     };
-    let verdicts = verdicts(&status, in_progress, auto_rollback, paused);
+    let verdicts = verdicts(
+        &status,
+        in_progress,
+        (auto_rollback, back_to.is_some()),
+        paused,
+    );
     Decision {
         write,
         roll_back,
-        stable,
+        stable: back_to,
         status,
         verdicts,
         notes,
@@ -471,7 +483,7 @@ pub fn decide(input: Input<'_>) -> Decision {
 fn verdicts(
     s: &RolloutStatus,
     in_progress: Option<(Tally, i64, i64)>,
-    auto_rollback: bool,
+    (auto_rollback, has_stable): (bool, bool),
     paused: bool,
 ) -> Vec<Verdict> {
     use crate::status::conditions::{DEGRADED, PAUSED, PROGRESSING, READY};
@@ -529,12 +541,19 @@ fn verdicts(
                 halted.clone(),
             ));
             out.push(v(PROGRESSING, false, progressing_reason, halted.clone()));
-            let (reason, m) = if auto_rollback {
-                let back = match &s.stable_revision {
-                    Some(st) => format!("the devices it reached run the stable revision {st} again"),
-                    None => "no revision was stable before it: its key was removed from the devices it reached".into(),
-                };
-                (ConditionReason::RolledBack, format!("{halted}; {back}"))
+            let (reason, m) = if auto_rollback && has_stable {
+                let st = s.stable_revision.as_deref().unwrap_or_default();
+                (
+                    ConditionReason::RolledBack,
+                    format!("{halted}; the devices it reached run the stable revision {st} again"),
+                )
+            } else if auto_rollback {
+                (
+                    ConditionReason::BatchFailed,
+                    format!(
+                        "{halted}; no other revision was stable before it, so the devices it reached keep it (their agents may still roll back by themselves)"
+                    ),
+                )
             } else {
                 (
                     ConditionReason::BatchFailed,
@@ -662,6 +681,54 @@ mod tests {
         assert_eq!(d.write, ids(&["b", "z"]));
         assert_eq!(d.status.current_batch, 1);
         assert_eq!(d.status.phase, RolloutPhase::Progressing);
+    }
+
+    #[test]
+    fn a_batch_removed_mid_rollout_does_not_count_as_passed() {
+        let spec = spec(None);
+        let devices: HashMap<String, DeviceState> = [
+            ("a".to_string(), healthy()),
+            ("b".to_string(), DeviceState::default()),
+        ]
+        .into_iter()
+        .collect();
+        // Was at batch 3 of 4; the spec now has 2.
+        let prev = RolloutStatus {
+            revision: revision_string(7),
+            current_batch: 3,
+            batches: 4,
+            ..Default::default()
+        };
+        let d = decide(input(
+            &spec,
+            vec![ids(&["a"]), ids(&["b"])],
+            &devices,
+            Some(&prev),
+        ));
+        assert_eq!(d.status.phase, RolloutPhase::Progressing);
+        assert_eq!(d.status.current_batch, 1);
+        assert_eq!(d.write, ids(&["b"]));
+    }
+
+    #[test]
+    fn a_halt_with_no_other_stable_revision_writes_nothing_back() {
+        let spec = spec(None);
+        let failed = DeviceState {
+            updated: true,
+            written_ns: Some(990 * S),
+            phase: Some(Phase::Failed),
+            ..Default::default()
+        };
+        let devices: HashMap<String, DeviceState> =
+            [("a".to_string(), failed)].into_iter().collect();
+        let mut i = input(&spec, vec![ids(&["a"]), vec![]], &devices, None);
+        i.stable_fallback = Some(7); // the revision itself
+        let d = decide(i);
+        assert_eq!(d.status.phase, RolloutPhase::Degraded);
+        assert!(d.roll_back.is_empty());
+        assert_eq!(d.stable, None);
+        let degraded = d.verdicts.iter().find(|v| v.type_ == "Degraded").unwrap();
+        assert_eq!(degraded.reason, ConditionReason::BatchFailed);
     }
 
     #[test]

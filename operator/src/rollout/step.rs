@@ -5,6 +5,7 @@
 use std::collections::HashMap;
 
 use bytes::Bytes;
+use protocol::DesiredState;
 use protocol::keys::DESIRED_STATE_BUCKET;
 
 use super::RolloutSpec;
@@ -44,6 +45,9 @@ pub struct StepOutcome {
     pub decision: engine::Decision,
     /// Keys put or deleted.
     pub writes: usize,
+    /// The stable revision's value for the devices to roll back, to write
+    /// once the status records the halt.
+    pub roll_back: Vec<KvWrite>,
     /// Targets whose key another Deployment of this name owns.
     pub conflicts: Vec<Conflict>,
     /// Warnings about the batches (a batch that takes nothing...).
@@ -76,8 +80,12 @@ pub async fn step(
 ) -> Result<StepOutcome, StepError> {
     let current = apply::current_keys(nats, &plan.name).await?;
     let reports = cache.reports_for(&plan.name);
+    let plan_attempt = attempt_of(&plan.value);
     let mut conflicts = Vec::new();
     let mut devices = HashMap::with_capacity(plan.targets.len());
+    // Keys that hold this revision and attempt in other bytes (a new
+    // rollout policy): rewritten without a gate, the workload is the same.
+    let mut refresh = Vec::new();
     for t in &plan.targets {
         let rec = current.get(t).filter(|r| !r.deleted);
         let foreign = rec
@@ -90,7 +98,15 @@ pub async fn step(
             });
         }
         let mine = rec.filter(|r| apply::owned_by(r, plan.owner.as_str()));
-        let updated = mine.is_some_and(|r| r.value == plan.value);
+        // Updated means this revision at this attempt, whatever the rest of
+        // the value: a policy change mid-rollout does not send devices
+        // back through the batches, and a rollback reaches all of them.
+        let updated = mine.is_some_and(|r| {
+            r.value == plan.value || key_revision(&r.value) == Some((plan.revision, plan_attempt))
+        });
+        if updated && mine.is_some_and(|r| r.value != plan.value) {
+            refresh.push(t.clone());
+        }
         // A failure reported before the key's last write is the previous
         // attempt's (a retry rewrites the key); the device reports anew as
         // it tries again. Anything else still holds: an agent reports only
@@ -143,7 +159,11 @@ pub async fn step(
             .record(d, plan.revision, &score, limit, &keep)
             .await?;
     }
-    let (batches, warnings) = spec.split(&plan.targets, select);
+    // Devices written already stay in the batch that took them when a
+    // newcomer would sort before them.
+    let (batches, warnings) = spec.split(&plan.targets, select, |t| {
+        devices.get(t).is_some_and(|s: &DeviceState| s.updated)
+    });
     let decision = engine::decide(Input {
         revision: plan.revision,
         spec,
@@ -159,6 +179,14 @@ pub async fn step(
         now_ns,
     });
     let mut writes = Vec::new();
+    let rolled: std::collections::BTreeSet<&String> = decision.roll_back.iter().collect();
+    for t in refresh.iter().filter(|t| !rolled.contains(t)) {
+        writes.push(KvWrite::Put {
+            key: apply::key_of(t, &plan.name)?,
+            value: plan.value.clone(),
+            owner: plan.owner.to_string(),
+        });
+    }
     for t in &decision.write {
         writes.push(KvWrite::Put {
             key: apply::key_of(t, &plan.name)?,
@@ -166,20 +194,19 @@ pub async fn step(
             owner: plan.owner.to_string(),
         });
     }
-    if !decision.roll_back.is_empty() {
-        let stable_value = match decision.stable {
-            Some(s) => stable_value(history, d, s).await?,
-            None => None,
-        };
+    // The rollback is written after the status records the halt (by the
+    // caller): were it written first and the status patch lost, the next
+    // reconcile would see the devices as not written yet and write the
+    // failed revision to them again.
+    let mut roll_back = Vec::new();
+    if let Some(s) = decision.stable.filter(|_| !decision.roll_back.is_empty())
+        && let Some(value) = stable_value(history, d, s).await?
+    {
         for t in &decision.roll_back {
-            let key = apply::key_of(t, &plan.name)?;
-            writes.push(match &stable_value {
-                Some(value) => KvWrite::Put {
-                    key,
-                    value: value.clone(),
-                    owner: plan.owner.to_string(),
-                },
-                None => KvWrite::Delete { key },
+            roll_back.push(KvWrite::Put {
+                key: apply::key_of(t, &plan.name)?,
+                value: value.clone(),
+                owner: plan.owner.to_string(),
             });
         }
     }
@@ -198,9 +225,21 @@ pub async fn step(
     Ok(StepOutcome {
         decision,
         writes: n,
+        roll_back,
         conflicts,
         warnings,
     })
+}
+
+/// The revision and attempt a key's value holds, if it decodes.
+fn key_revision(value: &[u8]) -> Option<(u64, u32)> {
+    let d: DesiredState<'_> = protocol::wire::decode(value).ok()?;
+    Some((d.revision, d.attempt))
+}
+
+/// The attempt of a value this operator encoded.
+fn attempt_of(value: &[u8]) -> u32 {
+    key_revision(value).map_or(0, |(_, a)| a)
 }
 
 /// When a Deployment turns to BatchSequence after an AllAtOnce rollout
@@ -245,7 +284,7 @@ async fn stable_value(
     revision: u64,
 ) -> Result<Option<Bytes>, StepError> {
     let Some(score) = history.score(d, revision).await? else {
-        tracing::warn!(deployment = %d.name_str(), revision = %crate::crd::revision_string(revision), "stable revision missing from the history; its keys are removed instead");
+        tracing::warn!(deployment = %d.name_str(), revision = %crate::crd::revision_string(revision), "stable revision missing from the history; nothing is written back, the devices keep what they have");
         return Ok(None);
     };
     let unusable = |source| StepError::StableUnusable {
