@@ -23,7 +23,7 @@ use rcgen::{
     KeyUsagePurpose,
 };
 
-use crate::{free_port, missing, repo_root, wait_until_async};
+use crate::{free_ports, missing, repo_root, wait_until_async};
 
 /// How long kube-apiserver may take to answer `/readyz` (5-15 s on an idle
 /// 2-core machine; several servers starting at once take longer).
@@ -55,11 +55,24 @@ impl KubeApiServer {
         write_certificates(dir.path());
         let mut server = KubeApiServer {
             dir,
-            port: free_port(),
+            port: 0,
             etcd: None,
             apiserver: None,
         };
-        let etcd_port = server.start_etcd(&bins.etcd).await;
+        // Ports taken by a parallel test between their choice and the bind
+        // make etcd exit at once; fresh ones are as good.
+        let mut etcd_port = None;
+        for _ in 0..5 {
+            let [api, client, peer] = free_ports();
+            server.port = api;
+            etcd_port = server.start_etcd(&bins.etcd, client, peer).await;
+            if etcd_port.is_some() {
+                break;
+            }
+        }
+        let etcd_port = etcd_port.expect(
+            "etcd exited at start five times (ports taken?); see etcd.log with KUBE_TEST_LOG=1",
+        );
         server.start_apiserver(&bins.apiserver, etcd_port);
         server.write_kubeconfig();
         server.wait_ready().await;
@@ -173,11 +186,10 @@ impl KubeApiServer {
             .into()
     }
 
-    /// Starts etcd on free client and peer ports; returns the client port
-    /// once it accepts connections.
-    async fn start_etcd(&mut self, binary: &Path) -> u16 {
-        let client = free_port();
-        let peer = free_port();
+    /// Starts etcd on the `client` and `peer` ports; returns the client port
+    /// once it accepts connections, `None` when etcd exited instead (a port
+    /// was taken).
+    async fn start_etcd(&mut self, binary: &Path, client: u16, peer: u16) -> Option<u16> {
         let client_url = format!("http://127.0.0.1:{client}");
         let peer_url = format!("http://127.0.0.1:{peer}");
         let child = Command::new(binary)
@@ -198,18 +210,32 @@ impl KubeApiServer {
             .spawn()
             .expect("spawn etcd");
         self.etcd = Some(child);
-        let up = wait_until_async(Duration::from_secs(20), || async move {
-            tokio::net::TcpStream::connect(("127.0.0.1", client))
-                .await
-                .is_ok()
+        let mut exited = false;
+        let up = wait_until_async(Duration::from_secs(20), || {
+            exited = self
+                .etcd
+                .as_mut()
+                .is_some_and(|c| matches!(c.try_wait(), Ok(Some(_))));
+            let done = exited;
+            async move {
+                done || tokio::net::TcpStream::connect(("127.0.0.1", client))
+                    .await
+                    .is_ok()
+            }
         })
         .await;
+        if exited {
+            self.etcd = None;
+            // Its data directory may be half made; the next try starts clean.
+            let _ = std::fs::remove_dir_all(self.dir.path().join("etcd"));
+            return None;
+        }
         assert!(
             up,
             "etcd did not listen on {client_url} within 20 s:\n{}",
             tail(&self.dir.path().join("etcd.log"), 20)
         );
-        client
+        Some(client)
     }
 
     fn start_apiserver(&mut self, binary: &Path, etcd_port: u16) {

@@ -52,6 +52,22 @@ pub fn find_binary(env_var: &str, name: &str) -> Option<PathBuf> {
     })
 }
 
+/// `N` distinct free TCP ports on 127.0.0.1: all bound at once, then
+/// released. Calling [`free_port`] `N` times may return the same port twice
+/// (the OS reuses a released one), which a server listening on two of them
+/// (etcd's client and peer ports) cannot use.
+pub fn free_ports<const N: usize>() -> [u16; N] {
+    let listeners: Vec<std::net::TcpListener> = (0..N)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("no free loopback port"))
+        .collect();
+    std::array::from_fn(|i| {
+        listeners[i]
+            .local_addr()
+            .map(|a| a.port())
+            .expect("a bound listener has an address")
+    })
+}
+
 /// A free TCP port on 127.0.0.1 (bound, then released).
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -118,4 +134,18 @@ where
 /// The repository root (for fixtures such as `deploy/`).
 pub fn repo_root() -> &'static Path {
     Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
+}
+
+#[cfg(test)]
+mod port_tests {
+    #[test]
+    fn free_ports_are_distinct() {
+        for _ in 0..50 {
+            let ports = super::free_ports::<3>();
+            assert!(
+                ports[0] != ports[1] && ports[1] != ports[2] && ports[0] != ports[2],
+                "{ports:?}"
+            );
+        }
+    }
 }
