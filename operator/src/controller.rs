@@ -508,6 +508,23 @@ async fn rollout_step(
             (v.type_, v.status, v.reason, v.message),
         );
     }
+    if let Some(e) = &outcome.roll_back_error {
+        let message = format!(
+            "revision {} halted; the stable revision cannot be written back yet (retried at every reconcile): {e}",
+            decision.status.revision
+        );
+        set_condition(
+            &mut status,
+            prev,
+            now,
+            (
+                conditions::DEGRADED,
+                true,
+                ConditionReason::BatchFailed,
+                message,
+            ),
+        );
+    }
     let (warn, reason, message) = if outcome.warnings.is_empty() {
         (
             false,

@@ -637,3 +637,55 @@ async fn a_halt_without_another_stable_revision_removes_nothing() {
     assert_eq!(rollout(&s)["failedRevision"], revision_string(rev), "{s}");
     assert!(f.keys().await.values().all(|r| *r == Some(rev)));
 }
+
+/// A stable revision that can no longer be planned (its recorded score is
+/// refused): the halt is recorded all the same, Degraded says why, and
+/// nothing is written back.
+#[tokio::test]
+async fn an_unusable_stable_revision_is_reported_not_retried_blindly() {
+    use k8s_openapi::api::apps::v1::ControllerRevision;
+    let Some(mut f) = Fleet::new("ap", &ten()).await else {
+        return;
+    };
+    let mut d = batch_deployment("ap", &all_ten(), "ap:1");
+    d.spec.rollout.batches = vec![canary_batch(5)];
+    f.api.insert(&d);
+    f.until(10, phase_is("Healthy")).await;
+    let stable = operator::plan(&f.get()).unwrap().revision;
+    // The recorded score is replaced by one the operator refuses.
+    let api: kube::Api<ControllerRevision> = kube::Api::namespaced(f.client.clone(), "fleet");
+    api.delete(
+        &format!("ap-{}", revision_string(stable)),
+        &Default::default(),
+    )
+    .await
+    .unwrap();
+    History::new(f.client.clone())
+        .record(
+            &f.get(),
+            stable,
+            &json!({"type": "PodmanV0", "data": {"containers": [{"name": "web"}]}}),
+            10,
+            &[],
+        )
+        .await
+        .unwrap();
+    let d2 = f.update(|d| d.spec.score.data = podman("ap:2"));
+    let bad = operator::plan(&d2).unwrap().revision;
+    f.scripts.insert(("c1".into(), bad), Script::Fails);
+    f.until(10, phase_is("Degraded")).await;
+    let s = f.status();
+    assert_eq!(cond(&s, "Degraded"), ("True", "BatchFailed"), "{s}");
+    let message = s["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == "Degraded")
+        .unwrap()["message"]
+        .to_string();
+    assert!(message.contains("cannot be written back"), "{message}");
+    // The canaries keep the halted revision; prod never got it.
+    let keys = f.keys().await;
+    assert_eq!(keys["c2"], Some(bad), "{keys:?}");
+    assert_eq!(keys["p1"], Some(stable), "{keys:?}");
+}

@@ -48,6 +48,8 @@ pub struct StepOutcome {
     /// The stable revision's value for the devices to roll back, to write
     /// once the status records the halt.
     pub roll_back: Vec<KvWrite>,
+    /// Why the stable revision could not be written back, when it could not.
+    pub roll_back_error: Option<String>,
     /// Targets whose key another Deployment of this name owns.
     pub conflicts: Vec<Conflict>,
     /// Warnings about the batches (a batch that takes nothing...).
@@ -199,9 +201,21 @@ pub async fn step(
     // reconcile would see the devices as not written yet and write the
     // failed revision to them again.
     let mut roll_back = Vec::new();
-    if let Some(s) = decision.stable.filter(|_| !decision.roll_back.is_empty())
-        && let Some(value) = stable_value(history, d, s).await?
-    {
+    // A stable revision that cannot be read or planned must not keep the
+    // halt from being recorded: the status says why, and the next
+    // reconcile tries again.
+    let mut roll_back_error = None;
+    let stable = match decision.stable.filter(|_| !decision.roll_back.is_empty()) {
+        Some(s) => match stable_value(history, d, s).await {
+            Ok(v) => v,
+            Err(e) => {
+                roll_back_error = Some(error_report::Chain(&e).to_string());
+                None
+            }
+        },
+        None => None,
+    };
+    if let Some(value) = stable {
         for t in &decision.roll_back {
             roll_back.push(KvWrite::Put {
                 key: apply::key_of(t, &plan.name)?,
@@ -226,6 +240,7 @@ pub async fn step(
         decision,
         writes: n,
         roll_back,
+        roll_back_error,
         conflicts,
         warnings,
     })
