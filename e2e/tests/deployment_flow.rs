@@ -496,7 +496,14 @@ async fn a_crash_loop_on_the_device_shows_in_the_cr_status() {
     let rev = revision(&d);
     w.wait_phase(&device, "crasher", Some(rev), Phase::CrashLoopBackOff)
         .await;
-    let status = w.device_status(&device, "crasher").await.unwrap();
+    // The first report may come at the first exit, before any restart: the
+    // restarts show in a later one.
+    let mut status = w.device_status(&device, "crasher").await.unwrap();
+    let deadline = std::time::Instant::now() + WAIT;
+    while status.containers[0].restart_count == 0 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        status = w.device_status(&device, "crasher").await.unwrap();
+    }
     assert_eq!(status.reason, protocol::Reason::CrashLoopBackOff);
     let c = &status.containers[0];
     assert_eq!(c.exit_code, Some(1));
