@@ -496,15 +496,24 @@ async fn a_crash_loop_on_the_device_shows_in_the_cr_status() {
     let rev = revision(&d);
     w.wait_phase(&device, "crasher", Some(rev), Phase::CrashLoopBackOff)
         .await;
-    // The first report may come at the first exit, before any restart: the
-    // restarts show in a later one.
-    let mut status = w.device_status(&device, "crasher").await.unwrap();
+    // The device cycles (exit, back-off, restart, running, exit...), so a
+    // single report may be any step of it: wait for one in back-off after
+    // a restart.
     let deadline = std::time::Instant::now() + WAIT;
-    while status.containers[0].restart_count == 0 && std::time::Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut status = w.device_status(&device, "crasher").await.unwrap();
+    while !(status.phase == Phase::CrashLoopBackOff
+        && status.reason == protocol::Reason::CrashLoopBackOff
+        && status.containers[0].restart_count >= 1)
+        && std::time::Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(100)).await;
         status = w.device_status(&device, "crasher").await.unwrap();
     }
-    assert_eq!(status.reason, protocol::Reason::CrashLoopBackOff);
+    assert_eq!(
+        status.reason,
+        protocol::Reason::CrashLoopBackOff,
+        "{status:?}"
+    );
     let c = &status.containers[0];
     assert_eq!(c.exit_code, Some(1));
     assert!(c.restart_count >= 1, "{c:?}");
