@@ -744,6 +744,7 @@ mod tests {
             timestamp_ms: 0,
             reason: protocol::Reason::None,
             running_revision: None,
+            waiting: None,
         }
     }
 

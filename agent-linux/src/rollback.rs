@@ -466,6 +466,7 @@ impl Supervisor {
                 timestamp_ms: now_ms(),
                 reason: Reason::None,
                 running_revision: None,
+                waiting: None,
             });
             if last.phase == Phase::Healthy {
                 crate::info!(
@@ -803,6 +804,7 @@ mod tests {
                     auto_rollback,
                 },
                 attempt: 0,
+                gate: Default::default(),
             })
             .unwrap(),
         )
@@ -836,6 +838,7 @@ mod tests {
             timestamp_ms: 7,
             reason,
             running_revision: None,
+            waiting: None,
         }
     }
 

@@ -27,6 +27,7 @@ fn desired(
         score: score.to_payload().unwrap(),
         rollout,
         attempt: 0,
+        gate: Default::default(),
     })
     .unwrap()
 }

@@ -220,6 +220,7 @@ pub fn plan(d: &Deployment) -> Result<Plan, PlanError> {
         score: payload,
         rollout: d.spec.rollout.device_policy(),
         attempt: 0,
+        gate: Default::default(),
     };
     let value = protocol::wire::encode_to_vec(&desired).map_err(|e| PlanError::InvalidScore {
         path: String::new(),

@@ -150,6 +150,7 @@ impl Fleet {
                 timestamp_ms: 0,
                 reason: protocol::Reason::None,
                 running_revision: None,
+                waiting: None,
             })
             .unwrap();
             self.cache

@@ -215,6 +215,7 @@ async fn watches_survive_a_nats_restart() {
             timestamp_ms: 0,
             reason: protocol::Reason::None,
             running_revision: None,
+            waiting: None,
         })
         .unwrap();
         match js.publish("$KV.device-status.a.web", value.into()).await {

@@ -1,17 +1,22 @@
 //! The value of a `desired-state` key: which score a deployment runs on this
 //! device, at which revision, and how the device rolls it out.
 //!
-//! Three format versions: version 1 (deployment, revision, score), version
-//! 2 (then the [`RolloutPolicy`]) and version 3 (then the `attempt`). A
-//! value is written in the oldest version that carries what it holds: in
-//! version 1 when its policy is the default and it is the first attempt,
-//! which is what a version-1 value means, so deployments that set neither
-//! reach every agent byte for byte as before.
+//! Four format versions: version 1 (deployment, revision, score), version
+//! 2 (then the [`RolloutPolicy`]), version 3 (then the `attempt`) and
+//! version 4 (then the [`UpdateGate`]). A value is written in the oldest
+//! version that carries what it holds: in version 1 when its policy is the
+//! default, it is the first attempt and nothing gates it, which is what a
+//! version-1 value means, so deployments that set none of these reach every
+//! agent byte for byte as before.
 
 use serde::{Deserialize, Serialize};
 
+use crate::bounded::BoundedVec;
 use crate::keys::validate_token;
-use crate::limits::{MAX_ROLLOUT_SECONDS, MAX_TYPE_NAME_LEN, MAX_VALUE_SIZE};
+use crate::limits::{
+    MAX_CRON_LEN, MAX_LOCK_TIMEOUT_SECONDS, MAX_NAME_LEN, MAX_ROLLOUT_SECONDS, MAX_TYPE_NAME_LEN,
+    MAX_VALUE_SIZE, MAX_WINDOW_SECONDS, MAX_WINDOWS,
+};
 use crate::score::{
     IotScore, KNOWN_SCORE_TYPES, PODMAN_V0, PODMAN_V1, PodmanV0Score, PodmanV1Score, ScoreError,
 };
@@ -19,7 +24,9 @@ use crate::text::{Bytes, Text};
 use crate::validate::{
     FieldPath, Validate, ValidationError, Violation, check_len, check_range, fail,
 };
-use crate::wire::{self, DecodeError, FORMAT_VERSION, FORMAT_VERSION_2, FORMAT_VERSION_3};
+use crate::wire::{
+    self, DecodeError, FORMAT_VERSION, FORMAT_VERSION_2, FORMAT_VERSION_3, FORMAT_VERSION_4,
+};
 
 /// How a [`ScorePayload`]'s data is encoded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -140,7 +147,7 @@ impl Validate for ScorePayload<'_> {
 
 /// The value of `desired-state` key `<device_id>.<deployment>`.
 ///
-/// `Deserialize` reads the newest layout (version 3); [`wire::decode`]
+/// `Deserialize` reads the newest layout (version 4); [`wire::decode`]
 /// reads every version.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
@@ -165,6 +172,104 @@ pub struct DesiredState<'a> {
     /// attempt is a new value: that is the retry.
     #[serde(default)]
     pub attempt: u32,
+    /// When the device may apply this value: its update lock, maintenance
+    /// windows and the emergency override. Format version 4; the default
+    /// (nothing gates it) is what older versions mean.
+    #[serde(borrow, default)]
+    pub gate: UpdateGate<'a>,
+}
+
+/// When a device may change a deployment: while no workload holds the
+/// device's update lock, inside a maintenance window, or at once when
+/// forced. The default gates nothing.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+#[serde(rename_all = "camelCase")]
+pub struct UpdateGate<'a> {
+    /// `Some`: the device does not stop, replace or remove this
+    /// deployment's running containers while anyone holds its update lock
+    /// (a container with `updateLock` in its score honours it too, with
+    /// the default policy).
+    pub update_lock: Option<UpdateLockPolicy>,
+    /// The device applies a change only inside one of these windows
+    /// (evaluated on its own clock); empty: at any time.
+    #[serde(borrow)]
+    pub windows: BoundedVec<MaintenanceWindow<'a>, MAX_WINDOWS>,
+    /// Apply at once, ignoring the lock and the windows (emergencies).
+    pub force: bool,
+}
+
+impl UpdateGate<'_> {
+    /// Whether it gates nothing (what versions 1 to 3 mean).
+    pub fn is_open(&self) -> bool {
+        *self == UpdateGate::default()
+    }
+
+    /// A copy that owns its strings.
+    #[cfg(feature = "alloc")]
+    pub fn into_owned(self) -> UpdateGate<'static> {
+        UpdateGate {
+            update_lock: self.update_lock,
+            windows: self.windows.map(MaintenanceWindow::into_owned),
+            force: self.force,
+        }
+    }
+}
+
+/// How long the update lock may hold a new revision back, and what then.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+#[serde(rename_all = "camelCase")]
+pub struct UpdateLockPolicy {
+    /// Seconds from when the device starts waiting until `on_timeout`
+    /// applies, 0 to [`MAX_LOCK_TIMEOUT_SECONDS`]; 0 waits as long as the
+    /// lock is held.
+    pub timeout_seconds: u32,
+    /// What the device does when the timeout passes.
+    pub on_timeout: LockTimeout,
+}
+
+/// What a device does when the update lock outlasts its timeout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub enum LockTimeout {
+    /// Keep waiting, and report the revision `Failed` with reason
+    /// `UpdateLockTimeout` (a rollout counts the device as failed).
+    #[default]
+    Fail,
+    /// Apply anyway: stop the holder's containers.
+    Force,
+}
+
+/// A maintenance window: it opens at each time `at` matches on the wall
+/// clock of `time_zone`, and stays open `duration_seconds`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+#[serde(rename_all = "camelCase")]
+pub struct MaintenanceWindow<'a> {
+    /// A 5-field cron expression (minute, hour, day of month, month, day
+    /// of week), at most [`MAX_CRON_LEN`] bytes. Its syntax is checked by
+    /// the operator and the agent (not here: this crate has no cron parser).
+    #[serde(borrow)]
+    pub at: Text<'a>,
+    /// An IANA time zone name (`Europe/Paris`, `UTC`), at most
+    /// [`MAX_NAME_LEN`] bytes.
+    #[serde(borrow)]
+    pub time_zone: Text<'a>,
+    /// How long it stays open, 1 to [`MAX_WINDOW_SECONDS`].
+    pub duration_seconds: u32,
+}
+
+impl MaintenanceWindow<'_> {
+    /// A copy that owns its strings.
+    #[cfg(feature = "alloc")]
+    pub fn into_owned(self) -> MaintenanceWindow<'static> {
+        MaintenanceWindow {
+            at: self.at.into_owned(),
+            time_zone: self.time_zone.into_owned(),
+            duration_seconds: self.duration_seconds,
+        }
+    }
 }
 
 /// How a device takes a new revision: when it counts as healthy, how long
@@ -222,7 +327,35 @@ impl Validate for DesiredState<'_> {
             1,
             max,
             "s",
-        )
+        )?;
+        if let Some(lock) = &self.gate.update_lock {
+            check_range(
+                FieldPath::top("gate.updateLock.timeoutSeconds"),
+                lock.timeout_seconds.into(),
+                0,
+                MAX_LOCK_TIMEOUT_SECONDS.into(),
+                "s",
+            )?;
+        }
+        for (i, w) in self.gate.windows.iter().enumerate() {
+            let at = FieldPath::top("gate.windows");
+            if w.at.trim().is_empty() {
+                return fail(at.at(i, Some("at")), Violation::Empty);
+            }
+            check_len(at.at(i, Some("at")), &w.at, MAX_CRON_LEN)?;
+            if w.time_zone.is_empty() {
+                return fail(at.at(i, Some("timeZone")), Violation::Empty);
+            }
+            check_len(at.at(i, Some("timeZone")), &w.time_zone, MAX_NAME_LEN)?;
+            check_range(
+                at.at(i, Some("durationSeconds")),
+                w.duration_seconds.into(),
+                1,
+                MAX_WINDOW_SECONDS.into(),
+                "s",
+            )?;
+        }
+        Ok(())
     }
 }
 
@@ -236,15 +369,18 @@ impl<'a> DesiredState<'a> {
             score,
             rollout: RolloutPolicy::default(),
             attempt: 0,
+            gate: UpdateGate::default(),
         }
     }
 
-    /// The format version this value is written in: 3 when it is a retry
-    /// (`attempt` above 0), else 1 when its rollout policy is the default,
-    /// else 2. The operator writes a device only a version its
-    /// capabilities list.
+    /// The format version this value is written in: 4 when something
+    /// gates it, else 3 when it is a retry (`attempt` above 0), else 1 when
+    /// its rollout policy is the default, else 2. The operator writes a
+    /// device only a version its capabilities list.
     pub fn format_version(&self) -> u8 {
-        if self.attempt > 0 {
+        if !self.gate.is_open() {
+            FORMAT_VERSION_4
+        } else if self.attempt > 0 {
             FORMAT_VERSION_3
         } else if self.rollout == RolloutPolicy::default() {
             FORMAT_VERSION
@@ -262,14 +398,16 @@ impl wire::Encode for DesiredState<'_> {
 }
 
 /// Written by hand so that the fields stop where the format version says:
-/// version 1 is a prefix of version 2, which is a prefix of version 3.
+/// each version is a prefix of the next.
 impl Serialize for DesiredState<'_> {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         use serde::ser::SerializeStruct;
         let version = self.format_version();
         let v2 = version >= FORMAT_VERSION_2;
         let v3 = version >= FORMAT_VERSION_3;
-        let mut t = s.serialize_struct("DesiredState", 3 + usize::from(v2) + usize::from(v3))?;
+        let v4 = version >= FORMAT_VERSION_4;
+        let fields = 3 + usize::from(v2) + usize::from(v3) + usize::from(v4);
+        let mut t = s.serialize_struct("DesiredState", fields)?;
         t.serialize_field("deployment", &self.deployment)?;
         t.serialize_field("revision", &self.revision)?;
         t.serialize_field("score", &self.score)?;
@@ -278,6 +416,9 @@ impl Serialize for DesiredState<'_> {
         }
         if v3 {
             t.serialize_field("attempt", &self.attempt)?;
+        }
+        if v4 {
+            t.serialize_field("gate", &self.gate)?;
         }
         t.end()
     }
@@ -304,8 +445,20 @@ struct DesiredStateV2<'a> {
     rollout: RolloutPolicy,
 }
 
-/// Versions 1 to 3; version 1 reads with the default policy, versions 1
-/// and 2 as the first attempt.
+/// A desired state in format version 3.
+#[derive(Deserialize)]
+struct DesiredStateV3<'a> {
+    #[serde(borrow)]
+    deployment: Text<'a>,
+    revision: u64,
+    #[serde(borrow)]
+    score: ScorePayload<'a>,
+    rollout: RolloutPolicy,
+    attempt: u32,
+}
+
+/// Versions 1 to 4; version 1 reads with the default policy, versions 1
+/// and 2 as the first attempt, versions 1 to 3 with nothing gating them.
 impl<'de: 'a, 'a> wire::Decode<'de> for DesiredState<'a> {
     fn take_body(version: u8, body: &'de [u8]) -> Result<(Self, &'de [u8]), DecodeError> {
         match version {
@@ -317,6 +470,7 @@ impl<'de: 'a, 'a> wire::Decode<'de> for DesiredState<'a> {
                     score: v1.score,
                     rollout: RolloutPolicy::default(),
                     attempt: 0,
+                    gate: UpdateGate::default(),
                 };
                 Ok((d, rest))
             }
@@ -328,10 +482,23 @@ impl<'de: 'a, 'a> wire::Decode<'de> for DesiredState<'a> {
                     score: v2.score,
                     rollout: v2.rollout,
                     attempt: 0,
+                    gate: UpdateGate::default(),
                 };
                 Ok((d, rest))
             }
-            FORMAT_VERSION_3 => wire::take(body),
+            FORMAT_VERSION_3 => {
+                let (v3, rest) = wire::take::<DesiredStateV3<'a>>(body)?;
+                let d = DesiredState {
+                    deployment: v3.deployment,
+                    revision: v3.revision,
+                    score: v3.score,
+                    rollout: v3.rollout,
+                    attempt: v3.attempt,
+                    gate: UpdateGate::default(),
+                };
+                Ok((d, rest))
+            }
+            FORMAT_VERSION_4 => wire::take(body),
             other => Err(DecodeError::UnsupportedVersion(other)),
         }
     }
@@ -351,6 +518,7 @@ impl DesiredState<'_> {
             score: self.score.into_owned(),
             rollout: self.rollout,
             attempt: self.attempt,
+            gate: self.gate.into_owned(),
         }
     }
 }

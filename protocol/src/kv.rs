@@ -8,6 +8,7 @@
 //! | [`MESSAGE_ID_HEADER`] (`Nats-Msg-Id`) | `desired-state` writes | operator | unique per write, so a retried write is stored once |
 //! | [`OPERATION_HEADER`] (`KV-Operation`) | deletes and purges | operator (deletes), KV clients | [`Operation`]: `DEL` or `PURGE`; absent on puts |
 //! | [`SEQUENCE_HEADER`] (`Nats-Sequence`) | republished messages (`$KVR`) | the server | the stream sequence, decimal |
+//! | [`FORCE_HEADER`] (`Iot-Force`) | `desired-state` deletes | operator | [`FORCE_VALUE`] (`true`): the device removes at once, whatever its update lock and maintenance windows say |
 
 use core::fmt;
 
@@ -27,6 +28,15 @@ pub const OPERATION_HEADER: &str = "KV-Operation";
 /// Header with the stream sequence a republished message (`$KVR`) was
 /// stored at, in decimal.
 pub const SEQUENCE_HEADER: &str = "Nats-Sequence";
+
+/// Header on a `desired-state` delete that must not wait for the device's
+/// update lock or maintenance windows (the Deployment was deleted with
+/// `spec.rollout.force`): its value is [`FORCE_VALUE`].
+pub const FORCE_HEADER: &str = "Iot-Force";
+
+/// The value of [`FORCE_HEADER`] that forces a delete; any other value
+/// (or none) does not.
+pub const FORCE_VALUE: &str = "true";
 
 /// What a KV record stands for, by its [`OPERATION_HEADER`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

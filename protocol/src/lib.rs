@@ -37,7 +37,10 @@ pub mod validate;
 pub mod wire;
 
 pub use bounded::{BoundedMap, BoundedVec};
-pub use desired::{DesiredState, PayloadEncoding, RolloutPolicy, ScorePayload};
+pub use desired::{
+    DesiredState, LockTimeout, MaintenanceWindow, PayloadEncoding, RolloutPolicy, ScorePayload,
+    UpdateGate, UpdateLockPolicy,
+};
 pub use heartbeat::{Capabilities, DeviceLabels, Heartbeat, ScoreTypeSupport};
 pub use keys::{DeploymentKey, KeyError, TokenError};
 pub use score::{
@@ -49,6 +52,8 @@ pub use score_v1::{
     HttpGetCheck, HttpHeader, HttpScheme, MemoryQuantity, PodmanV1Score, QuantityError, Resources,
     TcpSocketCheck,
 };
-pub use status::{ContainerState, ContainerStatus, DeploymentStatus, Health, Phase, Reason};
+pub use status::{
+    ContainerState, ContainerStatus, DeploymentStatus, Health, Phase, Reason, Waiting,
+};
 pub use text::{Bytes, Text};
 pub use wire::{DecodeError, EncodeError, FORMAT_VERSION};

@@ -73,6 +73,15 @@ pub const MAX_PIDS_LIMIT: u32 = 4_194_304;
 /// Longest rollout period in seconds (`minHealthySeconds`,
 /// `progressDeadlineSeconds`): one day.
 pub const MAX_ROLLOUT_SECONDS: u32 = 86_400;
+/// Maintenance windows in one desired state (DesiredState format 4).
+pub const MAX_WINDOWS: usize = 8;
+/// Longest cron expression of a maintenance window, in bytes.
+pub const MAX_CRON_LEN: usize = 128;
+/// Longest maintenance window: a day (a window that never closes is no window).
+pub const MAX_WINDOW_SECONDS: u32 = 86_400;
+/// Longest an update lock may hold a revision back before its `onTimeout`
+/// applies: a week.
+pub const MAX_LOCK_TIMEOUT_SECONDS: u32 = 604_800;
 /// Size in bytes of one encoded value. The buckets are created with this as
 /// `max_value_size`, so the server rejects anything larger as well.
 pub const MAX_VALUE_SIZE: usize = 64 * 1024;

@@ -115,7 +115,21 @@ pub struct ContainerV1<'a> {
     /// signals (`podman run --init`).
     #[serde(default)]
     pub init: bool,
+    /// Give the container the device's update lock: the agent's lock
+    /// directory mounted read-only at [`UPDATE_LOCK_DIR`], with the lock
+    /// file [`UPDATE_LOCK_FILE`] in it. While the container (or anyone)
+    /// holds an advisory lock (`flock`) on that file, the device does not
+    /// stop, replace or remove this deployment's containers. The path is
+    /// the agent's: a volume mounted there is refused.
+    #[serde(default)]
+    pub update_lock: bool,
 }
+
+/// Where a container with `updateLock` finds the lock directory.
+pub const UPDATE_LOCK_DIR: &str = "/run/iot-agent";
+
+/// The lock file a container with `updateLock` locks (`flock`).
+pub const UPDATE_LOCK_FILE: &str = "/run/iot-agent/update.lock";
 
 /// How the agent checks a container, like a Kubernetes probe: exactly one
 /// of `exec`, `httpGet` and `tcpSocket`, and when and how often.
@@ -657,6 +671,7 @@ impl<'a> ContainerV1<'a> {
             working_dir: None,
             read_only_root_filesystem: false,
             init: false,
+            update_lock: false,
         }
     }
 
@@ -695,6 +710,18 @@ impl ContainerV1<'_> {
     fn validate_at(&self, c: usize) -> Result<(), ValidationError> {
         self.common().validate_at(c)?;
         let p = |field| FieldPath::container(c, field);
+        for (i, v) in self.volumes.iter().enumerate() {
+            let dir = v.mount_path.trim_end_matches('/');
+            let under = dir
+                .strip_prefix(UPDATE_LOCK_DIR)
+                .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'));
+            if under {
+                return fail(
+                    FieldPath::container(c, "volumes").at(i, Some("mountPath")),
+                    Violation::UpdateLockPath,
+                );
+            }
+        }
         if let Some(check) = &self.health_check {
             self.validate_check(c, check)?;
         }
@@ -940,6 +967,7 @@ mod owned {
                 working_dir,
                 read_only_root_filesystem,
                 init,
+                update_lock,
             } = self;
             let base = Container {
                 name,
@@ -967,6 +995,7 @@ mod owned {
                 working_dir: working_dir.map(Text::into_owned),
                 read_only_root_filesystem,
                 init,
+                update_lock,
                 ..ContainerV1::from_v0(base.into_owned())
             }
         }

@@ -12,7 +12,7 @@ use crate::bounded::BoundedVec;
 use crate::limits::{MAX_NAME_LEN, MAX_STATUS_CONTAINERS, MAX_STRING_LEN, MAX_WARNING_LEN};
 use crate::text::Text;
 use crate::validate::{FieldPath, Validate, ValidationError, check_len};
-use crate::wire::{self, DecodeError, FORMAT_VERSION, FORMAT_VERSION_2};
+use crate::wire::{self, DecodeError, FORMAT_VERSION, FORMAT_VERSION_2, FORMAT_VERSION_3};
 
 /// Where a deployment stands on a device.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -47,6 +47,10 @@ pub enum Phase {
     /// `revision` failed (see the reason) and the device runs
     /// `running_revision` again. Format version 2.
     RolledBack,
+    /// `revision` arrived but the device may not apply it yet (see the
+    /// reason and `waiting`); it runs `running_revision` meanwhile, with
+    /// the new images already pulled. Format version 3.
+    Waiting,
 }
 
 impl Phase {
@@ -65,12 +69,18 @@ impl Phase {
             Phase::Unhealthy => "Unhealthy",
             Phase::CrashLoopBackOff => "CrashLoopBackOff",
             Phase::RolledBack => "RolledBack",
+            Phase::Waiting => "Waiting",
         }
     }
 
     /// Whether format version 1 has this phase.
     const fn in_version_1(self) -> bool {
         (self as u8) <= Phase::Completed as u8
+    }
+
+    /// Whether format version 2 has this phase.
+    const fn in_version_2(self) -> bool {
+        (self as u8) <= Phase::RolledBack as u8
     }
 }
 
@@ -154,6 +164,17 @@ pub enum Reason {
     /// The revision did not become `Healthy` within the rollout's
     /// `progressDeadlineSeconds`.
     ProgressDeadlineExceeded,
+    /// A workload (or a host process) holds the device's update lock.
+    /// Format version 3.
+    UpdateLocked,
+    /// The device is outside its maintenance windows. Format version 3.
+    OutsideMaintenanceWindow,
+    /// The update lock was held longer than its `timeoutSeconds` (with
+    /// `onTimeout: Fail`). Format version 3.
+    UpdateLockTimeout,
+    /// The device's clock is not synchronized yet, so its maintenance
+    /// windows cannot be trusted. Format version 3.
+    ClockNotSynchronized,
 }
 
 impl Reason {
@@ -167,8 +188,31 @@ impl Reason {
             Reason::HealthCheckFailed => "HealthCheckFailed",
             Reason::Error => "Error",
             Reason::ProgressDeadlineExceeded => "ProgressDeadlineExceeded",
+            Reason::UpdateLocked => "UpdateLocked",
+            Reason::OutsideMaintenanceWindow => "OutsideMaintenanceWindow",
+            Reason::UpdateLockTimeout => "UpdateLockTimeout",
+            Reason::ClockNotSynchronized => "ClockNotSynchronized",
         }
     }
+
+    /// Whether format version 2 has this reason.
+    const fn in_version_2(self) -> bool {
+        (self as u8) <= Reason::ProgressDeadlineExceeded as u8
+    }
+}
+
+/// Since when a device waits to apply a revision, and until when if it
+/// knows. Format version 3.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+#[serde(rename_all = "camelCase")]
+pub struct Waiting {
+    /// When the device started waiting, milliseconds since the Unix epoch
+    /// (device clock).
+    pub since_ms: u64,
+    /// When it expects to apply (the next maintenance window's start), if
+    /// known.
+    pub until_ms: Option<u64>,
 }
 
 impl core::fmt::Display for Reason {
@@ -273,8 +317,12 @@ pub struct DeploymentStatus<'a> {
     /// `revision` failed). Format version 2.
     pub reason: Reason,
     /// The revision the device runs when it is not `revision`: after a
-    /// rollback, the last healthy one. Format version 2.
+    /// rollback, the last healthy one; while `Waiting`, the one before.
+    /// Format version 2.
     pub running_revision: Option<u64>,
+    /// While `Waiting` (or failed waiting): since and until when. Format
+    /// version 3.
+    pub waiting: Option<Waiting>,
 }
 
 impl DeploymentStatus<'_> {
@@ -284,6 +332,14 @@ impl DeploymentStatus<'_> {
             || self.reason != Reason::None
             || self.running_revision.is_some()
             || self.containers.iter().any(ContainerStatus::needs_version_2)
+    }
+
+    /// Whether it holds anything format version 2 cannot say.
+    fn needs_version_3(&self) -> bool {
+        !self.phase.in_version_2()
+            || !self.reason.in_version_2()
+            || self.containers.iter().any(|c| !c.reason.in_version_2())
+            || self.waiting.is_some()
     }
 }
 
@@ -304,7 +360,9 @@ impl Validate for DeploymentStatus<'_> {
 /// sets nothing new writes what agents of the first release wrote.
 impl wire::Encode for DeploymentStatus<'_> {
     fn format_version(&self) -> u8 {
-        if self.needs_version_2() {
+        if self.needs_version_3() {
+            FORMAT_VERSION_3
+        } else if self.needs_version_2() {
             FORMAT_VERSION_2
         } else {
             FORMAT_VERSION
@@ -344,8 +402,17 @@ impl Serialize for DeploymentStatus<'_> {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         use serde::ser::SerializeStruct;
         use wire::Encode;
-        let v2 = self.format_version() >= FORMAT_VERSION_2;
-        let mut t = s.serialize_struct("DeploymentStatus", if v2 { 8 } else { 5 })?;
+        let version = self.format_version();
+        let v2 = version >= FORMAT_VERSION_2;
+        let v3 = version >= FORMAT_VERSION_3;
+        let fields = if v3 {
+            9
+        } else if v2 {
+            8
+        } else {
+            5
+        };
+        let mut t = s.serialize_struct("DeploymentStatus", fields)?;
         t.serialize_field("revision", &self.revision)?;
         t.serialize_field("phase", &self.phase)?;
         t.serialize_field(
@@ -358,6 +425,9 @@ impl Serialize for DeploymentStatus<'_> {
             t.serialize_field("reason", &self.reason)?;
             t.serialize_field("runningRevision", &self.running_revision)?;
             t.serialize_field("containerHealth", &HealthV2Fields(&self.containers))?;
+        }
+        if v3 {
+            t.serialize_field("waiting", &self.waiting)?;
         }
         t.end()
     }
@@ -404,6 +474,27 @@ struct DeploymentStatusV2<'a> {
     container_health: BoundedVec<(Option<Health>, Reason), MAX_STATUS_CONTAINERS>,
 }
 
+/// A deployment status in format version 3.
+#[derive(Deserialize)]
+struct DeploymentStatusV3<'a> {
+    #[serde(borrow)]
+    v2: DeploymentStatusV2<'a>,
+    waiting: Option<Waiting>,
+}
+
+impl<'a> DeploymentStatusV2<'a> {
+    fn upgrade(self, waiting: Option<Waiting>) -> Result<DeploymentStatus<'a>, &'static str> {
+        if self.container_health.len() != self.v1.containers.len() {
+            return Err("the containers' health does not match the containers");
+        }
+        let mut s = self
+            .v1
+            .upgrade(self.reason, self.running_revision, &self.container_health);
+        s.waiting = waiting;
+        Ok(s)
+    }
+}
+
 impl<'a> DeploymentStatusV1<'a> {
     /// With version 2's fields: the deployment's, and the containers' in
     /// their order (empty for those `health` runs out of).
@@ -432,11 +523,12 @@ impl<'a> DeploymentStatusV1<'a> {
             timestamp_ms: self.timestamp_ms,
             reason,
             running_revision,
+            waiting: None,
         }
     }
 }
 
-/// The version-2 layout (what `Serialize` writes for a value that needs it).
+/// The version-3 layout (what `Serialize` writes for a value that needs it).
 /// Only the wire encoding: in a human-readable format (JSON) the written
 /// form is flat, which this layout does not read, so it says so instead.
 impl<'de: 'a, 'a> Deserialize<'de> for DeploymentStatus<'a> {
@@ -446,19 +538,13 @@ impl<'de: 'a, 'a> Deserialize<'de> for DeploymentStatus<'a> {
                 "a DeploymentStatus is read from its wire encoding only (protocol::wire::decode)",
             ));
         }
-        let v2 = DeploymentStatusV2::deserialize(d)?;
-        if v2.container_health.len() != v2.v1.containers.len() {
-            return Err(serde::de::Error::custom(
-                "the containers' health does not match the containers",
-            ));
-        }
-        Ok(v2
-            .v1
-            .upgrade(v2.reason, v2.running_revision, &v2.container_health))
+        let v3 = DeploymentStatusV3::deserialize(d)?;
+        v3.v2.upgrade(v3.waiting).map_err(serde::de::Error::custom)
     }
 }
 
-/// Versions 1 and 2; version 1 reads with the health fields empty.
+/// Versions 1 to 3; version 1 reads with the health fields empty, versions
+/// 1 and 2 without `waiting`.
 impl<'de: 'a, 'a> wire::Decode<'de> for DeploymentStatus<'a> {
     fn take_body(version: u8, body: &'de [u8]) -> Result<(Self, &'de [u8]), DecodeError> {
         match version {
@@ -472,7 +558,21 @@ impl<'de: 'a, 'a> wire::Decode<'de> for DeploymentStatus<'a> {
                 }
                 Ok((v1.upgrade(Reason::None, None, &[]), rest))
             }
-            FORMAT_VERSION_2 => wire::take(body),
+            FORMAT_VERSION_2 => {
+                let (v2, rest) = wire::take::<DeploymentStatusV2<'a>>(body)?;
+                // As for version 1: what version 2 cannot say is refused in it.
+                if !v2.v1.phase.in_version_2()
+                    || !v2.reason.in_version_2()
+                    || v2.container_health.iter().any(|(_, r)| !r.in_version_2())
+                {
+                    return Err(DecodeError::Malformed(wire::PostcardError::BadTag));
+                }
+                let s = v2
+                    .upgrade(None)
+                    .map_err(|_| DecodeError::Malformed(wire::PostcardError::BadTag))?;
+                Ok((s, rest))
+            }
+            FORMAT_VERSION_3 => wire::take(body),
             other => Err(DecodeError::UnsupportedVersion(other)),
         }
     }
@@ -520,6 +620,7 @@ impl DeploymentStatus<'_> {
             timestamp_ms: self.timestamp_ms,
             reason: self.reason,
             running_revision: self.running_revision,
+            waiting: self.waiting,
         }
     }
 }

@@ -108,6 +108,11 @@ pub enum Violation {
     /// A path that must be absolute is not.
     #[error("must be an absolute path (start with '/')")]
     NotAbsolute,
+    /// A mount over the directory where the agent puts the update lock.
+    #[error(
+        "is the agent's update-lock directory (/run/iot-agent): the lock's path is the agent's, not the score's; set `updateLock: true` on the container to get the lock there, and mount the volume elsewhere"
+    )]
+    UpdateLockPath,
     /// Not a Kubernetes label key.
     #[error(
         "must be a label key: an optional DNS-subdomain prefix and '/', then a name of letters, digits, '-', '_' or '.' that starts and ends with a letter or digit (e.g. site or example.com/board)"

@@ -23,6 +23,10 @@ pub const FORMAT_VERSION_2: u8 = 2;
 /// kernel, boot id, labels and capabilities after the warnings.
 pub const FORMAT_VERSION_3: u8 = 3;
 
+/// Format version 4: a [`DesiredState`](crate::DesiredState) with an
+/// update gate (update lock, maintenance windows, force).
+pub const FORMAT_VERSION_4: u8 = 4;
+
 /// A value as it is written: its wire rules and the format version it is
 /// written in.
 pub trait Encode: Serialize + Validate {

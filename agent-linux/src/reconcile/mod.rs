@@ -559,6 +559,7 @@ mod tests {
             score: score.to_payload().unwrap(),
             rollout: protocol::RolloutPolicy::default(),
             attempt: 0,
+            gate: Default::default(),
         })
         .unwrap()
     }
@@ -842,6 +843,7 @@ mod tests {
             score: score.to_payload().unwrap(),
             rollout: protocol::RolloutPolicy::default(),
             attempt: 0,
+            gate: Default::default(),
         })
         .unwrap()
     }
@@ -977,6 +979,7 @@ mod tests {
                 ..protocol::RolloutPolicy::default()
             },
             attempt: 0,
+            gate: Default::default(),
         })
         .unwrap();
         let mut memory = Memory::new(mpsc::unbounded_channel().0);

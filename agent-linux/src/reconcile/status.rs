@@ -29,6 +29,7 @@ pub(super) fn simple_status(
         timestamp_ms: now_ms(),
         reason: Reason::None,
         running_revision: None,
+        waiting: None,
     }
 }
 
@@ -201,6 +202,7 @@ pub(super) fn of_pass(
             timestamp_ms: now_ms(),
             reason,
             running_revision: None,
+            waiting: None,
         },
         outcome,
         wake_at,

@@ -423,6 +423,7 @@ pub fn encode_desired(
         score: score.to_payload().unwrap(),
         rollout: protocol::RolloutPolicy::default(),
         attempt: 0,
+        gate: Default::default(),
     };
     protocol::wire::encode_to_vec(&desired).unwrap()
 }
@@ -442,6 +443,7 @@ pub fn encode_desired_v1(
         score: score.to_payload().unwrap(),
         rollout: protocol::RolloutPolicy::default(),
         attempt: 0,
+        gate: Default::default(),
     };
     protocol::wire::encode_to_vec(&desired).unwrap()
 }
@@ -457,6 +459,7 @@ pub fn encode_unknown_variant(deployment: &str, revision: u64) -> Vec<u8> {
         },
         rollout: protocol::RolloutPolicy::default(),
         attempt: 0,
+        gate: Default::default(),
     };
     protocol::wire::encode_to_vec(&desired).unwrap()
 }

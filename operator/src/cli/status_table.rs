@@ -192,6 +192,7 @@ mod tests {
             timestamp_ms: 0,
             reason,
             running_revision: None,
+            waiting: None,
         }
     }
 

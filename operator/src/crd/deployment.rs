@@ -725,6 +725,12 @@ pub enum DevicePhase {
     /// why) and it runs `runningRevision`, its last healthy one, again; it
     /// does not retry the failed revision until a newer one arrives.
     RolledBack,
+    /// The revision in `revision` reached the device but may not be
+    /// applied yet: a workload holds the device's update lock (reason
+    /// UpdateLocked) or the device is outside its maintenance windows
+    /// (OutsideMaintenanceWindow); it runs `runningRevision` meanwhile,
+    /// with the new images already pulled.
+    Waiting,
 }
 
 impl DevicePhase {
@@ -746,6 +752,7 @@ impl DevicePhase {
             DevicePhase::Unhealthy => "Unhealthy",
             DevicePhase::CrashLoopBackOff => "CrashLoopBackOff",
             DevicePhase::RolledBack => "RolledBack",
+            DevicePhase::Waiting => "Waiting",
         }
     }
 }
@@ -766,6 +773,7 @@ impl From<protocol::Phase> for DevicePhase {
             Phase::Unhealthy => DevicePhase::Unhealthy,
             Phase::CrashLoopBackOff => DevicePhase::CrashLoopBackOff,
             Phase::RolledBack => DevicePhase::RolledBack,
+            Phase::Waiting => DevicePhase::Waiting,
         }
     }
 }

@@ -18,6 +18,7 @@ pub(crate) fn status_bytes_msg(revision: u64, phase: Phase, message: &str) -> Ve
         timestamp_ms: 0,
         reason: protocol::Reason::None,
         running_revision: None,
+        waiting: None,
     })
     .unwrap()
 }
@@ -45,6 +46,7 @@ pub(crate) fn health_status_bytes(
         timestamp_ms: 0,
         reason,
         running_revision: running,
+        waiting: None,
     };
     protocol::wire::encode_to_vec(&status).unwrap()
 }

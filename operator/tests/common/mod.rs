@@ -142,6 +142,7 @@ pub async fn put_status(
         timestamp_ms: 0,
         reason: protocol::Reason::None,
         running_revision: None,
+        waiting: None,
     };
     publish_status(client, device, name, &status).await;
 }
@@ -192,6 +193,7 @@ pub fn health_status(
         timestamp_ms: 0,
         reason,
         running_revision: running,
+        waiting: None,
     }
 }
 

@@ -74,6 +74,7 @@ pub fn status() -> DeploymentStatus<'static> {
         timestamp_ms: 1_764_000_000_000,
         reason: Reason::None,
         running_revision: None,
+        waiting: None,
     }
 }
 
@@ -95,6 +96,7 @@ pub fn status_v2() -> DeploymentStatus<'static> {
         timestamp_ms: 1_764_000_000_000,
         reason: Reason::CrashLoopBackOff,
         running_revision: Some(41),
+        waiting: None,
     }
 }
 
