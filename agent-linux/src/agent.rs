@@ -694,7 +694,7 @@ mod tests {
         );
         let build = Capabilities::this_build();
         assert_eq!(caps.desired_state_versions, build.desired_state_versions);
-        assert_eq!(caps.desired_state_versions[..], [1, 2, 3]);
+        assert_eq!(caps.desired_state_versions[..], [1, 2, 3, 4]);
         for s in caps.score_types.iter() {
             assert!(build.score_types.contains(s));
             assert!(caps.reads(2, s.type_name.as_str(), 1), "{s:?}");

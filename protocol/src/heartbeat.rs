@@ -19,7 +19,9 @@ use crate::limits::{
 use crate::score::{PODMAN_V0, PODMAN_V1};
 use crate::text::Text;
 use crate::validate::{FieldPath, Validate, ValidationError, Violation, check_len, fail};
-use crate::wire::{self, DecodeError, FORMAT_VERSION, FORMAT_VERSION_2, FORMAT_VERSION_3};
+use crate::wire::{
+    self, DecodeError, FORMAT_VERSION, FORMAT_VERSION_2, FORMAT_VERSION_3, FORMAT_VERSION_4,
+};
 
 /// A board's labels: key to value, Kubernetes label syntax.
 pub type DeviceLabels<'a> = BoundedMap<Text<'a>, Text<'a>, MAX_DEVICE_LABELS>;
@@ -118,7 +120,12 @@ impl<'a> Capabilities<'a> {
     pub fn this_build() -> Self {
         let versions = |v: &[u8]| BoundedVec::try_from_iter(v.iter().copied()).unwrap_or_default();
         Capabilities {
-            desired_state_versions: versions(&[FORMAT_VERSION, FORMAT_VERSION_2, FORMAT_VERSION_3]),
+            desired_state_versions: versions(&[
+                FORMAT_VERSION,
+                FORMAT_VERSION_2,
+                FORMAT_VERSION_3,
+                FORMAT_VERSION_4,
+            ]),
             score_types: BoundedVec::try_from_iter([PODMAN_V0, PODMAN_V1].map(|t| {
                 ScoreTypeSupport {
                     type_name: Text::borrowed(t),

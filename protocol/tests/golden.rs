@@ -661,7 +661,7 @@ fn a_status_v2_must_say_every_containers_health() {
 #[test]
 fn this_build_reads_desired_state_3_and_runs_podman_v1() {
     let caps = Capabilities::this_build();
-    assert_eq!(caps.desired_state_versions[..], [1, 2, 3]);
+    assert_eq!(caps.desired_state_versions[..], [1, 2, 3, 4]);
     assert!(caps.reads(2, "PodmanV0", 1));
     assert!(caps.reads(2, "PodmanV1", 1));
     assert!(caps.reads(3, "PodmanV1", 1));
