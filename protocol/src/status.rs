@@ -569,7 +569,7 @@ impl<'de: 'a, 'a> wire::Decode<'de> for DeploymentStatus<'a> {
                 }
                 let s = v2
                     .upgrade(None)
-                    .map_err(|_| DecodeError::Malformed(wire::PostcardError::BadTag))?;
+                    .map_err(|_| DecodeError::Malformed(wire::PostcardError::Content))?;
                 Ok((s, rest))
             }
             FORMAT_VERSION_3 => wire::take(body),

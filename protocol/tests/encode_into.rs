@@ -155,6 +155,8 @@ fn desired_state_with_a_rollout_policy() {
     check(&d, DESIRED_STATE_V2);
     d.attempt = 2;
     check(&d, DESIRED_STATE_V3);
+    d.gate = vectors::gate();
+    check(&d, DESIRED_STATE_V4);
 }
 
 #[test]
@@ -168,7 +170,7 @@ fn desired_state_carrying_podman_v1() {
     let data = encode_into(&podman_v1_score(), &mut data).unwrap();
     let d = DesiredState::new(
         Text::borrowed("hello-web"),
-        0x408f_b4db_3b4b_48c7,
+        0xff79_1685_c0ec_a872,
         ScorePayload {
             type_name: Text::borrowed("PodmanV1"),
             encoding: PayloadEncoding::Postcard,
@@ -201,6 +203,11 @@ fn deployment_status() {
 #[test]
 fn deployment_status_with_health() {
     check(&status_v2(), STATUS_V2);
+}
+
+#[test]
+fn deployment_status_waiting() {
+    check(&vectors::status_v3(), STATUS_V3);
 }
 
 #[test]

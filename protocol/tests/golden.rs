@@ -343,18 +343,19 @@ fn format_version_is_the_first_byte() {
     assert_eq!(FORMAT_VERSION, 1);
     assert_eq!(wire::FORMAT_VERSION_2, 2);
     assert_eq!(wire::FORMAT_VERSION_3, 3);
-    // Version 3 exists for heartbeats and desired states only.
-    let mut bytes = unhex(STATUS_V2);
-    bytes[0] = 3;
-    assert_eq!(
-        decode::<DeploymentStatus>(&bytes).unwrap_err(),
-        DecodeError::UnsupportedVersion(3)
-    );
-    let mut bytes = unhex(DESIRED_STATE_V3);
+    assert_eq!(wire::FORMAT_VERSION_4, 4);
+    // Version 4 exists for desired states only.
+    let mut bytes = unhex(STATUS_V3);
     bytes[0] = 4;
     assert_eq!(
-        decode::<DesiredState>(&bytes).unwrap_err(),
+        decode::<DeploymentStatus>(&bytes).unwrap_err(),
         DecodeError::UnsupportedVersion(4)
+    );
+    let mut bytes = unhex(DESIRED_STATE_V4);
+    bytes[0] = 5;
+    assert_eq!(
+        decode::<DesiredState>(&bytes).unwrap_err(),
+        DecodeError::UnsupportedVersion(5)
     );
     // A score's own encoding has version 1 only.
     let mut bytes = unhex(PODMAN_V1_SCORE);
@@ -393,10 +394,10 @@ fn the_readme_podman_v1_example_is_the_vector() {
 fn a_podman_v1_container_is_podman_v0_fields_then_the_new_ones() {
     // With every new field at its default, a PodmanV1 score is PodmanV0's
     // bytes, then one byte per new field: none, four unset limits, none,
-    // none, none, false, false.
+    // none, none, false, false, false.
     let v1 = PodmanV1Score::from_v0(common::small());
     let bytes = encode_to_vec(&v1).unwrap();
-    assert_eq!(hex(&bytes), format!("{SMALL_SCORE}{}", "00".repeat(10)));
+    assert_eq!(hex(&bytes), format!("{SMALL_SCORE}{}", "00".repeat(11)));
     assert_eq!(
         v1.containers[0],
         ContainerV1::new(
@@ -409,7 +410,7 @@ fn a_podman_v1_container_is_podman_v0_fields_then_the_new_ones() {
 #[test]
 fn desired_state_carrying_podman_v1() {
     let d = common::desired_v1(&vectors::podman_v1_score());
-    assert_eq!(d.revision, 0x408f_b4db_3b4b_48c7, "content hash changed");
+    assert_eq!(d.revision, 0xff79_1685_c0ec_a872, "content hash changed");
     assert_eq!(
         d.format_version(),
         FORMAT_VERSION,
@@ -665,7 +666,8 @@ fn this_build_reads_desired_state_3_and_runs_podman_v1() {
     assert!(caps.reads(2, "PodmanV0", 1));
     assert!(caps.reads(2, "PodmanV1", 1));
     assert!(caps.reads(3, "PodmanV1", 1));
-    assert!(!caps.reads(4, "PodmanV1", 1));
+    assert!(caps.reads(4, "PodmanV1", 1));
+    assert!(!caps.reads(5, "PodmanV1", 1));
     let first = Capabilities::first_release();
     assert!(!first.reads(2, "PodmanV0", 1));
     assert!(!first.runs("PodmanV1"));
@@ -680,4 +682,210 @@ fn this_build_reads_desired_state_3_and_runs_podman_v1() {
 #[test]
 fn hex_helpers_round_trip() {
     assert_eq!(unhex(&hex(&[0, 1, 254, 255])), [0, 1, 254, 255]);
+}
+
+
+#[test]
+fn desired_state_v4_carries_the_update_gate() {
+    let mut d = common::desired(&common::small());
+    d.rollout = ROLLOUT;
+    d.attempt = 2;
+    d.gate = vectors::gate();
+    assert_eq!(d.format_version(), wire::FORMAT_VERSION_4);
+    check_borrowed!(DesiredState, d.clone(), DESIRED_STATE_V4);
+    // Version 3's fields are unchanged and first; the gate follows.
+    let (v3, v4) = (unhex(DESIRED_STATE_V3), unhex(DESIRED_STATE_V4));
+    assert_eq!(v3[1..], v4[1..v3.len()]);
+    // Older versions read with nothing gating them, and write themselves.
+    for old in [DESIRED, DESIRED_STATE_V2, DESIRED_STATE_V3] {
+        let bytes = unhex(old);
+        let read: DesiredState = decode(&bytes).unwrap();
+        assert!(read.gate.is_open(), "{old}");
+        assert_eq!(encode_to_vec(&read).unwrap(), bytes);
+    }
+    // Any one gate field needs version 4, even on a first attempt with the
+    // default policy.
+    let v1 = unhex(DESIRED);
+    let first: DesiredState = decode(&v1).unwrap();
+    for gate in [
+        UpdateGate {
+            force: true,
+            ..UpdateGate::default()
+        },
+        UpdateGate {
+            update_lock: Some(UpdateLockPolicy::default()),
+            ..UpdateGate::default()
+        },
+        UpdateGate {
+            windows: vectors::gate().windows,
+            ..UpdateGate::default()
+        },
+    ] {
+        let mut g = first.clone();
+        g.gate = gate;
+        let bytes = encode_to_vec(&g).unwrap();
+        assert_eq!(bytes[0], wire::FORMAT_VERSION_4, "{:?}", g.gate);
+        assert_eq!(decode::<DesiredState>(&bytes).unwrap(), g);
+    }
+    // A version-3 value with a gate is not version 3.
+    let mut bytes = v4.clone();
+    bytes[0] = wire::FORMAT_VERSION_3;
+    assert!(matches!(
+        decode::<DesiredState>(&bytes).unwrap_err(),
+        DecodeError::TrailingBytes(_)
+    ));
+    // Nor is a version-4 value without one.
+    let mut bytes = v3.clone();
+    bytes[0] = wire::FORMAT_VERSION_4;
+    assert!(decode::<DesiredState>(&bytes).is_err());
+}
+
+#[test]
+fn the_update_gate_is_bounded_naming_the_field() {
+    let mut d = common::desired(&common::small());
+    d.gate = vectors::gate();
+    let err = |d: &DesiredState| encode_to_vec(d).unwrap_err().to_string();
+    let mut g = d.clone();
+    g.gate.windows = BoundedVec::try_from_iter([MaintenanceWindow {
+        duration_seconds: 0,
+        ..vectors::gate().windows[0].clone()
+    }])
+    .unwrap();
+    assert_eq!(
+        err(&g),
+        "invalid value: gate.windows[0].durationSeconds is 0s; it must be between 1s and 86400s"
+    );
+    g.gate.windows = BoundedVec::try_from_iter([MaintenanceWindow {
+        duration_seconds: 86_401,
+        ..vectors::gate().windows[0].clone()
+    }])
+    .unwrap();
+    assert!(err(&g).contains("gate.windows[0].durationSeconds is 86401s"));
+    g.gate.windows = BoundedVec::try_from_iter([MaintenanceWindow {
+        time_zone: Text::borrowed(""),
+        ..vectors::gate().windows[0].clone()
+    }])
+    .unwrap();
+    assert_eq!(
+        err(&g),
+        "invalid value: gate.windows[0].timeZone must not be empty"
+    );
+    let long = "*".repeat(protocol::limits::MAX_CRON_LEN + 1);
+    g.gate.windows = BoundedVec::try_from_iter([MaintenanceWindow {
+        at: Text::borrowed(&long),
+        ..vectors::gate().windows[0].clone()
+    }])
+    .unwrap();
+    assert!(err(&g).starts_with("invalid value: gate.windows[0].at is 129 bytes long"));
+    let mut g = d.clone();
+    g.gate.update_lock = Some(UpdateLockPolicy {
+        timeout_seconds: protocol::limits::MAX_LOCK_TIMEOUT_SECONDS + 1,
+        on_timeout: LockTimeout::Force,
+    });
+    assert_eq!(
+        err(&g),
+        "invalid value: gate.updateLock.timeoutSeconds is 604801s; it must be between 0s and 604800s"
+    );
+    // Decoding checks it too: the window's duration (7200, two varint
+    // bytes) set to 0.
+    let mut bytes = unhex(DESIRED_STATE_V4);
+    let at = bytes.len() - 3;
+    assert_eq!(bytes[at..at + 2], [0xa0, 0x38]);
+    bytes.splice(at..at + 2, [0]);
+    assert!(matches!(
+        decode::<DesiredState>(&bytes).unwrap_err(),
+        DecodeError::Invalid(_)
+    ));
+}
+
+#[test]
+fn deployment_status_v3_says_why_and_since_when_it_waits() {
+    check_borrowed!(DeploymentStatus, vectors::status_v3(), STATUS_V3);
+    use protocol::wire::Encode;
+    // Each of the new phase, the new reasons and `waiting` alone needs
+    // version 3; version 2's fields stay first and unchanged.
+    let mut cases: Vec<(&str, DeploymentStatus<'static>)> = Vec::new();
+    let mut s = vectors::status_v2();
+    s.phase = Phase::Waiting;
+    cases.push(("phase Waiting", s));
+    for reason in [
+        Reason::UpdateLocked,
+        Reason::OutsideMaintenanceWindow,
+        Reason::UpdateLockTimeout,
+        Reason::ClockNotSynchronized,
+    ] {
+        let mut s = vectors::status_v2();
+        s.reason = reason;
+        cases.push((reason.as_str(), s));
+    }
+    let mut s = vectors::status_v2();
+    s.waiting = Some(Waiting {
+        since_ms: 1,
+        until_ms: Some(2),
+    });
+    cases.push(("waiting", s));
+    let v2 = unhex(STATUS_V2);
+    for (what, s) in cases {
+        assert_eq!(s.format_version(), wire::FORMAT_VERSION_3, "{what}");
+        let bytes = encode_to_vec(&s).unwrap();
+        let back: DeploymentStatus = decode(&bytes).unwrap();
+        assert_eq!(back, s, "{what}");
+        if s.reason == vectors::status_v2().reason && s.phase == Phase::RolledBack {
+            assert_eq!(v2[1..], bytes[1..v2.len()], "{what}");
+        }
+    }
+    // Version 2 reads without `waiting` and writes itself.
+    let old: DeploymentStatus = decode(&v2).unwrap();
+    assert_eq!(old.waiting, None);
+    assert_eq!(encode_to_vec(&old).unwrap(), v2);
+    // A version-2 value with the Waiting phase is refused, as an operator
+    // of the previous release refuses it: phase 12 is not version 2's.
+    let mut bytes = unhex(STATUS_V2);
+    let phase = 2; // the format byte, then the revision (one varint byte)
+    assert_eq!(bytes[phase], Phase::RolledBack as u8);
+    bytes[phase] = Phase::Waiting as u8;
+    assert_eq!(
+        decode::<DeploymentStatus>(&bytes).unwrap_err(),
+        DecodeError::Malformed(wire::PostcardError::BadTag)
+    );
+    // Nor does version 2 carry `waiting`.
+    let mut bytes = unhex(STATUS_V3);
+    bytes[0] = wire::FORMAT_VERSION_2;
+    assert!(decode::<DeploymentStatus>(&bytes).is_err());
+}
+
+#[test]
+fn the_new_tags_are_appended() {
+    assert_eq!(postcard::to_allocvec(&Phase::Waiting).unwrap(), [12]);
+    for (i, r) in [
+        Reason::UpdateLocked,
+        Reason::OutsideMaintenanceWindow,
+        Reason::UpdateLockTimeout,
+        Reason::ClockNotSynchronized,
+    ]
+    .iter()
+    .enumerate()
+    {
+        assert_eq!(postcard::to_allocvec(r).unwrap(), [7 + i as u8]);
+    }
+    assert_eq!(postcard::to_allocvec(&LockTimeout::Fail).unwrap(), [0]);
+    assert_eq!(postcard::to_allocvec(&LockTimeout::Force).unwrap(), [1]);
+}
+
+#[test]
+fn a_volume_over_the_update_lock_directory_is_refused() {
+    for path in ["/run/iot-agent", "/run/iot-agent/", "/run/iot-agent/x"] {
+        let json = format!(
+            r#"{{"containers": [{{"name": "a", "image": "busybox", "volumes": [{{"name": "v", "mountPath": "{path}"}}]}}]}}"#
+        );
+        let err = protocol::json::payload_from_json("PodmanV1", &serde_json::from_str(&json).unwrap())
+            .unwrap_err();
+        assert_eq!(err.path, "containers[0].volumes[0].mountPath", "{path}");
+        assert!(err.reason.contains("updateLock: true"), "{}", err.reason);
+    }
+    // A path that only starts the same is the score's.
+    let json = r#"{"containers": [{"name": "a", "image": "busybox", "volumes": [{"name": "v", "mountPath": "/run/iot-agent2"}]}]}"#;
+    assert!(
+        protocol::json::payload_from_json("PodmanV1", &serde_json::from_str(json).unwrap()).is_ok()
+    );
 }

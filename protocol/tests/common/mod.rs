@@ -148,7 +148,8 @@ pub const PODMAN_V1_JSON: &str = r#"{
         "user": "1000:1000",
         "workingDir": "/srv",
         "readOnlyRootFilesystem": true,
-        "init": true
+        "init": true,
+        "updateLock": true
       }
     ]
   }

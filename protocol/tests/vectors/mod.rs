@@ -36,21 +36,27 @@ pub const DESIRED_STATE_V2: &str = "020968656c6c6f2d776562fda48196eef6c3a02f0850
 /// `DesiredState` of `DESIRED_STATE_V2` retried twice (`attempt` 2): format
 /// version 3, `DESIRED_STATE_V2`'s fields, then the attempt.
 pub const DESIRED_STATE_V3: &str = "030968656c6c6f2d776562fda48196eef6c3a02f08506f646d616e5630003901010263302572656769737472792e6578616d706c652e6e65742f7465616d2f6170702d303a312e322e3000000000000001000000000000001e780102";
+/// `DesiredState` of `DESIRED_STATE_V3` gated by [`gate`]: format version
+/// 4, `DESIRED_STATE_V3`'s fields, then the gate.
+pub const DESIRED_STATE_V4: &str = "040968656c6c6f2d776562fda48196eef6c3a02f08506f646d616e5630003901010263302572656769737472792e6578616d706c652e6e65742f7465616d2f6170702d303a312e322e3000000000000001000000000000001e78010201901c000109302032202a202a202a0c4575726f70652f5061726973a03800";
+/// `DeploymentStatus` in format version 3 ([`status_v3`]): waiting for the
+/// update lock.
+pub const STATUS_V3: &str = "032b0c010377656202000010757064617465206c6f636b2068656c6480d0dfb4ab3307012a01000001c0cba2b4ab3300";
 /// `DeploymentStatus` in format version 2 ([`status_v2`]): a rollback after
 /// an OOM kill, with health.
 pub const STATUS_V2: &str = "022a0b0203776562020000036c6f6708019202030e6c6f673a204f4f4d4b696c6c656480d0dfb4ab3301012902010100010202";
 /// `PodmanV1Score` ([`podman_v1_score`]): one container setting every field
 /// `PodmanV0` lacks.
-pub const PODMAN_V1_SCORE: &str = "0101037765621c646f636b65722e696f2f6c6962726172792f6e67696e783a312e3237000000015001903f000000000100000000000000010001082f6865616c74687a50000107582d50726f626503696f7400050204020a00018080804001f40301c801014001140109313030303a3130303001042f7372760101";
+pub const PODMAN_V1_SCORE: &str = "0101037765621c646f636b65722e696f2f6c6962726172792f6e67696e783a312e3237000000015001903f000000000100000000000000010001082f6865616c74687a50000107582d50726f626503696f7400050204020a00018080804001f40301c801014001140109313030303a3130303001042f737276010101";
 /// `DesiredState` carrying `PODMAN_V1_SCORE` as `PodmanV1` (format version 1:
 /// a new score type needs no new envelope).
-pub const DESIRED_PODMAN_V1: &str = "010968656c6c6f2d776562c791addab39bedc74008506f646d616e5631007b0101037765621c646f636b65722e696f2f6c6962726172792f6e67696e783a312e3237000000015001903f000000000100000000000000010001082f6865616c74687a50000107582d50726f626503696f7400050204020a00018080804001f40301c801014001140109313030303a3130303001042f7372760101";
+pub const DESIRED_PODMAN_V1: &str = "010968656c6c6f2d776562f2d0b287dcd0c5bcff0108506f646d616e5631007c0101037765621c646f636b65722e696f2f6c6962726172792f6e67696e783a312e3237000000015001903f000000000100000000000000010001082f6865616c74687a50000107582d50726f626503696f7400050204020a00018080804001f40301c801014001140109313030303a3130303001042f737276010101";
 
 use protocol::{
     BoundedVec, Capabilities, ContainerState, ContainerStatus, ContainerV1, CpuQuantity,
     DeploymentStatus, Health, HealthCheck, HealthFailureAction, Heartbeat, HttpHeader,
-    MemoryQuantity, Phase, PodmanV1Score, Port, PortProtocol, Reason, Resources, RolloutPolicy,
-    Text,
+    LockTimeout, MaintenanceWindow, MemoryQuantity, Phase, PodmanV1Score, Port, PortProtocol,
+    Reason, Resources, RolloutPolicy, Text, UpdateGate, UpdateLockPolicy, Waiting,
 };
 
 /// The rollout policy of `DESIRED_STATE_V2`.
@@ -100,6 +106,43 @@ pub fn status_v2() -> DeploymentStatus<'static> {
     }
 }
 
+/// The gate of `DESIRED_STATE_V4`: the update lock for at most an hour,
+/// then fail; a nightly two-hour window in Paris.
+pub fn gate() -> UpdateGate<'static> {
+    UpdateGate {
+        update_lock: Some(UpdateLockPolicy {
+            timeout_seconds: 3600,
+            on_timeout: LockTimeout::Fail,
+        }),
+        windows: BoundedVec::try_from_iter([MaintenanceWindow {
+            at: Text::borrowed("0 2 * * *"),
+            time_zone: Text::borrowed("Europe/Paris"),
+            duration_seconds: 7200,
+        }])
+        .expect("one window"),
+        force: false,
+    }
+}
+
+/// The status of `STATUS_V3`: revision 43 waits for the update lock while
+/// the device runs revision 42.
+pub fn status_v3() -> DeploymentStatus<'static> {
+    let web = ContainerStatus::new(Text::borrowed("web"), ContainerState::Running);
+    DeploymentStatus {
+        revision: 43,
+        phase: Phase::Waiting,
+        containers: BoundedVec::try_from_iter([web]).expect("one container"),
+        message: Text::borrowed("update lock held"),
+        timestamp_ms: 1_764_000_000_000,
+        reason: Reason::UpdateLocked,
+        running_revision: Some(42),
+        waiting: Some(Waiting {
+            since_ms: 1_763_999_000_000,
+            until_ms: None,
+        }),
+    }
+}
+
 /// The score of `PODMAN_V1_SCORE`, from borrowed strings only (it is also
 /// the JSON of the tests' `common::PODMAN_V1_JSON`).
 pub fn podman_v1_score() -> PodmanV1Score<'static> {
@@ -143,6 +186,7 @@ pub fn podman_v1_score() -> PodmanV1Score<'static> {
     c.working_dir = Some(Text::borrowed("/srv"));
     c.read_only_root_filesystem = true;
     c.init = true;
+    c.update_lock = true;
     PodmanV1Score {
         containers: BoundedVec::try_from_iter([c]).expect("one container"),
     }
