@@ -229,6 +229,7 @@ async fn device(
         retry_base: Duration::from_millis(500),
         retry_cap: Duration::from_secs(60),
         restart_backoff: Default::default(),
+        lock_dir: std::path::PathBuf::from(protocol::score_v1::UPDATE_LOCK_DIR),
     });
     let mut workers: BTreeMap<String, watch::Sender<Target>> = BTreeMap::new();
     while let Some(event) = watch.next().await {

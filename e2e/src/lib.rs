@@ -90,6 +90,13 @@ pub fn spawn_agent(agent: &[String], dir: &Path, spec: &AgentSpec<'_>) -> std::i
         spec.nats_url,
         spec.podman_uri
     );
+    // Each board its own update-lock directory (the default, /run/iot-agent,
+    // would be shared by every agent of a test and by the host), and a clock
+    // trusted at once: the test machine's may never report synchronized.
+    text.push_str(&format!(
+        "[update]\nlock_dir = \"{}\"\nclock_sync_wait_secs = 0\n",
+        lock_dir(dir, device).display()
+    ));
     if !spec.labels.is_empty() {
         text.push_str("[labels]\n");
         for (k, v) in spec.labels {
@@ -108,6 +115,12 @@ pub fn spawn_agent(agent: &[String], dir: &Path, spec: &AgentSpec<'_>) -> std::i
         .env("IOT_AGENT_LOG", "info")
         .stdin(Stdio::null())
         .spawn()
+}
+
+/// The update-lock directory of the agent [`spawn_agent`] starts for
+/// `device` under `dir`: a test takes `update.lock` in it to hold updates.
+pub fn lock_dir(dir: &Path, device: &str) -> PathBuf {
+    dir.join(format!("{device}-lock"))
 }
 
 /// The target directory and Cargo profile the running executable was built

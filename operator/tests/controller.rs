@@ -117,7 +117,7 @@ async fn create_adds_the_finalizer_then_writes_and_patches_status() {
             ],
             "devices": [unknown("pi-1"), unknown("pi-2")],
             "devicesOmitted": 0,
-            "targeted": 2, "upToDate": 0, "ready": 0, "healthy": 0, "failed": 0
+            "targeted": 2, "upToDate": 0, "ready": 0, "healthy": 0, "failed": 0, "waiting": 0
         }})
     );
     let ev = &reqs[1].body;

@@ -471,3 +471,193 @@ async fn health_reports_in_nats_fold_into_the_status_patch() {
     );
     watch.abort();
 }
+
+/// Devices that hold the revision back (DeploymentStatus format version 3:
+/// phase Waiting with since/until) fold into the status patch: listed as
+/// Waiting with their reason, since, until and the revision they still
+/// run, counted as waiting (not failed, not up to date), the Deployment
+/// not Ready and Progressing with why; an update lock held past its
+/// timeout is a failure. Reports of the release before (versions 1 and 2)
+/// fold beside them as ever.
+#[tokio::test]
+async fn waiting_reports_in_nats_fold_into_the_status_patch() {
+    use protocol::{ContainerState, Health, Reason, Waiting};
+    let Some(env) = nats_env().await else { return };
+    let (client, api) = MockApiServer::start();
+    let (cache, _changes) = StatusCache::new(Duration::from_secs(90));
+    let watch = tokio::spawn(cache.clone().watch(env.nats.clone()));
+    let ctx = Arc::new(Context::new(
+        client.clone(),
+        env.nats.clone(),
+        cache.clone(),
+        ControllerConfig::default(),
+    ));
+    let d = web(&["a", "b", "c", "d", "e"], "nginx:1");
+    let rev = operator::plan(&d).unwrap().revision;
+    let old_rev = 0x00c0_ffee;
+    api.insert(&d);
+    reconcile(Arc::new(d), ctx.clone()).await.unwrap();
+    api.take();
+    for dev in ["a", "b", "c", "d", "e"] {
+        put_heartbeat(&env.client, dev).await;
+    }
+    // 2026-12-06T09:03:11Z and 2026-12-07T01:00:00Z.
+    let (since_ms, until_ms) = (1_796_547_791_000, 1_796_605_200_000);
+    let held = |phase, reason, until_ms, message| protocol::DeploymentStatus {
+        revision: rev,
+        phase,
+        containers: protocol::BoundedVec::new(),
+        message: protocol::Text::borrowed(message),
+        timestamp_ms: since_ms,
+        reason,
+        running_revision: Some(old_rev),
+        waiting: Some(Waiting { since_ms, until_ms }),
+    };
+    let reports = [
+        (
+            "a",
+            held(
+                Phase::Waiting,
+                Reason::UpdateLocked,
+                None,
+                "update lock held by pid 4242 (kiosk); images pulled",
+            ),
+        ),
+        (
+            "b",
+            held(
+                Phase::Waiting,
+                Reason::OutsideMaintenanceWindow,
+                Some(until_ms),
+                "outside the maintenance windows; images pulled",
+            ),
+        ),
+        (
+            "c",
+            held(
+                Phase::Failed,
+                Reason::UpdateLockTimeout,
+                None,
+                "update lock held longer than 600 s",
+            ),
+        ),
+        (
+            "e",
+            health_status(
+                rev,
+                Phase::Healthy,
+                Reason::None,
+                None,
+                ContainerState::Running,
+                Some(Health::Healthy),
+                0,
+            ),
+        ),
+    ];
+    assert_eq!(protocol::wire::encode_to_vec(&reports[0].1).unwrap()[0], 3);
+    for (dev, status) in &reports {
+        publish_status(&env.client, dev, "web", status).await;
+    }
+    // d: what an agent of the first release writes (format version 1).
+    put_status(&env.client, "d", "web", rev, Phase::Running, "").await;
+    let seen = testkit::wait_until_async(Duration::from_secs(10), || async {
+        reports
+            .iter()
+            .all(|(dev, s)| cache.report(dev, "web").is_some_and(|r| r.status == *s))
+            && cache.report("d", "web").is_some()
+    })
+    .await;
+    assert!(seen, "the watch did not deliver the reports as written");
+
+    let d = api.get("default", "web").unwrap();
+    reconcile(Arc::new(d), ctx.clone()).await.unwrap();
+    let reqs = api.take();
+    let patch = reqs
+        .iter()
+        .find(|r| r.line().ends_with("/status"))
+        .expect("a status patch");
+    let status = &patch.body["status"];
+    let counts = [
+        "targeted", "upToDate", "ready", "healthy", "failed", "waiting",
+    ]
+    .map(|k| &status[k]);
+    assert_eq!(
+        counts,
+        [5, 3, 2, 1, 1, 2].map(serde_json::Value::from).each_ref(),
+        "{status}"
+    );
+    assert_eq!(listed(status), ["c", "a", "b"]);
+    let a = device(status, "a");
+    assert_eq!(a["phase"], "Waiting");
+    assert_eq!(a["reason"], "UpdateLocked");
+    assert_eq!(a["revision"], revision_string(rev));
+    assert_eq!(a["runningRevision"], revision_string(old_rev));
+    assert_eq!(a["waitingSince"], "2026-12-06T09:03:11Z");
+    assert!(a.get("waitingUntil").is_none(), "{a}");
+    assert_eq!(
+        a["message"],
+        "update lock held by pid 4242 (kiosk); images pulled"
+    );
+    let b = device(status, "b");
+    assert_eq!(b["phase"], "Waiting");
+    assert_eq!(b["reason"], "OutsideMaintenanceWindow");
+    assert_eq!(b["waitingUntil"], "2026-12-07T01:00:00Z");
+    let c = device(status, "c");
+    assert_eq!(c["phase"], "Failed");
+    assert_eq!(c["reason"], "UpdateLockTimeout");
+    assert_eq!(c["waitingSince"], "2026-12-06T09:03:11Z");
+    let ready = cond(status, "Ready");
+    assert_eq!(ready["status"], "False");
+    assert_eq!(
+        ready["message"],
+        "2/5 targets run the current revision (1 Healthy); 1 device Failed (UpdateLockTimeout), 1 device Waiting (OutsideMaintenanceWindow), 1 device Waiting (UpdateLocked)"
+    );
+    let progressing = cond(status, "Progressing");
+    assert_eq!(progressing["status"], "True");
+    assert_eq!(progressing["reason"], "RollingOut");
+    assert_eq!(
+        progressing["message"],
+        "3/5 targets report the current revision; 2 devices waiting: 1 OutsideMaintenanceWindow (until 2026-12-07T01:00:00Z), 1 UpdateLocked (since 2026-12-06T09:03:11Z)"
+    );
+    let degraded = cond(status, "Degraded");
+    assert_eq!(degraded["reason"], "TargetsFailed");
+    assert_eq!(
+        degraded["message"],
+        "failed: c; 1 device Failed (UpdateLockTimeout)"
+    );
+
+    // The lock is released and the window opens: both apply.
+    for dev in ["a", "b"] {
+        put_status(&env.client, dev, "web", rev, Phase::Running, "").await;
+    }
+    assert!(
+        testkit::wait_until_async(Duration::from_secs(10), || async {
+            ["a", "b"].iter().all(|dev| {
+                cache
+                    .report(dev, "web")
+                    .is_some_and(|r| r.status.phase == Phase::Running)
+            })
+        })
+        .await
+    );
+    let d = api.get("default", "web").unwrap();
+    reconcile(Arc::new(d), ctx.clone()).await.unwrap();
+    let reqs = api.take();
+    let patch = reqs
+        .iter()
+        .find(|r| r.line().ends_with("/status"))
+        .expect("a status patch");
+    let status = &patch.body["status"];
+    let counts = ["upToDate", "ready", "failed", "waiting"].map(|k| &status[k]);
+    assert_eq!(
+        counts,
+        [5, 4, 1, 0].map(serde_json::Value::from).each_ref(),
+        "{status}"
+    );
+    assert_eq!(listed(status), ["c"]);
+    assert_eq!(
+        cond(status, "Progressing")["message"],
+        "5/5 targets report the current revision"
+    );
+    watch.abort();
+}

@@ -4,18 +4,20 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use protocol::status::Health;
-use protocol::{DeploymentKey, DeploymentStatus};
+use protocol::{DeploymentKey, DeploymentStatus, Phase};
 
 use super::devices_table::online;
 use super::table::aligned;
 use crate::crd::{DevicePhase, revision_string};
 use crate::nats::{Nats, NatsError};
 use crate::status::cache::is_stale;
+use crate::status::fold::rfc3339_ms;
 use crate::status::{StatusCache, device_reason, now_ns};
 
 /// The `iot-operator status [NAME]` table: one row per device and
 /// deployment with a desired-state key or a status report, read from NATS:
-/// its phase with the agent's reason (`CrashLoopBackOff (OOMKilled)`), its
+/// its phase with the agent's reason (`CrashLoopBackOff (OOMKilled)`,
+/// `Waiting (UpdateLocked since 2026-12-06T09:03:11Z)`), its
 /// health checks and restarts, and the device's online state (`True` while its heartbeat is fresh, else
 /// `Unknown`, as its Device's Ready condition); then, when any of those
 /// devices warns in its heartbeat, one row per device and warning.
@@ -123,14 +125,26 @@ pub async fn status_table(nats: &Nats, name: Option<&str>) -> Result<String, Nat
 /// The PHASE cell: the phase, the revision a rolled-back device runs again,
 /// and the reason when it says more than the phase
 /// (`CrashLoopBackOff (OOMKilled)`, `RolledBack to 00000000000000a1
-/// (HealthCheckFailed)`).
+/// (HealthCheckFailed)`); for a device that waits, until when it expects
+/// to apply the revision, else since when it waits (`Waiting
+/// (OutsideMaintenanceWindow until 2026-12-07T01:00:00Z)`, `Waiting
+/// (UpdateLocked since 2026-12-06T09:03:11Z)`, `Failed (UpdateLockTimeout
+/// since ...)`). A waiting device's running revision is not shown: it is
+/// the one before (the DESIRED and REPORTED columns show the new one).
 fn phase_cell(s: &DeploymentStatus<'_>) -> String {
     let mut cell = s.phase.to_string();
-    if let Some(running) = s.running_revision {
+    if let Some(running) = s.running_revision.filter(|_| s.phase != Phase::Waiting) {
         cell.push_str(&format!(" to {}", revision_string(running)));
     }
-    if let Some(reason) = device_reason(s).filter(|r| *r != s.phase.as_str()) {
-        cell.push_str(&format!(" ({reason})"));
+    let when = s.waiting.map(|w| match w.until_ms {
+        Some(until) => format!("until {}", rfc3339_ms(until)),
+        None => format!("since {}", rfc3339_ms(w.since_ms)),
+    });
+    match (device_reason(s).filter(|r| *r != s.phase.as_str()), when) {
+        (Some(reason), Some(when)) => cell.push_str(&format!(" ({reason} {when})")),
+        (Some(reason), None) => cell.push_str(&format!(" ({reason})")),
+        (None, Some(when)) => cell.push_str(&format!(" ({when})")),
+        (None, None) => {}
     }
     cell
 }
@@ -216,6 +230,41 @@ mod tests {
         let mut s = status(Phase::Failed, Reason::None, &[]);
         s.containers = BoundedVec::try_from_iter([c]).unwrap();
         assert_eq!(phase_cell(&s), "Failed (ImagePullBackOff)");
+    }
+
+    #[test]
+    fn a_waiting_device_shows_why_and_until_or_since_when() {
+        use protocol::status::Waiting;
+        // 2026-12-06T09:03:11Z and 2026-12-07T01:00:00Z.
+        let (since, until) = (1_796_547_791_000, 1_796_605_200_000);
+        let mut s = status(Phase::Waiting, Reason::UpdateLocked, &[]);
+        s.running_revision = Some(1);
+        s.waiting = Some(Waiting {
+            since_ms: since,
+            until_ms: None,
+        });
+        assert_eq!(
+            phase_cell(&s),
+            "Waiting (UpdateLocked since 2026-12-06T09:03:11Z)"
+        );
+        s.reason = Reason::OutsideMaintenanceWindow;
+        s.waiting = Some(Waiting {
+            since_ms: since,
+            until_ms: Some(until),
+        });
+        assert_eq!(
+            phase_cell(&s),
+            "Waiting (OutsideMaintenanceWindow until 2026-12-07T01:00:00Z)"
+        );
+        let mut s = status(Phase::Failed, Reason::UpdateLockTimeout, &[]);
+        s.waiting = Some(Waiting {
+            since_ms: since,
+            until_ms: None,
+        });
+        assert_eq!(
+            phase_cell(&s),
+            "Failed (UpdateLockTimeout since 2026-12-06T09:03:11Z)"
+        );
     }
 
     #[test]

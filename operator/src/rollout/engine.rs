@@ -15,7 +15,8 @@ use protocol::Phase;
 
 use super::batches::RolloutSpec;
 use crate::crd::{BatchReport, ConditionReason, RolloutPhase, RolloutStatus, revision_string};
-use crate::status::rfc3339;
+use crate::status::fold::{Wait, waiting_summary};
+use crate::status::{WaitAt, conditions, rfc3339};
 
 /// One target, as its key and its reports show it.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -31,6 +32,9 @@ pub struct DeviceState {
     /// It cannot be written (its agent cannot read the value, or another
     /// Deployment owns its key): it counts as failed.
     pub blocked: bool,
+    /// Whether it waits to apply the revision, or stopped waiting and
+    /// when ([`crate::status::Report::wait_at`]).
+    pub wait: WaitAt,
 }
 
 /// How one target stands in the rollout.
@@ -40,12 +44,24 @@ enum Standing {
     Pending,
     /// Written, undecided, within its deadline.
     Waiting,
+    /// Written, and the device reports Waiting: it may not apply the
+    /// revision yet (update lock, maintenance window, clock). Undecided
+    /// like [`Standing::Waiting`], but its deadline has not started.
+    Gated,
     /// Healthy at the new revision.
     Healthy,
     /// Reports a failure at the new revision, or cannot be written.
     Failed,
-    /// Written longer than the deadline ago and not Healthy.
+    /// Written (or done waiting) longer than the deadline ago and not
+    /// Healthy.
     TimedOut,
+}
+
+impl Standing {
+    /// Between "written" and "Healthy": counted against maxUnavailable.
+    fn in_flight(self) -> bool {
+        matches!(self, Standing::Waiting | Standing::Gated)
+    }
 }
 
 impl DeviceState {
@@ -59,8 +75,9 @@ impl DeviceState {
         match self.phase {
             Some(Phase::Healthy) => Standing::Healthy,
             Some(p) if is_failure(p) => Standing::Failed,
+            Some(Phase::Waiting) => Standing::Gated,
             _ if self
-                .written_ns
+                .deadline_from()
                 .is_some_and(|w| now_ns.saturating_sub(w) > deadline_ns) =>
             {
                 Standing::TimedOut
@@ -68,9 +85,20 @@ impl DeviceState {
             _ => Standing::Waiting,
         }
     }
+
+    /// When its deadline started: when its key was written, or, when it
+    /// waited to apply the revision, when it stopped waiting (the device
+    /// starts its own deadline then too).
+    fn deadline_from(&self) -> Option<i128> {
+        match (self.written_ns, self.wait.stopped_ns) {
+            (Some(w), Some(s)) => Some(w.max(s)),
+            (w, s) => w.or(s),
+        }
+    }
 }
 
-/// Whether a device reporting `phase` at the revision failed it.
+/// Whether a device reporting `phase` at the revision failed it (`Failed`
+/// includes an update lock held past its timeout with `onTimeout: Fail`).
 pub fn is_failure(phase: Phase) -> bool {
     matches!(
         phase,
@@ -156,7 +184,10 @@ pub struct Decision {
 #[derive(Debug, Default, Clone, Copy)]
 struct Tally {
     pending: i64,
+    /// In flight: gated ones included.
     waiting: i64,
+    /// Of those, the ones whose device reports Waiting.
+    gated: i64,
     healthy: i64,
     failed: i64,
     timed_out: i64,
@@ -167,6 +198,10 @@ impl Tally {
         match s {
             Standing::Pending => self.pending += 1,
             Standing::Waiting => self.waiting += 1,
+            Standing::Gated => {
+                self.waiting += 1;
+                self.gated += 1;
+            }
             Standing::Healthy => self.healthy += 1,
             Standing::Failed => self.failed += 1,
             Standing::TimedOut => self.timed_out += 1,
@@ -285,15 +320,28 @@ pub fn decide(input: Input<'_>) -> Decision {
     };
     let mut offline = 0i64;
     let mut next_deadline_ns: Option<i128> = None;
+    let mut waits = Vec::new();
     for s in devices.values() {
         let st = s.standing(now_ns, deadline_ns);
         all.add(st);
-        if st == Standing::Waiting {
+        if st.in_flight() {
             inflight += 1;
-            if let Some(w) = s.written_ns {
-                let due = w + deadline_ns + 1;
-                next_deadline_ns = Some(next_deadline_ns.map_or(due, |n| n.min(due)));
-            }
+        }
+        // A gated device's deadline has not started: its report that it
+        // stopped waiting triggers the next reconcile.
+        if st == Standing::Waiting
+            && let Some(w) = s.deadline_from()
+        {
+            let due = w + deadline_ns + 1;
+            next_deadline_ns = Some(next_deadline_ns.map_or(due, |n| n.min(due)));
+        }
+        if st == Standing::Gated {
+            let (reason, at) = s.wait.waiting.unwrap_or_default();
+            waits.push(Wait {
+                reason: reason.as_str(),
+                since_ms: at.map(|w| w.since_ms),
+                until_ms: at.and_then(|w| w.until_ms),
+            });
         }
         if s.offline {
             offline += 1;
@@ -455,6 +503,7 @@ pub fn decide(input: Input<'_>) -> Decision {
         updated: devices.values().filter(|s| s.updated).count() as i64,
         healthy: all.healthy,
         waiting: all.waiting,
+        gated: all.gated,
         failed: all.failed,
         timed_out: all.timed_out,
         offline,
@@ -463,12 +512,23 @@ pub fn decide(input: Input<'_>) -> Decision {
         retry: retry.map(str::to_string).or(prev_retry.map(str::to_string)),
         attempt: i64::from(attempt),
     };
-    let verdicts = verdicts(
+    let mut verdicts = verdicts(
         &status,
         in_progress,
         (auto_rollback, back_to.is_some()),
         paused,
     );
+    // Why devices that got the revision have not applied it, as the fold
+    // says for AllAtOnce (whose Ready and Progressing these replace).
+    if let Some(w) = waiting_summary(&waits).filter(|_| !halted && !complete) {
+        for v in verdicts
+            .iter_mut()
+            .filter(|v| [conditions::READY, conditions::PROGRESSING].contains(&v.type_))
+        {
+            v.message.push_str("; ");
+            v.message.push_str(&w);
+        }
+    }
     Decision {
         write,
         roll_back,
@@ -785,5 +845,145 @@ mod tests {
         ));
         assert_eq!(d.write, ids(&["c"]), "b is in flight: room for one more");
         assert_eq!(d.next_deadline_ns, Some(1059 * S + 1));
+    }
+
+    fn gated(reason: protocol::Reason) -> DeviceState {
+        DeviceState {
+            updated: true,
+            // Written long before the deadline: waiting does not time out.
+            written_ns: Some(100 * S),
+            phase: Some(Phase::Waiting),
+            wait: WaitAt {
+                waiting: Some((
+                    reason,
+                    Some(protocol::status::Waiting {
+                        since_ms: 1_796_547_791_000,
+                        until_ms: None,
+                    }),
+                )),
+                stopped_ns: None,
+            },
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_waiting_device_holds_its_batch_until_it_reports_healthy() {
+        let spec = spec(None);
+        let mut devices: HashMap<String, DeviceState> = [
+            ("a".to_string(), gated(protocol::Reason::UpdateLocked)),
+            ("b".to_string(), DeviceState::default()),
+        ]
+        .into_iter()
+        .collect();
+        let batches = || vec![ids(&["a"]), ids(&["b"])];
+        let d = decide(input(&spec, batches(), &devices, None));
+        assert_eq!(d.status.phase, RolloutPhase::Progressing);
+        assert_eq!(d.status.current_batch, 0, "neither passed");
+        assert!(d.status.last_batch.is_none(), "nor failed");
+        assert!(d.write.is_empty(), "the next batch waits");
+        assert_eq!(
+            (
+                d.status.waiting,
+                d.status.gated,
+                d.status.timed_out,
+                d.status.failed
+            ),
+            (1, 1, 0, 0)
+        );
+        assert_eq!(d.next_deadline_ns, None, "its deadline has not started");
+        let progressing = d
+            .verdicts
+            .iter()
+            .find(|v| v.type_ == "Progressing")
+            .unwrap();
+        assert_eq!(
+            progressing.message,
+            "revision 0000000000000007 at batch 1/2: 0/1 Healthy, 1 waiting, 0 not written yet, 0 failed, 0 timed out; needs 1; 1 device waiting: 1 UpdateLocked (since 2026-12-06T09:03:11Z)"
+        );
+        assert!(progressing.status);
+        let ready = d.verdicts.iter().find(|v| v.type_ == "Ready").unwrap();
+        assert!(!ready.status);
+        assert!(
+            ready
+                .message
+                .ends_with("1 UpdateLocked (since 2026-12-06T09:03:11Z)")
+        );
+
+        // The lock is released: the device applies; its deadline runs from
+        // then, not from the key's write.
+        let applying = DeviceState {
+            phase: Some(Phase::Starting),
+            wait: WaitAt {
+                waiting: None,
+                stopped_ns: Some(990 * S),
+            },
+            ..gated(protocol::Reason::UpdateLocked)
+        };
+        devices.insert("a".into(), applying);
+        let d = decide(input(&spec, batches(), &devices, None));
+        assert_eq!((d.status.current_batch, d.status.timed_out), (0, 0));
+        assert_eq!((d.status.waiting, d.status.gated), (1, 0));
+        assert_eq!(d.next_deadline_ns, Some(1050 * S + 1));
+        let mut late = input(&spec, batches(), &devices, None);
+        late.now_ns = 1051 * S;
+        let d = decide(late);
+        assert_eq!(
+            d.status.timed_out, 1,
+            "past its deadline from when it stopped waiting"
+        );
+        assert_eq!(d.status.phase, RolloutPhase::Degraded);
+
+        // Healthy: the batch passes and the next one is written.
+        devices.insert("a".into(), healthy());
+        let d = decide(input(&spec, batches(), &devices, None));
+        assert_eq!(d.status.current_batch, 1);
+        assert_eq!(d.last_batch_result(), Some("Succeeded"));
+        assert_eq!(d.write, ids(&["b"]));
+    }
+
+    #[test]
+    fn an_update_lock_timeout_counts_as_failed() {
+        let spec = spec(None);
+        let timed_out = DeviceState {
+            phase: Some(Phase::Failed),
+            wait: WaitAt::default(),
+            ..gated(protocol::Reason::UpdateLockTimeout)
+        };
+        let devices: HashMap<String, DeviceState> =
+            [("a".to_string(), timed_out)].into_iter().collect();
+        let d = decide(input(&spec, vec![ids(&["a"]), vec![]], &devices, None));
+        assert_eq!((d.status.failed, d.status.gated), (1, 0));
+        assert_eq!(d.status.phase, RolloutPhase::Degraded);
+        assert_eq!(d.last_batch_result(), Some("Failed"));
+        let progressing = d
+            .verdicts
+            .iter()
+            .find(|v| v.type_ == "Progressing")
+            .unwrap();
+        assert_eq!(progressing.reason, ConditionReason::BatchFailed);
+    }
+
+    #[test]
+    fn a_waiting_device_counts_against_max_unavailable() {
+        let spec = spec(Some(1));
+        let devices: HashMap<String, DeviceState> = [
+            (
+                "a".to_string(),
+                gated(protocol::Reason::OutsideMaintenanceWindow),
+            ),
+            ("b".to_string(), DeviceState::default()),
+        ]
+        .into_iter()
+        .collect();
+        let d = decide(input(&spec, vec![vec![], ids(&["a", "b"])], &devices, None));
+        assert!(d.write.is_empty(), "a is between written and Healthy");
+        assert_eq!(d.status.phase, RolloutPhase::Progressing);
+    }
+
+    impl Decision {
+        fn last_batch_result(&self) -> Option<&str> {
+            self.status.last_batch.as_ref().map(|b| b.result.as_str())
+        }
     }
 }

@@ -21,6 +21,76 @@ pub struct Report {
     pub status: protocol::DeploymentStatus<'static>,
     /// When the server stored it, nanoseconds since the Unix epoch.
     pub stored_at_ns: i128,
+    /// When the device stopped waiting at `status.revision` (server time,
+    /// nanoseconds): when the first report after a `Waiting` one (or a
+    /// `Failed` with reason `UpdateLockTimeout`) was stored. A report first
+    /// seen in progress from before this cache existed (an operator
+    /// restart) may have waited unseen: its own storing time stands in.
+    /// `None` when it is not known to have waited there.
+    pub stopped_waiting_ns: Option<i128>,
+}
+
+impl Report {
+    /// What this report says of waiting at `revision`, for the rollout.
+    pub fn wait_at(&self, revision: u64) -> WaitAt {
+        if self.status.revision != revision {
+            return WaitAt::default();
+        }
+        WaitAt {
+            waiting: (self.status.phase == protocol::Phase::Waiting)
+                .then_some((self.status.reason, self.status.waiting)),
+            stopped_ns: self.stopped_waiting_ns,
+        }
+    }
+}
+
+/// What a device's reports say of its waiting to apply one revision: a
+/// waiting device's progress deadline has not started, and starts when it
+/// stops waiting (the agent starts its own deadline then too).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WaitAt {
+    /// While it reports `Waiting` at the revision: its reason, and since
+    /// and until when (device clock).
+    pub waiting: Option<(protocol::Reason, Option<protocol::Waiting>)>,
+    /// When it stopped waiting there ([`Report::stopped_waiting_ns`]).
+    pub stopped_ns: Option<i128>,
+}
+
+/// Whether `status` says its device holds the revision back: `Waiting`, or
+/// `Failed` because the update lock was held too long (it still applies
+/// the revision once the lock frees).
+fn holds_back(status: &protocol::DeploymentStatus<'_>) -> bool {
+    use protocol::{Phase, Reason};
+    status.phase == Phase::Waiting
+        || (status.phase == Phase::Failed && status.reason == Reason::UpdateLockTimeout)
+}
+
+/// [`Report::stopped_waiting_ns`] of `status`, stored at `at` after `prev`
+/// by a cache created at `started_ns`.
+fn stopped_waiting(
+    prev: Option<&Report>,
+    status: &protocol::DeploymentStatus<'_>,
+    at: i128,
+    started_ns: i128,
+) -> Option<i128> {
+    use protocol::Phase;
+    if holds_back(status) {
+        return None;
+    }
+    match prev.filter(|p| p.status.revision == status.revision) {
+        Some(p) if holds_back(&p.status) => Some(at),
+        Some(p) => p.stopped_waiting_ns,
+        None => (at < started_ns
+            && matches!(
+                status.phase,
+                Phase::Pending
+                    | Phase::Pulling
+                    | Phase::Starting
+                    | Phase::Running
+                    | Phase::Unhealthy
+            ))
+        .then_some(at),
+    }
 }
 
 /// A device's last heartbeat.
@@ -91,6 +161,8 @@ pub struct StatusCache {
     changes: Option<mpsc::UnboundedSender<Change>>,
     devices: Mutex<Option<DeviceSubscription>>,
     heartbeat_timeout: Duration,
+    /// When the cache was created: reports stored before are replays.
+    started_ns: i128,
 }
 
 impl StatusCache {
@@ -102,6 +174,7 @@ impl StatusCache {
             changes: Some(tx),
             devices: Mutex::default(),
             heartbeat_timeout,
+            started_ns: now_ns(),
         };
         (Arc::new(cache), rx)
     }
@@ -113,6 +186,7 @@ impl StatusCache {
             changes: None,
             devices: Mutex::default(),
             heartbeat_timeout,
+            started_ns: now_ns(),
         })
     }
 
@@ -176,9 +250,8 @@ impl StatusCache {
             return;
         };
         let (device, deployment) = (k.device_id().to_string(), k.deployment().to_string());
-        let before = self
-            .report(&device, &deployment)
-            .map(|r| summary_part(&r.status.phase));
+        let prev = self.report(&device, &deployment);
+        let before = prev.as_ref().map(|r| summary_part(&r.status.phase));
         if deleted {
             let mut inner = self.write();
             if let Some(m) = inner.reports.get_mut(&deployment) {
@@ -197,6 +270,8 @@ impl StatusCache {
                 }
             };
             let inventory_changed = before != Some(summary_part(&status.phase));
+            let stopped_waiting_ns =
+                stopped_waiting(prev.as_ref(), &status, stored_at_ns, self.started_ns);
             self.write()
                 .reports
                 .entry(deployment.clone())
@@ -206,6 +281,7 @@ impl StatusCache {
                     Report {
                         status,
                         stored_at_ns,
+                        stopped_waiting_ns,
                     },
                 );
             if inventory_changed {
@@ -602,5 +678,93 @@ mod tests {
             "forgotten until a newer put"
         );
         assert!(cache.heartbeat_devices().is_empty());
+    }
+
+    #[test]
+    fn remembers_when_a_device_stopped_waiting() {
+        use crate::status::testdata::waiting_status_bytes;
+        use protocol::Reason;
+        let sec = 1_000_000_000i128;
+        let cache = StatusCache::detached(Duration::from_secs(60));
+        let t0 = now_ns();
+        let stopped = |c: &StatusCache| c.report("a", "web").unwrap().stopped_waiting_ns;
+        let wait =
+            |rev| waiting_status_bytes(rev, Phase::Waiting, Reason::UpdateLocked, Some(1), 0, None);
+        cache.ingest_status("a.web", &status_bytes(2, Phase::Pending), false, t0);
+        assert_eq!(stopped(&cache), None, "a live report that never waited");
+        cache.ingest_status("a.web", &wait(2), false, t0 + sec);
+        let r = cache.report("a", "web").unwrap();
+        assert_eq!(r.stopped_waiting_ns, None);
+        let at = r.wait_at(2);
+        assert_eq!(
+            at.waiting.map(|(reason, _)| reason),
+            Some(Reason::UpdateLocked)
+        );
+        assert_eq!(r.wait_at(3), WaitAt::default(), "another revision");
+        cache.ingest_status(
+            "a.web",
+            &status_bytes(2, Phase::Pulling),
+            false,
+            t0 + 9 * sec,
+        );
+        assert_eq!(
+            stopped(&cache),
+            Some(t0 + 9 * sec),
+            "the first report after waiting"
+        );
+        cache.ingest_status(
+            "a.web",
+            &status_bytes(2, Phase::Running),
+            false,
+            t0 + 12 * sec,
+        );
+        assert_eq!(
+            stopped(&cache),
+            Some(t0 + 9 * sec),
+            "kept while the revision holds"
+        );
+        assert_eq!(
+            cache.report("a", "web").unwrap().wait_at(2),
+            WaitAt {
+                waiting: None,
+                stopped_ns: Some(t0 + 9 * sec)
+            }
+        );
+        // A lock held past its timeout, then released.
+        let lock_timeout = waiting_status_bytes(
+            2,
+            Phase::Failed,
+            Reason::UpdateLockTimeout,
+            Some(1),
+            0,
+            None,
+        );
+        cache.ingest_status("a.web", &lock_timeout, false, t0 + 20 * sec);
+        assert_eq!(stopped(&cache), None);
+        cache.ingest_status(
+            "a.web",
+            &status_bytes(2, Phase::Starting),
+            false,
+            t0 + 30 * sec,
+        );
+        assert_eq!(stopped(&cache), Some(t0 + 30 * sec));
+        cache.ingest_status(
+            "a.web",
+            &status_bytes(3, Phase::Pending),
+            false,
+            t0 + 40 * sec,
+        );
+        assert_eq!(stopped(&cache), None, "a new revision starts afresh");
+
+        // An operator that restarts reads reports stored before it: one in
+        // progress may have waited unseen, so its deadline counts from it.
+        let restarted = StatusCache::detached(Duration::from_secs(60));
+        restarted.ingest_status("a.web", &status_bytes(2, Phase::Starting), false, t0);
+        assert_eq!(stopped(&restarted), Some(t0));
+        restarted.ingest_status("b.web", &status_bytes(2, Phase::Healthy), false, t0);
+        assert_eq!(
+            restarted.report("b", "web").unwrap().stopped_waiting_ns,
+            None
+        );
     }
 }

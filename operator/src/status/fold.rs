@@ -79,6 +79,9 @@ enum Attention {
     Outdated,
     /// At the current revision but not (yet) Running, Healthy or Completed.
     RollingOut,
+    /// Reports Waiting at the current revision: the device holds it back
+    /// (update lock, maintenance window, clock) and runs the one before.
+    Waiting,
 }
 
 /// The CR status for `deployment`, from what the reconcile did and the
@@ -113,6 +116,7 @@ pub fn fold_status(
         ready: tally.ready,
         healthy: tally.healthy,
         failed: tally.failed,
+        waiting: tally.waiting.len() as i64,
         rollout: None,
     }
 }
@@ -140,6 +144,29 @@ struct Tally {
     /// Targets whose heartbeat carries warnings, with the first one, in
     /// target order.
     warning: Vec<(String, String)>,
+    /// Targets reporting Waiting at the current revision: why, and since
+    /// and until when.
+    waiting: Vec<Wait>,
+}
+
+/// Why one target waits, and since and until when (device clock, ms).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Wait {
+    /// The agent's reason (`UpdateLocked`...); empty when it gives none.
+    pub(crate) reason: &'static str,
+    pub(crate) since_ms: Option<u64>,
+    pub(crate) until_ms: Option<u64>,
+}
+
+impl Wait {
+    /// What `status` (a Waiting report) says.
+    pub(crate) fn of(status: &protocol::DeploymentStatus<'_>) -> Wait {
+        Wait {
+            reason: device_reason(status).unwrap_or_default(),
+            since_ms: status.waiting.map(|w| w.since_ms),
+            until_ms: status.waiting.and_then(|w| w.until_ms),
+        }
+    }
 }
 
 /// One target as its report and heartbeat show it.
@@ -147,6 +174,8 @@ struct Assessment<'a> {
     report: Option<&'a Report>,
     /// Reports the current revision.
     current: bool,
+    /// Reports Waiting at the current revision.
+    waiting: bool,
     /// Failed, Unsupported or RolledBack at the current revision.
     failed: bool,
     /// CrashLoopBackOff or Unhealthy at the current revision, and not
@@ -198,8 +227,13 @@ impl Tally {
     }
 
     fn count(&mut self, device: &str, a: &Assessment<'_>, ready: bool) {
-        if a.current {
+        if a.current && !a.waiting {
             self.up_to_date += 1;
+        }
+        if a.waiting
+            && let Some(r) = a.report
+        {
+            self.waiting.push(Wait::of(&r.status));
         }
         if a.failed {
             self.failed += 1;
@@ -232,6 +266,7 @@ fn assess<'a>(
 ) -> Assessment<'a> {
     let current = report.is_some_and(|r| Some(r.status.revision) == revision);
     let phase = report.map(|r| r.status.phase).filter(|_| current);
+    let waiting = phase == Some(Phase::Waiting);
     let failed = matches!(
         phase,
         Some(Phase::Failed | Phase::Unsupported | Phase::RolledBack)
@@ -250,6 +285,7 @@ fn assess<'a>(
     Assessment {
         report,
         current,
+        waiting,
         failed,
         unhealthy,
         stale_since,
@@ -274,6 +310,8 @@ fn attention(a: &Assessment<'_>) -> Option<Attention> {
         Some(Attention::Outdated)
     } else if a.unhealthy {
         Some(Attention::Unhealthy)
+    } else if a.waiting {
+        Some(Attention::Waiting)
     } else if phase_is_ready(report.status.phase) {
         None
     } else {
@@ -290,6 +328,8 @@ fn conflict_entry(name: &str, c: &Conflict) -> DeviceStatus {
         reason: None,
         revision: None,
         running_revision: None,
+        waiting_since: None,
+        waiting_until: None,
         message: Some(format!("the key {key} belongs to {}", c.owner)),
         last_report_time: None,
         warnings: Vec::new(),
@@ -305,6 +345,8 @@ fn held_entry(device: &str, reason: &str, report: Option<&Report>) -> DeviceStat
         reason: None,
         revision: report.map(|r| revision_string(r.status.revision)),
         running_revision: None,
+        waiting_since: None,
+        waiting_until: None,
         message: Some(reason.to_string()),
         last_report_time: report.map(|r| rfc3339(r.stored_at_ns)),
         warnings: Vec::new(),
@@ -321,6 +363,8 @@ fn device_entry(device: &str, a: &Assessment<'_>) -> DeviceStatus {
             reason: device_reason(&r.status).map(String::from),
             revision: Some(revision_string(r.status.revision)),
             running_revision: r.status.running_revision.map(revision_string),
+            waiting_since: r.status.waiting.map(|w| rfc3339_ms(w.since_ms)),
+            waiting_until: r.status.waiting.and_then(|w| w.until_ms).map(rfc3339_ms),
             message: (!r.status.message.is_empty()).then(|| r.status.message.to_string()),
             last_report_time: Some(rfc3339(r.stored_at_ns)),
             warnings: a.warnings.clone(),
@@ -331,6 +375,8 @@ fn device_entry(device: &str, a: &Assessment<'_>) -> DeviceStatus {
             reason: None,
             revision: None,
             running_revision: None,
+            waiting_since: None,
+            waiting_until: None,
             message: Some("no status reported yet".into()),
             last_report_time: None,
             warnings: a.warnings.clone(),
@@ -350,8 +396,64 @@ fn device_entry(device: &str, a: &Assessment<'_>) -> DeviceStatus {
         ));
         entry.phase = DevicePhase::Unreachable;
         entry.reason = None;
+        entry.waiting_since = None;
+        entry.waiting_until = None;
     }
     entry
+}
+
+/// [`rfc3339`] of milliseconds since the Unix epoch (a device's clock).
+pub(crate) fn rfc3339_ms(ms: u64) -> String {
+    rfc3339(i128::from(ms) * 1_000_000)
+}
+
+/// `2 devices waiting: 1 UpdateLocked (since 2026-12-06T09:03:11Z), 1
+/// OutsideMaintenanceWindow (until 2026-12-07T01:00:00Z)`: how many wait,
+/// by reason, most first; with the longest wait of each reason, or, when
+/// the devices know when they apply (a window), the latest of those.
+/// `None` when nothing waits.
+pub(crate) fn waiting_summary(waits: &[Wait]) -> Option<String> {
+    const SHOWN: usize = 5;
+    if waits.is_empty() {
+        return None;
+    }
+    let mut by_reason: BTreeMap<&str, Vec<&Wait>> = BTreeMap::new();
+    for w in waits {
+        by_reason.entry(w.reason).or_default().push(w);
+    }
+    let mut groups: Vec<(&str, Vec<&Wait>)> = by_reason.into_iter().collect();
+    groups.sort_by(|(a, m), (b, n)| n.len().cmp(&m.len()).then_with(|| a.cmp(b)));
+    let mut parts: Vec<String> = groups
+        .iter()
+        .take(SHOWN)
+        .map(|(reason, ws)| {
+            let n = ws.len();
+            let reason = if reason.is_empty() {
+                "no reason given"
+            } else {
+                reason
+            };
+            let until = ws.iter().filter_map(|w| w.until_ms).max();
+            let since = ws.iter().filter_map(|w| w.since_ms).min();
+            let when = match (until, since) {
+                (Some(u), _) if n == 1 => format!(" (until {})", rfc3339_ms(u)),
+                (Some(u), _) => format!(" (the last until {})", rfc3339_ms(u)),
+                (None, Some(s)) if n == 1 => format!(" (since {})", rfc3339_ms(s)),
+                (None, Some(s)) => format!(" (the longest since {})", rfc3339_ms(s)),
+                (None, None) => String::new(),
+            };
+            format!("{n} {reason}{when}")
+        })
+        .collect();
+    if groups.len() > SHOWN {
+        parts.push(format!("{} more reasons", groups.len() - SHOWN));
+    }
+    let n = waits.len();
+    Some(format!(
+        "{n} device{} waiting: {}",
+        if n == 1 { "" } else { "s" },
+        parts.join(", ")
+    ))
 }
 
 /// The entry's phase with its reason when that says more
@@ -517,11 +619,22 @@ fn progressing(tally: &Tally, targeted: i64) -> Verdict {
         } else {
             ConditionReason::RolloutComplete
         },
-        message: format!(
-            "{}/{targeted} targets report the current revision",
-            tally.up_to_date
-        ),
+        message: progressing_message(tally, targeted),
     }
+}
+
+/// `1/3 targets report the current revision; 2 devices waiting: 1
+/// UpdateLocked (since ...), 1 OutsideMaintenanceWindow (until ...)`.
+fn progressing_message(tally: &Tally, targeted: i64) -> String {
+    let mut message = format!(
+        "{}/{targeted} targets report the current revision",
+        tally.up_to_date
+    );
+    if let Some(w) = waiting_summary(&tally.waiting) {
+        message.push_str("; ");
+        message.push_str(&w);
+    }
+    message
 }
 
 fn degraded(observed: &Observed, tally: &Tally) -> Verdict {
@@ -667,7 +780,7 @@ mod tests {
     use crate::status::cache::now_ns;
     use crate::status::testdata::{
         health_status_bytes, heartbeat_bytes, heartbeat_warning_bytes, status_bytes,
-        status_bytes_msg,
+        status_bytes_msg, waiting_status_bytes,
     };
 
     /// `(device, phase)` of each device the status lists, in order.
@@ -1203,6 +1316,207 @@ mod tests {
             "{degraded:?}"
         );
         assert_accounts_for_all(&s);
+    }
+
+    /// 2026-12-06T09:03:11Z and 2026-12-07T01:00:00Z, in ms.
+    const SINCE_MS: u64 = 1_796_547_791_000;
+    const UNTIL_MS: u64 = 1_796_605_200_000;
+
+    #[test]
+    fn waiting_devices_are_listed_counted_and_explained() {
+        use protocol::status::Reason;
+        let now = now_ns();
+        let (cache, observed) = healthy_fleet(5, now);
+        let put = |i: usize, bytes: Vec<u8>| {
+            cache.ingest_status(&format!("{}.web", device_id(i)), &bytes, false, now);
+        };
+        put(
+            1,
+            waiting_status_bytes(
+                7,
+                Phase::Waiting,
+                Reason::UpdateLocked,
+                Some(6),
+                SINCE_MS,
+                None,
+            ),
+        );
+        put(
+            2,
+            waiting_status_bytes(
+                7,
+                Phase::Waiting,
+                Reason::OutsideMaintenanceWindow,
+                Some(6),
+                SINCE_MS,
+                Some(UNTIL_MS),
+            ),
+        );
+        put(
+            3,
+            waiting_status_bytes(
+                7,
+                Phase::Failed,
+                Reason::UpdateLockTimeout,
+                Some(6),
+                SINCE_MS,
+                None,
+            ),
+        );
+        let s = fold_status(&deployment(), &observed, &cache, now);
+        assert_eq!(
+            (s.targeted, s.up_to_date, s.ready, s.failed, s.waiting),
+            (5, 3, 2, 1, 2),
+            "waiting devices do not run the revision yet: not up to date, not failed"
+        );
+        assert_eq!(
+            listed(&s),
+            [
+                ("dev-00003", "Failed"),
+                ("dev-00001", "Waiting"),
+                ("dev-00002", "Waiting"),
+            ]
+        );
+        assert_accounts_for_all(&s);
+        let locked = &s.devices[1];
+        assert_eq!(locked.reason.as_deref(), Some("UpdateLocked"));
+        assert_eq!(locked.revision.as_deref(), Some("0000000000000007"));
+        assert_eq!(locked.running_revision.as_deref(), Some("0000000000000006"));
+        assert_eq!(
+            locked.waiting_since.as_deref(),
+            Some("2026-12-06T09:03:11Z")
+        );
+        assert_eq!(locked.waiting_until, None);
+        assert_eq!(
+            locked.message.as_deref(),
+            Some("update lock held by pid 4242 (kiosk); images pulled")
+        );
+        let window = &s.devices[2];
+        assert_eq!(window.reason.as_deref(), Some("OutsideMaintenanceWindow"));
+        assert_eq!(
+            window.waiting_until.as_deref(),
+            Some("2026-12-07T01:00:00Z")
+        );
+        let timeout = &s.devices[0];
+        assert_eq!(timeout.reason.as_deref(), Some("UpdateLockTimeout"));
+        assert_eq!(
+            timeout.waiting_since.as_deref(),
+            Some("2026-12-06T09:03:11Z")
+        );
+        let json = serde_json::to_value(&s).unwrap();
+        assert_eq!(json["waiting"], 2);
+        assert_eq!(json["devices"][1]["waitingSince"], "2026-12-06T09:03:11Z");
+        assert!(json["devices"][1].get("waitingUntil").is_none());
+        assert_eq!(json["devices"][2]["waitingUntil"], "2026-12-07T01:00:00Z");
+
+        let cond = |s: &DeploymentStatus, t: &str| {
+            s.conditions.iter().find(|c| c.type_ == t).unwrap().clone()
+        };
+        let progressing = cond(&s, "Progressing");
+        assert_eq!(
+            (progressing.status.as_str(), progressing.reason),
+            ("True", ConditionReason::RollingOut)
+        );
+        assert_eq!(
+            progressing.message,
+            "3/5 targets report the current revision; 2 devices waiting: 1 OutsideMaintenanceWindow (until 2026-12-07T01:00:00Z), 1 UpdateLocked (since 2026-12-06T09:03:11Z)"
+        );
+        assert_eq!(cond(&s, "Ready").status, "False");
+        assert_eq!(
+            cond(&s, "Ready").message,
+            "2/5 targets run the current revision; 1 device Failed (UpdateLockTimeout), 1 device Waiting (OutsideMaintenanceWindow), 1 device Waiting (UpdateLocked)"
+        );
+        let degraded = cond(&s, "Degraded");
+        assert_eq!(degraded.reason, ConditionReason::TargetsFailed);
+        assert_eq!(
+            degraded.message, "failed: dev-00003; 1 device Failed (UpdateLockTimeout)",
+            "waiting is not degraded"
+        );
+
+        // Only waiting: Progressing, not Ready, not Degraded.
+        put(3, status_bytes(7, Phase::Healthy));
+        let s = fold_status(&deployment(), &observed, &cache, now);
+        assert_eq!((s.up_to_date, s.ready, s.failed, s.waiting), (3, 3, 0, 2));
+        assert_eq!(cond(&s, "Ready").status, "False");
+        assert_eq!(cond(&s, "Progressing").status, "True");
+        assert_eq!(cond(&s, "Degraded").status, "False");
+
+        // Silent since: Unreachable, still counted as waiting.
+        let minute = 60_000_000_000i128;
+        cache.ingest_heartbeat(&device_id(1), &heartbeat_bytes(), false, now - 5 * minute);
+        let s = fold_status(&deployment(), &observed, &cache, now);
+        let e = s.devices.iter().find(|d| d.device == "dev-00001").unwrap();
+        assert_eq!(
+            (e.phase, e.waiting_since.as_deref()),
+            (DevicePhase::Unreachable, None)
+        );
+        assert!(
+            e.message
+                .as_deref()
+                .unwrap()
+                .ends_with("(last phase: Waiting (UpdateLocked))"),
+            "{e:?}"
+        );
+        assert_eq!(s.waiting, 2);
+
+        // Both apply: nothing waits any more.
+        cache.ingest_heartbeat(&device_id(1), &heartbeat_bytes(), false, now);
+        put(1, status_bytes(7, Phase::Healthy));
+        put(2, status_bytes(7, Phase::Healthy));
+        let s = fold_status(&deployment(), &observed, &cache, now);
+        assert_eq!((s.up_to_date, s.ready, s.waiting), (5, 5, 0));
+        assert_eq!(cond(&s, "Ready").status, "True");
+        assert_eq!(
+            cond(&s, "Progressing").message,
+            "5/5 targets report the current revision"
+        );
+        // Waiting at an older revision is only outdated.
+        put(
+            4,
+            waiting_status_bytes(
+                6,
+                Phase::Waiting,
+                Reason::UpdateLocked,
+                Some(5),
+                SINCE_MS,
+                None,
+            ),
+        );
+        let s = fold_status(&deployment(), &observed, &cache, now);
+        assert_eq!((s.up_to_date, s.waiting), (4, 0));
+        assert_eq!(listed(&s), [("dev-00004", "Waiting")]);
+    }
+
+    #[test]
+    fn the_waiting_summary_groups_by_reason() {
+        let w = |reason, since_ms, until_ms| Wait {
+            reason,
+            since_ms: Some(since_ms),
+            until_ms,
+        };
+        let hour = 3_600_000;
+        let waits = [
+            w("OutsideMaintenanceWindow", SINCE_MS, Some(UNTIL_MS)),
+            w("UpdateLocked", SINCE_MS + hour, None),
+            w("OutsideMaintenanceWindow", SINCE_MS, Some(UNTIL_MS - hour)),
+            w("UpdateLocked", SINCE_MS, None),
+            w("UpdateLocked", SINCE_MS + 2 * hour, None),
+            w("ClockNotSynchronized", SINCE_MS, None),
+        ];
+        assert_eq!(
+            waiting_summary(&waits).unwrap(),
+            "6 devices waiting: 3 UpdateLocked (the longest since 2026-12-06T09:03:11Z), 2 OutsideMaintenanceWindow (the last until 2026-12-07T01:00:00Z), 1 ClockNotSynchronized (since 2026-12-06T09:03:11Z)"
+        );
+        assert_eq!(waiting_summary(&[]), None);
+        let bare = Wait {
+            reason: "",
+            since_ms: None,
+            until_ms: None,
+        };
+        assert_eq!(
+            waiting_summary(&[bare]).unwrap(),
+            "1 device waiting: 1 no reason given"
+        );
     }
 
     #[test]

@@ -15,7 +15,7 @@ pub mod fold;
 #[cfg(test)]
 mod testdata;
 
-pub use cache::{Change, HeartbeatSeen, Report, StatusCache, now_ns, rfc3339};
+pub use cache::{Change, HeartbeatSeen, Report, StatusCache, WaitAt, now_ns, rfc3339};
 pub use fold::{Observed, conditions, fold_status, set_condition};
 
 use protocol::{DeploymentStatus, Phase};

@@ -75,3 +75,27 @@ fn heartbeat_with(warnings: BoundedVec<Text<'_>, { protocol::limits::MAX_WARNING
     })
     .unwrap()
 }
+
+/// A status report (format version 3) of a device that holds `revision`
+/// back (`phase` Waiting, or Failed for `UpdateLockTimeout`) for `reason`
+/// since `since_ms`, until `until_ms`, running `running` meanwhile.
+pub(crate) fn waiting_status_bytes(
+    revision: u64,
+    phase: Phase,
+    reason: Reason,
+    running: Option<u64>,
+    since_ms: u64,
+    until_ms: Option<u64>,
+) -> Vec<u8> {
+    protocol::wire::encode_to_vec(&protocol::DeploymentStatus {
+        revision,
+        phase,
+        containers: BoundedVec::new(),
+        message: Text::borrowed("update lock held by pid 4242 (kiosk); images pulled"),
+        timestamp_ms: since_ms,
+        reason,
+        running_revision: running,
+        waiting: Some(protocol::status::Waiting { since_ms, until_ms }),
+    })
+    .unwrap()
+}
