@@ -34,6 +34,15 @@ pub const DEFAULT_RESTART_BACKOFF_INITIAL_SECS: u64 = 10;
 pub const DEFAULT_RESTART_BACKOFF_MAX_SECS: u64 = 300;
 /// Podman socket when the file does not set one.
 pub const DEFAULT_PODMAN_SOCKET: &str = "unix:///run/podman/podman.sock";
+/// Directory of the update lock file (`update.lock`) when the file does
+/// not set one: the path workloads see it at in their containers too.
+pub const DEFAULT_UPDATE_LOCK_DIR: &str = "/run/iot-agent";
+/// Seconds the agent waits, after it starts, for the kernel to say the
+/// clock is synchronized before it judges the clock by itself.
+pub const DEFAULT_CLOCK_SYNC_WAIT_SECS: u64 = 300;
+/// Milliseconds between two checks of a held change (update lock, clock)
+/// when the file does not set it.
+pub const DEFAULT_UPDATE_TICK_MS: u64 = 1000;
 
 /// Why a configuration cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -105,6 +114,10 @@ pub struct Config {
     /// Limits on what scores may ask for.
     #[serde(default, skip_serializing_if = "is_default")]
     pub security: SecurityConfig,
+    /// `[update]`: when the agent may change a deployment (its update lock,
+    /// its clock for maintenance windows).
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub update: UpdateConfig,
     /// `[labels]`: the labels this board declares in its heartbeat (at most
     /// [`protocol::limits::MAX_DEVICE_LABELS`], Kubernetes label syntax),
     /// e.g. `board = "rpi4"`. The operator merges them into the labels of
@@ -285,6 +298,89 @@ pub struct SecurityConfig {
     pub allowed_devices: Vec<PathBuf>,
 }
 
+/// `[update]`: the update lock and the maintenance windows' clock (see the
+/// agent's README, "Update locks and maintenance windows").
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateConfig {
+    /// The directory holding the update lock file `update.lock`, created
+    /// by the agent; bind-mounted read-only at `/run/iot-agent` in the
+    /// containers whose score sets `updateLock`.
+    #[serde(
+        default = "default_lock_dir",
+        skip_serializing_if = "is_default_lock_dir"
+    )]
+    pub lock_dir: PathBuf,
+    /// Seconds after the agent starts during which a deployment with
+    /// maintenance windows waits for the kernel's "clock synchronized"
+    /// flag (NTP); after that the clock is trusted when it is later than
+    /// the agent's build date.
+    #[serde(
+        default = "default_clock_sync_wait",
+        skip_serializing_if = "is_default_clock_sync_wait"
+    )]
+    pub clock_sync_wait_secs: u64,
+    /// Milliseconds between two checks of a held change while it waits
+    /// for the update lock or the clock (nothing is checked while nothing
+    /// waits).
+    #[serde(
+        default = "default_update_tick",
+        skip_serializing_if = "is_default_update_tick"
+    )]
+    pub tick_ms: u64,
+}
+
+impl Default for UpdateConfig {
+    fn default() -> Self {
+        UpdateConfig {
+            lock_dir: default_lock_dir(),
+            clock_sync_wait_secs: DEFAULT_CLOCK_SYNC_WAIT_SECS,
+            tick_ms: DEFAULT_UPDATE_TICK_MS,
+        }
+    }
+}
+
+impl UpdateConfig {
+    /// The update lock file: `update.lock` in `lock_dir`.
+    pub fn lock_file(&self) -> PathBuf {
+        self.lock_dir.join("update.lock")
+    }
+
+    /// How long to wait for the clock to be synchronized.
+    pub fn clock_sync_wait(&self) -> Duration {
+        Duration::from_secs(self.clock_sync_wait_secs)
+    }
+
+    /// The period of the checks of held changes.
+    pub fn tick(&self) -> Duration {
+        Duration::from_millis(self.tick_ms)
+    }
+}
+
+fn default_lock_dir() -> PathBuf {
+    PathBuf::from(DEFAULT_UPDATE_LOCK_DIR)
+}
+
+fn is_default_lock_dir(dir: &PathBuf) -> bool {
+    !SHOW_DEFAULTS.get() && *dir == default_lock_dir()
+}
+
+fn default_clock_sync_wait() -> u64 {
+    DEFAULT_CLOCK_SYNC_WAIT_SECS
+}
+
+fn is_default_clock_sync_wait(secs: &u64) -> bool {
+    !SHOW_DEFAULTS.get() && *secs == DEFAULT_CLOCK_SYNC_WAIT_SECS
+}
+
+fn default_update_tick() -> u64 {
+    DEFAULT_UPDATE_TICK_MS
+}
+
+fn is_default_update_tick(ms: &u64) -> bool {
+    !SHOW_DEFAULTS.get() && *ms == DEFAULT_UPDATE_TICK_MS
+}
+
 impl Config {
     /// A configuration of the current version for `device_id`, with every
     /// optional setting at its default (no credentials, no TLS).
@@ -305,6 +401,7 @@ impl Config {
             },
             podman: PodmanConfig::default(),
             security: SecurityConfig::default(),
+            update: UpdateConfig::default(),
             labels: BTreeMap::new(),
         }
     }
@@ -463,7 +560,32 @@ impl Config {
                 ));
             }
         }
+        self.validate_update()?;
         self.validate_labels()
+    }
+
+    /// `[update]`: an absolute lock directory, bounded waits.
+    fn validate_update(&self) -> Result<(), ConfigError> {
+        let u = &self.update;
+        if !u.lock_dir.is_absolute() {
+            return Err(invalid(
+                "update.lock_dir",
+                "must be an absolute directory (default \"/run/iot-agent\"), on a tmpfs so that the lock file goes with a reboot",
+            ));
+        }
+        if u.clock_sync_wait_secs > 86_400 {
+            return Err(invalid(
+                "update.clock_sync_wait_secs",
+                "must be at most 86400 seconds (default 300)",
+            ));
+        }
+        if !(100..=60_000).contains(&u.tick_ms) {
+            return Err(invalid(
+                "update.tick_ms",
+                "must be between 100 and 60000 milliseconds (default 1000)",
+            ));
+        }
+        Ok(())
     }
 
     /// `[labels]`: within the heartbeat's bound, each key and value in the
@@ -761,6 +883,10 @@ socket = "unix:///run/podman/podman.sock"
             "restart_backoff_initial_secs",
             "restart_backoff_max_secs",
             "[security]",
+            "[update]",
+            "lock_dir",
+            "clock_sync_wait_secs",
+            "tick_ms",
             "[labels]",
         ] {
             assert!(!text.contains(left_out), "{left_out} in\n{text}");
@@ -790,6 +916,46 @@ socket = "unix:///run/podman/podman.sock"
         );
         assert!(!text.contains("allowed_devices"), "{text}");
         assert_eq!(Config::parse(&text).unwrap(), c);
+    }
+
+    #[test]
+    fn the_update_section_has_defaults_and_is_bounded() {
+        let c = Config::parse(GOOD).unwrap();
+        assert_eq!(c.update, UpdateConfig::default());
+        assert_eq!(
+            c.update.lock_file(),
+            PathBuf::from("/run/iot-agent/update.lock")
+        );
+        assert_eq!(c.update.clock_sync_wait(), Duration::from_secs(300));
+        assert_eq!(c.update.tick(), Duration::from_millis(1000));
+        let text = format!(
+            "{GOOD}[update]\nlock_dir = \"/run/locks\"\nclock_sync_wait_secs = 0\ntick_ms = 250\n"
+        );
+        let c = Config::parse(&text).unwrap();
+        assert_eq!(
+            c.update,
+            UpdateConfig {
+                lock_dir: "/run/locks".into(),
+                clock_sync_wait_secs: 0,
+                tick_ms: 250,
+            }
+        );
+        assert_eq!(Config::parse(&c.to_toml().unwrap()).unwrap(), c);
+        assert_eq!(Config::parse(&c.to_display_toml()).unwrap(), c);
+        for (setting, field) in [
+            ("lock_dir = \"run\"", "update.lock_dir:"),
+            (
+                "clock_sync_wait_secs = 86401",
+                "update.clock_sync_wait_secs:",
+            ),
+            ("tick_ms = 99", "update.tick_ms:"),
+            ("tick_ms = 60001", "update.tick_ms:"),
+        ] {
+            let e = err(&format!("{GOOD}[update]\n{setting}\n"));
+            assert!(e.starts_with(field), "{setting}: {e}");
+        }
+        let e = err(&format!("{GOOD}[update]\nlock_file = \"/x\"\n"));
+        assert!(e.contains("lock_file"), "{e}");
     }
 
     #[test]

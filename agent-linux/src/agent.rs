@@ -16,6 +16,8 @@ use tokio::sync::{mpsc, watch};
 use crate::backoff::Backoff;
 use crate::cache::{Cache, CacheHealth, CacheWriter};
 use crate::config::Config;
+use crate::gate::Gatekeeper;
+use crate::gate::clock::SystemClock;
 use crate::host::HostInfo;
 use crate::log::Chain;
 use crate::nats::{Session, WatchEvent};
@@ -84,13 +86,36 @@ struct Deployments<R> {
     /// Chooses what each reconciler runs: the desired value, or the last
     /// healthy one after a rollback.
     rollback: Rc<Rollback>,
+    /// Decides when a new desired value (or a delete) may apply: before
+    /// the rollback, which gets only what the gate admits.
+    gate: Rc<Gatekeeper<R>>,
 }
 
 impl<R: Runtime> Deployments<R> {
-    /// Sets a deployment's target, starting its reconciler when new.
-    fn set(&self, deployment: &str, value: Option<Bytes>) {
+    /// A deployment's desired value arrived (`None`: deleted; `force`: the
+    /// delete carried the override): through the gate, which admits it now
+    /// or later.
+    fn set(&self, deployment: &str, value: Option<Bytes>, force: bool) {
+        self.gate
+            .arrived(deployment, value, force, &|d, v| self.admit(d, v));
+        self.count_changed();
+    }
+
+    /// At boot: the admitted values run, the cached ones (`None`: the
+    /// cache could not be read) go through the gate.
+    fn restore(&self, cached: Option<BTreeMap<String, Bytes>>) {
+        self.gate.restore(cached, &|d, v| self.admit(d, v));
+        self.count_changed();
+    }
+
+    /// What the gate admitted: the rollback chooses what runs, and the
+    /// reconciler (started when new) runs it.
+    fn admit(&self, deployment: &str, value: Option<Bytes>) {
         let value = self.rollback.arrived(deployment, value);
         self.set_target(deployment, value);
+    }
+
+    fn count_changed(&self) {
         let count = self.desired().len() as u32;
         self.count
             .send_if_modified(|c| std::mem::replace(c, count) != count);
@@ -126,14 +151,10 @@ impl<R: Runtime> Deployments<R> {
         }
     }
 
-    /// Deployments currently desired (not deleted).
+    /// Deployments currently desired (not deleted), whether they run or
+    /// wait for the gate.
     fn desired(&self) -> BTreeSet<String> {
-        self.workers
-            .borrow()
-            .iter()
-            .filter(|(_, tx)| tx.borrow().value.is_some())
-            .map(|(k, _)| k.clone())
-            .collect()
+        self.gate.desired()
     }
 }
 
@@ -161,6 +182,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             initial: Duration::from_secs(config.podman.restart_backoff_initial_secs),
             max: Duration::from_secs(config.podman.restart_backoff_max_secs),
         },
+        lock_dir: config.update.lock_dir.clone(),
     });
     let policy = ctx.policy.clone();
     let rollback = Rc::new(Rollback::open(&config.state_dir, policy).with_context(|| {
@@ -169,31 +191,64 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             config.state_dir.display()
         )
     })?);
+    // The reconcilers' reports reach the status writer through the
+    // rollback's relay, which also rolls back, then the gate's, which
+    // shows the changes that wait.
+    let (checked_tx, checked_rx) = mpsc::unbounded_channel();
+    let (gated_tx, gated_rx) = mpsc::unbounded_channel();
+    let gate = Rc::new(
+        Gatekeeper::open(
+            &config.state_dir,
+            &config.update,
+            runtime.clone(),
+            gated_tx,
+            Box::new(SystemClock),
+        )
+        .with_context(|| {
+            format!(
+                "cannot open the admitted store under state_dir {} (check the directory is writable)",
+                config.state_dir.display()
+            )
+        })?,
+    );
     let deployments = Rc::new(Deployments {
         ctx,
         workers: RefCell::new(BTreeMap::new()),
         count: watch::Sender::new(0),
         rollback: rollback.clone(),
+        gate: gate.clone(),
     });
-    // The reconcilers' reports reach the status writer through the
-    // rollback's relay, which also rolls back.
-    let (checked_tx, checked_rx) = mpsc::unbounded_channel();
     let retarget = {
         let deployments = deployments.clone();
         move |d: &str, value: Bytes| deployments.set_target(d, Some(value))
     };
     tokio::task::spawn_local(rollback.clone().relay(status_rx, checked_tx, retarget));
+    let admit = {
+        let deployments = deployments.clone();
+        move |d: &str, value: Option<Bytes>| deployments.admit(d, value)
+    };
+    tokio::task::spawn_local(gate.relay(checked_rx, admit));
 
     // Offline first: bring back what the cache says before any network.
-    match cache.load_all() {
+    let cached = match cache.load_all() {
         Ok(cached) => {
             crate::info!("restoring {} deployment(s) from the cache", cached.len());
-            for (name, value) in cached {
-                deployments.set(&name, Some(Bytes::from(value)));
-            }
-            rollback.prune();
+            Some(
+                cached
+                    .into_iter()
+                    .map(|(name, value)| (name, Bytes::from(value)))
+                    .collect(),
+            )
         }
-        Err(e) => crate::error!("cannot read the cache: {}; waiting for NATS", Chain(&e)),
+        Err(e) => {
+            crate::error!("cannot read the cache: {}; waiting for NATS", Chain(&e));
+            None
+        }
+    };
+    let restored = cached.is_some();
+    deployments.restore(cached);
+    if restored {
+        rollback.prune();
     }
     let cache = CacheWriter::start(cache);
 
@@ -202,7 +257,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let podman_version = Rc::new(VersionCache::default());
     tokio::task::spawn_local(status_writer_noting(
         session.clone(),
-        checked_rx,
+        gated_rx,
         Some(cache.health()),
     ));
     tokio::task::spawn_local(heartbeat(
@@ -288,13 +343,24 @@ async fn watch_loop<R: Runtime>(
                     if let Some(seen) = &mut seen {
                         seen.insert(deployment.clone());
                     }
-                    deployments.set(&deployment, Some(value.clone()));
+                    deployments.set(&deployment, Some(value.clone()), false);
                     cache.store(&deployment, value);
                 }
-                WatchEvent::Delete { deployment } | WatchEvent::Purge { deployment } => {
+                WatchEvent::Delete { deployment, force }
+                | WatchEvent::Purge { deployment, force } => {
+                    // The snapshot delivers forced deletes (their override
+                    // would be lost otherwise), also of deployments gone
+                    // long ago.
+                    if seen.is_some() && !deployments.gate.knows(&deployment) {
+                        continue;
+                    }
                     // Both end the deployment; a purge also dropped its
                     // history on the server, which changes nothing here.
-                    crate::info!("{deployment}: deleted");
+                    if force {
+                        crate::info!("{deployment}: deleted (forced)");
+                    } else {
+                        crate::info!("{deployment}: deleted");
+                    }
                     // Off the cache before the containers go: a power cut
                     // in between must not bring a deleted workload back on
                     // an offline reboot. Deletes are rare; a put's value
@@ -302,7 +368,7 @@ async fn watch_loop<R: Runtime>(
                     // previous revision offline is the lesser harm.
                     cache.remove(&deployment);
                     cache.flush();
-                    deployments.set(&deployment, None);
+                    deployments.set(&deployment, None, force);
                 }
                 WatchEvent::SnapshotComplete => {
                     let Some(seen) = seen.take() else { continue };
@@ -318,7 +384,7 @@ async fn watch_loop<R: Runtime>(
                         cache.flush();
                     }
                     for d in &gone {
-                        deployments.set(d, None);
+                        deployments.set(d, None, false);
                     }
                     sweep(&deployments, &seen).await;
                 }
@@ -379,6 +445,7 @@ pub async fn status_writer_noting(
             && a.message == b.message
             && a.reason == b.reason
             && a.running_revision == b.running_revision
+            && a.waiting == b.waiting
     };
     loop {
         if pending.is_empty() {

@@ -57,6 +57,16 @@ impl Cache {
         Self::open_store(state_dir, "failed", Some("failed-revision marker"))
     }
 
+    /// The admitted store's directory under `state_dir`.
+    pub const ADMITTED: &'static str = "admitted";
+
+    /// Opens (creating) `<state_dir>/admitted`: per deployment the value
+    /// the update gate last let through, which the reconciler runs (see
+    /// [`crate::gate`]).
+    pub fn open_admitted(state_dir: &Path) -> io::Result<Cache> {
+        Self::open_store(state_dir, Self::ADMITTED, Some("admitted value"))
+    }
+
     /// One file per deployment under `<state_dir>/<name>`, with the same
     /// atomic writes.
     fn open_store(state_dir: &Path, name: &str, holds: Option<&'static str>) -> io::Result<Cache> {

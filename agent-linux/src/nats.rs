@@ -35,7 +35,7 @@ use protocol::keys::{
     ConsumerCreateSubject, DESIRED_STATE_BUCKET, DEVICE_HEARTBEAT_BUCKET, DEVICE_STATUS_BUCKET,
     DeploymentKey, DeviceFilter, KvSubject, RepublishSubject, StreamName,
 };
-use protocol::kv::{OPERATION_HEADER, Operation, SEQUENCE_HEADER};
+use protocol::kv::{FORCE_HEADER, FORCE_VALUE, OPERATION_HEADER, Operation, SEQUENCE_HEADER};
 
 /// How long a JetStream request (consumer create, publish ack) may take.
 /// A permission denial has no reply, so it surfaces as this timeout.
@@ -495,11 +495,16 @@ pub enum WatchEvent {
     Delete {
         /// The deployment.
         deployment: String,
+        /// The delete carried the override (`Iot-Force: true`): the
+        /// device removes at once, whatever its update lock and windows.
+        force: bool,
     },
     /// The key was purged (its history removed).
     Purge {
         /// The deployment.
         deployment: String,
+        /// As for [`WatchEvent::Delete`].
+        force: bool,
     },
     /// Every key's current value has been delivered: what was not in the
     /// snapshot is not desired.
@@ -627,7 +632,9 @@ impl Merge {
     /// The state after a snapshot, and the events it stands for: each
     /// key's last record wins (a delete stored while the snapshot was read
     /// supersedes the put before it), and only puts are events, since what
-    /// the snapshot lacks is removed at `SnapshotComplete`.
+    /// the snapshot lacks is removed at `SnapshotComplete`; but for forced
+    /// deletes, whose override would be lost that way (the caller ignores
+    /// those of deployments it does not know).
     fn from_snapshot(records: Vec<Record>) -> (Merge, VecDeque<WatchEvent>) {
         let mut last: BTreeMap<String, (u64, WatchEvent)> = BTreeMap::new();
         for r in records {
@@ -639,7 +646,12 @@ impl Merge {
         let mut queued = VecDeque::new();
         for (deployment, (seq, event)) in last {
             merge.applied.insert(deployment, seq);
-            if matches!(event, WatchEvent::Put { .. }) {
+            if matches!(
+                event,
+                WatchEvent::Put { .. }
+                    | WatchEvent::Delete { force: true, .. }
+                    | WatchEvent::Purge { force: true, .. }
+            ) {
                 queued.push_back(event);
             }
         }
@@ -694,9 +706,12 @@ fn kv_event(
     let op = headers
         .and_then(|h| h.get(OPERATION_HEADER))
         .map(|v| v.as_str());
+    let force = headers
+        .and_then(|h| h.get(FORCE_HEADER))
+        .is_some_and(|v| v.as_str() == FORCE_VALUE);
     match Operation::of_header(op) {
-        Some(Operation::Delete) => WatchEvent::Delete { deployment },
-        Some(Operation::Purge) => WatchEvent::Purge { deployment },
+        Some(Operation::Delete) => WatchEvent::Delete { deployment, force },
+        Some(Operation::Purge) => WatchEvent::Purge { deployment, force },
         Some(Operation::Put) | None => WatchEvent::Put { deployment, value },
     }
 }
@@ -722,6 +737,7 @@ mod tests {
             seq,
             event: WatchEvent::Delete {
                 deployment: d.into(),
+                force: false,
             },
         }
     }
@@ -748,6 +764,26 @@ mod tests {
         assert_eq!(merge.live("c", 14), Live::Apply);
         assert_eq!(merge.live("a", 15), Live::Apply);
         assert_eq!(merge.live("a", 15), Live::Duplicate);
+    }
+
+    /// A forced delete read by the snapshot keeps its override: it is an
+    /// event (an unforced one is implied by `SnapshotComplete`).
+    #[test]
+    fn the_snapshot_delivers_forced_deletes() {
+        let forced = Record {
+            deployment: "a".into(),
+            seq: 12,
+            event: WatchEvent::Delete {
+                deployment: "a".into(),
+                force: true,
+            },
+        };
+        let (_, queued) =
+            Merge::from_snapshot(vec![put("a", 10, "a1"), forced.clone(), del("c", 5)]);
+        assert_eq!(
+            Vec::from(queued),
+            [forced.event, WatchEvent::SnapshotComplete]
+        );
     }
 
     #[test]
@@ -837,13 +873,43 @@ mod tests {
         assert_eq!(
             event(Some("DEL")),
             WatchEvent::Delete {
-                deployment: "web".into()
+                deployment: "web".into(),
+                force: false,
             }
         );
         assert_eq!(
             event(Some("PURGE")),
             WatchEvent::Purge {
-                deployment: "web".into()
+                deployment: "web".into(),
+                force: false,
+            }
+        );
+        // The override, as the operator writes it on a forced delete.
+        let forced = |op: &str, value: &str| {
+            let mut h = async_nats::HeaderMap::new();
+            h.insert(OPERATION_HEADER, op);
+            h.insert(FORCE_HEADER, value);
+            kv_event("web".into(), Some(&h), Bytes::new())
+        };
+        assert_eq!(
+            forced("DEL", FORCE_VALUE),
+            WatchEvent::Delete {
+                deployment: "web".into(),
+                force: true,
+            }
+        );
+        assert_eq!(
+            forced("PURGE", FORCE_VALUE),
+            WatchEvent::Purge {
+                deployment: "web".into(),
+                force: true,
+            }
+        );
+        assert_eq!(
+            forced("DEL", "false"),
+            WatchEvent::Delete {
+                deployment: "web".into(),
+                force: false,
             }
         );
     }

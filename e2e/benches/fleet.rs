@@ -238,7 +238,7 @@ async fn device(
                 let _ = events.send(DevEvent::Received(idx, Instant::now()));
                 (deployment, Some(value))
             }
-            WatchEvent::Delete { deployment } | WatchEvent::Purge { deployment } => {
+            WatchEvent::Delete { deployment, .. } | WatchEvent::Purge { deployment, .. } => {
                 (deployment, None)
             }
             WatchEvent::SnapshotComplete => continue,
