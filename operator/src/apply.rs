@@ -7,17 +7,27 @@
 //! Devices `spec.targetSelector` selects ([`Plan::add_targets`], from
 //! [`crate::targeting`]) and marks the targets whose agent cannot read the
 //! value ([`Plan::held`]): [`apply`] neither writes nor removes their keys.
+//!
+//! Every target gets the same value, except those whose Device object has
+//! its own maintenance windows (`spec.maintenance.windows`): a board's own
+//! windows win over the Deployment's, so such a target gets the same
+//! revision with its own windows in the gate ([`Plan::set_device_windows`],
+//! [`Plan::value_for`]).
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use bytes::Bytes;
 use protocol::keys::{DESIRED_STATE_BUCKET, validate_deployment_name, validate_device_id};
 use protocol::kv::{Owner, OwnerBuf, OwnerError};
+use protocol::limits::MAX_WINDOWS;
 use protocol::score::KNOWN_SCORE_TYPES;
-use protocol::{DeploymentKey, DesiredState, Text};
+use protocol::{
+    BoundedVec, DeploymentKey, DesiredState, MaintenanceWindow, Text, UpdateGate, UpdateLockPolicy,
+};
 
 use crate::crd::{
-    Deployment, MAX_ROLLOUT_SECONDS, MAX_TARGETS, Rollout, RolloutStrategy, revision_string,
+    Deployment, MAX_LOCK_TIMEOUT_SECONDS, MAX_ROLLOUT_SECONDS, MAX_TARGETS, MaintenanceWindowSpec,
+    Rollout, RolloutStrategy, revision_string,
 };
 use crate::nats::{KvWrite, Nats, NatsError};
 use crate::rollout::RolloutSpec;
@@ -40,8 +50,21 @@ pub struct Plan {
     pub held: BTreeMap<String, String>,
     /// The revision: the content hash of the routed score.
     pub revision: u64,
-    /// The encoded [`DesiredState`] every target receives.
+    /// The encoded [`DesiredState`] every target receives, except those in
+    /// `device_values` ([`Plan::value_for`] says which).
     pub value: Bytes,
+    /// Targets whose Device has maintenance windows of its own, with the
+    /// value each receives instead of `value`: the same revision, the
+    /// Device's windows in the gate. Filled by [`Plan::set_device_windows`].
+    pub device_values: BTreeMap<String, Bytes>,
+    /// Targets whose Device's own maintenance windows are invalid, each
+    /// with the reason: their key keeps what it holds (neither written nor
+    /// removed) until the Device is fixed.
+    pub kept: BTreeMap<String, String>,
+    /// `spec.rollout.force`: the keys this plan deletes carry the force
+    /// header, so that devices remove at once, whatever their update lock
+    /// and maintenance windows say.
+    pub force: bool,
     /// The score's JSON as the user wrote it (`status.observedScoreString`).
     pub score_json: String,
     /// Set when the score type is not one this build knows: it is routed as
@@ -49,6 +72,23 @@ pub struct Plan {
     pub unknown_type: Option<UnknownType>,
     /// With strategy BatchSequence: its batches and limits, checked.
     pub batch_sequence: Option<RolloutSpec>,
+    /// What `value` encodes, to derive the per-device values from.
+    desired: DesiredState<'static>,
+    /// The windows of the targets in `device_values`.
+    device_windows: BTreeMap<String, Windows>,
+}
+
+/// Maintenance windows as they travel.
+type Windows = BoundedVec<MaintenanceWindow<'static>, MAX_WINDOWS>;
+
+/// A Device whose own maintenance windows cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("Device {device}: {error}; the device's keys keep what they hold until it is fixed")]
+pub struct DeviceWindowsError {
+    /// The device id.
+    pub device: String,
+    /// What is wrong, naming the field (`spec.maintenance.windows[0].at`).
+    pub error: PlanError,
 }
 
 /// A score type this build does not know.
@@ -138,6 +178,26 @@ pub enum PlanError {
         /// What is wrong and what is allowed.
         reason: String,
     },
+    /// A maintenance window (of `spec.rollout.maintenanceWindows`, or a
+    /// Device's `spec.maintenance.windows`) is not one a device can keep.
+    #[error("{field}: {reason}")]
+    InvalidWindow {
+        /// The field, e.g. `spec.rollout.maintenanceWindows[0].at`.
+        field: String,
+        /// What is wrong with it and what is allowed.
+        reason: maintenance_window::WindowError,
+    },
+    /// More maintenance windows than a device keeps.
+    #[error(
+        "{field} has {count} windows; at most {max} are allowed (one cron expression can open at several times, e.g. \"0 2,14 * * *\" or \"0 1 * * SAT,SUN\")",
+        max = MAX_WINDOWS
+    )]
+    TooManyWindows {
+        /// The list, e.g. `spec.rollout.maintenanceWindows`.
+        field: String,
+        /// How many it has.
+        count: usize,
+    },
     /// The score's data does not fit its type, or is over a bound.
     #[error("spec.score.data{}: {reason}", if path.is_empty() { String::new() } else { format!(".{path}") })]
     InvalidScore {
@@ -192,6 +252,7 @@ pub fn plan(d: &Deployment) -> Result<Plan, PlanError> {
         .transpose()
         .map_err(PlanError::InvalidSelector)?;
     check_rollout(&d.spec.rollout)?;
+    let gate = gate_of(&d.spec.rollout)?;
     // Checked whatever the strategy, so that switching to BatchSequence
     // cannot meet a field that was accepted unread.
     let rollout_spec = RolloutSpec::new(&d.spec.rollout)?;
@@ -220,12 +281,10 @@ pub fn plan(d: &Deployment) -> Result<Plan, PlanError> {
         score: payload,
         rollout: d.spec.rollout.device_policy(),
         attempt: 0,
-        gate: Default::default(),
+        gate,
     };
-    let value = protocol::wire::encode_to_vec(&desired).map_err(|e| PlanError::InvalidScore {
-        path: String::new(),
-        reason: e.to_string(),
-    })?;
+    let value = encode(&desired)?;
+    let desired = desired.into_owned();
     let unknown_type = (!protocol::json::is_known_type(&score.type_name)).then(|| UnknownType {
         type_name: score.type_name.clone(),
         suggestion: nearest_known_type(&score.type_name),
@@ -241,11 +300,70 @@ pub fn plan(d: &Deployment) -> Result<Plan, PlanError> {
         selector,
         held: BTreeMap::new(),
         revision,
-        value: Bytes::from(value),
+        value,
+        device_values: BTreeMap::new(),
+        kept: BTreeMap::new(),
+        force: d.spec.rollout.force,
         score_json,
         unknown_type,
         batch_sequence,
+        desired,
+        device_windows: BTreeMap::new(),
     })
+}
+
+fn encode(desired: &DesiredState<'_>) -> Result<Bytes, PlanError> {
+    protocol::wire::encode_to_vec(desired)
+        .map(Bytes::from)
+        .map_err(|e| PlanError::InvalidScore {
+            path: String::new(),
+            reason: e.to_string(),
+        })
+}
+
+/// The gate the devices get from `spec.rollout`: its update lock, its
+/// maintenance windows (checked as the agent evaluates them) and force.
+fn gate_of(r: &Rollout) -> Result<UpdateGate<'static>, PlanError> {
+    let update_lock = match &r.update_lock {
+        Some(lock) if lock.timeout_seconds > MAX_LOCK_TIMEOUT_SECONDS => {
+            return Err(PlanError::InvalidRollout {
+                field: "updateLock.timeoutSeconds",
+                value: lock.timeout_seconds,
+                min: 0,
+                max: MAX_LOCK_TIMEOUT_SECONDS,
+            });
+        }
+        Some(lock) => Some(UpdateLockPolicy {
+            timeout_seconds: lock.timeout_seconds,
+            on_timeout: lock.on_timeout.into(),
+        }),
+        None => None,
+    };
+    Ok(UpdateGate {
+        update_lock,
+        windows: check_windows("spec.rollout.maintenanceWindows", &r.maintenance_windows)?,
+        force: r.force,
+    })
+}
+
+/// `windows` (the list at `field`) checked and as they travel.
+pub fn check_windows(field: &str, windows: &[MaintenanceWindowSpec]) -> Result<Windows, PlanError> {
+    let too_many = || PlanError::TooManyWindows {
+        field: field.to_string(),
+        count: windows.len(),
+    };
+    if windows.len() > MAX_WINDOWS {
+        return Err(too_many());
+    }
+    let mut out = BoundedVec::new();
+    for (i, w) in windows.iter().enumerate() {
+        let wire = w.to_wire().map_err(|reason| PlanError::InvalidWindow {
+            field: format!("{field}[{i}].{}", reason.field()),
+            reason,
+        })?;
+        out.push(wire).map_err(|_| too_many())?;
+    }
+    Ok(out)
 }
 
 impl Plan {
@@ -257,15 +375,94 @@ impl Plan {
             path: String::new(),
             reason: e,
         };
-        let mut desired: DesiredState<'_> =
-            protocol::wire::decode(&self.value).map_err(|e| reencode(e.to_string()))?;
-        if desired.attempt == attempt {
+        if self.desired.attempt == attempt {
             return Ok(());
         }
-        desired.attempt = attempt;
-        let value = protocol::wire::encode_to_vec(&desired).map_err(|e| reencode(e.to_string()))?;
-        self.value = Bytes::from(value);
+        let before = self.desired.attempt;
+        self.desired.attempt = attempt;
+        if let Err(e) = self.encode_values() {
+            self.desired.attempt = before;
+            return Err(reencode(e.to_string()));
+        }
         Ok(())
+    }
+
+    /// The value `device` receives: its own when its Device has
+    /// maintenance windows, else [`Plan::value`].
+    pub fn value_for(&self, device: &str) -> &Bytes {
+        self.device_values.get(device).unwrap_or(&self.value)
+    }
+
+    /// Gives every target whose Device has maintenance windows of its own
+    /// (`windows(device)`: the Device's `spec.maintenance.windows`, `None`
+    /// or empty when it has none or no Device object) a value with those
+    /// windows instead of the Deployment's: the same revision, update lock
+    /// and force. A target whose Device's windows are invalid goes to
+    /// [`Plan::kept`] (its key is left as it is) and is returned, to be
+    /// reported on the Device.
+    pub fn set_device_windows(
+        &mut self,
+        windows: impl Fn(&str) -> Option<Vec<MaintenanceWindowSpec>>,
+    ) -> Vec<DeviceWindowsError> {
+        self.device_windows.clear();
+        self.kept.clear();
+        let mut errors = Vec::new();
+        for device in &self.targets {
+            let Some(own) = windows(device).filter(|w| !w.is_empty()) else {
+                continue;
+            };
+            match check_windows("spec.maintenance.windows", &own) {
+                Ok(w) => {
+                    self.device_windows.insert(device.clone(), w);
+                }
+                Err(error) => {
+                    let e = DeviceWindowsError {
+                        device: device.clone(),
+                        error,
+                    };
+                    self.kept.insert(device.clone(), e.to_string());
+                    errors.push(e);
+                }
+            }
+        }
+        if let Err(e) = self.encode_values() {
+            // Not reached: the windows were checked, the base value encoded.
+            for device in std::mem::take(&mut self.device_windows).into_keys() {
+                self.kept.insert(device.clone(), e.to_string());
+            }
+            self.device_values.clear();
+        }
+        errors
+    }
+
+    /// Encodes `value` and every per-device value from `desired`.
+    fn encode_values(&mut self) -> Result<(), PlanError> {
+        let value = encode(&self.desired)?;
+        let mut device_values = BTreeMap::new();
+        for (device, windows) in &self.device_windows {
+            let mut desired = self.desired.clone();
+            desired.gate.windows = windows.clone();
+            let v = encode(&desired)?;
+            if v != value {
+                device_values.insert(device.clone(), v);
+            }
+        }
+        self.value = value;
+        self.device_values = device_values;
+        Ok(())
+    }
+
+    /// The same per-device windows as `other` (the plan being rolled out),
+    /// for this plan of another score: what a rollback writes.
+    pub fn copy_device_windows(&mut self, other: &Plan) -> Result<(), PlanError> {
+        self.device_windows = other.device_windows.clone();
+        self.kept = other.kept.clone();
+        self.encode_values()
+    }
+
+    /// A delete of `key` by this plan: forced when `spec.rollout.force`.
+    pub fn delete(&self, key: String) -> KvWrite {
+        delete(key, self.force)
     }
 
     /// Adds `devices` (e.g. those the selector selects) to the targets,
@@ -367,10 +564,11 @@ pub async fn apply(nats: &Nats, plan: &Plan) -> Result<ApplyOutcome, NatsError> 
     let mut outcome = ApplyOutcome::default();
     let mut writes = Vec::new();
     for device in &plan.targets {
-        if plan.held.contains_key(device) {
+        if plan.held.contains_key(device) || plan.kept.contains_key(device) {
             continue;
         }
         let key = key_of(device, &plan.name)?;
+        let value = plan.value_for(device);
         match current.get(device.as_str()) {
             Some(rec)
                 if !rec.deleted
@@ -387,14 +585,14 @@ pub async fn apply(nats: &Nats, plan: &Plan) -> Result<ApplyOutcome, NatsError> 
             Some(rec)
                 if !rec.deleted
                     && rec.owner.as_deref() == Some(plan.owner.as_str())
-                    && rec.value == plan.value =>
+                    && rec.value == *value =>
             {
                 outcome.unchanged.push(device.clone());
             }
             _ => {
                 writes.push(KvWrite::Put {
                     key,
-                    value: plan.value.clone(),
+                    value: value.clone(),
                     owner: plan.owner.to_string(),
                 });
                 outcome.written.push(device.clone());
@@ -404,9 +602,7 @@ pub async fn apply(nats: &Nats, plan: &Plan) -> Result<ApplyOutcome, NatsError> 
     let targets: BTreeSet<&str> = plan.targets.iter().map(String::as_str).collect();
     for (device, rec) in &current {
         if !targets.contains(device.as_str()) && owned_by(rec, &plan.owner) {
-            writes.push(KvWrite::Delete {
-                key: key_of(device, &plan.name)?,
-            });
+            writes.push(plan.delete(key_of(device, &plan.name)?));
             outcome.removed.push(device.to_string());
         }
     }
@@ -415,21 +611,45 @@ pub async fn apply(nats: &Nats, plan: &Plan) -> Result<ApplyOutcome, NatsError> 
 }
 
 /// Deletes every key `<device>.<name>` written by `owner`; returns the
-/// devices whose key was deleted. Idempotent.
+/// devices whose key was deleted. Idempotent. The devices remove the
+/// workload when their update lock and maintenance windows let them; see
+/// [`remove_forced`] for at once.
 pub async fn remove(nats: &Nats, owner: &str, name: &str) -> Result<Vec<String>, NatsError> {
+    remove_with(nats, owner, name, false).await
+}
+
+/// [`remove`] for a Deployment with `spec.rollout.force`: the deletes carry
+/// the force header ([`protocol::kv::FORCE_HEADER`]), so that devices
+/// remove at once, whatever their update lock and maintenance windows say.
+pub async fn remove_forced(nats: &Nats, owner: &str, name: &str) -> Result<Vec<String>, NatsError> {
+    remove_with(nats, owner, name, true).await
+}
+
+async fn remove_with(
+    nats: &Nats,
+    owner: &str,
+    name: &str,
+    force: bool,
+) -> Result<Vec<String>, NatsError> {
     let current = current_keys(nats, name).await?;
     let mut removed = Vec::new();
     let mut writes = Vec::new();
     for (device, rec) in &current {
         if owned_by(rec, owner) {
-            writes.push(KvWrite::Delete {
-                key: key_of(device, name)?,
-            });
+            writes.push(delete(key_of(device, name)?, force));
             removed.push(device.to_string());
         }
     }
     nats.write(DESIRED_STATE_BUCKET, writes).await?;
     Ok(removed)
+}
+
+fn delete(key: String, force: bool) -> KvWrite {
+    if force {
+        KvWrite::ForcedDelete { key }
+    } else {
+        KvWrite::Delete { key }
+    }
 }
 
 pub(crate) fn owned_by(rec: &crate::nats::KvRecord, owner: &str) -> bool {
@@ -476,6 +696,12 @@ pub fn summary(plan: &Plan, outcome: &ApplyOutcome) -> String {
         s.push_str(&format!(
             ", {} held back (their agent cannot read the value; update it)",
             plan.held.len()
+        ));
+    }
+    if !plan.kept.is_empty() {
+        s.push_str(&format!(
+            ", {} kept as they were (their Device's maintenance windows are invalid)",
+            plan.kept.len()
         ));
     }
     s
@@ -791,6 +1017,235 @@ mod tests {
         let e = plan(&d).unwrap_err();
         assert_eq!(e, PlanError::NoTargets);
         assert!(e.to_string().contains("targetSelector"), "{e}");
+    }
+
+    fn window(at: &str, tz: &str, duration: &str) -> MaintenanceWindowSpec {
+        MaintenanceWindowSpec {
+            at: at.into(),
+            time_zone: tz.into(),
+            duration: duration.into(),
+        }
+    }
+
+    fn gate_of_value(value: &[u8]) -> (u8, protocol::UpdateGate<'static>) {
+        let d: DesiredState<'_> = protocol::wire::decode(value).unwrap();
+        (d.format_version(), d.gate.into_owned())
+    }
+
+    #[test]
+    fn the_gate_goes_in_format_4_only_when_set() {
+        let mut d = deployment("web", "PodmanV1", podman());
+        let plain = plan(&d).unwrap();
+        assert_eq!(plain.value[0], 1, "nothing gates it: as before");
+        d.spec.rollout.maintenance_windows = vec![window("0 2 * * *", "Europe/Paris", "2h")];
+        d.spec.rollout.update_lock = Some(crate::crd::UpdateLock {
+            timeout_seconds: 3600,
+            on_timeout: crate::crd::OnLockTimeout::Force,
+        });
+        let p = plan(&d).unwrap();
+        assert_eq!(p.revision, plain.revision, "the revision is the score's");
+        let (version, gate) = gate_of_value(&p.value);
+        assert_eq!(version, 4);
+        assert_eq!(
+            gate.update_lock,
+            Some(protocol::UpdateLockPolicy {
+                timeout_seconds: 3600,
+                on_timeout: protocol::LockTimeout::Force
+            })
+        );
+        assert_eq!(gate.windows.len(), 1);
+        assert_eq!(
+            (
+                gate.windows[0].at.as_str(),
+                gate.windows[0].time_zone.as_str(),
+                gate.windows[0].duration_seconds
+            ),
+            ("0 2 * * *", "Europe/Paris", 7200)
+        );
+        assert!(!gate.force);
+        // Each field alone is enough; `updateLock: {}` honours the lock.
+        let mut lock = deployment("web", "PodmanV1", podman());
+        lock.spec.rollout.update_lock = Some(Default::default());
+        let (v, gate) = gate_of_value(&plan(&lock).unwrap().value);
+        assert_eq!((v, gate.update_lock), (4, Some(Default::default())));
+        let mut force = deployment("web", "PodmanV1", podman());
+        force.spec.rollout.force = true;
+        let p = plan(&force).unwrap();
+        assert!(p.force);
+        assert_eq!(
+            gate_of_value(&p.value),
+            (
+                4,
+                protocol::UpdateGate {
+                    force: true,
+                    ..Default::default()
+                }
+            )
+        );
+        // The YAML form users write.
+        let r: Rollout = serde_json::from_value(serde_json::json!({
+            "updateLock": {"timeoutSeconds": 600},
+            "maintenanceWindows": [{"at": "0 2 * * *", "timeZone": "UTC", "duration": "90m"}],
+        }))
+        .unwrap();
+        assert_eq!(
+            r.update_lock.as_ref().unwrap().on_timeout,
+            crate::crd::OnLockTimeout::Fail
+        );
+        assert_eq!(r.maintenance_windows[0].duration, "90m");
+        assert!(
+            serde_json::from_value::<Rollout>(serde_json::json!({"maintenanceWindows": [{"at": "0 2 * * *", "timezone": "UTC", "duration": "1h"}]})).is_err(),
+            "a misspelt field is refused"
+        );
+    }
+
+    #[test]
+    fn bad_gates_name_the_field_and_the_fix() {
+        let refused = |change: &dyn Fn(&mut Rollout)| {
+            let mut d = deployment("web", "PodmanV1", podman());
+            change(&mut d.spec.rollout);
+            let e = plan(&d).unwrap_err();
+            assert!(!e.is_score_error(), "{e}");
+            e.to_string()
+        };
+        let windows = |w: Vec<MaintenanceWindowSpec>| {
+            move |r: &mut Rollout| r.maintenance_windows = w.clone()
+        };
+        let got = refused(&windows(vec![window("0 25 * * *", "UTC", "1h")]));
+        assert!(
+            got.starts_with("spec.rollout.maintenanceWindows[0].at: \"0 25 * * *\" is not a valid cron expression ("),
+            "{got}"
+        );
+        assert!(got.contains("e.g. \"0 2 * * *\""), "{got}");
+        let got = refused(&windows(vec![
+            window("0 2 * * *", "UTC", "1h"),
+            window("0 2 * * *", "Europe/Lyon", "1h"),
+        ]));
+        assert!(
+            got.starts_with("spec.rollout.maintenanceWindows[1].timeZone: \"Europe/Lyon\" is not an IANA time zone"),
+            "{got}"
+        );
+        for bad in ["0s", "25h", "24h1s", "soon", "-1h", ""] {
+            let got = refused(&windows(vec![window("0 2 * * *", "UTC", bad)]));
+            assert!(
+                got.starts_with(&format!(
+                    "spec.rollout.maintenanceWindows[0].duration: {bad:?} is not a window duration"
+                )),
+                "{bad}: {got}"
+            );
+            assert!(got.contains("from 1s to 24h"), "{got}");
+        }
+        let nine = vec![window("0 2 * * *", "UTC", "1h"); 9];
+        let got = refused(&windows(nine));
+        assert!(
+            got.starts_with("spec.rollout.maintenanceWindows has 9 windows; at most 8 are allowed"),
+            "{got}"
+        );
+        let got = refused(&|r: &mut Rollout| {
+            r.update_lock = Some(crate::crd::UpdateLock {
+                timeout_seconds: 604_801,
+                ..Default::default()
+            })
+        });
+        assert_eq!(
+            got,
+            "spec.rollout.updateLock.timeoutSeconds: 604801 is out of range; allowed 0 to 604800"
+        );
+        // The bounds themselves pass.
+        let mut d = deployment("web", "PodmanV1", podman());
+        d.spec.rollout.maintenance_windows = vec![window("0 2 * * *", "UTC", "24h"); 8];
+        d.spec.rollout.maintenance_windows[0].duration = "1s".into();
+        d.spec.rollout.update_lock = Some(crate::crd::UpdateLock {
+            timeout_seconds: 604_800,
+            ..Default::default()
+        });
+        assert!(plan(&d).is_ok());
+    }
+
+    #[test]
+    fn a_devices_own_windows_win_and_bad_ones_keep_its_key() {
+        let mut d = deployment("web", "PodmanV1", podman());
+        d.spec.target_devices = vec!["a".into(), "b".into(), "c".into(), "d".into()];
+        d.spec.rollout.maintenance_windows = vec![window("0 2 * * *", "Europe/Paris", "2h")];
+        d.spec.rollout.update_lock = Some(Default::default());
+        let mut p = plan(&d).unwrap();
+        let own = |device: &str| match device {
+            "a" => Some(vec![window("30 3 * * SUN", "America/New_York", "90m")]),
+            "b" => Some(vec![]),
+            "c" => Some(vec![window("0 2 * * *", "Mars/Olympus", "1h")]),
+            // The Deployment's windows exactly: the common value.
+            "d" => Some(vec![window("0 2 * * *", "Europe/Paris", "2h")]),
+            _ => None,
+        };
+        let errors = p.set_device_windows(own);
+        assert_eq!(p.device_values.keys().collect::<Vec<_>>(), ["a"]);
+        assert_eq!(p.value_for("b"), &p.value);
+        assert_eq!(p.value_for("d"), &p.value);
+        let (v, gate) = gate_of_value(p.value_for("a"));
+        assert_eq!(v, 4);
+        assert_eq!(
+            gate.windows.len(),
+            1,
+            "the Device's replace the Deployment's"
+        );
+        assert_eq!(gate.windows[0].time_zone.as_str(), "America/New_York");
+        assert_eq!(gate.windows[0].duration_seconds, 5400);
+        assert_eq!(
+            gate.update_lock,
+            Some(Default::default()),
+            "the lock is the Deployment's"
+        );
+        let a: DesiredState<'_> = protocol::wire::decode(p.value_for("a")).unwrap();
+        assert_eq!(a.revision, p.revision, "same revision");
+        assert_eq!(errors.len(), 1);
+        assert_eq!(errors[0].device, "c");
+        assert_eq!(p.kept.keys().collect::<Vec<_>>(), ["c"]);
+        assert!(
+            p.kept["c"].starts_with("Device c: spec.maintenance.windows[0].timeZone: \"Mars/Olympus\" is not an IANA time zone"),
+            "{}",
+            p.kept["c"]
+        );
+        assert!(p.kept["c"].ends_with("the device's keys keep what they hold until it is fixed"));
+        // A retry keeps each device's windows.
+        p.set_attempt(2).unwrap();
+        let a: DesiredState<'_> = protocol::wire::decode(p.value_for("a")).unwrap();
+        assert_eq!((a.attempt, a.gate.windows.len()), (2, 1));
+        assert_eq!(a.gate.windows[0].time_zone.as_str(), "America/New_York");
+        // A Deployment without a gate: the Device's windows alone, format 4
+        // for that device only.
+        let mut plain = plan(&deployment("web", "PodmanV1", podman())).unwrap();
+        plain.set_device_windows(|t| (t == "a").then(|| vec![window("0 2 * * *", "UTC", "1h")]));
+        assert_eq!(plain.value[0], 1);
+        assert_eq!(plain.value_for("a")[0], 4);
+        assert_eq!(plain.value_for("b")[0], 1);
+        // Windows are looked up again at each call: none now.
+        plain.set_device_windows(|_| None);
+        assert!(plain.device_values.is_empty() && plain.kept.is_empty());
+        // A rollback's value: another score with the same per-device windows.
+        let mut other = plan(&deployment(
+            "web",
+            "PodmanV1",
+            serde_json::json!({"containers": [{"name": "web", "image": "nginx:2"}]}),
+        ))
+        .unwrap();
+        other.set_device_windows(|_| None);
+        other.copy_device_windows(&p).unwrap();
+        let (_, gate) = gate_of_value(other.value_for("a"));
+        assert_eq!(gate.windows[0].time_zone.as_str(), "America/New_York");
+        assert!(other.kept.contains_key("c"));
+    }
+
+    #[test]
+    fn deletes_are_forced_only_with_spec_rollout_force() {
+        let mut d = deployment("web", "PodmanV0", podman());
+        let p = plan(&d).unwrap();
+        assert_eq!(p.delete("k".into()), KvWrite::Delete { key: "k".into() });
+        d.spec.rollout.force = true;
+        let p = plan(&d).unwrap();
+        assert_eq!(
+            p.delete("k".into()),
+            KvWrite::ForcedDelete { key: "k".into() }
+        );
     }
 
     #[test]

@@ -11,6 +11,12 @@
 //! Targets whose agent cannot read the score are held back: not written,
 //! shown `Unsupported`, and recorded in the [`CapabilityGate`] for the
 //! Device inventory.
+//!
+//! A Device with maintenance windows of its own gets them instead of the
+//! Deployment's ([`apply::Plan::set_device_windows`]); a change of them
+//! re-reconciles every Deployment targeting the Device, and invalid ones
+//! are logged and reported by an Event on the Device (its keys keep what
+//! they hold).
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
@@ -132,8 +138,9 @@ pub struct Context {
 /// behind the operator's back).
 #[derive(Debug, Clone)]
 struct Applied {
-    /// The value written (its hash): the revision is the score's alone, and
-    /// a change of `spec.rollout` must reach the devices at once too.
+    /// The values written ([`plan_hash`]): the revision is the score's
+    /// alone, and a change of `spec.rollout` or of a Device's windows must
+    /// reach the devices at once too.
     value: u64,
     owner: OwnerBuf,
     targets: Vec<String>,
@@ -142,10 +149,21 @@ struct Applied {
     at: std::time::Instant,
 }
 
-/// What tells two written values apart in [`Applied`].
-fn value_hash(value: &[u8]) -> u64 {
+/// What tells two plans' values apart in [`Applied`]: the common value,
+/// every per-device value and the targets kept as they are.
+fn plan_hash(plan: &apply::Plan) -> u64 {
     let mut h = protocol::wire::Fnv1a64::new();
-    h.write(value);
+    h.write(&plan.value);
+    for (device, value) in &plan.device_values {
+        h.write(&[0]);
+        h.write(device.as_bytes());
+        h.write(&[0]);
+        h.write(value);
+    }
+    for device in plan.kept.keys() {
+        h.write(&[1]);
+        h.write(device.as_bytes());
+    }
     h.finish()
 }
 
@@ -213,7 +231,7 @@ impl Context {
             .applied()
             .get(key)
             .filter(|a| {
-                a.value == value_hash(&plan.value)
+                a.value == plan_hash(plan)
                     && a.owner == plan.owner
                     && a.targets == plan.targets
                     && a.held.iter().eq(plan.held.keys())
@@ -225,7 +243,7 @@ impl Context {
                 .targets
                 .iter()
                 .filter(|t| !a.conflicts.iter().any(|c| &c.device == *t))
-                .filter(|t| !plan.held.contains_key(*t))
+                .filter(|t| !plan.held.contains_key(*t) && !plan.kept.contains_key(*t))
                 .cloned()
                 .collect();
             return Ok(apply::ApplyOutcome {
@@ -240,7 +258,7 @@ impl Context {
         self.applied().insert(
             key.to_string(),
             Applied {
-                value: value_hash(&plan.value),
+                value: plan_hash(plan),
                 owner: plan.owner.clone(),
                 targets: plan.targets.clone(),
                 held: plan.held.keys().cloned().collect(),
@@ -327,10 +345,20 @@ async fn apply_deployment(
                 }
                 None => {}
             }
+            if !ctx.targets.windows_known_or_wait(&index_ref(d)) {
+                tracing::info!(deployment = %object_key(d), "waiting for the list of Device objects to learn the targets' own maintenance windows; nothing written yet");
+                return Ok(Action::requeue(SELECTOR_WAIT));
+            }
             if plan.batch_sequence.is_some()
                 && let Err(e) = plan.set_attempt(rollout::attempt(d, plan.revision))
             {
                 tracing::warn!(deployment = %object_key(d), error = %Chain(&e), "cannot mark the value as a retry; written as the first attempt");
+            }
+            // Invalid windows are logged and reported on the Device by
+            // the Device watch, once per change; here they only keep the
+            // device's key as it is.
+            for e in plan.set_device_windows(|device| ctx.targets.windows(device)) {
+                tracing::debug!(deployment = %object_key(d), error = %e, "key kept as it is");
             }
             plan.held =
                 targeting::capabilities::held_back(&plan, |device| ctx.status.heartbeat(device));
@@ -614,7 +642,13 @@ async fn cleanup(d: &Deployment, ctx: &Context) -> Result<Action, Error> {
         return Ok(Action::await_change());
     };
     ctx.applied().remove(&object_key(d));
-    let removed = apply::remove(&ctx.nats, &owner.to_string(), owner.name()).await?;
+    // Forced: the devices remove at once, whatever their update lock and
+    // maintenance windows say.
+    let removed = if d.spec.rollout.force {
+        apply::remove_forced(&ctx.nats, &owner.to_string(), owner.name()).await?
+    } else {
+        apply::remove(&ctx.nats, &owner.to_string(), owner.name()).await?
+    };
     ctx.targets.forget(&index_ref(d));
     ctx.capability_gate.remove_owner(&owner.to_string());
     Metrics::add(&ctx.metrics.kv_writes, removed.len() as u64);
@@ -638,8 +672,12 @@ pub async fn run(
     }
     let controller = Controller::new(api, watcher::Config::default().any_semantic());
     let store = controller.store();
-    let triggers = change_triggers(changes, store, ctx.targets.clone());
-    let device_triggers = targeting::watch::watch(ctx.client.clone(), ctx.targets.clone());
+    let triggers = change_triggers(changes, store.clone(), ctx.targets.clone());
+    let device_triggers = device_triggers(
+        targeting::watch::watch(ctx.client.clone(), ctx.targets.clone()),
+        store,
+        ctx.clone(),
+    );
     let triggers = futures::stream::select(triggers, device_triggers);
     ctx.metrics.ready.store(true, Ordering::Relaxed);
     controller
@@ -656,6 +694,80 @@ pub async fn run(
     Ok(())
 }
 
+/// Maps Device changes to the Deployments they concern: a changed selection
+/// names them; changed maintenance windows concern every Deployment
+/// targeting the Device (invalid ones are also logged and reported by a
+/// warning Event on the Device).
+fn device_triggers(
+    changes: impl futures::Stream<Item = targeting::watch::DeviceChange> + Send + 'static,
+    store: Store<Deployment>,
+    ctx: Arc<Context>,
+) -> impl futures::Stream<Item = ObjectRef<Deployment>> + Send + 'static {
+    use targeting::watch::DeviceChange;
+    changes.flat_map(move |change| {
+        let refs = match change {
+            DeviceChange::Selection(r) => vec![r],
+            DeviceChange::Windows { device, windows } => {
+                if let Err(e) = apply::check_windows("spec.maintenance.windows", &windows) {
+                    report_bad_windows(&ctx, &device, &e);
+                }
+                targeting_device(&store, &ctx.targets, &device)
+            }
+        };
+        futures::stream::iter(refs)
+    })
+}
+
+/// Logs that `device`'s own windows are invalid and says so in a warning
+/// Event on the Device (in the background: the event is worth less than
+/// the reconciles waiting on this stream).
+fn report_bad_windows(ctx: &Arc<Context>, device: &str, e: &PlanError) {
+    let note = format!(
+        "{e}; this Device's keys keep what they hold (every Deployment's value for it, windows included) until this is fixed"
+    );
+    tracing::warn!(device, error = %e, "a Device's maintenance windows are invalid; its keys keep what they hold");
+    let reference = k8s_openapi::api::core::v1::ObjectReference {
+        api_version: Some(format!("{}/v1alpha1", crate::crd::GROUP)),
+        kind: Some("Device".into()),
+        name: Some(device.to_string()),
+        ..Default::default()
+    };
+    let recorder = Recorder::new(ctx.client.clone(), ctx.reporter.clone());
+    let device = device.to_string();
+    tokio::spawn(async move {
+        let ev = event(
+            EventType::Warning,
+            "InvalidMaintenanceWindows",
+            "Reconcile",
+            note,
+        );
+        if let Err(e) = recorder.publish(&ev, &reference).await {
+            tracing::warn!(device, error = %Chain(&e), "cannot publish event");
+        }
+    });
+}
+
+/// Every Deployment targeting `device`: by name in `targetDevices`, or by
+/// selector.
+fn targeting_device(
+    store: &Store<Deployment>,
+    targets: &TargetIndex,
+    device: &str,
+) -> Vec<ObjectRef<Deployment>> {
+    let mut refs: Vec<ObjectRef<Deployment>> = store
+        .state()
+        .iter()
+        .filter(|d| d.spec.target_devices.iter().any(|t| t == device))
+        .map(|d| index_ref(d))
+        .collect();
+    for r in targets.selecting(device) {
+        if !refs.contains(&r) {
+            refs.push(r);
+        }
+    }
+    refs
+}
+
 /// Maps device reports to the Deployments they concern: a status names the
 /// deployment (in any namespace); a device that comes back concerns every
 /// Deployment targeting it, by name or by selector. Reports for unknown
@@ -670,22 +782,15 @@ fn change_triggers(
         |mut rx| async move { rx.recv().await.map(|c| (c, rx)) },
     )
     .flat_map(move |change| {
-        let mut refs: Vec<ObjectRef<Deployment>> = store
-            .state()
-            .iter()
-            .filter(|d| match &change {
-                Change::Deployment(name) => d.name_any() == *name,
-                Change::Device(dev) => d.spec.target_devices.iter().any(|t| t == dev),
-            })
-            .map(|d| index_ref(d))
-            .collect();
-        if let Change::Device(dev) = &change {
-            for r in targets.selecting(dev) {
-                if !refs.contains(&r) {
-                    refs.push(r);
-                }
-            }
-        }
+        let refs: Vec<ObjectRef<Deployment>> = match &change {
+            Change::Deployment(name) => store
+                .state()
+                .iter()
+                .filter(|d| d.name_any() == *name)
+                .map(|d| index_ref(d))
+                .collect(),
+            Change::Device(dev) => targeting_device(&store, &targets, dev),
+        };
         if refs.is_empty() {
             tracing::debug!(?change, "report for no known Deployment ignored");
         }

@@ -1,8 +1,14 @@
 //! Reading Deployment manifests from YAML files, for the cluster-less CLI.
+//!
+//! A file may also hold Device objects (a board's labels and maintenance
+//! windows, as `kubectl apply` takes them): [`read`] skips them, and
+//! [`read_all`] returns them too, so that the CLI can give a board its own
+//! windows as the controller does.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 
-use crate::crd::{Deployment, GROUP};
+use crate::crd::{Deployment, Device, GROUP, MaintenanceWindowSpec};
 
 /// Why a manifest file cannot be used. The messages leave the cause to the
 /// error chain (`{:#}` shows both), so the CLI says it once.
@@ -30,7 +36,7 @@ pub enum ManifestError {
     },
     /// A document is another kind of object, or of another API.
     #[error(
-        "{path}, document {index}: is {kind:?} of {api_version:?}; expected kind Deployment of {GROUP}/v1alpha1"
+        "{path}, document {index}: is {kind:?} of {api_version:?}; expected kind Deployment (or Device) of {GROUP}/v1alpha1"
     )]
     NotADeployment {
         /// The file.
@@ -42,7 +48,8 @@ pub enum ManifestError {
         /// The document's `apiVersion`, empty when absent.
         api_version: String,
     },
-    /// A Deployment that does not fit the schema (a typo'd field, a wrong type).
+    /// A Deployment or Device that does not fit the schema (a typo'd
+    /// field, a wrong type).
     #[error("{path}, document {index}")]
     Schema {
         /// The file.
@@ -58,21 +65,54 @@ pub enum ManifestError {
     Empty(String),
 }
 
+/// The objects of a manifest file.
+#[derive(Debug, Clone, Default)]
+pub struct Manifest {
+    /// Its Deployments, in order.
+    pub deployments: Vec<Deployment>,
+    /// Its Devices, in order.
+    pub devices: Vec<Device>,
+}
+
+impl Manifest {
+    /// The Devices' own maintenance windows, by device id (those that have
+    /// any), for [`crate::apply::Plan::set_device_windows`].
+    pub fn device_windows(&self) -> BTreeMap<String, Vec<MaintenanceWindowSpec>> {
+        self.devices
+            .iter()
+            .filter(|d| !d.spec.windows().is_empty())
+            .filter_map(|d| Some((d.metadata.name.clone()?, d.spec.windows().to_vec())))
+            .collect()
+    }
+}
+
 /// The Deployments in a (multi-document) YAML file; every document must be
-/// one. Fields the schema does not know are rejected, as typos.
+/// one, or a Device (skipped). Fields the schema does not know are
+/// rejected, as typos.
 pub fn read(path: &Path) -> Result<Vec<Deployment>, ManifestError> {
+    Ok(read_all(path)?.deployments)
+}
+
+/// The Deployments and Devices in a (multi-document) YAML file; at least
+/// one Deployment.
+pub fn read_all(path: &Path) -> Result<Manifest, ManifestError> {
     let shown = path.display().to_string();
     let text = std::fs::read_to_string(path).map_err(|source| ManifestError::Read {
         path: shown.clone(),
         source,
     })?;
-    parse(&text, &shown)
+    parse_all(&text, &shown)
 }
 
 /// Like [`read`], from a string; `origin` names it in errors.
 pub fn parse(text: &str, origin: &str) -> Result<Vec<Deployment>, ManifestError> {
+    Ok(parse_all(text, origin)?.deployments)
+}
+
+/// Like [`read_all`], from a string; `origin` names it in errors.
+pub fn parse_all(text: &str, origin: &str) -> Result<Manifest, ManifestError> {
     use serde::Deserialize;
-    let mut out = Vec::new();
+    let mut out = Manifest::default();
     for (i, doc) in serde_yaml::Deserializer::from_str(text).enumerate() {
         let (path, index) = (origin.to_string(), i + 1);
         let value = match serde_json::Value::deserialize(doc) {
@@ -96,7 +136,18 @@ pub fn parse(text: &str, origin: &str) -> Result<Vec<Deployment>, ManifestError>
                 .to_string()
         };
         let (kind, api_version) = (field("kind"), field("apiVersion"));
-        if api_version != format!("{GROUP}/v1alpha1") || kind != "Deployment" {
+        let ours = api_version == format!("{GROUP}/v1alpha1");
+        if ours && kind == "Device" {
+            let d: Device =
+                serde_json::from_value(value).map_err(|source| ManifestError::Schema {
+                    path,
+                    index,
+                    source,
+                })?;
+            out.devices.push(d);
+            continue;
+        }
+        if !ours || kind != "Deployment" {
             return Err(ManifestError::NotADeployment {
                 path,
                 index,
@@ -110,9 +161,9 @@ pub fn parse(text: &str, origin: &str) -> Result<Vec<Deployment>, ManifestError>
                 index,
                 source,
             })?;
-        out.push(d);
+        out.deployments.push(d);
     }
-    if out.is_empty() {
+    if out.deployments.is_empty() {
         return Err(ManifestError::Empty(origin.to_string()));
     }
     Ok(out)
@@ -136,6 +187,45 @@ mod tests {
         assert_eq!(d.spec.target_devices, vec!["demo-device"]);
         let plan = crate::apply::plan(d).unwrap();
         assert!(plan.unknown_type.is_none());
+    }
+
+    #[test]
+    fn reads_devices_beside_deployments() {
+        let path = Path::new(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../deploy/examples/maintenance.yaml"
+        ));
+        let m = read_all(path).unwrap();
+        assert_eq!(m.deployments.len(), 1);
+        assert_eq!(m.devices.len(), 1);
+        let windows = m.device_windows();
+        assert_eq!(windows.keys().collect::<Vec<_>>(), ["kiosk-lisbon"]);
+        assert_eq!(windows["kiosk-lisbon"][0].time_zone, "Europe/Lisbon");
+        // `read` gives the Deployments alone, as the CLI used to.
+        assert_eq!(read(path).unwrap().len(), 1);
+        let mut plan = crate::apply::plan(&m.deployments[0]).unwrap();
+        assert_eq!(plan.value[0], 4, "the example has a gate");
+        plan.add_targets(["kiosk-lisbon".to_string(), "kiosk-paris".into()]);
+        assert!(
+            plan.set_device_windows(|d| windows.get(d).cloned())
+                .is_empty()
+        );
+        assert_eq!(
+            plan.device_values.keys().collect::<Vec<_>>(),
+            ["kiosk-lisbon"]
+        );
+        // A Device alone is not a manifest the CLI can apply.
+        let device_only =
+            "apiVersion: iot.nationtech.io/v1alpha1\nkind: Device\nmetadata: {name: a}\nspec: {}\n";
+        assert!(matches!(
+            parse(device_only, "x"),
+            Err(ManifestError::Empty(_))
+        ));
+        let typo = "apiVersion: iot.nationtech.io/v1alpha1\nkind: Device\nmetadata: {name: a}\nspec: {maintenance: {window: []}}\n";
+        assert!(matches!(
+            parse(typo, "x"),
+            Err(ManifestError::Schema { .. })
+        ));
     }
 
     /// The error and its causes, as the CLI prints them.

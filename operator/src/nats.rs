@@ -18,7 +18,9 @@ use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use protocol::buckets::BucketSpec;
 use protocol::keys::{KvSubject, RepublishSubject, StreamName};
-use protocol::kv::{MESSAGE_ID_HEADER, OPERATION_HEADER, OWNER_HEADER, Operation};
+use protocol::kv::{
+    FORCE_HEADER, FORCE_VALUE, MESSAGE_ID_HEADER, OPERATION_HEADER, OWNER_HEADER, Operation,
+};
 
 /// How long one scan may take before it is reported as a timeout.
 const SCAN_TIMEOUT: Duration = Duration::from_secs(30);
@@ -230,7 +232,7 @@ pub struct KvRecord {
 }
 
 /// One key to write or delete.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum KvWrite {
     /// Put `value` under `key`, marked as written by `owner`.
     Put {
@@ -241,8 +243,16 @@ pub enum KvWrite {
         /// The writer: a [`protocol::kv::Owner`], `<namespace>/<name>`.
         owner: String,
     },
-    /// Delete `key` (a KV delete marker; agents remove the workload).
+    /// Delete `key` (a KV delete marker; agents remove the workload when
+    /// their update lock and maintenance windows let them).
     Delete {
+        /// The key.
+        key: String,
+    },
+    /// Delete `key` with the force header ([`FORCE_HEADER`]): agents
+    /// remove the workload at once, whatever their update lock and
+    /// maintenance windows say (`spec.rollout.force`).
+    ForcedDelete {
         /// The key.
         key: String,
     },
@@ -550,6 +560,11 @@ impl Nats {
                     }
                     KvWrite::Delete { key } => {
                         h.insert(OPERATION_HEADER, Operation::Delete.as_str());
+                        (key, Bytes::new())
+                    }
+                    KvWrite::ForcedDelete { key } => {
+                        h.insert(OPERATION_HEADER, Operation::Delete.as_str());
+                        h.insert(FORCE_HEADER, FORCE_VALUE);
                         (key, Bytes::new())
                     }
                 };

@@ -335,6 +335,133 @@ pub struct Rollout {
     /// Default false: the device keeps the failed revision and reports it.
     #[serde(default)]
     pub auto_rollback: bool,
+    /// Set (even to {}): each device honours its update lock for this
+    /// Deployment. While a workload on the board holds the lock (a
+    /// container whose score has updateLock: true, or a host process, with
+    /// flock on /run/iot-agent/update.lock), the device does not stop,
+    /// replace or remove this Deployment's running containers: it pulls
+    /// the new images, reports Waiting (reason UpdateLocked, since when)
+    /// and applies within a second of the lock's release. A first install
+    /// never waits for it. Unset: the lock is honoured only for containers
+    /// that ask for it in the score. Reaches only agents that read
+    /// DesiredState format 4; older ones are held back (Unsupported,
+    /// "update the agent").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub update_lock: Option<UpdateLock>,
+    /// When the devices may change this Deployment, on their own clock
+    /// (offline too): a new revision, a rollback or the removal is applied
+    /// only inside one of these windows; outside, the device pulls the new
+    /// images and reports Waiting (reason OutsideMaintenanceWindow, with
+    /// the next window's start). At most 8; empty (the default): any time.
+    /// A Device's own windows (its spec.maintenance.windows) win over
+    /// these: a board that has any follows only its own. Reaches only
+    /// agents that read DesiredState format 4; older ones are held back
+    /// (Unsupported, "update the agent").
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(schema_with = "maintenance_windows_schema")]
+    pub maintenance_windows: Vec<MaintenanceWindowSpec>,
+    /// Emergency: the devices apply this revision at once, ignoring their
+    /// update lock and maintenance windows (the Deployment's and the
+    /// Device's), and a deletion of this Deployment (or of a target from
+    /// it) removes the containers at once too. Default false.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub force: bool,
+}
+
+/// How long a device's update lock may hold a new revision back, and what
+/// then.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct UpdateLock {
+    /// Seconds a device waits for the lock, counted from when it starts
+    /// waiting, before onTimeout applies: 0 to 604800 (a week). Default 0:
+    /// it waits as long as the lock is held (the status shows who waits
+    /// and since when).
+    #[serde(default)]
+    #[schemars(range(min = 0, max = MAX_LOCK_TIMEOUT_SECONDS))]
+    pub timeout_seconds: u32,
+    /// What a device does when timeoutSeconds pass with the lock still
+    /// held: Fail (default) reports the revision Failed (reason
+    /// UpdateLockTimeout; a BatchSequence rollout counts it as failed) and
+    /// keeps waiting, applying it if the lock frees; Force applies it
+    /// anyway, stopping the lock holder's containers.
+    #[serde(default)]
+    pub on_timeout: OnLockTimeout,
+}
+
+/// What a device does when its update lock outlasts `timeoutSeconds`.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum OnLockTimeout {
+    /// Report the revision Failed (reason UpdateLockTimeout) and keep waiting.
+    #[default]
+    Fail,
+    /// Apply the revision anyway.
+    Force,
+}
+
+impl From<OnLockTimeout> for protocol::LockTimeout {
+    fn from(o: OnLockTimeout) -> Self {
+        match o {
+            OnLockTimeout::Fail => protocol::LockTimeout::Fail,
+            OnLockTimeout::Force => protocol::LockTimeout::Force,
+        }
+    }
+}
+
+/// A maintenance window: it opens at each time `at` matches on the wall
+/// clock of `timeZone` and stays open for `duration`.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct MaintenanceWindowSpec {
+    /// When the window opens: a 5-field cron expression (minute hour
+    /// day-of-month month day-of-week), e.g. "0 2 * * *" for 02:00 every
+    /// day or "30 1 * * SAT,SUN" for 01:30 on weekends.
+    #[schemars(length(min = 1, max = MAX_CRON_LEN))]
+    pub at: String,
+    /// The IANA time zone `at` is read in, e.g. Europe/Paris or UTC
+    /// (daylight saving time included: a window at a time that does not
+    /// exist that night opens at the first time after the gap).
+    #[schemars(length(min = 1, max = MAX_TIME_ZONE_LEN))]
+    pub time_zone: String,
+    /// How long the window stays open: 1s to 24h, written like "2h",
+    /// "90m" or "1h30m".
+    #[schemars(length(min = 1, max = MAX_DURATION_LEN))]
+    pub duration: String,
+}
+
+/// Most maintenance windows a Deployment or a Device may have: the wire's.
+pub const MAX_WINDOWS: usize = protocol::limits::MAX_WINDOWS;
+/// Longest `at` of a maintenance window: the wire's.
+pub const MAX_CRON_LEN: usize = protocol::limits::MAX_CRON_LEN;
+/// Longest `timeZone` of a maintenance window: the wire's.
+pub const MAX_TIME_ZONE_LEN: usize = protocol::limits::MAX_NAME_LEN;
+/// Longest `duration` string of a maintenance window ("23h59m59s" is 9).
+pub const MAX_DURATION_LEN: usize = 32;
+/// Bound of `updateLock.timeoutSeconds`: the wire's (a week).
+pub const MAX_LOCK_TIMEOUT_SECONDS: u32 = protocol::limits::MAX_LOCK_TIMEOUT_SECONDS;
+
+pub(crate) fn maintenance_windows_schema(generator: &mut SchemaGenerator) -> Schema {
+    let mut schema = generator.subschema_for::<Vec<MaintenanceWindowSpec>>();
+    schema.insert("maxItems".into(), MAX_WINDOWS.into());
+    schema.insert("x-kubernetes-list-type".into(), "atomic".into());
+    schema
+}
+
+impl MaintenanceWindowSpec {
+    /// The window checked (cron syntax, time zone, duration from 1 s to
+    /// 24 h) as the agent will evaluate it, and as it travels.
+    pub fn to_wire(
+        &self,
+    ) -> Result<protocol::MaintenanceWindow<'static>, maintenance_window::WindowError> {
+        let duration = maintenance_window::parse_duration(&self.duration)?;
+        maintenance_window::Window::parse(&self.at, &self.time_zone, duration)?;
+        Ok(protocol::MaintenanceWindow {
+            at: protocol::Text::owned(self.at.clone()),
+            time_zone: protocol::Text::owned(self.time_zone.clone()),
+            // At most 86400: parse_duration refused more.
+            duration_seconds: u32::try_from(duration.as_secs()).unwrap_or(u32::MAX),
+        })
+    }
 }
 
 /// What a version-1 desired state means, and Kubernetes' own default.
@@ -373,6 +500,9 @@ impl Default for Rollout {
             progress_deadline_seconds: DEFAULT_PROGRESS_DEADLINE_SECONDS,
             min_healthy_seconds: 0,
             auto_rollback: false,
+            update_lock: None,
+            maintenance_windows: Vec::new(),
+            force: false,
         }
     }
 }
@@ -482,7 +612,8 @@ pub struct DeploymentStatus {
     /// The target devices that are not ready at the current revision, worst
     /// first (failed: Failed, Unsupported, RolledBack or held back; then
     /// unhealthy: CrashLoopBackOff or Unhealthy; conflict; unreachable; no
-    /// report yet; older revision; still rolling out), then by device id;
+    /// report yet; older revision; still rolling out; waiting to apply it:
+    /// Waiting), then by device id;
     /// at most 100 entries. Ready devices (Running, Healthy, Completed) are
     /// counted, not listed (`iot-operator status NAME` shows all).
     #[serde(default)]
@@ -501,7 +632,7 @@ pub struct DeploymentStatus {
     #[serde(default)]
     pub targeted: i64,
     /// Devices reporting the current revision (running it, or done with it:
-    /// failed, or rolled back from it).
+    /// failed, or rolled back from it); not those that wait to apply it.
     #[serde(default)]
     pub up_to_date: i64,
     /// Devices running the current revision and reachable: reporting
@@ -518,6 +649,12 @@ pub struct DeploymentStatus {
     /// score or the rollout policy.
     #[serde(default)]
     pub failed: i64,
+    /// Devices reporting Waiting for the current revision: it reached them
+    /// but they may not apply it yet (a workload holds the update lock, the
+    /// device is outside its maintenance windows, or its clock is not
+    /// synchronized); they run the revision before it meanwhile.
+    #[serde(default)]
+    pub waiting: i64,
     /// The BatchSequence rollout's progress (absent with AllAtOnce).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rollout: Option<RolloutStatus>,
@@ -550,13 +687,20 @@ pub struct RolloutStatus {
     pub updated: i64,
     /// Of those, the ones reporting Healthy at the revision.
     pub healthy: i64,
-    /// Updated targets not Healthy yet, within their deadline.
+    /// Updated targets not Healthy yet, within their deadline (those that
+    /// report Waiting included): they count against maxUnavailable.
     pub waiting: i64,
+    /// Of the waiting targets, those whose device reports Waiting: they may
+    /// not apply the revision yet (update lock, maintenance window, clock
+    /// not synchronized). Their progressDeadlineSeconds does not run until
+    /// they stop waiting.
+    #[serde(default)]
+    pub gated: i64,
     /// Updated targets that report a failure at the revision (Failed,
     /// Unsupported, RolledBack, CrashLoopBackOff).
     pub failed: i64,
     /// Updated targets not Healthy progressDeadlineSeconds after their key
-    /// was written.
+    /// was written, or after they stopped reporting Waiting.
     pub timed_out: i64,
     /// Targets whose heartbeat is stale (their key is written all the same;
     /// they time out like any other).
@@ -653,8 +797,8 @@ pub struct DeviceStatus {
     /// The device id.
     pub device: String,
     /// The agent's phase (Pending, Pulling, Starting, Running, Healthy,
-    /// Unhealthy, CrashLoopBackOff, RolledBack, Failed, Unsupported,
-    /// Removed, Completed), or the operator's view: Unknown (no report
+    /// Unhealthy, CrashLoopBackOff, RolledBack, Waiting, Failed,
+    /// Unsupported, Removed, Completed), or the operator's view: Unknown (no report
     /// yet), Unreachable (heartbeat stale), Conflict (another Deployment of
     /// this name owns the device's key), Unsupported (held back: the agent's
     /// heartbeat says it cannot read the score or the rollout policy).
@@ -662,16 +806,29 @@ pub struct DeviceStatus {
     /// Why the device is in its phase, as its agent says: CrashLoopBackOff,
     /// OOMKilled, ImagePullBackOff, HealthCheckFailed, Error or
     /// ProgressDeadlineExceeded (for RolledBack: why the revision failed);
-    /// absent when it gives none.
+    /// for Waiting: UpdateLocked, OutsideMaintenanceWindow or
+    /// ClockNotSynchronized; for Failed also UpdateLockTimeout (the update
+    /// lock was held past spec.rollout.updateLock.timeoutSeconds); absent
+    /// when it gives none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
     /// The revision the device reported, 16 hex digits.
     pub revision: Option<String>,
     /// For RolledBack: the revision the device runs again (the last one
     /// that was healthy there), 16 hex digits; `revision` is the one that
-    /// failed.
+    /// failed. For Waiting: the revision it still runs while `revision`
+    /// waits (absent when nothing runs yet).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub running_revision: Option<String>,
+    /// For Waiting (and Failed with reason UpdateLockTimeout): since when
+    /// the device waits to apply `revision` (RFC 3339, device clock).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waiting_since: Option<String>,
+    /// For Waiting: when the device expects to apply `revision`, the start
+    /// of its next maintenance window (RFC 3339, device clock); absent when
+    /// it cannot tell (an update lock frees whenever its holder lets go).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waiting_until: Option<String>,
     /// The agent's message, or the operator's explanation.
     pub message: Option<String>,
     /// When the device's status was last written (server time, RFC 3339).

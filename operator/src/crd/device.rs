@@ -14,7 +14,7 @@ use kube::core::crd::CustomResourceExt;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::Condition;
+use super::{Condition, MaintenanceWindowSpec};
 
 /// CEL rule on a Device's `metadata.name`: a device id that is also a
 /// Kubernetes object name (an RFC 1123 label: no uppercase, no `_`, no `.`).
@@ -68,6 +68,40 @@ pub struct DeviceSpec {
     /// Free text for people: where the board is, what it is for.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,
+    /// When this board may change what it runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub maintenance: Option<DeviceMaintenance>,
+}
+
+impl DeviceSpec {
+    /// The board's own maintenance windows; empty when it has none (the
+    /// Deployments' windows then apply).
+    pub fn windows(&self) -> &[MaintenanceWindowSpec] {
+        self.maintenance
+            .as_ref()
+            .map_or(&[][..], |m| m.windows.as_slice())
+    }
+}
+
+/// A board's maintenance windows.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct DeviceMaintenance {
+    /// When this board may apply a change (a new revision, a rollback, a
+    /// removal) of any Deployment, on its own clock (offline too): only
+    /// inside one of these windows; outside, it pulls the new images and
+    /// reports Waiting (reason OutsideMaintenanceWindow, with the next
+    /// window's start). At most 8. A Device's own windows win over a
+    /// Deployment's spec.rollout.maintenanceWindows: when this list has
+    /// any, the board follows only these, for every Deployment; empty: each
+    /// Deployment's windows (none: any time). A Deployment with
+    /// spec.rollout.force applies at once all the same. Invalid windows
+    /// leave what the board was told before unchanged (a warning Event on
+    /// the Device says why). Reach only agents that read DesiredState
+    /// format 4; older ones are held back (Unsupported, "update the agent").
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(schema_with = "super::deployment::maintenance_windows_schema")]
+    pub windows: Vec<MaintenanceWindowSpec>,
 }
 
 /// What the operator observed of a board, from its heartbeats and reports.

@@ -4,7 +4,6 @@
 
 use std::collections::HashMap;
 
-use bytes::Bytes;
 use protocol::DesiredState;
 use protocol::keys::DESIRED_STATE_BUCKET;
 
@@ -86,7 +85,8 @@ pub async fn step(
     let mut conflicts = Vec::new();
     let mut devices = HashMap::with_capacity(plan.targets.len());
     // Keys that hold this revision and attempt in other bytes (a new
-    // rollout policy): rewritten without a gate, the workload is the same.
+    // rollout policy, new maintenance windows): rewritten without a
+    // batch's say, the workload is the same.
     let mut refresh = Vec::new();
     for t in &plan.targets {
         let rec = current.get(t).filter(|r| !r.deleted);
@@ -100,13 +100,16 @@ pub async fn step(
             });
         }
         let mine = rec.filter(|r| apply::owned_by(r, plan.owner.as_str()));
+        let value = plan.value_for(t);
         // Updated means this revision at this attempt, whatever the rest of
         // the value: a policy change mid-rollout does not send devices
         // back through the batches, and a rollback reaches all of them.
         let updated = mine.is_some_and(|r| {
-            r.value == plan.value || key_revision(&r.value) == Some((plan.revision, plan_attempt))
+            r.value == *value || key_revision(&r.value) == Some((plan.revision, plan_attempt))
         });
-        if updated && mine.is_some_and(|r| r.value != plan.value) {
+        // A target kept as it is (its Device's windows are invalid) is
+        // not rewritten.
+        if updated && !plan.kept.contains_key(t) && mine.is_some_and(|r| r.value != *value) {
             refresh.push(t.clone());
         }
         // A failure reported before the key's last write is the previous
@@ -132,7 +135,13 @@ pub async fn step(
                 written_ns: mine.map(|r| r.stored_at_ns),
                 phase,
                 offline,
-                blocked: foreign.is_some() || plan.held.contains_key(t),
+                wait: reports
+                    .get(t)
+                    .map(|r| r.wait_at(plan.revision))
+                    .unwrap_or_default(),
+                blocked: foreign.is_some()
+                    || plan.held.contains_key(t)
+                    || plan.kept.contains_key(t),
             },
         );
     }
@@ -185,14 +194,14 @@ pub async fn step(
     for t in refresh.iter().filter(|t| !rolled.contains(t)) {
         writes.push(KvWrite::Put {
             key: apply::key_of(t, &plan.name)?,
-            value: plan.value.clone(),
+            value: plan.value_for(t).clone(),
             owner: plan.owner.to_string(),
         });
     }
     for t in &decision.write {
         writes.push(KvWrite::Put {
             key: apply::key_of(t, &plan.name)?,
-            value: plan.value.clone(),
+            value: plan.value_for(t).clone(),
             owner: plan.owner.to_string(),
         });
     }
@@ -206,7 +215,7 @@ pub async fn step(
     // reconcile tries again.
     let mut roll_back_error = None;
     let stable = match decision.stable.filter(|_| !decision.roll_back.is_empty()) {
-        Some(s) => match stable_value(history, d, s).await {
+        Some(s) => match stable_plan(history, d, plan, s).await {
             Ok(v) => v,
             Err(e) => {
                 roll_back_error = Some(error_report::Chain(&e).to_string());
@@ -215,11 +224,11 @@ pub async fn step(
         },
         None => None,
     };
-    if let Some(value) = stable {
+    if let Some(stable) = stable {
         for t in &decision.roll_back {
             roll_back.push(KvWrite::Put {
                 key: apply::key_of(t, &plan.name)?,
-                value: value.clone(),
+                value: stable.value_for(t).clone(),
                 owner: plan.owner.to_string(),
             });
         }
@@ -229,9 +238,7 @@ pub async fn step(
         plan.targets.iter().map(String::as_str).collect();
     for (device, rec) in &current {
         if !targets.contains(device.as_str()) && apply::owned_by(rec, plan.owner.as_str()) {
-            writes.push(KvWrite::Delete {
-                key: apply::key_of(device, &plan.name)?,
-            });
+            writes.push(plan.delete(apply::key_of(device, &plan.name)?));
         }
     }
     let n = writes.len();
@@ -291,13 +298,15 @@ async fn record_all_at_once(
     }
 }
 
-/// The value the stable revision was written as: its score from the
-/// history, planned with the Deployment's current name and rollout policy.
-async fn stable_value(
+/// The values the stable revision is written back as: its score from the
+/// history, planned with the Deployment's current name, rollout policy and
+/// gate, each target with the windows it has in `current` (its Device's own).
+async fn stable_plan(
     history: &History,
     d: &Deployment,
+    current: &Plan,
     revision: u64,
-) -> Result<Option<Bytes>, StepError> {
+) -> Result<Option<Plan>, StepError> {
     let Some(score) = history.score(d, revision).await? else {
         tracing::warn!(deployment = %d.name_str(), revision = %crate::crd::revision_string(revision), "stable revision missing from the history; nothing is written back, the devices keep what they have");
         return Ok(None);
@@ -314,6 +323,7 @@ async fn stable_value(
     })?;
     let mut old = d.clone();
     old.spec.score = score;
-    let plan = apply::plan(&old).map_err(unusable)?;
-    Ok(Some(plan.value))
+    let mut plan = apply::plan(&old).map_err(unusable)?;
+    plan.copy_device_windows(current).map_err(unusable)?;
+    Ok(Some(plan))
 }

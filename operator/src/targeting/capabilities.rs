@@ -2,6 +2,9 @@
 //! heartbeat, that it cannot read the value: the operator never writes a
 //! device what it cannot decode. A device without a heartbeat yet is
 //! written to (boards flashed before their first boot get their key).
+//! Each target is checked against the value it would get
+//! ([`Plan::value_for`]): a Device's own maintenance windows may need a
+//! newer format than the Deployment's value.
 
 use std::collections::BTreeMap;
 
@@ -26,7 +29,12 @@ impl Requirement {
     /// What `plan`'s value needs; `None` if it does not decode (it always
     /// does: [`crate::apply::plan`] encoded it).
     pub fn of(plan: &Plan) -> Option<Requirement> {
-        let desired: DesiredState<'_> = protocol::wire::decode(&plan.value).ok()?;
+        Requirement::of_value(&plan.value)
+    }
+
+    /// What an encoded value needs; `None` if it does not decode.
+    pub fn of_value(value: &[u8]) -> Option<Requirement> {
+        let desired: DesiredState<'_> = protocol::wire::decode(value).ok()?;
         // A known type's data is its own versioned encoding: the format
         // byte is what the agent must read, whatever this build would
         // write today.
@@ -136,35 +144,37 @@ fn carried_from(version: u8) -> Option<(&'static str, &'static str)> {
             "a retry of a failed revision (annotation iot.nationtech.io/retry-rollout)",
             "change the spec (a new revision) instead of retrying",
         )),
+        4 => Some((
+            "an update gate (spec.rollout updateLock, maintenanceWindows or force, or the Device's spec.maintenance.windows)",
+            "remove them",
+        )),
         _ => None,
     }
 }
 
-/// The targets of `plan` whose last heartbeat says they cannot read its
-/// value, each with the reason.
+/// The targets of `plan` whose last heartbeat says they cannot read the
+/// value they would get, each with the reason.
 pub fn held_back(
     plan: &Plan,
     heartbeat: impl Fn(&str) -> Option<HeartbeatSeen>,
 ) -> BTreeMap<String, String> {
-    let Some(req) = Requirement::of(plan) else {
-        // Fail closed: what cannot be checked is not written to a device
-        // that said what it reads.
-        return plan
-            .targets
-            .iter()
-            .filter(|device| heartbeat(device).is_some())
-            .map(|device| {
-                (
-                    device.clone(),
-                    "held back: the operator cannot read back the value it encoded (a bug; please report it)".to_string(),
-                )
-            })
-            .collect();
-    };
+    let common = Requirement::of(plan);
     plan.targets
         .iter()
         .filter_map(|device| {
             let seen = heartbeat(device)?;
+            let req = match plan.device_values.get(device) {
+                Some(own) => Requirement::of_value(own),
+                None => common.clone(),
+            };
+            let Some(req) = req else {
+                // Fail closed: what cannot be checked is not written to a
+                // device that said what it reads.
+                return Some((
+                    device.clone(),
+                    "held back: the operator cannot read back the value it encoded (a bug; please report it)".to_string(),
+                ));
+            };
             (!req.readable_by(&seen.heartbeat.capabilities))
                 .then(|| (device.clone(), req.refusal(&seen)))
         })
@@ -314,6 +324,54 @@ mod tests {
             "{}",
             held["none"]
         );
+    }
+
+    /// A gate (DesiredState 4) goes only to agents that read it, device
+    /// by device: a Device's own windows need format 4 for that device
+    /// alone.
+    #[test]
+    fn a_gate_goes_only_to_agents_that_read_it() {
+        let data = serde_json::json!({"containers": [{"name": "web", "image": "nginx:1"}]});
+        let before_gate = || {
+            let mut caps = Capabilities::this_build();
+            caps.desired_state_versions = BoundedVec::try_from_iter([1, 2, 3]).unwrap();
+            seen(caps)
+        };
+        let hb = |d: &str| match d {
+            "new" => Some(seen(Capabilities::this_build())),
+            "old" | "none" => Some(before_gate()),
+            _ => None,
+        };
+        let window = crate::crd::MaintenanceWindowSpec {
+            at: "0 2 * * *".into(),
+            time_zone: "UTC".into(),
+            duration: "2h".into(),
+        };
+        let gated = plan_with(
+            "PodmanV1",
+            data.clone(),
+            crate::crd::Rollout {
+                maintenance_windows: vec![window.clone()],
+                ..Default::default()
+            },
+        );
+        assert_eq!(Requirement::of(&gated).unwrap().desired_version, 4);
+        let held = held_back(&gated, hb);
+        assert_eq!(held.keys().collect::<Vec<_>>(), ["none", "old"]);
+        assert_eq!(
+            held["old"],
+            "held back: agent 0.2.0 reads DesiredState format 1, 2, 3 and cannot receive an update gate (spec.rollout updateLock, maintenanceWindows or force, or the Device's spec.maintenance.windows), which needs format 4; update the agent on this device, or remove them (its key is not written; what it ran before keeps running)"
+        );
+        // No gate on the Deployment; one Device has its own windows.
+        let mut plain = plan_of("PodmanV1", data);
+        plain.set_device_windows(|d| (d == "old").then(|| vec![window.clone()]));
+        let held = held_back(&plain, hb);
+        assert_eq!(
+            held.keys().collect::<Vec<_>>(),
+            ["old"],
+            "only the device with windows"
+        );
+        assert!(held["old"].contains("needs format 4"), "{}", held["old"]);
     }
 
     /// A retry (DesiredState 3) goes only to agents that read it; an agent

@@ -2,7 +2,8 @@
 //! (to find a selector's Devices without scanning the fleet) and label to
 //! the Deployments whose selector is anchored on it (to find which
 //! Deployments one Device's change concerns without testing every
-//! selector).
+//! selector). Beside the labels, each Device's own maintenance windows
+//! (`spec.maintenance.windows`), which win over a Deployment's.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
@@ -10,7 +11,7 @@ use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 use kube::runtime::reflector::ObjectRef;
 
 use super::selector::{Anchor, Labels, TargetSelector};
-use crate::crd::Deployment;
+use crate::crd::{Deployment, MaintenanceWindowSpec};
 
 /// A Deployment, as the controller's queue names it.
 pub type DeploymentRef = ObjectRef<Deployment>;
@@ -39,8 +40,18 @@ struct Inner {
     /// The first full list of Devices has been taken in.
     synced: bool,
     /// Deployments that wait for the first list for another reason than a
-    /// target selector (a BatchSequence batch's selector).
+    /// target selector (a BatchSequence batch's selector, Devices'
+    /// maintenance windows).
     awaiting_sync: HashSet<DeploymentRef>,
+    /// A Device watch feeds this index ([`TargetIndex::watch_started`]):
+    /// until its first list is in, no target's own windows are known.
+    watched: bool,
+    /// The watch failed before its first list (no Device CRD, no RBAC, API
+    /// errors): Deployments do not wait for it any longer.
+    watch_failing: bool,
+    /// Device id -> its own maintenance windows; Devices without any are
+    /// absent.
+    windows: HashMap<String, Vec<MaintenanceWindowSpec>>,
 }
 
 fn add<T: std::hash::Hash + Eq>(map: &mut ByLabel<T>, key: &str, value: &str, member: T) {
@@ -352,6 +363,92 @@ impl TargetIndex {
     /// How many Devices are known.
     pub fn devices(&self) -> usize {
         self.read().devices.len()
+    }
+
+    /// Says that a Device watch feeds this index: from now on
+    /// [`Self::windows_known_or_wait`] waits for its first list.
+    pub fn watch_started(&self) {
+        self.write().watched = true;
+    }
+
+    /// Whether the Devices' maintenance windows are known: always when no
+    /// Device watch feeds the index (no Device objects are used), else once
+    /// its first list is in. When not, `d` is returned by the first
+    /// [`Self::replace_all`]: writing before would give a board that has
+    /// windows of its own the Deployment's (or none), and it could apply
+    /// at once a change its owner wants only in its windows.
+    ///
+    /// A watch that fails before its first list ([`Self::watch_failed`])
+    /// waits no one: Deployments that name their targets are written as
+    /// they were before Devices had windows (the Deployment's windows),
+    /// and each Device's own windows reach its keys once the list is in.
+    pub fn windows_known_or_wait(&self, d: &DeploymentRef) -> bool {
+        {
+            let inner = self.read();
+            if !inner.watched || inner.watch_failing {
+                return true;
+            }
+        }
+        self.synced_or_wait(d)
+    }
+
+    /// The Device watch failed; before its first list, that ends the wait
+    /// of [`Self::windows_known_or_wait`]: returns the Deployments waiting
+    /// (the first time), to reconcile now.
+    pub fn watch_failed(&self) -> Vec<DeploymentRef> {
+        let mut inner = self.write();
+        if inner.synced || inner.watch_failing {
+            return Vec::new();
+        }
+        inner.watch_failing = true;
+        inner.awaiting_sync.drain().collect()
+    }
+
+    /// A Device's own maintenance windows, `None` when it has none (or no
+    /// Device object is known).
+    pub fn windows(&self, device: &str) -> Option<Vec<MaintenanceWindowSpec>> {
+        self.read().windows.get(device).cloned()
+    }
+
+    /// A Device's own maintenance windows are now `windows` (empty: none,
+    /// or the Device was deleted); returns whether they changed.
+    pub fn set_windows(&self, device: &str, windows: Vec<MaintenanceWindowSpec>) -> bool {
+        let mut inner = self.write();
+        let changed = inner.windows.get(device).map_or(&[][..], Vec::as_slice) != windows;
+        if changed {
+            if windows.is_empty() {
+                inner.windows.remove(device);
+            } else {
+                inner.windows.insert(device.to_string(), windows);
+            }
+        }
+        changed
+    }
+
+    /// Replaces every Device's windows with `all` (a full list); returns
+    /// the Devices whose windows changed, sorted.
+    pub fn replace_all_windows(
+        &self,
+        all: HashMap<String, Vec<MaintenanceWindowSpec>>,
+    ) -> Vec<String> {
+        let mut inner = self.write();
+        let all: HashMap<String, Vec<MaintenanceWindowSpec>> =
+            all.into_iter().filter(|(_, w)| !w.is_empty()).collect();
+        let mut changed: Vec<String> = inner
+            .windows
+            .iter()
+            .filter(|(id, w)| all.get(*id) != Some(*w))
+            .map(|(id, _)| id.clone())
+            .chain(
+                all.iter()
+                    .filter(|(id, _)| !inner.windows.contains_key(*id))
+                    .map(|(id, _)| id.clone()),
+            )
+            .collect();
+        changed.sort_unstable();
+        changed.dedup();
+        inner.windows = all;
+        changed
     }
 }
 
