@@ -164,9 +164,12 @@ async fn run_command(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             }
         }
         Some(Command::Apply { file, nats }) => {
-            let deployments = manifest::read(&file)?;
+            let manifest = manifest::read_all(&file)?;
+            // A Device in the file gives its board its own maintenance
+            // windows, as the Device object does in a cluster.
+            let device_windows = manifest.device_windows();
             let mut plans = Vec::new();
-            for d in &deployments {
+            for d in &manifest.deployments {
                 let plan = apply::plan(d).with_context(|| {
                     format!(
                         "{}/{} is invalid; nothing was written",
@@ -190,6 +193,8 @@ async fn run_command(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             let heartbeats = StatusCache::detached(Duration::from_secs(u64::from(u32::MAX)));
             heartbeats.load(&nats).await?;
             let mut conflict = false;
+            // Every plan completed before anything is written, so that a
+            // bad Device window in the file writes nothing at all.
             for plan in &mut plans {
                 if let Some(u) = &plan.unknown_type {
                     eprintln!("warning: {}: {}", plan.owner, u.message());
@@ -216,13 +221,24 @@ async fn run_command(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
                     );
                     plan.add_targets(selected);
                 }
+                let errors = plan.set_device_windows(|d| device_windows.get(d).cloned());
+                if let Some(e) = errors.first() {
+                    anyhow::bail!(
+                        "{}: Device {}: {}; fix the Device in {}; nothing was written",
+                        plan.owner,
+                        e.device,
+                        e.error,
+                        file.display()
+                    );
+                }
                 plan.held = operator::targeting::capabilities::held_back(plan, |device| {
                     heartbeats.heartbeat(device)
                 });
                 for (device, reason) in &plan.held {
                     eprintln!("warning: {}: device {device}: {reason}", plan.owner);
                 }
-                let plan = &*plan;
+            }
+            for plan in &plans {
                 let outcome = apply::apply(&nats, plan).await?;
                 println!("{}: {}", plan.owner, apply::summary(plan, &outcome));
                 for c in &outcome.conflicts {
@@ -249,7 +265,13 @@ async fn run_command(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
                             d.namespace_or_default()
                         )
                     })?;
-                let removed = apply::remove(&nats, &owner.to_string(), owner.name()).await?;
+                // `spec.rollout.force` makes the removal immediate on the
+                // boards too, whatever their update lock and windows say.
+                let removed = if d.spec.rollout.force {
+                    apply::remove_forced(&nats, &owner.to_string(), owner.name()).await?
+                } else {
+                    apply::remove(&nats, &owner.to_string(), owner.name()).await?
+                };
                 println!("{owner}: removed from {} device(s)", removed.len());
             }
         }

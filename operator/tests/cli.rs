@@ -699,3 +699,86 @@ async fn apply_holds_a_rollout_policy_back_from_agents_that_cannot_read_it() {
     );
     assert!(desired(&env.nats, "pi-old", "health-web").await.is_none());
 }
+
+#[tokio::test]
+async fn apply_gives_a_device_in_the_file_its_own_windows_and_delete_honours_force() {
+    let Some(env) = nats_env().await else { return };
+    let url = env.server.url();
+    let dir = tempfile::tempdir().unwrap();
+    let write = |name: &str, body: &str| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, body).unwrap();
+        p.to_str().unwrap().to_string()
+    };
+    let deployment = |rollout: &str| {
+        format!(
+            "apiVersion: iot.nationtech.io/v1alpha1\nkind: Deployment\nmetadata: {{name: kiosk}}\nspec:\n  targetDevices: [pi-a, pi-b]\n  rollout: {rollout}\n  score: {{type: PodmanV0, data: {{containers: [{{name: web, image: x}}]}}}}\n"
+        )
+    };
+    let device = |at: &str| {
+        format!(
+            "---\napiVersion: iot.nationtech.io/v1alpha1\nkind: Device\nmetadata: {{name: pi-b}}\nspec:\n  maintenance:\n    windows: [{{at: \"{at}\", timeZone: Europe/Lisbon, duration: 90m}}]\n"
+        )
+    };
+    let nightly =
+        "{maintenanceWindows: [{at: \"0 2 * * *\", timeZone: Europe/Paris, duration: 2h}]}";
+
+    // A bad window on the Device in the file: nothing is written.
+    let seq = desired_seq(&env.client).await;
+    let bad = write("bad.yaml", &(deployment(nightly) + &device("0 25 * * *")));
+    let out = cli(&url, None, &["apply", "-f", &bad]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("Device pi-b") && err.contains("spec.maintenance.windows[0].at"),
+        "{err}"
+    );
+    assert!(err.contains("nothing was written"), "{err}");
+    assert_eq!(desired_seq(&env.client).await, seq);
+
+    // A good one: pi-b gets its own windows, pi-a the Deployment's.
+    let good = write(
+        "good.yaml",
+        &(deployment(nightly) + &device("30 3 * * SAT,SUN")),
+    );
+    ok(&cli(&url, None, &["apply", "-f", &good]));
+    let zone = |device: &str| {
+        let env = &env;
+        let device = device.to_string();
+        async move {
+            let rec = desired(&env.nats, &device, "kiosk").await.unwrap();
+            let d: protocol::DesiredState = protocol::wire::decode(&rec.value).unwrap();
+            assert_eq!(d.format_version(), 4);
+            let w = &d.gate.windows[0];
+            (
+                w.at.to_string(),
+                w.time_zone.to_string(),
+                w.duration_seconds,
+            )
+        }
+    };
+    assert_eq!(
+        zone("pi-a").await,
+        ("0 2 * * *".into(), "Europe/Paris".into(), 7200)
+    );
+    assert_eq!(
+        zone("pi-b").await,
+        ("30 3 * * SAT,SUN".into(), "Europe/Lisbon".into(), 5400)
+    );
+
+    // `delete` of a forced Deployment marks its deletes forced.
+    let forced = write("forced.yaml", &deployment("{force: true}"));
+    ok(&cli(&url, None, &["delete", "-f", &forced]));
+    let js = async_nats::jetstream::new(env.client.clone());
+    let stream = js.get_stream("KV_desired-state").await.unwrap();
+    let m = stream
+        .get_last_raw_message_by_subject("$KV.desired-state.pi-a.kiosk")
+        .await
+        .unwrap();
+    assert_eq!(
+        m.headers
+            .get(protocol::kv::FORCE_HEADER)
+            .map(|v| v.as_str().to_string()),
+        Some(protocol::kv::FORCE_VALUE.to_string())
+    );
+}

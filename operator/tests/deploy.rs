@@ -152,7 +152,8 @@ fn example_passes_the_crd_rules() {
 }
 
 /// Every example Deployment is one the operator writes: it plans, and
-/// only the ones with a rollout policy need DesiredState format 2.
+/// only the ones with a rollout policy need DesiredState format 2, and the
+/// one with an update gate format 4.
 #[test]
 fn every_example_plans() {
     let mut planned = Vec::new();
@@ -175,6 +176,7 @@ fn every_example_plans() {
             ("canary-web".into(), "PodmanV1".into(), 2),
             ("health-web".into(), "PodmanV1".into(), 2),
             ("hello-web".into(), "PodmanV0".into(), 1),
+            ("kiosk".into(), "PodmanV1".into(), 4),
             ("sensor-reader".into(), "PodmanV0".into(), 1),
         ]
     );
