@@ -103,15 +103,36 @@ impl World {
         panic!("{what}: not within {WAIT:?}; last: {last}\noperator log, newest first:\n{tail}");
     }
 
-    /// Waits until the board's entry in `name`'s `.status.devices`, as
-    /// `kubectl get -o json` shows it, satisfies `ok`; returns it.
+    /// `name`'s `.status` as `kubectl get -o json` shows it.
+    fn kubectl_status(&self, name: &str) -> Result<Value, String> {
+        let out = self
+            .kubectl
+            .run(&["-n", "default", "get", "iotdeploy", name, "-o", "json"])
+            .map_err(|e| e.to_string())?;
+        let d: Value = serde_json::from_slice(&out.stdout).map_err(|e| e.to_string())?;
+        Ok(d["status"].clone())
+    }
+
+    /// Waits until `name`'s status says the board runs `revision` (ready
+    /// devices are counted, not listed).
+    async fn ready_at(&self, name: &str, revision: u64) {
+        let want = revision_string(revision);
+        self.until(&format!("{name}: ready at {want}"), || async {
+            let s = self.kubectl_status(name)?;
+            if s["revision"] == want.as_str() && s["ready"] == 1 && s["upToDate"] == 1 {
+                Ok(())
+            } else {
+                Err(s.to_string())
+            }
+        })
+        .await
+    }
+
+    /// Waits until the board's entry in `name`'s `.status.devices` (where
+    /// devices that are not ready are listed) satisfies `ok`; returns it.
     async fn device_status(&self, name: &str, what: &str, ok: impl Fn(&Value) -> bool) -> Value {
         self.until(&format!("{name}: {what}"), || async {
-            let out = self
-                .kubectl
-                .run(&["-n", "default", "get", "iotdeploy", name, "-o", "json"])
-                .map_err(|e| e.to_string())?;
-            let d: Value = serde_json::from_slice(&out.stdout).map_err(|e| e.to_string())?;
+            let d = json!({"status": self.kubectl_status(name)?});
             let entry = d["status"]["devices"]
                 .as_array()
                 .and_then(|ds| ds.iter().find(|e| e["device"] == self.device.as_str()))
@@ -198,7 +219,7 @@ impl World {
         assert_eq!(parts.next(), Some("running"), "{name}: {out}");
         let env = parts.next().unwrap_or_default();
         let tag = env
-            .split(|c: char| c == ' ' || c == '[' || c == ']')
+            .split([' ', '[', ']'])
             .find_map(|kv| kv.strip_prefix("TAG="))
             .unwrap_or_default()
             .to_string();
@@ -260,11 +281,7 @@ async fn a_held_update_and_a_closed_window_show_in_kubectl_and_the_cli() {
     let rev1 = operator::plan(&api.get("kiosk").await.unwrap())
         .unwrap()
         .revision;
-    w.device_status("kiosk", "Running or Healthy at revision 1", |e| {
-        is(e, "revision", &revision_string(rev1))
-            && (is(e, "phase", "Running") || is(e, "phase", "Healthy"))
-    })
-    .await;
+    w.ready_at("kiosk", rev1).await;
     let (id1, tag) = w.running_app("kiosk");
     assert_eq!(tag, "one");
 
@@ -338,18 +355,14 @@ async fn a_held_update_and_a_closed_window_show_in_kubectl_and_the_cli() {
     api.patch("nightly", &PatchParams::default(), &Patch::Merge(&force))
         .await
         .unwrap();
-    w.device_status("nightly", "Running or Healthy once forced", |e| {
-        is(e, "phase", "Running") || is(e, "phase", "Healthy")
-    })
-    .await;
+    let nightly_rev = operator::plan(&api.get("nightly").await.unwrap())
+        .unwrap()
+        .revision;
+    w.ready_at("nightly", nightly_rev).await;
 
     // (d) The holder dies: the lock goes with it and revision 2 applies.
     w.kill_holder();
-    w.device_status("kiosk", "Running or Healthy at revision 2", |e| {
-        is(e, "revision", &revision_string(rev2))
-            && (is(e, "phase", "Running") || is(e, "phase", "Healthy"))
-    })
-    .await;
+    w.ready_at("kiosk", rev2).await;
     let (id2, tag) = w.running_app("kiosk");
     assert_eq!(tag, "two");
     assert_ne!(id1, id2);

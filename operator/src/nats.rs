@@ -464,6 +464,15 @@ impl Nats {
 
     /// The last record of every key of `bucket` matching `key_filter` (a
     /// key, or a filter with `*` / `>` tokens), deletes included.
+    ///
+    /// It ends when the server says nothing is pending, or at the first
+    /// key seen twice: messages come in stream order, so a key's second
+    /// record is a write made after every record of the snapshot was
+    /// delivered (that newer record is kept). The second rule is needed on
+    /// nats-server 2.9, whose pending count can stay at 1 while a key of a
+    /// history-1 bucket is rewritten (heartbeats, statuses): measured here,
+    /// 5 of 300 scans of a key rewritten every 20 ms never saw 0 and timed
+    /// out, none on 2.15.
     pub async fn scan(&self, bucket: &str, key_filter: &str) -> Result<Vec<KvRecord>, NatsError> {
         let op = "scan";
         let stream = self
@@ -495,7 +504,8 @@ impl Nats {
                 }
                 _ => request_error(op, bucket, e),
             })?;
-        let mut out = Vec::new();
+        let mut out: Vec<KvRecord> = Vec::new();
+        let mut index: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
         if consumer.cached_info().num_pending == 0 {
             return Ok(out);
         }
@@ -523,8 +533,9 @@ impl Nats {
                 .map_or(msg.subject.as_str(), |s| s.key)
                 .to_string();
             let headers = msg.headers.as_ref();
-            out.push(KvRecord {
-                key,
+            let seen = index.get(&key).copied();
+            let record = KvRecord {
+                key: key.clone(),
                 value: msg.payload.clone(),
                 // Any operation other than a put (including one this
                 // contract does not know) means the value is gone.
@@ -532,7 +543,13 @@ impl Nats {
                     .is_some_and(|op| Operation::parse(op) != Some(Operation::Put)),
                 owner: header(headers, OWNER_HEADER).map(str::to_string),
                 stored_at_ns,
-            });
+            };
+            if let Some(i) = seen {
+                out[i] = record;
+                return Ok(out);
+            }
+            index.insert(key, out.len());
+            out.push(record);
             if pending == 0 {
                 return Ok(out);
             }
