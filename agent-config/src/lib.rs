@@ -313,8 +313,11 @@ pub struct UpdateConfig {
     pub lock_dir: PathBuf,
     /// Seconds after the agent starts during which a deployment with
     /// maintenance windows waits for the kernel's "clock synchronized"
-    /// flag (NTP); after that the clock is trusted when it is later than
-    /// the agent's build date.
+    /// flag (NTP); after that an unsynchronized clock is trusted only if a
+    /// real-time clock set it at boot (`/sys/class/rtc/rtc0/hctosys` reads
+    /// `1`) and it reads later than 2026-01-01, else not until the flag
+    /// comes (a board without an RTC boots at a stale saved time). Zero:
+    /// do not wait, trust the clock as it is.
     #[serde(
         default = "default_clock_sync_wait",
         skip_serializing_if = "is_default_clock_sync_wait"

@@ -229,7 +229,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     };
     tokio::task::spawn_local(gate.relay(checked_rx, admit));
 
-    // Offline first: bring back what the cache says before any network.
+    // Offline first: bring back what ran (the gate's stores; the cache at
+    // the first start with a gate) before any network.
     let cached = match cache.load_all() {
         Ok(cached) => {
             crate::info!("restoring {} deployment(s) from the cache", cached.len());
@@ -309,8 +310,9 @@ async fn shutdown_signal() {
 
 /// Watches the desired state forever, re-creating the watch when it ends.
 ///
-/// The reconciler gets each change first; the cache write is queued behind
-/// it, so the disk never delays an apply.
+/// The gate gets each change first (it stores what it admits or holds, see
+/// [`crate::gate`], "power cuts"); the cache write is queued behind it, so
+/// the cache is never newer than the gate's stores.
 async fn watch_loop<R: Runtime>(
     session: Session,
     cache: CacheWriter,
@@ -361,14 +363,14 @@ async fn watch_loop<R: Runtime>(
                     } else {
                         crate::info!("{deployment}: deleted");
                     }
-                    // Off the cache before the containers go: a power cut
-                    // in between must not bring a deleted workload back on
-                    // an offline reboot. Deletes are rare; a put's value
-                    // is cached after it is applied, since restoring the
-                    // previous revision offline is the lesser harm.
+                    // The gate first: it forgets the admitted value (or
+                    // stores the held delete) before the cache drops the
+                    // value, which at boot only an agent's first gated
+                    // start reads. The containers go later, in the
+                    // reconciler's task.
+                    deployments.set(&deployment, None, force);
                     cache.remove(&deployment);
                     cache.flush();
-                    deployments.set(&deployment, None, force);
                 }
                 WatchEvent::SnapshotComplete => {
                     let Some(seen) = seen.take() else { continue };
@@ -378,13 +380,11 @@ async fn watch_loop<R: Runtime>(
                         deployments.desired().difference(&seen).cloned().collect();
                     for d in &gone {
                         crate::info!("{d}: no longer desired");
+                        deployments.set(d, None, false);
                         cache.remove(d);
                     }
                     if !gone.is_empty() {
                         cache.flush();
-                    }
-                    for d in &gone {
-                        deployments.set(d, None, false);
                     }
                     sweep(&deployments, &seen).await;
                 }

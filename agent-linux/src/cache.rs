@@ -67,6 +67,13 @@ impl Cache {
         Self::open_store(state_dir, Self::ADMITTED, Some("admitted value"))
     }
 
+    /// Opens (creating) `<state_dir>/held`: per deployment the change the
+    /// update gate holds back (an empty file: a delete; see
+    /// [`crate::gate`]).
+    pub fn open_held(state_dir: &Path) -> io::Result<Cache> {
+        Self::open_store(state_dir, "held", Some("held change"))
+    }
+
     /// One file per deployment under `<state_dir>/<name>`, with the same
     /// atomic writes.
     fn open_store(state_dir: &Path, name: &str, holds: Option<&'static str>) -> io::Result<Cache> {

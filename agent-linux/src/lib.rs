@@ -12,6 +12,7 @@ pub mod agent;
 pub mod backoff;
 pub mod cache;
 pub mod config;
+pub mod gate;
 pub mod health;
 pub mod host;
 pub mod http;

@@ -83,6 +83,22 @@ pub enum PolicyError {
         /// The host path as sent.
         path: String,
     },
+    /// A bind mount of the agent's update-lock directory, or of a path in
+    /// it: a score gets the lock with `updateLock: true`, where the agent
+    /// puts it, read-only.
+    #[error(
+        "{field}: {path} is in the agent's update-lock directory {}: the update lock's path is the agent's, not the score's; set `updateLock: true` on the container to get the lock at {}, and bind-mount another host path",
+        lock_dir.display(),
+        protocol::score_v1::UPDATE_LOCK_FILE
+    )]
+    UpdateLockPath {
+        /// The field, e.g. `containers[0].volumes[1].hostPath`.
+        field: String,
+        /// The host path as sent.
+        path: String,
+        /// The agent's lock directory (`update.lock_dir`).
+        lock_dir: PathBuf,
+    },
 }
 
 /// What a container asks of the host beyond Baseline.
@@ -172,6 +188,37 @@ pub fn check_container(c: &Container<'_>, allow: &Allowances) -> Result<(), Poli
                     path: host.as_str().to_string(),
                 });
             }
+        }
+    }
+    Ok(())
+}
+
+/// Refuses a volume of container `index` whose `hostPath` is `lock_dir`
+/// or inside it. Compared as written and, where they exist, with symbolic
+/// links resolved (`/var/run` is often `/run`).
+pub fn check_update_lock_path(
+    index: usize,
+    c: &Container<'_>,
+    lock_dir: &Path,
+) -> Result<(), PolicyError> {
+    let resolved = |p: &Path| std::fs::canonicalize(p).ok();
+    let lock_resolved = resolved(lock_dir);
+    for (i, v) in c.volumes.iter().enumerate() {
+        let Some(host) = &v.host_path else { continue };
+        let path = Path::new(host.as_str());
+        let inside = path.starts_with(lock_dir)
+            || match (resolved(path), &lock_resolved) {
+                (Some(p), Some(l)) => p.starts_with(l),
+                _ => false,
+            };
+        if inside {
+            return Err(PolicyError::UpdateLockPath {
+                field: protocol::validate::FieldPath::container(index, "volumes")
+                    .at(i, Some("hostPath"))
+                    .to_string(),
+                path: host.as_str().to_string(),
+                lock_dir: lock_dir.to_path_buf(),
+            });
         }
     }
     Ok(())

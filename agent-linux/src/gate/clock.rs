@@ -1,15 +1,25 @@
 //! The gate's clock, and whether to trust it for maintenance windows.
 //!
-//! A board without a real-time clock boots in 1970 (or at its image's
-//! date) and gets the time from NTP later: a window evaluated on that clock
-//! would open at the wrong time. The kernel's synchronized flag (what
-//! `timedatectl` shows as "System clock synchronized", set by
-//! systemd-timesyncd, chrony or ntpd) says when the clock is right.
-//! [`ClockTrust`] waits for it at most `clock_sync_wait_secs` after the
-//! agent starts; after that a clock later than [`CLOCK_FLOOR`] is trusted
-//! (a board without NTP whose RTC was set by hand), an earlier one is not
-//! until the flag comes ([`Trust::Never`]: changes governed by windows
-//! wait, with reason `ClockNotSynchronized`; `force` still applies).
+//! A board without a real-time clock boots in 1970, at its image's date,
+//! or at the time `fake-hwclock` or systemd-timesyncd's clock file saved
+//! at the last shutdown (Raspberry Pi OS does both): a stale time that
+//! looks plausible. It gets the right time from NTP later; a window
+//! evaluated before would open at the wrong time. The kernel's
+//! synchronized flag (what `timedatectl` shows as "System clock
+//! synchronized", set by systemd-timesyncd, chrony or ntpd) says when the
+//! clock is right. [`ClockTrust`] decides, from `[update]
+//! clock_sync_wait_secs`:
+//!
+//! - `0`: do not wait, trust the clock as it is (a board known to keep
+//!   good time without NTP; tests).
+//! - otherwise the clock is trusted once the flag is set; until that many
+//!   seconds after the agent started, changes governed by windows wait
+//!   ([`Trust::NotYet`]); after that, an unsynchronized clock is trusted
+//!   only if a real-time clock set it at boot
+//!   (`/sys/class/rtc/rtc0/hctosys` reads `1`) and it reads later than
+//!   [`CLOCK_FLOOR`]; otherwise not until the flag comes
+//!   ([`Trust::Never`]: reason `ClockNotSynchronized`; `force` still
+//!   applies).
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -102,16 +112,23 @@ impl Clock for ManualClock {
 /// Whether the clock may decide about maintenance windows now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Trust {
-    /// Synchronized, or the wait is over and the time is plausible.
+    /// Synchronized, set by a real-time clock, or not to be doubted.
     Trusted,
     /// Not synchronized yet; ask again by `until`, when the wait ends.
     NotYet {
         /// When the wait for the synchronized flag ends.
         until: Instant,
     },
-    /// The wait is over and the clock reads before [`CLOCK_FLOOR`]: not
-    /// trusted until the kernel says it is synchronized.
+    /// The wait is over and nothing vouches for the clock (no real-time
+    /// clock set it, or it reads before [`CLOCK_FLOOR`]): not trusted
+    /// until the kernel says it is synchronized.
     Never,
+}
+
+/// Whether a real-time clock set the system clock at boot: the kernel's
+/// `hctosys` attribute of `rtc0` (a board without an RTC has no `rtc0`).
+pub fn rtc_set_the_clock() -> bool {
+    std::fs::read_to_string("/sys/class/rtc/rtc0/hctosys").is_ok_and(|s| s.trim() == "1")
 }
 
 /// Decides whether to trust the clock: see the module doc.
@@ -120,16 +137,20 @@ pub struct ClockTrust {
     started: Instant,
     wait: Duration,
     floor: Timestamp,
+    /// Asks whether a real-time clock set the clock at boot.
+    rtc: fn() -> bool,
 }
 
 impl ClockTrust {
     /// Trust for an agent started at `started` that waits at most `wait`
-    /// (`[update] clock_sync_wait_secs`) for the synchronized flag.
+    /// (`[update] clock_sync_wait_secs`; zero: trust the clock as it is)
+    /// for the synchronized flag.
     pub fn new(started: Instant, wait: Duration) -> Self {
         ClockTrust {
             started,
             wait,
             floor: CLOCK_FLOOR,
+            rtc: rtc_set_the_clock,
         }
     }
 
@@ -138,16 +159,22 @@ impl ClockTrust {
         ClockTrust { floor, ..self }
     }
 
+    /// The same with another answer to "did a real-time clock set the
+    /// clock at boot" than [`rtc_set_the_clock`].
+    pub fn with_rtc(self, rtc: fn() -> bool) -> Self {
+        ClockTrust { rtc, ..self }
+    }
+
     /// Whether `clock` is trusted at monotonic time `now`. The flag is read
     /// every time: a clock that synchronizes later becomes trusted then.
     pub fn check(&self, clock: &dyn Clock, now: Instant) -> Trust {
-        if clock.synchronized() {
+        if self.wait.is_zero() || clock.synchronized() {
             return Trust::Trusted;
         }
         let until = self.started.checked_add(self.wait).unwrap_or(now);
         if now < until {
             Trust::NotYet { until }
-        } else if clock.now() >= self.floor {
+        } else if clock.now() >= self.floor && (self.rtc)() {
             Trust::Trusted
         } else {
             Trust::Never
@@ -180,10 +207,18 @@ mod tests {
         assert_eq!(trust.check(&clock, start), Trust::Trusted);
     }
 
+    fn rtc() -> bool {
+        true
+    }
+
+    fn no_rtc() -> bool {
+        false
+    }
+
     #[test]
-    fn an_unsynchronized_clock_waits_then_is_trusted_if_plausible() {
+    fn an_unsynchronized_clock_waits_then_is_trusted_if_an_rtc_set_it() {
         let start = Instant::now();
-        let trust = ClockTrust::new(start, WAIT);
+        let trust = ClockTrust::new(start, WAIT).with_rtc(rtc);
         let clock = ManualClock::new(ts("2026-12-06T10:00:00Z"), false);
         let until = start + WAIT;
         assert_eq!(trust.check(&clock, start), Trust::NotYet { until });
@@ -194,10 +229,23 @@ mod tests {
         assert_eq!(trust.check(&clock, until), Trust::Trusted);
     }
 
+    /// fake-hwclock or timesyncd's clock file set a stale time past the
+    /// floor on a board without an RTC: not trusted until NTP.
+    #[test]
+    fn a_plausible_clock_that_no_rtc_set_is_not_trusted_until_it_synchronizes() {
+        let start = Instant::now();
+        let trust = ClockTrust::new(start, WAIT).with_rtc(no_rtc);
+        let clock = ManualClock::new(ts("2026-12-06T10:00:00Z"), false);
+        let after = start + WAIT + Duration::from_secs(1);
+        assert_eq!(trust.check(&clock, after), Trust::Never);
+        clock.set_synchronized(true);
+        assert_eq!(trust.check(&clock, after), Trust::Trusted);
+    }
+
     #[test]
     fn a_clock_before_the_floor_is_never_trusted_until_it_synchronizes() {
         let start = Instant::now();
-        let trust = ClockTrust::new(start, WAIT);
+        let trust = ClockTrust::new(start, WAIT).with_rtc(rtc);
         let clock = ManualClock::new(ts("1970-01-01T00:05:00Z"), false);
         let after = start + WAIT + Duration::from_secs(1);
         assert_eq!(trust.check(&clock, after), Trust::Never);
@@ -210,16 +258,23 @@ mod tests {
         assert_eq!(trust.check(&clock, after), Trust::Trusted);
     }
 
+    /// `clock_sync_wait_secs = 0`: the clock is trusted as it is, even
+    /// unsynchronized, before the floor, without an RTC.
     #[test]
-    fn no_wait_decides_at_once_and_the_floor_can_be_moved() {
+    fn no_wait_trusts_the_clock_as_it_is() {
         let start = Instant::now();
-        let clock = ManualClock::new(ts("2026-06-01T00:00:00Z"), false);
+        let clock = ManualClock::new(ts("1970-01-01T00:00:00Z"), false);
         assert_eq!(
-            ClockTrust::new(start, Duration::ZERO).check(&clock, start),
+            ClockTrust::new(start, Duration::ZERO)
+                .with_rtc(no_rtc)
+                .check(&clock, start),
             Trust::Trusted
         );
-        let later = ClockTrust::new(start, Duration::ZERO).with_floor(ts("2027-01-01T00:00:00Z"));
-        assert_eq!(later.check(&clock, start), Trust::Never);
+        let later = ClockTrust::new(start, WAIT)
+            .with_rtc(rtc)
+            .with_floor(ts("2027-01-01T00:00:00Z"));
+        clock.set(ts("2026-06-01T00:00:00Z"));
+        assert_eq!(later.check(&clock, start + WAIT), Trust::Never);
     }
 
     #[test]

@@ -11,17 +11,24 @@ use jiff::Timestamp;
 use maintenance_window::{Schedule, Window, WindowState, format_duration};
 use protocol::status::clip_message;
 use protocol::{
-    DeploymentStatus, DesiredState, IotScore, LockTimeout, Phase, Reason, UpdateLockPolicy, Waiting,
+    DeploymentStatus, DesiredState, IotScore, LockTimeout, PayloadEncoding, Phase, Reason,
+    UpdateLockPolicy, Waiting,
 };
 
 use super::clock::Trust;
 use crate::reconcile::StatusReport;
 
 /// How long the agent keeps the update lock after it admits a change under
-/// it, at most: until the reconciler reports the change past
-/// `Pending`/`Pulling`/`Starting`, so a workload cannot take the lock
-/// half-way through the replacement.
+/// it, or after the reconciler last said the change is still being pulled
+/// or started: until the reconciler reports the change past
+/// `Pending`/`Pulling`/`Starting` (which it does once the replaced
+/// containers are gone), so a workload cannot take the lock half-way
+/// through the replacement.
 pub const APPLY_HOLD: Duration = Duration::from_secs(120);
+
+/// The longest the agent keeps the update lock for one change, however
+/// long the reconciler says it is pulling or starting.
+pub const APPLY_HOLD_MAX: Duration = Duration::from_secs(600);
 
 /// The first wait before a failed prefetch is tried again; it doubles up
 /// to [`PREFETCH_RETRY_MAX`].
@@ -29,8 +36,9 @@ pub const PREFETCH_RETRY: Duration = Duration::from_secs(5);
 /// The longest wait between two prefetch attempts.
 pub const PREFETCH_RETRY_MAX: Duration = Duration::from_secs(300);
 
-/// The longest sleep while a change waits for a window: the wall clock may
-/// be stepped (NTP) while the agent sleeps on the monotonic one.
+/// The longest sleep while a change waits for a window (or for a clock
+/// that may never be trusted): the wall clock may be stepped (NTP) while
+/// the agent sleeps on the monotonic one.
 pub const WINDOW_RECHECK: Duration = Duration::from_secs(60);
 
 /// What the update lock's check found.
@@ -49,7 +57,8 @@ pub enum LockState {
 pub trait Senses {
     /// The wall clock.
     fn now(&self) -> Timestamp;
-    /// The monotonic clock (lock timeouts, retries: immune to clock steps).
+    /// The monotonic clock (lock timeouts, retries, since when a change
+    /// waits: immune to clock steps).
     fn monotonic(&self) -> Instant;
     /// Whether the wall clock can be trusted for maintenance windows.
     fn clock(&self) -> Trust;
@@ -68,11 +77,18 @@ pub enum Effect {
     StoreAdmitted(String, Bytes),
     /// The deployment is deleted: drop its admitted value.
     ForgetAdmitted(String),
+    /// Store the deployment's held change durably (`None`: a delete), so
+    /// that it waits again after a reboot.
+    StoreHeld(String, Option<Bytes>),
+    /// The deployment's held change is no more (admitted or withdrawn):
+    /// drop it from the held store.
+    ForgetHeld(String),
     /// Give this value (`None`: delete) to the deployment's reconciler,
     /// through the rollback supervisor.
     Admit(String, Option<Bytes>),
     /// Pull the images of this held value (a report comes back through
-    /// [`Gate::prefetched`]).
+    /// [`Gate::prefetched`]); a prefetch of the deployment still running
+    /// is stopped.
     Prefetch {
         /// The deployment.
         deployment: String,
@@ -81,6 +97,9 @@ pub enum Effect {
         /// The held value.
         value: Bytes,
     },
+    /// Stop the deployment's prefetch: its value was replaced, withdrawn
+    /// or admitted.
+    CancelPrefetch(String),
 }
 
 /// A desired-state value and what the gate reads from it.
@@ -101,6 +120,19 @@ struct Info {
     honours_lock: bool,
     /// Its windows, or why one is invalid (the field named).
     schedule: Result<Schedule, String>,
+    /// What the containers are made of: two values that differ only in
+    /// their gate or rollout policy replace nothing.
+    content: Content,
+}
+
+/// The part of a desired value that makes the containers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Content {
+    deployment: String,
+    score_type: String,
+    encoding: PayloadEncoding,
+    score: Vec<u8>,
+    attempt: u32,
 }
 
 impl Value {
@@ -118,6 +150,13 @@ impl Value {
                     lock_policy: d.gate.update_lock,
                     honours_lock: d.gate.update_lock.is_some() || containers_lock,
                     schedule: schedule(&d),
+                    content: Content {
+                        deployment: d.deployment.as_str().to_string(),
+                        score_type: d.score.type_name.as_str().to_string(),
+                        encoding: d.score.encoding,
+                        score: d.score.data.to_vec(),
+                        attempt: d.attempt,
+                    },
                 }
             });
         Value { bytes, info }
@@ -152,6 +191,10 @@ enum Block {
     /// The clock cannot be trusted yet (`until`: the agent stops waiting
     /// for it), or ever (`None`).
     Clock { until: Option<Timestamp> },
+    /// The update is under the update lock: its images are pulled before
+    /// the lock is checked, so the agent holds the lock only while it
+    /// replaces containers.
+    Prefetching,
     /// The update lock is held (`holder`: by whom).
     Lock { holder: String },
     /// The update lock outlasted its timeout, with `onTimeout: Fail`.
@@ -176,11 +219,12 @@ enum Prefetch {
 #[derive(Debug, Clone)]
 struct Held {
     change: Change,
-    /// When the device started waiting (wall clock, for the status).
-    since: Timestamp,
+    /// When the device started waiting (monotonic: the wall clock may be
+    /// wrong then; the status shows it on the clock of the time).
+    since: Instant,
     /// When the update lock first held it back (monotonic, for the
-    /// timeout; wall clock, for the status).
-    lock_since: Option<(Instant, Timestamp)>,
+    /// timeout and the status).
+    lock_since: Option<Instant>,
     block: Option<Block>,
     prefetch: Prefetch,
     /// Failed prefetches in a row (the back-off).
@@ -192,10 +236,31 @@ struct Held {
     lock_unknown_said: bool,
 }
 
+/// A change admitted under the update lock, which the agent keeps until
+/// the change is done.
 #[derive(Debug, Clone, Copy)]
 struct Applying {
-    revision: u64,
+    /// The revision admitted; `None` for a delete.
+    revision: Option<u64>,
+    /// The hold ends then, unless the reconciler says it still pulls or
+    /// starts the change.
     until: Instant,
+    /// The hold ends then at the latest.
+    cap: Instant,
+}
+
+impl Applying {
+    fn new(revision: Option<u64>, mono: Instant) -> Applying {
+        Applying {
+            revision,
+            until: mono + APPLY_HOLD,
+            cap: mono + APPLY_HOLD_MAX,
+        }
+    }
+
+    fn ends(&self) -> Instant {
+        self.until.min(self.cap)
+    }
 }
 
 #[derive(Debug, Default)]
@@ -204,7 +269,7 @@ struct Entry {
     admitted: Option<Value>,
     held: Option<Held>,
     /// A change admitted under the update lock, which the agent keeps
-    /// until the change is under way.
+    /// until the change is done.
     applying: Option<Applying>,
     /// The reconciler's last report.
     last: Option<DeploymentStatus<'static>>,
@@ -234,16 +299,16 @@ pub struct Gate {
 }
 
 impl Gate {
-    /// At boot: the reconcilers run the `admitted` values; then the
-    /// desired-state cache's values (`cached`; `None` when it could not be
-    /// read: NATS will tell) go through the gate, and an admitted
-    /// deployment missing from the cache is a held delete. A cached
-    /// deployment without an admitted value is a held first install,
-    /// unless the agent had no gate before (`gated_before` false: it was
-    /// running already, so it is admitted at once).
+    /// At boot: the reconcilers run the `admitted` values, and the `held`
+    /// changes (`None`: a delete) go through the gate again. The gate's
+    /// own stores are the truth (see the module doc, "power cuts"); the
+    /// desired-state cache (`cached`) is read only at the first start of
+    /// an agent with a gate (`gated_before` false): what it holds was
+    /// running already, so it is admitted at once.
     pub fn restore(
         &mut self,
         admitted: BTreeMap<String, Bytes>,
+        held: BTreeMap<String, Option<Bytes>>,
         cached: Option<BTreeMap<String, Bytes>>,
         gated_before: bool,
         senses: &mut dyn Senses,
@@ -254,21 +319,19 @@ impl Gate {
                 Some(Value::read(bytes.clone()));
             effects.push(Effect::Admit(d.clone(), Some(bytes.clone())));
         }
-        let Some(cached) = cached else {
-            return effects;
-        };
-        for (d, bytes) in &cached {
-            if !admitted.contains_key(d) && !gated_before {
+        if !gated_before {
+            for (d, bytes) in cached.iter().flatten() {
+                if admitted.contains_key(d) {
+                    continue;
+                }
                 self.deployments.entry(d.clone()).or_default().admitted =
                     Some(Value::read(bytes.clone()));
                 effects.push(Effect::StoreAdmitted(d.clone(), bytes.clone()));
                 effects.push(Effect::Admit(d.clone(), Some(bytes.clone())));
-                continue;
             }
-            effects.extend(self.arrived(d, Some(bytes.clone()), false, senses));
         }
-        for d in admitted.keys().filter(|d| !cached.contains_key(*d)) {
-            effects.extend(self.arrived(d, None, false, senses));
+        for (d, change) in held {
+            effects.extend(self.arrive(&d, change, false, true, senses));
         }
         effects
     }
@@ -282,8 +345,28 @@ impl Gate {
         force: bool,
         senses: &mut dyn Senses,
     ) -> Vec<Effect> {
-        let now = senses.now();
-        let e = self.deployments.entry(deployment.to_string()).or_default();
+        self.arrive(deployment, value, force, false, senses)
+    }
+
+    /// [`Self::arrived`]; `stored`: the change comes from the held store.
+    fn arrive(
+        &mut self,
+        deployment: &str,
+        value: Option<Bytes>,
+        force: bool,
+        stored: bool,
+        senses: &mut dyn Senses,
+    ) -> Vec<Effect> {
+        let mono = senses.monotonic();
+        let d = deployment.to_string();
+        let e = self.deployments.entry(d.clone()).or_default();
+        let mut effects = Vec::new();
+        // A newer change replaces the one that waits, but not since when
+        // the device waits.
+        let (since, lock_since) = e
+            .held
+            .as_ref()
+            .map_or((mono, None), |h| (h.since, h.lock_since));
         match value {
             Some(bytes) => {
                 if let Some(Held {
@@ -298,81 +381,132 @@ impl Gate {
                 if e.admitted.as_ref().is_some_and(|a| a.bytes == bytes) {
                     // Back to what runs: nothing waits any more.
                     return match e.held.take() {
-                        Some(_) => {
+                        Some(h) => {
                             crate::info!("{deployment}: the held change was withdrawn");
-                            e.last
-                                .clone()
-                                .map(|s| Effect::Publish((deployment.to_string(), s)))
-                                .into_iter()
-                                .collect()
+                            if h.prefetch == Prefetch::Pulling {
+                                effects.push(Effect::CancelPrefetch(d.clone()));
+                            }
+                            effects.push(Effect::ForgetHeld(d.clone()));
+                            effects.extend(e.last.clone().map(|s| Effect::Publish((d, s))));
+                            effects
                         }
+                        None if stored => vec![Effect::ForgetHeld(d)],
                         None => Vec::new(),
                     };
                 }
-                e.held = Some(Held::new(Change::Put(Value::read(bytes)), now));
+                if let Some(h) = &e.held
+                    && h.prefetch == Prefetch::Pulling
+                {
+                    effects.push(Effect::CancelPrefetch(d.clone()));
+                }
+                e.held = Some(Held::new(
+                    Change::Put(Value::read(bytes)),
+                    since,
+                    lock_since,
+                ));
             }
             None => {
                 if e.admitted.is_none() {
                     // Nothing runs: nothing to wait for.
-                    e.held = None;
-                    let effects = vec![
-                        Effect::ForgetAdmitted(deployment.to_string()),
-                        Effect::Admit(deployment.to_string(), None),
-                    ];
+                    if e.held
+                        .take()
+                        .is_some_and(|h| h.prefetch == Prefetch::Pulling)
+                    {
+                        effects.push(Effect::CancelPrefetch(d.clone()));
+                    }
+                    effects.extend([
+                        Effect::ForgetAdmitted(d.clone()),
+                        Effect::ForgetHeld(d.clone()),
+                        Effect::Admit(d, None),
+                    ]);
                     if e.is_empty() {
                         self.deployments.remove(deployment);
                     }
                     return effects;
                 }
-                let since = match &mut e.held {
-                    Some(h) => match &mut h.change {
-                        Change::Delete { force: was } => {
-                            if *was || !force {
-                                return Vec::new();
-                            }
-                            *was = true;
-                            None
+                match &mut e.held {
+                    Some(Held {
+                        change: Change::Delete { force: was },
+                        ..
+                    }) => {
+                        if *was || !force {
+                            return Vec::new();
                         }
-                        Change::Put(_) => Some(now),
-                    },
-                    None => Some(now),
-                };
-                if let Some(since) = since {
-                    e.held = Some(Held::new(Change::Delete { force }, since));
+                        *was = true;
+                    }
+                    held => {
+                        if held
+                            .as_ref()
+                            .is_some_and(|h| h.prefetch == Prefetch::Pulling)
+                        {
+                            effects.push(Effect::CancelPrefetch(d.clone()));
+                        }
+                        *held = Some(Held::new(Change::Delete { force }, since, lock_since));
+                    }
                 }
             }
         }
-        self.settle(deployment, senses)
+        let settled = self.settle(deployment, senses);
+        // Still held: on disk before it is said, so that it waits again
+        // after a reboot.
+        if let Some(h) = self
+            .deployments
+            .get(deployment)
+            .and_then(|e| e.held.as_ref())
+        {
+            let change = match &h.change {
+                Change::Put(v) => Some(v.bytes.clone()),
+                Change::Delete { .. } => None,
+            };
+            effects.push(Effect::StoreHeld(d, change));
+        }
+        effects.extend(settled);
+        effects
     }
 
-    /// A report of `deployment`'s reconciler (after the rollback's relay),
-    /// at `now`.
+    /// A report of `deployment`'s reconciler (after the rollback's relay).
     pub fn report(
         &mut self,
         deployment: &str,
         status: DeploymentStatus<'static>,
-        now: Timestamp,
+        senses: &dyn Senses,
     ) -> Vec<Effect> {
         let Some(e) = self.deployments.get_mut(deployment) else {
             return vec![Effect::Publish((deployment.to_string(), status))];
         };
-        if let Some(a) = e.applying
-            && status.revision == a.revision
-            && !matches!(
-                status.phase,
-                Phase::Pending | Phase::Pulling | Phase::Starting
-            )
-        {
-            crate::debug!(
-                "{deployment}: revision {} is {}: update lock released",
-                a.revision,
-                status.phase
-            );
-            e.applying = None;
+        if let Some(a) = &mut e.applying {
+            match a.revision {
+                // A delete is done when its containers are gone.
+                None if status.phase == Phase::Removed => {
+                    crate::debug!("{deployment}: removed: update lock released");
+                    e.applying = None;
+                }
+                None => {}
+                Some(r) if status.revision != r => {}
+                Some(_)
+                    if matches!(
+                        status.phase,
+                        Phase::Pending | Phase::Pulling | Phase::Starting
+                    ) =>
+                {
+                    // Still under way: a slow pull or start keeps the
+                    // lock, up to APPLY_HOLD_MAX.
+                    a.until = senses.monotonic() + APPLY_HOLD;
+                }
+                Some(r) => {
+                    // The reconciler reports past Starting once the
+                    // containers it replaced are gone.
+                    crate::debug!(
+                        "{deployment}: revision {r} is {}: update lock released",
+                        status.phase
+                    );
+                    e.applying = None;
+                }
+            }
         }
         e.last = Some(status.clone());
         if e.held.is_some() {
-            return publish_held(deployment, e, now, true);
+            return publish_held(deployment, e, senses, true);
         }
         if e.is_empty() {
             self.deployments.remove(deployment);
@@ -391,10 +525,10 @@ impl Gate {
                 continue;
             };
             if let Some(a) = e.applying
-                && a.until <= mono
+                && a.ends() <= mono
             {
-                crate::debug!(
-                    "{d}: update lock released {}s after the change was admitted",
+                crate::warn!(
+                    "{d}: the change admitted under the update lock is not done after {}s: update lock released",
                     APPLY_HOLD.as_secs()
                 );
                 e.applying = None;
@@ -434,7 +568,6 @@ impl Gate {
         senses: &mut dyn Senses,
     ) -> Vec<Effect> {
         let mono = senses.monotonic();
-        let now = senses.now();
         let Some(e) = self.deployments.get_mut(deployment) else {
             return Vec::new();
         };
@@ -460,11 +593,15 @@ impl Gate {
                 }
             }
         };
-        publish_held(deployment, e, now, false)
+        if h.block == Some(Block::Prefetching) {
+            // The update lock is checked now.
+            return self.settle(deployment, senses);
+        }
+        publish_held(deployment, e, senses, false)
     }
 
     /// Whether the agent must keep the update lock it took: a change
-    /// admitted under it is not under way yet.
+    /// admitted under it is not done yet.
     pub fn holds_lock(&self) -> bool {
         self.deployments.values().any(|e| e.applying.is_some())
     }
@@ -477,7 +614,7 @@ impl Gate {
         let mut at = |d: Duration| next = Some(next.map_or(d, |n| n.min(d)));
         for e in self.deployments.values() {
             if let Some(a) = e.applying {
-                at(a.until.saturating_duration_since(mono));
+                at(a.ends().saturating_duration_since(mono));
             }
             let Some(h) = &e.held else { continue };
             if let Prefetch::Failed { retry_at, .. } = h.prefetch {
@@ -498,7 +635,11 @@ impl Gate {
                         .unwrap_or(WINDOW_RECHECK);
                     at(until.min(WINDOW_RECHECK));
                 }
-                Some(Block::Invalid(_)) => {}
+                // Trusted only once the kernel says it is synchronized:
+                // no hurry (NTP takes seconds to minutes).
+                Some(Block::Clock { until: None }) => at(WINDOW_RECHECK),
+                // The prefetch's end settles it.
+                Some(Block::Invalid(_) | Block::Prefetching) => {}
                 Some(_) | None => at(tick),
             }
         }
@@ -534,7 +675,6 @@ impl Gate {
             return Vec::new();
         };
         let verdict = judge(deployment, e.admitted.as_ref(), h, senses);
-        let now = senses.now();
         match verdict {
             Verdict::Admit { with_lock } => admit(deployment, e, with_lock, senses.monotonic()),
             Verdict::Hold(block) => {
@@ -556,7 +696,7 @@ impl Gate {
                         value: v.bytes.clone(),
                     });
                 }
-                effects.extend(publish_held(deployment, e, now, false));
+                effects.extend(publish_held(deployment, e, senses, false));
                 effects
             }
         }
@@ -564,11 +704,11 @@ impl Gate {
 }
 
 impl Held {
-    fn new(change: Change, since: Timestamp) -> Held {
+    fn new(change: Change, since: Instant, lock_since: Option<Instant>) -> Held {
         Held {
             change,
             since,
-            lock_since: None,
+            lock_since,
             block: None,
             prefetch: Prefetch::Idle,
             prefetch_failures: 0,
@@ -582,6 +722,13 @@ impl Held {
             Change::Put(_) => "the update",
             Change::Delete { .. } => "the delete",
         }
+    }
+
+    /// The first pull of its images ended (pulled, or failed: the
+    /// reconciler pulls again and says why).
+    fn prefetch_done(&self) -> bool {
+        matches!(self.prefetch, Prefetch::Pulled | Prefetch::Failed { .. })
+            || self.prefetch_failures > 0
     }
 }
 
@@ -604,6 +751,11 @@ fn judge(
                 Err(why) if !info.force => return Verdict::Hold(Block::Invalid(why.clone())),
                 Err(_) => None,
             };
+            if admitted_info.is_some_and(|a| a.content == info.content) {
+                // Only the gate or the rollout policy changed: nothing is
+                // replaced, so nothing waits.
+                return Verdict::Admit { with_lock: false };
+            }
             let policy = info
                 .lock_policy
                 .or(admitted_info.and_then(|a| a.lock_policy));
@@ -642,8 +794,13 @@ fn judge(
     if !admitted_info.is_some_and(|a| a.honours_lock) {
         return Verdict::Admit { with_lock: false };
     }
+    // The images first: the agent then holds the lock only while it
+    // replaces the containers, not through a download.
+    if matches!(held.change, Change::Put(_)) && !held.prefetch_done() {
+        return Verdict::Hold(Block::Prefetching);
+    }
     let mono = senses.monotonic();
-    let (since, _) = *held.lock_since.get_or_insert((mono, senses.now()));
+    let since = *held.lock_since.get_or_insert(mono);
     match senses.lock() {
         LockState::Free => Verdict::Admit { with_lock: true },
         LockState::Unknown(why) => {
@@ -684,6 +841,10 @@ fn admit(deployment: &str, e: &mut Entry, with_lock: bool, mono: Instant) -> Vec
         return Vec::new();
     };
     let d = deployment.to_string();
+    let mut effects = Vec::new();
+    if held.prefetch == Prefetch::Pulling {
+        effects.push(Effect::CancelPrefetch(d.clone()));
+    }
     match held.change {
         Change::Put(v) => {
             let revision = v.info.as_ref().map(|i| i.revision);
@@ -694,39 +855,38 @@ fn admit(deployment: &str, e: &mut Entry, with_lock: bool, mono: Instant) -> Vec
                 );
             }
             if with_lock && let Some(revision) = revision {
-                e.applying = Some(Applying {
-                    revision,
-                    until: mono + APPLY_HOLD,
-                });
+                e.applying = Some(Applying::new(Some(revision), mono));
             }
-            let effects = vec![
+            effects.extend([
                 Effect::StoreAdmitted(d.clone(), v.bytes.clone()),
+                Effect::ForgetHeld(d.clone()),
                 Effect::Admit(d, Some(v.bytes.clone())),
-            ];
+            ]);
             e.admitted = Some(v);
-            effects
         }
         Change::Delete { .. } => {
             if held.block.is_some() {
                 crate::info!("{deployment}: the delete may apply now");
             }
-            if with_lock && let Some(revision) = e.admitted_revision() {
-                e.applying = Some(Applying {
-                    revision,
-                    until: mono + APPLY_HOLD,
-                });
+            if with_lock {
+                e.applying = Some(Applying::new(None, mono));
             }
             e.admitted = None;
-            vec![Effect::ForgetAdmitted(d.clone()), Effect::Admit(d, None)]
+            effects.extend([
+                Effect::ForgetAdmitted(d.clone()),
+                Effect::ForgetHeld(d.clone()),
+                Effect::Admit(d, None),
+            ]);
         }
     }
+    effects
 }
 
 /// The status of `e`'s held change, published when it says something new
 /// (`always`: a report of the running containers came, which may change
 /// them).
-fn publish_held(deployment: &str, e: &mut Entry, now: Timestamp, always: bool) -> Vec<Effect> {
-    let Some(status) = held_status(e, now) else {
+fn publish_held(deployment: &str, e: &mut Entry, senses: &dyn Senses, always: bool) -> Vec<Effect> {
+    let Some(status) = held_status(e, senses.now(), senses.monotonic()) else {
         return Vec::new();
     };
     let Some(h) = &mut e.held else {
@@ -748,9 +908,16 @@ fn publish_held(deployment: &str, e: &mut Entry, now: Timestamp, always: bool) -
     vec![Effect::Publish((deployment.to_string(), status))]
 }
 
+/// `then` (monotonic) on the wall clock of `now`/`mono`: the clock may
+/// have been set (NTP) since.
+fn wall(then: Instant, now: Timestamp, mono: Instant) -> Timestamp {
+    let ago = mono.saturating_duration_since(then);
+    now.checked_sub(ago).unwrap_or(now)
+}
+
 /// What the device says while `e`'s change is held: the held revision,
 /// waiting (or failed), with the running revision and its containers.
-fn held_status(e: &Entry, now: Timestamp) -> Option<DeploymentStatus<'static>> {
+fn held_status(e: &Entry, now: Timestamp, mono: Instant) -> Option<DeploymentStatus<'static>> {
     let h = e.held.as_ref()?;
     let block = h.block.as_ref()?;
     let admitted = e.admitted_revision();
@@ -769,7 +936,8 @@ fn held_status(e: &Entry, now: Timestamp) -> Option<DeploymentStatus<'static>> {
         .as_ref()
         .map(|l| l.containers.clone())
         .unwrap_or_default();
-    let since = fmt_time(h.since);
+    let since_at = wall(h.since, now, mono);
+    let since = fmt_time(since_at);
     let what = h.what();
     let pulled = match (&h.change, &h.prefetch) {
         (Change::Delete { .. }, _) => String::new(),
@@ -818,13 +986,26 @@ fn held_status(e: &Entry, now: Timestamp) -> Option<DeploymentStatus<'static>> {
             Reason::ClockNotSynchronized,
             None,
             format!(
-                "{what} waits: the clock is not synchronized and is earlier than this agent's build, so maintenance windows cannot be evaluated (synchronize the clock, or force the change); waiting since {since}{pulled}"
+                "{what} waits: the clock is not synchronized and no real-time clock set it at boot, so maintenance windows cannot be evaluated (synchronize the clock, or force the change); waiting since {since}{pulled}"
             ),
         ),
+        Block::Prefetching => {
+            let runs = running
+                .map(|r| format!("; revision {r} runs"))
+                .unwrap_or_default();
+            (
+                Phase::Pulling,
+                Reason::None,
+                None,
+                format!(
+                    "pulling the new images before the update (under the update lock, which is checked once they are here){runs}"
+                ),
+            )
+        }
         Block::Lock { holder } => {
             let held_since = h
                 .lock_since
-                .map(|(_, t)| format!(" since {}", fmt_time(t)))
+                .map(|t| format!(" since {}", fmt_time(wall(t, now, mono))))
                 .unwrap_or_default();
             (
                 Phase::Waiting,
@@ -850,8 +1031,8 @@ fn held_status(e: &Entry, now: Timestamp) -> Option<DeploymentStatus<'static>> {
             format!("{why}; {what} is not applied"),
         ),
     };
-    let waiting = (!matches!(block, Block::Invalid(_))).then(|| Waiting {
-        since_ms: millis(h.since),
+    let waiting = (!matches!(block, Block::Invalid(_) | Block::Prefetching)).then(|| Waiting {
+        since_ms: millis(since_at),
         until_ms: until.map(millis),
     });
     Some(DeploymentStatus {
@@ -910,8 +1091,9 @@ mod tests {
     /// The agent's observations, set by the test: the wall clock moves
     /// with the monotonic one.
     struct Fake {
-        start: Timestamp,
         base: Instant,
+        /// The monotonic clock's time since `base`.
+        elapsed: Duration,
         now: Timestamp,
         trust: Trust,
         lock: LockState,
@@ -923,8 +1105,8 @@ mod tests {
         fn at(now: &str) -> Fake {
             let now = ts(now);
             Fake {
-                start: now,
                 base: Instant::now(),
+                elapsed: Duration::ZERO,
                 now,
                 trust: Trust::Trusted,
                 lock: LockState::Free,
@@ -932,16 +1114,25 @@ mod tests {
             }
         }
 
+        /// Time passes until `now`.
         fn set(&mut self, now: &str) {
-            self.now = ts(now);
-            assert!(self.now >= self.start);
+            let now = ts(now);
+            assert!(now >= self.now);
+            self.elapsed += now.duration_since(self.now).unsigned_abs();
+            self.now = now;
         }
 
         fn advance(&mut self, secs: i64) {
+            self.elapsed += Duration::from_secs(secs.unsigned_abs());
             self.now = self
                 .now
                 .checked_add(jiff::SignedDuration::from_secs(secs))
                 .unwrap();
+        }
+
+        /// The wall clock is set (NTP), time does not pass.
+        fn step(&mut self, now: &str) {
+            self.now = ts(now);
         }
     }
 
@@ -950,7 +1141,7 @@ mod tests {
             self.now
         }
         fn monotonic(&self) -> Instant {
-            self.base + self.now.duration_since(self.start).unsigned_abs()
+            self.base + self.elapsed
         }
         fn clock(&self) -> Trust {
             self.trust
@@ -990,9 +1181,20 @@ mod tests {
     /// A value of deployment `web` at `revision` with `gate`; its
     /// container takes the update lock when `lock_container`.
     fn value_with(revision: u64, gate: UpdateGate<'static>, lock_container: bool) -> Bytes {
+        value_of(revision, revision, 0, gate, lock_container)
+    }
+
+    /// A value at `revision` whose image is tagged `tag`.
+    fn value_of(
+        revision: u64,
+        tag: u64,
+        attempt: u32,
+        gate: UpdateGate<'static>,
+        lock_container: bool,
+    ) -> Bytes {
         let mut c = ContainerV1::new(
             Text::borrowed("c"),
-            Text::owned(format!("localhost/x:{revision:x}")),
+            Text::owned(format!("localhost/x:{tag:x}")),
         );
         c.update_lock = lock_container;
         let score = IotScore::PodmanV1(PodmanV1Score {
@@ -1004,7 +1206,7 @@ mod tests {
                 revision,
                 score: score.to_payload().unwrap(),
                 rollout: RolloutPolicy::default(),
-                attempt: 0,
+                attempt,
                 gate,
             })
             .unwrap(),
@@ -1045,8 +1247,19 @@ mod tests {
         effects
             == [
                 Effect::ForgetAdmitted("web".into()),
+                Effect::ForgetHeld("web".into()),
                 Effect::Admit("web".into(), None),
             ]
+    }
+
+    fn stores_held(effects: &[Effect], change: Option<&Bytes>) -> bool {
+        effects.contains(&Effect::StoreHeld("web".into(), change.cloned()))
+    }
+
+    fn prefetches(effects: &[Effect], revision: u64) -> bool {
+        effects
+            .iter()
+            .any(|e| matches!(e, Effect::Prefetch { revision: r, .. } if *r == revision))
     }
 
     fn published(effects: &[Effect]) -> Vec<&DeploymentStatus<'static>> {
@@ -1075,9 +1288,9 @@ mod tests {
         let mut g = Gate::default();
         let v1 = value_with(R1, gate, lock_container);
         let admitted = BTreeMap::from([("web".to_string(), v1.clone())]);
-        let e = g.restore(admitted, None, true, fake);
+        let e = g.restore(admitted, BTreeMap::new(), None, true, fake);
         assert_eq!(e, [Effect::Admit("web".into(), Some(v1))]);
-        let e = g.report("web", running(R1), fake.now());
+        let e = g.report("web", running(R1), fake);
         assert_eq!(e, [Effect::Publish(("web".into(), running(R1)))]);
         assert!(!g.holds_lock());
         g
@@ -1111,6 +1324,7 @@ mod tests {
         let v2 = value(R2, paris_2am());
         let e = g.arrived("web", Some(v2.clone()), false, &mut f);
         let [
+            Effect::StoreHeld(_, Some(_)),
             Effect::Prefetch {
                 deployment,
                 revision,
@@ -1152,7 +1366,7 @@ mod tests {
         let e = g.prefetched("web", R2, Ok(vec!["localhost/x".into()]), &mut f);
         assert!(one_published(&e).message.ends_with("; new images pulled"));
         // A report of the running revision is shown as the held one's.
-        let e = g.report("web", running(R1), f.now());
+        let e = g.report("web", running(R1), &f);
         let s = one_published(&e);
         assert_eq!((s.revision, s.phase), (R2, Phase::Waiting));
         // Ticks do not publish again, and sleep at most a minute.
@@ -1181,7 +1395,7 @@ mod tests {
         assert_eq!(g.next_check(f.now(), f.monotonic(), SECOND), None);
         assert_eq!(f.checks, 0, "no lock to honour");
         // From now on, reports pass as they are.
-        let e = g.report("web", running(R2), f.now());
+        let e = g.report("web", running(R2), &f);
         assert_eq!(e, [Effect::Publish(("web".into(), running(R2)))]);
     }
 
@@ -1286,11 +1500,17 @@ mod tests {
         f.lock = LockState::Held("pid 4242 (kiosk)".into());
         f.advance(10);
         let v2 = value_with(R2, UpdateGate::default(), true);
+        // The images first; the lock is not asked meanwhile.
         let e = g.arrived("web", Some(v2.clone()), false, &mut f);
-        assert!(
-            matches!(e[0], Effect::Prefetch { revision: R2, .. }),
-            "{e:?}"
+        assert!(prefetches(&e, R2), "{e:?}");
+        let s = one_published(&e);
+        assert_eq!(
+            (s.revision, s.phase, s.reason, s.running_revision, s.waiting),
+            (R2, Phase::Pulling, Reason::None, Some(R1), None)
         );
+        assert_eq!(f.checks, 0);
+        assert_eq!(g.next_check(f.now(), f.monotonic(), SECOND), None);
+        let e = g.prefetched("web", R2, Ok(vec![]), &mut f);
         let s = one_published(&e);
         assert_eq!(
             (s.revision, s.phase, s.reason, s.running_revision),
@@ -1306,7 +1526,7 @@ mod tests {
         assert_eq!(
             s.message.as_str(),
             "update lock held by pid 4242 (kiosk) since 2026-06-01T08:00:10Z; \
-             the update waits since 2026-06-01T08:00:10Z; pulling the new images"
+             the update waits since 2026-06-01T08:00:10Z; new images pulled"
         );
         // Checked each tick while held, published only when it changes.
         assert_eq!(g.next_check(f.now(), f.monotonic(), SECOND), Some(SECOND));
@@ -1333,17 +1553,15 @@ mod tests {
         );
         let mut starting = running(R2);
         starting.phase = Phase::Starting;
-        g.report("web", starting, f.now());
+        g.report("web", starting, &f);
         assert!(g.holds_lock(), "still starting");
-        g.report("web", running(R2), f.now());
+        g.report("web", running(R2), &f);
         assert!(!g.holds_lock());
         assert_eq!(g.next_check(f.now(), f.monotonic(), SECOND), None);
-        // Or at most APPLY_HOLD.
-        f.lock = LockState::Held("pid 1 (x)".into());
+        // Or at most APPLY_HOLD after the admission.
         let v3 = value_with(R3, UpdateGate::default(), true);
         g.arrived("web", Some(v3.clone()), false, &mut f);
-        f.lock = LockState::Free;
-        assert!(admits(&g.tick(&mut f), &v3));
+        assert!(admits(&g.prefetched("web", R3, Ok(vec![]), &mut f), &v3));
         assert!(g.holds_lock());
         f.advance(119);
         g.tick(&mut f);
@@ -1353,13 +1571,216 @@ mod tests {
         assert!(!g.holds_lock());
     }
 
+    /// A slow pull or start keeps the lock (APPLY_HOLD after each report
+    /// that says so), up to APPLY_HOLD_MAX.
+    #[test]
+    fn the_lock_is_kept_while_the_change_is_pulled_or_started_up_to_a_cap() {
+        let mut f = Fake::at("2026-06-01T08:00:00Z");
+        let mut g = running_r1(UpdateGate::default(), true, &mut f);
+        let v2 = value_with(R2, UpdateGate::default(), true);
+        g.arrived("web", Some(v2.clone()), false, &mut f);
+        assert!(admits(&g.prefetched("web", R2, Ok(vec![]), &mut f), &v2));
+        let mut pulling = running(R2);
+        pulling.phase = Phase::Pulling;
+        for _ in 0..5 {
+            f.advance(100);
+            g.report("web", pulling.clone(), &f);
+            g.tick(&mut f);
+            assert!(g.holds_lock());
+        }
+        f.advance(99);
+        g.tick(&mut f);
+        assert!(g.holds_lock(), "500 + 99 s");
+        f.advance(1);
+        g.report("web", pulling, &f);
+        g.tick(&mut f);
+        assert!(!g.holds_lock(), "APPLY_HOLD_MAX");
+    }
+
+    /// A delete admitted under the lock keeps it until the containers are
+    /// removed, not on a report of an older pass at the running revision.
+    #[test]
+    fn a_delete_under_the_lock_keeps_it_until_removed() {
+        let mut f = Fake::at("2026-06-01T08:00:00Z");
+        let mut g = running_r1(UpdateGate::default(), true, &mut f);
+        assert!(admits_delete(&g.arrived("web", None, false, &mut f)));
+        assert!(g.holds_lock());
+        g.report("web", running(R1), &f);
+        assert!(g.holds_lock(), "an old pass's report");
+        let mut removed = running(R1);
+        removed.phase = Phase::Removed;
+        g.report("web", removed, &f);
+        assert!(!g.holds_lock());
+    }
+
+    /// The lock free on arrival: the images are pulled before the agent
+    /// takes it (reporting Pulling at the new revision, not UpdateLocked),
+    /// so the lock is not held through a download. A failed pull does not
+    /// hold the update back (the reconciler pulls and says why).
+    #[test]
+    fn under_the_lock_the_images_are_pulled_before_the_lock_is_taken() {
+        for result in [Ok(vec![]), Err("no registry".to_string())] {
+            let mut f = Fake::at("2026-06-01T08:00:00Z");
+            let mut g = running_r1(UpdateGate::default(), true, &mut f);
+            let v2 = value_with(R2, UpdateGate::default(), true);
+            let e = g.arrived("web", Some(v2.clone()), false, &mut f);
+            assert!(prefetches(&e, R2), "{e:?}");
+            let s = one_published(&e);
+            assert_eq!(
+                (s.revision, s.phase, s.reason, s.running_revision),
+                (R2, Phase::Pulling, Reason::None, Some(R1))
+            );
+            assert_eq!(f.checks, 0, "the lock is not taken yet");
+            assert!(!g.holds_lock());
+            f.advance(30);
+            assert_eq!(g.tick(&mut f), []);
+            let e = g.prefetched("web", R2, result, &mut f);
+            assert!(admits(&e, &v2), "{e:?}");
+            assert_eq!(f.checks, 1);
+            assert!(g.holds_lock());
+        }
+    }
+
+    /// A value that changes only the gate or the rollout policy replaces
+    /// nothing: admitted at once, though the lock is held and outside its
+    /// windows. A new attempt is gated.
+    #[test]
+    fn a_value_that_changes_only_the_gate_is_admitted_at_once() {
+        let mut f = Fake::at("2026-06-01T08:00:00Z");
+        let fail = locked(60, LockTimeout::Fail);
+        let mut g = running_r1(fail.clone(), true, &mut f);
+        f.lock = LockState::Held("pid 4242 (kiosk)".into());
+        let edited = UpdateGate {
+            update_lock: fail.update_lock,
+            ..paris_2am()
+        };
+        let v1b = value_of(R2, R1, 0, edited.clone(), true);
+        assert!(admits(
+            &g.arrived("web", Some(v1b.clone()), false, &mut f),
+            &v1b
+        ));
+        let forced = value_of(
+            R3,
+            R1,
+            0,
+            UpdateGate {
+                force: true,
+                ..edited.clone()
+            },
+            true,
+        );
+        assert!(admits(
+            &g.arrived("web", Some(forced.clone()), false, &mut f),
+            &forced
+        ));
+        assert_eq!(f.checks, 0);
+        assert!(!g.holds_lock());
+        // Over a held change: the held one is dropped.
+        f.set("2026-06-02T00:00:00Z");
+        let v2 = value(R2, edited.clone());
+        g.arrived("web", Some(v2), false, &mut f);
+        assert!(g.is_held("web"));
+        let back = value_of(R3, R1, 0, fail.clone(), true);
+        let e = g.arrived("web", Some(back.clone()), false, &mut f);
+        assert!(admits(&e, &back), "{e:?}");
+        assert!(!g.is_held("web"));
+        // A new attempt waits (and fails on the timeout).
+        let again = value_of(R3, R1, 1, fail, true);
+        g.arrived("web", Some(again), false, &mut f);
+        g.prefetched("web", R3, Ok(vec![]), &mut f);
+        assert!(g.is_held("web"));
+        f.advance(60);
+        let e = g.tick(&mut f);
+        assert_eq!(one_published(&e).reason, Reason::UpdateLockTimeout);
+    }
+
+    /// Revisions that keep arriving during a long hold keep since when the
+    /// device waits, and the lock's timeout.
+    #[test]
+    fn a_newer_value_keeps_since_when_the_device_waits() {
+        let mut f = Fake::at("2026-06-01T08:00:00Z");
+        let mut g = running_r1(locked(60, LockTimeout::Fail), false, &mut f);
+        f.lock = LockState::Held("pid 4242 (kiosk)".into());
+        g.arrived(
+            "web",
+            Some(value(R2, locked(60, LockTimeout::Fail))),
+            false,
+            &mut f,
+        );
+        g.prefetched("web", R2, Ok(vec![]), &mut f);
+        f.advance(40);
+        g.arrived(
+            "web",
+            Some(value(R3, locked(60, LockTimeout::Fail))),
+            false,
+            &mut f,
+        );
+        let e = g.prefetched("web", R3, Ok(vec![]), &mut f);
+        let s = one_published(&e);
+        assert_eq!(
+            (s.reason, s.waiting.unwrap().since_ms),
+            (Reason::UpdateLocked, millis_of("2026-06-01T08:00:00Z"))
+        );
+        assert!(
+            s.message
+                .starts_with("update lock held by pid 4242 (kiosk) since 2026-06-01T08:00:00Z;"),
+            "{}",
+            s.message.as_str()
+        );
+        f.advance(20);
+        let e = g.tick(&mut f);
+        let s = one_published(&e);
+        assert_eq!((s.revision, s.reason), (R3, Reason::UpdateLockTimeout));
+    }
+
+    /// A change that waits from before NTP shows since when on the clock
+    /// set since: the wait is counted on the monotonic clock.
+    #[test]
+    fn since_is_shown_on_the_clock_set_later() {
+        let mut f = Fake::at("1970-01-01T00:01:00Z");
+        let mut g = running_r1(UpdateGate::default(), true, &mut f);
+        f.lock = LockState::Held("pid 4242 (kiosk)".into());
+        g.arrived("web", Some(value(R2, UpdateGate::default())), false, &mut f);
+        g.prefetched("web", R2, Ok(vec![]), &mut f);
+        f.advance(30);
+        f.step("2026-06-01T08:00:00Z");
+        f.lock = LockState::Held("pid 4300 (kiosk)".into());
+        let e = g.tick(&mut f);
+        let s = one_published(&e);
+        assert_eq!(
+            s.waiting.unwrap().since_ms,
+            millis_of("2026-06-01T07:59:30Z")
+        );
+        assert!(
+            s.message.contains("since 2026-06-01T07:59:30Z"),
+            "{}",
+            s.message.as_str()
+        );
+    }
+
+    /// A clock that is never trusted is checked every minute, not every
+    /// tick.
+    #[test]
+    fn a_clock_never_trusted_is_checked_every_minute() {
+        let mut f = Fake::at("2026-06-01T08:00:00Z");
+        f.trust = Trust::Never;
+        let mut g = running_r1(UpdateGate::default(), false, &mut f);
+        g.arrived("web", Some(value(R2, paris_2am())), false, &mut f);
+        g.prefetched("web", R2, Ok(vec![]), &mut f);
+        assert_eq!(
+            g.next_check(f.now(), f.monotonic(), SECOND),
+            Some(WINDOW_RECHECK)
+        );
+    }
+
     #[test]
     fn the_gates_lock_policy_honours_the_lock_too() {
         let mut f = Fake::at("2026-06-01T08:00:00Z");
         let mut g = running_r1(locked(0, LockTimeout::Fail), false, &mut f);
         f.lock = LockState::Held("another process".into());
         let v2 = value(R2, locked(0, LockTimeout::Fail));
-        let e = g.arrived("web", Some(v2), false, &mut f);
+        g.arrived("web", Some(v2), false, &mut f);
+        let e = g.prefetched("web", R2, Ok(vec![]), &mut f);
         assert_eq!(one_published(&e).reason, Reason::UpdateLocked);
         // Timeout 0: waits for ever.
         f.advance(7 * 24 * 3600);
@@ -1392,7 +1813,8 @@ mod tests {
         let mut g = running_r1(locked(60, LockTimeout::Fail), false, &mut f);
         f.lock = LockState::Held("pid 4242 (kiosk)".into());
         let v2 = value(R2, locked(60, LockTimeout::Fail));
-        let e = g.arrived("web", Some(v2.clone()), false, &mut f);
+        g.arrived("web", Some(v2.clone()), false, &mut f);
+        let e = g.prefetched("web", R2, Ok(vec![]), &mut f);
         assert_eq!(one_published(&e).phase, Phase::Waiting);
         f.advance(59);
         assert_eq!(g.tick(&mut f), []);
@@ -1423,6 +1845,7 @@ mod tests {
         f.lock = LockState::Held("pid 4242 (kiosk)".into());
         let v2 = value(R2, locked(60, LockTimeout::Force));
         g.arrived("web", Some(v2.clone()), false, &mut f);
+        g.prefetched("web", R2, Ok(vec![]), &mut f);
         f.advance(60);
         let e = g.tick(&mut f);
         assert!(admits(&e, &v2), "{e:?}");
@@ -1448,6 +1871,7 @@ mod tests {
         f.lock = LockState::Held("pid 4242 (kiosk)".into());
         let v2 = value(R2, both);
         g.arrived("web", Some(v2.clone()), false, &mut f);
+        g.prefetched("web", R2, Ok(vec![]), &mut f);
         assert_eq!(f.checks, 0, "outside the window, the lock is not asked");
         f.set("2026-06-02T00:00:00Z");
         let e = g.tick(&mut f);
@@ -1464,10 +1888,8 @@ mod tests {
         let mut g = running_r1(UpdateGate::default(), true, &mut f);
         f.lock = LockState::Unknown("permission denied".into());
         let v2 = value(R2, UpdateGate::default());
-        assert!(admits(
-            &g.arrived("web", Some(v2.clone()), false, &mut f),
-            &v2
-        ));
+        g.arrived("web", Some(v2.clone()), false, &mut f);
+        assert!(admits(&g.prefetched("web", R2, Ok(vec![]), &mut f), &v2));
         assert!(!g.holds_lock());
     }
 
@@ -1498,7 +1920,7 @@ mod tests {
         let mut removed = running(R1);
         removed.phase = Phase::Removed;
         assert_eq!(
-            g.report("web", removed.clone(), f.now()),
+            g.report("web", removed.clone(), &f),
             [Effect::Publish(("web".into(), removed))]
         );
         assert!(!g.holds_lock());
@@ -1521,7 +1943,9 @@ mod tests {
         let v1 = value(R1, paris_2am());
         g.arrived("web", Some(v1), false, &mut f);
         assert!(g.is_held("web"));
-        assert!(admits_delete(&g.arrived("web", None, false, &mut f)));
+        let e = g.arrived("web", None, false, &mut f);
+        assert_eq!(e[0], Effect::CancelPrefetch("web".into()), "its pull stops");
+        assert!(admits_delete(&e[1..]));
         assert!(g.desired().is_empty());
     }
 
@@ -1531,25 +1955,32 @@ mod tests {
         let mut g = running_r1(paris_2am(), false, &mut f);
         let v2 = value(R2, paris_2am());
         g.arrived("web", Some(v2), false, &mut f);
-        // A newer value replaces it: pulled in turn; the old pull's result
-        // is ignored.
+        // A newer value replaces it: the old pull stops, the new value is
+        // pulled in turn, the old pull's result is ignored; the device
+        // waits since the first.
         f.advance(60);
         let v3 = value(R3, paris_2am());
-        let e = g.arrived("web", Some(v3), false, &mut f);
-        assert!(matches!(e[0], Effect::Prefetch { revision: R3, .. }));
+        let e = g.arrived("web", Some(v3.clone()), false, &mut f);
+        assert_eq!(e[0], Effect::CancelPrefetch("web".into()));
+        assert!(stores_held(&e, Some(&v3)));
+        assert!(prefetches(&e, R3));
         let s = one_published(&e);
         assert_eq!(s.revision, R3);
         assert_eq!(
             s.waiting.unwrap().since_ms,
-            millis_of("2026-06-01T08:01:00Z")
+            millis_of("2026-06-01T08:00:00Z")
         );
         assert_eq!(g.prefetched("web", R2, Ok(vec![]), &mut f), []);
-        // Back to the running value: nothing waits; the last report of
-        // the running revision is published again.
+        // Back to the running value: nothing waits, the pull stops; the
+        // last report of the running revision is published again.
         let v1 = value(R1, paris_2am());
         assert_eq!(
             g.arrived("web", Some(v1), false, &mut f),
-            [Effect::Publish(("web".into(), running(R1)))]
+            [
+                Effect::CancelPrefetch("web".into()),
+                Effect::ForgetHeld("web".into()),
+                Effect::Publish(("web".into(), running(R1)))
+            ]
         );
         assert!(!g.is_held("web"));
         assert_eq!(g.next_check(f.now(), f.monotonic(), SECOND), None);
@@ -1625,7 +2056,7 @@ mod tests {
         assert!(
             one_published(&e)
                 .message
-                .contains("earlier than this agent's build")
+                .contains("no real-time clock set it at boot")
         );
         f.set("2026-06-02T00:10:00Z");
         assert_eq!(g.tick(&mut f), []);
@@ -1692,10 +2123,10 @@ mod tests {
         ));
     }
 
-    /// At boot the reconcilers run the admitted values; the cached ones go
-    /// through the gate.
+    /// At boot the reconcilers run the admitted values; the held changes
+    /// go through the gate again.
     #[test]
-    fn at_boot_the_admitted_value_runs_and_the_cached_one_is_gated() {
+    fn at_boot_the_admitted_value_runs_and_the_held_change_is_gated() {
         let mut f = Fake::at("2026-06-01T08:00:00Z");
         let v1 = value(R1, paris_2am());
         let v2 = value(R2, paris_2am());
@@ -1706,14 +2137,16 @@ mod tests {
                 ("web".to_string(), v1.clone()),
                 ("gone".to_string(), other.clone()),
             ]),
-            Some(BTreeMap::from([
-                ("web".to_string(), v2.clone()),
-                ("new".to_string(), v1.clone()),
-            ])),
+            BTreeMap::from([
+                ("web".to_string(), Some(v2.clone())),
+                ("new".to_string(), Some(v1.clone())),
+                ("gone".to_string(), None),
+            ]),
+            None,
             true,
             &mut f,
         );
-        // Both admitted values run; web's cached value waits; the first
+        // Both admitted values run; web's held value waits; the first
         // install "new" waits; "gone" (no window) is deleted at once.
         assert_eq!(e[0], Effect::Admit("gone".into(), Some(other)));
         assert_eq!(e[1], Effect::Admit("web".into(), Some(v1.clone())));
@@ -1729,45 +2162,47 @@ mod tests {
             [("new", R1, Phase::Waiting), ("web", R2, Phase::Waiting)]
         );
         assert_eq!(
-            e[e.len() - 2..],
+            e[2..5],
             [
                 Effect::ForgetAdmitted("gone".into()),
+                Effect::ForgetHeld("gone".into()),
                 Effect::Admit("gone".into(), None)
             ]
         );
         assert_eq!(g.desired(), BTreeSet::from(["new".into(), "web".into()]));
-        // The admitted value is the cached one: nothing waits.
+        // A held delete waits again.
         let mut g = Gate::default();
         let e = g.restore(
             BTreeMap::from([("web".to_string(), v1.clone())]),
-            Some(BTreeMap::from([("web".to_string(), v1.clone())])),
-            true,
-            &mut f,
-        );
-        assert_eq!(e, [Effect::Admit("web".into(), Some(v1.clone()))]);
-        // An admitted deployment missing from the cache is a held delete.
-        let mut g = Gate::default();
-        let e = g.restore(
-            BTreeMap::from([("web".to_string(), v1.clone())]),
-            Some(BTreeMap::new()),
-            true,
-            &mut f,
-        );
-        assert_eq!(e[0], Effect::Admit("web".into(), Some(v1.clone())));
-        assert_eq!(published(&e)[0].reason, Reason::OutsideMaintenanceWindow);
-        assert!(g.is_held("web"));
-        // The cache unreadable: the admitted values run, NATS will tell.
-        let mut g = Gate::default();
-        let e = g.restore(
-            BTreeMap::from([("web".to_string(), v1.clone())]),
+            BTreeMap::from([("web".to_string(), None)]),
             None,
             true,
             &mut f,
         );
-        assert_eq!(e, [Effect::Admit("web".into(), Some(v1.clone()))]);
+        assert_eq!(published(&e)[0].reason, Reason::OutsideMaintenanceWindow);
+        assert!(g.is_held("web") && g.desired().is_empty());
+        // Cut between storing the admitted value and dropping the held
+        // one: nothing waits, and the held store is cleaned.
+        let mut g = Gate::default();
+        let e = g.restore(
+            BTreeMap::from([("web".to_string(), v2.clone())]),
+            BTreeMap::from([("web".to_string(), Some(v2.clone()))]),
+            None,
+            true,
+            &mut f,
+        );
+        assert_eq!(
+            e,
+            [
+                Effect::Admit("web".into(), Some(v2.clone())),
+                Effect::ForgetHeld("web".into())
+            ]
+        );
+        assert!(!g.is_held("web"));
         // Upgraded from an agent without a gate: what the cache holds ran.
         let mut g = Gate::default();
         let e = g.restore(
+            BTreeMap::new(),
             BTreeMap::new(),
             Some(BTreeMap::from([("web".to_string(), v2.clone())])),
             false,
@@ -1775,6 +2210,62 @@ mod tests {
         );
         assert!(admits(&e, &v2));
         assert!(!g.is_held("web"));
+    }
+
+    /// A power cut after the gate stored a value it admitted, before the
+    /// desired-state cache (written behind) caught up: the cache is older
+    /// than the admitted value, or lacks a deployment just installed.
+    /// Neither is a change: no downgrade, no delete.
+    #[test]
+    fn at_boot_a_cache_behind_the_admitted_value_changes_nothing() {
+        let mut f = Fake::at("2026-06-01T08:00:00Z");
+        let v1 = value(R1, UpdateGate::default());
+        let v2 = value(R2, UpdateGate::default());
+        for cached in [
+            BTreeMap::from([("web".to_string(), v1.clone())]),
+            BTreeMap::new(),
+        ] {
+            let mut g = Gate::default();
+            let e = g.restore(
+                BTreeMap::from([("web".to_string(), v2.clone())]),
+                BTreeMap::new(),
+                Some(cached.clone()),
+                true,
+                &mut f,
+            );
+            assert_eq!(
+                e,
+                [Effect::Admit("web".into(), Some(v2.clone()))],
+                "{cached:?}"
+            );
+            assert!(!g.is_held("web"));
+            assert_eq!(g.desired(), BTreeSet::from(["web".to_string()]));
+        }
+    }
+
+    /// A held change is on disk before it is said: it waits again after a
+    /// reboot; it leaves the held store when admitted.
+    #[test]
+    fn a_held_change_is_stored_and_forgotten_when_admitted() {
+        let mut f = Fake::at("2026-06-01T08:00:00Z");
+        let mut g = running_r1(paris_2am(), false, &mut f);
+        let v2 = value(R2, paris_2am());
+        let e = g.arrived("web", Some(v2.clone()), false, &mut f);
+        assert_eq!(e[0], Effect::StoreHeld("web".into(), Some(v2.clone())));
+        f.set("2026-06-02T00:00:00Z");
+        let e = g.tick(&mut f);
+        let forget = e
+            .iter()
+            .position(|e| *e == Effect::ForgetHeld("web".into()));
+        let store = e
+            .iter()
+            .position(|e| matches!(e, Effect::StoreAdmitted(..)));
+        assert!(store < forget && forget.is_some(), "{e:?}");
+        // A held delete is stored as one.
+        let mut f = Fake::at("2026-06-01T08:00:00Z");
+        let mut g = running_r1(paris_2am(), false, &mut f);
+        let e = g.arrived("web", None, false, &mut f);
+        assert_eq!(e[0], Effect::StoreHeld("web".into(), None));
     }
 
     /// After the rollback went back, the held status names the revision
@@ -1786,7 +2277,7 @@ mod tests {
         let mut rolled_back = running(R2);
         rolled_back.phase = Phase::RolledBack;
         rolled_back.running_revision = Some(R1);
-        g.report("web", rolled_back, f.now());
+        g.report("web", rolled_back, &f);
         let v3 = value(R3, paris_2am());
         let e = g.arrived("web", Some(v3), false, &mut f);
         let s = one_published(&e);

@@ -15,9 +15,18 @@
 //!   install never waits for it. While someone holds it, the change waits
 //!   (`Waiting`, `UpdateLocked`, who holds it and since when). When it is
 //!   free the agent takes it and applies, and keeps it until the reconciler
-//!   reports the new revision past `Pending`/`Pulling`/`Starting`, or
-//!   [`decide::APPLY_HOLD`]. A lock that cannot be checked holds nothing
-//!   (said in the log).
+//!   reports the new revision past `Pending`/`Pulling`/`Starting` (for a
+//!   deployment under the lock it reports so only once the replaced
+//!   containers are gone: a workload that waited for the lock in an old
+//!   container is not stopped right after it got it), or for a delete
+//!   until it reports `Removed`; at most [`decide::APPLY_HOLD`] after the
+//!   admission or the last report that the change is still pulled or
+//!   started, and [`decide::APPLY_HOLD_MAX`] in all. The images of an
+//!   update under the lock are pulled first ([`crate::reconcile::prefetch`];
+//!   the device reports `Pulling` at the new revision meanwhile), and the
+//!   lock is checked only then, so the agent does not hold it through a
+//!   download. A lock that cannot be checked holds nothing (said in the
+//!   log).
 //! - `updateLock.timeoutSeconds` (0: none) counts from when the lock first
 //!   held the change back, on the monotonic clock: `Force` then applies,
 //!   `Fail` reports `Failed`/`UpdateLockTimeout` and keeps waiting (the
@@ -27,6 +36,9 @@
 //!   waits (`OutsideMaintenanceWindow`, until the next opening). They are
 //!   evaluated on the device's clock, which must be trusted first
 //!   ([`clock`]); until then `ClockNotSynchronized`.
+//! - A value that differs from the admitted one only in its gate or
+//!   rollout policy (a Device's windows edited, `force` toggled) replaces
+//!   no container: it is admitted at once. A new `attempt` is gated.
 //! - `gate.force` in the new value, or `Iot-Force: true` on the delete,
 //!   passes at once. The rollback's own going back is part of a change
 //!   already admitted: it does not wait.
@@ -38,23 +50,45 @@
 //!   the running containers is published as `Waiting` at the held revision
 //!   (`runningRevision` the admitted one), and a new `Waiting` report when
 //!   the reason, the holder, the next opening or the pull's state changes.
+//!   A prefetch whose value is replaced, withdrawn or admitted is stopped.
+//!   `waiting.since` is kept when a newer value replaces the held one (so
+//!   is the lock timeout's start), and is counted on the monotonic clock:
+//!   a change that waits from before NTP shows the right time once the
+//!   clock is set.
 //!
-//! # The admitted store and reboots
+//! # The gate's stores, reboots and power cuts
 //!
-//! `<state_dir>/admitted/<deployment>` (a [`crate::cache`] store) holds the
-//! admitted value, written durably before the reconciler gets it. At boot
-//! the reconcilers run the admitted values, the cached desired values go
-//! through the gate again (so a board offline applies at its window), and
-//! a deployment admitted but missing from the cache is a held delete. A
-//! cached deployment without an admitted value was running under an agent
-//! without a gate (no `admitted` directory yet): it is admitted at once.
+//! Two [`crate::cache`] stores under `state_dir`, each written durably
+//! before what it records is carried out: `admitted/<deployment>`, the
+//! admitted value (before the reconciler gets it), and
+//! `held/<deployment>`, the change that waits (the value, or an empty
+//! file for a delete; before the `Waiting` report), dropped when it is
+//! admitted or withdrawn. At boot the reconcilers run the admitted values
+//! and the held changes go through the gate again (so a board offline
+//! applies at its window).
+//!
+//! These two stores are the truth, not the desired-state cache: the cache
+//! is written behind the gate (asynchronously, after the change), so a
+//! power cut can leave it older than the admitted value, or without a
+//! deployment just installed. Read as desired state, that would be a
+//! downgrade or a delete nobody asked for. The rule: a change reaches
+//! the gate's stores before the cache (for a delete too: the watch hands
+//! it to the gate before it drops the cached value), so at boot the
+//! cache never knows a change the gate's stores do not; it is read only
+//! at the first start of an agent with a gate (no `admitted` directory
+//! yet), whose deployments were running already: admitted at once. A
+//! power cut between `admitted` and `held` being updated leaves a held
+//! value equal to the admitted one, which boot drops.
 //!
 //! # Wake-ups
 //!
 //! The gate's relay sleeps until something needs checking: every
-//! `[update] tick_ms` while a change waits for the lock or the clock, at
-//! the next opening (at most a minute: the wall clock may be stepped) while
-//! it waits for a window, never while nothing waits.
+//! `[update] tick_ms` while a change waits for the lock or for a clock
+//! still within `clock_sync_wait_secs`, every minute while it waits for a
+//! clock that is not trusted, at the next opening (at most a minute: the
+//! wall clock may be stepped) while it waits for a window, at the end of
+//! the prefetch while an update under the lock waits for its images,
+//! never while nothing waits.
 
 pub mod clock;
 pub mod decide;
@@ -88,6 +122,7 @@ type Prefetched = (String, u64, Result<Vec<String>, String>);
 pub struct Gatekeeper<R> {
     gate: RefCell<Gate>,
     admitted: Cache,
+    held: Cache,
     /// There was an admitted store before this start (see the module doc).
     gated_before: bool,
     lock: UpdateLock,
@@ -102,6 +137,9 @@ pub struct Gatekeeper<R> {
     out: mpsc::UnboundedSender<StatusReport>,
     prefetched_tx: mpsc::UnboundedSender<Prefetched>,
     prefetched_rx: RefCell<Option<mpsc::UnboundedReceiver<Prefetched>>>,
+    /// The prefetch running for each deployment, stopped when its value
+    /// is replaced, withdrawn or admitted.
+    prefetches: RefCell<BTreeMap<String, tokio::task::AbortHandle>>,
     /// Wakes the relay when the next check may have moved.
     wake: Notify,
 }
@@ -157,6 +195,7 @@ impl<R: Runtime> Gatekeeper<R> {
     ) -> std::io::Result<Gatekeeper<R>> {
         let gated_before = state_dir.join(Cache::ADMITTED).is_dir();
         let admitted = Cache::open_admitted(state_dir)?;
+        let held = Cache::open_held(state_dir)?;
         let lock = UpdateLock::new(update.lock_dir.clone());
         if let Err(e) = lock.ensure() {
             // Checked again at each use; a workload cannot take a lock
@@ -171,6 +210,7 @@ impl<R: Runtime> Gatekeeper<R> {
         Ok(Gatekeeper {
             gate: RefCell::new(Gate::default()),
             admitted,
+            held,
             gated_before,
             lock,
             guard: RefCell::new(None),
@@ -181,6 +221,7 @@ impl<R: Runtime> Gatekeeper<R> {
             out,
             prefetched_tx,
             prefetched_rx: RefCell::new(Some(prefetched_rx)),
+            prefetches: RefCell::new(BTreeMap::new()),
             wake: Notify::new(),
         })
     }
@@ -195,8 +236,9 @@ impl<R: Runtime> Gatekeeper<R> {
     }
 
     /// At boot, before any network: the reconcilers get the admitted
-    /// values through `admit`, and the desired-state cache's values
-    /// (`cached`, `None` if it could not be read) go through the gate.
+    /// values through `admit`, and the held changes go through the gate
+    /// again; the desired-state cache (`cached`, `None` if it could not be
+    /// read) only at the first start with a gate (see the module doc).
     pub fn restore(
         &self,
         cached: Option<BTreeMap<String, Bytes>>,
@@ -212,11 +254,24 @@ impl<R: Runtime> Gatekeeper<R> {
                 BTreeMap::new()
             }
         };
+        let held = match self.held.load_all() {
+            Ok(h) => h
+                .into_iter()
+                .map(|(d, v)| (d, (!v.is_empty()).then(|| Bytes::from(v))))
+                .collect(),
+            Err(e) => {
+                crate::error!(
+                    "cannot read the held changes in state_dir: {}; NATS will tell them again",
+                    Chain(&e)
+                );
+                BTreeMap::new()
+            }
+        };
         let effects = {
             let mut senses = self.observed();
             self.gate
                 .borrow_mut()
-                .restore(admitted, cached, self.gated_before, &mut senses)
+                .restore(admitted, held, cached, self.gated_before, &mut senses)
         };
         self.carry_out(effects, admit);
     }
@@ -277,7 +332,10 @@ impl<R: Runtime> Gatekeeper<R> {
             };
             let effects = tokio::select! {
                 r = rx.recv() => match r {
-                    Some((d, s)) => self.gate.borrow_mut().report(&d, s, self.clock.now()),
+                    Some((d, s)) => {
+                        let senses = self.observed();
+                        self.gate.borrow_mut().report(&d, s, &senses)
+                    }
                     None => return,
                 },
                 Some((d, revision, result)) = prefetched.recv() => {
@@ -315,6 +373,28 @@ impl<R: Runtime> Gatekeeper<R> {
                         crate::warn!("{d}: cannot remove the admitted value: {}", Chain(&e));
                     }
                 }
+                Effect::StoreHeld(d, change) => {
+                    let bytes = change.unwrap_or_default();
+                    if let Err(e) = self.held.store(&d, &bytes) {
+                        // Held all the same: after a reboot NATS tells it
+                        // again.
+                        crate::error!(
+                            "{d}: cannot store the held change in state_dir: {}",
+                            Chain(&e)
+                        );
+                    }
+                }
+                Effect::ForgetHeld(d) => {
+                    if let Err(e) = self.held.remove(&d) {
+                        crate::warn!("{d}: cannot remove the held change: {}", Chain(&e));
+                    }
+                }
+                Effect::CancelPrefetch(d) => {
+                    if let Some(task) = self.prefetches.borrow_mut().remove(&d) {
+                        crate::debug!("{d}: prefetch stopped");
+                        task.abort();
+                    }
+                }
                 Effect::Admit(d, value) => admit(&d, value),
                 Effect::Prefetch {
                     deployment,
@@ -329,17 +409,24 @@ impl<R: Runtime> Gatekeeper<R> {
         self.wake.notify_one();
     }
 
-    /// Pulls the images of a held value in the background.
+    /// Pulls the images of a held value in the background (stopping the
+    /// deployment's prefetch still running).
     fn prefetch(&self, deployment: String, revision: u64, value: Bytes) {
         let runtime = self.runtime.clone();
         let tx = self.prefetched_tx.clone();
-        tokio::task::spawn_local(async move {
+        let d = deployment.clone();
+        let task = tokio::task::spawn_local(async move {
             crate::debug!("{deployment}: pulling the images of revision {revision} ahead");
             let result = crate::reconcile::prefetch(&*runtime, &value)
                 .await
                 .map_err(|e| Chain(&e).to_string());
             let _ = tx.send((deployment, revision, result));
         });
+        let mut prefetches = self.prefetches.borrow_mut();
+        prefetches.retain(|_, t| !t.is_finished());
+        if let Some(old) = prefetches.insert(d, task.abort_handle()) {
+            old.abort();
+        }
     }
 }
 
@@ -368,7 +455,10 @@ mod tests {
 
     /// `web` at `revision`, its container under the update lock.
     fn value(revision: u64) -> Bytes {
-        let mut c = ContainerV1::new(Text::borrowed("c"), Text::borrowed("localhost/x:1"));
+        let mut c = ContainerV1::new(
+            Text::borrowed("c"),
+            Text::owned(format!("localhost/x:{revision}")),
+        );
         c.update_lock = true;
         let score = IotScore::PodmanV1(PodmanV1Score {
             containers: BoundedVec::try_from_iter([c]).unwrap(),
@@ -462,9 +552,16 @@ mod tests {
                     [("web".into(), Some(value(1)), Some(value(1)))],
                     "stored before it is admitted"
                 );
-                // An update waits for the lock.
+                // An update: its images first, then it waits for the lock.
                 g.arrived("web", Some(value(2)), false, &admit);
                 assert!(admits.borrow().is_empty());
+                let (_, s) = out.recv().await.unwrap();
+                assert_eq!(
+                    (s.revision, s.phase, s.running_revision),
+                    (2, Phase::Pulling, Some(1))
+                );
+                let (tx, rx) = mpsc::unbounded_channel();
+                tokio::task::spawn_local(g.clone().relay(rx, admit.clone()));
                 let (_, s) = out.recv().await.unwrap();
                 assert_eq!(
                     (s.revision, s.phase, s.reason, s.running_revision),
@@ -478,10 +575,6 @@ mod tests {
                     "{}",
                     s.message.as_str()
                 );
-                let (tx, rx) = mpsc::unbounded_channel();
-                tokio::task::spawn_local(g.clone().relay(rx, admit.clone()));
-                // The prefetch's result: published once.
-                let (_, s) = out.recv().await.unwrap();
                 assert!(
                     s.message.ends_with("; new images pulled"),
                     "{}",
@@ -502,11 +595,17 @@ mod tests {
                 tx.send(("web".into(), running(2))).unwrap();
                 assert_eq!(out.recv().await.unwrap().1, running(2));
                 assert!(hold_lock(&lock_dir).is_some(), "released once running");
+                // A held change is stored.
+                let _workload = hold_lock(&lock_dir).unwrap();
+                g.arrived("web", Some(value(3)), false, &admit);
+                assert_eq!(out.recv().await.unwrap().1.phase, Phase::Pulling);
+                assert_eq!(out.recv().await.unwrap().1.phase, Phase::Waiting);
                 drop(tx);
             })
             .await;
-        // A restart: the admitted value runs; the cached one waits for the
-        // lock; a deployment admitted but not cached is a held delete.
+        // A restart: the admitted value runs and the held one waits again;
+        // the desired-state cache (here stale: behind the admitted value,
+        // as after a power cut) is not read.
         let local = tokio::task::LocalSet::new();
         local
             .run_until(async {
@@ -514,7 +613,7 @@ mod tests {
                 let g = open(dir.path(), out_tx);
                 let _workload = hold_lock(&lock_dir).unwrap();
                 g.restore(
-                    Some(BTreeMap::from([("web".to_string(), value(3))])),
+                    Some(BTreeMap::from([("web".to_string(), value(1))])),
                     &admit,
                 );
                 assert_eq!(
@@ -522,12 +621,20 @@ mod tests {
                     [("web".into(), Some(value(2)), Some(value(2)))]
                 );
                 let (_, s) = out.recv().await.unwrap();
-                assert_eq!((s.revision, s.phase), (3, Phase::Waiting));
+                assert_eq!((s.revision, s.phase), (3, Phase::Pulling));
                 assert_eq!(g.desired(), BTreeSet::from(["web".to_string()]));
+                // A held delete is stored, and waits again after a restart,
+                // whatever the cache says.
+                g.arrived("web", None, false, &admit);
+                let (_, s) = out.recv().await.unwrap();
+                assert!(s.message.contains("the delete waits"));
 
                 let (out_tx, mut out) = mpsc::unbounded_channel();
                 let g = open(dir.path(), out_tx);
-                g.restore(Some(BTreeMap::new()), &admit);
+                g.restore(
+                    Some(BTreeMap::from([("web".to_string(), value(2))])),
+                    &admit,
+                );
                 assert_eq!(admits.borrow_mut().drain(..).count(), 1);
                 let (_, s) = out.recv().await.unwrap();
                 assert_eq!((s.revision, s.phase), (2, Phase::Waiting));

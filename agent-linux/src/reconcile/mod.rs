@@ -34,11 +34,13 @@ use crate::policy::Allowances;
 
 mod checks;
 mod observe;
+pub mod prefetch;
 pub mod replace;
 pub mod restart;
 pub mod spec;
 mod status;
 
+pub use prefetch::{PrefetchError, prefetch};
 pub use replace::{NotRestarted, ReplaceError};
 pub use restart::RestartBackoff;
 pub use spec::SpecError;
@@ -78,6 +80,9 @@ pub struct Context<R> {
     pub retry_cap: Duration,
     /// The back-off of restarts by the agent (`PodmanV1` containers).
     pub restart_backoff: RestartBackoff,
+    /// The update lock's directory on the host (`update.lock_dir`),
+    /// mounted into containers with `updateLock`.
+    pub lock_dir: std::path::PathBuf,
 }
 
 /// Milliseconds since the Unix epoch (device clock).
@@ -121,6 +126,9 @@ struct Memory {
     not_healthy_before: Option<Instant>,
     /// When the last pass wants another (a restart, `minHealthySeconds`).
     wake_at: Option<Instant>,
+    /// The containers that run are under the update lock (the last value
+    /// applied asked for it, see [`crate::gate`]).
+    under_lock: bool,
 }
 
 impl Memory {
@@ -138,6 +146,7 @@ impl Memory {
             restart_counts: BTreeMap::new(),
             not_healthy_before: None,
             wake_at: None,
+            under_lock: false,
         }
     }
 
@@ -292,10 +301,21 @@ async fn apply<R: Runtime>(
         memory.healthy_since = None;
     }
     memory.revision = revision;
-    let score = match spec::score(deployment, &desired, &ctx.policy) {
+    let score = match spec::score(deployment, &desired, &ctx.policy, Some(&ctx.lock_dir)) {
         Ok(s) => s,
         Err(e) => return reject(ctx, deployment, revision, &e),
     };
+    if score.iter().any(|w| w.c.update_lock)
+        && let Err(e) = spec::ensure_update_lock(&ctx.lock_dir)
+    {
+        let message = Chain(&e).to_string();
+        report(
+            ctx,
+            deployment,
+            simple_status(revision, Phase::Failed, &message),
+        );
+        return Outcome::Retry;
+    }
     let t = Instant::now();
     let existing = match list_deployment(ctx, deployment).await {
         Ok(c) => c,
@@ -340,6 +360,22 @@ async fn apply<R: Runtime>(
     );
     memory.wake_at = pass_status.wake_at;
     let outcome = pass_status.outcome;
+    // Under the update lock the gate releases the lock on this report: the
+    // containers replaced go first, or a workload waiting for the lock in
+    // one of them would get it and be stopped right after. Otherwise the
+    // report goes first: the old containers' stop timeout delays nothing.
+    let under_lock = desired.gate.update_lock.is_some() || score.iter().any(|w| w.c.update_lock);
+    let retire_first = under_lock || memory.under_lock;
+    if retire_first {
+        if !retire(ctx, deployment, &pass.leftovers).await {
+            // Not said to be done while a replaced container is left: the
+            // next pass retires it first, or says why it cannot.
+            return Outcome::Retry;
+        }
+        memory.under_lock = under_lock;
+        report(ctx, deployment, pass_status.status);
+        return outcome;
+    }
     report(ctx, deployment, pass_status.status);
     // Where an apply's time goes (docs/performance.md, "apply latency").
     crate::debug!(
@@ -349,15 +385,28 @@ async fn apply<R: Runtime>(
         (t.elapsed() - up).as_millis()
     );
     // The new containers run under their names and say so; only now retire
-    // their predecessors. A failure here is repaired by the next pass, which
-    // finds the leftovers (and reports Failed if they cannot go).
-    for leftover in &pass.leftovers {
-        if let Err(e) = replace::retire(ctx, deployment, leftover).await {
-            crate::warn!("{deployment}: {}", Chain(&e));
-            return Outcome::Retry;
-        }
+    // their predecessors.
+    if !retire(ctx, deployment, &pass.leftovers).await {
+        return Outcome::Retry;
     }
     outcome
+}
+
+/// Removes the containers a pass replaced; false when one cannot go. A
+/// failure is repaired by the next pass, which finds the leftovers (and
+/// reports Failed if they cannot go).
+async fn retire<R: Runtime>(
+    ctx: &Context<R>,
+    deployment: &str,
+    leftovers: &[replace::Leftover],
+) -> bool {
+    for leftover in leftovers {
+        if let Err(e) = replace::retire(ctx, deployment, leftover).await {
+            crate::warn!("{deployment}: {}", Chain(&e));
+            return false;
+        }
+    }
+    true
 }
 
 /// Reports a desired state that is not applied; settled until a new value.
@@ -522,6 +571,7 @@ mod tests {
             retry_base: Duration::from_millis(1),
             retry_cap: Duration::from_millis(1),
             restart_backoff: RestartBackoff::default(),
+            lock_dir: std::env::temp_dir().join(format!("iot-agent-lock-{}", std::process::id())),
         };
         (Rc::new(ctx), rx)
     }
@@ -696,6 +746,136 @@ mod tests {
         let started = vec![format!("create {temp}"), format!("start {temp}")];
         assert_eq!(r.calls(), [started, handover_calls(&temp)].concat());
         r.assert_replaced();
+    }
+
+    /// A runtime that notes, at each removal, the reports sent so far.
+    struct Seeing {
+        inner: MemoryRuntime,
+        statuses: std::cell::RefCell<Option<Statuses>>,
+        log: std::cell::RefCell<Vec<String>>,
+    }
+
+    impl Seeing {
+        fn note_reports(&self) {
+            if let Some(rx) = self.statuses.borrow_mut().as_mut() {
+                while let Ok((_, s)) = rx.try_recv() {
+                    self.log
+                        .borrow_mut()
+                        .push(format!("report {} {}", s.phase, s.revision));
+                }
+            }
+        }
+    }
+
+    impl Runtime for Seeing {
+        async fn version(&self) -> Result<String, crate::podman::RuntimeError> {
+            self.inner.version().await
+        }
+        async fn list_managed(
+            &self,
+            device_id: &str,
+        ) -> Result<Vec<ManagedContainer>, crate::podman::RuntimeError> {
+            self.inner.list_managed(device_id).await
+        }
+        async fn inspect(
+            &self,
+            id: &str,
+        ) -> Result<crate::podman::ContainerInfo, crate::podman::RuntimeError> {
+            self.inner.inspect(id).await
+        }
+        async fn image_exists(&self, image: &str) -> Result<bool, crate::podman::RuntimeError> {
+            self.inner.image_exists(image).await
+        }
+        async fn pull(&self, image: &str) -> Result<(), crate::podman::RuntimeError> {
+            self.inner.pull(image).await
+        }
+        async fn create(
+            &self,
+            spec: &crate::podman::CreateSpec,
+        ) -> Result<String, crate::podman::RuntimeError> {
+            self.inner.create(spec).await
+        }
+        async fn rename(
+            &self,
+            id: &str,
+            new_name: &str,
+        ) -> Result<(), crate::podman::RuntimeError> {
+            self.inner.rename(id, new_name).await
+        }
+        async fn start(&self, id: &str) -> Result<(), crate::podman::RuntimeError> {
+            self.inner.start(id).await
+        }
+        async fn stop(&self, id: &str, t: u64) -> Result<(), crate::podman::RuntimeError> {
+            self.inner.stop(id, t).await
+        }
+        async fn remove(&self, id: &str, t: u64) -> Result<(), crate::podman::RuntimeError> {
+            self.note_reports();
+            self.log.borrow_mut().push(format!("remove {id}"));
+            self.inner.remove(id, t).await
+        }
+        async fn exec(
+            &self,
+            id: &str,
+            command: &[String],
+            timeout: Duration,
+        ) -> Result<crate::podman::ExecOutcome, crate::podman::RuntimeError> {
+            self.inner.exec(id, command, timeout).await
+        }
+    }
+
+    /// Under the update lock, the gate releases the lock on the report of
+    /// the new revision: the replaced container is gone by then, or a
+    /// workload that waited for the lock in it would get it and be stopped
+    /// right after. Without the lock, the report goes first.
+    #[tokio::test]
+    async fn under_the_update_lock_the_replaced_container_goes_before_the_report() {
+        for under_lock in [true, false] {
+            let (tx, rx) = mpsc::unbounded_channel();
+            let ctx = Context {
+                runtime: Rc::new(Seeing {
+                    inner: MemoryRuntime::default(),
+                    statuses: std::cell::RefCell::new(Some(rx)),
+                    log: std::cell::RefCell::new(Vec::new()),
+                }),
+                device_id: "dev".into(),
+                stop_timeout_secs: 10,
+                replace_order: ReplaceOrder::StartFirst,
+                policy: Allowances::default(),
+                status: tx,
+                retry_base: Duration::from_millis(1),
+                retry_cap: Duration::from_millis(1),
+                restart_backoff: RestartBackoff::default(),
+                lock_dir: std::env::temp_dir()
+                    .join(format!("iot-agent-lock-{}", std::process::id())),
+            };
+            let gated = |revision: u64, tag: &'static str| {
+                let score = IotScore::PodmanV0(protocol::PodmanV0Score {
+                    containers: BoundedVec::try_from_iter([sleeper(tag)]).unwrap(),
+                });
+                protocol::wire::encode_to_vec(&DesiredState {
+                    deployment: Text::borrowed("web"),
+                    revision,
+                    score: score.to_payload().unwrap(),
+                    rollout: protocol::RolloutPolicy::default(),
+                    attempt: 0,
+                    gate: protocol::UpdateGate {
+                        update_lock: under_lock.then(protocol::UpdateLockPolicy::default),
+                        ..Default::default()
+                    },
+                })
+                .unwrap()
+            };
+            let mut memory = Memory::new(mpsc::unbounded_channel().0);
+            let _ = apply(&ctx, "web", &gated(1, "1"), &mut memory).await;
+            ctx.runtime.note_reports();
+            ctx.runtime.log.borrow_mut().clear();
+            let _ = apply(&ctx, "web", &gated(2, "2"), &mut memory).await;
+            ctx.runtime.note_reports();
+            let log = ctx.runtime.log.take();
+            let removed = log.iter().position(|l| l.starts_with("remove ")).unwrap();
+            let reported = log.iter().position(|l| l == "report Healthy 2").unwrap();
+            assert_eq!(removed < reported, under_lock, "{log:?}");
+        }
     }
 
     #[tokio::test]

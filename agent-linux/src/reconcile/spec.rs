@@ -1,8 +1,10 @@
 //! What a desired state asks for: the value decoded, its score checked
 //! against the device's policy, and each container turned into the
-//! runtime's [`CreateSpec`].
+//! runtime's [`CreateSpec`] (with the device's update lock mounted in when
+//! the container asks for it).
 
 use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 
 use protocol::{
     BoundedVec, Container, ContainerV1, DesiredState, IotScore, Phase, PortProtocol, RestartPolicy,
@@ -71,12 +73,14 @@ pub(super) struct Wanted<'a> {
 }
 
 /// The containers of `desired`, stored under `deployment`'s key, when the
-/// value names that deployment, this agent knows the score's type and the
-/// device's policy allows every container.
+/// value names that deployment, this agent knows the score's type, no
+/// volume comes from the update lock's directory `lock_dir` (when given)
+/// and the device's policy allows every container.
 pub(super) fn score<'a>(
     deployment: &str,
     desired: &'a DesiredState<'_>,
     policy: &Allowances,
+    lock_dir: Option<&Path>,
 ) -> Result<Vec<Wanted<'a>>, SpecError<'a>> {
     if desired.deployment.as_str() != deployment {
         return Err(SpecError::WrongKey {
@@ -103,6 +107,13 @@ pub(super) fn score<'a>(
             .to_vec(),
     };
     let common: Vec<Container<'_>> = wanted.iter().map(|w| common_fields(&w.c)).collect();
+    // Before the policy: a lock directory under an allowed host path is
+    // still the agent's.
+    if let Some(lock_dir) = lock_dir {
+        for (i, c) in common.iter().enumerate() {
+            crate::policy::check_update_lock_path(i, c, lock_dir).map_err(SpecError::Refused)?;
+        }
+    }
     check_policy(policy, &common).map_err(SpecError::Refused)?;
     Ok(wanted)
 }
@@ -110,15 +121,41 @@ pub(super) fn score<'a>(
 /// Why the reconciler of `deployment` would not apply `value` on a device
 /// with `policy` (the message it would report), or `None` if it would.
 /// For a value kept to be applied later (the rollback's last healthy
-/// one): the policy, or the agent, may have changed since it ran.
+/// one): the policy, or the agent, may have changed since it ran. The
+/// update lock's directory is not checked here: such a value ran on this
+/// device, so none of its volumes came from there, and the reconciler
+/// checks again when it applies it.
 pub fn refusal(deployment: &str, value: &[u8], policy: &Allowances) -> Option<String> {
     let desired = match decode(value) {
         Ok(d) => d,
         Err(e) => return Some(crate::log::Chain(&e).to_string()),
     };
-    score(deployment, &desired, policy)
+    score(deployment, &desired, policy, None)
         .err()
         .map(|e| crate::log::Chain(&e).to_string())
+}
+
+/// Why the update lock's file cannot be made ready.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot create the update lock {}", path.display())]
+pub struct LockFileError {
+    /// The lock file.
+    pub path: PathBuf,
+    /// What failed.
+    #[source]
+    pub source: std::io::Error,
+}
+
+/// Makes sure `lock_dir` and the lock file in it exist, before a container
+/// that gets them mounted is created: a bind mount of a missing directory
+/// fails, and the container sees it read-only, so it cannot create the
+/// file itself (and holders must all lock the same file).
+pub(super) fn ensure_update_lock(lock_dir: &Path) -> Result<(), LockFileError> {
+    let lock = crate::gate::lock::UpdateLock::new(lock_dir.to_path_buf());
+    lock.ensure().map_err(|source| LockFileError {
+        path: lock.path(),
+        source,
+    })
 }
 
 /// The fields `PodmanV0` and `PodmanV1` share, as a `Container`: what the
@@ -257,6 +294,15 @@ pub(super) fn create_spec<R>(
                     (None, None) => None,
                 }
             })
+            // The agent's lock directory, read-only: a holder locks the
+            // file, it cannot replace it. Part of the spec hash (the
+            // container's `updateLock`), so toggling it replaces the
+            // container.
+            .chain(c.update_lock.then(|| MountSpec::Bind {
+                source: ctx.lock_dir.display().to_string(),
+                dest: protocol::score_v1::UPDATE_LOCK_DIR.to_string(),
+                read_only: true,
+            }))
             .collect(),
         // Podman restarts at once, with no delay, and an agent's `start`
         // resets its count: the agent restarts `PodmanV1` containers
@@ -289,5 +335,142 @@ pub(super) fn create_spec<R>(
             read_only_root: c.read_only_root_filesystem,
             init: c.init,
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::testing::MemoryRuntime;
+    use protocol::score_v1::UPDATE_LOCK_DIR;
+    use protocol::{IotScore, PodmanV1Score, Volume};
+    use std::rc::Rc;
+
+    fn context(lock_dir: &Path) -> Context<MemoryRuntime> {
+        Context {
+            runtime: Rc::new(MemoryRuntime::default()),
+            device_id: "dev".into(),
+            stop_timeout_secs: 10,
+            replace_order: Default::default(),
+            policy: Allowances::default(),
+            status: tokio::sync::mpsc::unbounded_channel().0,
+            retry_base: std::time::Duration::from_millis(1),
+            retry_cap: std::time::Duration::from_millis(1),
+            restart_backoff: Default::default(),
+            lock_dir: lock_dir.to_path_buf(),
+        }
+    }
+
+    fn value(containers: Vec<ContainerV1<'static>>) -> Vec<u8> {
+        let score = IotScore::PodmanV1(PodmanV1Score {
+            containers: BoundedVec::try_from_iter(containers).unwrap(),
+        });
+        protocol::wire::encode_to_vec(&DesiredState {
+            deployment: Text::borrowed("web"),
+            revision: 1,
+            score: score.to_payload().unwrap(),
+            rollout: Default::default(),
+            attempt: 0,
+            gate: Default::default(),
+        })
+        .unwrap()
+    }
+
+    fn container(update_lock: bool) -> ContainerV1<'static> {
+        ContainerV1 {
+            update_lock,
+            ..ContainerV1::new(Text::borrowed("app"), Text::borrowed("localhost/x:1"))
+        }
+    }
+
+    fn bind(host: &'static str) -> Volume<'static> {
+        Volume {
+            name: None,
+            host_path: Some(Text::borrowed(host)),
+            mount_path: Text::borrowed("/data"),
+            read_only: false,
+        }
+    }
+
+    /// Only a container with `updateLock` gets the lock directory, read-only
+    /// at the path the contract names, and toggling it changes the spec
+    /// hash (the container is replaced).
+    #[test]
+    fn update_lock_mounts_the_agent_lock_directory_read_only() {
+        let ctx = context(Path::new("/var/lib/test-lock"));
+        let lock = MountSpec::Bind {
+            source: "/var/lib/test-lock".into(),
+            dest: UPDATE_LOCK_DIR.into(),
+            read_only: true,
+        };
+        let mut hashes = Vec::new();
+        for on in [false, true] {
+            let v = value(vec![container(on)]);
+            let desired = decode(&v).unwrap();
+            let wanted = score("web", &desired, &ctx.policy, Some(&ctx.lock_dir)).unwrap();
+            let spec = create_spec(&ctx, "web", 1, &wanted[0], "n".into());
+            assert_eq!(spec.mounts.contains(&lock), on, "{:?}", spec.mounts);
+            assert_eq!(spec.mounts.len(), usize::from(on));
+            hashes.push(wanted[0].hash.clone());
+        }
+        assert_ne!(hashes[0], hashes[1], "updateLock is not in the spec hash");
+    }
+
+    /// A bind mount of the lock directory or of a path in it is refused,
+    /// naming the field; a sibling that only shares the prefix is not.
+    #[test]
+    fn a_host_path_in_the_lock_directory_is_refused_with_the_field_named() {
+        let lock_dir = Path::new("/run/iot-agent");
+        let allow = Allowances {
+            host_paths: vec![PathBuf::from("/run")],
+            ..Allowances::default()
+        };
+        for bad in [
+            "/run/iot-agent",
+            "/run/iot-agent/",
+            "/run/iot-agent/update.lock",
+        ] {
+            let mut c = container(false);
+            c.name = Text::borrowed("side");
+            c.volumes = BoundedVec::try_from_iter([bind("/run/other"), bind(bad)]).unwrap();
+            let v = value(vec![container(true), c]);
+            let desired = decode(&v).unwrap();
+            let e = score("web", &desired, &allow, Some(lock_dir)).unwrap_err();
+            assert!(
+                matches!(&e, SpecError::Refused(PolicyError::UpdateLockPath { path, .. }) if path == bad),
+                "{e:?}"
+            );
+            let m = crate::log::Chain(&e).to_string();
+            assert!(
+                m.starts_with("containers[1].volumes[1].hostPath: ")
+                    && m.contains("the update lock's path is the agent's"),
+                "{m}"
+            );
+            assert_eq!(e.phase(), Phase::Failed);
+            // The rollback's check of a value that ran here skips it.
+            assert!(refusal("web", &v, &allow).is_none());
+        }
+        let mut c = container(false);
+        c.volumes = BoundedVec::try_from_iter([bind("/run/iot-agent2")]).unwrap();
+        let v = value(vec![c]);
+        let desired = decode(&v).unwrap();
+        assert!(score("web", &desired, &allow, Some(lock_dir)).is_ok());
+    }
+
+    /// The lock directory and file are created when missing, and an
+    /// existing file is left as it is (a holder may have it locked).
+    #[test]
+    fn the_lock_file_is_created_and_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let lock_dir = dir.path().join("a/b");
+        ensure_update_lock(&lock_dir).unwrap();
+        let file = lock_dir.join("update.lock");
+        std::fs::write(&file, "kept").unwrap();
+        ensure_update_lock(&lock_dir).unwrap();
+        assert_eq!(std::fs::read_to_string(&file).unwrap(), "kept");
+        std::fs::write(dir.path().join("f"), "").unwrap();
+        let e = ensure_update_lock(&dir.path().join("f/x")).unwrap_err();
+        assert!(e.to_string().contains("f/x/update.lock"), "{e}");
     }
 }
