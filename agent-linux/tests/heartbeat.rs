@@ -64,7 +64,8 @@ async fn the_heartbeat_reports_labels_kernel_boot_id_and_capabilities() {
         [
             FORMAT_VERSION,
             protocol::wire::FORMAT_VERSION_2,
-            protocol::wire::FORMAT_VERSION_3
+            protocol::wire::FORMAT_VERSION_3,
+            protocol::wire::FORMAT_VERSION_4
         ]
     );
     for t in hb.capabilities.score_types.iter() {
