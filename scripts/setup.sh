@@ -7,7 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 packages=(nats-server podman runc qemu-user-static dosfstools mtools fdisk
-          e2fsprogs xz-utils busybox-static python3-venv curl openssl
+          e2fsprogs xz-utils busybox-static python3-venv curl openssl docker-registry
           gcc-aarch64-linux-gnu libc6-dev-arm64-cross debootstrap binfmt-support)
 missing=()
 for p in "${packages[@]}"; do

@@ -331,7 +331,7 @@ async fn a_container_holding_the_lock_keeps_running_and_the_prefetched_revision_
     assert!(locked, "the container never took the lock");
     assert!(lock_held(&dir));
 
-    let image = format!("{}/gate/{}:2", registry.host(), env.device);
+    let image = registry.publish(&env.podman, &format!("gate/{}:2", env.device));
     let _cleanup = RemoveImage(&env.podman, image.clone());
     assert!(!image_exists(&env, &image), "{image} is already here");
     let mut next = app("2", SLEEP, true);

@@ -1,5 +1,6 @@
 //! Test helpers that start real services: a JetStream `nats-server`, a
-//! Podman API service and (feature `kube`) etcd + `kube-apiserver`, each on
+//! Podman API service, a container registry (`docker-registry`) and
+//! (feature `kube`) etcd + `kube-apiserver`, each on
 //! its own free loopback port or socket with a temporary store, stopped and
 //! cleaned up on `Drop`; and (feature `kube`) the real `kubectl` against it.
 //!
@@ -16,6 +17,7 @@ pub mod least_privilege;
 mod nats;
 mod podman;
 pub mod proxy;
+pub mod registry;
 pub mod tls;
 
 pub use nats::{NatsOptions, NatsServer, create_buckets, stream_config};
