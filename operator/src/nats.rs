@@ -7,6 +7,7 @@
 //! operator's NATS identity needs no STREAM.INFO on the desired-state bucket
 //! and a scan of 10,000 keys is one consumer, not 10,000 requests.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -196,6 +197,25 @@ impl NatsError {
                 | NatsError::TlsCertWithoutKey
                 | NatsError::InvalidKey { .. }
         )
+    }
+}
+
+/// A record from a message of a KV stream.
+fn kv_record(
+    key: String,
+    value: Bytes,
+    headers: Option<&HeaderMap>,
+    stored_at_ns: i128,
+) -> KvRecord {
+    KvRecord {
+        key,
+        value,
+        // Any operation other than a put (including one this contract does
+        // not know) means the value is gone.
+        deleted: header(headers, OPERATION_HEADER)
+            .is_some_and(|op| Operation::parse(op) != Some(Operation::Put)),
+        owner: header(headers, OWNER_HEADER).map(str::to_string),
+        stored_at_ns,
     }
 }
 
@@ -465,21 +485,33 @@ impl Nats {
     /// The last record of every key of `bucket` matching `key_filter` (a
     /// key, or a filter with `*` / `>` tokens), deletes included.
     ///
-    /// It ends when the server says nothing is pending, or at the first
-    /// key seen twice: messages come in stream order, so a key's second
-    /// record is a write made after every record of the snapshot was
-    /// delivered (that newer record is kept). The second rule is needed on
-    /// nats-server 2.9, whose pending count can stay at 1 while a key of a
-    /// history-1 bucket is rewritten (heartbeats, statuses): measured here,
-    /// 5 of 300 scans of a key rewritten every 20 ms never saw 0 and timed
-    /// out, none on 2.15.
+    /// The server's pending count does not say when the snapshot is whole
+    /// while keys are rewritten (heartbeats, statuses: history-1 buckets).
+    /// A key's snapshot record replaced before its delivery is skipped, yet
+    /// the server may report 0 pending at the snapshot's end (the scan then
+    /// missed the key); and nats-server 2.9 can keep it at 1 while a key is
+    /// rewritten (the scan then waited for its timeout: 5 of 300 scans of a
+    /// key rewritten every 20 ms). So the consumer is read until 0 pending
+    /// or the stream's last sequence at the start, and when anything was
+    /// written since, the keys missing are read one by one (direct gets).
+    /// Records come back in stream order, each key once, its newest seen.
     pub async fn scan(&self, bucket: &str, key_filter: &str) -> Result<Vec<KvRecord>, NatsError> {
         let op = "scan";
-        let stream = self
+        let mut stream = self
             .js
-            .get_stream_no_info(StreamName(bucket).to_string())
+            .get_stream(StreamName(bucket).to_string())
             .await
-            .map_err(|e| request_error(op, bucket, e))?;
+            .map_err(|e| match e.kind() {
+                jetstream::context::GetStreamErrorKind::JetStream(j)
+                    if j.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND =>
+                {
+                    NatsError::NoBucket {
+                        bucket: bucket.to_string(),
+                    }
+                }
+                _ => request_error(op, bucket, e),
+            })?;
+        let start = stream.cached_info().state.last_sequence;
         let consumer = stream
             .create_consumer(consumer::push::OrderedConfig {
                 name: Some(unique_consumer_name()),
@@ -504,10 +536,10 @@ impl Nats {
                 }
                 _ => request_error(op, bucket, e),
             })?;
-        let mut out: Vec<KvRecord> = Vec::new();
-        let mut index: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
+        // Each key's newest record seen, with its stream sequence.
+        let mut found: HashMap<String, (u64, KvRecord)> = HashMap::new();
         if consumer.cached_info().num_pending == 0 {
-            return Ok(out);
+            return Ok(Vec::new());
         }
         let mut messages = consumer
             .messages()
@@ -527,33 +559,78 @@ impl Nats {
             let msg = msg.map_err(|e| request_error(op, bucket, e))?;
             let info = msg.info().map_err(|e| request_error(op, bucket, e))?;
             let pending = info.pending;
+            let sequence = info.stream_sequence;
             let stored_at_ns = info.published.unix_timestamp_nanos();
             let key = KvSubject::parse(&msg.subject)
                 .filter(|s| s.bucket == bucket)
                 .map_or(msg.subject.as_str(), |s| s.key)
                 .to_string();
-            let headers = msg.headers.as_ref();
-            let seen = index.get(&key).copied();
-            let record = KvRecord {
-                key: key.clone(),
-                value: msg.payload.clone(),
-                // Any operation other than a put (including one this
-                // contract does not know) means the value is gone.
-                deleted: header(headers, OPERATION_HEADER)
-                    .is_some_and(|op| Operation::parse(op) != Some(Operation::Put)),
-                owner: header(headers, OWNER_HEADER).map(str::to_string),
+            let record = kv_record(
+                key.clone(),
+                msg.payload.clone(),
+                msg.headers.as_ref(),
                 stored_at_ns,
-            };
-            if let Some(i) = seen {
-                out[i] = record;
-                return Ok(out);
+            );
+            if found.get(&key).is_none_or(|(seen, _)| *seen <= sequence) {
+                found.insert(key, (sequence, record));
             }
-            index.insert(key, out.len());
-            out.push(record);
-            if pending == 0 {
-                return Ok(out);
+            if pending == 0 || sequence >= start {
+                break;
             }
         }
+        // Records up to `start` came in order: those still there were
+        // delivered. One replaced meanwhile was skipped, and only a write
+        // since `start` can have replaced it: fetch the keys missing.
+        let last = stream
+            .info()
+            .await
+            .map_err(|e| request_error(op, bucket, e))?
+            .state
+            .last_sequence;
+        if last > start {
+            for key in self.keys_of(&stream, bucket, key_filter).await? {
+                if found.contains_key(&key) {
+                    continue;
+                }
+                let subject = KvSubject { bucket, key: &key }.to_string();
+                let m = stream
+                    .get_last_raw_message_by_subject(&subject)
+                    .await
+                    .map_err(|e| request_error(op, bucket, e))?;
+                let stored_at_ns = m.time.unix_timestamp_nanos();
+                let record = kv_record(key.clone(), m.payload, Some(&m.headers), stored_at_ns);
+                found.insert(key, (m.sequence, record));
+            }
+        }
+        let mut out: Vec<(u64, KvRecord)> = found.into_values().collect();
+        out.sort_by_key(|(sequence, _)| *sequence);
+        Ok(out.into_iter().map(|(_, r)| r).collect())
+    }
+
+    /// The keys of `bucket` matching `key_filter` that have a record now.
+    async fn keys_of(
+        &self,
+        stream: &jetstream::stream::Stream,
+        bucket: &str,
+        key_filter: &str,
+    ) -> Result<Vec<String>, NatsError> {
+        let filter = KvSubject {
+            bucket,
+            key: key_filter,
+        }
+        .to_string();
+        let mut subjects = stream
+            .info_with_subjects(&filter)
+            .await
+            .map_err(|e| request_error("scan", bucket, e))?;
+        let mut keys = Vec::new();
+        while let Some(entry) = subjects.next().await {
+            let (subject, _) = entry.map_err(|e| request_error("scan", bucket, e))?;
+            if let Some(s) = KvSubject::parse(&subject).filter(|s| s.bucket == bucket) {
+                keys.push(s.key.to_string());
+            }
+        }
+        Ok(keys)
     }
 
     /// Applies `writes` to `bucket`, many in flight at once; returns how

@@ -684,7 +684,6 @@ fn hex_helpers_round_trip() {
     assert_eq!(unhex(&hex(&[0, 1, 254, 255])), [0, 1, 254, 255]);
 }
 
-
 #[test]
 fn desired_state_v4_carries_the_update_gate() {
     let mut d = common::desired(&common::small());
@@ -878,8 +877,9 @@ fn a_volume_over_the_update_lock_directory_is_refused() {
         let json = format!(
             r#"{{"containers": [{{"name": "a", "image": "busybox", "volumes": [{{"name": "v", "mountPath": "{path}"}}]}}]}}"#
         );
-        let err = protocol::json::payload_from_json("PodmanV1", &serde_json::from_str(&json).unwrap())
-            .unwrap_err();
+        let err =
+            protocol::json::payload_from_json("PodmanV1", &serde_json::from_str(&json).unwrap())
+                .unwrap_err();
         assert_eq!(err.path, "containers[0].volumes[0].mountPath", "{path}");
         assert!(err.reason.contains("updateLock: true"), "{}", err.reason);
     }

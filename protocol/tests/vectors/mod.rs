@@ -54,9 +54,9 @@ pub const DESIRED_PODMAN_V1: &str = "010968656c6c6f2d776562f2d0b287dcd0c5bcff010
 
 use protocol::{
     BoundedVec, Capabilities, ContainerState, ContainerStatus, ContainerV1, CpuQuantity,
-    DeploymentStatus, Health, HealthCheck, HealthFailureAction, Heartbeat, HttpHeader,
-    LockTimeout, MaintenanceWindow, MemoryQuantity, Phase, PodmanV1Score, Port, PortProtocol,
-    Reason, Resources, RolloutPolicy, Text, UpdateGate, UpdateLockPolicy, Waiting,
+    DeploymentStatus, Health, HealthCheck, HealthFailureAction, Heartbeat, HttpHeader, LockTimeout,
+    MaintenanceWindow, MemoryQuantity, Phase, PodmanV1Score, Port, PortProtocol, Reason, Resources,
+    RolloutPolicy, Text, UpdateGate, UpdateLockPolicy, Waiting,
 };
 
 /// The rollout policy of `DESIRED_STATE_V2`.
