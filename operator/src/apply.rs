@@ -57,9 +57,10 @@ pub struct Plan {
     /// value each receives instead of `value`: the same revision, the
     /// Device's windows in the gate. Filled by [`Plan::set_device_windows`].
     pub device_values: BTreeMap<String, Bytes>,
-    /// Targets whose Device's own maintenance windows are invalid, each
-    /// with the reason: their key keeps what it holds (neither written nor
-    /// removed) until the Device is fixed.
+    /// Targets whose Device's own maintenance windows are invalid (or, as
+    /// the controller adds, whose Device is being deleted), each with the
+    /// reason: their key keeps what it holds (neither written nor removed)
+    /// until the Device is fixed.
     pub kept: BTreeMap<String, String>,
     /// `spec.rollout.force`: the keys this plan deletes carry the force
     /// header, so that devices remove at once, whatever their update lock

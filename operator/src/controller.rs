@@ -16,7 +16,8 @@
 //! Deployment's ([`apply::Plan::set_device_windows`]); a change of them
 //! re-reconciles every Deployment targeting the Device, and invalid ones
 //! are logged and reported by an Event on the Device (its keys keep what
-//! they hold).
+//! they hold). The keys of a Device being deleted are kept as they are too:
+//! its decommission removes them.
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
@@ -283,6 +284,11 @@ fn index_ref(d: &Deployment) -> DeploymentRef {
 /// list before looking again (the list's arrival triggers it sooner).
 const SELECTOR_WAIT: Duration = Duration::from_secs(30);
 
+/// How long Deployments wait for the Device watch's first list before the
+/// wait is logged as a warning (they go on waiting: see
+/// [`targeting::watch::take_error`]).
+const DEVICE_LIST_PATIENCE: Duration = Duration::from_secs(60);
+
 /// Reconciles one Deployment: adds the finalizer, writes the desired state
 /// and folds device status into `.status`; on deletion removes every key it
 /// wrote, then releases the finalizer.
@@ -346,7 +352,11 @@ async fn apply_deployment(
                 None => {}
             }
             if !ctx.targets.windows_known_or_wait(&index_ref(d)) {
-                tracing::info!(deployment = %object_key(d), "waiting for the list of Device objects to learn the targets' own maintenance windows; nothing written yet");
+                if ctx.targets.waited_longer_than(DEVICE_LIST_PATIENCE) {
+                    tracing::warn!(deployment = %object_key(d), waited_secs = DEVICE_LIST_PATIENCE.as_secs(), "still no list of Device objects (see the Device watch's errors): the targets' own maintenance windows are unknown, so nothing is written until it arrives");
+                } else {
+                    tracing::info!(deployment = %object_key(d), "waiting for the list of Device objects to learn the targets' own maintenance windows; nothing written yet");
+                }
                 return Ok(Action::requeue(SELECTOR_WAIT));
             }
             if plan.batch_sequence.is_some()
@@ -359,6 +369,18 @@ async fn apply_deployment(
             // device's key as it is.
             for e in plan.set_device_windows(|device| ctx.targets.windows(device)) {
                 tracing::debug!(deployment = %object_key(d), error = %e, "key kept as it is");
+            }
+            // A Device being deleted: its keys are being removed
+            // (decommission), not to be written again meanwhile.
+            for t in &plan.targets {
+                if ctx.targets.is_terminating(t) && !plan.kept.contains_key(t) {
+                    plan.kept.insert(
+                        t.clone(),
+                        format!(
+                            "Device {t} is being deleted: its keys are left to its decommission"
+                        ),
+                    );
+                }
             }
             plan.held =
                 targeting::capabilities::held_back(&plan, |device| ctx.status.heartbeat(device));
@@ -382,6 +404,7 @@ async fn apply_deployment(
                 targets: plan.targets.clone(),
                 conflicts: outcome.conflicts.clone(),
                 held: plan.held.clone(),
+                kept: plan.kept.clone(),
                 invalid: None,
                 unknown_type: plan.unknown_type.clone(),
             };
@@ -524,6 +547,7 @@ async fn rollout_step(
         targets: plan.targets.clone(),
         conflicts: outcome.conflicts,
         held: plan.held.clone(),
+        kept: plan.kept.clone(),
         invalid: None,
         unknown_type: plan.unknown_type.clone(),
     };
@@ -605,6 +629,7 @@ fn invalid_observed(d: &Deployment, prev: &DeploymentStatus, e: PlanError) -> Ob
             .collect(),
         conflicts: Vec::new(),
         held: Default::default(),
+        kept: Default::default(),
         invalid: Some(e),
         unknown_type: None,
     }

@@ -410,3 +410,190 @@ async fn deletes_carry_the_force_header_only_when_forced() {
     assert!(r.value("c", "urgent").await.is_none());
     assert_eq!(delete_headers(&r.env, "c", "urgent").await, (del, forced));
 }
+
+/// `d` with strategy BatchSequence.
+fn batches(mut d: Deployment) -> Deployment {
+    d.spec.rollout.strategy = RolloutStrategy::BatchSequence;
+    d
+}
+
+#[tokio::test]
+async fn a_rollout_does_not_refresh_the_key_of_a_held_device() {
+    let Some(mut r) = rig().await else { return };
+    r.list(vec![device("old", vec![]), device("new", vec![])]);
+    r.cache
+        .ingest_heartbeat("old", &heartbeat(&[1, 2, 3]), false, T0_NS);
+    r.cache
+        .ingest_heartbeat("new", &heartbeat(&[1, 2, 3, 4]), false, T0_NS);
+    let d = batches(with_finalizer(deployment(
+        "default",
+        "web",
+        &["new", "old"],
+        "PodmanV1",
+        podman("nginx:1"),
+    )));
+    r.step(&d).await;
+    let before = desired(&r.env.nats, "old", "web").await.unwrap();
+    assert_eq!(r.value("old", "web").await.unwrap().format_version(), 1);
+    // The owner gives old's Device windows: its value would be format 4,
+    // which its agent cannot read. Its key is left as it is.
+    r.edit(device("old", vec![window("0 3 * * *", "UTC", "1h")]));
+    r.again("web").await;
+    let after = desired(&r.env.nats, "old", "web").await.unwrap();
+    assert_eq!(after.stored_at_ns, before.stored_at_ns, "not rewritten");
+    assert_eq!(r.value("old", "web").await.unwrap().format_version(), 1);
+    // And windows on the Deployment: the same.
+    let mut gated = r.api.get("default", "web").unwrap();
+    gated.spec.rollout.maintenance_windows = vec![window("0 2 * * *", "Europe/Paris", "2h")];
+    r.step(&gated).await;
+    assert_eq!(r.value("new", "web").await.unwrap().format_version(), 4);
+    let after = desired(&r.env.nats, "old", "web").await.unwrap();
+    assert_eq!(after.stored_at_ns, before.stored_at_ns, "not rewritten");
+}
+
+#[tokio::test]
+async fn a_device_with_bad_windows_holds_a_rollout_without_failing_it() {
+    let Some(mut r) = rig().await else { return };
+    let bad = || vec![window("0 2 * * *", "Mars/Olympus", "1h")];
+    r.list(vec![device("pi-1", bad())]);
+    let d = batches(kiosk(&["pi-1", "pi-2"]));
+    let s = r.step(&d).await.unwrap();
+    assert!(r.value("pi-1", "kiosk").await.is_none(), "not written");
+    assert!(r.value("pi-2", "kiosk").await.is_some());
+    let ro = &s["rollout"];
+    assert_eq!(ro["phase"], "Progressing", "{s}");
+    assert_eq!(ro["failed"], 0, "{s}");
+    assert!(ro["lastBatch"].is_null(), "{s}");
+    let pi1 = s["devices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["device"] == "pi-1")
+        .unwrap_or_else(|| panic!("pi-1 not listed: {s}"));
+    assert_ne!(pi1["phase"], "Unsupported", "{pi1}");
+    let message = pi1["message"].as_str().unwrap();
+    assert!(
+        message.starts_with("Device pi-1: spec.maintenance.windows[0].timeZone"),
+        "{message}"
+    );
+    let warn = s["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == "DeviceWarnings")
+        .unwrap();
+    assert_eq!(warn["status"], "True", "{warn}");
+    // Fixed: it is written.
+    r.edit(device("pi-1", vec![window("0 3 * * *", "UTC", "1h")]));
+    r.again("kiosk").await;
+    assert!(r.value("pi-1", "kiosk").await.is_some());
+}
+
+fn terminating(mut d: Device) -> Device {
+    d.metadata.deletion_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+        k8s_openapi::jiff::Timestamp::from_second(1_767_225_600).unwrap(),
+    ));
+    d
+}
+
+#[tokio::test]
+async fn the_keys_of_a_device_being_deleted_are_not_written_again() {
+    let Some(mut r) = rig().await else { return };
+    let lisbon = || vec![window("30 3 * * SAT,SUN", "Europe/Lisbon", "90m")];
+    r.list(vec![device("pi-1", lisbon())]);
+    let d = kiosk(&["pi-1", "pi-2"]);
+    r.step(&d).await;
+    let revision = operator::plan(&d).unwrap().revision;
+    let lisbon_wire = windows_of(&r.value("pi-1", "kiosk").await.unwrap());
+    // Its Device is being deleted: nothing to reconcile, and a reconcile
+    // (any other reason) leaves its key as it is.
+    let changes = r.edit(terminating(device("pi-1", lisbon())));
+    assert!(changes.is_empty(), "{changes:?}");
+    let before = r.seq().await;
+    r.again("kiosk").await;
+    assert_eq!(r.seq().await, before, "nothing written");
+    // A new revision reaches pi-2, not pi-1.
+    let mut d = r.api.get("default", "kiosk").unwrap();
+    d.spec.score.data = podman("kiosk:2");
+    r.step(&d).await;
+    let new = operator::plan(&d).unwrap().revision;
+    assert_eq!(r.value("pi-2", "kiosk").await.unwrap().revision, new);
+    let v = r.value("pi-1", "kiosk").await.unwrap();
+    assert_eq!((v.revision, windows_of(&v)), (revision, lisbon_wire));
+    // Gone: the Deployments naming it hear of it, and write it as a
+    // device without a Device object.
+    let changes = take_event(
+        &r.index,
+        &mut r.relist,
+        watcher::Event::Delete(device("pi-1", lisbon())),
+    );
+    assert!(
+        matches!(&changes[..], [DeviceChange::Windows { device, .. }] if device == "pi-1"),
+        "{changes:?}"
+    );
+    r.again("kiosk").await;
+    let v = r.value("pi-1", "kiosk").await.unwrap();
+    assert_eq!((v.revision, windows_of(&v)), (new, vec![paris()]));
+}
+
+/// A report of `device` for `kiosk`, stored now.
+fn report(r: &Rig, device: &str, revision: u64, phase: protocol::Phase, reason: protocol::Reason) {
+    let value = protocol::wire::encode_to_vec(&protocol::DeploymentStatus {
+        revision,
+        phase,
+        containers: BoundedVec::new(),
+        message: Text::borrowed(""),
+        timestamp_ms: 0,
+        reason,
+        running_revision: None,
+        waiting: None,
+    })
+    .unwrap();
+    r.cache.ingest_status(
+        &format!("{device}.kiosk"),
+        &value,
+        false,
+        operator::status::now_ns(),
+    );
+}
+
+#[tokio::test]
+async fn a_failure_stands_when_new_windows_refresh_the_key() {
+    let Some(mut r) = rig().await else { return };
+    r.list(vec![]);
+    let mut d = batches(kiosk(&["a", "b"]));
+    d.spec.rollout.success_threshold = 50;
+    r.step(&d).await;
+    let revision = operator::plan(&d).unwrap().revision;
+    report(
+        &r,
+        "a",
+        revision,
+        protocol::Phase::Failed,
+        protocol::Reason::UpdateLockTimeout,
+    );
+    report(
+        &r,
+        "b",
+        revision,
+        protocol::Phase::Healthy,
+        protocol::Reason::None,
+    );
+    let s = r.again("kiosk").await.unwrap();
+    assert_eq!(s["rollout"]["failed"], 1, "{s}");
+    // New windows on the Deployment: both keys are refreshed, the same
+    // revision and attempt; a does not try again, its failure stands.
+    let before = r.seq().await;
+    let mut d = r.api.get("default", "kiosk").unwrap();
+    d.spec.rollout.maintenance_windows = vec![window("0 4 * * *", "UTC", "1h")];
+    r.step(&d).await;
+    assert_eq!(r.seq().await, before + 2, "both refreshed");
+    let s = r.again("kiosk").await.unwrap_or_else(|| {
+        serde_json::to_value(r.api.get("default", "kiosk").unwrap().status).unwrap()
+    });
+    assert_eq!(
+        (&s["rollout"]["failed"], &s["rollout"]["waiting"]),
+        (&serde_json::json!(1), &serde_json::json!(0)),
+        "{s}"
+    );
+}

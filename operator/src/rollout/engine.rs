@@ -32,6 +32,11 @@ pub struct DeviceState {
     /// It cannot be written (its agent cannot read the value, or another
     /// Deployment owns its key): it counts as failed.
     pub blocked: bool,
+    /// Its key is kept as it is (its Device's own maintenance windows are
+    /// invalid, or the Device is being deleted): not written, not rolled
+    /// back, and not failed: until it is fixed it stands like a target not
+    /// written yet, holding its batch.
+    pub kept: bool,
     /// Whether it waits to apply the revision, or stopped waiting and
     /// when ([`crate::status::Report::wait_at`]).
     pub wait: WaitAt,
@@ -42,6 +47,9 @@ pub struct DeviceState {
 enum Standing {
     /// Not written yet.
     Pending,
+    /// Not written yet, and not to be written while its key is kept
+    /// ([`DeviceState::kept`]): holds its batch like [`Standing::Pending`].
+    Kept,
     /// Written, undecided, within its deadline.
     Waiting,
     /// Written, and the device reports Waiting: it may not apply the
@@ -70,7 +78,11 @@ impl DeviceState {
             return Standing::Failed;
         }
         if !self.updated {
-            return Standing::Pending;
+            return if self.kept {
+                Standing::Kept
+            } else {
+                Standing::Pending
+            };
         }
         match self.phase {
             Some(Phase::Healthy) => Standing::Healthy,
@@ -196,7 +208,7 @@ struct Tally {
 impl Tally {
     fn add(&mut self, s: Standing) {
         match s {
-            Standing::Pending => self.pending += 1,
+            Standing::Pending | Standing::Kept => self.pending += 1,
             Standing::Waiting => self.waiting += 1,
             Standing::Gated => {
                 self.waiting += 1;
@@ -301,7 +313,7 @@ pub fn decide(input: Input<'_>) -> Decision {
     let mut late = Vec::new();
     for batch in &mut batches[..current.min(n - 1)] {
         batch.retain(|d| {
-            let pending = standing(d) == Standing::Pending;
+            let pending = matches!(standing(d), Standing::Pending | Standing::Kept);
             if pending {
                 late.push(d.clone());
             }
@@ -463,9 +475,12 @@ pub fn decide(input: Input<'_>) -> Decision {
     let back_to = stable.filter(|s| *s != revision);
     if halted {
         if auto_rollback && back_to.is_some() {
+            // Devices that cannot be written (held back, kept as they
+            // are) keep what their key holds, as they did for the new
+            // revision.
             roll_back = devices
                 .iter()
-                .filter(|(_, s)| s.updated)
+                .filter(|(_, s)| s.updated && !s.blocked && !s.kept)
                 .map(|(d, _)| d.clone())
                 .collect();
             roll_back.sort();
@@ -979,6 +994,71 @@ mod tests {
         let d = decide(input(&spec, vec![vec![], ids(&["a", "b"])], &devices, None));
         assert!(d.write.is_empty(), "a is between written and Healthy");
         assert_eq!(d.status.phase, RolloutPhase::Progressing);
+    }
+
+    #[test]
+    fn a_kept_device_holds_its_batch_and_is_neither_failed_nor_written() {
+        let spec = spec(None);
+        let kept = DeviceState {
+            kept: true,
+            ..Default::default()
+        };
+        let devices: HashMap<String, DeviceState> = [
+            ("a".to_string(), healthy()),
+            ("b".to_string(), kept),
+            ("c".to_string(), DeviceState::default()),
+        ]
+        .into_iter()
+        .collect();
+        let d = decide(input(
+            &spec,
+            vec![ids(&["a", "b"]), ids(&["c"])],
+            &devices,
+            None,
+        ));
+        assert_eq!(d.status.failed, 0);
+        assert_eq!(d.status.phase, RolloutPhase::Progressing);
+        assert_eq!(d.status.current_batch, 0, "b holds batch 0");
+        assert!(d.write.is_empty(), "b is not written, c waits");
+        assert!(d.status.last_batch.is_none());
+    }
+
+    #[test]
+    fn a_halt_rolls_back_only_the_devices_that_can_be_written() {
+        let spec = spec(None);
+        let failed = DeviceState {
+            updated: true,
+            written_ns: Some(990 * S),
+            phase: Some(Phase::Failed),
+            ..Default::default()
+        };
+        let devices: HashMap<String, DeviceState> = [
+            ("a".to_string(), failed),
+            (
+                "held".to_string(),
+                DeviceState {
+                    blocked: true,
+                    ..healthy()
+                },
+            ),
+            (
+                "kept".to_string(),
+                DeviceState {
+                    kept: true,
+                    ..healthy()
+                },
+            ),
+        ]
+        .into_iter()
+        .collect();
+        let d = decide(input(
+            &spec,
+            vec![ids(&["a", "held", "kept"]), vec![]],
+            &devices,
+            None,
+        ));
+        assert_eq!(d.status.phase, RolloutPhase::Degraded);
+        assert_eq!(d.roll_back, ids(&["a"]));
     }
 
     impl Decision {

@@ -107,21 +107,27 @@ pub async fn step(
         let updated = mine.is_some_and(|r| {
             r.value == *value || key_revision(&r.value) == Some((plan.revision, plan_attempt))
         });
-        // A target kept as it is (its Device's windows are invalid) is
-        // not rewritten.
-        if updated && !plan.kept.contains_key(t) && mine.is_some_and(|r| r.value != *value) {
+        // A target kept as it is (its Device's windows are invalid) or
+        // held back (its agent cannot read the new value: new windows or
+        // a new gate made it format 4) is not rewritten.
+        let untouchable = plan.kept.contains_key(t) || plan.held.contains_key(t);
+        if updated && !untouchable && mine.is_some_and(|r| r.value != *value) {
             refresh.push(t.clone());
         }
-        // A failure reported before the key's last write is the previous
-        // attempt's (a retry rewrites the key); the device reports anew as
-        // it tries again. Anything else still holds: an agent reports only
-        // what changes, and a rewrite of the same workload (a new attempt,
-        // a new rollout policy) may change nothing it reports.
+        // A failure reported before the key's last write may be the
+        // previous attempt's (a retry rewrites the key); the device reports
+        // anew as it tries again. Before any retry (attempt 0) there is no
+        // previous attempt: a rewrite is a refresh (new windows, a new
+        // rollout policy), which the device does not try again for, and
+        // its failure stands. Anything else still holds: an agent reports
+        // only what changes, and a rewrite of the same workload (a new
+        // attempt, a new rollout policy) may change nothing it reports.
         let phase = reports
             .get(t)
             .filter(|r| r.status.revision == plan.revision)
             .filter(|r| {
                 !engine::is_failure(r.status.phase)
+                    || plan_attempt == 0
                     || mine.is_none_or(|m| r.stored_at_ns >= m.stored_at_ns)
             })
             .map(|r| r.status.phase);
@@ -139,9 +145,8 @@ pub async fn step(
                     .get(t)
                     .map(|r| r.wait_at(plan.revision))
                     .unwrap_or_default(),
-                blocked: foreign.is_some()
-                    || plan.held.contains_key(t)
-                    || plan.kept.contains_key(t),
+                blocked: foreign.is_some() || plan.held.contains_key(t),
+                kept: plan.kept.contains_key(t),
             },
         );
     }

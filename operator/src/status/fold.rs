@@ -28,6 +28,11 @@ pub struct Observed {
     /// Targets not written because their agent cannot read the score, with
     /// the reason: shown `Unsupported` and counted as failed.
     pub held: BTreeMap<String, String>,
+    /// Targets whose key is kept as it is (their Device's own maintenance
+    /// windows are invalid, or the Device is being deleted), with the
+    /// reason naming the Device's field: not failed, they show what they
+    /// report, with the reason in their entry and in DeviceWarnings.
+    pub kept: BTreeMap<String, String>,
     /// Why the spec could not be written, if it could not.
     pub invalid: Option<PlanError>,
     /// Set when the score type is not one this operator knows.
@@ -49,8 +54,9 @@ pub mod conditions {
     /// The score type is unknown to this operator and routed as JSON.
     pub const UNKNOWN_SCORE_TYPE: &str = "UnknownScoreType";
     /// Some targets' heartbeats carry warnings (e.g. a device that cannot
-    /// cache its desired state). Independent of Ready: such a device may run
-    /// everything.
+    /// cache its desired state), or their key is kept as it is (their
+    /// Device's maintenance windows are invalid). Independent of Ready:
+    /// such a device may run everything.
     pub const DEVICE_WARNINGS: &str = "DeviceWarnings";
     /// With strategy BatchSequence: `spec.rollout.paused` holds the rollout.
     pub const PAUSED: &str = "Paused";
@@ -214,11 +220,19 @@ impl Tally {
                 now_ns,
             );
             let attention = attention(&a);
-            tally.count(device, &a, attention.is_none());
+            let kept = observed.kept.get(device);
+            tally.count(device, &a, attention.is_none(), kept);
             if let Some(attention) = attention {
-                let entry = device_entry(device, &a);
+                let mut entry = device_entry(device, &a);
                 if a.current && a.stale_since.is_none() {
                     tally.labels.push((attention, label(&entry)));
+                }
+                // What it reports, and why its key is not written.
+                if let Some(reason) = kept {
+                    entry.message = Some(match entry.message.take() {
+                        Some(m) => format!("{reason}; {m}"),
+                        None => reason.clone(),
+                    });
                 }
                 tally.not_ready.push((attention, entry));
             }
@@ -226,7 +240,9 @@ impl Tally {
         tally
     }
 
-    fn count(&mut self, device: &str, a: &Assessment<'_>, ready: bool) {
+    /// Counts `device`; `kept`: why its key is kept as it is, if it is
+    /// (a warning before its heartbeat's).
+    fn count(&mut self, device: &str, a: &Assessment<'_>, ready: bool, kept: Option<&String>) {
         if a.current && !a.waiting {
             self.up_to_date += 1;
         }
@@ -245,7 +261,7 @@ impl Tally {
         if a.stale_since.is_some() {
             self.unreachable.push(device.to_string());
         }
-        if let Some(first) = a.warnings.first() {
+        if let Some(first) = kept.or(a.warnings.first()) {
             self.warning.push((device.to_string(), first.clone()));
         }
         if ready {
@@ -1314,6 +1330,38 @@ mod tests {
         assert!(
             degraded.message.contains("failed: dev-00001"),
             "{degraded:?}"
+        );
+        assert_accounts_for_all(&s);
+    }
+
+    #[test]
+    fn kept_targets_show_their_report_and_why_and_are_not_failed() {
+        let now = now_ns();
+        let (cache, mut observed) = healthy_fleet(3, now);
+        let reason = "Device dev-00001: spec.maintenance.windows[0].timeZone: \"Mars/Olympus\" is not an IANA time zone; the device's keys keep what they hold until it is fixed";
+        observed.kept.insert(device_id(1), reason.to_string());
+        // dev-00001 still runs the revision before: its key is not written.
+        let s = fold_status(&deployment(), &observed, &cache, now);
+        assert_eq!((s.targeted, s.ready, s.failed), (3, 3, 0));
+        let warn = s
+            .conditions
+            .iter()
+            .find(|c| c.type_ == conditions::DEVICE_WARNINGS)
+            .unwrap();
+        assert_eq!(warn.status, "True");
+        assert!(warn.message.contains(reason), "{warn:?}");
+        let older = Observed {
+            revision: Some(8),
+            ..observed.clone()
+        };
+        let s = fold_status(&deployment(), &older, &cache, now);
+        assert_eq!(s.failed, 0);
+        let entry = s.devices.iter().find(|e| e.device == device_id(1)).unwrap();
+        assert_eq!(entry.phase, DevicePhase::Running, "what it reports");
+        assert_eq!(entry.revision.as_deref(), Some("0000000000000007"));
+        assert!(
+            entry.message.as_deref().unwrap().starts_with(reason),
+            "{entry:?}"
         );
         assert_accounts_for_all(&s);
     }

@@ -46,9 +46,16 @@ struct Inner {
     /// A Device watch feeds this index ([`TargetIndex::watch_started`]):
     /// until its first list is in, no target's own windows are known.
     watched: bool,
-    /// The watch failed before its first list (no Device CRD, no RBAC, API
-    /// errors): Deployments do not wait for it any longer.
+    /// The watch cannot list Devices before its first list (no Device CRD,
+    /// no RBAC): Deployments do not wait for it any longer. Other errors
+    /// (a 5xx, a timeout) are retried by the watch, and they wait.
     watch_failing: bool,
+    /// When [`TargetIndex::watch_started`] was called.
+    watch_started_at: Option<std::time::Instant>,
+    /// Devices being deleted (their deletion timestamp is set): their keys
+    /// are being removed (decommission), so Deployments keep them as they
+    /// are rather than write them again.
+    terminating: HashSet<String>,
     /// Device id -> its own maintenance windows; Devices without any are
     /// absent.
     windows: HashMap<String, Vec<MaintenanceWindowSpec>>,
@@ -368,7 +375,18 @@ impl TargetIndex {
     /// Says that a Device watch feeds this index: from now on
     /// [`Self::windows_known_or_wait`] waits for its first list.
     pub fn watch_started(&self) {
-        self.write().watched = true;
+        let mut inner = self.write();
+        inner.watched = true;
+        inner.watch_started_at = Some(std::time::Instant::now());
+    }
+
+    /// Whether Deployments have waited for the Device watch's first list
+    /// longer than `bound` since it started (it keeps failing, or the
+    /// list is slow): said in a warning, so that nobody wonders why
+    /// nothing is written.
+    pub fn waited_longer_than(&self, bound: std::time::Duration) -> bool {
+        let inner = self.read();
+        !inner.synced && inner.watch_started_at.is_some_and(|t| t.elapsed() > bound)
     }
 
     /// Whether the Devices' maintenance windows are known: always when no
@@ -392,9 +410,12 @@ impl TargetIndex {
         self.synced_or_wait(d)
     }
 
-    /// The Device watch failed; before its first list, that ends the wait
-    /// of [`Self::windows_known_or_wait`]: returns the Deployments waiting
-    /// (the first time), to reconcile now.
+    /// The Device watch cannot list Devices for good (no CRD, no RBAC);
+    /// before its first list, that ends the wait of
+    /// [`Self::windows_known_or_wait`]: returns the Deployments waiting (the
+    /// first time), to reconcile now. Not for transient errors: writing
+    /// without the Devices' windows would give windowed boards the
+    /// Deployment's, and a held revision could apply at once.
     pub fn watch_failed(&self) -> Vec<DeploymentRef> {
         let mut inner = self.write();
         if inner.synced || inner.watch_failing {
@@ -402,6 +423,28 @@ impl TargetIndex {
         }
         inner.watch_failing = true;
         inner.awaiting_sync.drain().collect()
+    }
+
+    /// Whether the Device `device` is being deleted: its keys are left as
+    /// they are ([`crate::apply::Plan::kept`]).
+    pub fn is_terminating(&self, device: &str) -> bool {
+        self.read().terminating.contains(device)
+    }
+
+    /// The Device `device` is being deleted (`true`) or is not (`false`,
+    /// also once it is gone); returns whether that changed.
+    pub fn set_terminating(&self, device: &str, terminating: bool) -> bool {
+        let mut inner = self.write();
+        if terminating {
+            inner.terminating.insert(device.to_string())
+        } else {
+            inner.terminating.remove(device)
+        }
+    }
+
+    /// Replaces the Devices being deleted with `all` (a full list).
+    pub fn replace_terminating(&self, all: HashSet<String>) {
+        self.write().terminating = all;
     }
 
     /// A Device's own maintenance windows, `None` when it has none (or no

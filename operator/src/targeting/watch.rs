@@ -2,7 +2,7 @@
 //! labels, their own maintenance windows, their deletion), and says which
 //! Deployments each change concerns.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use futures::{Stream, StreamExt};
@@ -43,6 +43,7 @@ fn labels_of(d: &Device) -> Option<Labels> {
 pub struct Relist {
     labels: Vec<(String, Labels)>,
     windows: HashMap<String, Vec<MaintenanceWindowSpec>>,
+    terminating: HashSet<String>,
 }
 
 /// Takes one watch event into `index`; returns what it changed. `relist`
@@ -60,14 +61,24 @@ pub fn take_event(
         }
         watcher::Event::InitApply(d) => {
             let r = relist.get_or_insert_with(Relist::default);
-            if let Some(labels) = labels_of(&d) {
-                r.labels.push((d.name_any(), labels));
-                r.windows.insert(d.name_any(), d.spec.windows().to_vec());
+            // A Device being deleted keeps its windows: its keys are kept
+            // as they are, not rewritten with other windows.
+            r.windows.insert(d.name_any(), d.spec.windows().to_vec());
+            match labels_of(&d) {
+                Some(labels) => r.labels.push((d.name_any(), labels)),
+                None => {
+                    r.terminating.insert(d.name_any());
+                }
             }
             Vec::new()
         }
         watcher::Event::InitDone => {
-            let Relist { labels, windows } = relist.take().unwrap_or_default();
+            let Relist {
+                labels,
+                windows,
+                terminating,
+            } = relist.take().unwrap_or_default();
+            index.replace_terminating(terminating);
             tracing::info!(
                 devices = labels.len(),
                 "Device labels and maintenance windows listed"
@@ -87,12 +98,18 @@ pub fn take_event(
         watcher::Event::Apply(d) => {
             let name = d.name_any();
             let labels = labels_of(&d);
-            let windows = if labels.is_some() {
-                d.spec.windows().to_vec()
-            } else {
-                Vec::new()
-            };
             let mut out = Vec::new();
+            // Being deleted: its keys are being removed (decommission).
+            // Its windows stay and nothing is sent: the Deployments naming
+            // it keep its keys as they are from now on, rather than write
+            // them again with the Deployment's windows.
+            if labels.is_none() {
+                index.set_terminating(&name, true);
+                out.extend(selection(index.set_device(&name, None)));
+                return out;
+            }
+            index.set_terminating(&name, false);
+            let windows = d.spec.windows().to_vec();
             if index.set_windows(&name, windows.clone()) {
                 out.push(DeviceChange::Windows {
                     device: name.clone(),
@@ -103,10 +120,57 @@ pub fn take_event(
             out
         }
         watcher::Event::Delete(d) => {
-            index.set_windows(&d.name_any(), Vec::new());
-            selection(index.set_device(&d.name_any(), None)).collect()
+            // Gone: the Deployments that name it write it as any device
+            // without a Device object (their own windows).
+            let name = d.name_any();
+            let was_terminating = index.set_terminating(&name, false);
+            let mut out = Vec::new();
+            if index.set_windows(&name, Vec::new()) || was_terminating {
+                out.push(DeviceChange::Windows {
+                    device: name.clone(),
+                    windows: Vec::new(),
+                });
+            }
+            out.extend(selection(index.set_device(&name, None)));
+            out
         }
     }
+}
+
+/// Whether a watch error lasts until someone acts: the Device CRD is not
+/// installed (404) or the operator may not list Devices (403). Anything
+/// else (a 5xx, a timeout, a dropped connection) is retried by the watch.
+fn is_permanent(e: &watcher::Error) -> bool {
+    let code = match e {
+        watcher::Error::InitialListFailed(e)
+        | watcher::Error::WatchStartFailed(e)
+        | watcher::Error::WatchFailed(e) => match e {
+            kube::Error::Api(s) => Some(s.code),
+            _ => None,
+        },
+        watcher::Error::WatchError(s) => Some(s.code),
+        watcher::Error::NoResourceVersion => None,
+    };
+    matches!(code, Some(403 | 404))
+}
+
+/// Takes one watch error: logs it and, when it is permanent
+/// ([`is_permanent`]), stops the Deployments waiting for the first list
+/// ([`TargetIndex::watch_failed`]); returns what to reconcile now. After a
+/// transient error they keep waiting: written without the Devices' own
+/// windows, a board with windows would get the Deployment's, and could
+/// apply at once a revision its owner wants only in its windows.
+pub fn take_error(index: &TargetIndex, e: &watcher::Error) -> Vec<DeviceChange> {
+    if is_permanent(e) {
+        tracing::warn!(error = %Chain(e), "cannot watch Device objects; targetSelector and Devices' maintenance windows are not evaluated until this recovers (is the Device CRD installed, and may the operator list and watch devices.iot.nationtech.io?)");
+        return index
+            .watch_failed()
+            .into_iter()
+            .map(DeviceChange::Selection)
+            .collect();
+    }
+    tracing::warn!(error = %Chain(e), "Device watch failed; retried with back-off (until its first list is in, Deployments wait)");
+    Vec::new()
 }
 
 /// Watches every Device (with back-off after errors) into `index`, and
@@ -122,14 +186,7 @@ pub fn watch(client: Client, index: Arc<TargetIndex>) -> impl Stream<Item = Devi
         .flat_map(move |event| {
             let changes = match event {
                 Ok(event) => take_event(&index, &mut relist, event),
-                Err(e) => {
-                    tracing::warn!(error = %Chain(&e), "cannot watch Device objects; targetSelector and Devices' maintenance windows are not evaluated until this recovers (is the Device CRD installed, and may the operator list and watch devices.iot.nationtech.io?)");
-                    index
-                        .watch_failed()
-                        .into_iter()
-                        .map(DeviceChange::Selection)
-                        .collect()
-                }
+                Err(e) => take_error(&index, &e),
             };
             futures::stream::iter(changes)
         })
@@ -207,6 +264,97 @@ mod tests {
         );
         let got = take_event(&index, &mut relist, watcher::Event::InitDone);
         assert!(matches!(&got[..], [DeviceChange::Windows { device, .. }] if device == "pi-2"));
+    }
+
+    fn api_error(code: u16) -> watcher::Error {
+        watcher::Error::InitialListFailed(kube::Error::Api(
+            kube::core::Status::failure("boom", "Reason")
+                .with_code(code)
+                .boxed(),
+        ))
+    }
+
+    #[test]
+    fn only_a_missing_crd_or_rbac_ends_the_wait_for_the_first_list() {
+        let d = crate::targeting::deployment_ref("fleet", "web");
+        for transient in [
+            api_error(500),
+            api_error(504),
+            watcher::Error::WatchError(
+                kube::core::Status::failure("gone", "Expired")
+                    .with_code(410)
+                    .boxed(),
+            ),
+        ] {
+            let index = TargetIndex::new();
+            index.watch_started();
+            assert!(!index.windows_known_or_wait(&d));
+            assert!(take_error(&index, &transient).is_empty(), "{transient}");
+            assert!(!index.windows_known_or_wait(&d), "still waits: {transient}");
+            assert!(!index.waited_longer_than(std::time::Duration::from_secs(60)));
+            assert!(index.waited_longer_than(std::time::Duration::ZERO));
+        }
+        for permanent in [api_error(403), api_error(404)] {
+            let index = TargetIndex::new();
+            index.watch_started();
+            assert!(!index.windows_known_or_wait(&d));
+            assert_eq!(
+                take_error(&index, &permanent),
+                [DeviceChange::Selection(d.clone())]
+            );
+            assert!(index.windows_known_or_wait(&d));
+        }
+    }
+
+    fn terminating(mut d: Device) -> Device {
+        d.metadata.deletion_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+            k8s_openapi::jiff::Timestamp::from_second(1_767_225_600).unwrap(),
+        ));
+        d
+    }
+
+    #[test]
+    fn a_device_being_deleted_keeps_its_windows_and_its_deletion_says_so() {
+        let index = TargetIndex::new();
+        let mut relist = None;
+        take_event(&index, &mut relist, watcher::Event::Init);
+        let pi1 = device("pi-1", "lyon", Some("0 2 * * *"));
+        take_event(&index, &mut relist, watcher::Event::InitApply(pi1.clone()));
+        take_event(&index, &mut relist, watcher::Event::InitDone);
+        let got = take_event(
+            &index,
+            &mut relist,
+            watcher::Event::Apply(terminating(pi1.clone())),
+        );
+        assert!(got.is_empty(), "{got:?}");
+        assert!(index.is_terminating("pi-1"));
+        assert_eq!(index.windows("pi-1").unwrap()[0].at, "0 2 * * *");
+        // A relist meanwhile keeps it so.
+        take_event(&index, &mut relist, watcher::Event::Init);
+        take_event(
+            &index,
+            &mut relist,
+            watcher::Event::InitApply(terminating(pi1.clone())),
+        );
+        let got = take_event(&index, &mut relist, watcher::Event::InitDone);
+        assert!(got.is_empty(), "{got:?}");
+        assert!(index.is_terminating("pi-1"));
+        // Gone: the Deployments naming it hear of it.
+        let got = take_event(&index, &mut relist, watcher::Event::Delete(pi1));
+        assert!(
+            matches!(&got[..], [DeviceChange::Windows { device, windows }] if device == "pi-1" && windows.is_empty()),
+            "{got:?}"
+        );
+        assert!(!index.is_terminating("pi-1"));
+        assert_eq!(index.windows("pi-1"), None);
+        // A Device without windows deleted: its deletion was not waited on,
+        // nothing to say.
+        let got = take_event(
+            &index,
+            &mut relist,
+            watcher::Event::Delete(device("pi-2", "oslo", None)),
+        );
+        assert!(got.is_empty(), "{got:?}");
     }
 
     #[test]
