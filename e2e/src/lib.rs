@@ -76,6 +76,41 @@ pub struct AgentSpec<'a> {
     pub labels: &'a [(&'a str, &'a str)],
 }
 
+/// Starts `iot-operator run` against `nats_url` and the API server of
+/// `kubeconfig` (in place of the in-cluster configuration), metrics on a
+/// free loopback port, `args` after those, its log (info, kube at warn)
+/// into `log`.
+pub fn spawn_operator(
+    nats_url: &str,
+    kubeconfig: &Path,
+    log: &Path,
+    args: &[&str],
+) -> Result<Child, SpawnError> {
+    let bin = operator_binary().map_err(SpawnError::Build)?;
+    let metrics = format!("127.0.0.1:{}", testkit::free_port());
+    Command::new(bin)
+        .args(["run", "--nats-url", nats_url, "--metrics-addr", &metrics])
+        .args(args)
+        .env("KUBECONFIG", kubeconfig)
+        .env("RUST_LOG", "info,kube=warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(log).map_err(SpawnError::Io)?)
+        .spawn()
+        .map_err(SpawnError::Io)
+}
+
+/// Why [`spawn_operator`] could not start the operator.
+#[derive(Debug, thiserror::Error)]
+pub enum SpawnError {
+    /// Cargo could not build it.
+    #[error("building iot-operator")]
+    Build(#[source] &'static CargoError),
+    /// Its log could not be created or the process not started.
+    #[error("starting iot-operator")]
+    Io(#[source] std::io::Error),
+}
+
 /// Writes the agent's configuration (state under `dir`, heartbeat every
 /// second) and starts `agent` (a command line: the binary, or qemu and the
 /// binary) with it.

@@ -11,7 +11,7 @@
 //! revision even for a moment fails the test.
 #![allow(clippy::unwrap_used, missing_docs)]
 
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -23,7 +23,7 @@ use protocol::{DeploymentStatus, DesiredState, Phase};
 use serde_json::{Value, json};
 use testkit::kube::KubeApiServer;
 use testkit::kubectl::Kubectl;
-use testkit::{NatsServer, PodmanService, free_port, unique};
+use testkit::{NatsServer, PodmanService, unique};
 
 const IMAGE: &str = "localhost/iot-e2e:busybox";
 const NAME: &str = "web";
@@ -66,17 +66,13 @@ impl World {
         kube.install_crds(&testkit::repo_root().join("deploy/crd.yaml"))
             .await;
         let dir = tempfile::tempdir().unwrap();
-        let bin = e2e::operator_binary().unwrap_or_else(|e| panic!("building iot-operator: {e}"));
-        let operator = Command::new(bin)
-            .args(["run", "--nats-url", &nats.url(), "--resync-secs", "2"])
-            .args(["--metrics-addr", &format!("127.0.0.1:{}", free_port())])
-            .env("KUBECONFIG", kube.kubeconfig())
-            .env("RUST_LOG", "info,kube=warn")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(dir.path().join("operator.log")).unwrap())
-            .spawn()
-            .unwrap();
+        let operator = e2e::spawn_operator(
+            &nats.url(),
+            &kube.kubeconfig(),
+            &dir.path().join("operator.log"),
+            &["--resync-secs", "2"],
+        )
+        .unwrap_or_else(|e| panic!("{}", error_report::Chain(&e)));
         eprintln!("e2e against {}", nats.version());
         Some(World {
             nats,

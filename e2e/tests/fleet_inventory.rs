@@ -8,7 +8,7 @@
 //! container goes away while the other keeps running, untouched.
 #![allow(clippy::unwrap_used, missing_docs)]
 
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::time::{Duration, Instant};
 
 use kube::api::{Api, DynamicObject, ListParams, Patch, PatchParams, PostParams};
@@ -16,7 +16,7 @@ use kube::core::ApiResource;
 use operator::crd::{Deployment, Device};
 use serde_json::{Value, json};
 use testkit::kube::KubeApiServer;
-use testkit::{NatsServer, PodmanService, free_port, unique};
+use testkit::{NatsServer, PodmanService, unique};
 
 const IMAGE: &str = "localhost/iot-e2e:busybox";
 /// How long any one step may take.
@@ -54,19 +54,13 @@ impl World {
     /// The real operator binary, as a cluster would run it (KUBECONFIG in
     /// place of the in-cluster configuration), with short intervals.
     fn spawn_operator(&mut self) {
-        let bin = e2e::operator_binary().unwrap_or_else(|e| panic!("building iot-operator: {e}"));
-        let log = std::fs::File::create(self.dir.path().join("operator.log")).unwrap();
-        let child = Command::new(bin)
-            .args(["run", "--nats-url", &self.nats.url()])
-            .args(["--metrics-addr", &format!("127.0.0.1:{}", free_port())])
-            .args(["--heartbeat-timeout-secs", "20", "--resync-secs", "5"])
-            .env("KUBECONFIG", self.kube.kubeconfig())
-            .env("RUST_LOG", "info,kube=warn")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap();
+        let child = e2e::spawn_operator(
+            &self.nats.url(),
+            &self.kube.kubeconfig(),
+            &self.dir.path().join("operator.log"),
+            &["--heartbeat-timeout-secs", "20", "--resync-secs", "5"],
+        )
+        .unwrap_or_else(|e| panic!("{}", error_report::Chain(&e)));
         self.operator = Some(child);
     }
 

@@ -20,7 +20,7 @@ use operator::crd::{Deployment, revision_string};
 use serde_json::{Value, json};
 use testkit::kube::KubeApiServer;
 use testkit::kubectl::Kubectl;
-use testkit::{NatsServer, PodmanService, free_port, unique};
+use testkit::{NatsServer, PodmanService, unique};
 
 const IMAGE: &str = "localhost/iot-e2e:busybox";
 /// How long any one step may take.
@@ -49,17 +49,13 @@ impl World {
         kube.install_crds(&testkit::repo_root().join("deploy/crd.yaml"))
             .await;
         let dir = tempfile::tempdir().unwrap();
-        let bin = e2e::operator_binary().unwrap_or_else(|e| panic!("building iot-operator: {e}"));
-        let operator = Command::new(bin)
-            .args(["run", "--nats-url", &nats.url(), "--resync-secs", "2"])
-            .args(["--metrics-addr", &format!("127.0.0.1:{}", free_port())])
-            .env("KUBECONFIG", kube.kubeconfig())
-            .env("RUST_LOG", "info,kube=warn")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(dir.path().join("operator.log")).unwrap())
-            .spawn()
-            .unwrap();
+        let operator = e2e::spawn_operator(
+            &nats.url(),
+            &kube.kubeconfig(),
+            &dir.path().join("operator.log"),
+            &["--resync-secs", "2"],
+        )
+        .unwrap_or_else(|e| panic!("{}", error_report::Chain(&e)));
         eprintln!("e2e against {}", nats.version());
         let device = unique("kiosk");
         let agent = e2e::agent_binary().unwrap_or_else(|e| panic!("building iot-agent: {e}"));
