@@ -805,6 +805,7 @@ mod tests {
                 },
                 attempt: 0,
                 gate: Default::default(),
+                secrets: Default::default(),
             })
             .unwrap(),
         )

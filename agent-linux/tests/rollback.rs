@@ -28,6 +28,7 @@ fn desired(
         rollout,
         attempt: 0,
         gate: Default::default(),
+        secrets: Default::default(),
     })
     .unwrap()
 }

@@ -116,6 +116,7 @@ fn desired(
         rollout: protocol::RolloutPolicy::default(),
         attempt: 0,
         gate,
+        secrets: Default::default(),
     })
     .unwrap()
 }
@@ -610,12 +611,12 @@ async fn a_host_path_at_the_lock_directory_is_refused() {
     write_config(&env, &env.nats.url(), None, &dir);
     let _agent = env.spawn_agent_with_config();
     let mut c = app("1", SLEEP, false);
-    c.volumes = BoundedVec::try_from_iter([Volume {
+    c.volumes = BoundedVec::try_from_iter([protocol::VolumeV1::from_v0(Volume {
         name: None,
         host_path: Some(Text::owned(dir.display().to_string())),
         mount_path: Text::borrowed("/data"),
         read_only: false,
-    }])
+    })])
     .unwrap();
     env.put_raw(APP, desired(1, vec![c], UpdateGate::default()))
         .await;

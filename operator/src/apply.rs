@@ -283,6 +283,7 @@ pub fn plan(d: &Deployment) -> Result<Plan, PlanError> {
         rollout: d.spec.rollout.device_policy(),
         attempt: 0,
         gate,
+        secrets: Default::default(),
     };
     let value = encode(&desired)?;
     let desired = desired.into_owned();

@@ -14,18 +14,20 @@ use serde::{Deserialize, Serialize};
 use crate::bounded::BoundedVec;
 use crate::keys::validate_token;
 use crate::limits::{
-    MAX_CRON_LEN, MAX_LOCK_TIMEOUT_SECONDS, MAX_NAME_LEN, MAX_ROLLOUT_SECONDS, MAX_TYPE_NAME_LEN,
-    MAX_VALUE_SIZE, MAX_WINDOW_SECONDS, MAX_WINDOWS,
+    MAX_CRON_LEN, MAX_LOCK_TIMEOUT_SECONDS, MAX_NAME_LEN, MAX_ROLLOUT_SECONDS, MAX_STRING_LEN,
+    MAX_TYPE_NAME_LEN, MAX_VALUE_SIZE, MAX_WINDOW_SECONDS, MAX_WINDOWS,
 };
 use crate::score::{
     IotScore, KNOWN_SCORE_TYPES, PODMAN_V0, PODMAN_V1, PodmanV0Score, PodmanV1Score, ScoreError,
 };
+use crate::sealed::{MAX_SEALED_SIZE, MAX_SECRET_NAME_LEN, Sealed, SecretSet};
 use crate::text::{Bytes, Text};
 use crate::validate::{
-    FieldPath, Validate, ValidationError, Violation, check_len, check_range, fail,
+    FieldPath, Validate, ValidationError, Violation, check_len, check_nonempty, check_range, fail,
 };
 use crate::wire::{
     self, DecodeError, FORMAT_VERSION, FORMAT_VERSION_2, FORMAT_VERSION_3, FORMAT_VERSION_4,
+    FORMAT_VERSION_5,
 };
 
 /// How a [`ScorePayload`]'s data is encoded.
@@ -91,6 +93,23 @@ impl<'a> ScorePayload<'a> {
         h.write(self.type_name.as_bytes());
         h.write(&[0, self.encoding as u8]);
         h.write(&self.data);
+        h.finish()
+    }
+
+    /// [`ScorePayload::content_hash`] extended with `extra`: what a
+    /// revision is when the score's references resolve to something the
+    /// score does not hold (the versions of the Secrets it names), so that
+    /// a change there is a new revision. Empty `extra` is `content_hash`.
+    pub fn content_hash_with(&self, extra: &[u8]) -> u64 {
+        if extra.is_empty() {
+            return self.content_hash();
+        }
+        let mut h = wire::Fnv1a64::new();
+        h.write(self.type_name.as_bytes());
+        h.write(&[0, self.encoding as u8]);
+        h.write(&self.data);
+        h.write(&[0xff]);
+        h.write(extra);
         h.finish()
     }
 
@@ -177,6 +196,10 @@ pub struct DesiredState<'a> {
     /// (nothing gates it) is what older versions mean.
     #[serde(borrow, default)]
     pub gate: UpdateGate<'a>,
+    /// Registry logins and Secret values sealed to this device. Format
+    /// version 5; empty (nothing sealed) is what older versions mean.
+    #[serde(borrow, default)]
+    pub secrets: SecretSet<'a>,
 }
 
 /// When a device may change a deployment: while no workload holds the
@@ -355,8 +378,43 @@ impl Validate for DesiredState<'_> {
                 "s",
             )?;
         }
-        Ok(())
+        validate_secrets(&self.secrets)
     }
+}
+
+/// Bounds of the sealed part: names as long as Kubernetes allows, a box as
+/// large as the largest value plus its binding.
+fn validate_secrets(set: &SecretSet<'_>) -> Result<(), ValidationError> {
+    let sealed = |path: FieldPath, s: &Sealed<'_>| -> Result<(), ValidationError> {
+        check_nonempty(path, &s.recipient)?;
+        check_len(path, &s.recipient, MAX_NAME_LEN)?;
+        check_len(path, &s.sender, MAX_NAME_LEN)?;
+        if s.boxed.len() > MAX_SEALED_SIZE {
+            return fail(
+                path,
+                Violation::TooLong {
+                    limit: MAX_SEALED_SIZE,
+                    actual: s.boxed.len(),
+                },
+            );
+        }
+        Ok(())
+    };
+    for (i, p) in set.pull.iter().enumerate() {
+        let at = FieldPath::top("secrets.pull");
+        check_nonempty(at.at(i, Some("registry")), &p.registry)?;
+        check_len(at.at(i, Some("registry")), &p.registry, MAX_STRING_LEN)?;
+        sealed(at.at(i, Some("sealed")), &p.sealed)?;
+    }
+    for (i, v) in set.values.iter().enumerate() {
+        let at = FieldPath::top("secrets.values");
+        check_nonempty(at.at(i, Some("secret")), &v.secret)?;
+        check_len(at.at(i, Some("secret")), &v.secret, MAX_SECRET_NAME_LEN)?;
+        check_nonempty(at.at(i, Some("key")), &v.key)?;
+        check_len(at.at(i, Some("key")), &v.key, MAX_SECRET_NAME_LEN)?;
+        sealed(at.at(i, Some("sealed")), &v.sealed)?;
+    }
+    Ok(())
 }
 
 impl<'a> DesiredState<'a> {
@@ -370,15 +428,19 @@ impl<'a> DesiredState<'a> {
             rollout: RolloutPolicy::default(),
             attempt: 0,
             gate: UpdateGate::default(),
+            secrets: SecretSet::default(),
         }
     }
 
-    /// The format version this value is written in: 4 when something
+    /// The format version this value is written in: 5 when it carries
+    /// sealed secrets, else 4 when something
     /// gates it, else 3 when it is a retry (`attempt` above 0), else 1 when
     /// its rollout policy is the default, else 2. The operator writes a
     /// device only a version its capabilities list.
     pub fn format_version(&self) -> u8 {
-        if !self.gate.is_open() {
+        if !self.secrets.is_empty() {
+            FORMAT_VERSION_5
+        } else if !self.gate.is_open() {
             FORMAT_VERSION_4
         } else if self.attempt > 0 {
             FORMAT_VERSION_3
@@ -406,7 +468,8 @@ impl Serialize for DesiredState<'_> {
         let v2 = version >= FORMAT_VERSION_2;
         let v3 = version >= FORMAT_VERSION_3;
         let v4 = version >= FORMAT_VERSION_4;
-        let fields = 3 + usize::from(v2) + usize::from(v3) + usize::from(v4);
+        let v5 = version >= FORMAT_VERSION_5;
+        let fields = 3 + usize::from(v2) + usize::from(v3) + usize::from(v4) + usize::from(v5);
         let mut t = s.serialize_struct("DesiredState", fields)?;
         t.serialize_field("deployment", &self.deployment)?;
         t.serialize_field("revision", &self.revision)?;
@@ -419,6 +482,9 @@ impl Serialize for DesiredState<'_> {
         }
         if v4 {
             t.serialize_field("gate", &self.gate)?;
+        }
+        if v5 {
+            t.serialize_field("secrets", &self.secrets)?;
         }
         t.end()
     }
@@ -457,8 +523,23 @@ struct DesiredStateV3<'a> {
     attempt: u32,
 }
 
-/// Versions 1 to 4; version 1 reads with the default policy, versions 1
-/// and 2 as the first attempt, versions 1 to 3 with nothing gating them.
+/// A desired state in format version 4.
+#[derive(Deserialize)]
+struct DesiredStateV4<'a> {
+    #[serde(borrow)]
+    deployment: Text<'a>,
+    revision: u64,
+    #[serde(borrow)]
+    score: ScorePayload<'a>,
+    rollout: RolloutPolicy,
+    attempt: u32,
+    #[serde(borrow)]
+    gate: UpdateGate<'a>,
+}
+
+/// Versions 1 to 5; version 1 reads with the default policy, versions 1
+/// and 2 as the first attempt, versions 1 to 3 with nothing gating them,
+/// versions 1 to 4 with nothing sealed.
 impl<'de: 'a, 'a> wire::Decode<'de> for DesiredState<'a> {
     fn take_body(version: u8, body: &'de [u8]) -> Result<(Self, &'de [u8]), DecodeError> {
         match version {
@@ -471,6 +552,7 @@ impl<'de: 'a, 'a> wire::Decode<'de> for DesiredState<'a> {
                     rollout: RolloutPolicy::default(),
                     attempt: 0,
                     gate: UpdateGate::default(),
+                    secrets: SecretSet::default(),
                 };
                 Ok((d, rest))
             }
@@ -483,6 +565,7 @@ impl<'de: 'a, 'a> wire::Decode<'de> for DesiredState<'a> {
                     rollout: v2.rollout,
                     attempt: 0,
                     gate: UpdateGate::default(),
+                    secrets: SecretSet::default(),
                 };
                 Ok((d, rest))
             }
@@ -495,10 +578,24 @@ impl<'de: 'a, 'a> wire::Decode<'de> for DesiredState<'a> {
                     rollout: v3.rollout,
                     attempt: v3.attempt,
                     gate: UpdateGate::default(),
+                    secrets: SecretSet::default(),
                 };
                 Ok((d, rest))
             }
-            FORMAT_VERSION_4 => wire::take(body),
+            FORMAT_VERSION_4 => {
+                let (v4, rest) = wire::take::<DesiredStateV4<'a>>(body)?;
+                let d = DesiredState {
+                    deployment: v4.deployment,
+                    revision: v4.revision,
+                    score: v4.score,
+                    rollout: v4.rollout,
+                    attempt: v4.attempt,
+                    gate: v4.gate,
+                    secrets: SecretSet::default(),
+                };
+                Ok((d, rest))
+            }
+            FORMAT_VERSION_5 => wire::take(body),
             other => Err(DecodeError::UnsupportedVersion(other)),
         }
     }
@@ -519,6 +616,7 @@ impl DesiredState<'_> {
             rollout: self.rollout,
             attempt: self.attempt,
             gate: self.gate.into_owned(),
+            secrets: self.secrets.into_owned(),
         }
     }
 }

@@ -13,14 +13,15 @@ use serde::{Deserialize, Serialize};
 
 use crate::bounded::{BoundedMap, BoundedVec};
 use crate::limits::{
-    MAX_DEVICE_LABELS, MAX_FORMAT_VERSIONS, MAX_LABEL_LEN, MAX_NAME_LEN, MAX_SCORE_TYPES,
-    MAX_TYPE_NAME_LEN, MAX_WARNING_LEN, MAX_WARNINGS,
+    MAX_DEVICE_LABELS, MAX_FORMAT_VERSIONS, MAX_FORMAT_VERSIONS_V3, MAX_LABEL_LEN, MAX_NAME_LEN,
+    MAX_SCORE_TYPES, MAX_TYPE_NAME_LEN, MAX_WARNING_LEN, MAX_WARNINGS,
 };
 use crate::score::{PODMAN_V0, PODMAN_V1};
 use crate::text::Text;
 use crate::validate::{FieldPath, Validate, ValidationError, Violation, check_len, fail};
 use crate::wire::{
     self, DecodeError, FORMAT_VERSION, FORMAT_VERSION_2, FORMAT_VERSION_3, FORMAT_VERSION_4,
+    FORMAT_VERSION_5,
 };
 
 /// A board's labels: key to value, Kubernetes label syntax.
@@ -70,6 +71,11 @@ pub struct Heartbeat<'a> {
     /// What the agent can read. Version 3.
     #[serde(borrow)]
     pub capabilities: Capabilities<'a>,
+    /// The device's public sealing key (nkeys curve key, `X...`): the
+    /// operator seals the device's secrets to it ([`crate::sealed`]); empty
+    /// when the agent has none. Version 4.
+    #[serde(borrow)]
+    pub sealing_key: Text<'a>,
 }
 
 /// What an agent can read: the format versions of `DesiredState` and, per
@@ -114,7 +120,7 @@ impl<'a> Capabilities<'a> {
         }
     }
 
-    /// What this build of the protocol decodes: `DesiredState` 1 to 3,
+    /// What this build of the protocol decodes: `DesiredState` 1 to 5,
     /// `PodmanV0` 1 and `PodmanV1` 1. An agent lists only the score types it
     /// runs.
     pub fn this_build() -> Self {
@@ -125,6 +131,7 @@ impl<'a> Capabilities<'a> {
                 FORMAT_VERSION_2,
                 FORMAT_VERSION_3,
                 FORMAT_VERSION_4,
+                FORMAT_VERSION_5,
             ]),
             score_types: BoundedVec::try_from_iter([PODMAN_V0, PODMAN_V1].map(|t| {
                 ScoreTypeSupport {
@@ -204,6 +211,24 @@ struct HeartbeatV2<'a> {
     warnings: BoundedVec<Text<'a>, MAX_WARNINGS>,
 }
 
+/// A heartbeat in format version 3: version 2, then the board's kernel,
+/// boot id, labels and capabilities.
+#[derive(Deserialize)]
+struct HeartbeatV3<'a> {
+    #[serde(borrow)]
+    v1: HeartbeatV1<'a>,
+    #[serde(borrow)]
+    warnings: BoundedVec<Text<'a>, MAX_WARNINGS>,
+    #[serde(borrow)]
+    kernel: Text<'a>,
+    #[serde(borrow)]
+    boot_id: Text<'a>,
+    #[serde(borrow)]
+    labels: DeviceLabels<'a>,
+    #[serde(borrow)]
+    capabilities: Capabilities<'a>,
+}
+
 impl<'a> HeartbeatV2<'a> {
     fn upgrade(self) -> Heartbeat<'a> {
         let v1 = self.v1;
@@ -220,6 +245,7 @@ impl<'a> HeartbeatV2<'a> {
             boot_id: Text::default(),
             labels: BoundedMap::new(),
             capabilities: Capabilities::first_release(),
+            sealing_key: Text::default(),
         }
     }
 }
@@ -235,10 +261,25 @@ impl Heartbeat<'_> {
     }
 }
 
+impl Heartbeat<'_> {
+    /// Whether it has a sealing key, or lists more format versions than a
+    /// version-3 decoder takes (the previous release refuses those).
+    fn needs_version_4(&self) -> bool {
+        let c = &self.capabilities;
+        !self.sealing_key.is_empty()
+            || c.desired_state_versions.len() > MAX_FORMAT_VERSIONS_V3
+            || c.score_types
+                .iter()
+                .any(|s| s.versions.len() > MAX_FORMAT_VERSIONS_V3)
+    }
+}
+
 /// The oldest version that carries what the heartbeat holds.
 impl wire::Encode for Heartbeat<'_> {
     fn format_version(&self) -> u8 {
-        if self.needs_version_3() {
+        if self.needs_version_4() {
+            FORMAT_VERSION_4
+        } else if self.needs_version_3() {
             FORMAT_VERSION_3
         } else if !self.warnings.is_empty() {
             FORMAT_VERSION_2
@@ -256,7 +297,7 @@ impl Serialize for Heartbeat<'_> {
         use serde::ser::SerializeStruct;
         use wire::Encode;
         let version = self.format_version();
-        let mut t = s.serialize_struct("Heartbeat", 12)?;
+        let mut t = s.serialize_struct("Heartbeat", 13)?;
         t.serialize_field("agentVersion", &self.agent_version)?;
         t.serialize_field("arch", &self.arch)?;
         t.serialize_field("os", &self.os)?;
@@ -272,6 +313,9 @@ impl Serialize for Heartbeat<'_> {
             t.serialize_field("bootId", &self.boot_id)?;
             t.serialize_field("labels", &self.labels)?;
             t.serialize_field("capabilities", &self.capabilities)?;
+        }
+        if version >= FORMAT_VERSION_4 {
+            t.serialize_field("sealingKey", &self.sealing_key)?;
         }
         t.end()
     }
@@ -293,7 +337,20 @@ impl<'de: 'a, 'a> wire::Decode<'de> for Heartbeat<'a> {
                 let (v2, rest) = wire::take::<HeartbeatV2<'a>>(body)?;
                 Ok((v2.upgrade(), rest))
             }
-            FORMAT_VERSION_3 => wire::take(body),
+            FORMAT_VERSION_3 => {
+                let (v3, rest) = wire::take::<HeartbeatV3<'a>>(body)?;
+                let v2 = HeartbeatV2 {
+                    v1: v3.v1,
+                    warnings: v3.warnings,
+                };
+                let mut h = v2.upgrade();
+                h.kernel = v3.kernel;
+                h.boot_id = v3.boot_id;
+                h.labels = v3.labels;
+                h.capabilities = v3.capabilities;
+                Ok((h, rest))
+            }
+            FORMAT_VERSION_4 => wire::take(body),
             other => Err(DecodeError::UnsupportedVersion(other)),
         }
     }
@@ -318,6 +375,11 @@ impl Validate for Heartbeat<'_> {
         }
         check_len(FieldPath::top("kernel"), &self.kernel, MAX_NAME_LEN)?;
         check_len(FieldPath::top("bootId"), &self.boot_id, MAX_NAME_LEN)?;
+        check_len(
+            FieldPath::top("sealingKey"),
+            &self.sealing_key,
+            MAX_NAME_LEN,
+        )?;
         // Lengths only: the label syntax is the receiver's to check label by
         // label (`crate::labels`), so that one bad label from a board costs
         // that label, not the whole heartbeat.
@@ -354,6 +416,7 @@ impl Heartbeat<'_> {
             boot_id: self.boot_id.into_owned(),
             labels: self.labels.map(|k, v| (k.into_owned(), v.into_owned())),
             capabilities: self.capabilities.into_owned(),
+            sealing_key: self.sealing_key.into_owned(),
         }
     }
 }

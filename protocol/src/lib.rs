@@ -31,6 +31,7 @@ pub mod limits;
 pub mod permissions;
 pub mod score;
 pub mod score_v1;
+pub mod sealed;
 pub mod status;
 pub mod text;
 pub mod validate;
@@ -48,9 +49,14 @@ pub use score::{
     ScoreError, Volume,
 };
 pub use score_v1::{
-    ContainerV1, CpuQuantity, ExecCheck, HealthCheck, HealthCheckAction, HealthFailureAction,
-    HttpGetCheck, HttpHeader, HttpScheme, MemoryQuantity, PodmanV1Score, QuantityError, Resources,
-    TcpSocketCheck,
+    ContainerV1, CpuQuantity, EnvVarSource, EnvVarV1, ExecCheck, HealthCheck, HealthCheckAction,
+    HealthFailureAction, HttpGetCheck, HttpHeader, HttpScheme, KeyToPath, MemoryQuantity,
+    PodmanV1Score, QuantityError, Resources, SecretKeyRef, SecretVolumeSource, TcpSocketCheck,
+    VolumeV1,
+};
+pub use sealed::{
+    Binding, PullCredential, Purpose, RegistryLogin, Sealed, SealedPlaintext, SecretSet,
+    SecretValue,
 };
 pub use status::{
     ContainerState, ContainerStatus, DeploymentStatus, Health, Phase, Reason, Waiting,

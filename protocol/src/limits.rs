@@ -44,8 +44,12 @@ pub const MAX_DEVICE_LABELS: usize = 16;
 pub const MAX_LABEL_LEN: usize = 63;
 /// Score types one heartbeat's capabilities list (format version 3).
 pub const MAX_SCORE_TYPES: usize = 8;
-/// Format versions listed per capability (format version 3).
-pub const MAX_FORMAT_VERSIONS: usize = 4;
+/// Format versions listed per capability (format version 4; version 3
+/// heartbeats list at most [`MAX_FORMAT_VERSIONS_V3`]).
+pub const MAX_FORMAT_VERSIONS: usize = 8;
+/// Format versions a version-3 heartbeat lists per capability: what the
+/// previous release decodes. A longer list makes the heartbeat version 4.
+pub const MAX_FORMAT_VERSIONS_V3: usize = 4;
 /// Size in bytes of the largest heartbeat every bound above allows; the
 /// `device-heartbeat` bucket's `max_value_size` (a test checks the sum).
 pub const MAX_HEARTBEAT_SIZE: usize = 4096;

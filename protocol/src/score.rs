@@ -298,6 +298,61 @@ pub(crate) fn validate_containers<'a, T: 'a>(
     Ok(())
 }
 
+/// Checks entry `i` of an `env` list (`field`): a non-empty name, unique
+/// among `earlier`, and the bounds.
+pub(crate) fn check_env<'t, 'a: 't>(
+    field: FieldPath,
+    i: usize,
+    name: &Text<'a>,
+    value: &Text<'a>,
+    mut earlier: impl Iterator<Item = &'t Text<'a>>,
+) -> Result<(), ValidationError> {
+    check_nonempty(field.at(i, Some("name")), name)?;
+    check_len(field.at(i, Some("name")), name, MAX_NAME_LEN)?;
+    check_len(field.at(i, Some("value")), value, MAX_STRING_LEN)?;
+    if earlier.any(|o| o == name) {
+        return fail(field.at(i, Some("name")), Violation::Duplicate);
+    }
+    Ok(())
+}
+
+/// Checks entry `i` of a `volumes` list (`field`) that is a named volume or
+/// a bind mount.
+pub(crate) fn check_volume(
+    field: FieldPath,
+    i: usize,
+    name: &Option<Text<'_>>,
+    host_path: &Option<Text<'_>>,
+    mount_path: &Text<'_>,
+) -> Result<(), ValidationError> {
+    let at = |sub| field.at(i, Some(sub));
+    match (name, host_path) {
+        (Some(name), None) => {
+            if let Err(e) = validate_token(name) {
+                return fail(at("name"), Violation::Token(e));
+            }
+        }
+        (None, Some(path)) => {
+            check_len(at("hostPath"), path, MAX_STRING_LEN)?;
+            if !path.starts_with('/') {
+                return fail(at("hostPath"), Violation::NotAbsolute);
+            }
+        }
+        _ => return fail(field.at(i, None), Violation::VolumeSource),
+    }
+    check_len(at("mountPath"), mount_path, MAX_STRING_LEN)?;
+    if !mount_path.starts_with('/') {
+        return fail(at("mountPath"), Violation::NotAbsolute);
+    }
+    Ok(())
+}
+
+/// Checks a Secret's name or key: non-empty, within Kubernetes' bound.
+pub(crate) fn check_secret_ref(path: FieldPath, s: &str) -> Result<(), ValidationError> {
+    check_nonempty(path, s)?;
+    check_len(path, s, crate::sealed::MAX_SECRET_NAME_LEN)
+}
+
 /// The fields `PodmanV0` and `PodmanV1` containers share, borrowed, so that
 /// both are checked by the same rules.
 pub(crate) struct CommonFields<'r, 'a> {
@@ -305,9 +360,11 @@ pub(crate) struct CommonFields<'r, 'a> {
     pub(crate) image: &'r Text<'a>,
     pub(crate) command: &'r Option<BoundedVec<Text<'a>, MAX_ARGS>>,
     pub(crate) args: &'r Option<BoundedVec<Text<'a>, MAX_ARGS>>,
-    pub(crate) env: &'r BoundedVec<EnvVar<'a>, MAX_ENV>,
+    /// `None`: the container type checks its own (`PodmanV1`'s differ).
+    pub(crate) env: Option<&'r BoundedVec<EnvVar<'a>, MAX_ENV>>,
     pub(crate) ports: &'r BoundedVec<Port<'a>, MAX_PORTS>,
-    pub(crate) volumes: &'r BoundedVec<Volume<'a>, MAX_VOLUMES>,
+    /// `None`: the container type checks its own.
+    pub(crate) volumes: Option<&'r BoundedVec<Volume<'a>, MAX_VOLUMES>>,
     pub(crate) labels: &'r BoundedMap<Text<'a>, Text<'a>, MAX_LABELS>,
     pub(crate) cap_add: &'r BoundedVec<Text<'a>, MAX_CAPABILITIES>,
     pub(crate) devices: &'r BoundedVec<Text<'a>, MAX_DEVICES>,
@@ -320,9 +377,9 @@ impl<'a> Container<'a> {
             image: &self.image,
             command: &self.command,
             args: &self.args,
-            env: &self.env,
+            env: Some(&self.env),
             ports: &self.ports,
-            volumes: &self.volumes,
+            volumes: Some(&self.volumes),
             labels: &self.labels,
             cap_add: &self.cap_add,
             devices: &self.devices,
@@ -344,13 +401,15 @@ impl CommonFields<'_, '_> {
                 check_len(p(field).at(i, None), a, MAX_STRING_LEN)?;
             }
         }
-        for (i, e) in self.env.iter().enumerate() {
-            check_nonempty(p("env").at(i, Some("name")), &e.name)?;
-            check_len(p("env").at(i, Some("name")), &e.name, MAX_NAME_LEN)?;
-            check_len(p("env").at(i, Some("value")), &e.value, MAX_STRING_LEN)?;
-            if self.env[..i].iter().any(|o| o.name == e.name) {
-                return fail(p("env").at(i, Some("name")), Violation::Duplicate);
-            }
+        let env = self.env.map(|e| &e[..]).unwrap_or_default();
+        for (i, e) in env.iter().enumerate() {
+            check_env(
+                p("env"),
+                i,
+                &e.name,
+                &e.value,
+                env[..i].iter().map(|o| &o.name),
+            )?;
         }
         for (i, port) in self.ports.iter().enumerate() {
             if port.container_port == 0 {
@@ -364,26 +423,8 @@ impl CommonFields<'_, '_> {
                 check_len(p("ports").at(i, Some("hostIP")), ip, MAX_NAME_LEN)?;
             }
         }
-        for (i, v) in self.volumes.iter().enumerate() {
-            let at = |sub| p("volumes").at(i, Some(sub));
-            match (&v.name, &v.host_path) {
-                (Some(name), None) => {
-                    if let Err(e) = validate_token(name) {
-                        return fail(at("name"), Violation::Token(e));
-                    }
-                }
-                (None, Some(path)) => {
-                    check_len(at("hostPath"), path, MAX_STRING_LEN)?;
-                    if !path.starts_with('/') {
-                        return fail(at("hostPath"), Violation::NotAbsolute);
-                    }
-                }
-                _ => return fail(p("volumes").at(i, None), Violation::VolumeSource),
-            }
-            check_len(at("mountPath"), &v.mount_path, MAX_STRING_LEN)?;
-            if !v.mount_path.starts_with('/') {
-                return fail(at("mountPath"), Violation::NotAbsolute);
-            }
+        for (i, v) in self.volumes.iter().flat_map(|v| v.iter()).enumerate() {
+            check_volume(p("volumes"), i, &v.name, &v.host_path, &v.mount_path)?;
         }
         for (i, (k, v)) in self.labels.iter().enumerate() {
             check_nonempty(p("labels").at(i, Some("key")), k)?;

@@ -15,7 +15,7 @@ use crate::bounded::{BoundedMap, BoundedVec};
 use crate::limits::*;
 use crate::score::{
     CommonFields, Container, EnvVar, Port, PortProtocol, PullPolicy, RestartPolicy, Volume,
-    validate_containers,
+    check_env, check_secret_ref, check_volume, validate_containers,
 };
 use crate::text::Text;
 use crate::validate::{
@@ -51,15 +51,15 @@ pub struct ContainerV1<'a> {
     /// Replaces the image's cmd when set.
     #[serde(borrow, default)]
     pub args: Option<BoundedVec<Text<'a>, MAX_ARGS>>,
-    /// Environment variables.
+    /// Environment variables: a value, or a key of a Secret.
     #[serde(borrow, default)]
-    pub env: BoundedVec<EnvVar<'a>, MAX_ENV>,
+    pub env: BoundedVec<EnvVarV1<'a>, MAX_ENV>,
     /// Published ports; a health check's port must be one of them.
     #[serde(borrow, default)]
     pub ports: BoundedVec<Port<'a>, MAX_PORTS>,
-    /// Named volumes and bind mounts.
+    /// Named volumes, bind mounts and Secret volumes.
     #[serde(borrow, default)]
-    pub volumes: BoundedVec<Volume<'a>, MAX_VOLUMES>,
+    pub volumes: BoundedVec<VolumeV1<'a>, MAX_VOLUMES>,
     /// When the container is restarted after it exits.
     #[serde(default)]
     pub restart_policy: RestartPolicy,
@@ -123,6 +123,160 @@ pub struct ContainerV1<'a> {
     /// the agent's: a volume mounted there is refused.
     #[serde(default)]
     pub update_lock: bool,
+}
+
+/// An environment variable of a `PodmanV1` container: a `PodmanV0`
+/// [`EnvVar`], or a key of a Secret (`valueFrom.secretKeyRef`, as in a
+/// Kubernetes PodSpec). The device gets the Secret's value sealed to it
+/// ([`crate::sealed`]), never in clear text.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct EnvVarV1<'a> {
+    /// Variable name.
+    #[serde(borrow)]
+    pub name: Text<'a>,
+    /// Its value; empty when `value_from` is set.
+    #[serde(borrow, default)]
+    pub value: Text<'a>,
+    /// Where the value comes from instead.
+    #[serde(borrow, default)]
+    pub value_from: Option<EnvVarSource<'a>>,
+}
+
+/// Where an environment variable's value comes from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct EnvVarSource<'a> {
+    /// A key of a Secret in the Deployment's namespace.
+    #[serde(borrow)]
+    pub secret_key_ref: SecretKeyRef<'a>,
+}
+
+/// A key of a Secret, named as in Kubernetes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SecretKeyRef<'a> {
+    /// The Secret's name.
+    #[serde(borrow)]
+    pub name: Text<'a>,
+    /// The key in it.
+    #[serde(borrow)]
+    pub key: Text<'a>,
+}
+
+/// A volume of a `PodmanV1` container: a `PodmanV0` [`Volume`] (a named
+/// volume or a bind mount), or a Secret's keys as files (`secret`), always
+/// read-only, kept in memory on the device.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct VolumeV1<'a> {
+    /// Name of a Podman volume, created when missing.
+    #[serde(borrow, default)]
+    pub name: Option<Text<'a>>,
+    /// Directory on the host to bind-mount.
+    #[serde(borrow, default)]
+    pub host_path: Option<Text<'a>>,
+    /// Where it appears in the container.
+    #[serde(borrow)]
+    pub mount_path: Text<'a>,
+    /// Mount read-only (a Secret volume always is).
+    #[serde(default)]
+    pub read_only: bool,
+    /// A Secret's keys as files in the directory `mount_path`.
+    #[serde(borrow, default)]
+    pub secret: Option<SecretVolumeSource<'a>>,
+}
+
+/// A Secret's keys as files, like Kubernetes' secret volume.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SecretVolumeSource<'a> {
+    /// The Secret's name.
+    #[serde(borrow)]
+    pub secret_name: Text<'a>,
+    /// Which keys, at which relative paths; empty: every key at its own
+    /// name.
+    #[serde(borrow, default)]
+    pub items: BoundedVec<KeyToPath<'a>, MAX_SECRET_ITEMS>,
+    /// The files' mode (e.g. 256, octal 0400); unset: 0444.
+    #[serde(default)]
+    pub default_mode: Option<u16>,
+}
+
+/// One key of a Secret volume and the file it becomes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct KeyToPath<'a> {
+    /// The key in the Secret.
+    #[serde(borrow)]
+    pub key: Text<'a>,
+    /// The file's path relative to the volume's `mount_path`, without `..`.
+    #[serde(borrow)]
+    pub path: Text<'a>,
+}
+
+/// Keys a Secret volume lists in `items`.
+pub const MAX_SECRET_ITEMS: usize = 16;
+
+/// The largest file mode a Secret volume sets (0777).
+pub const MAX_SECRET_MODE: u16 = 0o777;
+
+impl<'a> EnvVarV1<'a> {
+    /// The same variable as a `PodmanV1` one.
+    pub fn from_v0(e: EnvVar<'a>) -> Self {
+        EnvVarV1 {
+            name: e.name,
+            value: e.value,
+            value_from: None,
+        }
+    }
+
+    /// As a `PodmanV0` variable; `None` for a Secret's key.
+    pub fn to_v0(&self) -> Option<EnvVar<'a>> {
+        self.value_from.is_none().then(|| EnvVar {
+            name: self.name.clone(),
+            value: self.value.clone(),
+        })
+    }
+}
+
+impl<'a> VolumeV1<'a> {
+    /// The same volume as a `PodmanV1` one.
+    pub fn from_v0(v: Volume<'a>) -> Self {
+        VolumeV1 {
+            name: v.name,
+            host_path: v.host_path,
+            mount_path: v.mount_path,
+            read_only: v.read_only,
+            secret: None,
+        }
+    }
+
+    /// As a `PodmanV0` volume; `None` for a Secret volume.
+    pub fn to_v0(&self) -> Option<Volume<'a>> {
+        self.secret.is_none().then(|| Volume {
+            name: self.name.clone(),
+            host_path: self.host_path.clone(),
+            mount_path: self.mount_path.clone(),
+            read_only: self.read_only,
+        })
+    }
+}
+
+impl SecretVolumeSource<'_> {
+    /// The Secret's keys this volume uses, with their relative paths.
+    /// Empty `items` means every key of the Secret, which only the side
+    /// that has the Secret knows: `None` then.
+    pub fn listed(&self) -> Option<impl Iterator<Item = (&str, &str)>> {
+        (!self.items.is_empty())
+            .then(|| self.items.iter().map(|i| (i.key.as_str(), i.path.as_str())))
+    }
 }
 
 /// Where a container with `updateLock` finds the lock directory.
@@ -652,9 +806,9 @@ impl<'a> ContainerV1<'a> {
             image: c.image,
             command: c.command,
             args: c.args,
-            env: c.env,
+            env: c.env.map(EnvVarV1::from_v0),
             ports: c.ports,
-            volumes: c.volumes,
+            volumes: c.volumes.map(VolumeV1::from_v0),
             restart_policy: c.restart_policy,
             pull_policy: c.pull_policy,
             labels: c.labels,
@@ -681,9 +835,9 @@ impl<'a> ContainerV1<'a> {
             image: &self.image,
             command: &self.command,
             args: &self.args,
-            env: &self.env,
+            env: None,
             ports: &self.ports,
-            volumes: &self.volumes,
+            volumes: None,
             labels: &self.labels,
             cap_add: &self.cap_add,
             devices: &self.devices,
@@ -710,6 +864,67 @@ impl ContainerV1<'_> {
     fn validate_at(&self, c: usize) -> Result<(), ValidationError> {
         self.common().validate_at(c)?;
         let p = |field| FieldPath::container(c, field);
+        for (i, e) in self.env.iter().enumerate() {
+            check_env(
+                p("env"),
+                i,
+                &e.name,
+                &e.value,
+                self.env[..i].iter().map(|o| &o.name),
+            )?;
+            if let Some(from) = &e.value_from {
+                if !e.value.is_empty() {
+                    return fail(p("env").at(i, None), Violation::EnvSource);
+                }
+                let r = &from.secret_key_ref;
+                check_secret_ref(p("env").at(i, Some("valueFrom.secretKeyRef.name")), &r.name)?;
+                check_secret_ref(p("env").at(i, Some("valueFrom.secretKeyRef.key")), &r.key)?;
+            }
+        }
+        for (i, v) in self.volumes.iter().enumerate() {
+            let at = |sub| p("volumes").at(i, Some(sub));
+            match &v.secret {
+                None if v.name.is_some() == v.host_path.is_some() => {
+                    return fail(p("volumes").at(i, None), Violation::VolumeSourceV1);
+                }
+                None => check_volume(p("volumes"), i, &v.name, &v.host_path, &v.mount_path)?,
+                Some(secret) => {
+                    if v.name.is_some() || v.host_path.is_some() {
+                        return fail(p("volumes").at(i, None), Violation::VolumeSourceV1);
+                    }
+                    check_len(at("mountPath"), &v.mount_path, MAX_STRING_LEN)?;
+                    if !v.mount_path.starts_with('/') {
+                        return fail(at("mountPath"), Violation::NotAbsolute);
+                    }
+                    check_secret_ref(at("secret.secretName"), &secret.secret_name)?;
+                    for (j, item) in secret.items.iter().enumerate() {
+                        check_secret_ref(at("secret.items.key"), &item.key)?;
+                        let path = item.path.as_str();
+                        check_len(at("secret.items.path"), path, MAX_STRING_LEN)?;
+                        if path.is_empty()
+                            || path.starts_with('/')
+                            || path
+                                .split('/')
+                                .any(|s| s.is_empty() || s == "." || s == "..")
+                        {
+                            return fail(at("secret.items.path"), Violation::RelativePath);
+                        }
+                        if secret.items[..j].iter().any(|o| o.path == item.path) {
+                            return fail(at("secret.items.path"), Violation::Duplicate);
+                        }
+                    }
+                    if let Some(mode) = secret.default_mode {
+                        check_range(
+                            at("secret.defaultMode"),
+                            mode.into(),
+                            0,
+                            MAX_SECRET_MODE.into(),
+                            "",
+                        )?;
+                    }
+                }
+            }
+        }
         for (i, v) in self.volumes.iter().enumerate() {
             let dir = v.mount_path.trim_end_matches('/');
             let under = dir
@@ -974,9 +1189,9 @@ mod owned {
                 image,
                 command,
                 args,
-                env,
+                env: BoundedVec::new(),
                 ports,
-                volumes,
+                volumes: BoundedVec::new(),
                 restart_policy,
                 pull_policy,
                 labels,
@@ -996,6 +1211,30 @@ mod owned {
                 read_only_root_filesystem,
                 init,
                 update_lock,
+                env: env.map(|e| EnvVarV1 {
+                    name: e.name.into_owned(),
+                    value: e.value.into_owned(),
+                    value_from: e.value_from.map(|f| EnvVarSource {
+                        secret_key_ref: SecretKeyRef {
+                            name: f.secret_key_ref.name.into_owned(),
+                            key: f.secret_key_ref.key.into_owned(),
+                        },
+                    }),
+                }),
+                volumes: volumes.map(|v| VolumeV1 {
+                    name: v.name.map(Text::into_owned),
+                    host_path: v.host_path.map(Text::into_owned),
+                    mount_path: v.mount_path.into_owned(),
+                    read_only: v.read_only,
+                    secret: v.secret.map(|s| SecretVolumeSource {
+                        secret_name: s.secret_name.into_owned(),
+                        items: s.items.map(|i| KeyToPath {
+                            key: i.key.into_owned(),
+                            path: i.path.into_owned(),
+                        }),
+                        default_mode: s.default_mode,
+                    }),
+                }),
                 ..ContainerV1::from_v0(base.into_owned())
             }
         }

@@ -99,6 +99,15 @@ pub enum Violation {
     /// A volume names both or neither of `name` and `hostPath`.
     #[error("must set exactly one of `name` (named volume) or `hostPath` (bind mount)")]
     VolumeSource,
+    /// A Secret volume that also names a volume or a host path.
+    #[error("must set exactly one of `name` (named volume), `hostPath` (bind mount) or `secret`")]
+    VolumeSourceV1,
+    /// An environment variable with both a value and `valueFrom`.
+    #[error("must set `value` or `valueFrom`, not both")]
+    EnvSource,
+    /// A path that must be relative and stay inside its directory.
+    #[error("must be a relative path without empty, `.` or `..` segments (e.g. `tls/ca.crt`)")]
+    RelativePath,
     /// A port number of 0.
     #[error("must be between 1 and 65535")]
     PortZero,

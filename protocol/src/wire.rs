@@ -24,8 +24,13 @@ pub const FORMAT_VERSION_2: u8 = 2;
 pub const FORMAT_VERSION_3: u8 = 3;
 
 /// Format version 4: a [`DesiredState`](crate::DesiredState) with an
-/// update gate (update lock, maintenance windows, force).
+/// update gate (update lock, maintenance windows, force); a
+/// [`Heartbeat`](crate::Heartbeat) with the device's sealing key.
 pub const FORMAT_VERSION_4: u8 = 4;
+
+/// Format version 5: a [`DesiredState`](crate::DesiredState) with sealed
+/// secrets.
+pub const FORMAT_VERSION_5: u8 = 5;
 
 /// A value as it is written: its wire rules and the format version it is
 /// written in.

@@ -344,18 +344,19 @@ fn format_version_is_the_first_byte() {
     assert_eq!(wire::FORMAT_VERSION_2, 2);
     assert_eq!(wire::FORMAT_VERSION_3, 3);
     assert_eq!(wire::FORMAT_VERSION_4, 4);
-    // Version 4 exists for desired states only.
+    assert_eq!(wire::FORMAT_VERSION_5, 5);
+    // Version 4 exists for desired states and heartbeats only.
     let mut bytes = unhex(STATUS_V3);
     bytes[0] = 4;
     assert_eq!(
         decode::<DeploymentStatus>(&bytes).unwrap_err(),
         DecodeError::UnsupportedVersion(4)
     );
-    let mut bytes = unhex(DESIRED_STATE_V4);
-    bytes[0] = 5;
+    let mut bytes = unhex(DESIRED_STATE_V5);
+    bytes[0] = 6;
     assert_eq!(
         decode::<DesiredState>(&bytes).unwrap_err(),
-        DecodeError::UnsupportedVersion(5)
+        DecodeError::UnsupportedVersion(6)
     );
     // A score's own encoding has version 1 only.
     let mut bytes = unhex(PODMAN_V1_SCORE);
@@ -364,11 +365,11 @@ fn format_version_is_the_first_byte() {
         decode::<PodmanV1Score>(&bytes).unwrap_err(),
         DecodeError::UnsupportedVersion(2)
     );
-    let mut bytes = unhex(HEARTBEAT_V3);
-    bytes[0] = 4;
+    let mut bytes = unhex(HEARTBEAT_V4);
+    bytes[0] = 5;
     assert_eq!(
         decode::<Heartbeat>(&bytes).unwrap_err(),
-        DecodeError::UnsupportedVersion(4)
+        DecodeError::UnsupportedVersion(5)
     );
 }
 
@@ -660,22 +661,24 @@ fn a_status_v2_must_say_every_containers_health() {
 }
 
 #[test]
-fn this_build_reads_desired_state_3_and_runs_podman_v1() {
+fn this_build_reads_desired_state_5_and_runs_podman_v1() {
     let caps = Capabilities::this_build();
-    assert_eq!(caps.desired_state_versions[..], [1, 2, 3, 4]);
+    assert_eq!(caps.desired_state_versions[..], [1, 2, 3, 4, 5]);
     assert!(caps.reads(2, "PodmanV0", 1));
     assert!(caps.reads(2, "PodmanV1", 1));
     assert!(caps.reads(3, "PodmanV1", 1));
     assert!(caps.reads(4, "PodmanV1", 1));
-    assert!(!caps.reads(5, "PodmanV1", 1));
+    assert!(caps.reads(5, "PodmanV1", 1));
+    assert!(!caps.reads(6, "PodmanV1", 1));
     let first = Capabilities::first_release();
     assert!(!first.reads(2, "PodmanV0", 1));
     assert!(!first.runs("PodmanV1"));
-    // The capabilities travel in a version-3 heartbeat.
+    // The capabilities travel in a version-4 heartbeat: five versions are
+    // more than version 3 lists.
     let mut h = vectors::heartbeat(&[]);
     h.capabilities = caps.clone();
     let bytes = encode_to_vec(&h).unwrap();
-    assert_eq!(bytes[0], wire::FORMAT_VERSION_3);
+    assert_eq!(bytes[0], wire::FORMAT_VERSION_4);
     assert_eq!(decode::<Heartbeat>(&bytes).unwrap().capabilities, caps);
 }
 
@@ -887,5 +890,129 @@ fn a_volume_over_the_update_lock_directory_is_refused() {
     let json = r#"{"containers": [{"name": "a", "image": "busybox", "volumes": [{"name": "v", "mountPath": "/run/iot-agent2"}]}]}"#;
     assert!(
         protocol::json::payload_from_json("PodmanV1", &serde_json::from_str(json).unwrap()).is_ok()
+    );
+}
+
+#[test]
+fn heartbeat_with_a_sealing_key_is_format_version_4() {
+    check_borrowed!(Heartbeat, vectors::heartbeat_v4(), HEARTBEAT_V4);
+    // Version 3's bytes are unchanged and first; the key follows.
+    let (v3, v4) = (unhex(HEARTBEAT_V3), unhex(HEARTBEAT_V4));
+    assert_eq!(v3[1..], v4[1..v3.len()]);
+    // Older versions read with no key.
+    let old: Heartbeat = decode(&v3).unwrap();
+    assert!(old.sealing_key.is_empty());
+    assert_eq!(encode_to_vec(&old).unwrap(), v3);
+    // More format versions than the previous release decodes make it
+    // version 4 too (that release refuses a longer list in version 3).
+    let mut h = vectors::heartbeat_v3();
+    h.capabilities = Capabilities::this_build();
+    assert!(h.capabilities.desired_state_versions.len() > limits::MAX_FORMAT_VERSIONS_V3);
+    let bytes = encode_to_vec(&h).unwrap();
+    assert_eq!(bytes[0], wire::FORMAT_VERSION_4);
+    assert_eq!(decode::<Heartbeat>(&bytes).unwrap(), h);
+}
+
+#[test]
+fn desired_state_v5_carries_sealed_secrets() {
+    let mut d = common::desired(&common::small());
+    d.rollout = ROLLOUT;
+    d.attempt = 2;
+    d.gate = vectors::gate();
+    d.secrets = vectors::secrets();
+    assert_eq!(d.format_version(), wire::FORMAT_VERSION_5);
+    check_borrowed!(DesiredState, d.clone(), DESIRED_STATE_V5);
+    // Version 4's fields are unchanged and first; the secrets follow.
+    let (v4, v5) = (unhex(DESIRED_STATE_V4), unhex(DESIRED_STATE_V5));
+    assert_eq!(v4[1..], v5[1..v4.len()]);
+    // Older versions read with nothing sealed, and write themselves.
+    for old in [
+        DESIRED,
+        DESIRED_STATE_V2,
+        DESIRED_STATE_V3,
+        DESIRED_STATE_V4,
+    ] {
+        let bytes = unhex(old);
+        let read: DesiredState = decode(&bytes).unwrap();
+        assert!(read.secrets.is_empty(), "{old}");
+        assert_eq!(encode_to_vec(&read).unwrap(), bytes);
+    }
+    // Secrets alone need version 5, even on a first attempt, ungated.
+    let v1 = unhex(DESIRED);
+    let mut first: DesiredState = decode(&v1).unwrap();
+    first.secrets = vectors::secrets();
+    let bytes = encode_to_vec(&first).unwrap();
+    assert_eq!(bytes[0], wire::FORMAT_VERSION_5);
+    assert_eq!(decode::<DesiredState>(&bytes).unwrap(), first);
+    // A version-4 value with secrets is not version 4.
+    let mut bytes = v5.clone();
+    bytes[0] = wire::FORMAT_VERSION_4;
+    assert!(matches!(
+        decode::<DesiredState>(&bytes).unwrap_err(),
+        DecodeError::TrailingBytes(_)
+    ));
+    // Lookups by reference.
+    assert!(d.secrets.pull_for("127.0.0.1:5000").is_some());
+    assert!(d.secrets.pull_for("docker.io").is_none());
+    assert!(d.secrets.value_for("db", "password").is_some());
+    assert!(d.secrets.value_for("db", "user").is_none());
+}
+
+#[test]
+fn sealed_secrets_are_bounded_naming_the_field() {
+    let mut d = common::desired(&common::small());
+    d.secrets = vectors::secrets();
+    let err = |d: &DesiredState| encode_to_vec(d).unwrap_err().to_string();
+    let value = |f: &dyn Fn(&mut SecretValue)| {
+        let mut v = vectors::secrets().values[0].clone();
+        f(&mut v);
+        let mut g = d.clone();
+        g.secrets.values = BoundedVec::try_from_iter([v]).unwrap();
+        g
+    };
+    assert_eq!(
+        err(&value(&|v| v.key = Text::borrowed(""))),
+        "invalid value: secrets.values[0].key must not be empty"
+    );
+    assert_eq!(
+        err(&value(&|v| v.sealed.recipient = Text::borrowed(""))),
+        "invalid value: secrets.values[0].sealed must not be empty"
+    );
+    let big = vec![0u8; sealed::MAX_SEALED_SIZE + 1];
+    let big = value(&|v| v.sealed.boxed = Bytes::owned(big.clone()));
+    assert!(err(&big).starts_with("invalid value: secrets.values[0].sealed is 17409 bytes long"));
+}
+
+#[test]
+fn the_binding_inside_a_sealed_box() {
+    // The sealing crate seals postcard of `SealedPlaintext`; its binding's
+    // bytes are pinned so that an operator and an agent of different
+    // builds agree on what a value was sealed for.
+    assert_eq!(
+        hex(&postcard::to_allocvec(&vectors::binding()).unwrap()),
+        BINDING
+    );
+    let pull = Purpose::Pull {
+        registry: Text::borrowed("127.0.0.1:5000"),
+    };
+    assert_eq!(postcard::to_allocvec(&pull).unwrap()[0], 0);
+    let plain = SealedPlaintext {
+        binding: vectors::binding(),
+        value: Bytes::borrowed(b"s3cret"),
+    };
+    let bytes = postcard::to_allocvec(&plain).unwrap();
+    assert_eq!(hex(&bytes), format!("{BINDING}06{}", hex(b"s3cret")));
+    assert_eq!(
+        postcard::from_bytes::<SealedPlaintext>(&bytes).unwrap(),
+        plain
+    );
+}
+
+#[test]
+fn podman_v1_secret_references() {
+    check_borrowed!(
+        PodmanV1Score,
+        vectors::podman_v1_secrets_score(),
+        PODMAN_V1_SECRETS_SCORE
     );
 }

@@ -3,6 +3,8 @@
 #![allow(clippy::unwrap_used, missing_docs)]
 
 mod common;
+#[allow(dead_code)]
+mod vectors;
 
 use protocol::json::{JsonScoreError, payload_from_json};
 use protocol::validate::{Validate, Violation};
@@ -835,4 +837,76 @@ fn podman_v1_json_to_postcard_to_rust_round_trip() {
     let mut b = a.clone();
     b.init = false;
     assert_ne!(wire::hash_of(&a), wire::hash_of(&b));
+}
+
+#[test]
+fn podman_v1_secret_references_in_kubernetes_spelling() {
+    let data = json!({"containers": [{
+        "name": "app",
+        "image": "127.0.0.1:5000/team/app:1",
+        "env": [
+            {"name": "MODE", "value": "prod"},
+            {"name": "DB_PASSWORD", "valueFrom": {"secretKeyRef": {"name": "db", "key": "password"}}}
+        ],
+        "volumes": [{
+            "mountPath": "/etc/tls",
+            "readOnly": true,
+            "secret": {"secretName": "tls", "items": [{"key": "ca.crt", "path": "ca.pem"}], "defaultMode": 256}
+        }]
+    }]});
+    let payload = payload_from_json("PodmanV1", &data).unwrap();
+    match payload.decode().unwrap() {
+        IotScore::PodmanV1(s) => assert_eq!(s, vectors::podman_v1_secrets_score()),
+        other => panic!("expected PodmanV1, got {other:?}"),
+    }
+    let cases = [
+        (
+            json!({"containers": [{"name": "a", "image": "i", "env": [{"name": "X", "value": "v", "valueFrom": {"secretKeyRef": {"name": "s", "key": "k"}}}]}]}),
+            "containers[0].env[0]",
+            Violation::EnvSource,
+        ),
+        (
+            json!({"containers": [{"name": "a", "image": "i", "env": [{"name": "X", "valueFrom": {"secretKeyRef": {"name": "", "key": "k"}}}]}]}),
+            "containers[0].env[0].valueFrom.secretKeyRef.name",
+            Violation::Empty,
+        ),
+        (
+            json!({"containers": [{"name": "a", "image": "i", "volumes": [{"name": "v", "mountPath": "/x", "secret": {"secretName": "s"}}]}]}),
+            "containers[0].volumes[0]",
+            Violation::VolumeSourceV1,
+        ),
+        (
+            json!({"containers": [{"name": "a", "image": "i", "volumes": [{"mountPath": "/x"}]}]}),
+            "containers[0].volumes[0]",
+            Violation::VolumeSourceV1,
+        ),
+        (
+            json!({"containers": [{"name": "a", "image": "i", "volumes": [{"mountPath": "/x", "secret": {"secretName": "s", "items": [{"key": "k", "path": "../etc/passwd"}]}}]}]}),
+            "containers[0].volumes[0].secret.items.path",
+            Violation::RelativePath,
+        ),
+        (
+            json!({"containers": [{"name": "a", "image": "i", "volumes": [{"mountPath": "/x", "secret": {"secretName": "s", "items": [{"key": "k", "path": "/abs"}]}}]}]}),
+            "containers[0].volumes[0].secret.items.path",
+            Violation::RelativePath,
+        ),
+        (
+            json!({"containers": [{"name": "a", "image": "i", "volumes": [{"mountPath": "/x", "secret": {"secretName": "s", "defaultMode": 1024}}]}]}),
+            "containers[0].volumes[0].secret.defaultMode",
+            Violation::OutOfRange {
+                min: 0,
+                max: 0o777,
+                actual: 1024,
+                unit: "",
+            },
+        ),
+    ];
+    for (data, path, violation) in cases {
+        let e = payload_from_json("PodmanV1", &data).unwrap_err();
+        assert_eq!(e.path, path, "{data}");
+        assert_eq!(e.reason, violation.to_string(), "{data}");
+    }
+    // PodmanV0 has none of it.
+    let v0 = json!({"containers": [{"name": "a", "image": "i", "env": [{"name": "X", "valueFrom": {"secretKeyRef": {"name": "s", "key": "k"}}}]}]});
+    assert!(payload_from_json("PodmanV0", &v0).is_err());
 }

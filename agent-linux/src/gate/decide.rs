@@ -1208,6 +1208,7 @@ mod tests {
                 rollout: RolloutPolicy::default(),
                 attempt,
                 gate,
+                secrets: Default::default(),
             })
             .unwrap(),
         )

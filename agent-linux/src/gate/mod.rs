@@ -471,6 +471,7 @@ mod tests {
                 rollout: RolloutPolicy::default(),
                 attempt: 0,
                 gate: UpdateGate::default(),
+                secrets: Default::default(),
             })
             .unwrap(),
         )

@@ -610,6 +610,7 @@ mod tests {
             rollout: protocol::RolloutPolicy::default(),
             attempt: 0,
             gate: Default::default(),
+            secrets: Default::default(),
         })
         .unwrap()
     }
@@ -862,6 +863,7 @@ mod tests {
                         update_lock: under_lock.then(protocol::UpdateLockPolicy::default),
                         ..Default::default()
                     },
+                    secrets: Default::default(),
                 })
                 .unwrap()
             };
@@ -1024,6 +1026,7 @@ mod tests {
             rollout: protocol::RolloutPolicy::default(),
             attempt: 0,
             gate: Default::default(),
+            secrets: Default::default(),
         })
         .unwrap()
     }
@@ -1160,6 +1163,7 @@ mod tests {
             },
             attempt: 0,
             gate: Default::default(),
+            secrets: Default::default(),
         })
         .unwrap();
         let mut memory = Memory::new(mpsc::unbounded_channel().0);

@@ -259,6 +259,7 @@ mod tests {
             rollout: Default::default(),
             attempt: 0,
             gate: Default::default(),
+            secrets: Default::default(),
         })
         .unwrap()
     }
@@ -362,6 +363,7 @@ mod tests {
             rollout: Default::default(),
             attempt: 0,
             gate: Default::default(),
+            secrets: Default::default(),
         })
         .unwrap();
         let e = prefetch(&rt, &unknown).await.unwrap_err();

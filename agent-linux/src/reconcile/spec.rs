@@ -7,8 +7,8 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use protocol::{
-    BoundedVec, Container, ContainerV1, DesiredState, IotScore, Phase, PortProtocol, RestartPolicy,
-    ScoreError, Text,
+    BoundedVec, Container, ContainerV1, DesiredState, EnvVarV1, IotScore, Phase, PortProtocol,
+    RestartPolicy, ScoreError, Text, VolumeV1,
 };
 
 use super::Context;
@@ -167,9 +167,14 @@ fn common_fields<'a>(c: &ContainerV1<'a>) -> Container<'a> {
         image: c.image.clone(),
         command: c.command.clone(),
         args: c.args.clone(),
-        env: c.env.clone(),
+        // Secret references ask nothing of the host: the policy rules on
+        // the rest.
+        // (a subset of a bounded list: within the bound).
+        env: BoundedVec::try_from_iter(c.env.iter().filter_map(EnvVarV1::to_v0))
+            .unwrap_or_default(),
         ports: c.ports.clone(),
-        volumes: c.volumes.clone(),
+        volumes: BoundedVec::try_from_iter(c.volumes.iter().filter_map(VolumeV1::to_v0))
+            .unwrap_or_default(),
         restart_policy: c.restart_policy,
         pull_policy: c.pull_policy,
         labels: c.labels.clone(),
@@ -373,6 +378,7 @@ mod tests {
             rollout: Default::default(),
             attempt: 0,
             gate: Default::default(),
+            secrets: Default::default(),
         })
         .unwrap()
     }
@@ -433,7 +439,9 @@ mod tests {
         ] {
             let mut c = container(false);
             c.name = Text::borrowed("side");
-            c.volumes = BoundedVec::try_from_iter([bind("/run/other"), bind(bad)]).unwrap();
+            c.volumes =
+                BoundedVec::try_from_iter([bind("/run/other"), bind(bad)].map(VolumeV1::from_v0))
+                    .unwrap();
             let v = value(vec![container(true), c]);
             let desired = decode(&v).unwrap();
             let e = score("web", &desired, &allow, Some(lock_dir)).unwrap_err();
@@ -452,7 +460,8 @@ mod tests {
             assert!(refusal("web", &v, &allow).is_none());
         }
         let mut c = container(false);
-        c.volumes = BoundedVec::try_from_iter([bind("/run/iot-agent2")]).unwrap();
+        c.volumes =
+            BoundedVec::try_from_iter([bind("/run/iot-agent2")].map(VolumeV1::from_v0)).unwrap();
         let v = value(vec![c]);
         let desired = decode(&v).unwrap();
         assert!(score("web", &desired, &allow, Some(lock_dir)).is_ok());

@@ -424,6 +424,7 @@ pub fn encode_desired(
         rollout: protocol::RolloutPolicy::default(),
         attempt: 0,
         gate: Default::default(),
+        secrets: Default::default(),
     };
     protocol::wire::encode_to_vec(&desired).unwrap()
 }
@@ -444,6 +445,7 @@ pub fn encode_desired_v1(
         rollout: protocol::RolloutPolicy::default(),
         attempt: 0,
         gate: Default::default(),
+        secrets: Default::default(),
     };
     protocol::wire::encode_to_vec(&desired).unwrap()
 }
@@ -460,6 +462,7 @@ pub fn encode_unknown_variant(deployment: &str, revision: u64) -> Vec<u8> {
         rollout: protocol::RolloutPolicy::default(),
         attempt: 0,
         gate: Default::default(),
+        secrets: Default::default(),
     };
     protocol::wire::encode_to_vec(&desired).unwrap()
 }

@@ -51,12 +51,25 @@ pub const PODMAN_V1_SCORE: &str = "0101037765621c646f636b65722e696f2f6c696272617
 /// `DesiredState` carrying `PODMAN_V1_SCORE` as `PodmanV1` (format version 1:
 /// a new score type needs no new envelope).
 pub const DESIRED_PODMAN_V1: &str = "010968656c6c6f2d776562f2d0b287dcd0c5bcff0108506f646d616e5631007c0101037765621c646f636b65722e696f2f6c6962726172792f6e67696e783a312e3237000000015001903f000000000100000000000000010001082f6865616c74687a50000107582d50726f626503696f7400050204020a00018080804001f40301c801014001140109313030303a3130303001042f737276010101";
+/// `Heartbeat` in format version 4 ([`heartbeat_v4`]): `HEARTBEAT_V3`'s
+/// fields, then the device's sealing key.
+pub const HEARTBEAT_V4: &str = "0405302e312e300761617263683634056c696e757805342e332e31901c0380d0dfb4ab3301096469736b2066756c6c09362e362e35312d76382462306630613263342d313131312d323232322d333333332d3434343435353535363636360205626f61726404727069340473697465046c796f6e01010108506f646d616e563001013858425358344e4751504251444b5852444a32444e425947575a3550514151354e55464d473551374c5951435546465a4f5a534a4141585849";
+/// `DesiredState` of `DESIRED_STATE_V4` with [`secrets`]: format version 5,
+/// `DESIRED_STATE_V4`'s fields, then the sealed logins and values.
+pub const DESIRED_STATE_V5: &str = "050968656c6c6f2d776562fda48196eef6c3a02f08506f646d616e5630003901010263302572656769737472792e6578616d706c652e6e65742f7465616d2f6170702d303a312e322e3000000000000001000000000000001e78010201901c000109302032202a202a202a0c4575726f70652f5061726973a03800010e3132372e302e302e313a353030303858425358344e4751504251444b5852444a32444e425947575a3550514151354e55464d473551374c5951435546465a4f5a534a4141585849385844355a504c5737444f4d4a33545055575748523759374a474f355045564f4746324448574d443544445534365550334f47364e4e5958590c786b76312d626f782d6f6e65010264620870617373776f72643858425358344e4751504251444b5852444a32444e425947575a3550514151354e55464d473551374c5951435546465a4f5a534a4141585849385844355a504c5737444f4d4a33545055575748523759374a474f355045564f4746324448574d443544445534365550334f47364e4e5958590c786b76312d626f782d74776f";
+/// `PodmanV1Score` ([`podman_v1_secrets_score`]): env from a Secret and a
+/// Secret volume.
+pub const PODMAN_V1_SECRETS_SCORE: &str = "010103617070193132372e302e302e313a353030302f7465616d2f6170703a31000002044d4f44450470726f64000b44425f50415353574f524400010264620870617373776f726400010000082f6574632f746c73010103746c73010663612e6372740663612e70656d0180020001000000000000000000000000000000000000";
+/// postcard of [`binding`]: what a sealed box's plaintext starts with.
+pub const BINDING: &str = "0570692d30310968656c6c6f2d7765622a010264620870617373776f7264";
 
 use protocol::{
-    BoundedVec, Capabilities, ContainerState, ContainerStatus, ContainerV1, CpuQuantity,
-    DeploymentStatus, Health, HealthCheck, HealthFailureAction, Heartbeat, HttpHeader, LockTimeout,
-    MaintenanceWindow, MemoryQuantity, Phase, PodmanV1Score, Port, PortProtocol, Reason, Resources,
-    RolloutPolicy, Text, UpdateGate, UpdateLockPolicy, Waiting,
+    Binding, BoundedVec, Bytes, Capabilities, ContainerState, ContainerStatus, ContainerV1,
+    CpuQuantity, DeploymentStatus, EnvVarSource, EnvVarV1, Health, HealthCheck,
+    HealthFailureAction, Heartbeat, HttpHeader, KeyToPath, LockTimeout, MaintenanceWindow,
+    MemoryQuantity, Phase, PodmanV1Score, Port, PortProtocol, PullCredential, Purpose, Reason,
+    Resources, RolloutPolicy, Sealed, SecretKeyRef, SecretSet, SecretValue, SecretVolumeSource,
+    Text, UpdateGate, UpdateLockPolicy, VolumeV1, Waiting,
 };
 
 /// The rollout policy of `DESIRED_STATE_V2`.
@@ -220,4 +233,104 @@ pub fn heartbeat_v3() -> Heartbeat<'static> {
     }
     h.capabilities = Capabilities::first_release();
     h
+}
+
+/// A device's public sealing key (an nkeys curve key) in the vectors.
+pub const SEALING_KEY: &str = "XBSX4NGQPBQDKXRDJ2DNBYGWZ5PQAQ5NUFMG5Q7LYQCUFFZOZSJAAXXI";
+/// An ephemeral sender key in the vectors.
+pub const SENDER_KEY: &str = "XD5ZPLW7DOMJ3TPUWWHR7Y7JGO5PEVOGF2DHWMD5DDU46UP3OG6NNYXY";
+
+/// The heartbeat of `HEARTBEAT_V4`: `HEARTBEAT_V3`'s, with a sealing key.
+pub fn heartbeat_v4() -> Heartbeat<'static> {
+    let mut h = heartbeat_v3();
+    h.sealing_key = Text::borrowed(SEALING_KEY);
+    h
+}
+
+/// A sealed value in the vectors (its box is not a real one: the wire
+/// layout is what is pinned here, the crypto is the `sealing` crate's).
+pub fn sealed(tag: u8) -> Sealed<'static> {
+    const BOXES: [&[u8]; 2] = [b"xkv1-box-one", b"xkv1-box-two"];
+    Sealed {
+        recipient: Text::borrowed(SEALING_KEY),
+        sender: Text::borrowed(SENDER_KEY),
+        boxed: Bytes::borrowed(BOXES[usize::from(tag) % 2]),
+    }
+}
+
+/// The secrets of `DESIRED_STATE_V5`: a login for a registry on loopback
+/// and the `password` key of Secret `db`.
+pub fn secrets() -> SecretSet<'static> {
+    SecretSet {
+        pull: BoundedVec::try_from_iter([PullCredential {
+            registry: Text::borrowed("127.0.0.1:5000"),
+            sealed: sealed(0),
+        }])
+        .expect("one login"),
+        values: BoundedVec::try_from_iter([SecretValue {
+            secret: Text::borrowed("db"),
+            key: Text::borrowed("password"),
+            sealed: sealed(1),
+        }])
+        .expect("one value"),
+    }
+}
+
+/// A binding as the sealing crate puts it in a box.
+pub fn binding() -> Binding<'static> {
+    Binding {
+        device: Text::borrowed("pi-01"),
+        deployment: Text::borrowed("hello-web"),
+        revision: 42,
+        purpose: Purpose::Value {
+            secret: Text::borrowed("db"),
+            key: Text::borrowed("password"),
+        },
+    }
+}
+
+/// The score of `PODMAN_V1_SECRETS_SCORE`: a container with a plain env
+/// variable, one from a Secret, and a Secret volume with one item.
+pub fn podman_v1_secrets_score() -> PodmanV1Score<'static> {
+    let mut c = ContainerV1::new(
+        Text::borrowed("app"),
+        Text::borrowed("127.0.0.1:5000/team/app:1"),
+    );
+    c.env = BoundedVec::try_from_iter([
+        EnvVarV1 {
+            name: Text::borrowed("MODE"),
+            value: Text::borrowed("prod"),
+            value_from: None,
+        },
+        EnvVarV1 {
+            name: Text::borrowed("DB_PASSWORD"),
+            value: Text::borrowed(""),
+            value_from: Some(EnvVarSource {
+                secret_key_ref: SecretKeyRef {
+                    name: Text::borrowed("db"),
+                    key: Text::borrowed("password"),
+                },
+            }),
+        },
+    ])
+    .expect("two variables");
+    c.volumes = BoundedVec::try_from_iter([VolumeV1 {
+        name: None,
+        host_path: None,
+        mount_path: Text::borrowed("/etc/tls"),
+        read_only: true,
+        secret: Some(SecretVolumeSource {
+            secret_name: Text::borrowed("tls"),
+            items: BoundedVec::try_from_iter([KeyToPath {
+                key: Text::borrowed("ca.crt"),
+                path: Text::borrowed("ca.pem"),
+            }])
+            .expect("one item"),
+            default_mode: Some(0o400),
+        }),
+    }])
+    .expect("one volume");
+    PodmanV1Score {
+        containers: BoundedVec::try_from_iter([c]).expect("one container"),
+    }
 }
