@@ -43,6 +43,9 @@ pub const DEFAULT_CLOCK_SYNC_WAIT_SECS: u64 = 300;
 /// Milliseconds between two checks of a held change (update lock, clock)
 /// when the file does not set it.
 pub const DEFAULT_UPDATE_TICK_MS: u64 = 1000;
+/// Where opened secrets exist in clear text on the board (a tmpfs) when the
+/// file does not set `secrets.runtime_dir`.
+pub const DEFAULT_SECRETS_RUNTIME_DIR: &str = "/run/iot-agent-secrets";
 
 /// Why a configuration cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -118,6 +121,9 @@ pub struct Config {
     /// its clock for maintenance windows).
     #[serde(default, skip_serializing_if = "is_default")]
     pub update: UpdateConfig,
+    /// `[secrets]`: the board's sealing key and where opened secrets live.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub secrets: SecretsConfig,
     /// `[labels]`: the labels this board declares in its heartbeat (at most
     /// [`protocol::limits::MAX_DEVICE_LABELS`], Kubernetes label syntax),
     /// e.g. `board = "rpi4"`. The operator merges them into the labels of
@@ -360,6 +366,44 @@ impl UpdateConfig {
     }
 }
 
+/// `[secrets]`: the key that opens the secrets sealed to this board, and
+/// where their clear text may exist.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SecretsConfig {
+    /// The board's sealing key: an nkeys curve seed (`SX...`, one line,
+    /// mode 0600). Unset: the board has no sealing key, and a deployment
+    /// that carries sealed values fails on it. Set and missing: the agent
+    /// creates it at start.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_file: Option<PathBuf>,
+    /// The directory where opened secrets exist in clear text for Podman
+    /// and the containers; the agent refuses one that is not a tmpfs, so
+    /// clear text never reaches a disk.
+    #[serde(
+        default = "default_secrets_runtime_dir",
+        skip_serializing_if = "is_default_secrets_runtime_dir"
+    )]
+    pub runtime_dir: PathBuf,
+}
+
+impl Default for SecretsConfig {
+    fn default() -> Self {
+        SecretsConfig {
+            key_file: None,
+            runtime_dir: default_secrets_runtime_dir(),
+        }
+    }
+}
+
+fn default_secrets_runtime_dir() -> PathBuf {
+    PathBuf::from(DEFAULT_SECRETS_RUNTIME_DIR)
+}
+
+fn is_default_secrets_runtime_dir(dir: &PathBuf) -> bool {
+    !SHOW_DEFAULTS.get() && *dir == default_secrets_runtime_dir()
+}
+
 fn default_lock_dir() -> PathBuf {
     PathBuf::from(DEFAULT_UPDATE_LOCK_DIR)
 }
@@ -405,6 +449,7 @@ impl Config {
             podman: PodmanConfig::default(),
             security: SecurityConfig::default(),
             update: UpdateConfig::default(),
+            secrets: SecretsConfig::default(),
             labels: BTreeMap::new(),
         }
     }
@@ -564,7 +609,29 @@ impl Config {
             }
         }
         self.validate_update()?;
+        self.validate_secrets()?;
         self.validate_labels()
+    }
+
+    /// `[secrets]`: absolute paths, so that what the agent opens and
+    /// creates does not depend on its working directory.
+    fn validate_secrets(&self) -> Result<(), ConfigError> {
+        let s = &self.secrets;
+        if s.key_file.as_ref().is_some_and(|p| !p.is_absolute()) {
+            return Err(invalid(
+                "secrets.key_file",
+                "must be an absolute path to the sealing key's seed file, e.g. \"/etc/iot-agent/device.xk\"",
+            ));
+        }
+        if !s.runtime_dir.is_absolute() {
+            return Err(invalid(
+                "secrets.runtime_dir",
+                format!(
+                    "must be an absolute directory on a tmpfs (default \"{DEFAULT_SECRETS_RUNTIME_DIR}\"), so that clear text never reaches a disk"
+                ),
+            ));
+        }
+        Ok(())
     }
 
     /// `[update]`: an absolute lock directory, bounded waits.
@@ -638,7 +705,8 @@ impl Config {
     /// (secrets included). `[podman]`'s `stop_timeout_secs` and
     /// `replace_order`, and each `[security]` setting, are written only
     /// when they differ from the default (the whole `[security]` table is
-    /// left out when none does); `[labels]` only when it holds some.
+    /// left out when none does), and so are `[update]`'s and `[secrets]`'s;
+    /// `[labels]` only when it holds some.
     pub fn to_toml(&self) -> Result<String, ConfigError> {
         toml::to_string(self).map_err(|source| ConfigError::Render { source })
     }
@@ -826,6 +894,10 @@ socket = "unix:///run/podman/podman.sock"
         assert_eq!(c.nats.urls.len(), 2);
         assert_eq!(c.security.allowed_host_paths, [PathBuf::from("/srv")]);
         assert!(c.nats.tls.is_some());
+        assert_eq!(
+            c.secrets.key_file.as_deref(),
+            Some(Path::new("/etc/iot-agent/device.xk"))
+        );
         assert_eq!(c.labels.len(), 3);
 
         let xtask_image = r#"# iot-agent configuration for device pi-001, written by `cargo xtask image`.
@@ -890,6 +962,8 @@ socket = "unix:///run/podman/podman.sock"
             "lock_dir",
             "clock_sync_wait_secs",
             "tick_ms",
+            "[secrets]",
+            "runtime_dir",
             "[labels]",
         ] {
             assert!(!text.contains(left_out), "{left_out} in\n{text}");
@@ -959,6 +1033,78 @@ socket = "unix:///run/podman/podman.sock"
         }
         let e = err(&format!("{GOOD}[update]\nlock_file = \"/x\"\n"));
         assert!(e.contains("lock_file"), "{e}");
+    }
+
+    #[test]
+    fn the_secrets_section_has_defaults_and_absolute_paths() {
+        let c = Config::parse(GOOD).unwrap();
+        assert_eq!(c.secrets, SecretsConfig::default());
+        assert_eq!(c.secrets.key_file, None);
+        assert_eq!(
+            c.secrets.runtime_dir,
+            PathBuf::from("/run/iot-agent-secrets")
+        );
+        let text = format!(
+            "{GOOD}[secrets]\nkey_file = \"/etc/iot-agent/device.xk\"\nruntime_dir = \"/run/s\"\n"
+        );
+        let c = Config::parse(&text).unwrap();
+        assert_eq!(
+            c.secrets,
+            SecretsConfig {
+                key_file: Some("/etc/iot-agent/device.xk".into()),
+                runtime_dir: "/run/s".into(),
+            }
+        );
+        assert_eq!(Config::parse(&c.to_toml().unwrap()).unwrap(), c);
+        assert_eq!(Config::parse(&c.to_display_toml()).unwrap(), c);
+        for (setting, field) in [
+            ("key_file = \"device.xk\"", "secrets.key_file:"),
+            ("runtime_dir = \"run/s\"", "secrets.runtime_dir:"),
+        ] {
+            let e = err(&format!("{GOOD}[secrets]\n{setting}\n"));
+            assert!(e.starts_with(field), "{setting}: {e}");
+        }
+        let e = err(&format!("{GOOD}[secrets]\nkey = \"/x\"\n"));
+        assert!(e.contains("key") && e.contains("key_file"), "{e}");
+    }
+
+    /// The exact text: only the key file is written when the runtime
+    /// directory is the default; `check-config` shows both.
+    #[test]
+    fn the_secrets_table_golden_text() {
+        let mut c = Config::new("pi-001", "/var/lib/iot-agent", vec!["nats://a:4222".into()]);
+        c.secrets.key_file = Some("/etc/iot-agent/device.xk".into());
+        assert_eq!(
+            c.to_toml().unwrap(),
+            r#"version = 1
+device_id = "pi-001"
+state_dir = "/var/lib/iot-agent"
+heartbeat_interval_secs = 30
+
+[nats]
+urls = ["nats://a:4222"]
+
+[nats.credentials]
+type = "none"
+
+[podman]
+socket = "unix:///run/podman/podman.sock"
+
+[secrets]
+key_file = "/etc/iot-agent/device.xk"
+"#
+        );
+        let shown = c.to_display_toml();
+        assert!(
+            shown.contains(
+                "\n[secrets]\nkey_file = \"/etc/iot-agent/device.xk\"\nruntime_dir = \"/run/iot-agent-secrets\"\n\n[labels]\n"
+            ),
+            "{shown}"
+        );
+        c.secrets.runtime_dir = "/run/s".into();
+        assert!(c.to_toml().unwrap().ends_with(
+            "[secrets]\nkey_file = \"/etc/iot-agent/device.xk\"\nruntime_dir = \"/run/s\"\n"
+        ));
     }
 
     #[test]

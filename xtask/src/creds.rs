@@ -1,7 +1,8 @@
 //! `cargo xtask creds`: NATS identities for a fleet and the server
 //! authorization that confines each of them (nkeys: challenge-response, the
 //! server holds only public keys; or, with `--jwt`, decentralized JWT mode in
-//! [`decentralized`]).
+//! [`decentralized`]), and each device's sealing key (`<id>.xk`, the curve
+//! key the operator seals the device's secrets to).
 
 mod decentralized;
 
@@ -24,13 +25,20 @@ Creates (or updates) a fleet's NATS identities in DIR:
   operator.nk     what the operator's reconcile and watches need
   <device>.nk     one per device: reads only its own desired state, writes
                   only its own status and heartbeat
+  <device>.xk     one per device: its sealing key (an nkeys curve seed,
+                  SX...), which opens the secrets sealed to that board;
+                  `disk-image`/`flash` bake it at /etc/iot-agent/device.xk
   nats-server.conf  the authorization enforcing it, for
                   `nats-server -c DIR/nats-server.conf -p PORT -js -sd STORE`
 
 Seeds are nkey seeds, written with mode 0600. Existing seeds are kept, so
-adding a device changes no other identity. --revoke ID moves that device's
-seed to DIR/revoked/ and drops it from nats-server.conf; reload the server
-(`nats-server --signal reload=PID`) and only that device is shut out.
+adding a device changes no other identity; a device without a sealing key
+gets one. Each device's public sealing key (X...) is printed; the operator
+learns it from the board's heartbeat. --revoke ID moves that device's seed
+and sealing key to DIR/revoked/ and drops it from nats-server.conf; reload
+the server (`nats-server --signal reload=PID`) and only that device is shut
+out: it reads no desired state from then on, so no Secret rotated after
+that reaches it.
 
 To revoke by reload, configure JetStream in a file rather than with -js/-sd:
 nats-server 2.9 turns JetStream off on a reload when only the flags enabled
@@ -43,16 +51,18 @@ and run `nats-server -c DIR/main.conf -p 4222`.
 (nats-operator.nk/.jwt), the IOT account (account.nk/.jwt, JetStream on),
 its device signing key (device-signer.nk), a system account, and one
 .creds file (user JWT + seed, mode 0600) per identity: admin.creds,
-operator.creds, <device>.creds. Devices are signed by a scoped key whose
-template confines a user named <id> to that device's subjects.
-nats-server.conf trusts the operator and preloads the accounts (resolver
-MEMORY). --revoke ID moves <id>.creds to DIR/revoked/ and adds its key to
-the account's revocations; reload the server as above. A DIR stays in the
-mode it was created in.";
+operator.creds, <device>.creds, and a <device>.xk sealing key as above.
+Devices are signed by a scoped key whose template confines a user named
+<id> to that device's subjects. nats-server.conf trusts the operator and
+preloads the accounts (resolver MEMORY). --revoke ID moves <id>.creds and
+<id>.xk to DIR/revoked/ and adds its key to the account's revocations;
+reload the server as above. A DIR stays in the mode it was created in.";
 
 /// Identities that are not devices.
 const ADMIN: &str = "admin";
 const OPERATOR: &str = "operator";
+/// Extension of a device's sealing key file, beside its NATS identity.
+pub const SEALING_KEY_EXT: &str = "xk";
 
 pub fn cmd(mut args: Args) -> Result<()> {
     let out = args
@@ -74,6 +84,9 @@ pub fn cmd(mut args: Args) -> Result<()> {
         fleet.devices.join(", "),
         out.join("nats-server.conf").display()
     );
+    for (id, key) in fleet.devices.iter().zip(&fleet.sealing_keys) {
+        println!("  {id}: sealing key {key}");
+    }
     Ok(())
 }
 
@@ -81,6 +94,43 @@ pub fn cmd(mut args: Args) -> Result<()> {
 pub struct Fleet {
     /// Device ids with an identity, sorted.
     pub devices: Vec<String>,
+    /// Each device's public sealing key (`X...`), in the order of `devices`.
+    pub sealing_keys: Vec<String>,
+}
+
+/// The sealing key file of device `id` in a creds DIR.
+pub fn sealing_key_file(dir: &Path, id: &str) -> PathBuf {
+    dir.join(format!("{id}.{SEALING_KEY_EXT}"))
+}
+
+/// The public key of the sealing key in `path`, which is created (mode
+/// 0600) when it does not exist. Read and written by the agent's own code
+/// ([`sealing::DeviceKey`]), so a file accepted here is accepted on the
+/// board, and one others can read is refused as it is there.
+pub fn ensure_sealing_key(path: &Path) -> Result<String> {
+    let (key, _created) = sealing::DeviceKey::load_or_create(path)?;
+    Ok(key.public_key().to_string())
+}
+
+/// The public sealing keys of `devices`, each created when missing.
+fn sealing_keys(dir: &Path, devices: &[String]) -> Result<Vec<String>> {
+    devices
+        .iter()
+        .map(|id| ensure_sealing_key(&sealing_key_file(dir, id)))
+        .collect()
+}
+
+/// Moves device `id`'s sealing key, if it has one, to `DIR/revoked/` with
+/// its NATS identity: a re-added id gets a new key, not the revoked one.
+fn revoke_sealing_key(dir: &Path, id: &str) -> Result<()> {
+    let key = sealing_key_file(dir, id);
+    if !key.exists() {
+        return Ok(());
+    }
+    let revoked = dir.join("revoked");
+    fs::create_dir_all(&revoked)?;
+    fs::rename(&key, sealing_key_file(&revoked, id))
+        .with_context(|| format!("moving {} to {}", key.display(), revoked.display()))
 }
 
 /// Like [`generate`], in decentralized JWT mode.
@@ -133,6 +183,7 @@ pub fn generate(dir: &Path, add: &[String], revoke: &[String]) -> Result<Fleet> 
         fs::create_dir_all(&revoked)?;
         fs::rename(&seed, revoked.join(format!("{id}.nk")))
             .with_context(|| format!("moving {} to {}", seed.display(), revoked.display()))?;
+        revoke_sealing_key(dir, id)?;
     }
     for name in [ADMIN, OPERATOR]
         .iter()
@@ -175,7 +226,11 @@ pub fn generate(dir: &Path, add: &[String], revoke: &[String]) -> Result<Fleet> 
     }
     let conf = nats_server_config(&users);
     write_atomic(&dir.join("nats-server.conf"), conf.as_bytes(), 0o644)?;
-    Ok(Fleet { devices })
+    let sealing_keys = sealing_keys(dir, &devices)?;
+    Ok(Fleet {
+        devices,
+        sealing_keys,
+    })
 }
 
 /// The key pair whose seed `path` holds, created with `new` when the file

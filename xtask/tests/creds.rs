@@ -21,6 +21,25 @@ fn public(seed: &str) -> String {
     nkeys::KeyPair::from_seed(seed.trim()).unwrap().public_key()
 }
 
+/// Every sealing key file (`<id>.xk`) in DIR, checked: one curve seed line
+/// and a newline, mode 0600. By name, with its contents.
+fn sealing_keys(dir: &Path) -> BTreeMap<String, String> {
+    let keys = files_ending(dir, ".xk");
+    for (name, seed) in &keys {
+        assert_eq!(mode(&dir.join(name)), 0o600, "{name}");
+        assert!(
+            seed.starts_with("SX") && seed.ends_with('\n') && seed.lines().count() == 1,
+            "{name} is not one curve seed line: {seed:?}"
+        );
+        nkeys::XKey::from_seed(seed.trim()).unwrap();
+    }
+    keys
+}
+
+fn sealing_public(seed: &str) -> String {
+    nkeys::XKey::from_seed(seed.trim()).unwrap().public_key()
+}
+
 #[test]
 fn layout_modes_idempotence_add_and_revoke() {
     let tmp = tempfile::tempdir().unwrap();
@@ -49,6 +68,25 @@ fn layout_modes_idempotence_add_and_revoke() {
     }
     assert!(conf.contains("\"_INBOX.pi-1.>\"") && conf.contains("\"_INBOX.pi-2.>\""));
 
+    // Each device has a sealing key; its public key is printed, its seed
+    // is nowhere else.
+    let sealing = sealing_keys(&dir);
+    assert_eq!(
+        sealing.keys().cloned().collect::<Vec<_>>(),
+        ["pi-1.xk", "pi-2.xk"]
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    for (id, seed) in [("pi-1", &sealing["pi-1.xk"]), ("pi-2", &sealing["pi-2.xk"])] {
+        let key = sealing_public(seed);
+        assert!(key.starts_with('X'), "{key}");
+        assert!(
+            stdout.contains(&format!("{id}: sealing key {key}\n")),
+            "{stdout}"
+        );
+        assert!(!stdout.contains(seed.trim()) && !conf.contains(seed.trim()));
+    }
+    assert_ne!(sealing["pi-1.xk"], sealing["pi-2.xk"]);
+
     // Idempotent: a second run changes nothing.
     assert!(
         creds(&dir, &["--device", "pi-1", "--device", "pi-2"])
@@ -56,6 +94,7 @@ fn layout_modes_idempotence_add_and_revoke() {
             .success()
     );
     assert_eq!(seeds(&dir), first);
+    assert_eq!(sealing_keys(&dir), sealing);
     assert_eq!(
         std::fs::read_to_string(dir.join("nats-server.conf")).unwrap(),
         conf
@@ -68,6 +107,9 @@ fn layout_modes_idempotence_add_and_revoke() {
         assert_eq!(after.get(name), Some(seed), "{name} changed");
     }
     assert!(after.contains_key("pi-3.nk"));
+    let mut sealing_after = sealing_keys(&dir);
+    assert!(sealing_after.remove("pi-3.xk").is_some());
+    assert_eq!(sealing_after, sealing);
     let conf = std::fs::read_to_string(dir.join("nats-server.conf")).unwrap();
     assert!(conf.contains(&public(&after["pi-3.nk"])));
     assert!(conf.contains(&public(&first["pi-1.nk"])));
@@ -77,11 +119,38 @@ fn layout_modes_idempotence_add_and_revoke() {
     assert!(!dir.join("pi-2.nk").exists());
     let moved = dir.join("revoked/pi-2.nk");
     assert_eq!(std::fs::read_to_string(&moved).unwrap(), first["pi-2.nk"]);
+    assert!(!dir.join("pi-2.xk").exists());
+    assert_eq!(
+        std::fs::read_to_string(dir.join("revoked/pi-2.xk")).unwrap(),
+        sealing["pi-2.xk"]
+    );
+    assert_eq!(mode(&dir.join("revoked/pi-2.xk")), 0o600);
     let conf = std::fs::read_to_string(dir.join("nats-server.conf")).unwrap();
     assert!(!conf.contains(&public(&first["pi-2.nk"])), "{conf}");
     assert!(!conf.contains("pi-2"), "{conf}");
     assert!(conf.contains(&public(&first["pi-1.nk"])));
     assert!(conf.contains(&public(&after["pi-3.nk"])));
+
+    // A device from before sealing keys gets one on the next run.
+    std::fs::remove_file(dir.join("pi-3.xk")).unwrap();
+    assert!(creds(&dir, &[]).status.success());
+    let recreated = sealing_keys(&dir);
+    assert_eq!(
+        recreated.keys().cloned().collect::<Vec<_>>(),
+        ["pi-1.xk", "pi-3.xk"]
+    );
+    assert_eq!(recreated["pi-1.xk"], sealing["pi-1.xk"]);
+
+    // A sealing key others can read is refused, with the fix.
+    std::fs::set_permissions(dir.join("pi-1.xk"), std::fs::Permissions::from_mode(0o644)).unwrap();
+    let out = creds(&dir, &[]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("pi-1.xk") && err.contains("chmod 600"),
+        "{err}"
+    );
+    std::fs::set_permissions(dir.join("pi-1.xk"), std::fs::Permissions::from_mode(0o600)).unwrap();
 
     // A seed others can read is refused, with the fix.
     std::fs::set_permissions(dir.join("pi-1.nk"), std::fs::Permissions::from_mode(0o644)).unwrap();

@@ -64,11 +64,8 @@ fn public(seed_file: &Path) -> String {
 fn layout_claims_idempotence_add_and_revoke() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("fleet");
-    assert!(
-        jwt_creds(&dir, &["--device", "pi-1", "--device", "pi-2"])
-            .status
-            .success()
-    );
+    let out = jwt_creds(&dir, &["--device", "pi-1", "--device", "pi-2"]);
+    assert!(out.status.success());
     assert_eq!(mode(&dir), 0o700);
     let first = files(&dir);
     assert_eq!(
@@ -83,16 +80,29 @@ fn layout_claims_idempotence_add_and_revoke() {
             "nats-server.conf",
             "operator.creds",
             "pi-1.creds",
+            "pi-1.xk",
             "pi-2.creds",
+            "pi-2.xk",
             "system-account.jwt",
             "system-account.nk",
         ]
     );
     for name in first
         .keys()
-        .filter(|n| n.ends_with(".nk") || n.ends_with(".creds"))
+        .filter(|n| n.ends_with(".nk") || n.ends_with(".creds") || n.ends_with(".xk"))
     {
         assert_eq!(mode(&dir.join(name)), 0o600, "{name}");
+    }
+    // The devices' sealing keys, as in nkey mode; the public key printed.
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    for id in ["pi-1", "pi-2"] {
+        let seed = &first[&format!("{id}.xk")];
+        assert!(seed.starts_with("SX") && seed.lines().count() == 1 && seed.ends_with('\n'));
+        let key = nkeys::XKey::from_seed(seed.trim()).unwrap().public_key();
+        assert!(
+            stdout.contains(&format!("{id}: sealing key {key}\n")),
+            "{stdout}"
+        );
     }
 
     let operator_key = public(&dir.join("nats-operator.nk"));
@@ -156,7 +166,7 @@ fn layout_claims_idempotence_add_and_revoke() {
     );
     assert!(conf.contains(first["account.jwt"].trim()));
     for (name, text) in &first {
-        if name.ends_with(".nk") || name.ends_with(".creds") {
+        if name.ends_with(".nk") || name.ends_with(".creds") || name.ends_with(".xk") {
             let seed = text.lines().find(|l| l.starts_with('S')).unwrap();
             assert!(
                 !conf.contains(seed),
@@ -177,6 +187,7 @@ fn layout_claims_idempotence_add_and_revoke() {
     assert!(jwt_creds(&dir, &["--device", "pi-3"]).status.success());
     let mut after = files(&dir);
     assert!(after.remove("pi-3.creds").is_some());
+    assert!(after.remove("pi-3.xk").is_some());
     assert_eq!(after, first);
 
     // Revoking moves the .creds aside and lists its key in the account,
@@ -190,6 +201,11 @@ fn layout_claims_idempotence_add_and_revoke() {
         std::fs::read_to_string(dir.join("revoked/pi-2.creds")).unwrap(),
         first["pi-2.creds"]
     );
+    assert!(!dir.join("pi-2.xk").exists());
+    assert_eq!(
+        std::fs::read_to_string(dir.join("revoked/pi-2.xk")).unwrap(),
+        first["pi-2.xk"]
+    );
     let acc = claims(&std::fs::read_to_string(dir.join("account.jwt")).unwrap());
     assert_eq!(acc["iss"], operator_key);
     assert!(acc["nats"]["revocations"][&pi2].as_u64().is_some(), "{acc}");
@@ -197,6 +213,7 @@ fn layout_claims_idempotence_add_and_revoke() {
     assert!(revoked["nats-server.conf"].contains(revoked["account.jwt"].trim()));
     for name in [
         "pi-1.creds",
+        "pi-1.xk",
         "admin.creds",
         "operator.creds",
         "nats-operator.jwt",

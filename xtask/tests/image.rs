@@ -158,7 +158,7 @@ fn gpt_image_for_generic_aarch64_with_nkey_and_rebake_in_place() {
     let out = dir.path().join("edge-7.img");
     let mut c = image_cmd("generic-aarch64", &xz, &agent, &out, "edge-7");
     c.arg("--nats-nkey").arg(&seed);
-    ok(&mut c);
+    let first = stderr(&ok(&mut c));
     let root = base.root_offset;
     let cfg = ext4_cat(&out, root, "/etc/iot-agent/config.toml");
     assert!(cfg.contains("type = \"nkey\""), "{cfg}");
@@ -180,6 +180,35 @@ fn gpt_image_for_generic_aarch64_with_nkey_and_rebake_in_place() {
         ("regular".into(), "0600".into(), "0".into(), "0".into())
     );
     assert_eq!(ext4_cat(&out, root, "/etc/hostname"), "edge-7\n");
+    // The sealing key beside the seed was missing: created there (0600)
+    // and baked, with the config naming it.
+    let xk = dir.path().join("dev.xk");
+    let sealing = std::fs::read_to_string(&xk).unwrap();
+    assert_eq!(mode(&xk), 0o600);
+    let public = nkeys::XKey::from_seed(sealing.trim()).unwrap().public_key();
+    assert!(
+        first.contains(&format!("device edge-7: sealing key {public} (created in")),
+        "{first}"
+    );
+    let second = stderr(&ok(&mut c));
+    assert!(
+        second.contains(&format!("device edge-7: sealing key {public} (from")),
+        "{second}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(&xk).unwrap(),
+        sealing,
+        "a second bake keeps the key"
+    );
+    assert_eq!(ext4_cat(&out, root, "/etc/iot-agent/device.xk"), sealing);
+    assert_eq!(
+        ext4_stat(&out, root, "/etc/iot-agent/device.xk"),
+        ("regular".into(), "0600".into(), "0".into(), "0".into())
+    );
+    assert!(
+        cfg.contains("\n[secrets]\nkey_file = \"/etc/iot-agent/device.xk\"\n\n[labels]\n"),
+        "{cfg}"
+    );
     fsck_clean(&out, root);
 
     // Re-baking an already baked image replaces every file cleanly.
@@ -189,6 +218,17 @@ fn gpt_image_for_generic_aarch64_with_nkey_and_rebake_in_place() {
     ok(&mut c);
     let cfg = ext4_cat(&again, root, "/etc/iot-agent/config.toml");
     assert!(cfg.contains("device_id = \"edge_8\"") && cfg.contains("token = \"tok\""));
+    // No key file to bake: edge-7's key is not left for edge_8, whose
+    // agent creates its own at the path its config names.
+    assert!(
+        cfg.contains("key_file = \"/etc/iot-agent/device.xk\""),
+        "{cfg}"
+    );
+    assert_eq!(
+        ext4_stat(&again, root, "/etc/iot-agent/device.xk").0,
+        "",
+        "edge-7's sealing key is still in edge_8's image"
+    );
     assert_eq!(
         ext4_stat(&again, root, "/etc/iot-agent/config.toml").1,
         "0600"

@@ -12,7 +12,7 @@
 //! Files in DIR: `nats-operator.nk`, `account.nk`, `device-signer.nk`,
 //! `system-account.nk` (seeds, 0600), the JWTs `nats-operator.jwt`,
 //! `account.jwt`, `system-account.jwt`, one `.creds` file (0600) per user,
-//! and `nats-server.conf`. A JWT whose claims would not change is kept as it
+//! a sealing key `<id>.xk` (0600) per device, and `nats-server.conf`. A JWT whose claims would not change is kept as it
 //! is, so re-running changes nothing and adding a device touches no other
 //! file but the server configuration.
 
@@ -28,7 +28,7 @@ use protocol::permissions::{
 };
 use serde_json::{Map, Value, json};
 
-use super::{ADMIN, Fleet, OPERATOR, ensure_seed, write_atomic};
+use super::{ADMIN, Fleet, OPERATOR, ensure_seed, revoke_sealing_key, sealing_keys, write_atomic};
 use crate::jwt;
 
 /// Marks a JWT-mode DIR: the NATS operator's seed.
@@ -75,6 +75,7 @@ pub fn generate(dir: &Path, add: &[String], revoke: &[String]) -> Result<Fleet> 
         fs::create_dir_all(&revoked)?;
         fs::rename(&file, revoked.join(format!("{id}.creds")))
             .with_context(|| format!("moving {} to {}", file.display(), revoked.display()))?;
+        revoke_sealing_key(dir, id)?;
     }
 
     let system_jwt = keep_or_sign(
@@ -138,7 +139,11 @@ pub fn generate(dir: &Path, add: &[String], revoke: &[String]) -> Result<Fleet> 
         &system.public_key(),
     );
     write_atomic(&dir.join("nats-server.conf"), conf.as_bytes(), 0o644)?;
-    Ok(Fleet { devices })
+    let sealing_keys = sealing_keys(dir, &devices)?;
+    Ok(Fleet {
+        devices,
+        sealing_keys,
+    })
 }
 
 /// NATS limits: -1 is "no limit". `jetstream` adds unlimited JetStream

@@ -208,6 +208,12 @@ impl Ext4 {
         }
     }
 
+    /// Removes the file at `path` if there is one.
+    pub fn remove(&self, path: &str) -> Result<()> {
+        check_path(path)?;
+        self.remove_existing(path)
+    }
+
     /// Writes the host file `local` to `path` with `mode`, owned by root,
     /// replacing what was there.
     pub fn put(&self, path: &str, local: &Path, mode: u32) -> Result<()> {

@@ -27,8 +27,8 @@ cargo xtask disk-image --board BOARD --base BASE.img[.xz|.gz] --device-id ID
                        [--hostname NAME] [--label KEY=VALUE...] [--agent PATH] [--cross]
     (formerly `cargo xtask image`) Copy BASE, a board's disk image, into
     OUT and write into its root filesystem, without root or mounting: the
-    agent ({}), its config ({}), credentials (0600),
-    the systemd unit (enabled at boot) and the hostname; add the board's
+    agent ({}), its config ({}), credentials and the
+    sealing key (0600), the systemd unit (enabled at boot) and the hostname; add the board's
     kernel parameters to its command line. Every file is read back and
     compared.
     --label K=V    a board label for the agent's [labels] (repeatable);
@@ -253,6 +253,17 @@ fn write_into(req: &Request, agent: &Path) -> Result<()> {
             mode: 0o600,
         });
     }
+    let sealing_key_baked = match payload::sealing_key_source(&id.credentials) {
+        Some(host) => {
+            files.push(Placed {
+                path: payload::SEALING_KEY_FILE,
+                bytes: sealing_key(&host, &id.device_id)?,
+                mode: 0o600,
+            });
+            true
+        }
+        None => false,
+    };
     let old_hosts = root.read("/etc/hosts")?.unwrap_or_default();
     files.push(Placed {
         path: "/etc/hosts",
@@ -270,6 +281,11 @@ fn write_into(req: &Request, agent: &Path) -> Result<()> {
     for f in &files {
         let local = stage.file(&f.bytes)?;
         root.put(f.path, &local, f.mode)?;
+    }
+    if !sealing_key_baked {
+        // The agent creates the key at first start; a key left by an
+        // earlier bake of this image is another device's.
+        root.remove(payload::SEALING_KEY_FILE)?;
     }
     root.symlink(payload::UNIT_WANTS, payload::UNIT_FILE)?;
     root.symlink(payload::STOP_UNIT_WANTS, payload::STOP_UNIT_FILE)?;
@@ -310,6 +326,12 @@ fn write_into(req: &Request, agent: &Path) -> Result<()> {
             );
         }
     }
+    if !sealing_key_baked && root.stat(payload::SEALING_KEY_FILE)?.is_some() {
+        bail!(
+            "verify: {} is still there; it belongs to an earlier bake",
+            payload::SEALING_KEY_FILE
+        );
+    }
     for (wants, unit) in [
         (payload::UNIT_WANTS, payload::UNIT_FILE),
         (payload::STOP_UNIT_WANTS, payload::STOP_UNIT_FILE),
@@ -333,6 +355,25 @@ fn write_into(req: &Request, agent: &Path) -> Result<()> {
         files.len()
     );
     Ok(())
+}
+
+/// The seed file of the device's sealing key at `host`, created there when
+/// missing (as `cargo xtask creds` would), so that re-baking the board
+/// keeps its key.
+fn sealing_key(host: &Path, device: &str) -> Result<Vec<u8>> {
+    let existed = host.exists();
+    let public = crate::creds::ensure_sealing_key(host).with_context(|| {
+        format!(
+            "the sealing key of device {device}; run `cargo xtask creds --out DIR --device {device}` \
+             and pass DIR's credentials"
+        )
+    })?;
+    eprintln!(
+        "device {device}: sealing key {public} ({} {})",
+        if existed { "from" } else { "created in" },
+        host.display()
+    );
+    std::fs::read(host).with_context(|| format!("read {}", host.display()))
 }
 
 fn no_cmdline(path: &str, board: &Board) -> String {

@@ -20,6 +20,10 @@ pub const CONFIG_FILE: &str = "/etc/iot-agent/config.toml";
 pub const NKEY_FILE: &str = "/etc/iot-agent/nats.nk";
 /// The creds file, for `creds-file` credentials.
 pub const CREDS_FILE: &str = "/etc/iot-agent/nats.creds";
+/// The device's sealing key (`[secrets] key_file`): the `.xk` beside its
+/// NATS credential file, or, without one, created by the agent at its
+/// first start.
+pub const SEALING_KEY_FILE: &str = "/etc/iot-agent/device.xk";
 /// The systemd unit.
 pub const UNIT_FILE: &str = "/etc/systemd/system/iot-agent.service";
 /// The symlink that enables the unit at boot.
@@ -42,7 +46,11 @@ pub const CREDENTIALS_HELP: &str = "    NATS credentials (at most one kind; defa
       --nats-user USER --nats-password PASS   (or --nats-password-file FILE)
       --nats-token TOKEN                      (or --nats-token-file FILE)
       --nats-nkey SEED_FILE                   nkey seed, copied to /etc/iot-agent/nats.nk (0600)
-      --nats-creds CREDS_FILE                 JWT creds, copied to /etc/iot-agent/nats.creds (0600)";
+      --nats-creds CREDS_FILE                 JWT creds, copied to /etc/iot-agent/nats.creds (0600)
+    With --nats-nkey DIR/ID.nk or --nats-creds DIR/ID.creds, the device's sealing
+    key DIR/ID.xk (written by `cargo xtask creds`; created there if missing) is
+    copied to /etc/iot-agent/device.xk (0600). Otherwise the agent creates that
+    key at its first start. Either way [secrets] key_file names it.";
 
 fn secret(args: &mut Args, opt: &str, file_opt: &str) -> Result<Option<String>> {
     let direct = args.value(opt)?;
@@ -109,6 +117,14 @@ pub fn credential_file(credentials: &Credentials) -> Option<(&Path, &'static str
         Credentials::CredsFile { path } => Some((path, CREDS_FILE)),
         _ => None,
     }
+}
+
+/// Where the device's sealing key is on the host: `ID.xk` beside the NATS
+/// credential file `ID.nk` or `ID.creds` (the layout `cargo xtask creds`
+/// writes), when the credentials name a file.
+pub fn sealing_key_source(credentials: &Credentials) -> Option<PathBuf> {
+    let (host, _) = credential_file(credentials)?;
+    Some(host.with_extension(crate::creds::SEALING_KEY_EXT))
 }
 
 /// Everything that identifies one device.
@@ -207,6 +223,7 @@ fn validate_url(u: &str) -> Result<()> {
 pub fn device_config(id: &Identity) -> Result<Config> {
     let mut config = Config::new(&id.device_id, STATE_DIR, id.nats_urls.clone());
     config.labels = id.labels.clone();
+    config.secrets.key_file = Some(SEALING_KEY_FILE.into());
     config.nats.credentials = match &id.credentials {
         Credentials::Nkey { .. } => Credentials::Nkey {
             seed_file: NKEY_FILE.into(),
@@ -398,6 +415,9 @@ type = "none"
 
 [podman]
 socket = "unix:///run/podman/podman.sock"
+
+[secrets]
+key_file = "/etc/iot-agent/device.xk"
 "#
         );
     }
@@ -506,6 +526,38 @@ socket = "unix:///run/podman/podman.sock"
             Some((Path::new("/host/a.creds"), CREDS_FILE))
         );
         assert_eq!(credential_file(&Credentials::None), None);
+    }
+
+    #[test]
+    fn the_sealing_key_is_the_xk_beside_the_nats_identity() {
+        let nkey = Credentials::Nkey {
+            seed_file: "/fleet/pi-001.nk".into(),
+        };
+        assert_eq!(
+            sealing_key_source(&nkey),
+            Some(PathBuf::from("/fleet/pi-001.xk"))
+        );
+        let creds = Credentials::CredsFile {
+            path: "/fleet/pi-001.creds".into(),
+        };
+        assert_eq!(
+            sealing_key_source(&creds),
+            Some(PathBuf::from("/fleet/pi-001.xk"))
+        );
+        let token = Credentials::Token { token: "t".into() };
+        assert_eq!(sealing_key_source(&token), None);
+        // Every board's config names the key, baked or to be created.
+        for c in [nkey, token, Credentials::None] {
+            let config = device_config(&id(c)).unwrap();
+            assert_eq!(
+                config.secrets.key_file.as_deref(),
+                Some(Path::new(SEALING_KEY_FILE))
+            );
+            assert_eq!(
+                config.secrets.runtime_dir,
+                Path::new(agent_config::DEFAULT_SECRETS_RUNTIME_DIR)
+            );
+        }
     }
 
     #[test]
