@@ -13,8 +13,15 @@
 //! windows win over the Deployment's, so such a target gets the same
 //! revision with its own windows in the gate ([`Plan::set_device_windows`],
 //! [`Plan::value_for`]).
+//!
+//! A Deployment that references Secrets ([`crate::secrets`]) gets, once
+//! they are resolved, [`Plan::set_secrets`]: the revision mixes in what
+//! they resolved to, and each target gets its own value with the values
+//! sealed to its own key (format 5). A target whose key is unknown is
+//! [`Plan::unsealed`], held like an agent that cannot read the value.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use bytes::Bytes;
 use protocol::keys::{DESIRED_STATE_BUCKET, validate_deployment_name, validate_device_id};
@@ -31,6 +38,7 @@ use crate::crd::{
 };
 use crate::nats::{KvWrite, Nats, NatsError};
 use crate::rollout::RolloutSpec;
+use crate::secrets::{Resolved, SecretError};
 use crate::targeting::{SelectorError, TargetSelector};
 
 /// A Deployment validated and encoded, ready to write.
@@ -77,6 +85,15 @@ pub struct Plan {
     desired: DesiredState<'static>,
     /// The windows of the targets in `device_values`.
     device_windows: BTreeMap<String, Windows>,
+    /// Targets that cannot receive this plan's sealed values (no sealing
+    /// key known, or one that does not seal), each with the reason: held
+    /// like a target whose agent cannot read the value
+    /// ([`crate::targeting::capabilities::held_back`] includes them).
+    pub unsealed: BTreeMap<String, String>,
+    /// What the referenced Secrets resolved to ([`Plan::set_secrets`]).
+    secrets: Option<Arc<Resolved>>,
+    /// The targets' sealing keys, from their heartbeats.
+    sealing_keys: BTreeMap<String, String>,
 }
 
 /// Maintenance windows as they travel.
@@ -207,6 +224,10 @@ pub enum PlanError {
         /// What is wrong.
         reason: String,
     },
+    /// A referenced Secret is missing or unusable: nothing is written for
+    /// the new revision, the keys keep what they hold.
+    #[error(transparent)]
+    Secret(#[from] SecretError),
 }
 
 impl PlanError {
@@ -311,6 +332,9 @@ pub fn plan(d: &Deployment) -> Result<Plan, PlanError> {
         batch_sequence,
         desired,
         device_windows: BTreeMap::new(),
+        unsealed: BTreeMap::new(),
+        secrets: None,
+        sealing_keys: BTreeMap::new(),
     })
 }
 
@@ -437,13 +461,49 @@ impl Plan {
         errors
     }
 
-    /// Encodes `value` and every per-device value from `desired`.
+    /// Encodes `value` and every per-device value from `desired`: a
+    /// target's own windows, and, when Secrets are referenced, its own
+    /// sealed values (a target that cannot get them goes to
+    /// [`Plan::unsealed`]).
     fn encode_values(&mut self) -> Result<(), PlanError> {
         let value = encode(&self.desired)?;
         let mut device_values = BTreeMap::new();
-        for (device, windows) in &self.device_windows {
+        let mut unsealed = BTreeMap::new();
+        let secrets = self.secrets.as_deref().filter(|s| !s.is_empty());
+        let mut devices: BTreeSet<&String> = self.device_windows.keys().collect();
+        if secrets.is_some() {
+            devices.extend(&self.targets);
+        }
+        for device in devices {
             let mut desired = self.desired.clone();
-            desired.gate.windows = windows.clone();
+            if let Some(windows) = self.device_windows.get(device) {
+                desired.gate.windows = windows.clone();
+            }
+            if let Some(resolved) = secrets {
+                let Some(key) = self.sealing_keys.get(device) else {
+                    unsealed.insert(device.clone(), format!("held back: the Deployment carries sealed secrets and device {device} reports no sealing key (no heartbeat yet, or its agent has none): set [secrets] key_file in its agent configuration, or update the agent (its key is not written; what it ran before keeps running)"));
+                    continue;
+                };
+                match crate::secrets::seal::seal_for(
+                    device,
+                    &self.name,
+                    self.revision,
+                    key,
+                    resolved,
+                ) {
+                    Ok(set) => desired.secrets = set,
+                    Err(e) => {
+                        unsealed.insert(
+                            device.clone(),
+                            format!(
+                                "held back: the Deployment's secrets cannot be sealed to the key device {device} reports: {} (its key is not written)",
+                                error_report::Chain(&e)
+                            ),
+                        );
+                        continue;
+                    }
+                }
+            }
             let v = encode(&desired)?;
             if v != value {
                 device_values.insert(device.clone(), v);
@@ -451,7 +511,54 @@ impl Plan {
         }
         self.value = value;
         self.device_values = device_values;
+        self.unsealed = unsealed;
         Ok(())
+    }
+
+    /// Uses the Secrets the Deployment references, as `resolved`: the
+    /// revision becomes the score's hash mixed with `resolved.digest` (a
+    /// changed Secret is a new revision), and each target whose
+    /// `sealing_key` (from its latest heartbeat) is known gets its own
+    /// value with the values sealed to that key; the others go to
+    /// [`Plan::unsealed`]. Call it once the targets are complete. Nothing
+    /// changes when `resolved` seals nothing.
+    pub fn set_secrets(
+        &mut self,
+        resolved: Resolved,
+        sealing_key: impl Fn(&str) -> Option<String>,
+    ) -> Result<(), PlanError> {
+        if resolved.is_empty() {
+            return Ok(());
+        }
+        self.revision = self.desired.score.content_hash_with(&resolved.digest);
+        self.desired.revision = self.revision;
+        self.sealing_keys = self
+            .targets
+            .iter()
+            .filter_map(|t| {
+                sealing_key(t)
+                    .filter(|k| !k.is_empty())
+                    .map(|k| (t.clone(), k))
+            })
+            .collect();
+        self.secrets = Some(Arc::new(resolved));
+        self.encode_values()
+    }
+
+    /// The score as it travels (what [`crate::secrets::References::of`]
+    /// reads the references from).
+    pub fn score(&self) -> &protocol::ScorePayload<'static> {
+        &self.desired.score
+    }
+
+    /// The sealing key `device`'s values are sealed to, if any.
+    pub fn sealing_key(&self, device: &str) -> Option<&str> {
+        self.sealing_keys.get(device).map(String::as_str)
+    }
+
+    /// Whether this plan carries sealed values.
+    pub fn has_secrets(&self) -> bool {
+        self.secrets.as_deref().is_some_and(|s| !s.is_empty())
     }
 
     /// The same per-device windows as `other` (the plan being rolled out),
@@ -566,7 +673,10 @@ pub async fn apply(nats: &Nats, plan: &Plan) -> Result<ApplyOutcome, NatsError> 
     let mut outcome = ApplyOutcome::default();
     let mut writes = Vec::new();
     for device in &plan.targets {
-        if plan.held.contains_key(device) || plan.kept.contains_key(device) {
+        if plan.held.contains_key(device)
+            || plan.kept.contains_key(device)
+            || plan.unsealed.contains_key(device)
+        {
             continue;
         }
         let key = key_of(device, &plan.name)?;
@@ -587,7 +697,7 @@ pub async fn apply(nats: &Nats, plan: &Plan) -> Result<ApplyOutcome, NatsError> 
             Some(rec)
                 if !rec.deleted
                     && rec.owner.as_deref() == Some(plan.owner.as_str())
-                    && rec.value == *value =>
+                    && crate::secrets::seal::equivalent(&rec.value, value) =>
             {
                 outcome.unchanged.push(device.clone());
             }
@@ -719,6 +829,7 @@ mod tests {
             name,
             DeploymentSpec {
                 target_devices: vec!["b".into(), "a".into(), "b".into()],
+                image_pull_secrets: Vec::new(),
                 target_selector: None,
                 rollout: Rollout::default(),
                 score: Score {

@@ -18,6 +18,13 @@
 //! are logged and reported by an Event on the Device (its keys keep what
 //! they hold). The keys of a Device being deleted are kept as they are too:
 //! its decommission removes them.
+//!
+//! A Deployment that references Secrets ([`crate::secrets`]) has them read
+//! at every reconcile, and is reconciled at least every
+//! [`secrets::resolve::REREAD`] (`ControllerConfig::secrets_reread`): the operator may only `get` Secrets, not
+//! watch them, and a rotated Secret (a new resourceVersion) is a new
+//! revision. A missing or unusable Secret writes nothing for the new
+//! revision (the keys keep what they hold) and says which in the status.
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
@@ -42,6 +49,7 @@ use crate::history::History;
 use crate::metrics::Metrics;
 use crate::nats::{Nats, NatsError};
 use crate::rollout::{self, RolloutSpec, step};
+use crate::secrets::{self, References, Resolved};
 use crate::status::{
     Change, Observed, StatusCache, conditions, fold_status, now_ns, set_condition,
 };
@@ -60,6 +68,10 @@ pub enum Error {
     /// The Kubernetes API refused or failed a request; retried.
     #[error("Kubernetes API")]
     Kube(#[from] kube::Error),
+    /// A referenced Secret could not be read (the API server failed);
+    /// retried. A missing or unusable one is shown in the status instead.
+    #[error(transparent)]
+    Secrets(#[from] secrets::resolve::ResolveError),
     /// Adding or removing the finalizer, or the wrapped apply/cleanup, failed.
     #[error(transparent)]
     Finalizer(Box<kube::runtime::finalizer::Error<Error>>),
@@ -75,7 +87,7 @@ impl Error {
             Error::Nats(e) => !e.is_permanent(),
             Error::Rollout(step::StepError::Nats(e)) => !e.is_permanent(),
             Error::Rollout(_) => true,
-            Error::Kube(_) => true,
+            Error::Kube(_) | Error::Secrets(_) => true,
             Error::Finalizer(f) => match f.as_ref() {
                 F::ApplyFailed(e) | F::CleanupFailed(e) => e.is_transient(),
                 F::AddFinalizer(_) | F::RemoveFinalizer(_) => true,
@@ -95,6 +107,10 @@ pub struct ControllerConfig {
     pub max_backoff: Duration,
     /// The name events are reported under.
     pub reporter: String,
+    /// How often a Deployment that references Secrets reads them again
+    /// (the operator cannot watch Secrets): at most this long after a
+    /// rotation, the new revision is written.
+    pub secrets_reread: Duration,
 }
 
 impl Default for ControllerConfig {
@@ -103,6 +119,7 @@ impl Default for ControllerConfig {
             resync: Duration::from_secs(60),
             max_backoff: Duration::from_secs(300),
             reporter: "iot-operator".into(),
+            secrets_reread: secrets::resolve::REREAD,
         }
     }
 }
@@ -159,7 +176,17 @@ fn plan_hash(plan: &apply::Plan) -> u64 {
         h.write(&[0]);
         h.write(device.as_bytes());
         h.write(&[0]);
-        h.write(value);
+        // Sealed values differ at every seal; what they were sealed for
+        // and to which key does not.
+        let comparable = (value.first() == Some(&protocol::wire::FORMAT_VERSION_5))
+            .then(|| secrets::seal::comparable(value))
+            .flatten()
+            .and_then(|c| protocol::wire::encode_to_vec(&c).ok());
+        h.write(comparable.as_deref().unwrap_or(value));
+    }
+    for device in plan.unsealed.keys() {
+        h.write(&[2]);
+        h.write(device.as_bytes());
     }
     for device in plan.kept.keys() {
         h.write(&[1]);
@@ -341,7 +368,14 @@ async fn apply_deployment(
 ) -> Result<Action, Error> {
     let prev = d.status.clone().unwrap_or_default();
     let mut events = Vec::new();
-    let (observed, action) = match apply::plan(d) {
+    let (planned, resolved) = match apply::plan(d) {
+        Ok(plan) => match resolve_secrets(d, ctx, &plan).await? {
+            Some(Err(e)) => (Err(PlanError::Secret(e)), None),
+            resolved => (Ok(plan), resolved.and_then(Result::ok)),
+        },
+        Err(e) => (Err(e), None),
+    };
+    let (observed, action) = match planned {
         Ok(mut plan) => {
             match ctx.targets.resolve(&index_ref(d), plan.selector.as_ref()) {
                 Some(selected) => plan.add_targets(selected),
@@ -358,6 +392,21 @@ async fn apply_deployment(
                     tracing::info!(deployment = %object_key(d), "waiting for the list of Device objects to learn the targets' own maintenance windows; nothing written yet");
                 }
                 return Ok(Action::requeue(SELECTOR_WAIT));
+            }
+            let mut resync = ctx.config.resync;
+            if let Some(resolved) = resolved {
+                resync = resync.min(ctx.config.secrets_reread);
+                // The key of each target's latest heartbeat: a new key
+                // (a new heartbeat) re-seals its values, same revision.
+                let sealed = plan.set_secrets(resolved, |t| {
+                    ctx.status
+                        .heartbeat(t)
+                        .map(|seen| seen.heartbeat.sealing_key.as_str().to_string())
+                });
+                if let Err(e) = sealed {
+                    let (observed, action) = rejected(d, ctx, &prev, e);
+                    return finish_observed(d, api, ctx, &prev, observed, action, events).await;
+                }
             }
             if plan.batch_sequence.is_some()
                 && let Err(e) = plan.set_attempt(rollout::attempt(d, plan.revision))
@@ -386,7 +435,7 @@ async fn apply_deployment(
                 targeting::capabilities::held_back(&plan, |device| ctx.status.heartbeat(device));
             ctx.capability_gate.set(plan.owner.as_str(), &plan.held);
             if let Some(spec) = plan.batch_sequence.clone() {
-                return rollout_step(d, api, ctx, &plan, &spec, &prev).await;
+                return rollout_step(d, api, ctx, &plan, &spec, &prev, resync).await;
             }
             let outcome = ctx.apply_plan(&object_key(d), &plan).await?;
             Metrics::add(&ctx.metrics.kv_writes, outcome.writes() as u64);
@@ -408,24 +457,72 @@ async fn apply_deployment(
                 invalid: None,
                 unknown_type: plan.unknown_type.clone(),
             };
-            (observed, Action::requeue(ctx.config.resync))
+            (observed, Action::requeue(resync))
         }
-        Err(e) => {
-            ctx.applied().remove(&object_key(d));
-            ctx.capability_gate.remove_owner(&object_key(d));
-            // Its old selector no longer stands for it.
-            ctx.targets.forget(&index_ref(d));
-            tracing::info!(deployment = %object_key(d), error = %Chain(&e), "spec rejected; nothing written");
-            (invalid_observed(d, &prev, e), Action::await_change())
-        }
+        Err(e) => rejected(d, ctx, &prev, e),
     };
+    finish_observed(d, api, ctx, &prev, observed, action, events).await
+}
+
+/// The Secrets `plan` references, read from the Deployment's namespace:
+/// `None` when it references none; `Some(Err)` when one is missing or
+/// unusable (the user's to fix). A failed read is an error (retried).
+async fn resolve_secrets(
+    d: &Deployment,
+    ctx: &Context,
+    plan: &apply::Plan,
+) -> Result<Option<Result<Resolved, secrets::SecretError>>, Error> {
+    let refs = References::of(plan.score(), &d.spec.image_pull_secrets);
+    if refs.is_empty() {
+        return Ok(None);
+    }
+    match secrets::resolve::resolve(&ctx.client, d.namespace_or_default(), &refs).await {
+        Ok(resolved) => Ok(Some(Ok(resolved))),
+        Err(secrets::resolve::ResolveError::Secret(e)) => Ok(Some(Err(e))),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// A spec that cannot be written: nothing is written, the status says why.
+/// A Secret that is missing or unusable is looked for again every
+/// `secrets_reread` (the operator cannot watch Secrets); any
+/// other error waits for a change of the spec.
+fn rejected(
+    d: &Deployment,
+    ctx: &Context,
+    prev: &DeploymentStatus,
+    e: PlanError,
+) -> (Observed, Action) {
+    ctx.applied().remove(&object_key(d));
+    ctx.capability_gate.remove_owner(&object_key(d));
+    // Its old selector no longer stands for it.
+    ctx.targets.forget(&index_ref(d));
+    tracing::info!(deployment = %object_key(d), error = %Chain(&e), "spec rejected; nothing written");
+    let action = if matches!(e, PlanError::Secret(_)) {
+        Action::requeue(ctx.config.secrets_reread)
+    } else {
+        Action::await_change()
+    };
+    (invalid_observed(d, prev, e), action)
+}
+
+/// Folds `observed` into the status and finishes the reconcile.
+async fn finish_observed(
+    d: &Deployment,
+    api: &Api<Deployment>,
+    ctx: &Context,
+    prev: &DeploymentStatus,
+    observed: Observed,
+    action: Action,
+    events: Vec<Event>,
+) -> Result<Action, Error> {
     let mut status = fold_status(d, &observed, &ctx.status, (ctx.clock)());
     if observed.invalid.is_some() {
         // A rejected edit writes nothing; the rollout's state (the stable
         // revision, a halt, the batch reached) waits for a valid spec.
         status.rollout = prev.rollout.clone();
     }
-    finish(d, api, ctx, &prev, status, events).await?;
+    finish(d, api, ctx, prev, status, events).await?;
     Ok(action)
 }
 
@@ -485,6 +582,7 @@ async fn rollout_step(
     plan: &apply::Plan,
     spec: &RolloutSpec,
     prev: &DeploymentStatus,
+    resync: Duration,
 ) -> Result<Action, Error> {
     // The AllAtOnce cache must not vouch for keys this path rewrites.
     ctx.applied().remove(&object_key(d));
@@ -605,8 +703,8 @@ async fn rollout_step(
     let next = decision
         .next_deadline_ns
         .map(|at| Duration::from_nanos(at.saturating_sub(now).max(0) as u64) + DEADLINE_SLACK)
-        .filter(|d| *d < ctx.config.resync);
-    Ok(Action::requeue(next.unwrap_or(ctx.config.resync)))
+        .filter(|d| *d < resync);
+    Ok(Action::requeue(next.unwrap_or(resync)))
 }
 
 /// What the status shows when the spec cannot be written: the last revision
@@ -834,6 +932,7 @@ mod tests {
             name,
             DeploymentSpec {
                 target_devices: targets.iter().map(|t| t.to_string()).collect(),
+                image_pull_secrets: Vec::new(),
                 target_selector: None,
                 rollout: Rollout::default(),
                 score: Score {
@@ -910,6 +1009,50 @@ mod tests {
             refs.next().await.unwrap().name,
             "named",
             "pi-2 concerns nobody"
+        );
+    }
+
+    /// A plan of `d` whose Secret `db` holds `password`, sealed to `key`
+    /// for every target.
+    fn sealed(d: &Deployment, password: &str, key: &str) -> apply::Plan {
+        let secret: k8s_openapi::api::core::v1::Secret = serde_json::from_value(
+            serde_json::json!({"metadata": {"name": "db", "uid": "u", "resourceVersion": "1"}, "stringData": {"password": password}}),
+        )
+        .unwrap();
+        let mut plan = apply::plan(d).unwrap();
+        let refs = References::of(plan.score(), &[]);
+        let resolved = secrets::resolve_from(
+            &refs,
+            "a",
+            |_| Some(&secret),
+            secrets::Fingerprint::Versions,
+        )
+        .unwrap();
+        plan.set_secrets(resolved, |_| Some(key.to_string()))
+            .unwrap();
+        plan
+    }
+
+    #[test]
+    fn sealing_again_does_not_change_what_the_apply_cache_compares() {
+        let mut dep = d("a", "web", &["pi-1", "pi-2"]);
+        dep.spec.score = Score {
+            type_name: "PodmanV1".into(),
+            data: serde_json::json!({"containers": [{"name": "web", "image": "nginx", "env": [
+                {"name": "P", "valueFrom": {"secretKeyRef": {"name": "db", "key": "password"}}}
+            ]}]}),
+        };
+        let key = sealing::DeviceKey::generate();
+        let (p1, p2) = (
+            sealed(&dep, "x", key.public_key()),
+            sealed(&dep, "x", key.public_key()),
+        );
+        assert_ne!(p1.value_for("pi-1"), p2.value_for("pi-1"), "sealed anew");
+        assert_eq!(plan_hash(&p1), plan_hash(&p2));
+        let other = sealing::DeviceKey::generate();
+        assert_ne!(
+            plan_hash(&p1),
+            plan_hash(&sealed(&dep, "x", other.public_key()))
         );
     }
 

@@ -79,6 +79,12 @@ impl History {
         History { client }
     }
 
+    /// The client it reads and writes with (a rollback re-reads the
+    /// Secrets the stable revision references with it).
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
     /// Records `score` (the `spec.score` as JSON) under `revision` unless
     /// already recorded; then prunes to `limit` objects, oldest `.revision`
     /// first, never pruning any revision in `keep` nor `revision` itself

@@ -31,6 +31,7 @@ pub mod manifest;
 pub mod metrics;
 pub mod nats;
 pub mod rollout;
+pub mod secrets;
 pub mod status;
 pub mod targeting;
 #[cfg(feature = "testing")]

@@ -14,6 +14,8 @@ use operator::cli::{NatsArgs, status_table};
 use operator::controller::{self, Context, ControllerConfig};
 use operator::inventory::{self, Inventory, InventoryConfig};
 use operator::metrics::Metrics;
+use operator::secrets::References;
+use operator::secrets::local::LocalSecrets;
 use operator::status::StatusCache;
 use operator::{Nats, apply, manifest};
 
@@ -52,10 +54,17 @@ enum Command {
     /// exactly as the controller would (no Kubernetes needed): PodmanV0 and
     /// PodmanV1 scores are checked field by field, other types forwarded
     /// as JSON; the rollout policy goes only to agents that read it.
+    /// Secrets the Deployments reference (env valueFrom.secretKeyRef,
+    /// secret volumes, spec.imagePullSecrets) come from --secrets and are
+    /// sealed to each device's key, from its heartbeat.
     Apply {
         /// Manifest file (YAML, one or more Deployments).
         #[arg(short = 'f', long = "filename")]
         file: PathBuf,
+        /// Kubernetes Secret manifests (YAML or JSON; `data` base64,
+        /// `stringData` clear text): a file, or a directory of them.
+        #[arg(long = "secrets", value_name = "PATH")]
+        secrets: Option<PathBuf>,
         #[command(flatten)]
         nats: NatsArgs,
     },
@@ -163,8 +172,19 @@ async fn run_command(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
                 println!("created buckets: {}", created.join(", "));
             }
         }
-        Some(Command::Apply { file, nats }) => {
+        Some(Command::Apply {
+            file,
+            secrets,
+            nats,
+        }) => {
             let manifest = manifest::read_all(&file)?;
+            let local_secrets = secrets
+                .as_deref()
+                .map(|p| {
+                    LocalSecrets::load(p)
+                        .with_context(|| format!("reading the Secrets in {}", p.display()))
+                })
+                .transpose()?;
             // A Device in the file gives its board its own maintenance
             // windows, as the Device object does in a cluster.
             let device_windows = manifest.device_windows();
@@ -185,7 +205,35 @@ async fn run_command(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
                     "{}: spec.rollout.strategy BatchSequence is carried out by the controller (`iot-operator run` against a cluster), which writes batch after batch as devices report Healthy; `apply` without a cluster cannot wait for them. Set spec.rollout.strategy to AllAtOnce to write every target now, or apply the manifest with kubectl; nothing was written",
                     plan.owner
                 );
-                plans.push(plan);
+                // Resolved before anything is read from NATS: a missing
+                // Secret stops the apply at once.
+                let refs = References::of(plan.score(), &d.spec.image_pull_secrets);
+                let resolved = if refs.is_empty() {
+                    None
+                } else {
+                    let names: Vec<String> = refs.secret_names().into_iter().collect();
+                    let local = local_secrets.as_ref().with_context(|| {
+                        format!(
+                            "{} references Secrets ({}); pass --secrets PATH (a file or a directory of Kubernetes Secret manifests); nothing was written",
+                            plan.owner,
+                            names.join(", ")
+                        )
+                    })?;
+                    let resolved = local
+                        .resolve(d.namespace_or_default(), &refs)
+                        .with_context(|| {
+                            format!(
+                                "{}: the Secrets in {} do not resolve; nothing was written",
+                                plan.owner,
+                                secrets
+                                    .as_deref()
+                                    .unwrap_or(std::path::Path::new(""))
+                                    .display()
+                            )
+                        })?;
+                    Some(resolved)
+                };
+                plans.push((plan, resolved));
             }
             let nats = connect(&nats, false).await?;
             // The same capability gate as the controller's, from the
@@ -195,7 +243,7 @@ async fn run_command(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             let mut conflict = false;
             // Every plan completed before anything is written, so that a
             // bad Device window in the file writes nothing at all.
-            for plan in &mut plans {
+            for (plan, resolved) in &mut plans {
                 if let Some(u) = &plan.unknown_type {
                     eprintln!("warning: {}: {}", plan.owner, u.message());
                 }
@@ -221,6 +269,14 @@ async fn run_command(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
                     );
                     plan.add_targets(selected);
                 }
+                // Sealed to the key of each device's latest heartbeat.
+                if let Some(resolved) = resolved.take() {
+                    plan.set_secrets(resolved, |t| {
+                        heartbeats
+                            .heartbeat(t)
+                            .map(|seen| seen.heartbeat.sealing_key.as_str().to_string())
+                    })?;
+                }
                 let errors = plan.set_device_windows(|d| device_windows.get(d).cloned());
                 if let Some(e) = errors.first() {
                     anyhow::bail!(
@@ -238,7 +294,7 @@ async fn run_command(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
                     eprintln!("warning: {}: device {device}: {reason}", plan.owner);
                 }
             }
-            for plan in &plans {
+            for (plan, _) in &plans {
                 let outcome = apply::apply(&nats, plan).await?;
                 println!("{}: {}", plan.owner, apply::summary(plan, &outcome));
                 for c in &outcome.conflicts {

@@ -782,3 +782,132 @@ async fn apply_gives_a_device_in_the_file_its_own_windows_and_delete_honours_for
         Some(protocol::kv::FORCE_VALUE.to_string())
     );
 }
+
+/// `apply --secrets`: the Secrets of a directory of manifests, sealed to
+/// each device's key from its heartbeat; a device without a key is held;
+/// a re-apply writes nothing; a changed value is a new revision; a missing
+/// key stops the apply naming it, before anything is written.
+#[tokio::test]
+async fn apply_seals_secrets_from_local_manifests() {
+    use base64::Engine as _;
+    let Some(env) = nats_env().await else { return };
+    let url = env.server.url();
+    let example = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../deploy/examples/private-registry.yaml"
+    );
+    let key = sealing::DeviceKey::generate();
+    put_heartbeat_with_key(&env.client, "pi-001", key.public_key()).await;
+    put_heartbeat_with_key(&env.client, "pi-002", "").await;
+
+    // Without --secrets: refused, naming the Secrets.
+    let out = cli(&url, None, &["apply", "-f", example]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("references Secrets (db, regcred, web-tls); pass --secrets PATH"),
+        "{stderr}"
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let config = serde_json::json!({"auths": {"registry.example.com": {
+        "auth": base64::engine::general_purpose::STANDARD.encode("robot:pull-s3cret")}}});
+    let write_secrets = |password: &str| {
+        std::fs::write(
+            dir.path().join("regcred.json"),
+            serde_json::json!({"apiVersion": "v1", "kind": "Secret",
+                "metadata": {"name": "regcred"}, "type": "kubernetes.io/dockerconfigjson",
+                "stringData": {".dockerconfigjson": config.to_string()}})
+            .to_string(),
+        )
+        .unwrap();
+        std::fs::write(
+            dir.path().join("app.yaml"),
+            format!(
+                "apiVersion: v1\nkind: Secret\nmetadata: {{name: db}}\nstringData: {{password: {password}}}\n---\napiVersion: v1\nkind: Secret\nmetadata: {{name: web-tls}}\ntype: kubernetes.io/tls\ndata: {{tls.crt: Q0VSVA==, tls.key: S0VZ}}\n"
+            ),
+        )
+        .unwrap();
+    };
+    write_secrets("hunter2-local");
+    let secrets = dir.path().to_str().unwrap();
+    let out = cli(&url, None, &["apply", "-f", example, "--secrets", secrets]);
+    let stdout = ok(&out);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stdout.contains("1 written, 0 unchanged") && stdout.contains("1 held back"),
+        "{stdout}"
+    );
+    assert!(
+        stderr.contains("device pi-002: held back:") && stderr.contains("reports no sealing key"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("hunter2") && !stdout.contains("hunter2"));
+    assert!(desired(&env.nats, "pi-002", "private-web").await.is_none());
+    let open = |value: &[u8]| {
+        let d: protocol::DesiredState<'_> = protocol::wire::decode(value).unwrap();
+        let v = d.secrets.value_for("db", "password").unwrap();
+        let b = protocol::Binding {
+            device: protocol::Text::borrowed("pi-001"),
+            deployment: protocol::Text::borrowed("private-web"),
+            revision: d.revision,
+            purpose: protocol::Purpose::Value {
+                secret: protocol::Text::borrowed("db"),
+                key: protocol::Text::borrowed("password"),
+            },
+        };
+        assert_eq!(
+            d.secrets.values.len(),
+            3,
+            "db/password and both keys of web-tls"
+        );
+        assert!(d.secrets.pull_for("registry.example.com").is_some());
+        (d.revision, key.open(&v.sealed, &b).unwrap().to_vec())
+    };
+    let first = desired(&env.nats, "pi-001", "private-web").await.unwrap();
+    let (rev1, value) = open(&first.value);
+    assert_eq!(value, b"hunter2-local");
+
+    // Again: the sealed value is current, nothing written.
+    let seq = desired_seq(&env.client).await;
+    let stdout = ok(&cli(
+        &url,
+        None,
+        &["apply", "-f", example, "--secrets", secrets],
+    ));
+    assert!(stdout.contains("0 written, 1 unchanged"), "{stdout}");
+    assert_eq!(desired_seq(&env.client).await, seq);
+
+    // A rotated value: a new revision, written.
+    write_secrets("hunter3-local");
+    let stdout = ok(&cli(
+        &url,
+        None,
+        &["apply", "-f", example, "--secrets", secrets],
+    ));
+    assert!(stdout.contains("1 written"), "{stdout}");
+    let (rev2, value) = open(
+        &desired(&env.nats, "pi-001", "private-web")
+            .await
+            .unwrap()
+            .value,
+    );
+    assert_eq!(value, b"hunter3-local");
+    assert_ne!(rev1, rev2);
+
+    // The key gone from the Secret: named, nothing written.
+    std::fs::write(
+        dir.path().join("app.yaml"),
+        "apiVersion: v1\nkind: Secret\nmetadata: {name: db}\nstringData: {user: app}\n---\napiVersion: v1\nkind: Secret\nmetadata: {name: web-tls}\ndata: {tls.crt: Q0VSVA==}\n",
+    )
+    .unwrap();
+    let seq = desired_seq(&env.client).await;
+    let out = cli(&url, None, &["apply", "-f", example, "--secrets", secrets]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("Secret \"db\" has no key \"password\" (referenced by spec.score.data.containers[0].env[1].valueFrom.secretKeyRef)"),
+        "{stderr}"
+    );
+    assert_eq!(desired_seq(&env.client).await, seq);
+}

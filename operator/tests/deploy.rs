@@ -56,7 +56,9 @@ fn operator_yaml_has_least_privilege_rbac() {
             {"apiGroups": ["iot.nationtech.io"], "resources": ["devices/status"], "verbs": ["get", "patch"]},
             {"apiGroups": ["iot.nationtech.io"], "resources": ["devices/finalizers"], "verbs": ["update"]},
             {"apiGroups": ["events.k8s.io"], "resources": ["events"], "verbs": ["create", "patch"]},
-            {"apiGroups": ["apps"], "resources": ["controllerrevisions"], "verbs": ["get", "list", "create", "delete"]}
+            {"apiGroups": ["apps"], "resources": ["controllerrevisions"], "verbs": ["get", "list", "create", "delete"]},
+            // Referenced Secrets, by name only: no list, no watch.
+            {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"]}
         ])
     );
     let binding = find(&d, "ClusterRoleBinding");
@@ -153,7 +155,8 @@ fn example_passes_the_crd_rules() {
 
 /// Every example Deployment is one the operator writes: it plans, and
 /// only the ones with a rollout policy need DesiredState format 2, and the
-/// one with an update gate format 4.
+/// one with an update gate format 4 (and the one with Secrets format 5,
+/// per device, once they are resolved).
 #[test]
 fn every_example_plans() {
     let mut planned = Vec::new();
@@ -177,6 +180,9 @@ fn every_example_plans() {
             ("health-web".into(), "PodmanV1".into(), 2),
             ("hello-web".into(), "PodmanV0".into(), 1),
             ("kiosk".into(), "PodmanV1".into(), 4),
+            // Its Secrets are sealed per device (format 5) once resolved;
+            // the plan alone carries none.
+            ("private-web".into(), "PodmanV1".into(), 1),
             ("sensor-reader".into(), "PodmanV0".into(), 1),
         ]
     );

@@ -122,6 +122,22 @@ pub struct DeploymentSpec {
     pub rollout: Rollout,
     /// What to run.
     pub score: Score,
+    /// Secrets of type kubernetes.io/dockerconfigjson in the Deployment's
+    /// namespace (`kubectl create secret docker-registry`), exactly as in
+    /// a PodSpec: the login for each registry the score's images come from
+    /// is sealed to each target device, which pulls with it. The operator
+    /// reads them again every 30 seconds; a changed Secret is a new
+    /// revision.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub image_pull_secrets: Vec<ImagePullSecret>,
+}
+
+/// A Secret named in `spec.imagePullSecrets`.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ImagePullSecret {
+    /// The Secret's name, in the Deployment's namespace.
+    pub name: String,
 }
 
 /// The score as users write it: `{type, data}`.

@@ -123,6 +123,12 @@ pub struct DeviceState {
     /// administrator set the same key.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub board_labels: BTreeMap<String, String>,
+    /// The board's public sealing key (`X...`, an X25519 curve key) from
+    /// its latest heartbeat: the operator seals this board's secrets to it,
+    /// and re-seals them when it changes. Absent when the agent reports
+    /// none (`[secrets] key_file` unset, or an agent older than the key).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sealing_key: Option<String>,
     /// Standard conditions: Ready (True while heartbeats arrive; Unknown,
     /// reason HeartbeatMissing, after a silence), BoardWarnings.
     #[serde(default)]

@@ -91,6 +91,7 @@ fn from_heartbeat(seen: &HeartbeatSeen, board_labels: &Labels) -> DeviceState {
         deployments: None,
         capabilities: Some(DeviceCapabilities::from(&h.capabilities)),
         board_labels: board_labels.clone(),
+        sealing_key: (!h.sealing_key.is_empty()).then(|| h.sealing_key.as_str().to_string()),
         conditions: Vec::new(),
     }
 }
@@ -286,6 +287,22 @@ mod tests {
         assert_eq!(ready.observed_generation, Some(3));
         assert_eq!(cond(&s, conditions::WARNINGS).status, "False");
         assert_eq!(cond(&s, conditions::UNSUPPORTED).status, "False");
+    }
+
+    #[test]
+    fn the_sealing_key_is_the_latest_heartbeats() {
+        let mut hb = seen(T0, None);
+        let s = state(None, Some(&hb), &Held::new(), T0 + SEC);
+        assert_eq!(s.sealing_key, None, "an agent without a key");
+        hb.heartbeat.sealing_key = Text::borrowed("XKEY1");
+        let s = state(Some(&s), Some(&hb), &Held::new(), T0 + SEC);
+        assert_eq!(s.sealing_key.as_deref(), Some("XKEY1"));
+        hb.heartbeat.sealing_key = Text::borrowed("XKEY2");
+        let s = state(Some(&s), Some(&hb), &Held::new(), T0 + 2 * SEC);
+        assert_eq!(s.sealing_key.as_deref(), Some("XKEY2"));
+        // No heartbeat since: the last one known stays.
+        let s = state(Some(&s), None, &Held::new(), T0 + 3 * SEC);
+        assert_eq!(s.sealing_key.as_deref(), Some("XKEY2"));
     }
 
     #[test]

@@ -25,6 +25,9 @@ pub enum StepError {
     /// The revision history could not be read or written.
     #[error("revision history")]
     History(#[from] HistoryError),
+    /// The Secrets the stable revision references could not be read.
+    #[error("the stable revision's Secrets")]
+    Secrets(#[from] crate::secrets::resolve::ResolveError),
     /// The stable revision recorded in the history no longer plans (e.g.
     /// an operator upgrade tightened a check); it cannot be written back.
     #[error("the stable revision {revision} from the history cannot be written back")]
@@ -105,13 +108,20 @@ pub async fn step(
         // the value: a policy change mid-rollout does not send devices
         // back through the batches, and a rollback reaches all of them.
         let updated = mine.is_some_and(|r| {
-            r.value == *value || key_revision(&r.value) == Some((plan.revision, plan_attempt))
+            crate::secrets::seal::equivalent(&r.value, value)
+                || key_revision(&r.value) == Some((plan.revision, plan_attempt))
         });
         // A target kept as it is (its Device's windows are invalid) or
         // held back (its agent cannot read the new value: new windows or
         // a new gate made it format 4) is not rewritten.
-        let untouchable = plan.kept.contains_key(t) || plan.held.contains_key(t);
-        if updated && !untouchable && mine.is_some_and(|r| r.value != *value) {
+        let untouchable =
+            plan.kept.contains_key(t) || plan.held.contains_key(t) || plan.unsealed.contains_key(t);
+        // Sealed values differ at every seal: a key sealed to the device's
+        // current key for this revision is not refreshed.
+        if updated
+            && !untouchable
+            && mine.is_some_and(|r| !crate::secrets::seal::equivalent(&r.value, value))
+        {
             refresh.push(t.clone());
         }
         // A failure reported before the key's last write may be the
@@ -145,7 +155,9 @@ pub async fn step(
                     .get(t)
                     .map(|r| r.wait_at(plan.revision))
                     .unwrap_or_default(),
-                blocked: foreign.is_some() || plan.held.contains_key(t),
+                blocked: foreign.is_some()
+                    || plan.held.contains_key(t)
+                    || plan.unsealed.contains_key(t),
                 kept: plan.kept.contains_key(t),
             },
         );
@@ -230,7 +242,13 @@ pub async fn step(
         None => None,
     };
     if let Some(stable) = stable {
-        for t in &decision.roll_back {
+        // A device the stable revision's Secrets cannot be sealed to keeps
+        // what it has.
+        for t in decision
+            .roll_back
+            .iter()
+            .filter(|t| !stable.unsealed.contains_key(*t))
+        {
             roll_back.push(KvWrite::Put {
                 key: apply::key_of(t, &plan.name)?,
                 value: stable.value_for(t).clone(),
@@ -305,7 +323,10 @@ async fn record_all_at_once(
 
 /// The values the stable revision is written back as: its score from the
 /// history, planned with the Deployment's current name, rollout policy and
-/// gate, each target with the windows it has in `current` (its Device's own).
+/// gate, each target with the windows it has in `current` (its Device's own)
+/// and, when the score references Secrets, those Secrets as they are now,
+/// sealed to the keys `current` seals to (unchanged Secrets give the
+/// stable revision again; rotated ones a revision of their own).
 async fn stable_plan(
     history: &History,
     d: &Deployment,
@@ -329,6 +350,25 @@ async fn stable_plan(
     let mut old = d.clone();
     old.spec.score = score;
     let mut plan = apply::plan(&old).map_err(unusable)?;
+    plan.add_targets(current.targets.iter().cloned());
+    let refs = crate::secrets::References::of(plan.score(), &d.spec.image_pull_secrets);
+    if !refs.is_empty() {
+        let resolved = match crate::secrets::resolve::resolve(
+            history.client(),
+            d.namespace_or_default(),
+            &refs,
+        )
+        .await
+        {
+            Ok(r) => r,
+            Err(crate::secrets::resolve::ResolveError::Secret(e)) => {
+                return Err(unusable(apply::PlanError::Secret(e)));
+            }
+            Err(e) => return Err(e.into()),
+        };
+        plan.set_secrets(resolved, |t| current.sealing_key(t).map(str::to_string))
+            .map_err(unusable)?;
+    }
     plan.copy_device_windows(current).map_err(unusable)?;
     Ok(Some(plan))
 }

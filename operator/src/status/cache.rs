@@ -353,11 +353,13 @@ impl StatusCache {
         };
         // A warning that appears or clears matters as much as the device
         // coming back; so do new capabilities (an agent upgraded or
-        // downgraded): what may be written to it changed.
+        // downgraded): what may be written to it changed; and a new
+        // sealing key: its secrets are sealed to it anew.
         let warnings_changed = seen.warnings() != warnings_before
-            || previous
-                .as_ref()
-                .is_some_and(|p| p.heartbeat.capabilities != seen.heartbeat.capabilities);
+            || previous.as_ref().is_some_and(|p| {
+                p.heartbeat.capabilities != seen.heartbeat.capabilities
+                    || p.heartbeat.sealing_key != seen.heartbeat.sealing_key
+            });
         let inventory_changed = match (&previous, self.device_silence()) {
             (_, None) => false,
             (None, Some(_)) => true,
@@ -530,6 +532,7 @@ fn same_inventory(a: &Heartbeat<'_>, b: &Heartbeat<'_>) -> bool {
         && a.boot_id == b.boot_id
         && a.labels == b.labels
         && a.capabilities == b.capabilities
+        && a.sealing_key == b.sealing_key
 }
 
 /// Nanoseconds since the Unix epoch, now.
@@ -567,6 +570,17 @@ mod tests {
             rx.try_recv().is_err(),
             "a fresh device's next heartbeat is no change"
         );
+        // A new sealing key is a change (its secrets are sealed anew), once.
+        let plain = heartbeat_bytes();
+        let mut keyed: Heartbeat<'_> = protocol::wire::decode(&plain).unwrap();
+        keyed.sealing_key = protocol::Text::borrowed("XKEY");
+        let keyed = protocol::wire::encode_to_vec(&keyed).unwrap();
+        cache.ingest_heartbeat("a", &keyed, false, now_ns());
+        assert_eq!(rx.try_recv().unwrap(), Change::Device("a".into()));
+        cache.ingest_heartbeat("a", &keyed, false, now_ns());
+        assert!(rx.try_recv().is_err(), "the same key again is no change");
+        cache.ingest_heartbeat("a", &heartbeat_bytes(), false, now_ns());
+        assert_eq!(rx.try_recv().unwrap(), Change::Device("a".into()));
         // A warning appearing, and clearing, is a change.
         cache.ingest_heartbeat("a", &heartbeat_warning_bytes("disk full"), false, now_ns());
         assert_eq!(rx.try_recv().unwrap(), Change::Device("a".into()));

@@ -812,6 +812,7 @@ mod tests {
             "web",
             DeploymentSpec {
                 target_devices: vec!["a".into(), "b".into(), "c".into()],
+                image_pull_secrets: Vec::new(),
                 target_selector: None,
                 rollout: Rollout::default(),
                 score: Score {

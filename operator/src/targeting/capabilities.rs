@@ -4,7 +4,8 @@
 //! written to (boards flashed before their first boot get their key).
 //! Each target is checked against the value it would get
 //! ([`Plan::value_for`]): a Device's own maintenance windows may need a
-//! newer format than the Deployment's value.
+//! newer format than the Deployment's value, and sealed secrets need
+//! format 5 and the device's sealing key.
 
 use std::collections::BTreeMap;
 
@@ -148,19 +149,26 @@ fn carried_from(version: u8) -> Option<(&'static str, &'static str)> {
             "an update gate (spec.rollout updateLock, maintenanceWindows or force, or the Device's spec.maintenance.windows)",
             "remove them",
         )),
+        5 => Some((
+            "sealed secrets (env valueFrom.secretKeyRef, secret volumes, spec.imagePullSecrets)",
+            "remove the references to Secrets",
+        )),
         _ => None,
     }
 }
 
 /// The targets of `plan` whose last heartbeat says they cannot read the
-/// value they would get, each with the reason.
+/// value they would get, each with the reason, and those that cannot
+/// receive its sealed values ([`Plan::unsealed`]: no sealing key known).
 pub fn held_back(
     plan: &Plan,
     heartbeat: impl Fn(&str) -> Option<HeartbeatSeen>,
 ) -> BTreeMap<String, String> {
     let common = Requirement::of(plan);
-    plan.targets
+    let mut held = plan.unsealed.clone();
+    held.extend(plan.targets
         .iter()
+        .filter(|device| !plan.unsealed.contains_key(*device))
         .filter_map(|device| {
             let seen = heartbeat(device)?;
             let req = match plan.device_values.get(device) {
@@ -177,8 +185,8 @@ pub fn held_back(
             };
             (!req.readable_by(&seen.heartbeat.capabilities))
                 .then(|| (device.clone(), req.refusal(&seen)))
-        })
-        .collect()
+        }));
+    held
 }
 
 #[cfg(test)]
@@ -217,6 +225,7 @@ mod tests {
             "web",
             crate::crd::DeploymentSpec {
                 target_devices: vec!["new".into(), "old".into(), "none".into(), "silent".into()],
+                image_pull_secrets: Vec::new(),
                 target_selector: None,
                 rollout,
                 score: crate::crd::Score {

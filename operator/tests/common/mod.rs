@@ -60,6 +60,7 @@ pub fn deployment(
         name,
         DeploymentSpec {
             target_devices: targets.iter().map(|s| s.to_string()).collect(),
+            image_pull_secrets: Vec::new(),
             target_selector: None,
             rollout: Rollout::default(),
             score: Score {
@@ -224,6 +225,25 @@ pub async fn publish_heartbeat(client: &async_nats::Client, device: &str, hb: &H
         .unwrap()
         .await
         .unwrap();
+}
+
+/// Writes the heartbeat of an agent of this build (it reads every
+/// DesiredState format, PodmanV0 and PodmanV1) that reports the sealing
+/// key `key` (`X...`; empty: none), as the agent does.
+#[allow(dead_code)]
+pub async fn put_heartbeat_with_key(client: &async_nats::Client, device: &str, key: &str) {
+    let hb = Heartbeat {
+        agent_version: Text::borrowed("0.3.0"),
+        arch: Text::borrowed("aarch64"),
+        os: Text::borrowed("linux"),
+        podman_version: Text::borrowed("4.3.1"),
+        uptime_secs: 5,
+        deployments: 1,
+        capabilities: protocol::Capabilities::this_build(),
+        sealing_key: Text::borrowed(key),
+        ..Heartbeat::default()
+    };
+    publish_heartbeat(client, device, &hb).await;
 }
 
 /// Writes a heartbeat (format version 3) declaring the board `labels`, as
