@@ -33,8 +33,9 @@ pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 const RUNS: [&str; 2] = [protocol::score::PODMAN_V0, protocol::score::PODMAN_V1];
 
 /// What this agent reads, reported in the heartbeat: the protocol's
-/// versions, but only the score types it runs (`PodmanV0`, `PodmanV1`), so
-/// the operator never writes it a type its protocol crate decodes and it
+/// versions (`DesiredState` 5's sealed secrets included: [`crate::secrets`]
+/// opens them), but only the score types it runs (`PodmanV0`, `PodmanV1`),
+/// so the operator never writes it a type its protocol crate decodes and it
 /// cannot run.
 pub fn capabilities() -> Capabilities<'static> {
     let build = Capabilities::this_build();
@@ -50,9 +51,10 @@ pub fn capabilities() -> Capabilities<'static> {
 }
 
 /// The heartbeat's fields that stay as they are while the agent runs (who
-/// it is, what it reads, its board's labels); the heartbeat task fills in
-/// the rest each time.
-pub fn heartbeat_base(config: &Config, host: HostInfo) -> Heartbeat<'static> {
+/// it is, what it reads, its board's labels, the public key its secrets
+/// are sealed to, empty when it has none); the heartbeat task fills in the
+/// rest each time.
+pub fn heartbeat_base(config: &Config, host: HostInfo, sealing_key: &str) -> Heartbeat<'static> {
     let mut labels = protocol::DeviceLabels::new();
     for (k, v) in &config.labels {
         // `Config::validate` bounds the table to what fits.
@@ -71,6 +73,7 @@ pub fn heartbeat_base(config: &Config, host: HostInfo) -> Heartbeat<'static> {
         boot_id: Text::owned(host.boot_id),
         labels,
         capabilities: capabilities(),
+        sealing_key: Text::owned(sealing_key.to_string()),
         ..Heartbeat::default()
     }
 }
@@ -162,6 +165,7 @@ impl<R: Runtime> Deployments<R> {
 pub async fn run(config: Config) -> anyhow::Result<()> {
     let socket = config.podman_socket_path()?;
     let runtime = Rc::new(Podman::new(socket));
+    let secrets = Rc::new(load_secrets(&config)?);
     let cache = Cache::open(&config.state_dir).with_context(|| {
         format!(
             "cannot create the cache under state_dir {} (check the directory exists and is writable)",
@@ -183,6 +187,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             max: Duration::from_secs(config.podman.restart_backoff_max_secs),
         },
         lock_dir: config.update.lock_dir.clone(),
+        secrets: secrets.clone(),
     });
     let policy = ctx.policy.clone();
     let rollback = Rc::new(Rollback::open(&config.state_dir, policy).with_context(|| {
@@ -209,7 +214,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 "cannot open the admitted store under state_dir {} (check the directory is writable)",
                 config.state_dir.display()
             )
-        })?,
+        })?
+        .with_secrets(secrets.clone()),
     );
     let deployments = Rc::new(Deployments {
         ctx,
@@ -254,7 +260,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let cache = CacheWriter::start(cache);
 
     let session = Session::connect(&config).await?;
-    let base = heartbeat_base(&config, HostInfo::read());
+    let base = heartbeat_base(&config, HostInfo::read(), secrets.public_key());
     let podman_version = Rc::new(VersionCache::default());
     tokio::task::spawn_local(status_writer_noting(
         session.clone(),
@@ -290,6 +296,43 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     cache.close();
     rollback.close();
     Ok(())
+}
+
+/// The device's sealing key (`[secrets] key_file`: loaded, or created when
+/// missing) and its secrets directory; no key when the file is not set.
+pub fn load_secrets(config: &Config) -> anyhow::Result<crate::secrets::Secrets> {
+    let key = load_sealing_key(config)?;
+    if let Some((key, created)) = &key {
+        crate::info!(
+            "sealing key {} ({})",
+            key.public_key(),
+            if *created { "created" } else { "loaded" }
+        );
+    } else {
+        crate::info!(
+            "no sealing key ([secrets] key_file unset): deployments with secrets will fail"
+        );
+    }
+    Ok(crate::secrets::Secrets::new(
+        &config.device_id,
+        key.map(|(k, _)| k),
+        &config.secrets.runtime_dir,
+    ))
+}
+
+/// Loads (or creates) the key `[secrets] key_file` names; `None` when unset.
+pub fn load_sealing_key(config: &Config) -> anyhow::Result<Option<(sealing::DeviceKey, bool)>> {
+    let Some(path) = &config.secrets.key_file else {
+        return Ok(None);
+    };
+    sealing::DeviceKey::load_or_create(path)
+        .map(Some)
+        .with_context(|| {
+            format!(
+                "[secrets] key_file {} is not usable (it must hold an nkeys curve seed, `SX...`, mode 0600, as `cargo xtask creds` writes; or be absent, and the agent creates one)",
+                path.display()
+            )
+        })
 }
 
 async fn shutdown_signal() {
@@ -409,7 +452,11 @@ async fn sweep<R: Runtime>(deployments: &Deployments<R>, desired: &BTreeSet<Stri
         let stop_timeout = reconcile::spec::stop_timeout_of(ctx, &c);
         if let Err(e) = ctx.runtime.remove(&c.id, stop_timeout).await {
             crate::warn!("cannot remove {}: {}", c.name, Chain(&e));
+            continue;
         }
+        ctx.secrets
+            .collect(&*ctx.runtime, dep, &BTreeSet::new())
+            .await;
     }
 }
 
@@ -703,7 +750,7 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
     use protocol::limits::{MAX_DEVICE_LABELS, MAX_HEARTBEAT_SIZE, MAX_LABEL_LEN, MAX_NAME_LEN};
-    use protocol::wire::FORMAT_VERSION_3;
+    use protocol::wire::FORMAT_VERSION_4;
     use std::cell::Cell;
 
     fn config_with_labels(labels: &[(String, String)]) -> Config {
@@ -723,11 +770,12 @@ mod tests {
             kernel: "6.1.0-rpi7-rpi-v8".into(),
             boot_id: "31ab2887-278f-4524-b987-466b89d1510f".into(),
         };
-        let mut hb = heartbeat_base(&config, host);
+        let mut hb = heartbeat_base(&config, host, "XKEY");
         hb.podman_version = Text::borrowed("4.3.1");
         hb.deployments = 2;
         let bytes = protocol::wire::encode_to_vec(&hb).unwrap();
-        assert_eq!(bytes[0], FORMAT_VERSION_3);
+        // A sealing key, and DesiredState 5 listed.
+        assert_eq!(bytes[0], FORMAT_VERSION_4);
         let back = protocol::wire::decode::<Heartbeat<'_>>(&bytes).unwrap();
         assert_eq!(back, hb);
         assert_eq!(back.kernel.as_str(), "6.1.0-rpi7-rpi-v8");
@@ -743,6 +791,7 @@ mod tests {
         assert_eq!(labels, [("board", "rpi4"), ("site", "lyon")]);
         assert!(back.capabilities.reads(1, protocol::score::PODMAN_V0, 1));
         assert_eq!(back.agent_version.as_str(), VERSION);
+        assert_eq!(back.sealing_key.as_str(), "XKEY");
     }
 
     /// The agent claims only what it runs: every score type it lists is
@@ -761,7 +810,7 @@ mod tests {
         );
         let build = Capabilities::this_build();
         assert_eq!(caps.desired_state_versions, build.desired_state_versions);
-        assert_eq!(caps.desired_state_versions[..], [1, 2, 3, 4]);
+        assert_eq!(caps.desired_state_versions[..], [1, 2, 3, 4, 5]);
         for s in caps.score_types.iter() {
             assert!(build.score_types.contains(s));
             assert!(caps.reads(2, s.type_name.as_str(), 1), "{s:?}");
@@ -784,7 +833,7 @@ mod tests {
             kernel: "k".repeat(MAX_NAME_LEN),
             boot_id: "b".repeat(MAX_NAME_LEN),
         };
-        let mut hb = heartbeat_base(&config_with_labels(&labels), host);
+        let mut hb = heartbeat_base(&config_with_labels(&labels), host, &"X".repeat(56));
         assert_eq!(hb.labels.len(), MAX_DEVICE_LABELS);
         hb.podman_version = Text::owned("p".repeat(MAX_NAME_LEN));
         hb.uptime_secs = u64::MAX;

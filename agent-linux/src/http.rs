@@ -80,7 +80,32 @@ pub async fn request(
     path: &str,
     body: Option<&[u8]>,
 ) -> io::Result<Response> {
-    let mut stream = open(socket, method, path, body).await?;
+    let json: &[(&str, &str)] = if body.is_some() {
+        &[("Content-Type", "application/json")]
+    } else {
+        &[]
+    };
+    request_with(socket, method, path, json, body).await
+}
+
+/// [`request`] with the headers given (and no others but `Host`): a body
+/// that is not JSON, an `X-Registry-Auth`.
+pub async fn request_with(
+    socket: &Path,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Option<&[u8]>,
+) -> io::Result<Response> {
+    let stream = UnixStream::connect(socket).await?;
+    let request = Request {
+        method,
+        path,
+        host: "d",
+        headers,
+        body,
+    };
+    let mut stream = send(stream, &request).await?;
     let mut out = Vec::new();
     while let Some(chunk) = stream.next_chunk().await? {
         if out.len() + chunk.len() > MAX_BODY {

@@ -6,7 +6,8 @@
 //! [`reconcile`] (one deployment's reconciler), [`policy`] (what a score
 //! may ask of the device), [`cache`] (the on-disk
 //! desired state), [`host`] (the kernel and boot id the heartbeat reports),
-//! [`agent`] (wiring, the heartbeat), [`backoff`] and [`log`].
+//! [`agent`] (wiring, the heartbeat), [`secrets`] (the sealing key, opening
+//! sealed values and handing them to containers), [`backoff`] and [`log`].
 
 pub mod agent;
 pub mod backoff;
@@ -23,6 +24,7 @@ pub mod podman;
 pub mod policy;
 pub mod reconcile;
 pub mod rollback;
+pub mod secrets;
 /// An in-memory runtime for tests and the fleet bench (`e2e/benches/fleet.rs`).
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;

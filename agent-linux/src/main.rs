@@ -78,6 +78,20 @@ fn main() -> ExitCode {
         .with_context(|| format!("configuration {} is not usable", path.display()))
         .and_then(|config| match command {
             Command::CheckConfig => {
+                // The sealing key too: a bad or too-open file is an error
+                // here rather than at the next start (a missing one is
+                // created then, not here).
+                if let Some(key) = &config.secrets.key_file
+                    && key.exists()
+                {
+                    agent_linux::agent::load_sealing_key(&config)?;
+                }
+                if config.secrets.key_file.is_some()
+                    && let Err(why) =
+                        agent_linux::secrets::is_in_memory(&config.secrets.runtime_dir)
+                {
+                    println!("# warning: {why}");
+                }
                 println!("# {} is valid; effective configuration:", path.display());
                 print!("{config}");
                 Ok(())

@@ -114,6 +114,9 @@ pub struct CreateSpec {
     pub command: Option<Vec<String>>,
     /// Environment.
     pub env: BTreeMap<String, String>,
+    /// Environment from Podman secrets: variable -> secret name (see
+    /// [`Runtime::create_secret`]).
+    pub secret_env: BTreeMap<String, String>,
     /// Ports.
     pub ports: Vec<PortSpec>,
     /// Mounts.
@@ -176,6 +179,41 @@ pub const CPU_PERIOD_US: u64 = 100_000;
 pub fn cpu_shares(weight: u16) -> u64 {
     let w = u64::from(weight.clamp(1, 10_000));
     2 + ((w - 1) * 262_142).div_ceil(9_999)
+}
+
+/// A registry login for a pull, as libpod's `X-Registry-Auth` header
+/// carries it: base64url of Docker's auth JSON. Its `Debug` shows nothing.
+pub struct RegistryAuth(zeroize::Zeroizing<String>);
+
+impl RegistryAuth {
+    /// The header for logging in to `registry` with `username` and
+    /// `password`, or with the OAuth `identity_token` (libpod reads
+    /// `identitytoken` and uses it instead of the password when set).
+    pub fn new(registry: &str, username: &str, password: &str, identity_token: &str) -> Self {
+        let json = zeroize::Zeroizing::new(
+            json!({
+                "username": username,
+                "password": password,
+                "identitytoken": identity_token,
+                "serveraddress": registry,
+            })
+            .to_string(),
+        );
+        RegistryAuth(zeroize::Zeroizing::new(
+            data_encoding::BASE64URL.encode(json.as_bytes()),
+        ))
+    }
+
+    /// The header's value.
+    pub fn header(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for RegistryAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RegistryAuth(..)")
+    }
 }
 
 /// A container the agent manages, as listed.
@@ -273,8 +311,21 @@ pub trait Runtime: 'static {
     async fn inspect(&self, id: &str) -> Result<ContainerInfo, RuntimeError>;
     /// Whether an image is present locally.
     async fn image_exists(&self, image: &str) -> Result<bool, RuntimeError>;
-    /// Pulls an image.
-    async fn pull(&self, image: &str) -> Result<(), RuntimeError>;
+    /// Pulls an image, logging in with `auth` when given.
+    async fn pull(&self, image: &str, auth: Option<&RegistryAuth>) -> Result<(), RuntimeError>;
+    /// Creates the secret `name` holding `data`, stored by the file driver
+    /// under `dir` (a tmpfs); an existing one of that name is replaced.
+    async fn create_secret(
+        &self,
+        name: &str,
+        data: &[u8],
+        dir: &std::path::Path,
+        labels: &BTreeMap<String, String>,
+    ) -> Result<(), RuntimeError>;
+    /// The (name, id) of the secrets whose name starts with `prefix`.
+    async fn list_secrets(&self, prefix: &str) -> Result<Vec<(String, String)>, RuntimeError>;
+    /// Removes a secret (gone already counts as removed).
+    async fn remove_secret(&self, name: &str) -> Result<(), RuntimeError>;
     /// Creates a container, returning its id.
     async fn create(&self, spec: &CreateSpec) -> Result<String, RuntimeError>;
     /// Renames a container.
@@ -561,12 +612,16 @@ impl Runtime for Podman {
         }
     }
 
-    async fn pull(&self, image: &str) -> Result<(), RuntimeError> {
+    async fn pull(&self, image: &str, auth: Option<&RegistryAuth>) -> Result<(), RuntimeError> {
         let path = format!(
-            "/images/pull?reference={}&policy=always&quiet=true",
+            "{API}/images/pull?reference={}&policy=always&quiet=true",
             encode_query(image)
         );
-        let resp = self.call("POST", &path, None).await?;
+        let headers: Vec<(&str, &str)> = auth
+            .map(|a| ("X-Registry-Auth", a.header()))
+            .into_iter()
+            .collect();
+        let resp = http::request_with(&self.socket, "POST", &path, &headers, None).await?;
         if !resp.is_success() {
             let e = api_error(&resp);
             return Err(RuntimeError::Pull {
@@ -599,6 +654,74 @@ impl Runtime for Podman {
             .call_ok("POST", "/containers/create", Some(&spec_generator(spec)))
             .await?;
         Ok(parse::<Created>(&resp)?.id)
+    }
+
+    async fn create_secret(
+        &self,
+        name: &str,
+        data: &[u8],
+        dir: &std::path::Path,
+        labels: &BTreeMap<String, String>,
+    ) -> Result<(), RuntimeError> {
+        // Podman 4.3 keeps a secret's name after its data is gone (the
+        // tmpfs after a reboot): a fresh one replaces it.
+        self.remove_secret(name).await?;
+        // libpod decodes map parameters from JSON; the body is the value
+        // itself, and only a non-form content type leaves it unread.
+        let path = format!(
+            "{API}/secrets/create?name={}&driver=file&driveropts={}&labels={}",
+            encode_query(name),
+            encode_query(&json!({ "path": dir.display().to_string() }).to_string()),
+            encode_query(&json!(labels).to_string()),
+        );
+        let resp = http::request_with(
+            &self.socket,
+            "POST",
+            &path,
+            &[("Content-Type", "application/octet-stream")],
+            Some(data),
+        )
+        .await?;
+        if resp.is_success() {
+            Ok(())
+        } else {
+            Err(api_error(&resp))
+        }
+    }
+
+    async fn list_secrets(&self, prefix: &str) -> Result<Vec<(String, String)>, RuntimeError> {
+        #[derive(Deserialize)]
+        struct Spec {
+            #[serde(rename = "Name", default)]
+            name: String,
+        }
+        #[derive(Deserialize)]
+        struct Item {
+            #[serde(rename = "ID", default)]
+            id: String,
+            #[serde(rename = "Spec")]
+            spec: Spec,
+        }
+        // Podman 4.3 filters secrets by name and id only, and lists them
+        // without their labels: by the name's prefix here.
+        let resp = self.call_ok("GET", "/secrets/json", None).await?;
+        let items: Vec<Item> = parse(&resp)?;
+        Ok(items
+            .into_iter()
+            .filter(|i| i.spec.name.starts_with(prefix))
+            .map(|i| (i.spec.name, i.id))
+            .collect())
+    }
+
+    async fn remove_secret(&self, name: &str) -> Result<(), RuntimeError> {
+        let resp = self
+            .call("DELETE", &format!("/secrets/{}", encode_query(name)), None)
+            .await?;
+        if resp.is_success() || resp.status == 404 {
+            Ok(())
+        } else {
+            Err(api_error(&resp))
+        }
     }
 
     async fn rename(&self, id: &str, new_name: &str) -> Result<(), RuntimeError> {
@@ -871,6 +994,9 @@ fn spec_generator(spec: &CreateSpec) -> Value {
     if !expose.is_empty() {
         v["expose"] = Value::Object(expose);
     }
+    if !spec.secret_env.is_empty() {
+        v["secret_env"] = json!(spec.secret_env);
+    }
     if let Some(e) = &spec.entrypoint {
         v["entrypoint"] = json!(e);
     }
@@ -1071,6 +1197,7 @@ mod tests {
             entrypoint: Some(vec!["httpd".into()]),
             command: None,
             env: [("A".to_string(), "1".to_string())].into(),
+            secret_env: BTreeMap::new(),
             ports: vec![PortSpec {
                 container_port: 80,
                 host_port: Some(8080),

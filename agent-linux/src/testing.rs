@@ -4,9 +4,15 @@
 
 use std::cell::{Cell, RefCell};
 
+use std::collections::BTreeMap;
+
 use crate::podman::{
-    ContainerInfo, CreateSpec, ExecOutcome, ManagedContainer, Runtime, RuntimeError, labels,
+    ContainerInfo, CreateSpec, ExecOutcome, ManagedContainer, RegistryAuth, Runtime, RuntimeError,
+    labels,
 };
+
+/// A secret's data and labels.
+type Secret = (Vec<u8>, BTreeMap<String, String>);
 
 /// Containers in memory with instant operations. Like Podman it refuses a
 /// taken name and answers 404 for an unknown container; on request it
@@ -15,6 +21,8 @@ use crate::podman::{
 #[derive(Default)]
 pub struct MemoryRuntime {
     containers: RefCell<Vec<ManagedContainer>>,
+    /// Secrets by name: (data, labels).
+    secrets: RefCell<BTreeMap<String, Secret>>,
     next_id: Cell<u64>,
     /// `None` unless made by [`Self::recording`]: a bench keeps no log.
     calls: Option<RefCell<Vec<String>>>,
@@ -60,6 +68,11 @@ impl MemoryRuntime {
             .collect();
         v.sort();
         v
+    }
+
+    /// The names of the secrets there are, sorted.
+    pub fn secret_names(&self) -> Vec<String> {
+        self.secrets.borrow().keys().cloned().collect()
     }
 
     /// `f` of the container `id`, if there is one.
@@ -127,7 +140,32 @@ impl Runtime for MemoryRuntime {
     async fn image_exists(&self, _image: &str) -> Result<bool, RuntimeError> {
         Ok(true)
     }
-    async fn pull(&self, _image: &str) -> Result<(), RuntimeError> {
+    async fn pull(&self, _image: &str, _auth: Option<&RegistryAuth>) -> Result<(), RuntimeError> {
+        Ok(())
+    }
+    async fn create_secret(
+        &self,
+        name: &str,
+        data: &[u8],
+        _dir: &std::path::Path,
+        labels: &BTreeMap<String, String>,
+    ) -> Result<(), RuntimeError> {
+        self.secrets
+            .borrow_mut()
+            .insert(name.to_string(), (data.to_vec(), labels.clone()));
+        Ok(())
+    }
+    async fn list_secrets(&self, prefix: &str) -> Result<Vec<(String, String)>, RuntimeError> {
+        Ok(self
+            .secrets
+            .borrow()
+            .keys()
+            .filter(|n| n.starts_with(prefix))
+            .map(|n| (n.clone(), format!("id-{n}")))
+            .collect())
+    }
+    async fn remove_secret(&self, name: &str) -> Result<(), RuntimeError> {
+        self.secrets.borrow_mut().remove(name);
         Ok(())
     }
     async fn create(&self, spec: &CreateSpec) -> Result<String, RuntimeError> {

@@ -154,3 +154,53 @@ fn a_config_error_shows_its_cause_once() {
         assert_eq!(stderr.matches("os error 2").count(), 1, "{stderr}");
     }
 }
+
+/// A sealing key file readable by others, or one that holds no seed, is
+/// refused by `check-config` and by `run`, naming the file and the fix; a
+/// good one passes.
+#[test]
+fn check_config_checks_the_sealing_key() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("device.xk");
+    let seed = sealing::DeviceKey::generate().seed();
+    std::fs::write(&key, format!("{}\n", seed.as_str())).unwrap();
+    let config = dir.path().join("config.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "{}[secrets]\nkey_file = \"{}\"\n",
+            GOOD.replace("[labels]\nboard = \"rpi4\"\n", ""),
+            key.display()
+        ),
+    )
+    .unwrap();
+    let path = config.to_str().unwrap();
+    for agent in agents() {
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let out = run(&agent, &["--config", path, "check-config"], None);
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(text.contains("key_file"), "{text}");
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+        for command in ["check-config", "run"] {
+            let out = run(&agent, &["--config", path, command], None);
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert!(!out.status.success(), "{command}");
+            assert!(
+                err.contains(&key.display().to_string()) && err.contains("chmod 600"),
+                "{command}: {err}"
+            );
+            assert!(!err.contains(seed.as_str()), "{err}");
+        }
+    }
+    std::fs::write(&key, "not a seed\n").unwrap();
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let out = run(&agents()[0], &["--config", path, "check-config"], None);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("curve seed"), "{err}");
+}

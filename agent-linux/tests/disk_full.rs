@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use common::*;
-use protocol::wire::FORMAT_VERSION_3;
+use protocol::wire::FORMAT_VERSION_4;
 use protocol::{DeploymentStatus, Phase};
 
 /// A tiny tmpfs mounted on a directory, unmounted on drop.
@@ -98,12 +98,12 @@ async fn a_full_state_dir_is_reported_until_a_write_succeeds() {
         .await;
     eprintln!("status message: {}", s.message.as_str());
     env.wait_running(&[env.container_name("web", "main")]).await;
-    // And the heartbeat says so for the device. Version 3, as every
-    // heartbeat of an agent that knows its kernel and boot id (version 2
+    // And the heartbeat says so for the device. Version 4, as every
+    // heartbeat of an agent that lists DesiredState 1 to 5 (version 2
     // would do for the warnings alone).
     let h = env
         .wait_heartbeat("a warning about the cache", |v, h| {
-            v == FORMAT_VERSION_3
+            v == FORMAT_VERSION_4
                 && h.warnings.iter().any(|w| {
                     w.contains("desired-state cache")
                         && w.contains("No space left on device")
@@ -133,7 +133,7 @@ async fn a_full_state_dir_is_reported_until_a_write_succeeds() {
     // Without warnings, the rest of the heartbeat as it was.
     let cleared = env
         .wait_heartbeat("without warnings", |v, h| {
-            v == FORMAT_VERSION_3 && h.warnings.is_empty()
+            v == FORMAT_VERSION_4 && h.warnings.is_empty()
         })
         .await;
     assert_eq!((&cleared.kernel, &cleared.boot_id), (&h.kernel, &h.boot_id));

@@ -8,7 +8,7 @@ mod common;
 
 use common::*;
 use protocol::score::{PODMAN_V0, PODMAN_V1};
-use protocol::wire::{FORMAT_VERSION, FORMAT_VERSION_3};
+use protocol::wire::{FORMAT_VERSION, FORMAT_VERSION_4};
 
 fn proc_line(path: &str) -> String {
     std::fs::read_to_string(path).unwrap().trim().to_string()
@@ -26,7 +26,7 @@ async fn the_heartbeat_reports_labels_kernel_boot_id_and_capabilities() {
     let mut agent = env.spawn_agent_with_config();
 
     let hb = env
-        .wait_heartbeat("a version-3 heartbeat", |v, _| v == FORMAT_VERSION_3)
+        .wait_heartbeat("a version-4 heartbeat", |v, _| v == FORMAT_VERSION_4)
         .await;
     let labels: Vec<(&str, &str)> = hb
         .labels
@@ -50,8 +50,10 @@ async fn the_heartbeat_reports_labels_kernel_boot_id_and_capabilities() {
     let size = env.heartbeat.get(&env.device).await.unwrap().unwrap().len();
     eprintln!("heartbeat: {size} bytes");
     // It claims PodmanV0 and PodmanV1 (the types it runs) in their first
-    // format version, and desired states in versions 1 and 2: what it
-    // decodes and runs.
+    // format version, and desired states in versions 1 to 5 (5: sealed
+    // secrets, which it opens): what it decodes and runs. Five versions
+    // make the heartbeat version 4, even without a sealing key.
+    assert_eq!(hb.sealing_key.as_str(), "");
     let types: Vec<&str> = hb
         .capabilities
         .score_types
@@ -65,7 +67,8 @@ async fn the_heartbeat_reports_labels_kernel_boot_id_and_capabilities() {
             FORMAT_VERSION,
             protocol::wire::FORMAT_VERSION_2,
             protocol::wire::FORMAT_VERSION_3,
-            protocol::wire::FORMAT_VERSION_4
+            protocol::wire::FORMAT_VERSION_4,
+            protocol::wire::FORMAT_VERSION_5
         ]
     );
     for t in hb.capabilities.score_types.iter() {
@@ -89,7 +92,7 @@ async fn the_heartbeat_reports_labels_kernel_boot_id_and_capabilities() {
     let _agent = env.spawn_agent_with_config();
     let again = env
         .wait_heartbeat("labelled site=paris", |v, h| {
-            v == FORMAT_VERSION_3 && h.labels.get("site").is_some_and(|s| s.as_str() == "paris")
+            v == FORMAT_VERSION_4 && h.labels.get("site").is_some_and(|s| s.as_str() == "paris")
         })
         .await;
     assert_eq!(again.boot_id, hb.boot_id, "same boot");

@@ -230,6 +230,7 @@ async fn device(
         retry_cap: Duration::from_secs(60),
         restart_backoff: Default::default(),
         lock_dir: std::path::PathBuf::from(protocol::score_v1::UPDATE_LOCK_DIR),
+        secrets: Rc::new(agent_linux::secrets::Secrets::none("")),
     });
     let mut workers: BTreeMap<String, watch::Sender<Target>> = BTreeMap::new();
     while let Some(event) = watch.next().await {
@@ -499,6 +500,7 @@ fn the_deployment(n: usize) -> Deployment {
         DeploymentSpec {
             target_devices: (0..n).map(device_id).collect(),
             target_selector: None,
+            image_pull_secrets: Vec::new(),
             rollout: Rollout::default(),
             score: Score {
                 type_name: "PodmanV0".into(),

@@ -74,6 +74,8 @@ pub struct AgentSpec<'a> {
     pub containers_conf: &'a Path,
     /// The board's `[labels]`.
     pub labels: &'a [(&'a str, &'a str)],
+    /// Where its log goes: `None` inherits the test's stderr.
+    pub log: Option<&'a Path>,
 }
 
 /// Starts `iot-operator run` against `nats_url` and the API server of
@@ -132,6 +134,13 @@ pub fn spawn_agent(agent: &[String], dir: &Path, spec: &AgentSpec<'_>) -> std::i
         "[update]\nlock_dir = \"{}\"\nclock_sync_wait_secs = 0\n",
         lock_dir(dir, device).display()
     ));
+    // Each board its sealing key (created by the agent at its first start,
+    // as on a board without a baked key) and a tmpfs for what it opens.
+    text.push_str(&format!(
+        "[secrets]\nkey_file = \"{}\"\nruntime_dir = \"{}\"\n",
+        dir.join(format!("{device}.xk")).display(),
+        secrets_dir(device).display()
+    ));
     if !spec.labels.is_empty() {
         text.push_str("[labels]\n");
         for (k, v) in spec.labels {
@@ -142,14 +151,30 @@ pub fn spawn_agent(agent: &[String], dir: &Path, spec: &AgentSpec<'_>) -> std::i
     let (program, args) = agent
         .split_first()
         .ok_or_else(|| std::io::Error::other("empty agent command line"))?;
-    Command::new(program)
+    let mut command = Command::new(program);
+    command
         .args(args)
         .arg("--config")
         .arg(&config)
         .env("CONTAINERS_CONF", spec.containers_conf)
         .env("IOT_AGENT_LOG", "info")
-        .stdin(Stdio::null())
-        .spawn()
+        .stdin(Stdio::null());
+    if let Some(log) = spec.log {
+        command.stderr(std::fs::File::create(log)?);
+    }
+    command.spawn()
+}
+
+/// The agent's `secrets.runtime_dir` for `device`: on `/dev/shm`, the
+/// tmpfs every Linux machine has (the agent puts clear text only on a
+/// tmpfs). The test removes it when done ([`remove_secrets_dir`]).
+pub fn secrets_dir(device: &str) -> PathBuf {
+    PathBuf::from("/dev/shm").join(format!("iot-e2e-{device}"))
+}
+
+/// Removes [`secrets_dir`]`(device)`, if it exists.
+pub fn remove_secrets_dir(device: &str) {
+    let _ = std::fs::remove_dir_all(secrets_dir(device));
 }
 
 /// The update-lock directory of the agent [`spawn_agent`] starts for

@@ -94,6 +94,7 @@ impl World {
             podman_uri: &self.podman.uri(),
             containers_conf: &PodmanService::containers_conf(),
             labels: &[("site", "lab"), ("stage", stage)],
+            log: None,
         };
         let child = e2e::spawn_agent(&[bin.display().to_string()], self.dir.path(), &spec).unwrap();
         self.children.push(child);

@@ -72,6 +72,7 @@ impl World {
             podman_uri: &self.podman.uri(),
             containers_conf: &PodmanService::containers_conf(),
             labels: &[],
+            log: None,
         };
         let child = e2e::spawn_agent(agent, self.dir.path(), &spec).unwrap();
         self.agents.push((device.to_string(), child));
@@ -144,6 +145,7 @@ impl World {
                     DeploymentSpec {
                         target_devices: vec![],
                         target_selector: None,
+                        image_pull_secrets: Vec::new(),
                         rollout: Rollout::default(),
                         score: Score {
                             type_name: "PodmanV0".into(),

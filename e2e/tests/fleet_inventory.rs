@@ -72,6 +72,7 @@ impl World {
             podman_uri: &self.podman.uri(),
             containers_conf: &PodmanService::containers_conf(),
             labels,
+            log: None,
         };
         let child = e2e::spawn_agent(&[bin.display().to_string()], self.dir.path(), &spec).unwrap();
         self.agents.push((device.to_string(), child));

@@ -65,6 +65,7 @@ impl World {
             podman_uri: &podman.uri(),
             containers_conf: &PodmanService::containers_conf(),
             labels: &[("site", "lab")],
+            log: None,
         };
         let agent = e2e::spawn_agent(&[agent.display().to_string()], dir.path(), &spec).unwrap();
         Some(World {

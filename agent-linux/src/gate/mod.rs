@@ -142,6 +142,8 @@ pub struct Gatekeeper<R> {
     prefetches: RefCell<BTreeMap<String, tokio::task::AbortHandle>>,
     /// Wakes the relay when the next check may have moved.
     wake: Notify,
+    /// Opens the registry logins a prefetch pulls with.
+    secrets: Rc<crate::secrets::Secrets>,
 }
 
 /// What the agent observes, for [`Gate`].
@@ -223,7 +225,14 @@ impl<R: Runtime> Gatekeeper<R> {
             prefetched_rx: RefCell::new(Some(prefetched_rx)),
             prefetches: RefCell::new(BTreeMap::new()),
             wake: Notify::new(),
+            secrets: Rc::new(crate::secrets::Secrets::none("")),
         })
+    }
+
+    /// Prefetches pull with the registry logins `secrets` opens.
+    pub fn with_secrets(mut self, secrets: Rc<crate::secrets::Secrets>) -> Self {
+        self.secrets = secrets;
+        self
     }
 
     fn observed(&self) -> Observed<'_> {
@@ -413,11 +422,12 @@ impl<R: Runtime> Gatekeeper<R> {
     /// deployment's prefetch still running).
     fn prefetch(&self, deployment: String, revision: u64, value: Bytes) {
         let runtime = self.runtime.clone();
+        let secrets = self.secrets.clone();
         let tx = self.prefetched_tx.clone();
         let d = deployment.clone();
         let task = tokio::task::spawn_local(async move {
             crate::debug!("{deployment}: pulling the images of revision {revision} ahead");
-            let result = crate::reconcile::prefetch(&*runtime, &value)
+            let result = crate::reconcile::prefetch(&*runtime, &secrets, &deployment, &value)
                 .await
                 .map_err(|e| Chain(&e).to_string());
             let _ = tx.send((deployment, revision, result));

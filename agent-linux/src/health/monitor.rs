@@ -444,6 +444,7 @@ mod tests {
             entrypoint: None,
             command: None,
             env: Default::default(),
+            secret_env: Default::default(),
             ports: Vec::new(),
             mounts: Vec::new(),
             restart_policy: "no",

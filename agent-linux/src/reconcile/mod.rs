@@ -83,6 +83,8 @@ pub struct Context<R> {
     /// The update lock's directory on the host (`update.lock_dir`),
     /// mounted into containers with `updateLock`.
     pub lock_dir: std::path::PathBuf,
+    /// The device's sealing key and where opened secrets go.
+    pub secrets: Rc<crate::secrets::Secrets>,
 }
 
 /// Milliseconds since the Unix epoch (device clock).
@@ -129,6 +131,9 @@ struct Memory {
     /// The containers that run are under the update lock (the last value
     /// applied asked for it, see [`crate::gate`]).
     under_lock: bool,
+    /// A value applied by this reconciler referenced Secrets: their Podman
+    /// secrets and files are collected after each pass.
+    had_secrets: bool,
 }
 
 impl Memory {
@@ -147,6 +152,7 @@ impl Memory {
             not_healthy_before: None,
             wake_at: None,
             under_lock: false,
+            had_secrets: false,
         }
     }
 
@@ -266,6 +272,9 @@ async fn remove<R: Runtime>(ctx: &Context<R>, deployment: &str, memory: &mut Mem
         }
         crate::info!("{deployment}: removed {}", c.name);
     }
+    ctx.secrets
+        .collect(&*ctx.runtime, deployment, &BTreeSet::new())
+        .await;
     report(ctx, deployment, simple_status(revision, Phase::Removed, ""));
     memory.removed = true;
     Outcome::Settled
@@ -301,10 +310,29 @@ async fn apply<R: Runtime>(
         memory.healthy_since = None;
     }
     memory.revision = revision;
-    let score = match spec::score(deployment, &desired, &ctx.policy, Some(&ctx.lock_dir)) {
+    let mut score = match spec::score(deployment, &desired, &ctx.policy, Some(&ctx.lock_dir)) {
         Ok(s) => s,
         Err(e) => return reject(ctx, deployment, revision, &e),
     };
+    // The sealed values open in memory, for this pass only; a value that
+    // does not open fails the deployment and leaves what runs alone.
+    let uses_secrets = match open_secrets(ctx, deployment, &desired, &mut score).await {
+        Ok(uses) => uses,
+        Err((e, retry)) => {
+            crate::warn!("{deployment}: {}", Chain(&e));
+            report(
+                ctx,
+                deployment,
+                simple_status(revision, Phase::Failed, &Chain(&e).to_string()),
+            );
+            return if retry {
+                Outcome::Retry
+            } else {
+                Outcome::Settled
+            };
+        }
+    };
+    memory.had_secrets |= uses_secrets;
     if score.iter().any(|w| w.c.update_lock)
         && let Err(e) = spec::ensure_update_lock(&ctx.lock_dir)
     {
@@ -374,6 +402,7 @@ async fn apply<R: Runtime>(
         }
         memory.under_lock = under_lock;
         report(ctx, deployment, pass_status.status);
+        collect_secrets(ctx, deployment, memory).await;
         return outcome;
     }
     report(ctx, deployment, pass_status.status);
@@ -389,7 +418,64 @@ async fn apply<R: Runtime>(
     if !retire(ctx, deployment, &pass.leftovers).await {
         return Outcome::Retry;
     }
+    collect_secrets(ctx, deployment, memory).await;
     outcome
+}
+
+/// Opens the values the score's containers reference and the logins of
+/// their registries, and hands the values over (Podman secrets, files on
+/// the tmpfs); whether any container references Secrets. On failure,
+/// whether to retry (the hand-over failed, which may pass; a value that
+/// does not open waits for a new one).
+async fn open_secrets<R: Runtime>(
+    ctx: &Context<R>,
+    deployment: &str,
+    desired: &protocol::DesiredState<'_>,
+    score: &mut [Wanted<'_>],
+) -> Result<bool, (crate::secrets::SecretError, bool)> {
+    let mut uses = false;
+    for w in score.iter_mut() {
+        w.pull_auth = ctx
+            .secrets
+            .pull_auth(
+                deployment,
+                desired.revision,
+                &desired.secrets,
+                w.c.image.as_str(),
+            )
+            .map_err(|e| (e, false))?
+            .map(Rc::new);
+        if !crate::secrets::references(&w.c) {
+            continue;
+        }
+        uses = true;
+        let opened = ctx
+            .secrets
+            .open_container(deployment, desired, &w.c, &mut w.hash)
+            .map_err(|e| (e, false))?;
+        w.handed = ctx.secrets.handed_over(deployment, &w.c, &w.hash, &opened);
+        ctx.secrets
+            .hand_over(&*ctx.runtime, deployment, &w.c, &w.hash, &opened)
+            .await
+            .map_err(|e| (e, true))?;
+    }
+    Ok(uses)
+}
+
+/// Removes the Podman secrets and files no container of the deployment
+/// uses any more, once a value with Secrets was applied.
+async fn collect_secrets<R: Runtime>(ctx: &Context<R>, deployment: &str, memory: &Memory) {
+    if !memory.had_secrets {
+        return;
+    }
+    let Ok(now) = list_deployment(ctx, deployment).await else {
+        return;
+    };
+    let keep: BTreeSet<String> = now
+        .iter()
+        .map(|c| c.label(labels::SPEC_HASH).to_string())
+        .collect();
+    ctx.secrets.collect(&*ctx.runtime, deployment, &keep).await;
 }
 
 /// Removes the containers a pass replaced; false when one cannot go. A
@@ -572,6 +658,7 @@ mod tests {
             retry_cap: Duration::from_millis(1),
             restart_backoff: RestartBackoff::default(),
             lock_dir: std::env::temp_dir().join(format!("iot-agent-lock-{}", std::process::id())),
+            secrets: Rc::new(crate::secrets::Secrets::none("dev")),
         };
         (Rc::new(ctx), rx)
     }
@@ -787,8 +874,30 @@ mod tests {
         async fn image_exists(&self, image: &str) -> Result<bool, crate::podman::RuntimeError> {
             self.inner.image_exists(image).await
         }
-        async fn pull(&self, image: &str) -> Result<(), crate::podman::RuntimeError> {
-            self.inner.pull(image).await
+        async fn pull(
+            &self,
+            image: &str,
+            auth: Option<&crate::podman::RegistryAuth>,
+        ) -> Result<(), crate::podman::RuntimeError> {
+            self.inner.pull(image, auth).await
+        }
+        async fn create_secret(
+            &self,
+            name: &str,
+            data: &[u8],
+            dir: &std::path::Path,
+            labels: &std::collections::BTreeMap<String, String>,
+        ) -> Result<(), crate::podman::RuntimeError> {
+            self.inner.create_secret(name, data, dir, labels).await
+        }
+        async fn list_secrets(
+            &self,
+            prefix: &str,
+        ) -> Result<Vec<(String, String)>, crate::podman::RuntimeError> {
+            self.inner.list_secrets(prefix).await
+        }
+        async fn remove_secret(&self, name: &str) -> Result<(), crate::podman::RuntimeError> {
+            self.inner.remove_secret(name).await
         }
         async fn create(
             &self,
@@ -848,6 +957,7 @@ mod tests {
                 restart_backoff: RestartBackoff::default(),
                 lock_dir: std::env::temp_dir()
                     .join(format!("iot-agent-lock-{}", std::process::id())),
+                secrets: Rc::new(crate::secrets::Secrets::none("dev")),
             };
             let gated = |revision: u64, tag: &'static str| {
                 let score = IotScore::PodmanV0(protocol::PodmanV0Score {
@@ -965,6 +1075,8 @@ mod tests {
             c: protocol::ContainerV1::from_v0(sleeper("2")),
             hash: hash(&sleeper("2")),
             agent_restarts: false,
+            handed: Default::default(),
+            pull_auth: None,
         };
         let spec = create_spec(&r.ctx, "web", 2, &wanted, temp.clone());
         let id = r.ctx.runtime.create(&spec).await.unwrap();

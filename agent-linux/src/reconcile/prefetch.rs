@@ -47,6 +47,9 @@ pub enum PrefetchError {
         #[source]
         source: RuntimeError,
     },
+    /// The login for an image's registry does not open.
+    #[error(transparent)]
+    Login(crate::secrets::SecretError),
     /// The image is missing and `pullPolicy: Never` forbids the pull.
     #[error("image {image} is not on the device and pullPolicy is Never")]
     Missing {
@@ -58,8 +61,14 @@ pub enum PrefetchError {
 /// Pulls the images of the desired-state `value` that its containers'
 /// pull policies would pull at the apply; returns those pulled, in score
 /// order, each once. Every image is tried; the first failure is returned
-/// (the images pulled before and after it stay on the device).
-pub async fn prefetch<R: Runtime>(runtime: &R, value: &[u8]) -> Result<Vec<String>, PrefetchError> {
+/// (the images pulled before and after it stay on the device). A
+/// registry login the value carries is used as the apply uses it.
+pub async fn prefetch<R: Runtime>(
+    runtime: &R,
+    secrets: &crate::secrets::Secrets,
+    deployment: &str,
+    value: &[u8],
+) -> Result<Vec<String>, PrefetchError> {
     let desired = protocol::wire::decode::<protocol::DesiredState<'_>>(value)
         .map_err(PrefetchError::Undecodable)?;
     let score = desired
@@ -70,7 +79,12 @@ pub async fn prefetch<R: Runtime>(runtime: &R, value: &[u8]) -> Result<Vec<Strin
     let mut pulled = Vec::new();
     let mut first_error = None;
     for (image, policy) in images {
-        match fetch(runtime, &image, policy).await {
+        let auth = secrets.pull_auth(deployment, desired.revision, &desired.secrets, &image);
+        let result = match auth {
+            Ok(auth) => fetch(runtime, &image, policy, auth.as_ref()).await,
+            Err(e) => Err(PrefetchError::Login(e)),
+        };
+        match result {
             Ok(true) => pulled.push(image),
             Ok(false) => {}
             Err(e) => {
@@ -113,6 +127,7 @@ async fn fetch<R: Runtime>(
     runtime: &R,
     image: &str,
     policy: PullPolicy,
+    auth: Option<&crate::podman::RegistryAuth>,
 ) -> Result<bool, PrefetchError> {
     crate::policy::check_image_reference(image).map_err(|source| PrefetchError::Reference {
         image: image.to_string(),
@@ -130,7 +145,7 @@ async fn fetch<R: Runtime>(
     let pull = || async {
         crate::info!("prefetch: pulling {image}");
         runtime
-            .pull(image)
+            .pull(image, auth)
             .await
             .map(|()| true)
             .map_err(|source| PrefetchError::Pull {
@@ -170,7 +185,7 @@ mod tests {
     use std::collections::BTreeSet;
 
     use super::*;
-    use crate::podman::{ContainerInfo, CreateSpec, ExecOutcome, ManagedContainer};
+    use crate::podman::{ContainerInfo, CreateSpec, ExecOutcome, ManagedContainer, RegistryAuth};
     use crate::testing::MemoryRuntime;
     use protocol::{BoundedVec, Container, ContainerV1, DesiredState, PodmanV1Score};
 
@@ -208,8 +223,33 @@ mod tests {
             self.calls.borrow_mut().push(format!("exists {image}"));
             Ok(self.present.borrow().contains(image))
         }
-        async fn pull(&self, image: &str) -> Result<(), RuntimeError> {
-            self.calls.borrow_mut().push(format!("pull {image}"));
+        async fn create_secret(
+            &self,
+            name: &str,
+            data: &[u8],
+            dir: &std::path::Path,
+            labels: &std::collections::BTreeMap<String, String>,
+        ) -> Result<(), RuntimeError> {
+            self.containers.create_secret(name, data, dir, labels).await
+        }
+        async fn list_secrets(&self, prefix: &str) -> Result<Vec<(String, String)>, RuntimeError> {
+            self.containers.list_secrets(prefix).await
+        }
+        async fn remove_secret(&self, name: &str) -> Result<(), RuntimeError> {
+            self.containers.remove_secret(name).await
+        }
+        async fn pull(&self, image: &str, auth: Option<&RegistryAuth>) -> Result<(), RuntimeError> {
+            // The login's user name, when there is one.
+            let user = auth.map(|a| {
+                let json = data_encoding::BASE64URL
+                    .decode(a.header().as_bytes())
+                    .unwrap();
+                let v: serde_json::Value = serde_json::from_slice(&json).unwrap();
+                format!(" as {}", v["username"].as_str().unwrap())
+            });
+            self.calls
+                .borrow_mut()
+                .push(format!("pull {image}{}", user.unwrap_or_default()));
             if self.unpullable.contains(image) {
                 return Err(RuntimeError::Api {
                     status: 500,
@@ -280,7 +320,9 @@ mod tests {
             c("d", "localhost/always:1", PullPolicy::Always),
             c("e", "localhost/never:1", PullPolicy::Never),
         ]);
-        let pulled = prefetch(&rt, &v).await.unwrap();
+        let pulled = prefetch(&rt, &crate::secrets::Secrets::none("dev"), "web", &v)
+            .await
+            .unwrap();
         assert_eq!(pulled, ["localhost/new:2", "localhost/always:1"]);
         assert_eq!(
             rt.calls.take(),
@@ -293,9 +335,93 @@ mod tests {
             ]
         );
         // Again: only `Always` pulls.
-        assert_eq!(prefetch(&rt, &v).await.unwrap(), ["localhost/always:1"]);
+        assert_eq!(
+            prefetch(&rt, &crate::secrets::Secrets::none("dev"), "web", &v)
+                .await
+                .unwrap(),
+            ["localhost/always:1"]
+        );
         // No container was touched.
         assert!(rt.containers.snapshot().is_empty());
+    }
+
+    /// A held change's images are pulled with the login the apply uses;
+    /// one sealed for another revision does not open and nothing is pulled
+    /// from that registry.
+    #[tokio::test]
+    async fn registry_logins_are_used_as_the_apply_uses_them() {
+        let key = sealing::DeviceKey::generate();
+        let seed = key.seed();
+        let secrets = crate::secrets::Secrets::new(
+            "dev",
+            Some(sealing::DeviceKey::from_seed(&seed).unwrap()),
+            std::path::Path::new("/nonexistent/never-used"),
+        );
+        let with_login = |revision: u64| {
+            let login = postcard::to_allocvec(&protocol::RegistryLogin {
+                username: Text::borrowed("fleet"),
+                password: Text::borrowed("pw"),
+                identity_token: Text::borrowed(""),
+            })
+            .unwrap();
+            let sealed = sealing::seal(
+                key.public_key(),
+                &protocol::Binding {
+                    device: Text::borrowed("dev"),
+                    deployment: Text::borrowed("web"),
+                    revision,
+                    purpose: protocol::Purpose::Pull {
+                        registry: Text::borrowed("registry.example:5000"),
+                    },
+                },
+                &login,
+            )
+            .unwrap();
+            let score = IotScore::PodmanV1(PodmanV1Score {
+                containers: BoundedVec::try_from_iter([
+                    c("a", "registry.example:5000/app:1", PullPolicy::Always),
+                    c("b", "localhost/open:1", PullPolicy::Always),
+                ])
+                .unwrap(),
+            });
+            protocol::wire::encode_to_vec(&DesiredState {
+                deployment: Text::borrowed("web"),
+                revision: 2,
+                score: score.to_payload().unwrap(),
+                rollout: Default::default(),
+                attempt: 0,
+                gate: Default::default(),
+                secrets: protocol::SecretSet {
+                    pull: BoundedVec::try_from_iter([protocol::PullCredential {
+                        registry: Text::borrowed("registry.example:5000"),
+                        sealed,
+                    }])
+                    .unwrap(),
+                    values: BoundedVec::new(),
+                },
+            })
+            .unwrap()
+        };
+        let rt = Images::default();
+        prefetch(&rt, &secrets, "web", &with_login(2))
+            .await
+            .unwrap();
+        assert_eq!(
+            rt.calls.take(),
+            [
+                "pull registry.example:5000/app:1 as fleet",
+                "pull localhost/open:1"
+            ]
+        );
+        let e = prefetch(&rt, &secrets, "web", &with_login(1))
+            .await
+            .unwrap_err();
+        let m = crate::log::Chain(&e).to_string();
+        assert!(
+            m.contains("registry.example:5000") && m.contains("does not open"),
+            "{m}"
+        );
+        assert_eq!(rt.calls.take(), ["pull localhost/open:1"]);
     }
 
     #[tokio::test]
@@ -308,7 +434,12 @@ mod tests {
             )])
             .unwrap(),
         }));
-        assert_eq!(prefetch(&rt, &v).await.unwrap(), ["localhost/v0:1"]);
+        assert_eq!(
+            prefetch(&rt, &crate::secrets::Secrets::none("dev"), "web", &v)
+                .await
+                .unwrap(),
+            ["localhost/v0:1"]
+        );
     }
 
     /// Every image is tried; the first failure is the answer.
@@ -323,7 +454,9 @@ mod tests {
             c("b", "localhost/missing:1", PullPolicy::Never),
             c("c", "localhost/ok:1", PullPolicy::IfNotPresent),
         ]);
-        let e = prefetch(&rt, &v).await.unwrap_err();
+        let e = prefetch(&rt, &crate::secrets::Secrets::none("dev"), "web", &v)
+            .await
+            .unwrap_err();
         assert!(
             matches!(&e, PrefetchError::Pull { image, .. } if image == "localhost/gone:1"),
             "{e:?}"
@@ -331,7 +464,9 @@ mod tests {
         assert!(std::error::Error::source(&e).is_some());
         assert!(rt.present.borrow().contains("localhost/ok:1"));
         let v = v1(vec![c("b", "localhost/missing:1", PullPolicy::Never)]);
-        let e = prefetch(&rt, &v).await.unwrap_err();
+        let e = prefetch(&rt, &crate::secrets::Secrets::none("dev"), "web", &v)
+            .await
+            .unwrap_err();
         assert_eq!(
             e.to_string(),
             "image localhost/missing:1 is not on the device and pullPolicy is Never"
@@ -344,12 +479,12 @@ mod tests {
     async fn nothing_is_pulled_for_what_the_apply_would_refuse() {
         let rt = Images::default();
         assert!(matches!(
-            prefetch(&rt, b"\xff").await,
+            prefetch(&rt, &crate::secrets::Secrets::none("dev"), "web", b"\xff").await,
             Err(PrefetchError::Undecodable(_))
         ));
         let v = v1(vec![c("a", "$(reboot)/x", PullPolicy::Always)]);
         assert!(matches!(
-            prefetch(&rt, &v).await,
+            prefetch(&rt, &crate::secrets::Secrets::none("dev"), "web", &v).await,
             Err(PrefetchError::Reference { .. })
         ));
         let unknown = protocol::wire::encode_to_vec(&DesiredState {
@@ -366,7 +501,9 @@ mod tests {
             secrets: Default::default(),
         })
         .unwrap();
-        let e = prefetch(&rt, &unknown).await.unwrap_err();
+        let e = prefetch(&rt, &crate::secrets::Secrets::none("dev"), "web", &unknown)
+            .await
+            .unwrap_err();
         assert!(e.to_string().contains("PodmanV9"), "{e}");
         assert_eq!(rt.calls.take(), Vec::<String>::new());
     }

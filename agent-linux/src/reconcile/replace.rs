@@ -200,7 +200,7 @@ pub(super) async fn ensure_container<R: Runtime>(
     // IfNotPresent, the common case: skip the existence check on the fast
     // path; a create that fails for want of the image pulls and retries.
     if c.pull_policy != PullPolicy::IfNotPresent {
-        ensure_image(ctx, deployment, revision, c).await?;
+        ensure_image(ctx, deployment, revision, w).await?;
     }
     let create_name = if mine.iter().any(|e| e.name == name) {
         // The spec hash makes the name unique per spec: a leftover under
@@ -297,7 +297,7 @@ async fn create<R: Runtime>(
                 && !ctx.runtime.image_exists(&spec.image).await.unwrap_or(true) =>
         {
             crate::debug!("{deployment}: {e}; pulling {}", spec.image, e = Chain(&e));
-            ensure_image(ctx, deployment, revision, c).await?;
+            ensure_image(ctx, deployment, revision, w).await?;
             ctx.runtime
                 .create(&spec)
                 .await
@@ -471,8 +471,9 @@ async fn ensure_image<R: Runtime>(
     ctx: &Context<R>,
     deployment: &str,
     revision: u64,
-    c: &ContainerV1<'_>,
+    w: &Wanted<'_>,
 ) -> Result<(), ReplaceError> {
+    let c = &w.c;
     let image = c.image.as_str();
     let present = || async {
         ctx.runtime
@@ -487,7 +488,10 @@ async fn ensure_image<R: Runtime>(
             deployment,
             simple_status(revision, Phase::Pulling, &format!("pulling {image}")),
         );
-        ctx.runtime.pull(image).await.map_err(ReplaceError::Pull)
+        ctx.runtime
+            .pull(image, w.pull_auth.as_deref())
+            .await
+            .map_err(ReplaceError::Pull)
     };
     match c.pull_policy {
         PullPolicy::Always => pull().await,

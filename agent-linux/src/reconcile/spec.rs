@@ -70,6 +70,11 @@ pub(super) struct Wanted<'a> {
     /// The agent restarts it with back-off (`PodmanV1`); else Podman's
     /// restart policy does, as before (`PodmanV0`).
     pub agent_restarts: bool,
+    /// Where its Secret references come from (Podman secrets, files);
+    /// empty until the values are opened.
+    pub handed: crate::secrets::HandedOver,
+    /// The login for pulling its image, when the desired state has one.
+    pub pull_auth: Option<std::rc::Rc<crate::podman::RegistryAuth>>,
 }
 
 /// The containers of `desired`, stored under `deployment`'s key, when the
@@ -95,6 +100,8 @@ pub(super) fn score<'a>(
                 hash: spec_hash(&c),
                 c: ContainerV1::from_v0(c),
                 agent_restarts: false,
+                handed: Default::default(),
+                pull_auth: None,
             })
             .to_vec(),
         IotScore::PodmanV1(score) => score
@@ -103,6 +110,8 @@ pub(super) fn score<'a>(
                 hash: format!("{:016x}", protocol::wire::hash_of(&c)),
                 c,
                 agent_restarts: true,
+                handed: Default::default(),
+                pull_auth: None,
             })
             .to_vec(),
     };
@@ -274,11 +283,14 @@ pub(super) fn create_spec<R>(
         image: c.image.as_str().to_string(),
         entrypoint: list(&c.command),
         command: list(&c.args),
+        // A Secret's value comes as a Podman secret, never in `env`.
         env: c
             .env
             .iter()
+            .filter(|e| e.value_from.is_none())
             .map(|e| (e.name.as_str().to_string(), e.value.as_str().to_string()))
             .collect(),
+        secret_env: w.handed.env.clone(),
         ports: port_specs(c),
         mounts: c
             .volumes
@@ -308,6 +320,8 @@ pub(super) fn create_spec<R>(
                 dest: protocol::score_v1::UPDATE_LOCK_DIR.to_string(),
                 read_only: true,
             }))
+            // Secret volumes: the files on the agent's tmpfs, read-only.
+            .chain(w.handed.mounts.iter().cloned())
             .collect(),
         // Podman restarts at once, with no delay, and an agent's `start`
         // resets its count: the agent restarts `PodmanV1` containers
@@ -364,6 +378,7 @@ mod tests {
             retry_cap: std::time::Duration::from_millis(1),
             restart_backoff: Default::default(),
             lock_dir: lock_dir.to_path_buf(),
+            secrets: Rc::new(crate::secrets::Secrets::none("dev")),
         }
     }
 

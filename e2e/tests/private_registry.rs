@@ -1,0 +1,394 @@
+//! End to end, a private workload as a platform team ships it: a real
+//! kube-apiserver with the CRDs and two Kubernetes Secrets (a
+//! `kubernetes.io/dockerconfigjson` made the way `kubectl create secret
+//! docker-registry` makes it, and an Opaque one), the real `iot-operator`
+//! binary, a real nats-server, a real `iot-agent`, real Podman, and a real
+//! registry over verified TLS with password logins.
+//!
+//! The Deployment pulls from the registry with `imagePullSecrets` and hands
+//! the container a Secret key as an environment variable and as a file.
+//! Then the clear-text values are searched for everywhere they must not
+//! be: the NATS server's store, the KV values as the admin reads them, the
+//! agent's state directory, the CR status, the operator's and the agent's
+//! logs, and `podman inspect`. A wrong password gives `ImagePullBackOff`
+//! without the password in any message; a rotated password, once the
+//! registry only takes the new one, rolls out and pulls with it.
+#![allow(clippy::unwrap_used, missing_docs)]
+
+use std::path::{Path, PathBuf};
+use std::process::Child;
+use std::time::Duration;
+
+use base64::Engine;
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use operator::crd::Deployment;
+use serde_json::{Value, json};
+use testkit::kube::KubeApiServer;
+use testkit::kubectl::Kubectl;
+use testkit::registry::Registry;
+use testkit::{NatsServer, PodmanService, unique};
+
+const IMAGE: &str = "localhost/iot-e2e:busybox";
+/// How long any one step may take.
+const WAIT: Duration = Duration::from_secs(90);
+const USER: &str = "fleet";
+const PASSWORD: &str = "reg-pass-8d1f0c";
+const NEW_PASSWORD: &str = "reg-pass-rotated-77aa";
+const DB_PASSWORD: &str = "db-s3cret-5be2917";
+/// Only in a file: Podman 4.3 shows an environment variable's value in
+/// `podman inspect` however it is passed (agent-linux/README.md), files
+/// the agent keeps on its tmpfs do not show there.
+const DB_TOKEN: &str = "db-token-0c41aa9e";
+
+struct World {
+    nats: NatsServer,
+    podman: PodmanService,
+    kube: KubeApiServer,
+    kubectl: Kubectl,
+    registry: Registry,
+    dir: tempfile::TempDir,
+    /// The operator, then the agent.
+    children: Vec<Child>,
+    device: String,
+    /// The image in the registry.
+    image: String,
+}
+
+impl World {
+    async fn start() -> Option<World> {
+        let nats = NatsServer::start()?;
+        let podman = PodmanService::start()?;
+        let kube = KubeApiServer::start().await?;
+        let kubectl = Kubectl::for_apiserver(&kube)?;
+        let registry = Registry::start_secure(&[(USER, PASSWORD)])?;
+        podman.ensure_busybox_image(IMAGE);
+        let image = registry.push_as(&podman, IMAGE, "team/app:1", USER, PASSWORD);
+        kube.install_crds(&testkit::repo_root().join("deploy/crd.yaml"))
+            .await;
+        let dir = tempfile::tempdir().unwrap();
+        let operator = e2e::spawn_operator(
+            &nats.url(),
+            &kube.kubeconfig(),
+            &dir.path().join("operator.log"),
+            &["--resync-secs", "2"],
+        )
+        .unwrap_or_else(|e| panic!("{}", error_report::Chain(&e)));
+        eprintln!("e2e against {}", nats.version());
+        let device = unique("vault");
+        let agent = e2e::agent_binary().unwrap_or_else(|e| panic!("building iot-agent: {e}"));
+        let log = dir.path().join("agent.log");
+        let spec = e2e::AgentSpec {
+            device: &device,
+            nats_url: &nats.url(),
+            podman_uri: &podman.uri(),
+            containers_conf: &PodmanService::containers_conf(),
+            labels: &[],
+            log: Some(&log),
+        };
+        let agent = e2e::spawn_agent(&[agent.display().to_string()], dir.path(), &spec).unwrap();
+        Some(World {
+            nats,
+            podman,
+            kube,
+            kubectl,
+            registry,
+            dir,
+            children: vec![operator, agent],
+            device,
+            image,
+        })
+    }
+
+    /// Polls `probe` until it gives `Ok`; panics after [`WAIT`] with what it
+    /// saw last and the end of both logs.
+    async fn until<T, F, Fut>(&self, what: &str, mut probe: F) -> T
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T, String>>,
+    {
+        let start = std::time::Instant::now();
+        let last = loop {
+            match probe().await {
+                Ok(v) => return v,
+                Err(last) if start.elapsed() > WAIT => break last,
+                Err(_) => tokio::time::sleep(Duration::from_millis(300)).await,
+            }
+        };
+        let tail = |file: &str| {
+            let log = std::fs::read_to_string(self.dir.path().join(file)).unwrap_or_default();
+            log.lines().rev().take(25).collect::<Vec<_>>().join("\n")
+        };
+        panic!(
+            "{what}: not within {WAIT:?}; last: {last}\noperator log, newest first:\n{}\nagent log, newest first:\n{}",
+            tail("operator.log"),
+            tail("agent.log")
+        );
+    }
+
+    async fn secret(&self, name: &str, type_: &str, data: &[(&str, &[u8])]) {
+        let secrets: Api<Secret> = Api::namespaced(self.kube.client().await, "default");
+        let mut s: Secret = serde_json::from_value(json!({
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {"name": name},
+            "type": type_,
+        }))
+        .unwrap();
+        s.data = Some(
+            data.iter()
+                .map(|(k, v)| (k.to_string(), k8s_openapi::ByteString(v.to_vec())))
+                .collect(),
+        );
+        match secrets.get_opt(name).await.unwrap() {
+            Some(old) => {
+                s.metadata.resource_version = old.metadata.resource_version;
+                secrets
+                    .replace(name, &PostParams::default(), &s)
+                    .await
+                    .unwrap();
+            }
+            None => {
+                secrets.create(&PostParams::default(), &s).await.unwrap();
+            }
+        }
+    }
+
+    /// A `kubernetes.io/dockerconfigjson` Secret for the registry, as
+    /// `kubectl create secret docker-registry` writes it.
+    async fn registry_secret(&self, name: &str, password: &str) {
+        let auth = base64::engine::general_purpose::STANDARD.encode(format!("{USER}:{password}"));
+        let config = json!({"auths": {self.registry.host(): {
+            "username": USER, "password": password, "auth": auth
+        }}});
+        self.secret(
+            name,
+            "kubernetes.io/dockerconfigjson",
+            &[(".dockerconfigjson", config.to_string().as_bytes())],
+        )
+        .await;
+    }
+
+    async fn apply(&self, name: &str, pull_secret: &str, tag: &str) {
+        let api: Api<Deployment> = Api::namespaced(self.kube.client().await, "default");
+        let d = json!({
+            "apiVersion": "iot.nationtech.io/v1alpha1",
+            "kind": "Deployment",
+            "metadata": {"name": name, "namespace": "default"},
+            "spec": {
+                "targetDevices": [self.device],
+                "imagePullSecrets": [{"name": pull_secret}],
+                "score": {"type": "PodmanV1", "data": {"containers": [{
+                    "name": "app",
+                    "image": self.image,
+                    "pullPolicy": "Always",
+                    "command": ["sh", "-c", format!(
+                        "echo env=$DB_PASSWORD; echo file=$(cat /etc/db/token); echo tag={tag}; exec sleep 3600"
+                    )],
+                    "env": [{"name": "DB_PASSWORD", "valueFrom": {"secretKeyRef": {"name": "db", "key": "password"}}}],
+                    "volumes": [{"mountPath": "/etc/db", "secret": {"secretName": "db", "defaultMode": 256}}]
+                }]}}
+            }
+        });
+        let d: Deployment = serde_json::from_value(d).unwrap();
+        api.patch(
+            name,
+            &PatchParams::apply("e2e").force(),
+            &Patch::Apply(&d),
+        )
+        .await
+        .unwrap();
+    }
+
+    /// `name`'s `.status` as `kubectl get -o json` shows it.
+    fn kubectl_status(&self, name: &str) -> Result<Value, String> {
+        let out = self
+            .kubectl
+            .run(&["-n", "default", "get", "iotdeploy", name, "-o", "json"])
+            .map_err(|e| e.to_string())?;
+        let d: Value = serde_json::from_slice(&out.stdout).map_err(|e| e.to_string())?;
+        Ok(d["status"].clone())
+    }
+
+    /// Waits until `name` is ready on the board and returns its revision.
+    async fn ready(&self, name: &str, not: Option<&str>) -> String {
+        self.until(&format!("{name}: ready"), || async {
+            let s = self.kubectl_status(name)?;
+            let revision = s["revision"].as_str().unwrap_or_default().to_string();
+            if s["ready"] == 1 && s["upToDate"] == 1 && Some(revision.as_str()) != not {
+                Ok(revision)
+            } else {
+                Err(s.to_string())
+            }
+        })
+        .await
+    }
+
+    /// The board's container of deployment `name`: its log.
+    fn container_log(&self, name: &str) -> String {
+        let running = self
+            .podman
+            .running_labelled("io.nationtech.iot.deployment", name);
+        let Some((_, id)) = running.first() else {
+            return String::new();
+        };
+        self.podman.run(&["logs", id])
+    }
+}
+
+impl Drop for World {
+    fn drop(&mut self) {
+        for c in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        self.podman
+            .remove_labelled("io.nationtech.iot.device", &self.device);
+        e2e::remove_secrets_dir(&self.device);
+    }
+}
+
+/// Every file under `dir` (recursively) whose bytes contain `needle`.
+fn files_containing(dir: &Path, needle: &[u8]) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return found;
+    };
+    for e in entries.flatten() {
+        let path = e.path();
+        let Ok(meta) = std::fs::symlink_metadata(&path) else {
+            continue;
+        };
+        if meta.is_dir() {
+            found.extend(files_containing(&path, needle));
+        } else if meta.is_file()
+            && std::fs::read(&path).is_ok_and(|b| b.windows(needle.len()).any(|w| w == needle))
+        {
+            found.push(path);
+        }
+    }
+    found
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_private_image_with_secrets_runs_and_no_clear_text_leaks() {
+    let Some(mut w) = World::start().await else {
+        return;
+    };
+    w.registry_secret("regcred", PASSWORD).await;
+    w.secret(
+        "db",
+        "Opaque",
+        &[
+            ("password", DB_PASSWORD.as_bytes()),
+            ("token", DB_TOKEN.as_bytes()),
+        ],
+    )
+    .await;
+    w.apply("vault-app", "regcred", "1").await;
+    let first = w.ready("vault-app", None).await;
+    // The container got the value both ways.
+    w.until("the container prints the secret", || async {
+        let log = w.container_log("vault-app");
+        if log.contains(&format!("env={DB_PASSWORD}"))
+            && log.contains(&format!("file={DB_TOKEN}"))
+        {
+            Ok(())
+        } else {
+            Err(log)
+        }
+    })
+    .await;
+
+    // Where clear text must not be.
+    for secret in [DB_PASSWORD, DB_TOKEN, PASSWORD] {
+        let needle = secret.as_bytes();
+        assert_eq!(
+            files_containing(w.nats.store_dir(), needle),
+            Vec::<PathBuf>::new(),
+            "the NATS store holds {secret}"
+        );
+        let state = w.dir.path().join(&w.device);
+        assert_eq!(
+            files_containing(&state, needle),
+            Vec::<PathBuf>::new(),
+            "the agent's state_dir holds {secret}"
+        );
+        for log in ["operator.log", "agent.log"] {
+            let text = std::fs::read(w.dir.path().join(log)).unwrap();
+            assert!(
+                !text.windows(needle.len()).any(|x| x == needle),
+                "{log} holds {secret}"
+            );
+        }
+        let status = w.kubectl_status("vault-app").unwrap().to_string();
+        assert!(!status.contains(secret), "the CR status holds {secret}");
+        if secret != DB_PASSWORD {
+            for (_, id) in w
+                .podman
+                .running_labelled("io.nationtech.iot.deployment", "vault-app")
+            {
+                let inspect = w.podman.run(&["inspect", &id]);
+                assert!(!inspect.contains(secret), "podman inspect shows {secret}");
+            }
+        }
+    }
+    // The KV values as the admin reads them: sealed only.
+    let nats = async_nats::connect(w.nats.url()).await.unwrap();
+    let js = async_nats::jetstream::new(nats);
+    let kv = js
+        .get_key_value(protocol::keys::DESIRED_STATE_BUCKET)
+        .await
+        .unwrap();
+    let key = protocol::DeploymentKey::new(&w.device, "vault-app")
+        .unwrap()
+        .to_string();
+    let value = kv.get(&key).await.unwrap().expect("the device's value");
+    assert_eq!(value[0], protocol::wire::FORMAT_VERSION_5);
+    for secret in [DB_PASSWORD, DB_TOKEN, PASSWORD, USER] {
+        assert!(
+            !value.windows(secret.len()).any(|x| x == secret.as_bytes()),
+            "the KV value holds {secret} in clear"
+        );
+    }
+
+    // A wrong password: ImagePullBackOff, and the password nowhere.
+    w.registry_secret("badcred", "not-the-password").await;
+    w.apply("vault-bad", "badcred", "1").await;
+    let entry = w
+        .until("vault-bad: ImagePullBackOff", || async {
+            let s = w.kubectl_status("vault-bad")?;
+            let entry = s["devices"]
+                .as_array()
+                .and_then(|ds| ds.iter().find(|e| e["device"] == w.device.as_str()))
+                .cloned();
+            match entry {
+                Some(e) if e["reason"] == "ImagePullBackOff" => Ok(e),
+                other => Err(format!("{other:?}")),
+            }
+        })
+        .await;
+    let message = entry["message"].as_str().unwrap_or_default();
+    assert!(message.contains("unauthorized"), "{entry}");
+    assert!(!message.contains("not-the-password"), "{entry}");
+    let agent_log = std::fs::read_to_string(w.dir.path().join("agent.log")).unwrap();
+    assert!(!agent_log.contains("not-the-password"));
+
+    // Rotation: the registry takes only the new password; the Secret gets
+    // it; the operator sees a new revision and the device pulls with it.
+    w.registry.set_password(USER, NEW_PASSWORD);
+    w.registry_secret("regcred", NEW_PASSWORD).await;
+    let second = w.ready("vault-app", Some(&first)).await;
+    assert_ne!(first, second);
+    w.until("the new container runs", || async {
+        let log = w.container_log("vault-app");
+        if log.contains(&format!("env={DB_PASSWORD}")) {
+            Ok(())
+        } else {
+            Err(log)
+        }
+    })
+    .await;
+    let agent_log = std::fs::read_to_string(w.dir.path().join("agent.log")).unwrap();
+    assert!(!agent_log.contains(NEW_PASSWORD));
+}
