@@ -56,7 +56,10 @@ struct World {
 }
 
 impl World {
-    async fn start() -> Option<World> {
+    /// Starts everything, the board being `agent` (a command line: the
+    /// binary, or qemu and the aarch64 binary).
+    async fn start(agent: Option<Vec<String>>) -> Option<World> {
+        let agent = agent?;
         let nats = NatsServer::start()?;
         let podman = PodmanService::start()?;
         let kube = KubeApiServer::start().await?;
@@ -76,7 +79,6 @@ impl World {
         .unwrap_or_else(|e| panic!("{}", error_report::Chain(&e)));
         eprintln!("e2e against {}", nats.version());
         let device = unique("vault");
-        let agent = e2e::agent_binary().unwrap_or_else(|e| panic!("building iot-agent: {e}"));
         let log = dir.path().join("agent.log");
         let spec = e2e::AgentSpec {
             device: &device,
@@ -86,7 +88,7 @@ impl World {
             labels: &[],
             log: Some(&log),
         };
-        let agent = e2e::spawn_agent(&[agent.display().to_string()], dir.path(), &spec).unwrap();
+        let agent = e2e::spawn_agent(&agent, dir.path(), &spec).unwrap();
         Some(World {
             nats,
             podman,
@@ -191,13 +193,9 @@ impl World {
             }
         });
         let d: Deployment = serde_json::from_value(d).unwrap();
-        api.patch(
-            name,
-            &PatchParams::apply("e2e").force(),
-            &Patch::Apply(&d),
-        )
-        .await
-        .unwrap();
+        api.patch(name, &PatchParams::apply("e2e").force(), &Patch::Apply(&d))
+            .await
+            .unwrap();
     }
 
     /// `name`'s `.status` as `kubectl get -o json` shows it.
@@ -270,9 +268,39 @@ fn files_containing(dir: &Path, needle: &[u8]) -> Vec<PathBuf> {
     found
 }
 
+/// The x86_64 agent.
+fn native_agent() -> Option<Vec<String>> {
+    let bin = e2e::agent_binary().unwrap_or_else(|e| panic!("building iot-agent: {e}"));
+    Some(vec![bin.display().to_string()])
+}
+
+/// The static aarch64 agent under qemu-aarch64-static (what boards run);
+/// `None` (a skip outside CI) when either is missing.
+fn qemu_agent() -> Option<Vec<String>> {
+    let Some(bin) = std::env::var_os("IOT_AGENT_AARCH64_BIN").map(PathBuf::from) else {
+        return testkit::missing(
+            "IOT_AGENT_AARCH64_BIN is not set (build with `cargo xtask dist --board rpi4` and point it at target/dist/rpi4/iot-agent)",
+        );
+    };
+    let qemu = testkit::find_binary("QEMU_AARCH64", "qemu-aarch64-static")
+        .or_else(|| testkit::missing::<PathBuf>("qemu-aarch64-static is not installed"))?;
+    Some(vec![qemu.display().to_string(), bin.display().to_string()])
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_private_image_with_secrets_runs_and_no_clear_text_leaks() {
-    let Some(mut w) = World::start().await else {
+    private_flow(native_agent()).await;
+}
+
+/// The same with the static aarch64 agent under qemu: the board's binary
+/// opens the sealed values and pulls from the authenticated registry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_with_the_aarch64_agent_under_qemu() {
+    private_flow(qemu_agent()).await;
+}
+
+async fn private_flow(agent: Option<Vec<String>>) {
+    let Some(mut w) = World::start(agent).await else {
         return;
     };
     w.registry_secret("regcred", PASSWORD).await;
@@ -290,8 +318,7 @@ async fn a_private_image_with_secrets_runs_and_no_clear_text_leaks() {
     // The container got the value both ways.
     w.until("the container prints the secret", || async {
         let log = w.container_log("vault-app");
-        if log.contains(&format!("env={DB_PASSWORD}"))
-            && log.contains(&format!("file={DB_TOKEN}"))
+        if log.contains(&format!("env={DB_PASSWORD}")) && log.contains(&format!("file={DB_TOKEN}"))
         {
             Ok(())
         } else {
