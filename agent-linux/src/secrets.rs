@@ -245,8 +245,9 @@ impl Secrets {
             deployment,
             revision,
             Some(&credential.sealed),
+            // As sealed: hosts compare without case, the binding exactly.
             Purpose::Pull {
-                registry: Text::borrowed(registry),
+                registry: Text::borrowed(credential.registry.as_str()),
             },
         )?;
         let login: RegistryLogin<'_> =

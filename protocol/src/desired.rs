@@ -385,13 +385,21 @@ impl Validate for DesiredState<'_> {
 /// Bounds of the sealed part: names as long as Kubernetes allows, a box as
 /// large as the largest value plus its binding.
 fn validate_secrets(set: &SecretSet<'_>) -> Result<(), ValidationError> {
-    let sealed = |path: FieldPath, s: &Sealed<'_>| -> Result<(), ValidationError> {
-        check_nonempty(path, &s.recipient)?;
-        check_len(path, &s.recipient, MAX_NAME_LEN)?;
-        check_len(path, &s.sender, MAX_NAME_LEN)?;
+    let sealed = |at: FieldPath, i: usize, s: &Sealed<'_>| -> Result<(), ValidationError> {
+        for (sub, key) in [
+            ("sealed.recipient", &s.recipient),
+            ("sealed.sender", &s.sender),
+        ] {
+            check_nonempty(at.at(i, Some(sub)), key)?;
+            check_len(at.at(i, Some(sub)), key, MAX_NAME_LEN)?;
+        }
+        let boxed = at.at(i, Some("sealed.boxed"));
+        if s.boxed.is_empty() {
+            return fail(boxed, Violation::Empty);
+        }
         if s.boxed.len() > MAX_SEALED_SIZE {
             return fail(
-                path,
+                boxed,
                 Violation::TooLong {
                     limit: MAX_SEALED_SIZE,
                     actual: s.boxed.len(),
@@ -404,7 +412,7 @@ fn validate_secrets(set: &SecretSet<'_>) -> Result<(), ValidationError> {
         let at = FieldPath::top("secrets.pull");
         check_nonempty(at.at(i, Some("registry")), &p.registry)?;
         check_len(at.at(i, Some("registry")), &p.registry, MAX_STRING_LEN)?;
-        sealed(at.at(i, Some("sealed")), &p.sealed)?;
+        sealed(at, i, &p.sealed)?;
     }
     for (i, v) in set.values.iter().enumerate() {
         let at = FieldPath::top("secrets.values");
@@ -412,7 +420,10 @@ fn validate_secrets(set: &SecretSet<'_>) -> Result<(), ValidationError> {
         check_len(at.at(i, Some("secret")), &v.secret, MAX_SECRET_NAME_LEN)?;
         check_nonempty(at.at(i, Some("key")), &v.key)?;
         check_len(at.at(i, Some("key")), &v.key, MAX_SECRET_NAME_LEN)?;
-        sealed(at.at(i, Some("sealed")), &v.sealed)?;
+        if !crate::sealed::is_secret_key(&v.key) {
+            return fail(at.at(i, Some("key")), Violation::NotSecretKey);
+        }
+        sealed(at, i, &v.sealed)?;
     }
     Ok(())
 }

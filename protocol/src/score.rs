@@ -353,6 +353,16 @@ pub(crate) fn check_secret_ref(path: FieldPath, s: &str) -> Result<(), Validatio
     check_len(path, s, crate::sealed::MAX_SECRET_NAME_LEN)
 }
 
+/// Checks a Secret's key: [`check_secret_ref`], and Kubernetes' key
+/// syntax, so that a key that becomes a file name stays in its directory.
+pub(crate) fn check_secret_key(path: FieldPath, s: &str) -> Result<(), ValidationError> {
+    check_secret_ref(path, s)?;
+    if !crate::sealed::is_secret_key(s) {
+        return fail(path, Violation::NotSecretKey);
+    }
+    Ok(())
+}
+
 /// The fields `PodmanV0` and `PodmanV1` containers share, borrowed, so that
 /// both are checked by the same rules.
 pub(crate) struct CommonFields<'r, 'a> {

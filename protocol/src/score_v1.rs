@@ -15,7 +15,7 @@ use crate::bounded::{BoundedMap, BoundedVec};
 use crate::limits::*;
 use crate::score::{
     CommonFields, Container, EnvVar, Port, PortProtocol, PullPolicy, RestartPolicy, Volume,
-    check_env, check_secret_ref, check_volume, validate_containers,
+    check_env, check_secret_key, check_secret_ref, check_volume, validate_containers,
 };
 use crate::text::Text;
 use crate::validate::{
@@ -878,7 +878,7 @@ impl ContainerV1<'_> {
                 }
                 let r = &from.secret_key_ref;
                 check_secret_ref(p("env").at(i, Some("valueFrom.secretKeyRef.name")), &r.name)?;
-                check_secret_ref(p("env").at(i, Some("valueFrom.secretKeyRef.key")), &r.key)?;
+                check_secret_key(p("env").at(i, Some("valueFrom.secretKeyRef.key")), &r.key)?;
             }
         }
         for (i, v) in self.volumes.iter().enumerate() {
@@ -898,7 +898,7 @@ impl ContainerV1<'_> {
                     }
                     check_secret_ref(at("secret.secretName"), &secret.secret_name)?;
                     for (j, item) in secret.items.iter().enumerate() {
-                        check_secret_ref(at("secret.items.key"), &item.key)?;
+                        check_secret_key(at("secret.items.key"), &item.key)?;
                         let path = item.path.as_str();
                         check_len(at("secret.items.path"), path, MAX_STRING_LEN)?;
                         if path.is_empty()

@@ -178,9 +178,12 @@ impl<'a> SecretSet<'a> {
         self.pull.is_empty() && self.values.is_empty()
     }
 
-    /// The login sealed for `registry`, if any.
+    /// The login sealed for `registry`, if any; host names compare
+    /// without case, as DNS does.
     pub fn pull_for(&self, registry: &str) -> Option<&PullCredential<'a>> {
-        self.pull.iter().find(|p| p.registry.as_str() == registry)
+        self.pull
+            .iter()
+            .find(|p| p.registry.as_str().eq_ignore_ascii_case(registry))
     }
 
     /// The value sealed for key `key` of Secret `secret`, if any.
@@ -219,13 +222,28 @@ impl Sealed<'_> {
     }
 }
 
+/// Whether `key` is a valid key of a Kubernetes Secret
+/// (`[-._a-zA-Z0-9]+`, not `.` or `..`): what keeps a key that becomes a
+/// file name on the device inside its directory.
+pub fn is_secret_key(key: &str) -> bool {
+    !key.is_empty()
+        && key != "."
+        && key != ".."
+        && key
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+}
+
 /// The registry host an image reference pulls from, as Docker and Podman
 /// name it: the first path component when it looks like a host (has a
 /// `.` or `:`, or is `localhost`), else `docker.io`.
 pub fn registry_of(image: &str) -> &str {
     match image.split_once('/') {
         Some((first, _)) if first.contains('.') || first.contains(':') || first == "localhost" => {
-            if first == "index.docker.io" || first == "registry-1.docker.io" {
+            if first.eq_ignore_ascii_case("index.docker.io")
+                || first.eq_ignore_ascii_case("registry-1.docker.io")
+                || first.eq_ignore_ascii_case("docker.io")
+            {
                 "docker.io"
             } else {
                 first
@@ -252,6 +270,21 @@ mod tests {
             "registry.example.com"
         );
         assert_eq!(registry_of("user/app"), "docker.io");
+        assert_eq!(registry_of("Index.Docker.io/library/nginx"), "docker.io");
+        assert_eq!(
+            registry_of("Registry.Example.com/app"),
+            "Registry.Example.com"
+        );
+    }
+
+    #[test]
+    fn secret_keys_follow_kubernetes_rules() {
+        for ok in ["password", ".dockerconfigjson", "tls.crt", "a-b_c.9"] {
+            assert!(is_secret_key(ok), "{ok}");
+        }
+        for bad in ["", ".", "..", "../x", "a/b", "a b", "/abs", "ké"] {
+            assert!(!is_secret_key(bad), "{bad}");
+        }
     }
 
     #[cfg(feature = "alloc")]

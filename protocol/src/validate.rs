@@ -105,6 +105,11 @@ pub enum Violation {
     /// An environment variable with both a value and `valueFrom`.
     #[error("must set `value` or `valueFrom`, not both")]
     EnvSource,
+    /// Not a Kubernetes Secret key.
+    #[error(
+        "must be a Secret key: letters, digits, '-', '_' or '.', and not `.` or `..` (e.g. `tls.crt`)"
+    )]
+    NotSecretKey,
     /// A path that must be relative and stay inside its directory.
     #[error("must be a relative path without empty, `.` or `..` segments (e.g. `tls/ca.crt`)")]
     RelativePath,

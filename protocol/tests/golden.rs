@@ -163,6 +163,7 @@ fn a_heartbeat_warning_is_bounded() {
         .unwrap(),
         kernel: Text::borrowed(&name),
         boot_id: Text::borrowed(&name),
+        sealing_key: Text::borrowed(&name),
         ..Heartbeat::default()
     };
     for k in &keys {
@@ -976,11 +977,24 @@ fn sealed_secrets_are_bounded_naming_the_field() {
     );
     assert_eq!(
         err(&value(&|v| v.sealed.recipient = Text::borrowed(""))),
-        "invalid value: secrets.values[0].sealed must not be empty"
+        "invalid value: secrets.values[0].sealed.recipient must not be empty"
+    );
+    assert_eq!(
+        err(&value(&|v| v.sealed.sender = Text::borrowed(""))),
+        "invalid value: secrets.values[0].sealed.sender must not be empty"
+    );
+    assert_eq!(
+        err(&value(&|v| v.key = Text::borrowed("../passwd"))),
+        format!(
+            "invalid value: secrets.values[0].key {}",
+            validate::Violation::NotSecretKey
+        )
     );
     let big = vec![0u8; sealed::MAX_SEALED_SIZE + 1];
     let big = value(&|v| v.sealed.boxed = Bytes::owned(big.clone()));
-    assert!(err(&big).starts_with("invalid value: secrets.values[0].sealed is 17409 bytes long"));
+    assert!(
+        err(&big).starts_with("invalid value: secrets.values[0].sealed.boxed is 17409 bytes long")
+    );
 }
 
 #[test]

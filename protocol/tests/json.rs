@@ -886,6 +886,16 @@ fn podman_v1_secret_references_in_kubernetes_spelling() {
             Violation::RelativePath,
         ),
         (
+            json!({"containers": [{"name": "a", "image": "i", "volumes": [{"mountPath": "/x", "secret": {"secretName": "s", "items": [{"key": "../k", "path": "k"}]}}]}]}),
+            "containers[0].volumes[0].secret.items.key",
+            Violation::NotSecretKey,
+        ),
+        (
+            json!({"containers": [{"name": "a", "image": "i", "env": [{"name": "X", "valueFrom": {"secretKeyRef": {"name": "s", "key": "a/b"}}}]}]}),
+            "containers[0].env[0].valueFrom.secretKeyRef.key",
+            Violation::NotSecretKey,
+        ),
+        (
             json!({"containers": [{"name": "a", "image": "i", "volumes": [{"mountPath": "/x", "secret": {"secretName": "s", "items": [{"key": "k", "path": "/abs"}]}}]}]}),
             "containers[0].volumes[0].secret.items.path",
             Violation::RelativePath,

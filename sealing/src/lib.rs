@@ -14,7 +14,7 @@
 
 use std::fs;
 use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use nkeys::XKey;
@@ -161,7 +161,10 @@ impl DeviceKey {
             let path = path.to_path_buf();
             move |source| KeyError::Io { path, what, source }
         };
-        let meta = fs::metadata(path).map_err(io("reading the device key"))?;
+        // One open file for the mode check and the read: a file swapped in
+        // between cannot pass the check.
+        let mut file = fs::File::open(path).map_err(io("reading the device key"))?;
+        let meta = file.metadata().map_err(io("reading the device key"))?;
         let mode = meta.permissions().mode() & 0o777;
         if mode & 0o077 != 0 {
             return Err(KeyError::NotPrivate {
@@ -169,7 +172,9 @@ impl DeviceKey {
                 mode,
             });
         }
-        let text = Zeroizing::new(fs::read_to_string(path).map_err(io("reading the device key"))?);
+        let mut text = Zeroizing::new(String::new());
+        std::io::Read::read_to_string(&mut file, &mut text)
+            .map_err(io("reading the device key"))?;
         let line = text
             .lines()
             .map(str::trim)
@@ -197,12 +202,12 @@ impl DeviceKey {
             }
         }
         let key = Self::generate();
-        write_private(path, format!("{}\n", key.seed().as_str()).as_bytes()).map_err(|source| {
-            KeyError::Io {
-                path: path.to_path_buf(),
-                what: "creating the device key",
-                source,
-            }
+        let mut line = key.seed();
+        line.push('\n');
+        write_private(path, line.as_bytes()).map_err(|source| KeyError::Io {
+            path: path.to_path_buf(),
+            what: "creating the device key",
+            source,
         })?;
         Ok((key, true))
     }
@@ -292,23 +297,25 @@ pub fn describe(b: &Binding<'_>) -> String {
     )
 }
 
-/// Writes `bytes` to `path` readable by its owner only: a temporary file
-/// beside it (created 0600), then a rename, so a crash leaves no partial key.
+/// Writes `bytes` to `path` readable by its owner only: a uniquely named
+/// temporary file beside it (created 0600; removed if anything fails, so a
+/// power cut leaves at worst a stray temporary file that blocks nothing),
+/// then a rename and a sync of the directory, so a crash leaves no
+/// partial key.
 fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
     fs::create_dir_all(dir)?;
-    let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
-    let mut f = fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&tmp)?;
-    let written = f.write_all(bytes).and_then(|()| f.sync_all());
-    if let Err(e) = written {
-        let _ = fs::remove_file(&tmp);
-        return Err(e);
-    }
-    fs::rename(&tmp, path)
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".device-key-")
+        .permissions(fs::Permissions::from_mode(0o600))
+        .tempfile_in(dir)?;
+    tmp.write_all(bytes)?;
+    tmp.as_file().sync_all()?;
+    tmp.persist(path).map_err(|e| e.error)?;
+    fs::File::open(dir)?.sync_all()
 }
 
 #[cfg(test)]
@@ -425,6 +432,15 @@ mod tests {
         assert!(new);
         let mode = fs::metadata(&path).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
+        let left: Vec<_> = fs::read_dir(path.parent().unwrap())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(
+            left,
+            [std::ffi::OsString::from("device.xk")],
+            "no temporary file left"
+        );
         let (again, new) = DeviceKey::load_or_create(&path).unwrap();
         assert!(!new);
         assert_eq!(again.public_key(), created.public_key());

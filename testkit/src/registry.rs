@@ -398,12 +398,14 @@ impl Registry {
 
 impl Drop for Registry {
     fn drop(&mut self) {
+        // The trust first, while the port is still ours: once the process
+        // is gone another test may get the port and write its own CA there.
+        if let Some(dir) = self.secure.as_mut().and_then(|s| s.trust_dir.take()) {
+            let _ = std::fs::remove_dir_all(dir);
+        }
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
-        }
-        if let Some(dir) = self.secure.as_mut().and_then(|s| s.trust_dir.take()) {
-            let _ = std::fs::remove_dir_all(dir);
         }
     }
 }
