@@ -146,7 +146,7 @@ fn gpt_image_for_generic_aarch64_with_nkey_and_rebake_in_place() {
     let dir = tempfile::tempdir().unwrap();
     let base = base_image(dir.path(), "gpt");
     let agent = fake_aarch64_binary(dir.path());
-    let seed = dir.path().join("dev.nk");
+    let seed = dir.path().join("edge-7.nk");
     std::fs::write(&seed, "SUAEXAMPLESEEDONLYFORTESTS\n").unwrap();
     // A compressed base, as vendors ship them.
     let xz = dir.path().join("base.img.xz");
@@ -182,7 +182,7 @@ fn gpt_image_for_generic_aarch64_with_nkey_and_rebake_in_place() {
     assert_eq!(ext4_cat(&out, root, "/etc/hostname"), "edge-7\n");
     // The sealing key beside the seed was missing: created there (0600)
     // and baked, with the config naming it.
-    let xk = dir.path().join("dev.xk");
+    let xk = dir.path().join("edge-7.xk");
     let sealing = std::fs::read_to_string(&xk).unwrap();
     assert_eq!(mode(&xk), 0o600);
     let public = nkeys::XKey::from_seed(sealing.trim()).unwrap().public_key();

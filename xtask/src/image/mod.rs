@@ -253,7 +253,21 @@ fn write_into(req: &Request, agent: &Path) -> Result<()> {
             mode: 0o600,
         });
     }
-    let sealing_key_baked = match payload::sealing_key_source(&id.credentials) {
+    // Only the layout `cargo xtask creds` writes (ID.nk/ID.creds beside
+    // ID.xk): a key beside a credential file named otherwise may be another
+    // device's, and none is created in a directory that is not a creds one.
+    let source = payload::sealing_key_source(&id.credentials).filter(|host| {
+        let ours = host.file_stem().is_some_and(|s| *s == *id.device_id);
+        if !ours {
+            eprintln!(
+                "note: {} is not named after --device-id {}; no sealing key baked (the agent creates one at its first start)",
+                host.display(),
+                id.device_id
+            );
+        }
+        ours
+    });
+    let sealing_key_baked = match source {
         Some(host) => {
             files.push(Placed {
                 path: payload::SEALING_KEY_FILE,
