@@ -94,6 +94,11 @@ pub struct Plan {
     secrets: Option<Arc<Resolved>>,
     /// The targets' sealing keys, from their heartbeats.
     sealing_keys: BTreeMap<String, String>,
+    /// Each keyed target's values sealed once by [`Plan::set_secrets`] (or
+    /// why they could not be), reused by every re-encoding: the binding
+    /// covers device, deployment, revision and reference, not the attempt
+    /// or the windows, and each seal costs X25519 operations.
+    sealed: BTreeMap<String, Result<protocol::SecretSet<'static>, String>>,
 }
 
 /// Maintenance windows as they travel.
@@ -335,6 +340,7 @@ pub fn plan(d: &Deployment) -> Result<Plan, PlanError> {
         unsealed: BTreeMap::new(),
         secrets: None,
         sealing_keys: BTreeMap::new(),
+        sealed: BTreeMap::new(),
     })
 }
 
@@ -479,27 +485,15 @@ impl Plan {
             if let Some(windows) = self.device_windows.get(device) {
                 desired.gate.windows = windows.clone();
             }
-            if let Some(resolved) = secrets {
-                let Some(key) = self.sealing_keys.get(device) else {
-                    unsealed.insert(device.clone(), format!("held back: the Deployment carries sealed secrets and device {device} reports no sealing key (no heartbeat yet, or its agent has none): set [secrets] key_file in its agent configuration, or update the agent (its key is not written; what it ran before keeps running)"));
-                    continue;
-                };
-                match crate::secrets::seal::seal_for(
-                    device,
-                    &self.name,
-                    self.revision,
-                    key,
-                    resolved,
-                ) {
-                    Ok(set) => desired.secrets = set,
-                    Err(e) => {
-                        unsealed.insert(
-                            device.clone(),
-                            format!(
-                                "held back: the Deployment's secrets cannot be sealed to the key device {device} reports: {} (its key is not written)",
-                                error_report::Chain(&e)
-                            ),
-                        );
+            if secrets.is_some() {
+                match self.sealed.get(device) {
+                    Some(Ok(set)) => desired.secrets = set.clone(),
+                    Some(Err(e)) => {
+                        unsealed.insert(device.clone(), e.clone());
+                        continue;
+                    }
+                    None => {
+                        unsealed.insert(device.clone(), format!("held back: the Deployment carries sealed secrets and device {device} reports no sealing key (no heartbeat yet, or its agent has none): set [secrets] key_file in its agent configuration, or update the agent (its key is not written; what it ran before keeps running)"));
                         continue;
                     }
                 }
@@ -539,6 +533,26 @@ impl Plan {
                 sealing_key(t)
                     .filter(|k| !k.is_empty())
                     .map(|k| (t.clone(), k))
+            })
+            .collect();
+        self.sealed = self
+            .sealing_keys
+            .iter()
+            .map(|(device, key)| {
+                let set = crate::secrets::seal::seal_for(
+                    device,
+                    &self.name,
+                    self.revision,
+                    key,
+                    &resolved,
+                )
+                .map_err(|e| {
+                    format!(
+                        "held back: the Deployment's secrets cannot be sealed to the key device {device} reports: {} (its key is not written)",
+                        error_report::Chain(&e)
+                    )
+                });
+                (device.clone(), set)
             })
             .collect();
         self.secrets = Some(Arc::new(resolved));

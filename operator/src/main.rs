@@ -65,6 +65,16 @@ enum Command {
         /// `stringData` clear text): a file, or a directory of them.
         #[arg(long = "secrets", value_name = "PATH")]
         secrets: Option<PathBuf>,
+        /// The key (created once, mode 0600) that the revision's digest of
+        /// the --secrets values is keyed with, so that no value derived
+        /// from clear text alone leaves this machine (a plain hash in the
+        /// revision every device sees would let anyone test password
+        /// guesses). Default: $XDG_CONFIG_HOME/iot-operator/secrets-digest.key
+        /// (or ~/.config/...). Applies from machines with different keys
+        /// give different revisions, a harmless extra rollout: share the
+        /// file among administrators to avoid it.
+        #[arg(long = "secrets-digest-key", value_name = "FILE", env = operator::secrets::digest_key::ENV)]
+        secrets_digest_key: Option<PathBuf>,
         #[command(flatten)]
         nats: NatsArgs,
     },
@@ -175,6 +185,7 @@ async fn run_command(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
         Some(Command::Apply {
             file,
             secrets,
+            secrets_digest_key,
             nats,
         }) => {
             let manifest = manifest::read_all(&file)?;
@@ -188,6 +199,9 @@ async fn run_command(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             // A Device in the file gives its board its own maintenance
             // windows, as the Device object does in a cluster.
             let device_windows = manifest.device_windows();
+            // Read (or created) at the first Deployment that references
+            // Secrets.
+            let mut digest_key = None;
             let mut plans = Vec::new();
             for d in &manifest.deployments {
                 let plan = apply::plan(d).with_context(|| {
@@ -219,18 +233,29 @@ async fn run_command(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
                             names.join(", ")
                         )
                     })?;
-                    let resolved = local
-                        .resolve(d.namespace_or_default(), &refs)
-                        .with_context(|| {
-                            format!(
-                                "{}: the Secrets in {} do not resolve; nothing was written",
-                                plan.owner,
-                                secrets
-                                    .as_deref()
-                                    .unwrap_or(std::path::Path::new(""))
-                                    .display()
-                            )
-                        })?;
+                    let key = match digest_key.take() {
+                        Some(k) => k,
+                        None => {
+                            let path = secrets_digest_key
+                                .clone()
+                                .or_else(operator::secrets::digest_key::default_path)
+                                .context("no place for the secrets digest key: set HOME or XDG_CONFIG_HOME, or pass --secrets-digest-key FILE")?;
+                            operator::secrets::DigestKey::load_or_create(&path)
+                                .context("the secrets digest key (--secrets-digest-key); nothing was written")?
+                        }
+                    };
+                    let resolved = local.resolve(d.namespace_or_default(), &refs, &key);
+                    digest_key = Some(key);
+                    let resolved = resolved.with_context(|| {
+                        format!(
+                            "{}: the Secrets in {} do not resolve; nothing was written",
+                            plan.owner,
+                            secrets
+                                .as_deref()
+                                .unwrap_or(std::path::Path::new(""))
+                                .display()
+                        )
+                    })?;
                     Some(resolved)
                 };
                 plans.push((plan, resolved));

@@ -326,3 +326,128 @@ async fn secrets_are_sealed_to_each_device_and_rotate() {
     controller.abort();
     watch.abort();
 }
+
+/// A rollback cannot put back a rotated Secret: when the stable
+/// revision's Secrets changed since it rolled out, the halt stays, nothing
+/// is written back (the key keeps the failed revision rather than a
+/// revision that is neither), and the Deployment says why and what to do.
+#[tokio::test]
+async fn a_rollback_after_a_rotation_is_refused_not_faked() {
+    let Some(env) = nats_env().await else { return };
+    let Some(server) = KubeApiServer::start().await else {
+        return;
+    };
+    let client = server.client().await;
+    install_crds(&server).await;
+    create_namespace(&client, "fleet").await;
+    let operator_client = operator_identity(&server, &client).await;
+    let pi1 = DeviceKey::generate();
+    put_heartbeat_with_key(&env.client, "pi-1", pi1.public_key()).await;
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), "fleet");
+    secrets
+        .create(
+            &PostParams::default(),
+            &secret("db", "Opaque", json!({"password": "one"})),
+        )
+        .await
+        .unwrap();
+    let (cache, changes) = StatusCache::new(Duration::from_secs(90));
+    let watch = tokio::spawn(cache.clone().watch(env.nats.clone()));
+    let ctx = Arc::new(Context::new(
+        operator_client,
+        env.nats.clone(),
+        cache,
+        ControllerConfig {
+            resync: Duration::from_secs(1),
+            secrets_reread: Duration::from_secs(1),
+            ..ControllerConfig::default()
+        },
+    ));
+    let controller = tokio::spawn(operator::controller::run(ctx.clone(), changes));
+
+    let mut body = sealed_deployment("roll", "db");
+    body["spec"]["targetDevices"] = json!(["pi-1"]);
+    body["spec"]["imagePullSecrets"] = json!([]);
+    body["spec"]["rollout"] = json!({
+        "strategy": "BatchSequence",
+        "autoRollback": true,
+        "progressDeadlineSeconds": 60,
+        "batches": [{"limit": 1}],
+    });
+    let api: Api<Deployment> = Api::namespaced(client.clone(), "fleet");
+    let d: Deployment = serde_json::from_value(body).unwrap();
+    api.create(&PostParams::default(), &d).await.unwrap();
+    let stable = sealed_value(&env, "pi-1", "roll", &pi1, None).await;
+    common::put_status(
+        &env.client,
+        "pi-1",
+        "roll",
+        stable.revision,
+        protocol::Phase::Healthy,
+        "",
+    )
+    .await;
+    let a = operator::crd::revision_string(stable.revision);
+    deployment_where(&api, "roll", "the first revision healthy", |v| {
+        v["status"]["rollout"]["revision"] == a.as_str()
+            && v["status"]["rollout"]["phase"] == "Healthy"
+    })
+    .await;
+
+    // A new score, and the Secret rotated: the new revision fails.
+    let patch = json!({"spec": {"score": {"type": "PodmanV1", "data": {"containers": [{
+        "name": "web",
+        "image": "registry.example.com/team/web:2",
+        "env": [{"name": "DB_PASSWORD", "valueFrom": {"secretKeyRef": {"name": "db", "key": "password"}}}],
+    }]}}}});
+    api.patch("roll", &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .unwrap();
+    let patch = json!({"stringData": {"password": "two"}});
+    secrets
+        .patch("db", &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .unwrap();
+    let failing = eventually("the new score with the rotated Secret", || async {
+        let d = sealed_value(&env, "pi-1", "roll", &pi1, Some(stable.revision)).await;
+        if open_password_of(&pi1, &d, "pi-1", "roll") == "two" {
+            Ok(d)
+        } else {
+            Err("not rotated yet".to_string())
+        }
+    })
+    .await;
+    common::put_status(
+        &env.client,
+        "pi-1",
+        "roll",
+        failing.revision,
+        protocol::Phase::Failed,
+        "health check failed",
+    )
+    .await;
+    let v = deployment_where(&api, "roll", "the rollback refused, saying why", |v| {
+        condition(v, "Degraded").is_some_and(|c| {
+            c["message"].as_str().is_some_and(|m| {
+                m.contains("Secrets changed since it rolled out")
+                    && m.contains("fix the Secret and retry")
+            })
+        })
+    })
+    .await;
+    assert!(!v.to_string().contains("\"two\""), "{v}");
+    // Nothing was written back: the key still holds the failed revision.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let rec = desired(&env.nats, "pi-1", "roll").await.unwrap();
+    let now: DesiredState<'_> = protocol::wire::decode(&rec.value).unwrap();
+    assert_eq!(now.revision, failing.revision);
+
+    controller.abort();
+    watch.abort();
+}
+
+fn open_password_of(key: &DeviceKey, d: &DesiredState<'_>, device: &str, name: &str) -> String {
+    let v = d.secrets.value_for("db", "password").unwrap();
+    let b = binding(device, name, d.revision, db_password());
+    String::from_utf8(key.open(&v.sealed, &b).unwrap().to_vec()).unwrap()
+}

@@ -831,7 +831,27 @@ async fn apply_seals_secrets_from_local_manifests() {
     };
     write_secrets("hunter2-local");
     let secrets = dir.path().to_str().unwrap();
-    let out = cli(&url, None, &["apply", "-f", example, "--secrets", secrets]);
+    // The revision's digest key: created at the first apply (0600), in a
+    // place of the test's own (never the user's ~/.config).
+    let key_dir = tempfile::tempdir().unwrap();
+    let digest_key = key_dir
+        .path()
+        .join("iot-operator")
+        .join("secrets-digest.key");
+    let digest_key = digest_key.to_str().unwrap();
+    let out = cli(
+        &url,
+        None,
+        &[
+            "apply",
+            "-f",
+            example,
+            "--secrets",
+            secrets,
+            "--secrets-digest-key",
+            digest_key,
+        ],
+    );
     let stdout = ok(&out);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -867,13 +887,26 @@ async fn apply_seals_secrets_from_local_manifests() {
     let first = desired(&env.nats, "pi-001", "private-web").await.unwrap();
     let (rev1, value) = open(&first.value);
     assert_eq!(value, b"hunter2-local");
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = std::fs::metadata(digest_key).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
 
     // Again: the sealed value is current, nothing written.
     let seq = desired_seq(&env.client).await;
     let stdout = ok(&cli(
         &url,
         None,
-        &["apply", "-f", example, "--secrets", secrets],
+        &[
+            "apply",
+            "-f",
+            example,
+            "--secrets",
+            secrets,
+            "--secrets-digest-key",
+            digest_key,
+        ],
     ));
     assert!(stdout.contains("0 written, 1 unchanged"), "{stdout}");
     assert_eq!(desired_seq(&env.client).await, seq);
@@ -883,7 +916,15 @@ async fn apply_seals_secrets_from_local_manifests() {
     let stdout = ok(&cli(
         &url,
         None,
-        &["apply", "-f", example, "--secrets", secrets],
+        &[
+            "apply",
+            "-f",
+            example,
+            "--secrets",
+            secrets,
+            "--secrets-digest-key",
+            digest_key,
+        ],
     ));
     assert!(stdout.contains("1 written"), "{stdout}");
     let (rev2, value) = open(
@@ -902,7 +943,19 @@ async fn apply_seals_secrets_from_local_manifests() {
     )
     .unwrap();
     let seq = desired_seq(&env.client).await;
-    let out = cli(&url, None, &["apply", "-f", example, "--secrets", secrets]);
+    let out = cli(
+        &url,
+        None,
+        &[
+            "apply",
+            "-f",
+            example,
+            "--secrets",
+            secrets,
+            "--secrets-digest-key",
+            digest_key,
+        ],
+    );
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(

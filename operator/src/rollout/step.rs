@@ -28,6 +28,18 @@ pub enum StepError {
     /// The Secrets the stable revision references could not be read.
     #[error("the stable revision's Secrets")]
     Secrets(#[from] crate::secrets::resolve::ResolveError),
+    /// The Secrets the stable revision references were rotated since it
+    /// rolled out: planned now, they give another revision, and writing
+    /// that back would roll the devices forward, not back.
+    #[error(
+        "the stable revision {revision}'s Secrets changed since it rolled out (now they give revision {now}; a rotation cannot be undone by a rollback): fix the Secret and retry"
+    )]
+    StableSecretsChanged {
+        /// The stable revision.
+        revision: String,
+        /// What its score and the Secrets as they are now give.
+        now: String,
+    },
     /// The stable revision recorded in the history no longer plans (e.g.
     /// an operator upgrade tightened a check); it cannot be written back.
     #[error("the stable revision {revision} from the history cannot be written back")]
@@ -325,8 +337,9 @@ async fn record_all_at_once(
 /// history, planned with the Deployment's current name, rollout policy and
 /// gate, each target with the windows it has in `current` (its Device's own)
 /// and, when the score references Secrets, those Secrets as they are now,
-/// sealed to the keys `current` seals to (unchanged Secrets give the
-/// stable revision again; rotated ones a revision of their own).
+/// sealed to the keys `current` seals to. Unchanged Secrets give the stable
+/// revision again; rotated ones give another revision, which is not the
+/// stable one and is not written ([`StepError::StableSecretsChanged`]).
 async fn stable_plan(
     history: &History,
     d: &Deployment,
@@ -366,9 +379,104 @@ async fn stable_plan(
             }
             Err(e) => return Err(e.into()),
         };
-        plan.set_secrets(resolved, |t| current.sealing_key(t).map(str::to_string))
-            .map_err(unusable)?;
+        with_secrets(&mut plan, resolved, current, revision).map_err(|e| *e)?;
     }
     plan.copy_device_windows(current).map_err(unusable)?;
     Ok(Some(plan))
+}
+
+/// Seals `resolved` (the stable score's Secrets as they are now) into
+/// `plan` for the keys `current` seals to, refusing when they no longer
+/// give the stable `revision`: the Secrets are not versioned, so a rotated
+/// one cannot be put back, and writing its revision while the status says
+/// "rolled back" would be a lie.
+fn with_secrets(
+    plan: &mut Plan,
+    resolved: crate::secrets::Resolved,
+    current: &Plan,
+    revision: u64,
+) -> Result<(), Box<StepError>> {
+    plan.set_secrets(resolved, |t| current.sealing_key(t).map(str::to_string))
+        .map_err(|source| StepError::StableUnusable {
+            revision: crate::crd::revision_string(revision),
+            source,
+        })?;
+    if plan.revision != revision {
+        return Err(Box::new(StepError::StableSecretsChanged {
+            revision: crate::crd::revision_string(revision),
+            now: crate::crd::revision_string(plan.revision),
+        }));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::secrets::{Fingerprint, References, resolve_from};
+    use k8s_openapi::api::core::v1::Secret;
+
+    fn deployment() -> Deployment {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "iot.nationtech.io/v1alpha1",
+            "kind": "Deployment",
+            "metadata": {"name": "web", "namespace": "fleet"},
+            "spec": {
+                "targetDevices": ["pi-1"],
+                "score": {"type": "PodmanV1", "data": {"containers": [{
+                    "name": "web",
+                    "image": "registry.example.com/web:1",
+                    "env": [{"name": "P", "valueFrom": {"secretKeyRef": {"name": "db", "key": "password"}}}],
+                }]}},
+            },
+        }))
+        .unwrap()
+    }
+
+    fn db(resource_version: &str) -> Secret {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {"name": "db", "namespace": "fleet", "uid": "u", "resourceVersion": resource_version},
+            "stringData": {"password": "pw"},
+        }))
+        .unwrap()
+    }
+
+    fn resolved(d: &Deployment, resource_version: &str) -> crate::secrets::Resolved {
+        let plan = apply::plan(d).unwrap();
+        let refs = References::of(plan.score(), &[]);
+        let secret = db(resource_version);
+        resolve_from(&refs, "fleet", |_| Some(&secret), Fingerprint::Versions).unwrap()
+    }
+
+    #[test]
+    fn a_rotated_secret_is_not_written_back_as_the_stable_revision() {
+        let d = deployment();
+        let key = sealing::DeviceKey::generate();
+        let mut current = apply::plan(&d).unwrap();
+        current
+            .set_secrets(resolved(&d, "1"), |_| Some(key.public_key().to_string()))
+            .unwrap();
+        let stable = current.revision;
+        // The Secrets as they were: the stable revision again.
+        let mut same = apply::plan(&d).unwrap();
+        with_secrets(&mut same, resolved(&d, "1"), &current, stable).unwrap();
+        assert_eq!(same.revision, stable);
+        // Rotated since: refused, saying why and what to do.
+        let mut rotated = apply::plan(&d).unwrap();
+        let e = with_secrets(&mut rotated, resolved(&d, "2"), &current, stable).unwrap_err();
+        assert!(
+            matches!(*e, StepError::StableSecretsChanged { .. }),
+            "{e:?}"
+        );
+        let msg = e.to_string();
+        assert!(
+            msg.contains("Secrets changed since it rolled out")
+                && msg.contains("a rotation cannot be undone by a rollback")
+                && msg.contains("fix the Secret and retry"),
+            "{msg}"
+        );
+    }
 }

@@ -47,9 +47,43 @@ pub fn registry_host(key: &str) -> String {
     }
 }
 
-/// The logins of a `.dockerconfigjson`, by registry host. The error is a
-/// reason that follows ".dockerconfigjson " in a message.
-pub fn parse(json: &[u8]) -> Result<BTreeMap<String, Login>, String> {
+/// The logins of a `.dockerconfigjson`, by registry host.
+#[derive(Debug, Default)]
+pub struct Logins {
+    /// The login each host uses: of its `auths` keys, the one that is the
+    /// host itself (`registry.example.com`) wins over its other forms
+    /// (`https://registry.example.com/v2/`, Docker Hub's aliases), then
+    /// the first in key order; not what the JSON's order happens to be.
+    logins: BTreeMap<String, (bool, String, Login)>,
+    /// Hosts with an entry that cannot be read, with the first reason:
+    /// only an error for a registry the images use (the kubelet skips
+    /// them too).
+    broken: BTreeMap<String, String>,
+}
+
+impl Logins {
+    /// The login for `registry` (a host as
+    /// [`protocol::sealed::registry_of`] names it; compared without case),
+    /// `None` when the config has none, or why an entry for it cannot be
+    /// read.
+    pub fn login_for(&self, registry: &str) -> Result<Option<&Login>, String> {
+        let host = registry.to_ascii_lowercase();
+        if let Some(reason) = self.broken.get(&host) {
+            return Err(reason.clone());
+        }
+        Ok(self.logins.get(&host).map(|(_, _, l)| l))
+    }
+
+    /// The hosts with a usable login.
+    pub fn hosts(&self) -> impl Iterator<Item = &str> {
+        self.logins.keys().map(String::as_str)
+    }
+}
+
+/// Reads a `.dockerconfigjson`. The error is a reason that follows
+/// ".dockerconfigjson " in a message; an entry that cannot be read fails
+/// only the registry it is for ([`Logins::login_for`]).
+pub fn parse(json: &[u8]) -> Result<Logins, String> {
     // A syntax error's message names a line and column, not the text.
     let doc: Value = serde_json::from_slice(json).map_err(|e| format!("is not JSON ({e})"))?;
     let auths = doc
@@ -57,50 +91,68 @@ pub fn parse(json: &[u8]) -> Result<BTreeMap<String, Login>, String> {
         .ok_or("has no `auths` object")?
         .as_object()
         .ok_or("`auths` is not an object")?;
-    let mut out = BTreeMap::new();
+    let mut out = Logins::default();
     for (key, entry) in auths {
-        let field = |name: &str| -> Result<Zeroizing<String>, String> {
-            match entry.get(name) {
-                None | Some(Value::Null) => Ok(Zeroizing::default()),
-                Some(Value::String(s)) => Ok(Zeroizing::new(s.clone())),
-                Some(_) => Err(format!("auths.{key:?}.{name} is not a string")),
+        let host = registry_host(key);
+        let login = match entry_login(key, entry) {
+            Ok(l) => l,
+            Err(reason) => {
+                out.broken.entry(host).or_insert(reason);
+                continue;
             }
         };
-        if !entry.is_object() {
-            return Err(format!("auths.{key:?} is not an object"));
+        // Lower sorts first: the host's own key, then the first key.
+        let alias = !key.trim().eq_ignore_ascii_case(&host);
+        let better = out
+            .logins
+            .get(&host)
+            .is_none_or(|(a, k, _)| (alias, key.as_str()) < (*a, k.as_str()));
+        if better {
+            out.logins.insert(host, (alias, key.clone(), login));
         }
-        let mut login = Login {
-            username: field("username")?,
-            password: field("password")?,
-            identity_token: field("identitytoken")?,
-        };
-        let auth = field("auth")?;
-        if !auth.is_empty() {
-            let not_auth = || format!("auths.{key:?}.auth is not base64 of \"user:password\"");
-            let decoded = Zeroizing::new(
-                base64::engine::general_purpose::STANDARD
-                    .decode(auth.trim())
-                    .or_else(|_| {
-                        base64::engine::general_purpose::STANDARD_NO_PAD.decode(auth.trim())
-                    })
-                    .map_err(|_| not_auth())?,
-            );
-            let text = std::str::from_utf8(&decoded).map_err(|_| not_auth())?;
-            let (user, password) = text.split_once(':').ok_or_else(not_auth)?;
-            // As Docker and the kubelet do: `auth` wins over
-            // username/password written beside it.
-            login.username = Zeroizing::new(user.to_string());
-            login.password = Zeroizing::new(password.to_string());
-        }
-        if login.username.is_empty() && login.password.is_empty() && login.identity_token.is_empty()
-        {
-            return Err(format!(
-                "auths.{key:?} has no auth, username/password or identitytoken"
-            ));
-        }
-        out.insert(registry_host(key), login);
     }
     Ok(out)
+}
+
+/// The login of the `auths` entry `key`.
+fn entry_login(key: &str, entry: &Value) -> Result<Login, String> {
+    let field = |name: &str| -> Result<Zeroizing<String>, String> {
+        match entry.get(name) {
+            None | Some(Value::Null) => Ok(Zeroizing::default()),
+            Some(Value::String(s)) => Ok(Zeroizing::new(s.clone())),
+            Some(_) => Err(format!("auths.{key:?}.{name} is not a string")),
+        }
+    };
+    if !entry.is_object() {
+        return Err(format!("auths.{key:?} is not an object"));
+    }
+    let mut login = Login {
+        username: field("username")?,
+        password: field("password")?,
+        identity_token: field("identitytoken")?,
+    };
+    let auth = field("auth")?;
+    if !auth.is_empty() {
+        let not_auth = || format!("auths.{key:?}.auth is not base64 of \"user:password\"");
+        let decoded = Zeroizing::new(
+            base64::engine::general_purpose::STANDARD
+                .decode(auth.trim())
+                .or_else(|_| base64::engine::general_purpose::STANDARD_NO_PAD.decode(auth.trim()))
+                .map_err(|_| not_auth())?,
+        );
+        let text = std::str::from_utf8(&decoded).map_err(|_| not_auth())?;
+        let (user, password) = text.split_once(':').ok_or_else(not_auth)?;
+        // As Docker and the kubelet do: `auth` wins over
+        // username/password written beside it.
+        login.username = Zeroizing::new(user.to_string());
+        login.password = Zeroizing::new(password.to_string());
+    }
+    if login.username.is_empty() && login.password.is_empty() && login.identity_token.is_empty() {
+        return Err(format!(
+            "auths.{key:?} has no auth, username/password or identitytoken"
+        ));
+    }
+    Ok(login)
 }
 
 #[cfg(test)]
@@ -120,9 +172,9 @@ mod tests {
             "https://127.0.0.1:5000/v2/": {"identitytoken": "tok"},
             "both.example.com": {"auth": b64("a:b:c"), "username": "ignored", "password": "ignored"},
         }});
-        let logins = parse(json.to_string().as_bytes()).unwrap();
+        let parsed = parse(json.to_string().as_bytes()).unwrap();
         assert_eq!(
-            logins.keys().collect::<Vec<_>>(),
+            parsed.hosts().collect::<Vec<_>>(),
             [
                 "127.0.0.1:5000",
                 "both.example.com",
@@ -130,15 +182,16 @@ mod tests {
                 "registry.example.com"
             ]
         );
-        let hub = &logins["docker.io"];
+        let logins = |host: &str| parsed.login_for(host).unwrap().unwrap();
+        let hub = logins("docker.io");
         assert_eq!(
             (hub.username.as_str(), hub.password.as_str()),
             ("hub", "hunter2")
         );
-        let r = &logins["registry.example.com"];
+        let r = logins("registry.example.com");
         assert_eq!((r.username.as_str(), r.password.as_str()), ("u", "p:w"));
-        assert_eq!(logins["127.0.0.1:5000"].identity_token.as_str(), "tok");
-        let both = &logins["both.example.com"];
+        assert_eq!(logins("127.0.0.1:5000").identity_token.as_str(), "tok");
+        let both = logins("both.example.com");
         assert_eq!(
             (both.username.as_str(), both.password.as_str()),
             ("a", "b:c")
@@ -194,9 +247,77 @@ mod tests {
                 "has no auth, username/password",
             ),
         ] {
-            let e = parse(json.as_bytes()).unwrap_err();
+            let e = parse(json.as_bytes())
+                .and_then(|p| p.login_for("r.io").map(|_| ()))
+                .unwrap_err();
             assert!(e.contains(want), "{json}: {e}");
             assert!(!e.contains("hunter2"), "{e}");
         }
+    }
+
+    #[test]
+    fn the_hosts_own_key_wins_over_its_aliases_whatever_the_order() {
+        // Sorted, `https://index.docker.io/v1/` comes after `docker.io`
+        // and `Docker.IO`, so it used to win.
+        for (exact, alias) in [
+            ("docker.io", "https://index.docker.io/v1/"),
+            ("docker.io", "index.docker.io"),
+            ("r.example.com", "https://r.example.com/v2/"),
+            ("r.example.com", "R.Example.com/"),
+        ] {
+            let json = serde_json::json!({"auths": {
+                exact: {"username": "exact", "password": "p"},
+                alias: {"username": "alias", "password": "p"},
+            }});
+            let parsed = parse(json.to_string().as_bytes()).unwrap();
+            let host = registry_host(exact);
+            let login = parsed.login_for(&host).unwrap().unwrap();
+            assert_eq!(login.username.as_str(), "exact", "{exact} vs {alias}");
+            // Compared without case.
+            let upper = parsed
+                .login_for(&host.to_ascii_uppercase())
+                .unwrap()
+                .unwrap();
+            assert_eq!(upper.username.as_str(), "exact");
+        }
+        // Two aliases: the first in key order, every time.
+        let json = serde_json::json!({"auths": {
+            "https://index.docker.io/v1/": {"username": "b", "password": "p"},
+            "index.docker.io": {"username": "a", "password": "p"},
+        }});
+        let parsed = parse(json.to_string().as_bytes()).unwrap();
+        assert_eq!(
+            parsed
+                .login_for("docker.io")
+                .unwrap()
+                .unwrap()
+                .username
+                .as_str(),
+            "b"
+        );
+    }
+
+    #[test]
+    fn a_broken_entry_fails_only_its_registry() {
+        let json = serde_json::json!({"auths": {
+            "unused.example.com": {"email": "ops@example.com"},
+            "also-unused.example.com": {"auth": "hunter2!!"},
+            "used.example.com": {"username": "u", "password": "p"},
+        }});
+        let parsed = parse(json.to_string().as_bytes()).unwrap();
+        assert_eq!(
+            parsed
+                .login_for("used.example.com")
+                .unwrap()
+                .unwrap()
+                .username
+                .as_str(),
+            "u"
+        );
+        assert!(parsed.login_for("elsewhere.io").unwrap().is_none());
+        let e = parsed.login_for("unused.example.com").unwrap_err();
+        assert!(e.contains("has no auth"), "{e}");
+        let e = parsed.login_for("Also-Unused.example.com").unwrap_err();
+        assert!(e.contains("is not base64") && !e.contains("hunter2"), "{e}");
     }
 }

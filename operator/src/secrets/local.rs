@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use k8s_openapi::api::core::v1::Secret;
 use serde::Deserialize;
 
-use super::{Fingerprint, References, Resolved, SecretError, resolve_from};
+use super::{DigestKey, Fingerprint, References, Resolved, SecretError, resolve_from};
 
 /// Why the Secret files could not be read.
 #[derive(Debug, thiserror::Error)]
@@ -180,13 +180,20 @@ impl LocalSecrets {
     }
 
     /// Resolves `refs` for a Deployment in `namespace`; the revision's
-    /// digest is the SHA-256 of the values (files have no resourceVersion).
-    pub fn resolve(&self, namespace: &str, refs: &References) -> Result<Resolved, SecretError> {
+    /// digest is the HMAC of the values under `key` (files have no
+    /// resourceVersion, and a plain hash would let anyone who sees the
+    /// revision test guesses of a value: [`super::digest_key`]).
+    pub fn resolve(
+        &self,
+        namespace: &str,
+        refs: &References,
+        key: &DigestKey,
+    ) -> Result<Resolved, SecretError> {
         resolve_from(
             refs,
             namespace,
             |name| self.get(namespace, name),
-            Fingerprint::Values,
+            Fingerprint::Values(key),
         )
     }
 }

@@ -16,12 +16,19 @@
 //!   the Secret, which is what a rotation is.
 //! - [`local`]: Secret manifests in local files, for `iot-operator apply
 //!   --secrets` without a cluster. Files have no resourceVersion, so there
-//!   the digest is the SHA-256 of the referenced values; it only ever
-//!   leaves the machine folded into the 64-bit revision.
+//!   the digest follows the referenced values. A plain hash of them would
+//!   be the same oracle (folding it into 64 bits does not stop anyone from
+//!   testing guesses against the revision), so it is an HMAC-SHA256 keyed
+//!   with a random key the CLI creates once and keeps on the machine
+//!   ([`digest_key`]): nothing derived from clear text alone leaves it.
+//!   Applies from two machines with different keys give different
+//!   revisions (a harmless extra rollout); administrators who share the
+//!   key file avoid that.
 //!
 //! [`seal`] makes each device's [`protocol::SecretSet`] from [`Resolved`];
 //! [`dockerconfig`] reads a `.dockerconfigjson`.
 
+pub mod digest_key;
 pub mod dockerconfig;
 pub mod local;
 pub mod resolve;
@@ -29,14 +36,13 @@ pub mod seal;
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use crate::crd::ImagePullSecret;
+pub use digest_key::DigestKey;
+pub use dockerconfig::Login;
 use k8s_openapi::api::core::v1::Secret;
 use protocol::sealed::{MAX_PULL_CREDENTIALS, MAX_SECRET_SIZE, MAX_SECRET_VALUES};
 use protocol::{IotScore, ScorePayload};
 use sealing::Zeroizing;
-use sha2::{Digest, Sha256};
-
-use crate::crd::ImagePullSecret;
-pub use dockerconfig::Login;
 
 /// The Secret type `spec.imagePullSecrets` must name.
 pub const DOCKER_CONFIG_JSON_TYPE: &str = "kubernetes.io/dockerconfigjson";
@@ -71,14 +77,16 @@ impl References {
         match payload.decode() {
             Ok(IotScore::PodmanV0(s)) => {
                 for c in s.containers.iter() {
-                    refs.registries
-                        .insert(protocol::sealed::registry_of(c.image.as_str()).to_string());
+                    refs.registries.insert(
+                        protocol::sealed::registry_of(c.image.as_str()).to_ascii_lowercase(),
+                    );
                 }
             }
             Ok(IotScore::PodmanV1(s)) => {
                 for (i, c) in s.containers.iter().enumerate() {
-                    refs.registries
-                        .insert(protocol::sealed::registry_of(c.image.as_str()).to_string());
+                    refs.registries.insert(
+                        protocol::sealed::registry_of(c.image.as_str()).to_ascii_lowercase(),
+                    );
                     for (j, e) in c.env.iter().enumerate() {
                         if let Some(from) = &e.value_from {
                             let r = &from.secret_key_ref;
@@ -239,12 +247,13 @@ impl Resolved {
 }
 
 /// What the revision's digest covers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Fingerprint {
+#[derive(Debug, Clone, Copy)]
+pub enum Fingerprint<'k> {
     /// Each Secret's uid and resourceVersion (Kubernetes).
     Versions,
-    /// The SHA-256 of the referenced values (local files).
-    Values,
+    /// The HMAC-SHA256 of the referenced values under the CLI's own key
+    /// (local files), never a plain hash of them.
+    Values(&'k DigestKey),
 }
 
 /// Resolves `refs` from the Secrets `get` finds by name (`None`: absent).
@@ -254,7 +263,7 @@ pub fn resolve_from<'s>(
     refs: &References,
     namespace: &str,
     get: impl Fn(&str) -> Option<&'s Secret>,
-    fingerprint: Fingerprint,
+    fingerprint: Fingerprint<'_>,
 ) -> Result<Resolved, SecretError> {
     let mut resolved = Resolved::default();
     // The Secrets whose contents the result depends on.
@@ -318,7 +327,9 @@ pub fn resolve_from<'s>(
             if resolved.logins.contains_key(registry) {
                 continue;
             }
-            if let Some(login) = logins.get(registry) {
+            // An entry that cannot be read fails only when the images
+            // pull from its registry (the kubelet skips it otherwise).
+            if let Some(login) = logins.login_for(registry).map_err(malformed)? {
                 resolved.logins.insert(registry.clone(), login.clone());
                 used.insert(name.clone());
             }
@@ -341,7 +352,7 @@ pub fn resolve_from<'s>(
     if !resolved.is_empty() {
         resolved.digest = match fingerprint {
             Fingerprint::Versions => versions_digest(&used, &get),
-            Fingerprint::Values => values_digest(&resolved),
+            Fingerprint::Values(key) => values_digest(&resolved, key),
         };
     }
     Ok(resolved)
@@ -387,12 +398,13 @@ fn versions_digest<'s>(
     out
 }
 
-/// The SHA-256 of every resolved value and login, each length-prefixed.
-fn values_digest(r: &Resolved) -> Vec<u8> {
-    let mut h = Sha256::new();
+/// The HMAC-SHA256 under `key` of every resolved value and login, each
+/// length-prefixed.
+fn values_digest(r: &Resolved, key: &DigestKey) -> Vec<u8> {
+    let mut data = Zeroizing::new(Vec::new());
     let mut put = |b: &[u8]| {
-        h.update((b.len() as u64).to_le_bytes());
-        h.update(b);
+        data.extend_from_slice(&(b.len() as u64).to_le_bytes());
+        data.extend_from_slice(b);
     };
     for ((secret, key), value) in &r.values {
         put(b"value");
@@ -407,7 +419,7 @@ fn values_digest(r: &Resolved) -> Vec<u8> {
         put(login.password.as_bytes());
         put(login.identity_token.as_bytes());
     }
-    h.finalize().to_vec()
+    key.sign(&data)
 }
 
 #[cfg(test)]

@@ -82,15 +82,17 @@ pub fn seal_for(
 }
 
 /// `value` with every sealed box's random parts (the ephemeral sender key
-/// and the box) blanked: what stays the same between two seals of the same
-/// values to the same key. `None` when it does not decode.
+/// and the box) replaced by fixed stand-ins: what stays the same between
+/// two seals of the same values to the same key. The stand-ins are not
+/// empty, so the result still encodes (the wire contract refuses empty
+/// sealed fields). `None` when it does not decode.
 pub fn comparable(value: &[u8]) -> Option<DesiredState<'static>> {
     let mut d: DesiredState<'static> = protocol::wire::decode::<DesiredState<'_>>(value)
         .ok()?
         .into_owned();
     let blank = |mut s: protocol::Sealed<'static>| {
-        s.sender = Text::default();
-        s.boxed = Default::default();
+        s.sender = Text::borrowed("-");
+        s.boxed = protocol::Bytes::owned(vec![0]);
         s
     };
     let secrets = std::mem::take(&mut d.secrets);

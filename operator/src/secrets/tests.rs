@@ -264,23 +264,38 @@ fn resolution_errors_name_the_secret_and_key_never_a_value() {
         &|e| matches!(e, SecretError::WrongType { found, .. } if found == "Opaque"),
         "Secret \"regcred\" in spec.imagePullSecrets is of type \"Opaque\", not kubernetes.io/dockerconfigjson",
     );
-    let mut s = all_secrets("1");
-    s.insert(
-        "regcred".into(),
-        secret(
-            "regcred",
-            Some(DOCKER_CONFIG_JSON_TYPE),
-            "1",
-            &[(
-                DOCKER_CONFIG_JSON_KEY,
-                r#"{"auths": {"r.io": {"auth": "s3cret"}}}"#,
-            )],
-        ),
-    );
+    let broken = |config: &str| {
+        let mut s = all_secrets("1");
+        s.insert(
+            "regcred".into(),
+            secret(
+                "regcred",
+                Some(DOCKER_CONFIG_JSON_TYPE),
+                "1",
+                &[(DOCKER_CONFIG_JSON_KEY, config)],
+            ),
+        );
+        s
+    };
+    // A broken entry for the registry the images use fails...
     check(
-        s,
+        broken(r#"{"auths": {"https://Registry.Example.com/v2/": {"auth": "s3cret"}}}"#),
         &|e| matches!(e, SecretError::MalformedDockerConfig { .. }),
-        "Secret \"regcred\" in spec.imagePullSecrets: .dockerconfigjson auths.\"r.io\".auth is not base64",
+        "Secret \"regcred\" in spec.imagePullSecrets: .dockerconfigjson auths.\"https://Registry.Example.com/v2/\".auth is not base64",
+    );
+    // ...one for a registry they do not use (or an email-only entry) is
+    // skipped, as the kubelet skips it.
+    let r = resolve_in(
+        &refs,
+        &broken(
+            r#"{"auths": {"r.io": {"auth": "s3cret"}, "mail.io": {"email": "a@b"}, "registry.example.com": {"username": "u", "password": "p"}}}"#,
+        ),
+        Fingerprint::Versions,
+    )
+    .unwrap();
+    assert_eq!(
+        r.logins.keys().collect::<Vec<_>>(),
+        ["registry.example.com"]
     );
     let mut s = all_secrets("1");
     let big = "x".repeat(protocol::sealed::MAX_SECRET_SIZE + 1);
@@ -306,17 +321,51 @@ fn the_digest_follows_resource_versions_and_local_values() {
         v1.digest, v2.digest,
         "a new resourceVersion is a new digest"
     );
-    // Local files: the values' SHA-256.
-    let l1 = resolve_in(&refs, &all_secrets("1"), Fingerprint::Values).unwrap();
-    let l2 = resolve_in(&refs, &all_secrets("2"), Fingerprint::Values).unwrap();
+    // Local files: the values' HMAC under the CLI's own key, never a
+    // plain hash of them (which anyone seeing the revision could test
+    // guesses against).
+    let key = DigestKey::from_bytes(&[7; 32]);
+    let l1 = resolve_in(&refs, &all_secrets("1"), Fingerprint::Values(&key)).unwrap();
+    let l2 = resolve_in(&refs, &all_secrets("2"), Fingerprint::Values(&key)).unwrap();
     assert_eq!(l1.digest, l2.digest, "same values");
     assert_eq!(l1.digest.len(), 32);
+    let other_key = DigestKey::from_bytes(&[8; 32]);
+    let elsewhere = resolve_in(&refs, &all_secrets("1"), Fingerprint::Values(&other_key)).unwrap();
+    assert_ne!(
+        l1.digest, elsewhere.digest,
+        "keyed: another machine's key differs"
+    );
+    // Not the unkeyed SHA-256 of the values as the old digest made it.
+    let mut plain = Vec::new();
+    for ((secret, key), value) in &l1.values {
+        for b in [&b"value"[..], secret.as_bytes(), key.as_bytes(), value] {
+            plain.extend_from_slice(&(b.len() as u64).to_le_bytes());
+            plain.extend_from_slice(b);
+        }
+    }
+    for (registry, login) in &l1.logins {
+        for b in [
+            &b"login"[..],
+            registry.as_bytes(),
+            login.username.as_bytes(),
+            login.password.as_bytes(),
+            login.identity_token.as_bytes(),
+        ] {
+            plain.extend_from_slice(&(b.len() as u64).to_le_bytes());
+            plain.extend_from_slice(b);
+        }
+    }
+    assert_ne!(
+        l1.digest,
+        ring::digest::digest(&ring::digest::SHA256, &plain).as_ref(),
+        "a plain hash of the values"
+    );
     let mut rotated = all_secrets("1");
     rotated.insert(
         "regcred".into(),
         regcred("1", "registry.example.com", "robot", "n3w"),
     );
-    let l3 = resolve_in(&refs, &rotated, Fingerprint::Values).unwrap();
+    let l3 = resolve_in(&refs, &rotated, Fingerprint::Values(&key)).unwrap();
     assert_ne!(l1.digest, l3.digest, "a rotated password");
     // And the plan's revision follows.
     let d = deployment(score(), &["regcred"]);
@@ -338,6 +387,54 @@ fn sealed_plan(keys: &BTreeMap<&str, String>) -> (Plan, Deployment) {
     let mut p = plan(&d).unwrap();
     p.set_secrets(resolved, |t| keys.get(t).cloned()).unwrap();
     (p, d)
+}
+
+/// Each seal draws a fresh ephemeral key: identical sealed parts before
+/// and after a re-encoding mean the values were not sealed again.
+#[test]
+fn re_encodings_reuse_the_sealed_values() {
+    let (a, b) = (DeviceKey::generate(), DeviceKey::generate());
+    let keys = BTreeMap::from([
+        ("a", a.public_key().to_string()),
+        ("b", b.public_key().to_string()),
+    ]);
+    let (mut p, _) = sealed_plan(&keys);
+    let sets = |p: &Plan| {
+        ["a", "b"].map(|device| {
+            let d: DesiredState<'_> = protocol::wire::decode(p.value_for(device)).unwrap();
+            (d.attempt, d.gate.windows.len(), d.secrets.into_owned())
+        })
+    };
+    let before = sets(&p);
+    let again = {
+        let (q, _) = sealed_plan(&keys);
+        sets(&q)
+    };
+    assert_ne!(before[0].2, again[0].2, "two seals of a value differ");
+    p.set_attempt(2).unwrap();
+    let window = crate::crd::MaintenanceWindowSpec {
+        at: "0 2 * * *".into(),
+        time_zone: "UTC".into(),
+        duration: "1h".into(),
+    };
+    p.set_device_windows(|d| (d == "a").then(|| vec![window.clone()]));
+    let after = sets(&p);
+    for (i, (attempt, windows, set)) in after.iter().enumerate() {
+        assert_eq!(*attempt, 2);
+        assert_eq!(*windows, usize::from(i == 0));
+        assert_eq!(*set, before[i].2, "device {i} sealed again");
+    }
+    let (mut q, _) = sealed_plan(&keys);
+    let q_before = sets(&q);
+    q.copy_device_windows(&p).unwrap();
+    let q_after = sets(&q);
+    assert_eq!(q_after[0].1, 1);
+    for i in 0..2 {
+        assert_eq!(
+            q_after[i].2, q_before[i].2,
+            "copy_device_windows sealed again"
+        );
+    }
 }
 
 #[test]
@@ -509,7 +606,9 @@ fn local_files_and_directories_of_secret_manifests() {
     let local = local::LocalSecrets::load(dir.path()).unwrap();
     assert_eq!(local.len(), 3);
     let d = deployment(score(), &[]);
-    let r = local.resolve("fleet", &refs_of(&d)).unwrap();
+    let r = local
+        .resolve("fleet", &refs_of(&d), &DigestKey::from_bytes(&[1; 32]))
+        .unwrap();
     let got: Vec<(&str, &str, &[u8])> = r
         .values
         .iter()
@@ -524,7 +623,9 @@ fn local_files_and_directories_of_secret_manifests() {
         ]
     );
     // Another namespace sees the namespace-less db, not fleet's tls.
-    let e = local.resolve("elsewhere", &refs_of(&d)).unwrap_err();
+    let e = local
+        .resolve("elsewhere", &refs_of(&d), &DigestKey::from_bytes(&[1; 32]))
+        .unwrap_err();
     assert!(
         matches!(e, SecretError::NotFound { ref secret, .. } if secret == "tls"),
         "{e}"
