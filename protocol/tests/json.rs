@@ -3,7 +3,6 @@
 #![allow(clippy::unwrap_used, missing_docs)]
 
 mod common;
-#[allow(dead_code)]
 mod vectors;
 
 use protocol::json::{JsonScoreError, payload_from_json};
