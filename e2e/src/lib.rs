@@ -10,6 +10,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
+use std::time::{Duration, Instant};
 
 use escargot::error::CargoError;
 
@@ -76,6 +77,12 @@ pub struct AgentSpec<'a> {
     pub labels: &'a [(&'a str, &'a str)],
     /// Where its log goes: `None` inherits the test's stderr.
     pub log: Option<&'a Path>,
+    /// Its NATS nkey seed file (`cargo xtask creds`' `<id>.nk`): `None`
+    /// connects without credentials.
+    pub nats_nkey: Option<&'a Path>,
+    /// Its sealing key file (`cargo xtask creds`' `<id>.xk`, as baked on
+    /// a board): `None` lets the agent create one at its first start.
+    pub sealing_key: Option<&'a Path>,
 }
 
 /// Starts `iot-operator run` against `nats_url` and the API server of
@@ -120,9 +127,16 @@ pub fn spawn_agent(agent: &[String], dir: &Path, spec: &AgentSpec<'_>) -> std::i
     let device = spec.device;
     let state = dir.join(device);
     let config = dir.join(format!("{device}.toml"));
+    let credentials = match spec.nats_nkey {
+        Some(seed) => format!(
+            "[nats.credentials]\ntype = \"nkey\"\nseed_file = \"{}\"\n",
+            seed.display()
+        ),
+        None => String::new(),
+    };
     let mut text = format!(
         "version = 1\ndevice_id = \"{device}\"\nstate_dir = \"{}\"\nheartbeat_interval_secs = 1\n\
-         [nats]\nurls = [\"{}\"]\n[podman]\nsocket = \"{}\"\nstop_timeout_secs = 1\n",
+         [nats]\nurls = [\"{}\"]\n{credentials}[podman]\nsocket = \"{}\"\nstop_timeout_secs = 1\n",
         state.display(),
         spec.nats_url,
         spec.podman_uri
@@ -134,11 +148,14 @@ pub fn spawn_agent(agent: &[String], dir: &Path, spec: &AgentSpec<'_>) -> std::i
         "[update]\nlock_dir = \"{}\"\nclock_sync_wait_secs = 0\n",
         lock_dir(dir, device).display()
     ));
-    // Each board its sealing key (created by the agent at its first start,
-    // as on a board without a baked key) and a tmpfs for what it opens.
+    // Each board its sealing key (baked, or created by the agent at its
+    // first start as on a board without one) and a tmpfs for what it opens.
+    let key_file = spec
+        .sealing_key
+        .map_or_else(|| dir.join(format!("{device}.xk")), Path::to_path_buf);
     text.push_str(&format!(
         "[secrets]\nkey_file = \"{}\"\nruntime_dir = \"{}\"\n",
-        dir.join(format!("{device}.xk")).display(),
+        key_file.display(),
         secrets_dir(device).display()
     ));
     if !spec.labels.is_empty() {
@@ -181,6 +198,51 @@ pub fn remove_secrets_dir(device: &str) {
 /// `device` under `dir`: a test takes `update.lock` in it to hold updates.
 pub fn lock_dir(dir: &Path, device: &str) -> PathBuf {
     dir.join(format!("{device}-lock"))
+}
+
+/// Polls `probe` every 200 ms until it gives `Ok`; after `wait` panics
+/// naming `what`, with the last thing it saw and the end of each of `logs`
+/// (newest lines first), so a failure shows what the services were doing.
+pub async fn until<T, F, Fut>(what: &str, wait: Duration, logs: &[PathBuf], mut probe: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, String>>,
+{
+    let start = Instant::now();
+    let last = loop {
+        match probe().await {
+            Ok(v) => return v,
+            Err(last) if start.elapsed() > wait => break last,
+            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    };
+    let mut report = format!("{what}: not within {wait:?}; last: {last}");
+    for log in logs {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        let tail: Vec<&str> = text.lines().rev().take(30).collect();
+        report.push_str(&format!(
+            "\n{}, newest first:\n{}",
+            log.display(),
+            tail.join("\n")
+        ));
+    }
+    panic!("{report}");
+}
+
+/// A Deployment's `.status` as `kubectl get -o json` shows it (namespace
+/// `default`).
+pub fn kubectl_status(
+    kubectl: &testkit::kubectl::Kubectl,
+    name: &str,
+) -> Result<serde_json::Value, String> {
+    let out = kubectl
+        .run(&["-n", "default", "get", "iotdeploy", name, "-o", "json"])
+        .map_err(|e| e.to_string())?;
+    if !out.status.success() {
+        return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+    }
+    let d: serde_json::Value = serde_json::from_slice(&out.stdout).map_err(|e| e.to_string())?;
+    Ok(d["status"].clone())
 }
 
 /// The target directory and Cargo profile the running executable was built

@@ -95,6 +95,8 @@ impl World {
             containers_conf: &PodmanService::containers_conf(),
             labels: &[("site", "lab"), ("stage", stage)],
             log: None,
+            nats_nkey: None,
+            sealing_key: None,
         };
         let child = e2e::spawn_agent(&[bin.display().to_string()], self.dir.path(), &spec).unwrap();
         self.children.push(child);
@@ -150,24 +152,14 @@ impl World {
         v
     }
 
-    /// Polls `probe` until it gives `Ok`; panics after [`WAIT`] with what it
-    /// saw last and the end of the operator's log.
-    async fn until<T, F, Fut>(&self, what: &str, mut probe: F) -> T
+    /// [`e2e::until`] with the operator's log.
+    async fn until<T, F, Fut>(&self, what: &str, probe: F) -> T
     where
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = Result<T, String>>,
     {
-        let start = std::time::Instant::now();
-        let last = loop {
-            match probe().await {
-                Ok(v) => return v,
-                Err(last) if start.elapsed() > WAIT => break last,
-                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
-            }
-        };
-        let log = std::fs::read_to_string(self.dir.path().join("operator.log")).unwrap_or_default();
-        let tail = log.lines().rev().take(30).collect::<Vec<_>>().join("\n");
-        panic!("{what}: not within {WAIT:?}; last: {last}\noperator log, newest first:\n{tail}");
+        let logs = [self.dir.path().join("operator.log")];
+        e2e::until(what, WAIT, &logs, probe).await
     }
 
     /// Waits until `device`'s last report is `phase` at `revision`.

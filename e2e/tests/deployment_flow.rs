@@ -73,6 +73,8 @@ impl World {
             containers_conf: &PodmanService::containers_conf(),
             labels: &[],
             log: None,
+            nats_nkey: None,
+            sealing_key: None,
         };
         let child = e2e::spawn_agent(agent, self.dir.path(), &spec).unwrap();
         self.agents.push((device.to_string(), child));

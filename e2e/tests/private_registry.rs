@@ -87,6 +87,8 @@ impl World {
             containers_conf: &PodmanService::containers_conf(),
             labels: &[],
             log: Some(&log),
+            nats_nkey: None,
+            sealing_key: None,
         };
         let agent = e2e::spawn_agent(&agent, dir.path(), &spec).unwrap();
         Some(World {
@@ -102,30 +104,14 @@ impl World {
         })
     }
 
-    /// Polls `probe` until it gives `Ok`; panics after [`WAIT`] with what it
-    /// saw last and the end of both logs.
-    async fn until<T, F, Fut>(&self, what: &str, mut probe: F) -> T
+    /// [`e2e::until`] with the operator's and the agent's logs.
+    async fn until<T, F, Fut>(&self, what: &str, probe: F) -> T
     where
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = Result<T, String>>,
     {
-        let start = std::time::Instant::now();
-        let last = loop {
-            match probe().await {
-                Ok(v) => return v,
-                Err(last) if start.elapsed() > WAIT => break last,
-                Err(_) => tokio::time::sleep(Duration::from_millis(300)).await,
-            }
-        };
-        let tail = |file: &str| {
-            let log = std::fs::read_to_string(self.dir.path().join(file)).unwrap_or_default();
-            log.lines().rev().take(25).collect::<Vec<_>>().join("\n")
-        };
-        panic!(
-            "{what}: not within {WAIT:?}; last: {last}\noperator log, newest first:\n{}\nagent log, newest first:\n{}",
-            tail("operator.log"),
-            tail("agent.log")
-        );
+        let logs = ["operator.log", "agent.log"].map(|f| self.dir.path().join(f));
+        e2e::until(what, WAIT, &logs, probe).await
     }
 
     async fn secret(&self, name: &str, type_: &str, data: &[(&str, &[u8])]) {
@@ -171,7 +157,9 @@ impl World {
         .await;
     }
 
-    async fn apply(&self, name: &str, pull_secret: &str, tag: &str) {
+    /// Applies Deployment `name` of the private image, pulling with the
+    /// login in Secret `pull_secret` (none: without `imagePullSecrets`).
+    async fn apply(&self, name: &str, pull_secret: Option<&str>, tag: &str) {
         let api: Api<Deployment> = Api::namespaced(self.kube.client().await, "default");
         let d = json!({
             "apiVersion": "iot.nationtech.io/v1alpha1",
@@ -179,7 +167,6 @@ impl World {
             "metadata": {"name": name, "namespace": "default"},
             "spec": {
                 "targetDevices": [self.device],
-                "imagePullSecrets": [{"name": pull_secret}],
                 "score": {"type": "PodmanV1", "data": {"containers": [{
                     "name": "app",
                     "image": self.image,
@@ -192,26 +179,20 @@ impl World {
                 }]}}
             }
         });
+        let mut d = d;
+        if let Some(secret) = pull_secret {
+            d["spec"]["imagePullSecrets"] = json!([{"name": secret}]);
+        }
         let d: Deployment = serde_json::from_value(d).unwrap();
         api.patch(name, &PatchParams::apply("e2e").force(), &Patch::Apply(&d))
             .await
             .unwrap();
     }
 
-    /// `name`'s `.status` as `kubectl get -o json` shows it.
-    fn kubectl_status(&self, name: &str) -> Result<Value, String> {
-        let out = self
-            .kubectl
-            .run(&["-n", "default", "get", "iotdeploy", name, "-o", "json"])
-            .map_err(|e| e.to_string())?;
-        let d: Value = serde_json::from_slice(&out.stdout).map_err(|e| e.to_string())?;
-        Ok(d["status"].clone())
-    }
-
     /// Waits until `name` is ready on the board and returns its revision.
     async fn ready(&self, name: &str, not: Option<&str>) -> String {
         self.until(&format!("{name}: ready"), || async {
-            let s = self.kubectl_status(name)?;
+            let s = e2e::kubectl_status(&self.kubectl, name)?;
             let revision = s["revision"].as_str().unwrap_or_default().to_string();
             if s["ready"] == 1 && s["upToDate"] == 1 && Some(revision.as_str()) != not {
                 Ok(revision)
@@ -220,6 +201,29 @@ impl World {
             }
         })
         .await
+    }
+
+    /// Applies `name` pulling with `pull_secret`, and waits until the
+    /// board reports `ImagePullBackOff` for it with the registry's
+    /// `unauthorized`; returns the board's entry.
+    async fn pull_refused(&self, name: &str, pull_secret: Option<&str>) -> Value {
+        self.apply(name, pull_secret, "1").await;
+        let entry = self
+            .until(&format!("{name}: ImagePullBackOff"), || async {
+                let s = e2e::kubectl_status(&self.kubectl, name)?;
+                let entry = s["devices"]
+                    .as_array()
+                    .and_then(|ds| ds.iter().find(|e| e["device"] == self.device.as_str()))
+                    .cloned();
+                match entry {
+                    Some(e) if e["reason"] == "ImagePullBackOff" => Ok(e),
+                    other => Err(format!("{other:?}")),
+                }
+            })
+            .await;
+        let message = entry["message"].as_str().unwrap_or_default();
+        assert!(message.contains("unauthorized"), "{name}: {entry}");
+        entry
     }
 
     /// The board's container of deployment `name`: its log.
@@ -313,7 +317,7 @@ async fn private_flow(agent: Option<Vec<String>>) {
         ],
     )
     .await;
-    w.apply("vault-app", "regcred", "1").await;
+    w.apply("vault-app", Some("regcred"), "1").await;
     let first = w.ready("vault-app", None).await;
     // The container got the value both ways.
     w.until("the container prints the secret", || async {
@@ -348,7 +352,9 @@ async fn private_flow(agent: Option<Vec<String>>) {
                 "{log} holds {secret}"
             );
         }
-        let status = w.kubectl_status("vault-app").unwrap().to_string();
+        let status = e2e::kubectl_status(&w.kubectl, "vault-app")
+            .unwrap()
+            .to_string();
         assert!(!status.contains(secret), "the CR status holds {secret}");
         if secret != DB_PASSWORD {
             for (_, id) in w
@@ -379,25 +385,13 @@ async fn private_flow(agent: Option<Vec<String>>) {
         );
     }
 
-    // A wrong password: ImagePullBackOff, and the password nowhere.
+    // No login, then a wrong one: ImagePullBackOff naming the registry's
+    // refusal, and the password nowhere.
+    let entry = w.pull_refused("vault-none", None).await;
+    assert!(!entry.to_string().contains(PASSWORD), "{entry}");
     w.registry_secret("badcred", "not-the-password").await;
-    w.apply("vault-bad", "badcred", "1").await;
-    let entry = w
-        .until("vault-bad: ImagePullBackOff", || async {
-            let s = w.kubectl_status("vault-bad")?;
-            let entry = s["devices"]
-                .as_array()
-                .and_then(|ds| ds.iter().find(|e| e["device"] == w.device.as_str()))
-                .cloned();
-            match entry {
-                Some(e) if e["reason"] == "ImagePullBackOff" => Ok(e),
-                other => Err(format!("{other:?}")),
-            }
-        })
-        .await;
-    let message = entry["message"].as_str().unwrap_or_default();
-    assert!(message.contains("unauthorized"), "{entry}");
-    assert!(!message.contains("not-the-password"), "{entry}");
+    let entry = w.pull_refused("vault-bad", Some("badcred")).await;
+    assert!(!entry.to_string().contains("not-the-password"), "{entry}");
     let agent_log = std::fs::read_to_string(w.dir.path().join("agent.log")).unwrap();
     assert!(!agent_log.contains("not-the-password"));
 

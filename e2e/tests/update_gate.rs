@@ -66,6 +66,8 @@ impl World {
             containers_conf: &PodmanService::containers_conf(),
             labels: &[("site", "lab")],
             log: None,
+            nats_nkey: None,
+            sealing_key: None,
         };
         let agent = e2e::spawn_agent(&[agent.display().to_string()], dir.path(), &spec).unwrap();
         Some(World {
@@ -80,34 +82,14 @@ impl World {
         })
     }
 
-    /// Polls `probe` until it gives `Ok`; panics after [`WAIT`] with what it
-    /// saw last and the end of the operator's log.
-    async fn until<T, F, Fut>(&self, what: &str, mut probe: F) -> T
+    /// [`e2e::until`] with the operator's log.
+    async fn until<T, F, Fut>(&self, what: &str, probe: F) -> T
     where
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = Result<T, String>>,
     {
-        let start = std::time::Instant::now();
-        let last = loop {
-            match probe().await {
-                Ok(v) => return v,
-                Err(last) if start.elapsed() > WAIT => break last,
-                Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
-            }
-        };
-        let log = std::fs::read_to_string(self.dir.path().join("operator.log")).unwrap_or_default();
-        let tail = log.lines().rev().take(30).collect::<Vec<_>>().join("\n");
-        panic!("{what}: not within {WAIT:?}; last: {last}\noperator log, newest first:\n{tail}");
-    }
-
-    /// `name`'s `.status` as `kubectl get -o json` shows it.
-    fn kubectl_status(&self, name: &str) -> Result<Value, String> {
-        let out = self
-            .kubectl
-            .run(&["-n", "default", "get", "iotdeploy", name, "-o", "json"])
-            .map_err(|e| e.to_string())?;
-        let d: Value = serde_json::from_slice(&out.stdout).map_err(|e| e.to_string())?;
-        Ok(d["status"].clone())
+        let logs = [self.dir.path().join("operator.log")];
+        e2e::until(what, WAIT, &logs, probe).await
     }
 
     /// Waits until `name`'s status says the board runs `revision` (ready
@@ -115,7 +97,7 @@ impl World {
     async fn ready_at(&self, name: &str, revision: u64) {
         let want = revision_string(revision);
         self.until(&format!("{name}: ready at {want}"), || async {
-            let s = self.kubectl_status(name)?;
+            let s = e2e::kubectl_status(&self.kubectl, name)?;
             if s["revision"] == want.as_str() && s["ready"] == 1 && s["upToDate"] == 1 {
                 Ok(())
             } else {
@@ -129,8 +111,8 @@ impl World {
     /// devices that are not ready are listed) satisfies `ok`; returns it.
     async fn device_status(&self, name: &str, what: &str, ok: impl Fn(&Value) -> bool) -> Value {
         self.until(&format!("{name}: {what}"), || async {
-            let d = json!({"status": self.kubectl_status(name)?});
-            let entry = d["status"]["devices"]
+            let s = e2e::kubectl_status(&self.kubectl, name)?;
+            let entry = s["devices"]
                 .as_array()
                 .and_then(|ds| ds.iter().find(|e| e["device"] == self.device.as_str()))
                 .cloned();

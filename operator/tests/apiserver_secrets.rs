@@ -106,12 +106,6 @@ async fn sealed_value(
     .await
 }
 
-fn open_password(key: &DeviceKey, d: &DesiredState<'_>, device: &str) -> String {
-    let v = d.secrets.value_for("db", "password").unwrap();
-    let b = binding(device, "web", d.revision, db_password());
-    String::from_utf8(key.open(&v.sealed, &b).unwrap().to_vec()).unwrap()
-}
-
 #[tokio::test]
 async fn secrets_are_sealed_to_each_device_and_rotate() {
     let Some(env) = nats_env().await else { return };
@@ -169,7 +163,7 @@ async fn secrets_are_sealed_to_each_device_and_rotate() {
         first.revision, unsealed_revision,
         "the Secrets are in the revision"
     );
-    assert_eq!(open_password(&pi1, &first, "pi-1"), "hunter2-db");
+    assert_eq!(open_password_of(&pi1, &first, "pi-1", "web"), "hunter2-db");
     let pull = first.secrets.pull_for("registry.example.com").unwrap();
     let login = pi1
         .open(
@@ -226,21 +220,7 @@ async fn secrets_are_sealed_to_each_device_and_rotate() {
     // Reconciled again and again (the Secrets re-read, the keys scanned
     // and compared): nothing is rewritten, though each seal differs.
     let seq = desired_seq(&env.client).await;
-    let scans = ctx.metrics.kv_scans.load(Ordering::Relaxed);
-    eventually("three more scans of the keys", || async {
-        let now = ctx.metrics.kv_scans.load(Ordering::Relaxed);
-        if now >= scans + 3 {
-            Ok(())
-        } else {
-            Err(format!("{now} scans"))
-        }
-    })
-    .await;
-    assert_eq!(
-        desired_seq(&env.client).await,
-        seq,
-        "a no-op reconcile wrote"
-    );
+    nothing_written_in_three_reconciles(&env, &ctx, seq, "a no-op reconcile wrote").await;
 
     // The Secret rotated: a new revision, sealed anew.
     let patch = json!({"stringData": {"password": "hunter3-db"}});
@@ -249,7 +229,10 @@ async fn secrets_are_sealed_to_each_device_and_rotate() {
         .await
         .unwrap();
     let rotated = sealed_value(&env, "pi-1", "web", &pi1, Some(first.revision)).await;
-    assert_eq!(open_password(&pi1, &rotated, "pi-1"), "hunter3-db");
+    assert_eq!(
+        open_password_of(&pi1, &rotated, "pi-1", "web"),
+        "hunter3-db"
+    );
     // The old value's binding does not open the new one.
     let v = rotated.secrets.value_for("db", "password").unwrap();
     assert!(
@@ -265,7 +248,10 @@ async fn secrets_are_sealed_to_each_device_and_rotate() {
     put_heartbeat_with_key(&env.client, "pi-1", pi1_new.public_key()).await;
     let resealed = sealed_value(&env, "pi-1", "web", &pi1_new, None).await;
     assert_eq!(resealed.revision, rotated.revision);
-    assert_eq!(open_password(&pi1_new, &resealed, "pi-1"), "hunter3-db");
+    assert_eq!(
+        open_password_of(&pi1_new, &resealed, "pi-1", "web"),
+        "hunter3-db"
+    );
 
     // A Deployment naming a Secret that does not exist: a condition names
     // it, no key is written; once it exists, the key is written.
@@ -417,6 +403,7 @@ async fn a_rollback_after_a_rotation_is_refused_not_faked() {
         }
     })
     .await;
+    let seq = desired_seq(&env.client).await;
     common::put_status(
         &env.client,
         "pi-1",
@@ -436,8 +423,9 @@ async fn a_rollback_after_a_rotation_is_refused_not_faked() {
     })
     .await;
     assert!(!v.to_string().contains("\"two\""), "{v}");
-    // Nothing was written back: the key still holds the failed revision.
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Nothing was written back, in this reconcile or the next ones: the
+    // key still holds the failed revision.
+    nothing_written_in_three_reconciles(&env, &ctx, seq, "the refused rollback wrote").await;
     let rec = desired(&env.nats, "pi-1", "roll").await.unwrap();
     let now: DesiredState<'_> = protocol::wire::decode(&rec.value).unwrap();
     assert_eq!(now.revision, failing.revision);
@@ -446,6 +434,29 @@ async fn a_rollback_after_a_rotation_is_refused_not_faked() {
     watch.abort();
 }
 
+/// Waits for three more scans of the keys (each reconcile scans them),
+/// then asserts the bucket still holds `seq` messages: nothing was written.
+async fn nothing_written_in_three_reconciles(
+    env: &common::Env,
+    ctx: &Context,
+    seq: u64,
+    what: &str,
+) {
+    let scans = ctx.metrics.kv_scans.load(Ordering::Relaxed);
+    eventually("three more scans of the keys", || async {
+        let now = ctx.metrics.kv_scans.load(Ordering::Relaxed);
+        if now >= scans + 3 {
+            Ok(())
+        } else {
+            Err(format!("{now} scans"))
+        }
+    })
+    .await;
+    assert_eq!(desired_seq(&env.client).await, seq, "{what}");
+}
+
+/// The `db` Secret's `password` as `key` opens it from `d`, device
+/// `device`'s value of Deployment `name`.
 fn open_password_of(key: &DeviceKey, d: &DesiredState<'_>, device: &str, name: &str) -> String {
     let v = d.secrets.value_for("db", "password").unwrap();
     let b = binding(device, name, d.revision, db_password());

@@ -898,19 +898,20 @@ impl ContainerV1<'_> {
                     }
                     check_secret_ref(at("secret.secretName"), &secret.secret_name)?;
                     for (j, item) in secret.items.iter().enumerate() {
-                        check_secret_key(at("secret.items.key"), &item.key)?;
+                        let at = |field| at("secret.items").item(j, field);
+                        check_secret_key(at("key"), &item.key)?;
                         let path = item.path.as_str();
-                        check_len(at("secret.items.path"), path, MAX_STRING_LEN)?;
+                        check_len(at("path"), path, MAX_STRING_LEN)?;
                         if path.is_empty()
                             || path.starts_with('/')
                             || path
                                 .split('/')
                                 .any(|s| s.is_empty() || s == "." || s == "..")
                         {
-                            return fail(at("secret.items.path"), Violation::RelativePath);
+                            return fail(at("path"), Violation::RelativePath);
                         }
                         if secret.items[..j].iter().any(|o| o.path == item.path) {
-                            return fail(at("secret.items.path"), Violation::Duplicate);
+                            return fail(at("path"), Violation::Duplicate);
                         }
                     }
                     if let Some(mode) = secret.default_mode {

@@ -9,15 +9,20 @@ use crate::keys::TokenError;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
 pub struct FieldPath {
-    /// Index of the container, for fields inside one.
-    pub container: Option<usize>,
+    /// Index of the container, for fields inside one. Indexes are `u32`
+    /// (lists are bounded far below) to keep every error that carries a
+    /// path small.
+    pub container: Option<u32>,
     /// The field, in its JSON (camelCase) spelling; a nested field is
     /// dotted (`healthCheck.httpGet.port`).
     pub field: &'static str,
     /// Index within the field when it is a list.
-    pub index: Option<usize>,
+    pub index: Option<u32>,
     /// The sub-field of that list entry.
     pub sub: Option<&'static str>,
+    /// When that sub-field is itself a list: the entry's index and its
+    /// sub-field (`volumes[0].secret.items[1].path`).
+    pub item: Option<(u32, &'static str)>,
 }
 
 impl FieldPath {
@@ -28,26 +33,46 @@ impl FieldPath {
             field,
             index: None,
             sub: None,
+            item: None,
         }
     }
 
     /// A field of container `c`.
     pub const fn container(c: usize, field: &'static str) -> Self {
         FieldPath {
-            container: Some(c),
+            container: Some(index(c)),
             field,
             index: None,
             sub: None,
+            item: None,
         }
     }
 
     /// The same path pointing at entry `i` of the field, sub-field `sub`.
     pub const fn at(self, i: usize, sub: Option<&'static str>) -> Self {
         FieldPath {
-            index: Some(i),
+            index: Some(index(i)),
             sub,
             ..self
         }
+    }
+
+    /// The same path pointing into entry `j` of its sub-field (a list),
+    /// at that entry's field `field`.
+    pub const fn item(self, j: usize, field: &'static str) -> Self {
+        FieldPath {
+            item: Some((index(j), field)),
+            ..self
+        }
+    }
+}
+
+/// `i` as a path index: saturated, as no bounded list comes near.
+const fn index(i: usize) -> u32 {
+    if i > u32::MAX as usize {
+        u32::MAX
+    } else {
+        i as u32
     }
 }
 
@@ -62,6 +87,9 @@ impl fmt::Display for FieldPath {
         }
         if let Some(s) = self.sub {
             write!(f, ".{s}")?;
+        }
+        if let Some((j, field)) = self.item {
+            write!(f, "[{j}].{field}")?;
         }
         Ok(())
     }

@@ -880,13 +880,13 @@ fn podman_v1_secret_references_in_kubernetes_spelling() {
             Violation::VolumeSourceV1,
         ),
         (
-            json!({"containers": [{"name": "a", "image": "i", "volumes": [{"mountPath": "/x", "secret": {"secretName": "s", "items": [{"key": "k", "path": "../etc/passwd"}]}}]}]}),
-            "containers[0].volumes[0].secret.items.path",
+            json!({"containers": [{"name": "a", "image": "i", "volumes": [{"mountPath": "/x", "secret": {"secretName": "s", "items": [{"key": "a", "path": "a"}, {"key": "k", "path": "../etc/passwd"}]}}]}]}),
+            "containers[0].volumes[0].secret.items[1].path",
             Violation::RelativePath,
         ),
         (
             json!({"containers": [{"name": "a", "image": "i", "volumes": [{"mountPath": "/x", "secret": {"secretName": "s", "items": [{"key": "../k", "path": "k"}]}}]}]}),
-            "containers[0].volumes[0].secret.items.key",
+            "containers[0].volumes[0].secret.items[0].key",
             Violation::NotSecretKey,
         ),
         (
@@ -896,7 +896,7 @@ fn podman_v1_secret_references_in_kubernetes_spelling() {
         ),
         (
             json!({"containers": [{"name": "a", "image": "i", "volumes": [{"mountPath": "/x", "secret": {"secretName": "s", "items": [{"key": "k", "path": "/abs"}]}}]}]}),
-            "containers[0].volumes[0].secret.items.path",
+            "containers[0].volumes[0].secret.items[0].path",
             Violation::RelativePath,
         ),
         (

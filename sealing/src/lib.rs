@@ -14,7 +14,7 @@
 
 use std::fs;
 use std::io::Write;
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use nkeys::XKey;
@@ -186,8 +186,8 @@ impl DeviceKey {
         })
     }
 
-    /// Loads the key from `path`, or creates a new one there (mode 0600,
-    /// written to a temporary file then renamed) when it does not exist.
+    /// Loads the key from `path`, or creates a new one there with
+    /// [`create_private`] when it does not exist.
     /// Returns whether it was created.
     pub fn load_or_create(path: &Path) -> Result<(Self, bool), KeyError> {
         match fs::symlink_metadata(path) {
@@ -204,12 +204,18 @@ impl DeviceKey {
         let key = Self::generate();
         let mut line = key.seed();
         line.push('\n');
-        write_private(path, line.as_bytes()).map_err(|source| KeyError::Io {
-            path: path.to_path_buf(),
-            what: "creating the device key",
-            source,
-        })?;
-        Ok((key, true))
+        match create_private(path, line.as_bytes()) {
+            Ok(()) => Ok((key, true)),
+            // Another process created it meanwhile: that key is the one.
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                Self::load(path).map(|k| (k, false))
+            }
+            Err(source) => Err(KeyError::Io {
+                path: path.to_path_buf(),
+                what: "creating the device key",
+                source,
+            }),
+        }
     }
 
     /// The public key (`X...`) the operator seals to.
@@ -297,24 +303,30 @@ pub fn describe(b: &Binding<'_>) -> String {
     )
 }
 
-/// Writes `bytes` to `path` readable by its owner only: a uniquely named
-/// temporary file beside it (created 0600; removed if anything fails, so a
-/// power cut leaves at worst a stray temporary file that blocks nothing),
-/// then a rename and a sync of the directory, so a crash leaves no
-/// partial key.
-fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+/// Creates `path` holding `bytes`, readable by its owner only, and never
+/// replaces a file already there (the error is then `AlreadyExists`: two
+/// processes creating the same key at once both end up with the first
+/// one's). Written to a uniquely named temporary file beside it (created
+/// 0600, removed if anything fails, so a power cut leaves at worst a stray
+/// temporary file that blocks nothing), linked into place without
+/// clobbering, then the directory synced, so a crash leaves no partial
+/// file. A missing directory is created 0700.
+pub fn create_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),
     };
-    fs::create_dir_all(dir)?;
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)?;
     let mut tmp = tempfile::Builder::new()
-        .prefix(".device-key-")
+        .prefix(".private-")
         .permissions(fs::Permissions::from_mode(0o600))
         .tempfile_in(dir)?;
     tmp.write_all(bytes)?;
     tmp.as_file().sync_all()?;
-    tmp.persist(path).map_err(|e| e.error)?;
+    tmp.persist_noclobber(path).map_err(|e| e.error)?;
     fs::File::open(dir)?.sync_all()
 }
 
@@ -455,5 +467,19 @@ mod tests {
         let e = DeviceKey::load(&path).unwrap_err();
         assert!(matches!(e, KeyError::NotASeed { .. }), "{e}");
         assert!(!format!("{:?}", created).contains(created.seed().as_str()));
+    }
+
+    #[test]
+    fn create_private_never_replaces_and_makes_its_directory_private() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keys/one");
+        create_private(&path, b"first").unwrap();
+        let e = create_private(&path, b"second").unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::AlreadyExists);
+        assert_eq!(fs::read(&path).unwrap(), b"first");
+        let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&path), 0o600);
+        assert_eq!(mode(path.parent().unwrap()), 0o700);
+        assert_eq!(fs::read_dir(path.parent().unwrap()).unwrap().count(), 1);
     }
 }

@@ -142,13 +142,21 @@ fn layout_modes_idempotence_add_and_revoke() {
     assert_eq!(recreated["pi-1.xk"], sealing["pi-1.xk"]);
 
     // A sealing key others can read is refused, with the fix.
+    // It stops the run before the server's authorization changes: a
+    // device added meanwhile is not let in half made.
     std::fs::set_permissions(dir.join("pi-1.xk"), std::fs::Permissions::from_mode(0o644)).unwrap();
-    let out = creds(&dir, &[]);
+    let conf_before = std::fs::read_to_string(dir.join("nats-server.conf")).unwrap();
+    let out = creds(&dir, &["--device", "pi-4"]);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
         err.contains("pi-1.xk") && err.contains("chmod 600"),
         "{err}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(dir.join("nats-server.conf")).unwrap(),
+        conf_before,
+        "the server's configuration changed though the run failed"
     );
     std::fs::set_permissions(dir.join("pi-1.xk"), std::fs::Permissions::from_mode(0o600)).unwrap();
 

@@ -13,8 +13,7 @@
 //! revisions: an apply from the other machine is a harmless extra rollout.
 //! Administrators who share the file avoid it.
 
-use std::io::Write as _;
-use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _, PermissionsExt as _};
+use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
 
 use ring::hmac;
@@ -149,22 +148,10 @@ pub fn default_path() -> Option<PathBuf> {
     Some(base.join("iot-operator").join("secrets-digest.key"))
 }
 
-/// Writes a new key at `path` without ever replacing one: written to a
-/// temporary file beside it (0600), then linked into place (which fails
-/// when another process created it first: that key is used).
+/// Writes a new key at `path` with [`sealing::create_private`], which
+/// never replaces one: when another process created it first, that key is
+/// used.
 fn create(path: &Path) -> Result<(), DigestKeyError> {
-    let io = |what, source| DigestKeyError::Io {
-        path: path.to_path_buf(),
-        what,
-        source,
-    };
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir)
-            .map_err(|e| io("create the directory of", e))?;
-    }
     let (_, bytes) = DigestKey::generate()?;
     let bytes = sealing::Zeroizing::new(bytes);
     let mut hex = sealing::Zeroizing::new(String::with_capacity(KEY_LEN * 2 + 1));
@@ -172,28 +159,14 @@ fn create(path: &Path) -> Result<(), DigestKeyError> {
         hex.push_str(&format!("{b:02x}"));
     }
     hex.push('\n');
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(format!(".tmp.{}", std::process::id()));
-    let tmp = PathBuf::from(tmp);
-    let written = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&tmp)
-        .and_then(|mut f| {
-            f.write_all(hex.as_bytes())?;
-            f.sync_all()
-        });
-    if let Err(e) = written {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(io("create", e));
-    }
-    let linked = std::fs::hard_link(&tmp, path);
-    let _ = std::fs::remove_file(&tmp);
-    match linked {
+    match sealing::create_private(path, hex.as_bytes()) {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
-        Err(e) => Err(io("create", e)),
+        Err(source) => Err(DigestKeyError::Io {
+            path: path.to_path_buf(),
+            what: "create",
+            source,
+        }),
     }
 }
 
