@@ -38,6 +38,7 @@ use crate::crd::{
 };
 use crate::nats::{KvWrite, Nats, NatsError};
 use crate::rollout::RolloutSpec;
+use crate::secrets::seal::{SealCache, Sealed, SealedSet};
 use crate::secrets::{Resolved, SecretError};
 use crate::targeting::{SelectorError, TargetSelector};
 
@@ -521,6 +522,18 @@ impl Plan {
         resolved: Resolved,
         sealing_key: impl Fn(&str) -> Option<String>,
     ) -> Result<(), PlanError> {
+        self.set_secrets_reusing(resolved, sealing_key, &SealCache::default())
+    }
+
+    /// [`Plan::set_secrets`], reusing each device's set from `cache` when
+    /// it was sealed for this revision to the same key, and storing this
+    /// plan's sets there for the next plan.
+    pub fn set_secrets_reusing(
+        &mut self,
+        resolved: Resolved,
+        sealing_key: impl Fn(&str) -> Option<String>,
+        cache: &SealCache,
+    ) -> Result<(), PlanError> {
         if resolved.is_empty() {
             return Ok(());
         }
@@ -535,26 +548,38 @@ impl Plan {
                     .map(|k| (t.clone(), k))
             })
             .collect();
-        self.sealed = self
-            .sealing_keys
-            .iter()
-            .map(|(device, key)| {
-                let set = crate::secrets::seal::seal_for(
-                    device,
-                    &self.name,
-                    self.revision,
-                    key,
-                    &resolved,
-                )
-                .map_err(|e| {
-                    format!(
-                        "held back: the Deployment's secrets cannot be sealed to the key device {device} reports: {} (its key is not written)",
-                        error_report::Chain(&e)
-                    )
-                });
-                (device.clone(), set)
-            })
-            .collect();
+        let owner = self.owner.to_string();
+        let mut previous = cache.take(&owner);
+        let mut kept = Sealed::new();
+        let mut sealed = BTreeMap::new();
+        for (device, key) in &self.sealing_keys {
+            let reused = previous
+                .remove(device)
+                .filter(|c| c.revision == self.revision && c.recipient == *key);
+            let set = match reused {
+                Some(c) => Ok(c.set),
+                None => crate::secrets::seal::seal_for(device, &self.name, self.revision, key, &resolved)
+                    .map_err(|e| {
+                        format!(
+                            "held back: the Deployment's secrets cannot be sealed to the key device {device} reports: {} (its key is not written)",
+                            error_report::Chain(&e)
+                        )
+                    }),
+            };
+            if let Ok(set) = &set {
+                kept.insert(
+                    device.clone(),
+                    SealedSet {
+                        revision: self.revision,
+                        recipient: key.clone(),
+                        set: set.clone(),
+                    },
+                );
+            }
+            sealed.insert(device.clone(), set);
+        }
+        cache.store(&owner, kept);
+        self.sealed = sealed;
         self.secrets = Some(Arc::new(resolved));
         self.encode_values()
     }

@@ -148,6 +148,8 @@ pub struct Context {
     clock: Clock,
     failures: Mutex<HashMap<String, u32>>,
     applied: Mutex<HashMap<String, Applied>>,
+    /// Each Deployment's sets as its last plan sealed them.
+    sealed: secrets::seal::SealCache,
 }
 
 /// What the last successful apply of a Deployment found, so that reconciles
@@ -219,6 +221,7 @@ impl Context {
             clock: Arc::new(now_ns),
             failures: Mutex::default(),
             applied: Mutex::default(),
+            sealed: secrets::seal::SealCache::default(),
         }
     }
 
@@ -398,11 +401,23 @@ async fn apply_deployment(
                 resync = resync.min(ctx.config.secrets_reread);
                 // The key of each target's latest heartbeat: a new key
                 // (a new heartbeat) re-seals its values, same revision.
-                let sealed = plan.set_secrets(resolved, |t| {
-                    ctx.status
-                        .heartbeat(t)
-                        .map(|seen| seen.heartbeat.sealing_key.as_str().to_string())
-                });
+                let seal = || {
+                    plan.set_secrets_reusing(
+                        resolved,
+                        |t| {
+                            ctx.status
+                                .heartbeat(t)
+                                .map(|seen| seen.heartbeat.sealing_key.as_str().to_string())
+                        },
+                        &ctx.sealed,
+                    )
+                };
+                // A rotation at 10,000 devices is seconds of X25519: off
+                // the runtime's other tasks where the runtime allows it.
+                let sealed = match tokio::runtime::Handle::current().runtime_flavor() {
+                    tokio::runtime::RuntimeFlavor::MultiThread => tokio::task::block_in_place(seal),
+                    _ => seal(),
+                };
                 if let Err(e) = sealed {
                     let (observed, action) = rejected(d, ctx, &prev, e);
                     return finish_observed(d, api, ctx, &prev, observed, action, events).await;
@@ -773,6 +788,7 @@ async fn cleanup(d: &Deployment, ctx: &Context) -> Result<Action, Error> {
         apply::remove(&ctx.nats, &owner.to_string(), owner.name()).await?
     };
     ctx.targets.forget(&index_ref(d));
+    ctx.sealed.forget(&owner.to_string());
     ctx.capability_gate.remove_owner(&owner.to_string());
     Metrics::add(&ctx.metrics.kv_writes, removed.len() as u64);
     tracing::info!(deployment = %owner, removed = removed.len(), "desired state removed");

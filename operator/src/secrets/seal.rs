@@ -81,6 +81,57 @@ pub fn seal_for(
     Ok(set)
 }
 
+/// Each Deployment's sets as its last plan sealed them, so the next plan
+/// reuses a device's set while its revision and key stay the same instead
+/// of sealing it again: a reconcile comes every `--resync-secs` and every
+/// 30 s re-read of the Secrets, and sealing a login and two values costs
+/// 0.6 ms a device (6 s of CPU at 10,000 devices, docs/performance.md),
+/// where the reuse costs a map lookup. The revision covers the score and
+/// the Secrets' digest, so a reused set holds the values it would seal.
+#[derive(Debug, Default)]
+pub struct SealCache(std::sync::Mutex<std::collections::HashMap<String, Sealed>>);
+
+/// One Deployment's sealed sets, by device.
+pub type Sealed = std::collections::BTreeMap<String, SealedSet>;
+
+/// A device's set and what it was sealed for.
+#[derive(Debug, Clone)]
+pub struct SealedSet {
+    /// The revision it is bound to.
+    pub revision: u64,
+    /// The device key it is sealed to.
+    pub recipient: String,
+    /// The sealed values.
+    pub set: SecretSet<'static>,
+}
+
+impl SealCache {
+    /// `owner`'s sets, removed from the cache (the plan stores its own
+    /// back with [`SealCache::store`]).
+    pub fn take(&self, owner: &str) -> Sealed {
+        self.lock().remove(owner).unwrap_or_default()
+    }
+
+    /// Keeps `sets` as `owner`'s, replacing what it had: devices no longer
+    /// targeted drop out.
+    pub fn store(&self, owner: &str, sets: Sealed) {
+        self.lock().insert(owner.to_string(), sets);
+    }
+
+    /// Forgets `owner` (its Deployment was deleted).
+    pub fn forget(&self, owner: &str) {
+        self.lock().remove(owner);
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, Sealed>> {
+        // A panic elsewhere while holding it leaves a map that is still
+        // whole (every change is one insert or remove).
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
 /// `value` with every sealed box's random parts (the ephemeral sender key
 /// and the box) replaced by fixed stand-ins: what stays the same between
 /// two seals of the same values to the same key. The stand-ins are not

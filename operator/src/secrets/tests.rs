@@ -389,6 +389,61 @@ fn sealed_plan(keys: &BTreeMap<&str, String>) -> (Plan, Deployment) {
     (p, d)
 }
 
+/// The next reconcile's plan reuses each device's sealed set through the
+/// controller's cache (the same bytes: nothing sealed again, nothing to
+/// write), but seals again for a device whose key changed, for a new
+/// revision (a rotated Secret), and after the Deployment is forgotten.
+#[test]
+fn later_plans_reuse_the_cached_sets_while_revision_and_key_hold() {
+    let (a, b) = (DeviceKey::generate(), DeviceKey::generate());
+    let mut keys = BTreeMap::from([
+        ("a", a.public_key().to_string()),
+        ("b", b.public_key().to_string()),
+    ]);
+    let d = deployment(score(), &["regcred"]);
+    let refs = refs_of(&d);
+    let cache = seal::SealCache::default();
+    let planned = |keys: &BTreeMap<&str, String>, version: &str| {
+        let resolved = resolve_in(&refs, &all_secrets(version), Fingerprint::Versions).unwrap();
+        let mut p = plan(&d).unwrap();
+        p.set_secrets_reusing(resolved, |t| keys.get(t).cloned(), &cache)
+            .unwrap();
+        p
+    };
+    let first = planned(&keys, "1");
+    let second = planned(&keys, "1");
+    for device in ["a", "b"] {
+        assert_eq!(
+            first.value_for(device),
+            second.value_for(device),
+            "{device} sealed again"
+        );
+    }
+    // B reports a new key: only B is sealed again, to it.
+    let b2 = DeviceKey::generate();
+    keys.insert("b", b2.public_key().to_string());
+    let third = planned(&keys, "1");
+    assert_eq!(third.value_for("a"), first.value_for("a"));
+    assert_ne!(third.value_for("b"), first.value_for("b"));
+    let v: DesiredState<'_> = protocol::wire::decode(third.value_for("b")).unwrap();
+    assert!(
+        v.secrets
+            .values
+            .iter()
+            .all(|s| s.sealed.recipient.as_str() == b2.public_key())
+    );
+    // A rotated Secret: a new revision, every device sealed anew.
+    let rotated = planned(&keys, "2");
+    assert_ne!(rotated.revision, third.revision);
+    for device in ["a", "b"] {
+        assert_ne!(rotated.value_for(device), third.value_for(device));
+    }
+    // Forgotten (the Deployment deleted): sealed anew.
+    cache.forget(rotated.owner.as_ref());
+    let fresh = planned(&keys, "2");
+    assert_ne!(fresh.value_for("a"), rotated.value_for("a"));
+}
+
 /// Each seal draws a fresh ephemeral key: identical sealed parts before
 /// and after a re-encoding mean the values were not sealed again.
 #[test]
