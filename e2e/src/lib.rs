@@ -245,6 +245,34 @@ pub fn kubectl_status(
     Ok(d["status"].clone())
 }
 
+/// What every whole-system test starts beside NATS: Podman with the
+/// busybox image as `image`, and a kube-apiserver with our CRDs and a
+/// `kubectl` for it. `None` (a skip outside CI) when one is missing.
+pub async fn podman_and_apiserver(
+    image: &str,
+) -> Option<(
+    testkit::PodmanService,
+    testkit::kube::KubeApiServer,
+    testkit::kubectl::Kubectl,
+)> {
+    let podman = testkit::PodmanService::start()?;
+    let kube = testkit::kube::KubeApiServer::start().await?;
+    let kubectl = testkit::kubectl::Kubectl::for_apiserver(&kube)?;
+    podman.ensure_busybox_image(image);
+    kube.install_crds(&testkit::repo_root().join("deploy/crd.yaml"))
+        .await;
+    Some((podman, kube, kubectl))
+}
+
+/// `device`'s entry in a Deployment status' `devices` (where the devices
+/// that are not ready are listed), if it has one.
+pub fn device_entry(status: &serde_json::Value, device: &str) -> Option<serde_json::Value> {
+    status["devices"]
+        .as_array()
+        .and_then(|ds| ds.iter().find(|e| e["device"] == device))
+        .cloned()
+}
+
 /// The target directory and Cargo profile the running executable was built
 /// in, from where Cargo put it: `<target-dir>/<profile-dir>/deps/<exe>`,
 /// where the profile directory is `debug` for `dev` and `test`, `release`

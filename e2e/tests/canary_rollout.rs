@@ -59,12 +59,7 @@ struct World {
 impl World {
     async fn start() -> Option<World> {
         let nats = NatsServer::start()?;
-        let podman = PodmanService::start()?;
-        let kube = KubeApiServer::start().await?;
-        let kubectl = Kubectl::for_apiserver(&kube)?;
-        podman.ensure_busybox_image(IMAGE);
-        kube.install_crds(&testkit::repo_root().join("deploy/crd.yaml"))
-            .await;
+        let (podman, kube, kubectl) = e2e::podman_and_apiserver(IMAGE).await?;
         let dir = tempfile::tempdir().unwrap();
         let operator = e2e::spawn_operator(
             &nats.url(),

@@ -211,10 +211,7 @@ impl World {
         let entry = self
             .until(&format!("{name}: ImagePullBackOff"), || async {
                 let s = e2e::kubectl_status(&self.kubectl, name)?;
-                let entry = s["devices"]
-                    .as_array()
-                    .and_then(|ds| ds.iter().find(|e| e["device"] == self.device.as_str()))
-                    .cloned();
+                let entry = e2e::device_entry(&s, &self.device);
                 match entry {
                     Some(e) if e["reason"] == "ImagePullBackOff" => Ok(e),
                     other => Err(format!("{other:?}")),

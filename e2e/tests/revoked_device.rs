@@ -17,6 +17,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::time::Duration;
 
+use async_nats::jetstream::stream::RawMessageErrorKind;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use operator::crd::{Deployment, Device};
@@ -60,12 +61,7 @@ impl World {
             config_file: Some(fleet.join("nats-server.conf")),
             ..Default::default()
         })?;
-        let podman = PodmanService::start()?;
-        let kube = KubeApiServer::start().await?;
-        let kubectl = Kubectl::for_apiserver(&kube)?;
-        podman.ensure_busybox_image(IMAGE);
-        kube.install_crds(&testkit::repo_root().join("deploy/crd.yaml"))
-            .await;
+        let (podman, kube, kubectl) = e2e::podman_and_apiserver(IMAGE).await?;
         // The buckets, made once by the one identity allowed to.
         let operator = e2e::operator_binary().unwrap_or_else(|e| panic!("{e}"));
         let init = Command::new(operator)
@@ -275,9 +271,11 @@ async fn opened_by(
     let mut found = Vec::new();
     for seq in info.first_sequence..=info.last_sequence {
         // A sequence the bucket has dropped (history, deletes) is gone for
-        // everyone, a thief too.
-        let Ok(message) = stream.get_raw_message(seq).await else {
-            continue;
+        // everyone, a thief too; any other failure would hide a message.
+        let message = match stream.get_raw_message(seq).await {
+            Ok(m) => m,
+            Err(e) if e.kind() == RawMessageErrorKind::NoMessageFound => continue,
+            Err(e) => panic!("reading message {seq} of the desired-state stream: {e}"),
         };
         if message.payload.is_empty() {
             continue;

@@ -42,12 +42,7 @@ struct World {
 impl World {
     async fn start() -> Option<World> {
         let nats = NatsServer::start()?;
-        let podman = PodmanService::start()?;
-        let kube = KubeApiServer::start().await?;
-        let kubectl = Kubectl::for_apiserver(&kube)?;
-        podman.ensure_busybox_image(IMAGE);
-        kube.install_crds(&testkit::repo_root().join("deploy/crd.yaml"))
-            .await;
+        let (podman, kube, kubectl) = e2e::podman_and_apiserver(IMAGE).await?;
         let dir = tempfile::tempdir().unwrap();
         let operator = e2e::spawn_operator(
             &nats.url(),
@@ -112,10 +107,7 @@ impl World {
     async fn device_status(&self, name: &str, what: &str, ok: impl Fn(&Value) -> bool) -> Value {
         self.until(&format!("{name}: {what}"), || async {
             let s = e2e::kubectl_status(&self.kubectl, name)?;
-            let entry = s["devices"]
-                .as_array()
-                .and_then(|ds| ds.iter().find(|e| e["device"] == self.device.as_str()))
-                .cloned();
+            let entry = e2e::device_entry(&s, &self.device);
             match entry {
                 Some(e) if ok(&e) => Ok(e),
                 other => Err(format!("{other:?}")),

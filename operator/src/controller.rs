@@ -412,16 +412,15 @@ async fn apply_deployment(
                         &ctx.sealed,
                     )
                 };
-                // A rotation at 10,000 devices is seconds of X25519: off
-                // the runtime's other tasks where the runtime allows it.
-                let sealed = match tokio::runtime::Handle::current().runtime_flavor() {
-                    tokio::runtime::RuntimeFlavor::MultiThread => tokio::task::block_in_place(seal),
-                    _ => seal(),
-                };
+                // A rotation at 10,000 devices is seconds of X25519.
+                let sealed = secrets::seal::off_runtime(seal);
                 if let Err(e) = sealed {
                     let (observed, action) = rejected(d, ctx, &prev, e);
                     return finish_observed(d, api, ctx, &prev, observed, action, events).await;
                 }
+            } else {
+                // No Secrets (any more): nothing of it to keep.
+                ctx.sealed.forget(plan.owner.as_ref());
             }
             if plan.batch_sequence.is_some()
                 && let Err(e) = plan.set_attempt(rollout::attempt(d, plan.revision))

@@ -221,6 +221,25 @@ async fn secrets_are_sealed_to_each_device_and_rotate() {
     // and compared): nothing is rewritten, though each seal differs.
     let seq = desired_seq(&env.client).await;
     nothing_written_in_three_reconciles(&env, &ctx, seq, "a no-op reconcile wrote").await;
+    // Restarted (a fresh Context: no sets cached): everything sealed
+    // anew, each compared as equivalent to what the keys hold, nothing
+    // written.
+    controller.abort();
+    watch.abort();
+    let (cache, changes) = StatusCache::new(Duration::from_secs(90));
+    let watch = tokio::spawn(cache.clone().watch(env.nats.clone()));
+    let ctx = Arc::new(Context::new(
+        ctx.client.clone(),
+        env.nats.clone(),
+        cache,
+        ControllerConfig {
+            resync: Duration::from_secs(1),
+            secrets_reread: Duration::from_secs(1),
+            ..ControllerConfig::default()
+        },
+    ));
+    let controller = tokio::spawn(operator::controller::run(ctx.clone(), changes));
+    nothing_written_in_three_reconciles(&env, &ctx, seq, "a restarted controller wrote").await;
 
     // The Secret rotated: a new revision, sealed anew.
     let patch = json!({"stringData": {"password": "hunter3-db"}});

@@ -168,6 +168,27 @@ fn prepare(dir: &Path, add: &[String], revoke: &[String], jwt: bool) -> Result<(
     }
     fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     fs::set_permissions(dir, fs::Permissions::from_mode(0o700))?;
+    check_sealing_keys(dir, revoke)
+}
+
+/// Every sealing key in DIR that stays (not being revoked) must load as
+/// the board loads it, checked before anything is moved or written: a run
+/// that failed halfway through a revocation would leave the server's
+/// configuration letting the device in, and its files already moved.
+fn check_sealing_keys(dir: &Path, revoke: &[String]) -> Result<()> {
+    for entry in fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
+        let path = entry?.path();
+        let Some(id) = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.strip_suffix(&format!(".{SEALING_KEY_EXT}")))
+        else {
+            continue;
+        };
+        if !revoke.iter().any(|r| r == id) {
+            sealing::DeviceKey::load(&path)?;
+        }
+    }
     Ok(())
 }
 
@@ -225,8 +246,8 @@ pub fn generate(dir: &Path, add: &[String], revoke: &[String]) -> Result<Fleet> 
         users.push((Role::Device(id), key.as_str()));
     }
     let conf = nats_server_config(&users);
-    // Every sealing key checked (or made) first: a key file others can
-    // read stops the run before the server's authorization changes.
+    // Every sealing key made (and, in `prepare`, checked) first: the
+    // server's authorization changes only once the run can complete.
     let sealing_keys = sealing_keys(dir, &devices)?;
     write_atomic(&dir.join("nats-server.conf"), conf.as_bytes(), 0o644)?;
     Ok(Fleet {

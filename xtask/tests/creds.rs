@@ -158,6 +158,16 @@ fn layout_modes_idempotence_add_and_revoke() {
         conf_before,
         "the server's configuration changed though the run failed"
     );
+    // A revocation too stops before moving anything: B's files stay, and
+    // the same command works once the key is fixed.
+    let out = creds(&dir, &["--revoke", "pi-3"]);
+    assert!(!out.status.success());
+    assert!(dir.join("pi-3.nk").exists() && dir.join("pi-3.xk").exists());
+    assert!(!dir.join("revoked/pi-3.nk").exists());
+    assert_eq!(
+        std::fs::read_to_string(dir.join("nats-server.conf")).unwrap(),
+        conf_before
+    );
     std::fs::set_permissions(dir.join("pi-1.xk"), std::fs::Permissions::from_mode(0o600)).unwrap();
 
     // A seed others can read is refused, with the fix.

@@ -396,11 +396,13 @@ fn with_secrets(
     current: &Plan,
     revision: u64,
 ) -> Result<(), Box<StepError>> {
-    plan.set_secrets(resolved, |t| current.sealing_key(t).map(str::to_string))
-        .map_err(|source| StepError::StableUnusable {
-            revision: crate::crd::revision_string(revision),
-            source,
-        })?;
+    crate::secrets::seal::off_runtime(|| {
+        plan.set_secrets(resolved, |t| current.sealing_key(t).map(str::to_string))
+    })
+    .map_err(|source| StepError::StableUnusable {
+        revision: crate::crd::revision_string(revision),
+        source,
+    })?;
     if plan.revision != revision {
         return Err(Box::new(StepError::StableSecretsChanged {
             revision: crate::crd::revision_string(revision),

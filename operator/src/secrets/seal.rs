@@ -81,6 +81,17 @@ pub fn seal_for(
     Ok(set)
 }
 
+/// Runs `seal` (seconds of X25519 for a fleet of 10,000) off the runtime's
+/// other tasks where the runtime allows it (`block_in_place` on a
+/// multi-thread runtime, the operator's), else in place (a test's
+/// current-thread runtime, or no runtime).
+pub fn off_runtime<T>(seal: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(seal),
+        _ => seal(),
+    }
+}
+
 /// Each Deployment's sets as its last plan sealed them, so the next plan
 /// reuses a device's set while its revision and key stay the same instead
 /// of sealing it again: a reconcile comes every `--resync-secs` and every

@@ -138,8 +138,8 @@ pub fn generate(dir: &Path, add: &[String], revoke: &[String]) -> Result<Fleet> 
         ],
         &system.public_key(),
     );
-    // Every sealing key checked (or made) first: a key file others can
-    // read stops the run before the server's authorization changes.
+    // Every sealing key made (and, in `prepare`, checked) first: the
+    // server's authorization changes only once the run can complete.
     let sealing_keys = sealing_keys(dir, &devices)?;
     write_atomic(&dir.join("nats-server.conf"), conf.as_bytes(), 0o644)?;
     Ok(Fleet {
