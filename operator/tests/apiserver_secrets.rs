@@ -137,19 +137,11 @@ async fn secrets_are_sealed_to_each_device_and_rotate() {
         secrets.create(&PostParams::default(), &s).await.unwrap();
     }
 
-    let (cache, changes) = StatusCache::new(Duration::from_secs(90));
-    let watch = tokio::spawn(cache.clone().watch(env.nats.clone()));
-    let ctx = Arc::new(Context::new(
-        operator_client,
-        env.nats.clone(),
-        cache,
-        ControllerConfig {
-            resync: Duration::from_secs(1),
-            secrets_reread: Duration::from_secs(1),
-            ..ControllerConfig::default()
-        },
-    ));
-    let controller = tokio::spawn(operator::controller::run(ctx.clone(), changes));
+    let Running {
+        ctx,
+        controller,
+        watch,
+    } = start_controller(&env, operator_client);
 
     let api: Api<Deployment> = Api::namespaced(client.clone(), "fleet");
     let d: Deployment = serde_json::from_value(sealed_deployment("web", "db")).unwrap();
@@ -226,19 +218,11 @@ async fn secrets_are_sealed_to_each_device_and_rotate() {
     // written.
     controller.abort();
     watch.abort();
-    let (cache, changes) = StatusCache::new(Duration::from_secs(90));
-    let watch = tokio::spawn(cache.clone().watch(env.nats.clone()));
-    let ctx = Arc::new(Context::new(
-        ctx.client.clone(),
-        env.nats.clone(),
-        cache,
-        ControllerConfig {
-            resync: Duration::from_secs(1),
-            secrets_reread: Duration::from_secs(1),
-            ..ControllerConfig::default()
-        },
-    ));
-    let controller = tokio::spawn(operator::controller::run(ctx.clone(), changes));
+    let Running {
+        ctx,
+        controller,
+        watch,
+    } = start_controller(&env, ctx.client.clone());
     nothing_written_in_three_reconciles(&env, &ctx, seq, "a restarted controller wrote").await;
 
     // The Secret rotated: a new revision, sealed anew.
@@ -356,19 +340,11 @@ async fn a_rollback_after_a_rotation_is_refused_not_faked() {
         )
         .await
         .unwrap();
-    let (cache, changes) = StatusCache::new(Duration::from_secs(90));
-    let watch = tokio::spawn(cache.clone().watch(env.nats.clone()));
-    let ctx = Arc::new(Context::new(
-        operator_client,
-        env.nats.clone(),
-        cache,
-        ControllerConfig {
-            resync: Duration::from_secs(1),
-            secrets_reread: Duration::from_secs(1),
-            ..ControllerConfig::default()
-        },
-    ));
-    let controller = tokio::spawn(operator::controller::run(ctx.clone(), changes));
+    let Running {
+        ctx,
+        controller,
+        watch,
+    } = start_controller(&env, operator_client);
 
     let mut body = sealed_deployment("roll", "db");
     body["spec"]["targetDevices"] = json!(["pi-1"]);
@@ -451,6 +427,36 @@ async fn a_rollback_after_a_rotation_is_refused_not_faked() {
 
     controller.abort();
     watch.abort();
+}
+
+/// A controller with its status watch, reconciling every second.
+struct Running {
+    ctx: Arc<Context>,
+    controller: tokio::task::JoinHandle<anyhow::Result<()>>,
+    watch: tokio::task::JoinHandle<()>,
+}
+
+/// Starts the real controller as `client`, with a fresh [`Context`] (no
+/// sealed sets cached: what a restarted operator has).
+fn start_controller(env: &common::Env, client: kube::Client) -> Running {
+    let (cache, changes) = StatusCache::new(Duration::from_secs(90));
+    let watch = tokio::spawn(cache.clone().watch(env.nats.clone()));
+    let ctx = Arc::new(Context::new(
+        client,
+        env.nats.clone(),
+        cache,
+        ControllerConfig {
+            resync: Duration::from_secs(1),
+            secrets_reread: Duration::from_secs(1),
+            ..ControllerConfig::default()
+        },
+    ));
+    let controller = tokio::spawn(operator::controller::run(ctx.clone(), changes));
+    Running {
+        ctx,
+        controller,
+        watch,
+    }
 }
 
 /// Waits for three more scans of the keys (each reconcile scans them),

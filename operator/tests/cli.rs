@@ -839,19 +839,22 @@ async fn apply_seals_secrets_from_local_manifests() {
         .join("iot-operator")
         .join("secrets-digest.key");
     let digest_key = digest_key.to_str().unwrap();
-    let out = cli(
-        &url,
-        None,
-        &[
-            "apply",
-            "-f",
-            example,
-            "--secrets",
-            secrets,
-            "--secrets-digest-key",
-            digest_key,
-        ],
-    );
+    let apply_sealed = || {
+        cli(
+            &url,
+            None,
+            &[
+                "apply",
+                "-f",
+                example,
+                "--secrets",
+                secrets,
+                "--secrets-digest-key",
+                digest_key,
+            ],
+        )
+    };
+    let out = apply_sealed();
     let stdout = ok(&out);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -895,37 +898,13 @@ async fn apply_seals_secrets_from_local_manifests() {
 
     // Again: the sealed value is current, nothing written.
     let seq = desired_seq(&env.client).await;
-    let stdout = ok(&cli(
-        &url,
-        None,
-        &[
-            "apply",
-            "-f",
-            example,
-            "--secrets",
-            secrets,
-            "--secrets-digest-key",
-            digest_key,
-        ],
-    ));
+    let stdout = ok(&apply_sealed());
     assert!(stdout.contains("0 written, 1 unchanged"), "{stdout}");
     assert_eq!(desired_seq(&env.client).await, seq);
 
     // A rotated value: a new revision, written.
     write_secrets("hunter3-local");
-    let stdout = ok(&cli(
-        &url,
-        None,
-        &[
-            "apply",
-            "-f",
-            example,
-            "--secrets",
-            secrets,
-            "--secrets-digest-key",
-            digest_key,
-        ],
-    ));
+    let stdout = ok(&apply_sealed());
     assert!(stdout.contains("1 written"), "{stdout}");
     let (rev2, value) = open(
         &desired(&env.nats, "pi-001", "private-web")
@@ -943,19 +922,7 @@ async fn apply_seals_secrets_from_local_manifests() {
     )
     .unwrap();
     let seq = desired_seq(&env.client).await;
-    let out = cli(
-        &url,
-        None,
-        &[
-            "apply",
-            "-f",
-            example,
-            "--secrets",
-            secrets,
-            "--secrets-digest-key",
-            digest_key,
-        ],
-    );
+    let out = apply_sealed();
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
