@@ -92,6 +92,11 @@ struct Deployments<R> {
     /// Decides when a new desired value (or a delete) may apply: before
     /// the rollback, which gets only what the gate admits.
     gate: Rc<Gatekeeper<R>>,
+    /// The deployments the last sweep left containers of; `None` before a
+    /// sweep listed the device's containers. Only a deployment's
+    /// reconciler creates its containers, so one not in here, first seen
+    /// after a sweep, has none: its reconciler need not list them first.
+    swept: RefCell<Option<BTreeSet<String>>>,
 }
 
 impl<R: Runtime> Deployments<R> {
@@ -136,8 +141,17 @@ impl<R: Runtime> Deployments<R> {
             });
             return;
         }
+        let known = match &*self.swept.borrow() {
+            Some(left) if !left.contains(deployment) => reconcile::Known::NoContainers,
+            _ => reconcile::Known::Nothing,
+        };
         let (tx, rx) = watch::channel(Target { value, nudge: 0 });
-        tokio::task::spawn_local(reconcile::run(self.ctx.clone(), deployment.to_string(), rx));
+        tokio::task::spawn_local(reconcile::run(
+            self.ctx.clone(),
+            deployment.to_string(),
+            rx,
+            known,
+        ));
         workers.insert(deployment.to_string(), tx);
     }
 
@@ -223,6 +237,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         count: watch::Sender::new(0),
         rollback: rollback.clone(),
         gate: gate.clone(),
+        swept: RefCell::new(None),
     });
     let retarget = {
         let deployments = deployments.clone();
@@ -437,27 +452,34 @@ async fn watch_loop<R: Runtime>(
     }
 }
 
-/// Removes managed containers of this device whose deployment is not desired.
+/// Removes managed containers of this device whose deployment is not
+/// desired, and notes the deployments whose containers are left.
 async fn sweep<R: Runtime>(deployments: &Deployments<R>, desired: &BTreeSet<String>) {
     let ctx = &deployments.ctx;
     let Ok(all) = ctx.runtime.list_managed(&ctx.device_id).await else {
+        // What an earlier sweep noted still holds: containers of a
+        // deployment without a reconciler do not appear by themselves.
         return;
     };
+    let mut left = BTreeSet::new();
     for c in all {
         let dep = c.label(labels::DEPLOYMENT);
         if desired.contains(dep) || deployments.workers.borrow().contains_key(dep) {
+            left.insert(dep.to_string());
             continue;
         }
         crate::info!("removing {} (deployment {dep} is not desired)", c.name);
         let stop_timeout = reconcile::spec::stop_timeout_of(ctx, &c);
         if let Err(e) = ctx.runtime.remove(&c.id, stop_timeout).await {
             crate::warn!("cannot remove {}: {}", c.name, Chain(&e));
+            left.insert(dep.to_string());
             continue;
         }
         ctx.secrets
             .collect(&*ctx.runtime, dep, &BTreeSet::new())
             .await;
     }
+    *deployments.swept.borrow_mut() = Some(left);
 }
 
 /// Publishes status reports, each only when it differs from the last one

@@ -35,6 +35,8 @@ pub struct MemoryRuntime {
     pub exec_exit_code: Cell<i32>,
     /// What `inspect` says of `OOMKilled` for an exited container.
     pub oom_killed: Cell<bool>,
+    /// How many times the containers were listed.
+    pub lists: Cell<u32>,
 }
 
 impl MemoryRuntime {
@@ -120,6 +122,7 @@ impl Runtime for MemoryRuntime {
         Ok("in-memory".into())
     }
     async fn list_managed(&self, _device_id: &str) -> Result<Vec<ManagedContainer>, RuntimeError> {
+        self.lists.set(self.lists.get() + 1);
         Ok(self.containers.borrow().clone())
     }
     async fn inspect(&self, id: &str) -> Result<ContainerInfo, RuntimeError> {

@@ -249,7 +249,13 @@ async fn device(
             tx.send_modify(|t| t.value = value);
         } else {
             let (tx, rx) = watch::channel(Target { value, nudge: 0 });
-            tokio::task::spawn_local(reconcile::run(ctx.clone(), deployment.clone(), rx));
+            // Like an agent's reconciler started before its sweep: it lists.
+            tokio::task::spawn_local(reconcile::run(
+                ctx.clone(),
+                deployment.clone(),
+                rx,
+                reconcile::Known::Nothing,
+            ));
             workers.insert(deployment, tx);
         }
     }

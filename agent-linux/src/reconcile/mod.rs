@@ -56,6 +56,22 @@ pub struct Target {
     pub nudge: u64,
 }
 
+/// What a reconciler knows, when it starts, of its deployment's containers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Known {
+    /// Nothing: its first pass lists them, as every pass does.
+    Nothing,
+    /// There are none: the agent listed the device's containers after its
+    /// desired state was in sync, none of this deployment was left, and
+    /// only its reconciler creates them. The first pass skips the list
+    /// (Podman's list is ~7 ms of a ~110 ms apply of a new deployment,
+    /// docs/performance.md). A wrong hint costs a pass, not a container:
+    /// a create under a taken name fails and the retry lists, and the
+    /// events of the containers the pass creates bring a pass that lists
+    /// and removes any other.
+    NoContainers,
+}
+
 /// A status report for the status writer.
 pub type StatusReport = (String, DeploymentStatus<'static>);
 
@@ -134,6 +150,9 @@ struct Memory {
     /// A value applied by this reconciler referenced Secrets: their Podman
     /// secrets and files are collected after each pass.
     had_secrets: bool,
+    /// What is known of the containers before the next apply lists them:
+    /// [`Known::NoContainers`] holds for the first apply only.
+    known: Known,
 }
 
 impl Memory {
@@ -153,6 +172,7 @@ impl Memory {
             wake_at: None,
             under_lock: false,
             had_secrets: false,
+            known: Known::Nothing,
         }
     }
 
@@ -182,11 +202,13 @@ pub async fn run<R: Runtime>(
     ctx: Rc<Context<R>>,
     deployment: String,
     mut rx: watch::Receiver<Target>,
+    known: Known,
 ) {
     let mut backoff = Backoff::new(ctx.retry_base, ctx.retry_cap);
     let mut last_value: Option<Bytes> = None;
     let (checks_tx, mut checks_rx) = mpsc::unbounded_channel();
     let mut memory = Memory::new(checks_tx);
+    memory.known = known;
     loop {
         let target = rx.borrow_and_update().clone();
         if target.value != last_value {
@@ -226,6 +248,8 @@ pub async fn run<R: Runtime>(
 /// Removes every container of a deleted deployment and reports `Removed`
 /// at its last known revision, once.
 async fn remove<R: Runtime>(ctx: &Context<R>, deployment: &str, memory: &mut Memory) -> Outcome {
+    // A removal that fails leaves containers behind.
+    memory.known = Known::Nothing;
     let existing = match list_deployment(ctx, deployment).await {
         Ok(c) => c,
         Err(e) => {
@@ -345,7 +369,11 @@ async fn apply<R: Runtime>(
         return Outcome::Retry;
     }
     let t = Instant::now();
-    let existing = match list_deployment(ctx, deployment).await {
+    let listing = match std::mem::replace(&mut memory.known, Known::Nothing) {
+        Known::NoContainers => Ok(Vec::new()),
+        Known::Nothing => list_deployment(ctx, deployment).await,
+    };
+    let existing = match listing {
         Ok(c) => c,
         Err(e) => {
             report(
@@ -1097,6 +1125,86 @@ mod tests {
         (s.phase, s.revision)
     }
 
+    /// Runs a reconciler that starts knowing `known` on `value` until it
+    /// reports `until`; the phases reported on the way.
+    async fn run_until(
+        ctx: &Rc<Context<MemoryRuntime>>,
+        rx: &mut Statuses,
+        value: Vec<u8>,
+        known: Known,
+        until: (Phase, u64),
+    ) -> Vec<Phase> {
+        let (tx, targets) = watch::channel(Target {
+            value: Some(Bytes::from(value)),
+            nudge: 0,
+        });
+        let mut phases = Vec::new();
+        let driver = async {
+            loop {
+                let seen = next_status(rx).await;
+                phases.push(seen.0);
+                if seen == until {
+                    break;
+                }
+            }
+            drop(tx);
+        };
+        tokio::join!(run(ctx.clone(), "web".into(), targets, known), driver);
+        phases
+    }
+
+    #[tokio::test]
+    async fn a_deployment_known_to_have_no_containers_is_created_without_a_list() {
+        let (ctx, mut rx) = context(ReplaceOrder::StartFirst);
+        let phases = run_until(
+            &ctx,
+            &mut rx,
+            value(1, sleeper("1")),
+            Known::NoContainers,
+            (Phase::Healthy, 1),
+        )
+        .await;
+        assert_eq!(phases, [Phase::Healthy]);
+        assert_eq!(ctx.runtime.lists.get(), 0, "the first pass listed");
+        assert_eq!(
+            ctx.runtime.take_calls(),
+            [format!("create {NAME}"), format!("start {NAME}")]
+        );
+        // Without the hint, the same apply lists first.
+        let (ctx, mut rx) = context(ReplaceOrder::StartFirst);
+        run_until(
+            &ctx,
+            &mut rx,
+            value(1, sleeper("1")),
+            Known::Nothing,
+            (Phase::Healthy, 1),
+        )
+        .await;
+        assert_eq!(ctx.runtime.lists.get(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_wrong_no_containers_hint_costs_a_pass_not_a_container() {
+        let (ctx, mut rx) = context(ReplaceOrder::StartFirst);
+        // A container of this deployment that the hint does not know of.
+        apply_rev(&ctx, &mut rx, 1, sleeper("1")).await;
+        ctx.runtime.take_calls();
+        let phases = run_until(
+            &ctx,
+            &mut rx,
+            value(2, sleeper("2")),
+            Known::NoContainers,
+            (Phase::Healthy, 2),
+        )
+        .await;
+        // The create under the taken name fails; the retry lists and
+        // replaces the container.
+        assert_eq!(phases, [Phase::Failed, Phase::Healthy], "{phases:?}");
+        let after = ctx.runtime.snapshot();
+        assert_eq!(after.len(), 1, "{after:?}");
+        assert_eq!((after[0].0.as_str(), after[0].2.as_str()), (NAME, "2"));
+    }
+
     #[tokio::test]
     async fn a_deleted_deployment_reports_removed_once_at_its_last_revision() {
         let (ctx, mut rx) = context(ReplaceOrder::StartFirst);
@@ -1118,7 +1226,10 @@ mod tests {
             tx.send_modify(|t| t.nudge += 1);
             drop(tx);
         };
-        tokio::join!(run(ctx.clone(), "web".into(), targets), driver);
+        tokio::join!(
+            run(ctx.clone(), "web".into(), targets, Known::Nothing),
+            driver
+        );
         let mut after = Vec::new();
         while let Ok((_, s)) = rx.try_recv() {
             after.push((s.phase, s.revision));
