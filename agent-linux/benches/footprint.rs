@@ -10,7 +10,8 @@
 //! window counting the agent plus the Podman service and conmon work it
 //! causes (65 s: at least two 30 s heartbeats and one NATS ping),
 //! `BENCH_BASELINE_RUNS` (20 `podman run -d`; 20 more run one after each
-//! new deployment, for a ratio on the same machine state), `BENCH_PORT_UPDATES` (20
+//! new deployment and `BENCH_UPDATES` more one after each replace made
+//! one at a time, for ratios on the same machine state), `BENCH_PORT_UPDATES` (20
 //! updates of a container with a host port), `NATS_SERVER_BIN`,
 //! `BENCH_AGENT_BIN` (another build of the agent to measure, e.g. the
 //! static musl one); for profiling an apply, `BENCH_AGENT_LOG` (the
@@ -258,6 +259,22 @@ async fn bench() {
     let mut events = agent_linux::http::open(&env.podman.socket_path(), "GET", &path, None)
         .await
         .unwrap();
+    // --- baseline: plain `podman run -d` of the same image
+    let podman_run = |name: &str| {
+        let start = Instant::now();
+        env.podman.run(&[
+            "run",
+            "-d",
+            "--name",
+            name,
+            "--label",
+            &format!("io.nationtech.iot.device={}", env.device),
+            IMAGE,
+            "/bin/sleep",
+            "3600",
+        ]);
+        start.elapsed()
+    };
     // Updates: each replaces the running container.
     let mut samples = Vec::new();
     for rev in 1..=updates as u64 {
@@ -267,6 +284,41 @@ async fn bench() {
         samples.push(wait_start(&mut events, "lat", rev, put_at).await);
     }
     samples.sort();
+    // The same replaces one at a time, as one apply on a quiet device: each
+    // put waits until the agent has removed the container the last one
+    // replaced, and is followed by one `podman run -d` once it has again,
+    // so that both see the same machine. The back-to-back updates above
+    // also measure the removal of the previous container that the next
+    // pass waits for.
+    let settled = |what: &str| {
+        let label = format!("{}=lat", agent_linux::podman::labels::DEPLOYMENT);
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let out = env.podman.run(&["ps", "-aq", "--filter", &format!("label={label}")]);
+            if out.lines().count() == 1 {
+                return;
+            }
+            assert!(Instant::now() < deadline, "{what}: replaced container not removed");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    let mut one_by_one = Vec::new();
+    let mut paired_replace = Vec::new();
+    for i in 0..updates as u64 {
+        let rev = updates as u64 + 1 + i;
+        settled("before a replace");
+        let value = encode_desired("lat", rev, vec![sleeper("c", &rev.to_string())]);
+        let put_at = now_ns();
+        env.put_raw("lat", value).await;
+        one_by_one.push(wait_start(&mut events, "lat", rev, put_at).await);
+        settled("after a replace");
+        let name = format!("{}_paired_replace_{i}", env.device);
+        paired_replace.push(podman_run(&name));
+        // The blocks after this one see as many containers as before it.
+        env.podman.run(&["rm", "-f", "-t", "0", &name]);
+    }
+    one_by_one.sort();
+    paired_replace.sort();
     // Updates of a container publishing a host port: the agent stops the
     // old one before starting the new one (two cannot hold the port).
     let port = testkit::free_port();
@@ -292,22 +344,6 @@ async fn bench() {
         }
     }
     ported.sort();
-    // --- baseline: plain `podman run -d` of the same image
-    let podman_run = |name: &str| {
-        let start = Instant::now();
-        env.podman.run(&[
-            "run",
-            "-d",
-            "--name",
-            name,
-            "--label",
-            &format!("io.nationtech.iot.device={}", env.device),
-            IMAGE,
-            "/bin/sleep",
-            "3600",
-        ]);
-        start.elapsed()
-    };
     // New deployments: create and start, nothing to replace; each followed
     // by one `podman run -d`, so that both see the same machine (the load
     // of a shared machine drifts between the blocks of a run).
@@ -417,9 +453,22 @@ async fn bench() {
         percentile(&paired, 0.99).as_secs_f64() * 1e3
     );
     println!(
-        "| p50 ratio to `podman run -d`: new deployment / the runs after each; replace / the {} runs | {:.2} / {:.2} |",
+        "| KV put -> container start, {} updates (replace) one at a time, each after the last replaced container is gone | p50 {:.0} ms, p99 {:.0} ms |",
+        one_by_one.len(),
+        p50(&one_by_one) * 1e3,
+        percentile(&one_by_one, 0.99).as_secs_f64() * 1e3
+    );
+    println!(
+        "| baseline `podman run -d`, {} runs, each right after one of those replaces | p50 {:.0} ms, p99 {:.0} ms |",
+        paired_replace.len(),
+        p50(&paired_replace) * 1e3,
+        percentile(&paired_replace, 0.99).as_secs_f64() * 1e3
+    );
+    println!(
+        "| p50 ratio to `podman run -d`: new deployment / the runs after each; replace one at a time / the runs after each; back-to-back replace / the {} runs | {:.2} / {:.2} / {:.2} |",
         baseline.len(),
         p50(&fresh) / p50(&paired),
+        p50(&one_by_one) / p50(&paired_replace),
         p50(&samples) / p50(&baseline)
     );
 }
