@@ -294,11 +294,16 @@ async fn bench() {
         let label = format!("{}=lat", agent_linux::podman::labels::DEPLOYMENT);
         let deadline = Instant::now() + WAIT;
         loop {
-            let out = env.podman.run(&["ps", "-aq", "--filter", &format!("label={label}")]);
+            let out = env
+                .podman
+                .run(&["ps", "-aq", "--filter", &format!("label={label}")]);
             if out.lines().count() == 1 {
                 return;
             }
-            assert!(Instant::now() < deadline, "{what}: replaced container not removed");
+            assert!(
+                Instant::now() < deadline,
+                "{what}: replaced container not removed"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     };

@@ -216,10 +216,7 @@ pub async fn run<R: Runtime>(
             last_value = target.value.clone();
         }
         let outcome = match &target.value {
-            Some(value) => {
-                let newer_waits = || rx.borrow().value.as_deref() != Some(&value[..]);
-                apply(&ctx, &deployment, value, &mut memory, &newer_waits).await
-            }
+            Some(value) => apply(&ctx, &deployment, value, &mut memory).await,
             None => remove(&ctx, &deployment, &mut memory).await,
         };
         let mut wake = memory.wake_at.map(tokio::time::Instant::from_std);
@@ -319,14 +316,11 @@ async fn list_deployment<R: Runtime>(
 /// Applies a desired-state value: checks it, brings every container of its
 /// score up, removes the containers no longer in it, reports, and only
 /// then retires the containers that were replaced.
-/// `newer_waits` says whether another value already waits for the next
-/// pass.
 async fn apply<R: Runtime>(
     ctx: &Context<R>,
     deployment: &str,
     value: &[u8],
     memory: &mut Memory,
-    newer_waits: &dyn Fn() -> bool,
 ) -> Outcome {
     memory.removed = false;
     memory.wake_at = None;
@@ -447,14 +441,6 @@ async fn apply<R: Runtime>(
         (up - listed).as_millis(),
         (t.elapsed() - up).as_millis()
     );
-    if !pass.leftovers.is_empty() && newer_waits() {
-        // Updates back to back: the next pass retires these with its own
-        // leftovers once its containers start, as after an interrupted
-        // replacement, rather than start only after their stop timeouts
-        // (docs/performance.md, "apply latency").
-        crate::debug!("{deployment}: a newer value waits; its pass retires what this one replaced");
-        return outcome;
-    }
     // The new containers run under their names and say so; only now retire
     // their predecessors.
     if !retire(ctx, deployment, &pass.leftovers).await {
@@ -756,7 +742,6 @@ mod tests {
             "web",
             &value(revision, c),
             &mut Memory::new(mpsc::unbounded_channel().0),
-            &|| false,
         )
         .await;
         let mut last = None;
@@ -1021,10 +1006,10 @@ mod tests {
                 .unwrap()
             };
             let mut memory = Memory::new(mpsc::unbounded_channel().0);
-            let _ = apply(&ctx, "web", &gated(1, "1"), &mut memory, &|| false).await;
+            let _ = apply(&ctx, "web", &gated(1, "1"), &mut memory).await;
             ctx.runtime.note_reports();
             ctx.runtime.log.borrow_mut().clear();
-            let _ = apply(&ctx, "web", &gated(2, "2"), &mut memory, &|| false).await;
+            let _ = apply(&ctx, "web", &gated(2, "2"), &mut memory).await;
             ctx.runtime.note_reports();
             let log = ctx.runtime.log.take();
             let removed = log.iter().position(|l| l.starts_with("remove ")).unwrap();
@@ -1129,35 +1114,6 @@ mod tests {
         assert_eq!((s.phase, s.revision), (Phase::Healthy, 2));
         assert_eq!(r.calls(), handover_calls(&temp));
         r.assert_replaced();
-    }
-
-    #[tokio::test]
-    async fn back_to_back_updates_leave_the_retiring_to_the_next_pass() {
-        for order in [ReplaceOrder::StartFirst, ReplaceOrder::StopFirst] {
-            let mut r = Replacing::new(order, sleeper("1")).await;
-            let mut memory = Memory::new(mpsc::unbounded_channel().0);
-            // Revision 3 already waits while revision 2 applies.
-            let _ = apply(&r.ctx, "web", &value(2, sleeper("2")), &mut memory, &|| true).await;
-            let (_, s) = r.rx.try_recv().unwrap();
-            assert_eq!((s.phase, s.revision), (Phase::Healthy, 2), "{order:?}");
-            let calls = r.calls();
-            assert!(!calls.iter().any(|c| c.starts_with("remove")), "{order:?}: {calls:?}");
-            let aside = format!("{NAME}-old-id1");
-            let both: Vec<_> = r.ctx.runtime.snapshot().into_iter().map(|c| (c.0, c.2)).collect();
-            assert_eq!(both, [(NAME.to_string(), "2".into()), (aside.clone(), "1".into())]);
-            // Revision 3's pass retires both once its container starts.
-            let _ = apply(&r.ctx, "web", &value(3, sleeper("3")), &mut memory, &|| false).await;
-            let calls = r.calls();
-            let at = |call: &str| calls.iter().position(|c| c == call);
-            let started = at(&format!("start {}", temp_name(&sleeper("3"))));
-            let removed = at(&format!("remove {aside}"));
-            assert!(started.is_some() && removed.is_some(), "{order:?}: {calls:?}");
-            if order == ReplaceOrder::StartFirst {
-                assert!(started < removed, "{calls:?}");
-            }
-            let after = r.ctx.runtime.snapshot();
-            assert_eq!(after, [(NAME.to_string(), "running".into(), "3".into())], "{order:?}");
-        }
     }
 
     /// Receives the next status report, failing after a generous bound.
@@ -1306,7 +1262,7 @@ mod tests {
         let value = value_v1(1, protocol::ContainerV1::from_v0(sleeper("1")));
         let mut memory = Memory::new(mpsc::unbounded_channel().0);
         let mut pass = async |memory: &mut Memory| {
-            let outcome = apply(&ctx, "web", &value, memory, &|| false).await;
+            let outcome = apply(&ctx, "web", &value, memory).await;
             assert!(matches!(outcome, Outcome::Settled));
             let mut last = None;
             while let Ok((_, s)) = rx.try_recv() {
@@ -1403,7 +1359,6 @@ mod tests {
             "web",
             b"\xff",
             &mut Memory::new(mpsc::unbounded_channel().0),
-            &|| false,
         )
         .await;
         let (_, s) = rx.try_recv().unwrap();
@@ -1436,20 +1391,20 @@ mod tests {
         .unwrap();
         let mut memory = Memory::new(mpsc::unbounded_channel().0);
         let before = Instant::now();
-        let _ = apply(&ctx, "web", &value, &mut memory, &|| false).await;
+        let _ = apply(&ctx, "web", &value, &mut memory).await;
         let (_, s) = rx.try_recv().unwrap();
         assert_eq!(s.phase, Phase::Running);
         let since = memory.healthy_since.unwrap();
         assert!(since >= before);
         assert_eq!(memory.wake_at, Some(since + Duration::from_secs(30)));
         // Another pass before then: still Running, the same deadline.
-        let _ = apply(&ctx, "web", &value, &mut memory, &|| false).await;
+        let _ = apply(&ctx, "web", &value, &mut memory).await;
         let (_, s) = rx.try_recv().unwrap();
         assert_eq!(s.phase, Phase::Running);
         assert_eq!(memory.healthy_since, Some(since));
         // Once it held 30 s (as if `since` were earlier): Healthy.
         memory.healthy_since = Instant::now().checked_sub(Duration::from_secs(31));
-        let _ = apply(&ctx, "web", &value, &mut memory, &|| false).await;
+        let _ = apply(&ctx, "web", &value, &mut memory).await;
         let (_, s) = rx.try_recv().unwrap();
         assert_eq!(s.phase, Phase::Healthy);
         assert_eq!(memory.wake_at, None);
