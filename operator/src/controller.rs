@@ -27,9 +27,8 @@
 //! revision (the keys keep what they hold) and says which in the status.
 
 use std::collections::HashMap;
-use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use kube::api::{Patch, PatchParams};
@@ -144,6 +143,9 @@ pub struct Context {
     pub targets: Arc<TargetIndex>,
     /// Where held-back targets are recorded for the Device inventory.
     pub capability_gate: Arc<CapabilityGate>,
+    /// Every Deployment as the controller's watch sees it, once [`run`]
+    /// starts (the metrics and `/readyz` read it).
+    pub deployments: Deployments,
     reporter: Reporter,
     clock: Clock,
     failures: Mutex<HashMap<String, u32>>,
@@ -197,6 +199,57 @@ fn plan_hash(plan: &apply::Plan) -> u64 {
     h.finish()
 }
 
+/// The controller's cache of every Deployment (its watch's reflector
+/// store), shared once [`run`] starts. The fleet metrics read each
+/// Deployment's `.status` from it at scrape time (the counts the
+/// controller last wrote, as the API server has them: no second fold that
+/// could disagree with `kubectl get iotdeploy`), and `/readyz` asks whether
+/// its first list is in.
+#[derive(Clone, Default)]
+pub struct Deployments(Arc<RwLock<Option<Store<Deployment>>>>);
+
+impl std::fmt::Debug for Deployments {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Deployments")
+            .field("started", &self.store().is_some())
+            .finish()
+    }
+}
+
+impl Deployments {
+    /// Publishes the store of a controller that starts.
+    pub(crate) fn set(&self, store: Store<Deployment>) {
+        *self.0.write().unwrap_or_else(|e| e.into_inner()) = Some(store);
+    }
+
+    /// Drops the store of a controller that stopped: its watch no longer
+    /// keeps it current, so nothing should be read from it, and
+    /// [`Deployments::synced`] says `None` again (the store's own
+    /// readiness, once reached, never goes back).
+    pub(crate) fn clear(&self) {
+        *self.0.write().unwrap_or_else(|e| e.into_inner()) = None;
+    }
+
+    fn store(&self) -> Option<Store<Deployment>> {
+        self.0.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Every Deployment the controller's watch holds; `None` before
+    /// [`run`] starts and after it stops.
+    pub fn state(&self) -> Option<Vec<Arc<Deployment>>> {
+        self.store().map(|s| s.state())
+    }
+
+    /// `None` before [`run`] starts and after it stops (or its future is
+    /// dropped); in between, whether its watch has listed the Deployments
+    /// once.
+    pub fn synced(&self) -> Option<bool> {
+        let store = self.store()?;
+        let ready = futures::FutureExt::now_or_never(store.wait_until_ready());
+        Some(matches!(ready, Some(Ok(()))))
+    }
+}
+
 impl Context {
     /// A context with the system clock.
     pub fn new(
@@ -217,6 +270,7 @@ impl Context {
             config,
             targets: Arc::new(TargetIndex::new()),
             capability_gate: CapabilityGate::detached(),
+            deployments: Deployments::default(),
             reporter,
             clock: Arc::new(now_ns),
             failures: Mutex::default(),
@@ -323,6 +377,7 @@ const DEVICE_LIST_PATIENCE: Duration = Duration::from_secs(60);
 /// and folds device status into `.status`; on deletion removes every key it
 /// wrote, then releases the finalizer.
 pub async fn reconcile(d: Arc<Deployment>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let started = Instant::now();
     Metrics::add(&ctx.metrics.reconciles, 1);
     let api: Api<Deployment> = Api::namespaced(ctx.client.clone(), d.namespace_or_default());
     let key = object_key(&d);
@@ -343,6 +398,9 @@ pub async fn reconcile(d: Arc<Deployment>, ctx: Arc<Context>) -> Result<Action, 
             tracing::warn!(deployment = %key, error = %Chain(&e), "reconcile failed");
         }
     }
+    ctx.metrics
+        .reconcile_duration
+        .observe(started.elapsed().as_secs_f64());
     result
 }
 
@@ -810,6 +868,10 @@ pub async fn run(
     }
     let controller = Controller::new(api, watcher::Config::default().any_semantic());
     let store = controller.store();
+    ctx.deployments.set(store.clone());
+    // Whether the stream ends (a shutdown signal) or this future is
+    // dropped, the store is no longer kept current: withdraw it.
+    let _withdraw = ClearOnDrop(ctx.deployments.clone());
     let triggers = change_triggers(changes, store.clone(), ctx.targets.clone());
     let device_triggers = device_triggers(
         targeting::watch::watch(ctx.client.clone(), ctx.targets.clone()),
@@ -817,7 +879,6 @@ pub async fn run(
         ctx.clone(),
     );
     let triggers = futures::stream::select(triggers, device_triggers);
-    ctx.metrics.ready.store(true, Ordering::Relaxed);
     controller
         .reconcile_on(triggers)
         .shutdown_on_signal()
@@ -830,6 +891,15 @@ pub async fn run(
         })
         .await;
     Ok(())
+}
+
+/// Clears its [`Deployments`] when dropped.
+struct ClearOnDrop(Deployments);
+
+impl Drop for ClearOnDrop {
+    fn drop(&mut self) {
+        self.0.clear();
+    }
 }
 
 /// Maps Device changes to the Deployments they concern: a changed selection

@@ -3,7 +3,6 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -13,7 +12,11 @@ use operator::capability_gate::CapabilityGate;
 use operator::cli::{NatsArgs, status_table};
 use operator::controller::{self, Context, ControllerConfig};
 use operator::inventory::{self, Inventory, InventoryConfig};
-use operator::metrics::Metrics;
+use operator::metrics::fleet::{Fleet, FleetConfig};
+use operator::metrics::ready::{
+    ApiServerReachable, ControllerRunning, NatsConnected, Readiness, StatusCaughtUp,
+};
+use operator::metrics::server::{self, Endpoints};
 use operator::secrets::References;
 use operator::secrets::local::LocalSecrets;
 use operator::status::StatusCache;
@@ -134,6 +137,11 @@ struct RunArgs {
     /// steady state (plus at every transition).
     #[arg(long, env = "DEVICE_STATUS_REFRESH_SECS", default_value_t = 300)]
     device_status_refresh_secs: u64,
+    /// At most this many devices (the first by id) get per-device series
+    /// in /metrics (iot_operator_device_*{device=...}); 0: none. The
+    /// fleet-wide and per-Deployment series count every device.
+    #[arg(long, env = "METRICS_DEVICE_SERIES_LIMIT", default_value_t = FleetConfig::default().device_series_limit)]
+    metrics_device_series_limit: usize,
 }
 
 #[tokio::main]
@@ -376,17 +384,22 @@ async fn run_command(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
 }
 
 async fn run(args: RunArgs) -> anyhow::Result<()> {
+    // Bound first: a port taken is a configuration error to stop on, not
+    // a controller running without probes.
+    let listener = tokio::net::TcpListener::bind(args.metrics_addr)
+        .await
+        .with_context(|| {
+            format!(
+                "cannot listen on --metrics-addr {} (/healthz, /readyz, /metrics)",
+                args.metrics_addr
+            )
+        })?;
     let nats = connect(&args.nats, true).await?;
-    let created = nats.ensure_buckets(!args.no_create_buckets).await?;
-    if !created.is_empty() {
-        tracing::info!(buckets = ?created, "created missing buckets");
-    }
     let client = kube::Client::try_default()
         .await
         .context("cannot reach Kubernetes (in-cluster config or KUBECONFIG)")?;
     let timeout = Duration::from_secs(args.heartbeat_timeout_secs);
     let (cache, changes) = StatusCache::new(timeout);
-    tokio::spawn(cache.clone().watch(nats.clone()));
     let config = ControllerConfig {
         resync: Duration::from_secs(args.resync_secs),
         ..ControllerConfig::default()
@@ -398,37 +411,50 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         Context::new(client.clone(), nats.clone(), cache.clone(), config)
             .with_capability_gate(gate.clone()),
     );
-    let metrics: Arc<Metrics> = ctx.metrics.clone();
+    let silence = Duration::from_secs(args.device_silence_secs);
     let inventory = Arc::new(Inventory::new(
-        client,
+        client.clone(),
         nats.clone(),
         cache.clone(),
         gate,
-        metrics.clone(),
+        ctx.metrics.clone(),
         InventoryConfig {
-            silence: Duration::from_secs(args.device_silence_secs),
+            silence,
             refresh: Duration::from_secs(args.device_status_refresh_secs),
             ..InventoryConfig::default()
         },
     ));
-    let ready_metrics = metrics.clone();
-    let ready_nats = nats.clone();
-    let refresh_metrics = metrics.clone();
-    let server = operator::metrics::serve(
-        args.metrics_addr,
-        metrics,
-        Arc::new(move || ready_metrics.ready.load(Ordering::Relaxed) && ready_nats.is_connected()),
-        Arc::new(move || {
-            refresh_metrics
-                .devices_reporting
-                .store(cache.devices_reporting() as u64, Ordering::Relaxed)
-        }),
+    // Served before the buckets are checked, so that the probes answer
+    // (live, not ready) while NATS is slow to come.
+    let fleet = Fleet::new(
+        cache.clone(),
+        ctx.deployments.clone(),
+        FleetConfig {
+            silence,
+            device_series_limit: args.metrics_device_series_limit,
+        },
     );
+    let registry = operator::metrics::registry(&ctx.metrics, cache.watch_metrics(), fleet);
+    let readiness = Readiness::new(vec![
+        Arc::new(NatsConnected(nats.clone())),
+        Arc::new(ApiServerReachable::new(
+            client,
+            ApiServerReachable::TIMEOUT,
+            ApiServerReachable::TTL,
+        )),
+        Arc::new(ControllerRunning(ctx.deployments.clone())),
+        Arc::new(StatusCaughtUp(cache.clone())),
+    ]);
     tokio::spawn(async move {
-        if let Err(e) = server.await {
+        if let Err(e) = server::serve(listener, Endpoints::new(registry, readiness)).await {
             tracing::error!(error = %Chain(&e), "health/metrics server stopped");
         }
     });
+    let created = nats.ensure_buckets(!args.no_create_buckets).await?;
+    if !created.is_empty() {
+        tracing::info!(buckets = ?created, "created missing buckets");
+    }
+    tokio::spawn(cache.clone().watch(nats.clone()));
     tracing::info!("controller starting");
     futures::try_join!(
         controller::run(ctx, changes),

@@ -41,6 +41,7 @@ fn operator_yaml_has_least_privilege_rbac() {
         "ClusterRoleBinding",
         "Secret",
         "Deployment",
+        "Service",
         "NetworkPolicy",
     ] {
         assert!(kinds.contains(&k), "{kinds:?}");
@@ -66,6 +67,77 @@ fn operator_yaml_has_least_privilege_rbac() {
     assert_eq!(binding["subjects"][0]["namespace"], "iot-system");
 }
 
+/// The metrics Service is what a prometheus-operator ServiceMonitor needs
+/// (labels to select, a named port serving the container's metrics port),
+/// the pod annotations and `METRICS_ADDR` name the same port, and the
+/// NetworkPolicy lets scrapes in.
+#[test]
+fn the_metrics_port_is_served_and_reachable() {
+    let d = docs("deploy/operator.yaml");
+    let dep = find(&d, "Deployment");
+    let pod = &dep["spec"]["template"];
+    let c = &pod["spec"]["containers"][0];
+    let port = &c["ports"][0];
+    assert_eq!(port["name"], "metrics");
+    let number = port["containerPort"].as_u64().unwrap();
+    let addr = c["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["name"] == "METRICS_ADDR")
+        .unwrap()["value"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(addr.ends_with(&format!(":{number}")), "{addr}");
+    assert_eq!(
+        pod["metadata"]["annotations"]["prometheus.io/port"],
+        number.to_string()
+    );
+
+    let service = d
+        .iter()
+        .find(|o| o["kind"] == "Service" && o["metadata"]["name"] == "iot-operator-metrics")
+        .expect("the metrics Service");
+    assert_eq!(
+        service["metadata"]["namespace"],
+        dep["metadata"]["namespace"]
+    );
+    // A ServiceMonitor selects Services by label.
+    let labels = service["metadata"]["labels"].as_object().unwrap();
+    assert_eq!(labels["app.kubernetes.io/name"], "iot-operator");
+    assert_eq!(labels["app.kubernetes.io/component"], "metrics");
+    // The Service's selector picks the operator's pods.
+    for (k, v) in service["spec"]["selector"].as_object().unwrap() {
+        assert_eq!(&pod["metadata"]["labels"][k], v, "{k}");
+    }
+    let ports = service["spec"]["ports"].as_array().unwrap();
+    assert_eq!(ports.len(), 1);
+    assert_eq!(
+        ports[0]["name"], "metrics",
+        "a ServiceMonitor endpoint names it"
+    );
+    assert_eq!(ports[0]["targetPort"], "metrics");
+
+    let policy = find(&d, "NetworkPolicy");
+    for (k, v) in policy["spec"]["podSelector"]["matchLabels"]
+        .as_object()
+        .unwrap()
+    {
+        assert_eq!(&pod["metadata"]["labels"][k], v, "{k}");
+    }
+    let ingress = policy["spec"]["ingress"].as_array().unwrap();
+    assert!(
+        ingress.iter().any(|rule| {
+            rule["ports"].as_array().unwrap().iter().any(|p| {
+                (p["port"] == number || p["port"] == "metrics")
+                    && p["protocol"].as_str().unwrap_or("TCP") == "TCP"
+            })
+        }),
+        "no ingress to the metrics port: {ingress:?}"
+    );
+}
+
 #[test]
 fn operator_deployment_matches_the_binary() {
     let d = docs("deploy/operator.yaml");
@@ -82,6 +154,21 @@ fn operator_deployment_matches_the_binary() {
     assert_eq!(c["livenessProbe"]["httpGet"]["path"], "/healthz");
     assert_eq!(c["readinessProbe"]["httpGet"]["path"], "/readyz");
     assert_eq!(c["ports"][0]["containerPort"], 8080);
+    for probe in ["livenessProbe", "readinessProbe"] {
+        assert_eq!(
+            c[probe]["httpGet"]["port"], c["ports"][0]["name"],
+            "{probe}"
+        );
+        // Longer than the kubelet's 1 s default, and than the operator's
+        // wait for the API server: a slow API server answers (and its
+        // answer is cached) before the probe gives up.
+        assert!(
+            c[probe]["timeoutSeconds"].as_f64().unwrap()
+                > operator::metrics::ready::ApiServerReachable::TIMEOUT.as_secs_f64(),
+            "{probe}: timeoutSeconds {}",
+            c[probe]["timeoutSeconds"]
+        );
+    }
     assert!(c["resources"]["limits"]["memory"].is_string());
     // Credentials reach the operator only as files from the Secret; no
     // environment variable takes a value from a Secret.

@@ -2,6 +2,7 @@
 //! `device-status` and `device-heartbeat` buckets.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -11,6 +12,7 @@ use protocol::keys::{DEVICE_HEARTBEAT_BUCKET, DEVICE_STATUS_BUCKET};
 use protocol::{DeploymentKey, Heartbeat};
 use tokio::sync::mpsc;
 
+use crate::metrics::WatchMetrics;
 use crate::nats::{Nats, NatsError};
 use error_report::Chain;
 
@@ -163,6 +165,25 @@ pub struct StatusCache {
     heartbeat_timeout: Duration,
     /// When the cache was created: reports stored before are replays.
     started_ns: i128,
+    /// How far behind [`StatusCache::watch`] runs.
+    watch_metrics: WatchMetrics,
+    /// Whether the watch of each bucket (status, heartbeat) has replayed
+    /// its history ([`StatusCache::caught_up`]).
+    caught_up: [AtomicBool; 2],
+}
+
+/// What the fleet metrics show of one device with a heartbeat
+/// ([`StatusCache::device_facts`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceFacts {
+    /// The device id.
+    pub device: String,
+    /// When its last heartbeat was stored, nanoseconds since the Unix epoch.
+    pub heartbeat_at_ns: i128,
+    /// The agent version its last heartbeat gives.
+    pub agent_version: String,
+    /// Its deployment reports, summed up.
+    pub deployments: DeviceSummary,
 }
 
 impl StatusCache {
@@ -175,6 +196,8 @@ impl StatusCache {
             devices: Mutex::default(),
             heartbeat_timeout,
             started_ns: now_ns(),
+            watch_metrics: WatchMetrics::default(),
+            caught_up: Default::default(),
         };
         (Arc::new(cache), rx)
     }
@@ -187,12 +210,44 @@ impl StatusCache {
             devices: Mutex::default(),
             heartbeat_timeout,
             started_ns: now_ns(),
+            watch_metrics: WatchMetrics::default(),
+            caught_up: Default::default(),
         })
     }
 
     /// How old a heartbeat may be before its device counts as unreachable.
     pub fn heartbeat_timeout(&self) -> Duration {
         self.heartbeat_timeout
+    }
+
+    /// Whether the cache holds every device's last records: the watch of
+    /// each bucket has replayed the bucket's history (it took in a record
+    /// with nothing more pending, or the bucket was empty when it
+    /// started), or [`StatusCache::load`] read both. Until then the cache
+    /// holds only part of the fleet, and counts from it would be too low.
+    /// Once true it stays true: a watch re-established after an error
+    /// replays into a cache that already holds the fleet.
+    pub fn caught_up(&self) -> bool {
+        self.caught_up.iter().all(|c| c.load(Ordering::Acquire))
+    }
+
+    /// Records that the cache holds the history of `bucket`
+    /// (`device-status` or `device-heartbeat`; any other name is ignored):
+    /// the watch calls it, and so may whoever fills a cache by hand.
+    pub fn mark_caught_up(&self, bucket: &str) {
+        let i = match bucket {
+            DEVICE_STATUS_BUCKET => 0,
+            DEVICE_HEARTBEAT_BUCKET => 1,
+            _ => return,
+        };
+        if !self.caught_up[i].swap(true, Ordering::AcqRel) {
+            tracing::info!(bucket, "status watch caught up with the bucket's history");
+        }
+    }
+
+    /// How far behind [`StatusCache::watch`] runs (for `/metrics`).
+    pub fn watch_metrics(&self) -> &WatchMetrics {
+        &self.watch_metrics
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, Inner> {
@@ -444,14 +499,34 @@ impl StatusCache {
         summary
     }
 
-    /// Devices whose heartbeat is fresh right now.
-    pub fn devices_reporting(&self) -> usize {
-        let now = now_ns();
-        self.read()
+    /// Every device with a heartbeat, sorted by id, with what the fleet
+    /// metrics show of it; one pass over the cache under one lock (a
+    /// scrape at 10,000 devices must not take a lock per device).
+    pub fn device_facts(&self) -> Vec<DeviceFacts> {
+        let inner = self.read();
+        let mut summaries: HashMap<&str, DeviceSummary> = HashMap::new();
+        for by_device in inner.reports.values() {
+            for (device, report) in by_device {
+                let (present, ready) = summary_part(&report.status.phase);
+                if present {
+                    let s = summaries.entry(device.as_str()).or_default();
+                    s.total += 1;
+                    s.not_ready += u64::from(!ready);
+                }
+            }
+        }
+        let mut facts: Vec<DeviceFacts> = inner
             .heartbeats
-            .values()
-            .filter(|h| !is_stale(h.stored_at_ns, now, self.heartbeat_timeout))
-            .count()
+            .iter()
+            .map(|(device, seen)| DeviceFacts {
+                device: device.clone(),
+                heartbeat_at_ns: seen.stored_at_ns,
+                agent_version: seen.heartbeat.agent_version.as_str().to_string(),
+                deployments: summaries.get(device.as_str()).copied().unwrap_or_default(),
+            })
+            .collect();
+        facts.sort_by(|a, b| a.device.cmp(&b.device));
+        facts
     }
 
     /// Reads the current content of both buckets once (the CLI's `status`).
@@ -462,6 +537,8 @@ impl StatusCache {
         for r in nats.scan(DEVICE_HEARTBEAT_BUCKET, ">").await? {
             self.ingest_heartbeat(&r.key, &r.value, r.deleted, r.stored_at_ns);
         }
+        self.mark_caught_up(DEVICE_STATUS_BUCKET);
+        self.mark_caught_up(DEVICE_HEARTBEAT_BUCKET);
         Ok(())
     }
 
@@ -479,8 +556,15 @@ async fn watch_bucket(cache: Arc<StatusCache>, nats: Nats, bucket: &'static str)
     loop {
         let result = async {
             let kv = nats.jetstream().get_key_value(bucket).await?;
+            let watch_started_ns = now_ns();
+            // An empty bucket has no history to replay (and the watch
+            // would deliver nothing to say so).
+            let empty = kv.status().await?.values() == 0;
             let mut watch = kv.watch_with_history(">").await?;
             tracing::info!(bucket, "watching device reports");
+            if empty {
+                cache.mark_caught_up(bucket);
+            }
             while let Some(entry) = watch.next().await {
                 match entry {
                     Ok(e) => {
@@ -492,6 +576,18 @@ async fn watch_bucket(cache: Arc<StatusCache>, nats: Nats, bucket: &'static str)
                             cache.ingest_status(&e.key, &e.value, deleted, at);
                         } else {
                             cache.ingest_heartbeat(&e.key, &e.value, deleted, at);
+                        }
+                        // Measured once folded in: what a reconcile can
+                        // see. A (re)started watch first replays each
+                        // key's last record: the age of one stored before
+                        // the watch began is history, not lag.
+                        let live = at >= watch_started_ns;
+                        cache
+                            .watch_metrics
+                            .observe(bucket, at, now_ns(), e.delta, live);
+                        // Nothing more pending: the history is in.
+                        if e.delta == 0 {
+                            cache.mark_caught_up(bucket);
                         }
                     }
                     // The watch recovers by itself (ordered consumer); an
@@ -557,6 +653,19 @@ mod tests {
     use super::*;
     use crate::status::testdata::{heartbeat_bytes, heartbeat_warning_bytes, status_bytes};
     use protocol::Phase;
+
+    #[test]
+    fn caught_up_once_both_buckets_are() {
+        let cache = StatusCache::detached(Duration::from_secs(60));
+        assert!(!cache.caught_up());
+        cache.mark_caught_up(DEVICE_STATUS_BUCKET);
+        cache.mark_caught_up("some-other-bucket");
+        assert!(!cache.caught_up(), "the heartbeats are still replaying");
+        cache.mark_caught_up(DEVICE_HEARTBEAT_BUCKET);
+        assert!(cache.caught_up());
+        cache.mark_caught_up(DEVICE_HEARTBEAT_BUCKET);
+        assert!(cache.caught_up(), "stays caught up");
+    }
 
     #[test]
     fn notifies_changes() {

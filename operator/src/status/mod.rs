@@ -13,9 +13,9 @@
 pub mod cache;
 pub mod fold;
 #[cfg(test)]
-mod testdata;
+pub(crate) mod testdata;
 
-pub use cache::{Change, HeartbeatSeen, Report, StatusCache, WaitAt, now_ns, rfc3339};
+pub use cache::{Change, DeviceFacts, HeartbeatSeen, Report, StatusCache, WaitAt, now_ns, rfc3339};
 pub use fold::{Observed, conditions, fold_status, set_condition};
 
 use protocol::{DeploymentStatus, Phase};
