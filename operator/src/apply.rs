@@ -861,24 +861,10 @@ pub fn summary(plan: &Plan, outcome: &ApplyOutcome) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::crd::{DeploymentSpec, Rollout, Score};
+    use crate::crd::Rollout;
 
     fn deployment(name: &str, ty: &str, data: serde_json::Value) -> Deployment {
-        let mut d = Deployment::new(
-            name,
-            DeploymentSpec {
-                target_devices: vec!["b".into(), "a".into(), "b".into()],
-                image_pull_secrets: Vec::new(),
-                target_selector: None,
-                rollout: Rollout::default(),
-                score: Score {
-                    type_name: ty.into(),
-                    data,
-                },
-            },
-        );
-        d.metadata.namespace = Some("fleet".into());
-        d
+        Deployment::for_test("fleet", name, &["b", "a", "b"], ty, data)
     }
 
     fn podman() -> serde_json::Value {

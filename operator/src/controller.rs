@@ -1009,25 +1009,11 @@ fn change_triggers(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::crd::{DeploymentSpec, Rollout, Score};
+    use crate::crd::Score;
     use kube::runtime::reflector::store::Writer;
 
     fn d(ns: &str, name: &str, targets: &[&str]) -> Deployment {
-        let mut d = Deployment::new(
-            name,
-            DeploymentSpec {
-                target_devices: targets.iter().map(|t| t.to_string()).collect(),
-                image_pull_secrets: Vec::new(),
-                target_selector: None,
-                rollout: Rollout::default(),
-                score: Score {
-                    type_name: "PodmanV0".into(),
-                    data: serde_json::json!({}),
-                },
-            },
-        );
-        d.metadata.namespace = Some(ns.into());
-        d
+        Deployment::for_test(ns, name, targets, "PodmanV0", serde_json::json!({}))
     }
 
     #[tokio::test]

@@ -1090,6 +1090,35 @@ pub fn crd() -> CustomResourceDefinition {
     crd
 }
 
+#[cfg(test)]
+impl Deployment {
+    /// A Deployment for unit tests: `name` in `namespace`, targeting
+    /// `targets` with a `type_name` score of `data`, default rollout.
+    pub(crate) fn for_test(
+        namespace: &str,
+        name: &str,
+        targets: &[&str],
+        type_name: &str,
+        data: serde_json::Value,
+    ) -> Deployment {
+        let mut d = Deployment::new(
+            name,
+            DeploymentSpec {
+                target_devices: targets.iter().map(|t| t.to_string()).collect(),
+                image_pull_secrets: Vec::new(),
+                target_selector: None,
+                rollout: Rollout::default(),
+                score: Score {
+                    type_name: type_name.into(),
+                    data,
+                },
+            },
+        );
+        d.metadata.namespace = Some(namespace.into());
+        d
+    }
+}
+
 impl Deployment {
     /// The namespace, `default` when unset (manifests applied without a cluster).
     pub fn namespace_or_default(&self) -> &str {

@@ -363,7 +363,7 @@ impl Fleet {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::crd::{Deployment, DeploymentSpec, DeploymentStatus, Rollout, Score};
+    use crate::crd::{Deployment, DeploymentStatus};
     use crate::status::testdata::{heartbeat_bytes, status_bytes};
     use prometheus_client::registry::Registry;
     use protocol::Phase;
@@ -371,20 +371,7 @@ mod tests {
     const SEC: i128 = 1_000_000_000;
 
     fn deployment(ns: &str, name: &str, status: Option<DeploymentStatus>) -> Deployment {
-        let mut d = Deployment::new(
-            name,
-            DeploymentSpec {
-                target_devices: vec!["a".into()],
-                image_pull_secrets: Vec::new(),
-                target_selector: None,
-                rollout: Rollout::default(),
-                score: Score {
-                    type_name: "PodmanV0".into(),
-                    data: serde_json::json!({}),
-                },
-            },
-        );
-        d.metadata.namespace = Some(ns.into());
+        let mut d = Deployment::for_test(ns, name, &["a"], "PodmanV0", serde_json::json!({}));
         d.status = status;
         d
     }

@@ -221,20 +221,9 @@ mod tests {
     }
 
     fn plan_with(ty: &str, data: serde_json::Value, rollout: crate::crd::Rollout) -> Plan {
-        let mut d = crate::crd::Deployment::new(
-            "web",
-            crate::crd::DeploymentSpec {
-                target_devices: vec!["new".into(), "old".into(), "none".into(), "silent".into()],
-                image_pull_secrets: Vec::new(),
-                target_selector: None,
-                rollout,
-                score: crate::crd::Score {
-                    type_name: ty.into(),
-                    data,
-                },
-            },
-        );
-        d.metadata.namespace = Some("fleet".into());
+        let targets = ["new", "old", "none", "silent"];
+        let mut d = crate::crd::Deployment::for_test("fleet", "web", &targets, ty, data);
+        d.spec.rollout = rollout;
         crate::apply::plan(&d).unwrap()
     }
 
