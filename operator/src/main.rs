@@ -12,10 +12,8 @@ use operator::capability_gate::CapabilityGate;
 use operator::cli::{NatsArgs, status_table};
 use operator::controller::{self, Context, ControllerConfig};
 use operator::inventory::{self, Inventory, InventoryConfig};
-use operator::metrics::fleet::{Fleet, FleetConfig};
-use operator::metrics::ready::{
-    ApiServerReachable, ControllerRunning, NatsConnected, Readiness, StatusCaughtUp,
-};
+use operator::metrics::fleet::FleetConfig;
+use operator::metrics::ready::ApiServerReachable;
 use operator::metrics::server::{self, Endpoints};
 use operator::secrets::References;
 use operator::secrets::local::LocalSecrets;
@@ -413,7 +411,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     );
     let silence = Duration::from_secs(args.device_silence_secs);
     let inventory = Arc::new(Inventory::new(
-        client.clone(),
+        client,
         nats.clone(),
         cache.clone(),
         gate,
@@ -426,27 +424,16 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     ));
     // Served before the buckets are checked, so that the probes answer
     // (live, not ready) while NATS is slow to come.
-    let fleet = Fleet::new(
-        cache.clone(),
-        ctx.deployments.clone(),
+    let endpoints = Endpoints::of_operator(
+        &ctx,
         FleetConfig {
             silence,
             device_series_limit: args.metrics_device_series_limit,
         },
+        ApiServerReachable::TTL,
     );
-    let registry = operator::metrics::registry(&ctx.metrics, cache.watch_metrics(), fleet);
-    let readiness = Readiness::new(vec![
-        Arc::new(NatsConnected(nats.clone())),
-        Arc::new(ApiServerReachable::new(
-            client,
-            ApiServerReachable::TIMEOUT,
-            ApiServerReachable::TTL,
-        )),
-        Arc::new(ControllerRunning(ctx.deployments.clone())),
-        Arc::new(StatusCaughtUp(cache.clone())),
-    ]);
     tokio::spawn(async move {
-        if let Err(e) = server::serve(listener, Endpoints::new(registry, readiness)).await {
+        if let Err(e) = server::serve(listener, endpoints).await {
             tracing::error!(error = %Chain(&e), "health/metrics server stopped");
         }
     });

@@ -24,7 +24,7 @@ use std::time::Duration;
 
 use common::{desired, nats_env, put_heartbeat, put_status};
 use k8s_openapi::api::events::v1::Event;
-use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams};
 use kube::core::{ApiResource, GroupVersionKind};
 use kube::discovery::Scope;
 use kube::{Client, ResourceExt};
@@ -358,16 +358,7 @@ async fn the_controller_runs_against_a_real_api_server() {
     let controller = tokio::spawn(operator::controller::run(ctx.clone(), changes));
 
     let api: Api<Deployment> = Api::namespaced(client.clone(), "fleet");
-    let d: Deployment = serde_json::from_value(deployment_json(
-        "fleet",
-        "web",
-        json!(["pi-1", "pi-2"]),
-        "PodmanV0",
-    ))
-    .unwrap();
-    let created = api.create(&PostParams::default(), &d).await.unwrap();
-    let revision = operator::plan(&created).unwrap().revision;
-    let rev = operator::crd::revision_string(revision);
+    let (revision, rev) = create_web(&api, "web", json!(["pi-1", "pi-2"])).await;
 
     // Keys written for both targets, the finalizer on, the status folded
     // for generation 1 with both devices not reported yet.

@@ -18,15 +18,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::apiserver::{
-    deployment_json, deployment_where, eventually, install_crds, operator_identity,
+    create_web, deployment_where, eventually, install_crds, operator_identity,
 };
 use common::{nats_env, put_heartbeat, put_status};
-use kube::api::{Api, PostParams};
+use kube::api::Api;
 use operator::crd::Deployment;
-use operator::metrics::fleet::{Fleet, FleetConfig};
-use operator::metrics::ready::{
-    ApiServerReachable, ControllerRunning, NatsConnected, Readiness, StatusCaughtUp,
-};
+use operator::metrics::fleet::FleetConfig;
 use operator::metrics::server::{Endpoints, serve};
 use operator::{Context, ControllerConfig, StatusCache};
 use protocol::Phase;
@@ -89,25 +86,11 @@ async fn readiness_and_fleet_metrics_against_real_servers() {
             ..ControllerConfig::default()
         },
     ));
-    let fleet = Fleet::new(
-        cache.clone(),
-        ctx.deployments.clone(),
-        FleetConfig::default(),
-    );
-    let registry = operator::metrics::registry(&ctx.metrics, cache.watch_metrics(), fleet);
-    let readiness = Readiness::new(vec![
-        Arc::new(NatsConnected(env.nats.clone())),
-        Arc::new(ApiServerReachable::new(
-            operator_client,
-            Duration::from_secs(2),
-            Duration::from_millis(200),
-        )),
-        Arc::new(ControllerRunning(ctx.deployments.clone())),
-        Arc::new(StatusCaughtUp(cache.clone())),
-    ]);
+    let endpoints =
+        Endpoints::of_operator(&ctx, FleetConfig::default(), Duration::from_millis(200));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let http = tokio::spawn(serve(listener, Endpoints::new(registry, readiness)));
+    let http = tokio::spawn(serve(listener, endpoints));
 
     // Before the controller runs: live, not ready, saying why.
     assert_eq!(get(addr, "/healthz").await.unwrap(), (200, "ok\n".into()));
@@ -151,16 +134,7 @@ async fn readiness_and_fleet_metrics_against_real_servers() {
 
     // A Deployment on two devices; one reports it running.
     let api: Api<Deployment> = Api::namespaced(admin.clone(), "default");
-    let d: Deployment = serde_json::from_value(deployment_json(
-        "default",
-        "web",
-        json!(["pi-1", "pi-2"]),
-        "PodmanV0",
-    ))
-    .unwrap();
-    let created = api.create(&PostParams::default(), &d).await.unwrap();
-    let revision = operator::plan(&created).unwrap().revision;
-    let rev = operator::crd::revision_string(revision);
+    let (revision, rev) = create_web(&api, "web", json!(["pi-1", "pi-2"])).await;
     deployment_where(&api, "web", "the revision written", |v| {
         v["status"]["revision"] == rev.as_str()
     })

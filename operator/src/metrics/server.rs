@@ -18,7 +18,11 @@ use axum::routing::get;
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 
-use super::ready::Readiness;
+use super::fleet::{Fleet, FleetConfig};
+use super::ready::{
+    ApiServerReachable, ControllerRunning, NatsConnected, Readiness, StatusCaughtUp,
+};
+use crate::controller::Context;
 
 /// The content type of the OpenMetrics text format, which is what
 /// `prometheus_client::encoding::text` writes (and Prometheus asks for).
@@ -46,6 +50,29 @@ impl Endpoints {
             registry: Arc::new(registry),
             readiness,
         }
+    }
+
+    /// What `iot-operator run` serves for the controller of `ctx`: its
+    /// series and the fleet's, ready when NATS, the API server (its
+    /// answer kept `api_ttl`), the controller and the status watch are.
+    pub fn of_operator(
+        ctx: &Context,
+        fleet: FleetConfig,
+        api_ttl: std::time::Duration,
+    ) -> Endpoints {
+        let fleet = Fleet::new(ctx.status.clone(), ctx.deployments.clone(), fleet);
+        let registry = super::registry(&ctx.metrics, ctx.status.watch_metrics(), fleet);
+        let readiness = Readiness::new(vec![
+            Arc::new(NatsConnected(ctx.nats.clone())),
+            Arc::new(ApiServerReachable::new(
+                ctx.client.clone(),
+                ApiServerReachable::TIMEOUT,
+                api_ttl,
+            )),
+            Arc::new(ControllerRunning(ctx.deployments.clone())),
+            Arc::new(StatusCaughtUp(ctx.status.clone())),
+        ]);
+        Endpoints::new(registry, readiness)
     }
 }
 

@@ -146,6 +146,18 @@ pub fn deployment_json(ns: &str, name: &str, targets: Value, score_type: &str) -
     })
 }
 
+/// Creates the PodmanV0 Deployment `name` on `targets` in `api`'s
+/// namespace; the revision it plans to, as a number and as the status
+/// shows it.
+pub async fn create_web(api: &Api<Deployment>, name: &str, targets: Value) -> (u64, String) {
+    let ns = api.namespace().unwrap_or("default").to_string();
+    let d: Deployment =
+        serde_json::from_value(deployment_json(&ns, name, targets, "PodmanV0")).unwrap();
+    let created = api.create(&PostParams::default(), &d).await.unwrap();
+    let revision = operator::plan(&created).unwrap().revision;
+    (revision, operator::crd::revision_string(revision))
+}
+
 pub async fn create(api: &Api<DynamicObject>, body: Value) -> Result<DynamicObject, kube::Error> {
     let obj: DynamicObject = serde_json::from_value(body).unwrap();
     api.create(&PostParams::default(), &obj).await
